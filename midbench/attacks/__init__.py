@@ -1,0 +1,1 @@
+"""Attacks behind one contract (:class:`midbench.attacks.base.Attack`) and the TOML attack registry."""

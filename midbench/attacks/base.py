@@ -1,0 +1,121 @@
+"""The attack contract every attack in midbench follows (architecture.md, "The attack contract").
+
+``Attack.__call__(model, x, y) -> x_adv`` is final. It validates the inputs, puts the model in eval mode and
+freezes its parameters for the duration, calls the subclass's :meth:`Attack.run`, then projects the result onto
+the ε-ball and [0, 1]: the framework, not each attack, guarantees the threat model. Attacks differentiate with
+``torch.autograd.grad`` on the input only, so no parameter gradient is ever left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, ClassVar, final
+
+import torch
+from torch import nn
+
+from midbench.attacks.norms import Norm, project
+from midbench.errors import UsageError
+
+TARGET_POLICIES = ("random", "least-likely")
+
+
+def check_target_policy(policy: str) -> str:
+    """Validate a target policy: ``random``, ``least-likely`` or ``fixed:K``."""
+    if policy in TARGET_POLICIES:
+        return policy
+    if policy.startswith("fixed:") and policy[6:].isdigit():
+        return policy
+    raise UsageError(f"unknown target policy {policy!r}; use random, least-likely or fixed:K")
+
+
+@contextlib.contextmanager
+def frozen_eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on every parameter inside the block; both restored after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+class Attack:
+    """Base class of all attacks.
+
+    Args:
+        eps: radius of the threat model in ``norm`` (inputs in [0, 1]).
+        norm: the bounding norm, or ``None`` for attacks bounded otherwise (their subclass clips itself).
+        target: ``None`` for an untargeted attack, else a target policy (``random``, ``least-likely``,
+            ``fixed:K``).
+
+    Subclasses implement :meth:`run` and may set ``handles_batching = True`` when they must see every
+    example at once and batch internally (AutoAttack does, so its batches match the reference code's).
+    """
+
+    handles_batching: ClassVar[bool] = False
+
+    def __init__(self, eps: float, norm: Norm | None, target: str | None = None) -> None:
+        if eps < 0:
+            raise UsageError(f"ε must be non-negative, got {eps}")
+        self.eps = float(eps)
+        self.norm = norm
+        self.target = check_target_policy(target) if target is not None else None
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    @final
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return adversarial examples for ``x`` with labels ``y`` against ``model``.
+
+        Raises:
+            UsageError: ``x`` is not a float tensor in [0, 1] or ``y`` holds negative labels.
+        """
+        _validate_inputs(x, y)
+        x = x.detach()
+        with frozen_eval_mode(model), torch.enable_grad():
+            x_adv = self.run(model, x, y)
+        x_adv = x_adv.detach()
+        if self.norm is not None:
+            x_adv = project(x_adv, x, self.eps, self.norm)
+        return x_adv.clamp_(0.0, 1.0)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Craft the adversarial examples; the model is in eval mode with frozen parameters."""
+        raise NotImplementedError
+
+    def choose_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Target labels under this attack's policy (uses torch's global RNG for ``random``)."""
+        assert self.target is not None
+        with torch.no_grad():
+            logits = model(x)
+        num_classes = logits.shape[1]
+        if self.target == "random":
+            offset = torch.randint(1, num_classes, y.shape, device=y.device)
+            return (y + offset) % num_classes
+        if self.target == "least-likely":
+            return logits.argmin(dim=1)
+        return torch.full_like(y, int(self.target.split(":")[1]))
+
+    def describe(self) -> dict[str, Any]:
+        """Hyper-parameters for result files."""
+        return {"eps": self.eps, "norm": self.norm.value if self.norm else None, "target": self.target}
+
+
+def _validate_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not torch.is_floating_point(x):
+        raise UsageError(f"attack inputs must be float images in [0, 1], got {x.dtype}; "
+                         "normalisation belongs inside the model")
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise UsageError("attack inputs must lie in [0, 1] (got values outside it); "
+                         "normalisation belongs inside the model")
+    if y.shape[0] != x.shape[0] or (y.numel() and int(y.min()) < 0):
+        raise UsageError("labels must be one non-negative class index per input")

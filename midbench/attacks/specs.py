@@ -1,0 +1,318 @@
+"""Attack configurations as data: the TOML files of ``attacks_registry/``.
+
+An entry names an attack implementation and fixes its hyper-parameters; ε and step sizes may be written
+relative to the dataset's ε (``"eps"``, ``"0.5*eps"``, ``"eps/30"``, ``"2.5*eps/40"``), so one entry serves
+MNIST and CIFAR. Resolving an entry against a dataset gives a :class:`ResolvedAttack` with plain numbers; that
+is what checkpoints record as training attacks and what decides known versus unknown (equality by
+specification, not by name).
+
+Format of a registry file::
+
+    [[attack]]
+    id = "pgd-linf"              # kebab-case <algorithm>-<norm>[-t]
+    version = 1                  # bump when a hyper-parameter changes; results record id@version
+    family = "linf"              # threat family: linf, l2, l1, l0, spatial, noise, ensemble
+    norm = "Linf"                # Linf, L2, L1, or omitted for non-Lp threats
+    implementation = "midbench.attacks.gradient:PGD"   # or "autoattack:standard"
+    eps = "eps"                  # the dataset's ε for this norm (default), a number, or a multiple of it
+    target = "random"            # only for targeted entries: random, least-likely, fixed:K
+    citation = "Madry et al., ICLR 2018"
+    params = { steps = 40, step_size = "eps/30", random_start = true }
+    passes = { forward = "steps", backward = "steps" }   # per example: an integer or a parameter name
+
+    [[suite]]
+    name = "smoke"
+    description = "..."
+    attacks = ["fgsm-linf", "pgd-linf"]
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midbench.attacks.norms import Norm, parse_norm
+from midbench.errors import UsageError
+from midbench.registry import suggest
+
+FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "noise", "ensemble")
+ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "target", "citation", "params",
+               "passes", "description"}
+REQUIRED_KEYS = {"id", "version", "family", "implementation", "citation"}
+SUITE_KEYS = {"name", "description", "attacks"}
+ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+RELATIVE = re.compile(r"^\s*(?:(?P<scale>[0-9.eE+-]+)\s*\*\s*)?eps(?:\s*/\s*(?P<divisor>[0-9.eE+-]+))?\s*$")
+#: Implementations outside midbench's own modules that a registry file may name.
+EXTERNAL_PREFIXES = {"autoattack": "midbench.attacks.autoattack:AutoAttackStandard"}
+
+
+def resolve_relative(value: Any, eps: float) -> Any:
+    """Turn ``"k*eps/d"`` strings into numbers; other values pass through."""
+    if isinstance(value, str):
+        match = RELATIVE.match(value)
+        if match:
+            scale = float(match["scale"]) if match["scale"] else 1.0
+            divisor = float(match["divisor"]) if match["divisor"] else 1.0
+            return scale * eps / divisor
+    return value
+
+
+@dataclass(frozen=True)
+class ResolvedAttack:
+    """An attack configuration with every number fixed for one dataset."""
+
+    id: str
+    version: int
+    family: str
+    norm: Norm | None
+    implementation: str
+    eps: float
+    target: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``id@version``, the name results use; version 0 marks a custom (overridden) configuration."""
+        return f"{self.id}@{self.version if self.version else 'custom'}"
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    def equivalence(self) -> str:
+        """What makes two attacks "the same attack" (evaluation.md): family, norm, target policy, ε and
+        hyper-parameters, with floats rounded to 6 significant digits so 8/255 equals 0.0313725."""
+        def canon(value: Any) -> Any:
+            if isinstance(value, float):
+                return float(f"{value:.6g}")
+            if isinstance(value, dict):
+                return {k: canon(v) for k, v in sorted(value.items())}
+            if isinstance(value, list | tuple):
+                return [canon(v) for v in value]
+            return value
+
+        return json.dumps([self.implementation, self.family, self.norm.value if self.norm else None,
+                           self.target, canon(self.eps), canon(self.params)], sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version, "family": self.family,
+                "norm": self.norm.value if self.norm else None, "implementation": self.implementation,
+                "eps": self.eps, "target": self.target, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResolvedAttack:
+        return cls(id=data["id"], version=int(data["version"]), family=data["family"],
+                   norm=parse_norm(data["norm"]) if data.get("norm") else None,
+                   implementation=data["implementation"], eps=float(data["eps"]), target=data.get("target"),
+                   params=dict(data.get("params") or {}))
+
+    def build(self, seed: int = 0, batch_size: int = 256) -> Any:
+        """Instantiate the attack object (an :class:`midbench.attacks.base.Attack`)."""
+        attack_class = load_implementation(self.implementation)
+        accepted = inspect.signature(attack_class.__init__).parameters
+        kwargs: dict[str, Any] = {"eps": self.eps, "norm": self.norm, **self.params}
+        if self.target is not None:
+            kwargs["target"] = self.target
+        if "seed" in accepted:
+            kwargs["seed"] = seed
+        if "batch_size" in accepted:
+            kwargs["batch_size"] = batch_size
+        try:
+            return attack_class(**kwargs)
+        except TypeError as error:
+            raise UsageError(f"attack {self.key}: bad parameters for {self.implementation} ({error})") from error
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One registry entry as written (ε and parameters possibly relative to the dataset's ε)."""
+
+    id: str
+    version: int
+    family: str
+    norm: Norm | None
+    implementation: str
+    eps: float | str
+    target: str | None
+    citation: str
+    params: dict[str, Any]
+    passes: dict[str, int | str]
+    description: str
+    source: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    def resolve(self, dataset_eps: dict[str, float], eps_override: float | None = None) -> ResolvedAttack:
+        """Fix ε (the dataset's for this norm unless overridden) and every relative parameter."""
+        base = dataset_eps.get(self.norm.value, 0.0) if self.norm else dataset_eps.get("Linf", 0.0)
+        if eps_override is not None:
+            base = eps_override
+        eps = resolve_relative(self.eps, base)
+        if not isinstance(eps, float | int):
+            raise UsageError(f"attack {self.id}: ε {self.eps!r} is neither a number nor a multiple of eps")
+        params = {name: resolve_relative(value, float(eps)) for name, value in self.params.items()}
+        return ResolvedAttack(self.id, self.version, self.family, self.norm, self.implementation, float(eps),
+                              self.target, params)
+
+    def passes_per_example(self) -> dict[str, int]:
+        """Forward/backward passes per example, with parameter names replaced by their values."""
+        counted = {}
+        for kind, value in self.passes.items():
+            counted[kind] = int(self.params[value]) if isinstance(value, str) else int(value)
+        return counted
+
+
+@dataclass
+class AttackRegistry:
+    """All attack entries and suites, from the shipped directory plus any ``--registry-dir``."""
+
+    attacks: dict[str, AttackSpec] = field(default_factory=dict)
+    suites: dict[str, list[str]] = field(default_factory=dict)
+    suite_descriptions: dict[str, str] = field(default_factory=dict)
+
+    def get(self, attack_id: str) -> AttackSpec:
+        """The entry with ``attack_id`` (``id`` or ``id@version``)."""
+        bare, _, version = attack_id.partition("@")
+        if bare not in self.attacks:
+            raise UsageError(suggest(bare, list(self.attacks), "attack"))
+        spec = self.attacks[bare]
+        if version and version != str(spec.version):
+            raise UsageError(f"attack {bare} is at version {spec.version} in this registry, not {version}")
+        return spec
+
+    def suite(self, name: str) -> list[AttackSpec]:
+        """The entries of suite ``name``, in order."""
+        if name not in self.suites:
+            raise UsageError(suggest(name, list(self.suites), "suite"))
+        return [self.get(attack_id) for attack_id in self.suites[name]]
+
+
+def load_registry(extra_dirs: list[Path] | None = None) -> AttackRegistry:
+    """Load the shipped registry, then each of ``extra_dirs`` (whose ids must not clash).
+
+    Raises:
+        UsageError: a one-line message naming the file and entry of the first problem found.
+    """
+    from midbench.paths import shipped_registry_dir
+
+    registry = AttackRegistry()
+    for directory in [shipped_registry_dir(), *(extra_dirs or [])]:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UsageError(f"registry directory {directory} does not exist")
+        for path in sorted(directory.glob("*.toml")):
+            _load_file(path, registry)
+    for name, ids in registry.suites.items():
+        for attack_id in ids:
+            if attack_id.partition("@")[0] not in registry.attacks:
+                raise UsageError(f"suite {name!r} names unknown attack {attack_id!r}; "
+                                 + suggest(attack_id, list(registry.attacks), "attack"))
+    return registry
+
+
+def _load_file(path: Path, registry: AttackRegistry) -> None:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not valid TOML ({error})") from error
+    unknown_tables = set(document) - {"attack", "suite"}
+    if unknown_tables:
+        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [[attack]] and [[suite]]")
+    for index, entry in enumerate(document.get("attack", [])):
+        spec = _parse_attack(entry, f"{path} [[attack]] #{index + 1} ({entry.get('id', '?')})", str(path))
+        if spec.id in registry.attacks:
+            raise UsageError(f"{path}: duplicate attack id {spec.id!r} (also in {registry.attacks[spec.id].source})")
+        registry.attacks[spec.id] = spec
+    for index, suite in enumerate(document.get("suite", [])):
+        where = f"{path} [[suite]] #{index + 1} ({suite.get('name', '?')})"
+        extra = set(suite) - SUITE_KEYS
+        if extra or "name" not in suite or not isinstance(suite.get("attacks"), list):
+            raise UsageError(f"{where}: a suite needs name and attacks (a list) only; unknown keys {sorted(extra)}")
+        if suite["name"] in registry.suites:
+            raise UsageError(f"{where}: duplicate suite name {suite['name']!r}")
+        registry.suites[suite["name"]] = [str(a) for a in suite["attacks"]]
+        registry.suite_descriptions[suite["name"]] = str(suite.get("description", ""))
+
+
+def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
+    extra = set(entry) - ATTACK_KEYS
+    if extra:
+        raise UsageError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(ATTACK_KEYS))}")
+    missing = REQUIRED_KEYS - set(entry)
+    if missing:
+        raise UsageError(f"{where}: missing key(s) {sorted(missing)}")
+    if not ID_PATTERN.match(str(entry["id"])):
+        raise UsageError(f"{where}: id must be kebab-case like pgd-linf, got {entry['id']!r}")
+    if not isinstance(entry["version"], int) or entry["version"] < 1:
+        raise UsageError(f"{where}: version must be a positive integer")
+    if entry["family"] not in FAMILIES:
+        raise UsageError(f"{where}: family {entry['family']!r} is not one of {', '.join(FAMILIES)}")
+    try:
+        norm = parse_norm(entry["norm"]) if "norm" in entry else None
+    except ValueError as error:
+        raise UsageError(f"{where}: {error}") from error
+    eps = entry.get("eps", "eps")
+    if isinstance(eps, str) and not RELATIVE.match(eps):
+        raise UsageError(f"{where}: eps must be a number or a multiple of eps like '0.5*eps', got {eps!r}")
+    if isinstance(eps, int | float) and (eps < 0 or not math.isfinite(eps)):
+        raise UsageError(f"{where}: eps must be a non-negative number")
+    params = entry.get("params", {})
+    if not isinstance(params, dict):
+        raise UsageError(f"{where}: params must be a table")
+    passes = entry.get("passes", {})
+    for kind, value in passes.items():
+        if kind not in ("forward", "backward") or not (isinstance(value, int) or value in params):
+            raise UsageError(f"{where}: passes.{kind} must be forward/backward = an integer or a parameter name")
+    target = entry.get("target")
+    if target is not None:
+        from midbench.attacks.base import check_target_policy
+
+        check_target_policy(str(target))
+    try:
+        attack_class = load_implementation(str(entry["implementation"]))
+    except UsageError as error:
+        raise UsageError(f"{where}: {error}") from error
+    accepted = set(inspect.signature(attack_class.__init__).parameters) - {"self"}
+    unknown_params = set(params) - accepted
+    if unknown_params:
+        raise UsageError(f"{where}: {entry['implementation']} takes no parameter(s) {sorted(unknown_params)}")
+    return AttackSpec(id=entry["id"], version=entry["version"], family=entry["family"], norm=norm,
+                      implementation=str(entry["implementation"]), eps=eps, target=target,
+                      citation=str(entry["citation"]), params=dict(params), passes=dict(passes),
+                      description=str(entry.get("description", "")), source=source)
+
+
+def load_implementation(target: str) -> type:
+    """Resolve ``module:Class`` to an Attack subclass.
+
+    Only modules inside midbench (and the named external backends) may be imported: a registry file cannot
+    make midbench import arbitrary code (reliability.md, "Security").
+    """
+    from midbench.attacks.base import Attack
+
+    prefix, _, name = target.partition(":")
+    if prefix in EXTERNAL_PREFIXES:
+        if name != "standard":
+            raise UsageError(f"unknown implementation {target!r}; use autoattack:standard")
+        target = EXTERNAL_PREFIXES[prefix]
+        prefix, _, name = target.partition(":")
+    if not prefix.startswith("midbench.attacks.") or not name:
+        raise UsageError(f"implementation {target!r} must be 'midbench.attacks.<module>:<Class>' or "
+                         "'autoattack:standard'")
+    try:
+        module = importlib.import_module(prefix)
+    except ImportError as error:
+        raise UsageError(f"implementation module {prefix!r} cannot be imported ({error})") from error
+    attack_class = getattr(module, name, None)
+    if not (inspect.isclass(attack_class) and issubclass(attack_class, Attack)):
+        raise UsageError(f"implementation {target!r} is not an Attack class")
+    return attack_class

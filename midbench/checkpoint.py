@@ -1,0 +1,206 @@
+"""Checkpoints: one ``.safetensors`` file holding the weights and midbench's metadata.
+
+The metadata (JSON under the ``midbench`` key of the safetensors header) records the provenance a result
+needs: format version, midbench and torch versions, architecture, dataset, class count, input shape,
+normalisation, method, training attacks (fully resolved), config, seed, epoch and metrics. It also records the
+SHA-256 of the tensor payload, which is verified on load, so a single flipped bit is caught (reliability.md,
+bad input 8).
+
+Foreign checkpoints (a plain state dict saved with ``torch.save``) load only through
+``torch.load(weights_only=True)``, which cannot execute code, and need ``--arch``. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from midbench import __version__
+from midbench.errors import ArtifactError
+from midbench.fileio import atomic_write_bytes
+
+FORMAT = "midbench.checkpoint/1"
+METADATA_KEY = "midbench"
+HASH_KEY = "payload_sha256"
+
+
+@dataclass
+class Checkpoint:
+    """Weights (``state_dict``) plus provenance (``metadata``); ``sha256`` is that of the file's bytes."""
+
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    path: str = ""
+
+    @property
+    def arch(self) -> str:
+        return str(self.metadata["arch"])
+
+
+def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(json.dumps(list(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def base_metadata() -> dict[str, Any]:
+    """The version fields every checkpoint carries."""
+    return {"format": FORMAT, "midbench_version": __version__, "torch_version": torch.__version__}
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
+    """Atomically write weights and metadata to ``path``; returns the file's SHA-256."""
+    from safetensors.torch import save
+
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    full = {**base_metadata(), **metadata}
+    header = {METADATA_KEY: json.dumps(full, sort_keys=True), HASH_KEY: payload_sha256(tensors),
+              "format": FORMAT}
+    data = save(tensors, metadata=header)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _describe_bad_file(data: bytes, path: Path) -> str | None:
+    if not data:
+        return f"not a checkpoint: {path} is empty"
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+        return f"not a checkpoint: {path} is HTML/text (a failed download?); download it again"
+    return None
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    (header_length,) = struct.unpack("<Q", data[:8])
+    return data[8:9] == b"{" and header_length < len(data) + 1
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a midbench checkpoint and verify its payload hash.
+
+    Raises:
+        ArtifactError: missing, empty, HTML, truncated, not midbench's format, or tampered-with (exit 3).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    problem = _describe_bad_file(data, path)
+    if problem:
+        raise ArtifactError(problem)
+    if not _looks_like_safetensors(data):
+        raise ArtifactError(f"not a midbench checkpoint: {path}; for a plain PyTorch state dict pass --arch "
+                            "(and --dataset)")
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        (header_length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + header_length])
+        tensors = load(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"not a checkpoint: {path} is truncated or corrupted ({error})") from error
+    extra = header.get("__metadata__") or {}
+    if METADATA_KEY not in extra or HASH_KEY not in extra:
+        raise ArtifactError(f"{path} is a safetensors file without midbench metadata; load it as a plain "
+                            "state dict with --arch")
+    if payload_sha256(tensors) != extra[HASH_KEY]:
+        raise ArtifactError(f"checkpoint {path} is corrupted: its tensors do not match the SHA-256 recorded in "
+                            "it; restore it from a good copy")
+    try:
+        metadata = json.loads(extra[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"checkpoint {path} has unreadable metadata ({error})") from error
+    return Checkpoint(tensors, metadata, hashlib.sha256(data).hexdigest(), str(path))
+
+
+def load_plain_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Load a foreign ``torch.save`` state dict with ``weights_only=True`` (no code can run).
+
+    Accepts a bare state dict or one nested under ``state_dict``/``model``; strips a DDP ``module.`` prefix.
+
+    Raises:
+        ArtifactError: the file is missing, not a checkpoint, or a pickle with anything but tensors in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    problem = _describe_bad_file(data, path)
+    if problem:
+        raise ArtifactError(problem)
+    if _looks_like_safetensors(data):
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            state = load(data)
+        except SafetensorError as error:
+            raise ArtifactError(f"not a checkpoint: {path} is truncated or corrupted ({error})") from error
+    else:
+        import pickle
+        import zipfile
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ArtifactError(f"refused to load {path}: it is a pickle that names code or objects other than "
+                                "tensors (nothing was executed); re-save it as a plain state dict") from error
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+            raise ArtifactError(f"not a checkpoint: {path} is truncated or not a PyTorch file ({error})") from error
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(f"not a checkpoint: {path} does not hold a state dict of tensors")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return state, hashlib.sha256(data).hexdigest()
+
+
+def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` strictly; a plain network's keys go into ``model.net``.
+
+    Raises:
+        ArtifactError: missing or unexpected keys, or shape mismatches, naming a few of them.
+    """
+    target = model
+    if not any(key.startswith("net.") for key in state) and hasattr(model, "net"):
+        target = model.net  # a foreign state dict of the bare network (normalisation comes from the dataset)
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(f"{source} does not fit this architecture: missing keys {missing[:5]}, unexpected "
+                            f"keys {unexpected[:5]}; check --arch")
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        raise ArtifactError(f"{source} does not fit this architecture: shape mismatch in {wrong[:5]}; check --arch "
+                            "and the class count")
+    target.load_state_dict(state, strict=True)
+
+
+def check_compatible(metadata: dict[str, Any], dataset_name: str, num_classes: int,
+                     input_shape: tuple[int, ...]) -> None:
+    """Refuse a checkpoint whose class count or input shape differs from the dataset's (reliability.md #1)."""
+    ckpt_classes = int(metadata.get("num_classes", num_classes))
+    ckpt_shape = tuple(metadata.get("input_shape", input_shape))
+    if ckpt_classes != num_classes or ckpt_shape != tuple(input_shape):
+        raise ArtifactError(
+            f"checkpoint is for {metadata.get('dataset', '?')} ({ckpt_classes} classes, input {ckpt_shape}) but "
+            f"dataset {dataset_name} has {num_classes} classes, input {tuple(input_shape)}; pick a matching "
+            "--dataset")

@@ -1,0 +1,49 @@
+"""``midbench``: the root Typer application. Sub-commands import torch only when they run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from midbench import __version__
+from midbench.cli import board, demo, evaluate, listing, train
+from midbench.cli._common import DEBUG, install_signal_handlers
+
+app = typer.Typer(
+    name="midbench", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Train and evaluate adversarial defenses against known and unknown attacks (MID, adversarial "
+         "training, AutoAttack).\n\nExample: midbench demo",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"midbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Train and evaluate adversarial defenses against known and unknown attacks."""
+    DEBUG["enabled"] = debug
+
+
+app.command("train", no_args_is_help=False)(train.train_command)
+app.command("eval")(evaluate.eval_command)
+app.command("leaderboard")(board.leaderboard_command)
+app.command("demo")(demo.demo_command)
+app.add_typer(listing.attacks_app, name="attacks")
+app.add_typer(listing.datasets_app, name="datasets")
+app.add_typer(listing.models_app, name="models")
+app.add_typer(listing.methods_app, name="methods")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    install_signal_handlers()
+    app()

@@ -1,0 +1,102 @@
+"""``midbench eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from midbench.cli._common import console, guarded, split_csv
+
+
+@guarded
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A midbench .safetensors checkpoint, or a plain state dict with --arch.")],
+    dataset: Annotated[str | None, typer.Option(help="Evaluate on this dataset (same shape and classes); required with --arch.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture of a plain PyTorch state dict.")] = None,
+    attacks: Annotated[list[str] | None, typer.Option(help="Attack ids, comma-separated or repeated.")] = None,
+    suite: Annotated[str | None, typer.Option(help="A suite of the attack registry (see `midbench attacks list`).")] = None,
+    known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
+    unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The default-unknown suite minus the training attacks.")] = False,
+    autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
+    protocol: Annotated[str, typer.Option(help="whitebox (default) or transfer.")] = "whitebox",
+    source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on.")] = None,
+    eps: Annotated[list[str] | None, typer.Option(help="ε override: 0.1 or 8/255 (L∞), L2=1.5, L1=10; repeatable.")] = None,
+    n_examples: Annotated[int | None, typer.Option(help="Evaluate the first N test examples.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 256,
+    results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
+    name: Annotated[str | None, typer.Option(help="Name of the model in tables (default: from the checkpoint).")] = None,
+    seed: Annotated[int, typer.Option(help="Evaluation seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    registry_dir: Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files; repeatable.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
+    output_format: Annotated[str, typer.Option("--format", help="table (default) or json (the result document).")] = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
+) -> None:
+    """Evaluate a checkpoint against known and unknown attacks and write a result file.
+
+    Without attack options, runs the model's known attacks and the unknown suite.
+
+    Example: midbench eval runs/pgdat/model.safetensors --known-attacks --unknown-attacks --autoattack --n-examples 500
+    """
+    if output_format not in ("table", "json"):
+        from midbench.errors import UsageError
+
+        raise UsageError(f"unknown --format {output_format!r}; use table or json")
+    from midbench.evaluation.runner import EvalConfig, run_evaluation
+    from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
+
+    selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
+                                unknown=unknown_attacks, autoattack=autoattack,
+                                eps=parse_eps_overrides(split_csv(eps)))
+    config = EvalConfig(checkpoint=str(checkpoint), dataset=dataset, arch=arch, selection=selection,
+                        protocol=protocol, source=str(source) if source else None, n_examples=n_examples,
+                        batch_size=batch_size, results_dir=str(results_dir), name=name, seed=seed, device=device,
+                        registry_dirs=tuple(str(d) for d in registry_dir or []),
+                        data_dir=str(data_dir) if data_dir else None, download=download)
+    show = console()
+    status = None if quiet or output_format == "json" else show.status("evaluating")
+    if status is not None:
+        status.start()
+
+    def report(key: str, done: int, total: int) -> None:
+        if status is not None:
+            status.update(f"{key}: {done}/{total} examples attacked")
+
+    try:
+        run = run_evaluation(config, progress=report)
+    finally:
+        if status is not None:
+            status.stop()
+    if output_format == "json":
+        print(json.dumps(run.result, indent=2))
+        return
+    for note in run.notes:
+        show.print(f"note: {note}", highlight=False)
+    show.print(result_table(run.result))
+    show.print(f"result: {run.path}", highlight=False)
+
+
+def result_table(result: dict) -> object:
+    """A rich table of one result document."""
+    from rich.table import Table
+
+    table = Table(title=f"{result['checkpoint']['name']} on {result['data']['dataset']} "
+                        f"(n={result['data']['n_examples']}, {result['protocol']['name']})")
+    for column in ("attack", "split", "ε", "robust acc %", "95% CI", "seconds"):
+        table.add_column(column, justify="left" if column in ("attack", "split") else "right")
+    table.add_row("clean", "", "", f"{100 * result['clean_accuracy']:.2f}", _ci(result["clean_ci95"]), "")
+    for row in result["attacks"]:
+        table.add_row(row["id"], row["split"], f"{row['eps']:.4g}", f"{100 * row['robust_accuracy']:.2f}",
+                      _ci(row["ci95"]), f"{row['seconds']:.1f}")
+    for key, value in result["summary"].items():
+        if value is not None:
+            table.add_row(key.replace("_", " "), "", "", f"{100 * value:.2f}", "", "")
+    return table
+
+
+def _ci(bounds: list[float]) -> str:
+    return f"{100 * bounds[0]:.1f}–{100 * bounds[1]:.1f}"

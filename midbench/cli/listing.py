@@ -1,0 +1,129 @@
+"""``midbench attacks list|show``, ``midbench datasets list``, ``midbench models list``, ``midbench methods list``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from midbench.cli._common import console, guarded
+
+attacks_app = typer.Typer(no_args_is_help=True, help="The attack registry: entries and suites.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Registered datasets.")
+models_app = typer.Typer(no_args_is_help=True, help="Registered architectures.")
+methods_app = typer.Typer(no_args_is_help=True, help="Registered training methods.")
+
+RegistryDirs = Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files; repeatable.")]
+
+
+@attacks_app.command("list")
+@guarded
+def attacks_list(
+    family: Annotated[str | None, typer.Option(help="Only this family (linf, l2, l1, l0, spatial, noise, ensemble).")] = None,
+    suite: Annotated[str | None, typer.Option(help="Only the attacks of this suite.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table (default) or json.")] = "table",
+    registry_dir: RegistryDirs = None,
+) -> None:
+    """List attack entries (and suites).
+
+    Example: midbench attacks list --family linf
+    """
+    from midbench.attacks.specs import load_registry
+
+    registry = load_registry(registry_dir or [])
+    specs = registry.suite(suite) if suite else list(registry.attacks.values())
+    if family:
+        specs = [spec for spec in specs if spec.family == family]
+    if output_format == "json":
+        print(json.dumps([{"id": s.id, "version": s.version, "family": s.family,
+                           "norm": s.norm.value if s.norm else None, "eps": s.eps, "target": s.target,
+                           "implementation": s.implementation, "params": s.params, "citation": s.citation}
+                          for s in specs], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="attacks")
+    for column in ("id", "family", "norm", "ε", "target", "parameters"):
+        table.add_column(column)
+    for spec in specs:
+        params = ", ".join(f"{k}={v}" for k, v in spec.params.items())
+        table.add_row(spec.key, spec.family, spec.norm.value if spec.norm else "—", str(spec.eps),
+                      spec.target or "—", params)
+    show = console()
+    show.print(table)
+    if not suite and not family:
+        suites = Table(title="suites")
+        suites.add_column("suite")
+        suites.add_column("attacks")
+        for name, ids in registry.suites.items():
+            suites.add_row(name, ", ".join(ids))
+        show.print(suites)
+
+
+@attacks_app.command("show")
+@guarded
+def attacks_show(attack_id: Annotated[str, typer.Argument(help="An attack id, e.g. pgd-linf.")],
+                 registry_dir: RegistryDirs = None) -> None:
+    """Show one attack entry in full.
+
+    Example: midbench attacks show pgd-linf
+    """
+    from midbench.attacks.specs import load_registry
+
+    spec = load_registry(registry_dir or []).get(attack_id)
+    for field in ("id", "version", "family", "norm", "implementation", "eps", "target", "params", "passes",
+                  "citation", "description", "source"):
+        value = getattr(spec, field)
+        print(f"{field:15} {value.value if hasattr(value, 'value') else value}")
+
+
+@datasets_app.command("list")
+@guarded
+def datasets_list() -> None:
+    """List datasets with shape, classes and default ε.
+
+    Example: midbench datasets list
+    """
+    from rich.table import Table
+
+    from midbench.data.registry import DATASETS, get_dataset
+
+    get_dataset("mnist5k")  # registers the built-in datasets
+    table = Table(title="datasets")
+    for column in ("id", "shape", "classes", "ε L∞", "ε L2", "ε L1", "source"):
+        table.add_column(column)
+    for name in DATASETS.names():
+        spec = DATASETS.get(name)
+        table.add_row(name, "×".join(map(str, spec.input_shape)), str(spec.num_classes), f"{spec.eps['Linf']:.4g}",
+                      f"{spec.eps['L2']:g}", f"{spec.eps['L1']:g}", spec.description)
+    console().print(table)
+
+
+@models_app.command("list")
+@guarded
+def models_list() -> None:
+    """List architectures.
+
+    Example: midbench models list
+    """
+    from midbench.models.factory import MODELS, _register_builtin
+
+    _register_builtin()
+    for name in MODELS.names():
+        print(f"{name:18} {MODELS.get(name).description}")
+
+
+@methods_app.command("list")
+@guarded
+def methods_list() -> None:
+    """List training methods.
+
+    Example: midbench methods list
+    """
+    from midbench.defenses.base import METHODS, _register_builtin
+
+    _register_builtin()
+    for name in METHODS.names():
+        print(f"{name:12} {METHODS.get(name).citation}")

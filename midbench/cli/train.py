@@ -1,0 +1,61 @@
+"""``midbench train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from midbench.cli._common import console, guarded
+
+
+@guarded
+def train_command(
+    method: Annotated[str | None, typer.Option(help="Training method: standard, pgd-at (see `midbench methods list`).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset id (default mnist5k, embedded).")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture id (default lenet).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default 5).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 128).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam (default) or sgd.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 0).")] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant (default), piecewise or cosine.")] = None,
+    train_attack: Annotated[str | None, typer.Option(help="Registry id of the training attack (default pgd-linf).")] = None,
+    eps: Annotated[str | None, typer.Option(help="ε of the training attack, e.g. 0.3 or 8/255 (default: the dataset's).")] = None,
+    attack_steps: Annotated[int | None, typer.Option(help="Override the training attack's steps (step size 2.5ε/steps).")] = None,
+    attack_step_size: Annotated[float | None, typer.Option(help="Override the training attack's step size.")] = None,
+    val_size: Annotated[int | None, typer.Option(help="Held-out training examples for per-epoch metrics (default 200).")] = None,
+    n_train: Annotated[int | None, typer.Option(help="Train on the first N examples only.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<method>-<arch>-<dataset>).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a [train] table; options given here win.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast for training (CUDA only).")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a model with one method and write checkpoints each epoch.
+
+    Example: midbench train --method pgd-at --dataset mnist5k --epochs 5 --attack-steps 10 --out runs/pgdat
+    """
+    from midbench.config import TrainConfig, load_config_file, merge_config
+    from midbench.training import train
+
+    file_values = load_config_file(config, "train") if config else {}
+    cli_values = {"method": method, "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size,
+                  "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay, "schedule": schedule,
+                  "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
+                  "attack_step_size": attack_step_size, "val_size": val_size, "n_train": n_train,
+                  "device": device, "seed": seed, "bf16": bf16 or None,
+                  "data_dir": str(data_dir) if data_dir else None, "download": download or None}
+    resolved = merge_config(TrainConfig(), file_values, cli_values).validate()
+    out_dir = out or Path("runs") / f"{resolved.method}-{resolved.arch}-{resolved.dataset}"
+    result = train(resolved, out_dir, resume=resume, progress=not quiet)
+    show = console()
+    for record in result.log:
+        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        show.print(metrics, highlight=False)
+    show.print(f"model: {result.checkpoint}", highlight=False)

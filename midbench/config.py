@@ -1,0 +1,137 @@
+"""Run configurations as frozen dataclasses, TOML loading, and parsing of user-given numbers.
+
+Precedence: command-line options > ``--config FILE.toml`` > the defaults below.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from midbench.errors import UsageError
+
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+
+
+def parse_eps(text: str | float, norm: str = "Linf") -> float:
+    """Parse an ε such as ``0.3``, ``8/255`` or ``2.0``.
+
+    Raises:
+        UsageError: not a number, negative, or an L∞ ε above 1 (ε on the 0–255 scale; use e.g. 8/255).
+    """
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        match = _FRACTION.match(str(text))
+        if not match:
+            raise UsageError(f"ε must be a non-negative number or a fraction like 8/255, got {text!r}")
+        value = float(match[1]) / (float(match[2]) if match[2] else 1.0)
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"ε must be a non-negative finite number, got {text!r}")
+    if norm == "Linf" and value > 1:
+        raise UsageError(f"L∞ ε {text} is larger than 1: inputs are in [0, 1], so give ε on that scale "
+                         f"(e.g. 8/255 instead of 8)")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (recorded in the checkpoint and ``config.toml``)."""
+
+    method: str = "standard"
+    dataset: str = "mnist5k"
+    arch: str = "lenet"
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    #: training attack of adversarial methods: a registry id, plus optional overrides
+    train_attack: str = "pgd-linf"
+    eps: float | None = None
+    attack_steps: int | None = None
+    attack_step_size: float | None = None
+    #: held-out slice of the training split for per-epoch clean/PGD accuracy (not trained on)
+    val_size: int = 200
+    val_pgd_steps: int = 10
+    #: use only the first N training examples (after the held-out slice); None = all
+    n_train: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    data_dir: str | None = None
+    download: bool = False
+
+    def validate(self) -> TrainConfig:
+        """Check numeric ranges early, before any data is loaded."""
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.attack_steps is not None and self.attack_steps < 1:
+            raise UsageError(f"--attack-steps must be at least 1, got {self.attack_steps}")
+        if self.val_size < 0 or (self.n_train is not None and self.n_train < 1):
+            raise UsageError("--val-size must be ≥ 0 and --n-train ≥ 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
+        if self.schedule not in ("constant", "piecewise", "cosine"):
+            raise UsageError(f"unknown schedule {self.schedule!r}; use constant, piecewise or cosine")
+        if self.eps is not None:
+            parse_eps(self.eps)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that must match for ``--resume``: all but device and data location, and the epoch count
+        unless a schedule depends on it (a constant-rate run may be extended)."""
+        free = {"device", "data_dir", "download"} | ({"epochs"} if self.schedule == "constant" else set())
+        return {k: v for k, v in asdict(self).items() if k not in free}
+
+
+def load_config_file(path: str | Path, section: str) -> dict[str, Any]:
+    """Read table ``[section]`` (or the top level) of a TOML file, with kebab-case keys normalised."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise UsageError(f"config file not found: {path}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: not valid TOML ({error})") from error
+    table = document.get(section, document)
+    return {key.replace("-", "_"): value for key, value in table.items() if not isinstance(value, dict)}
+
+
+def merge_config(defaults: TrainConfig, file_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
+    """Apply ``file_values`` then the non-None ``cli_values`` over ``defaults``."""
+    known = {f.name for f in fields(defaults)}
+    unknown = set(file_values) - known
+    if unknown:
+        raise UsageError(f"unknown config key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    merged = replace(defaults, **file_values)
+    return replace(merged, **{k: v for k, v in cli_values.items() if v is not None})
+
+
+def config_to_toml(config: dict[str, Any], section: str = "train") -> str:
+    """Render a flat config dict as TOML (None values are omitted: TOML has no null)."""
+    lines = [f"[{section}]"]
+    for key, value in config.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, int | float):
+            rendered = repr(value)
+        else:
+            rendered = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{key} = {rendered}")
+    return "\n".join(lines) + "\n"

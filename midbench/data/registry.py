@@ -1,0 +1,115 @@
+"""The dataset registry and the :class:`DatasetSpec` every dataset declares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from midbench.errors import ArtifactError, UsageError
+from midbench.registry import Registry
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """One split of a dataset held as tensors: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> TensorSplit:
+        """The examples at ``indices`` (a 1-D index tensor), in that order."""
+        return TensorSplit(self.images[indices], self.labels[indices])
+
+    def as_float(self) -> torch.Tensor:
+        """All images as float32 in [0, 1]."""
+        return self.images.float().div_(255.0)
+
+
+LoadFn = Callable[[str, "Path | None", bool], TensorSplit]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What midbench needs to know about a dataset.
+
+    Attributes:
+        name: registry id (kebab-case).
+        input_shape: (channels, height, width) of one image.
+        num_classes: number of labels.
+        eps: default threat budget per norm ("Linf", "L2", "L1") for inputs in [0, 1].
+        mean, std: per-channel normalisation applied *inside* the model.
+        description: one line for ``midbench datasets list``.
+        loader: ``loader(split, data_dir, download) -> TensorSplit``.
+        embedded: True when the data ships with an installed package (no ``--data-dir`` needed).
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    eps: dict[str, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    description: str
+    loader: LoadFn = field(repr=False)
+    embedded: bool = False
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+MNIST_EPS = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
+CIFAR_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
+NO_NORMALISATION_1 = ((0.0,), (1.0,))
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` registered as ``name`` (raises :class:`UsageError` with suggestions)."""
+    _register_builtin()
+    return DATASETS.get(name)
+
+
+def load_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = False) -> TensorSplit:
+    """Load ``split`` ("train" or "test") of dataset ``name``.
+
+    Raises:
+        UsageError: unknown dataset or split.
+        ArtifactError: the files are missing or unreadable (the message says how to get them).
+    """
+    spec = get_dataset(name)
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    if root is None and not spec.embedded:
+        raise UsageError(f"dataset {name!r} needs --data-dir DIR (add --download to fetch it there)")
+    data = spec.loader(split, root, download)
+    _check_split(spec, data)
+    return data
+
+
+def _check_split(spec: DatasetSpec, data: TensorSplit) -> None:
+    if data.images.dtype != torch.uint8 or tuple(data.images.shape[1:]) != spec.input_shape:
+        raise ArtifactError(f"{spec.name} files give images of shape {tuple(data.images.shape[1:])} "
+                            f"({data.images.dtype}); expected uint8 {spec.input_shape}: re-download them")
+    if len(data) == 0:
+        raise ArtifactError(f"{spec.name} files hold no examples; re-download them")
+    if int(data.labels.min()) < 0 or int(data.labels.max()) >= spec.num_classes:
+        raise ArtifactError(f"{spec.name} labels fall outside 0..{spec.num_classes - 1}; re-download the files")
+
+
+_REGISTERED = False
+
+
+def _register_builtin() -> None:
+    # Imported lazily so that `import midbench.data` stays cheap and free of torchvision.
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+    from midbench.data import embedded, torchvision_sets  # noqa: F401  (registration side effect)

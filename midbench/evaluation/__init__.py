@@ -1,0 +1,1 @@
+"""Evaluation: protocols, the per-example robustness matrix, metrics and result files."""

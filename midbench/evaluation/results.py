@@ -1,0 +1,111 @@
+"""Result files: ``results/runs/<dataset>/<run_id>.json`` (schema ``midbench.result/1``) and the per-example
+matrix beside it (``<run_id>.npz``), both written atomically. A failed or interrupted evaluation writes
+neither, so it can never appear in a leaderboard."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from midbench import __version__
+from midbench.evaluation.engine import Evaluation
+from midbench.evaluation.metrics import summarise, wilson_interval
+from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writable_dir
+
+SCHEMA = "midbench.result/1"
+
+
+def make_run_id(name: str, protocol: str, now: datetime) -> str:
+    """``<name>__<protocol>__<UTC time>-<random>``: unique even for runs started in the same second."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
+    return f"{safe}__{protocol}__{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],
+                 data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str) -> dict[str, Any]:
+    """The result document of one evaluation run."""
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        autoattack_version = version("pyautoattack")
+    except Exception:  # noqa: BLE001 - version lookup is informational
+        autoattack_version = None
+    n = int(evaluation.clean_correct.shape[0])
+    rows, autoattack_columns = [], []
+    for column, outcome in enumerate(evaluation.outcomes):
+        survivors = int(outcome.robust.sum())
+        attack = outcome.attack
+        if attack.family == "ensemble" and attack.id.startswith("autoattack"):
+            autoattack_columns.append(column)
+        row = {"id": attack.key, "split": outcome.split, "family": attack.family,
+               "norm": attack.norm.value if attack.norm else None, "eps": attack.eps,
+               "targeted": attack.targeted, "target": attack.target, "params": attack.params,
+               "implementation": attack.implementation,
+               "robust_accuracy": survivors / n if n else None, "ci95": list(wilson_interval(survivors, n)),
+               "seconds": round(outcome.seconds, 3), "forward_passes": outcome.forward_passes,
+               "backward_passes": outcome.backward_passes}
+        row.update(outcome.details)
+        rows.append(row)
+    clean = int(evaluation.clean_correct.sum())
+    return {
+        "schema": SCHEMA, "run_id": run_id, "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": {"midbench": __version__, "torch": torch.__version__, "pyautoattack": autoattack_version},
+        "device": device, "checkpoint": checkpoint, "data": data, "protocol": protocol, "seed": seed,
+        "clean_accuracy": clean / n if n else None, "clean_ci95": list(wilson_interval(clean, n)),
+        "attacks": rows,
+        "summary": summarise(evaluation.matrix, [o.split for o in evaluation.outcomes], autoattack_columns),
+        "flags": [], "per_example": f"{run_id}.npz",
+    }
+
+
+def write_result(result: dict[str, Any], evaluation: Evaluation, results_dir: str | Path,
+                 indices: np.ndarray) -> Path:
+    """Write ``<results_dir>/runs/<dataset>/<run_id>.{npz,json}``; the JSON last, so a visible JSON always
+    has its matrix. Returns the JSON path."""
+    folder = ensure_writable_dir(Path(results_dir) / "runs" / result["data"]["dataset"])
+    run_id = result["run_id"]
+
+    def write_npz(handle: io.BufferedWriter) -> None:
+        np.savez_compressed(handle, robust=evaluation.matrix, clean=evaluation.clean_correct,
+                            attacks=np.array([row["id"] for row in result["attacks"]], dtype=str),
+                            splits=np.array([row["split"] for row in result["attacks"]], dtype=str),
+                            indices=indices)
+
+    atomic_write_with(folder / f"{run_id}.npz", write_npz)
+    json_path = folder / f"{run_id}.json"
+    atomic_write_json(json_path, result)
+    return json_path
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def indices_sha256(indices: np.ndarray) -> str:
+    """SHA-256 of the evaluated example indices (int64, little-endian)."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def read_result(path: str | Path) -> dict[str, Any] | None:
+    """A result document, or ``None`` when the file is not a complete midbench result."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        return None
+    return document
+
+
+

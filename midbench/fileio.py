@@ -1,0 +1,100 @@
+"""Atomic file writes: a crash leaves either the old file or the new one, never a torn file.
+
+Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target, then fsync the
+directory so the rename itself survives a power loss (reliability.md, "All writes are atomic").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from midbench.errors import ArtifactError, UsageError
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a binary temporary file that replaces ``path`` only if the block finishes without error.
+
+    Raises:
+        ArtifactError: the disk is full (exit 3); the previous file at ``path`` stays intact.
+        UsageError: the directory cannot be created or written.
+    """
+    target = Path(path)
+    ensure_writable_dir(target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except OSError as error:
+        _remove_quietly(tmp_name)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ArtifactError(f"disk full while writing {target}; free space and retry "
+                                "(the previous file is intact)") from error
+        raise
+    except BaseException:
+        _remove_quietly(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically replace ``path`` with UTF-8 ``text``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Atomically write ``payload`` as indented JSON."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Atomically replace ``path`` with whatever ``write(handle)`` writes."""
+    with atomic_writer(path) as handle:
+        write(handle)
+
+
+def ensure_writable_dir(directory: str | os.PathLike[str]) -> Path:
+    """Create ``directory`` if needed and check it is writable, before any compute is spent.
+
+    Raises:
+        UsageError: it cannot be created or is not writable (reliability.md, bad input 11).
+    """
+    folder = Path(directory)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create directory {folder}: {error.strerror}; choose another location") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"directory {folder} is not writable; choose another location")
+    return folder
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Directories cannot be opened for fsync on every platform; losing this only weakens power-loss safety.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_quietly(name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name)

@@ -1,0 +1,66 @@
+"""A generic name -> component registry with "did you mean" suggestions."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from midbench.errors import UsageError
+
+T = TypeVar("T")
+
+
+def suggest(name: str, choices: list[str], kind: str) -> str:
+    """Return the one-line message for an unknown ``name`` among ``choices``."""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(choices))}."
+
+
+class Registry(Generic[T]):
+    """Maps names (and aliases) to components; unknown names raise :class:`UsageError` with close matches."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+        """Decorator that registers a component under ``name`` and optional aliases."""
+
+        def decorate(item: T) -> T:
+            self.add(name, item, *aliases)
+            return item
+
+        return decorate
+
+    def add(self, name: str, item: T, *aliases: str) -> None:
+        """Register ``item`` under ``name``; a name can be registered once."""
+        if name in self._items or name in self._aliases:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._items[name] = item
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def canonical(self, name: str) -> str:
+        """The registered name for ``name`` or one of its aliases."""
+        if name in self._items:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        raise UsageError(suggest(name, list(self._items) + list(self._aliases), self.kind))
+
+    def get(self, name: str) -> T:
+        """The component registered as ``name``; raises :class:`UsageError` with suggestions."""
+        return self._items[self.canonical(name)]
+
+    def names(self) -> list[str]:
+        """Registered names, sorted (aliases excluded)."""
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items or name in self._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

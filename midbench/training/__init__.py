@@ -1,0 +1,5 @@
+"""The one generic training loop."""
+
+from midbench.training.loop import TrainResult, train
+
+__all__ = ["TrainResult", "train"]

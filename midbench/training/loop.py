@@ -1,0 +1,242 @@
+"""The one training loop every method uses: epochs, progress, per-epoch metrics, checkpoints, exact resume.
+
+Output directory (``--out DIR``):
+
+- ``model.safetensors``: the model after the last finished epoch, with full metadata (rewritten every epoch);
+- ``config.toml``: the resolved configuration;
+- ``log.jsonl``: one line of metrics per finished epoch (loss, train accuracy, held-out clean and PGD
+  accuracy, learning rate, seconds);
+- ``state.pt``: what ``--resume`` needs (model, optimiser and scheduler state, epoch, log), saved with
+  ``torch.save`` and read back with ``weights_only=True``.
+
+Exact resume: all randomness of epoch *e* (shuffling, random starts, random targets) is drawn from generators
+seeded with (seed, e), and the state is written only at epoch boundaries, atomically. A run killed anywhere
+and resumed therefore repeats the interrupted epoch bit for bit and ends with the same weights as an
+uninterrupted run on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from midbench.attacks.gradient import PGD
+from midbench.attacks.norms import Norm
+from midbench.checkpoint import save_checkpoint
+from midbench.config import TrainConfig, config_to_toml
+from midbench.data.batches import DeviceBatches
+from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
+from midbench.defenses.base import DefenseTask, build_task
+from midbench.device import configure_for_speed, resolve_device
+from midbench.errors import ArtifactError, NumericalError, UsageError
+from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
+from midbench.models import build_model
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.toml"
+
+#: called after every batch with (epoch, batch index, batches per epoch, running loss)
+BatchCallback = Callable[[int, int, int, float], None]
+
+
+@dataclass
+class TrainResult:
+    """Where the run wrote its model and what its last epoch measured."""
+
+    out_dir: Path
+    checkpoint: Path
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of all randomness in ``epoch`` (a fixed mix, so resumed epochs redraw the same numbers)."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+def split_train_val(data: TensorSplit, val_size: int, n_train: int | None) -> tuple[TensorSplit, TensorSplit]:
+    """A fixed held-out slice (a seed-0 permutation's first ``val_size``) and the training rest."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    val_size = min(val_size, len(data) - 1)
+    val_index, train_index = order[:val_size], order[val_size:]
+    if n_train is not None:
+        train_index = train_index[:n_train]
+    return data.subset(train_index), data.subset(val_index)
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedules: constant; piecewise (×0.1 at 50% and 75% of training, Madry et al./Rice et al.);
+    cosine annealing to zero."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "piecewise":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(total * 0.5), int(total * 0.75)], 0.1)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def evaluate_slice(model: nn.Module, data: TensorSplit, dataset: DatasetSpec, steps: int,
+                   device: torch.device, batch_size: int = 500) -> dict[str, float]:
+    """Clean and PGD-``steps`` (L∞, dataset ε, step 2.5ε/steps) accuracy on a held-out slice."""
+    if len(data) == 0:
+        return {}
+    eps = dataset.eps["Linf"]
+    attack = PGD(eps, Norm.LINF, steps=steps, step_size=2.5 * eps / steps)
+    clean = robust = 0
+    for x, y in DeviceBatches(data, batch_size, device).epoch(shuffle=False):
+        with torch.no_grad():
+            clean += int((model(x).argmax(1) == y).sum())
+        robust += int((model(attack(model, x, y)).argmax(1) == y).sum())
+    return {"val_clean_acc": clean / len(data), f"val_pgd{steps}_acc": robust / len(data)}
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          on_batch: BatchCallback | None = None) -> TrainResult:
+    """Train ``config.method`` on ``config.dataset`` and write checkpoints to ``out_dir``.
+
+    Args:
+        resume: continue a run in ``out_dir`` from its last finished epoch (the config must match).
+        progress: show a progress bar on the terminal.
+        on_batch: optional callback after every batch (tests use it to observe progress).
+
+    Raises:
+        UsageError: bad configuration, an existing run without ``resume``, or a resume state from another config.
+        ArtifactError: data files missing or incompatible.
+        NumericalError: the loss became NaN or Inf (the last good checkpoint is kept).
+    """
+    config = config.validate()
+    out = ensure_writable_dir(out_dir)
+    state_path = out / STATE_FILE
+    if state_path.exists() and not resume:
+        raise UsageError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if resume and not state_path.exists() and (out / MODEL_FILE).exists():
+        raise UsageError(f"{out} has a model but no {STATE_FILE} to resume from; choose another --out")
+
+    device = resolve_device(config.device)
+    configure_for_speed(device)
+    if config.bf16 and device.type != "cuda":
+        raise UsageError("--bf16 needs a CUDA device; drop it to train in float32 on the CPU")
+    dataset = get_dataset(config.dataset)
+    task = build_task(config, dataset)
+    train_split, val_split = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
+                                             config.val_size, config.n_train)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, dataset.num_classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
+    batches = DeviceBatches(train_split, config.batch_size, device)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, len(batches))
+    start_epoch, log = 1, []
+    if resume and state_path.exists():
+        start_epoch, log = _restore(state_path, config, model, optimizer, scheduler, device)
+    atomic_write_text(out / CONFIG_FILE, config_to_toml(config.to_dict()))
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        record = _run_epoch(epoch, config, task, model, batches, optimizer, scheduler, device, progress, on_batch)
+        model.eval()
+        record.update(evaluate_slice(model, val_split, dataset, config.val_pgd_steps, device))
+        log.append(record)
+        _save_epoch(out, config, task, dataset, model, optimizer, scheduler, epoch, log, len(train_split))
+    return TrainResult(out, out / MODEL_FILE, log)
+
+
+def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Module, batches: DeviceBatches,
+               optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+               device: torch.device, progress: bool, on_batch: BatchCallback | None) -> dict[str, Any]:
+    seed = epoch_seed(config.seed, epoch)
+    torch.manual_seed(seed)  # random starts and targets of the training attack
+    generator = torch.Generator().manual_seed(seed)  # the shuffle
+    model.train()
+    started = time.perf_counter()
+    total_loss, correct, seen = 0.0, 0, 0
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
+    with _progress_bar(progress, f"epoch {epoch}/{config.epochs}", len(batches)) as advance:
+        for index, (x, y) in enumerate(batches.epoch(generator)):
+            with autocast:
+                outputs = task.loss(model, x, y)
+            loss = outputs["loss"]
+            if not torch.isfinite(loss):
+                raise NumericalError(f"the training loss became {float(loss)} in epoch {epoch}; the last good "
+                                     "checkpoint is kept — lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * y.shape[0]
+            correct += int((outputs["logits"].argmax(1) == y).sum())
+            seen += int(y.shape[0])
+            advance(total_loss / seen)
+            if on_batch is not None:
+                on_batch(epoch, index, len(batches), total_loss / seen)
+    return {"epoch": epoch, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3)}
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, description: str, total: int):  # noqa: ANN202
+    if not enabled:
+        yield lambda loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task_id = bar.add_task(description, total=total, loss=math.nan)
+        yield lambda loss: bar.update(task_id, advance=1, loss=loss)
+
+
+def _save_epoch(out: Path, config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, model: nn.Module,
+                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
+                log: list[dict[str, Any]], n_train: int) -> None:
+    metadata = {
+        "name": f"{config.method}-{config.arch}-{config.dataset}",
+        "arch": config.arch, "dataset": config.dataset, "num_classes": dataset.num_classes,
+        "input_shape": list(dataset.input_shape), "mean": list(dataset.mean), "std": list(dataset.std),
+        "method": task.name, "method_citation": task.citation, "method_params": task.describe(),
+        "train_attacks": [attack.to_dict() for attack in task.train_attacks],
+        "config": config.to_dict(), "seed": config.seed, "epoch": epoch, "epochs": config.epochs,
+        "n_train": n_train, "metrics": log[-1],
+    }
+    # Model first, state second: a crash between the two leaves a state one epoch behind the model, and the
+    # resume then redoes that epoch and rewrites both — never a state ahead of its model.
+    save_checkpoint(out / MODEL_FILE, model.state_dict(), metadata)
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "fingerprint": json.dumps(config.fingerprint(), sort_keys=True),
+             "log": json.dumps(log)}
+    atomic_write_with(out / STATE_FILE, lambda handle: torch.save(state, handle))
+    atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
+
+
+def _restore(state_path: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device
+             ) -> tuple[int, list[dict[str, Any]]]:
+    try:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means the state file is unusable
+        raise ArtifactError(f"cannot resume: {state_path} is unreadable ({error}); delete it to start over") from error
+    if state.get("fingerprint") != json.dumps(config.fingerprint(), sort_keys=True):
+        raise UsageError(f"cannot resume: {state_path} was written with a different configuration; use the "
+                         "same options (only --epochs and --device may change) or another --out")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]) + 1, json.loads(state["log"])
