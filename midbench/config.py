@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from midbench.errors import UsageError
 

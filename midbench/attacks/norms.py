@@ -80,7 +80,10 @@ def random_in_ball(x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
     if norm is Norm.LINF:
         delta = torch.empty_like(x).uniform_(-eps, eps)
     else:
-        direction = torch.randn_like(x) if norm is Norm.L2 else torch.empty_like(x).exponential_() * torch.randn_like(x).sign()
+        if norm is Norm.L2:
+            direction = torch.randn_like(x)
+        else:  # Laplace-distributed coordinates give a uniformly random L1 direction
+            direction = torch.empty_like(x).exponential_() * torch.randn_like(x).sign()
         length = distance(direction, norm).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         radius = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype) * eps
         delta = direction / length * radius

@@ -33,10 +33,11 @@ import inspect
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from midbench.attacks.norms import Norm, parse_norm
 from midbench.errors import UsageError

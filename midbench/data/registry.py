@@ -97,6 +97,9 @@ def _check_split(spec: DatasetSpec, data: TensorSplit) -> None:
     if data.images.dtype != torch.uint8 or tuple(data.images.shape[1:]) != spec.input_shape:
         raise ArtifactError(f"{spec.name} files give images of shape {tuple(data.images.shape[1:])} "
                             f"({data.images.dtype}); expected uint8 {spec.input_shape}: re-download them")
+    if data.labels.dim() != 1 or data.labels.shape[0] != data.images.shape[0]:
+        raise ArtifactError(f"{spec.name} files hold {data.images.shape[0]} images but labels of shape "
+                            f"{tuple(data.labels.shape)}; re-download them")
     if len(data) == 0:
         raise ArtifactError(f"{spec.name} files hold no examples; re-download them")
     if int(data.labels.min()) < 0 or int(data.labels.max()) >= spec.num_classes:

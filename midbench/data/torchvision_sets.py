@@ -45,9 +45,13 @@ def _load_idx(tv_class_name: str, name: str):  # noqa: ANN202 - returns a loader
         try:
             dataset = tv_class(str(root), train=(split == "train"), download=download)
         except RuntimeError as error:
-            raise _missing(name, root, str(error).split(".")[0]) from error
-        except (ValueError, OSError, EOFError) as error:
-            raise ArtifactError(f"{name} files under {root} are unreadable ({error}); re-download them") from error
+            if "not found" in str(error).lower():
+                raise _missing(name, root, str(error).split(".")[0]) from error
+            raise ArtifactError(f"{name} files under {root} are corrupted ({error}); re-download them") from error
+        except (ValueError, OSError, EOFError, AssertionError, TypeError) as error:
+            # torchvision checks idx headers with assert and rejects unexpected type codes with TypeError
+            raise ArtifactError(f"{name} files under {root} are unreadable ({error or 'bad header'}); "
+                                "re-download them") from error
         images = dataset.data.unsqueeze(1).contiguous()
         return TensorSplit(images.to(torch.uint8), dataset.targets.to(torch.int64))
 
@@ -60,6 +64,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5 (Python 3.14's default)
+        ("numpy.core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
@@ -75,11 +81,18 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
     raw = path.read_bytes()
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as error:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[label_key])
+        # Refuse instead of converting: casting int16 pixels to uint8 would wrap them silently.
+        if data.dtype != np.uint8 or not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
+            raise ValueError(f"data must be uint8 and labels a 1-D integer list (got {data.dtype}, "
+                             f"{labels.dtype} with {labels.ndim} dimensions)")
+        data = data.reshape(-1, 3, 32, 32)
+        if data.shape[0] != labels.shape[0]:
+            raise ValueError(f"{data.shape[0]} images but {labels.shape[0]} labels")
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as error:
         raise ArtifactError(f"{path} is not a CIFAR batch ({error}); re-download the dataset") from error
-    return data, labels
+    return data, labels.astype(np.int64)
 
 
 def _warn_if_modified(path: Path, expected_md5: str | None) -> None:
@@ -128,7 +141,7 @@ def _load_svhn(split: str, root: Path | None, download: bool) -> TensorSplit:
         mat = scipy.io.loadmat(str(path))
         images = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)  # (H, W, C, N) -> (N, C, H, W)
         labels = mat["y"].astype(np.int64).reshape(-1)
-    except (ValueError, KeyError, OSError, TypeError) as error:
+    except (ValueError, KeyError, OSError, TypeError, scipy.io.matlab.MatReadError) as error:
         raise ArtifactError(f"{path} is not an SVHN .mat file ({error}); re-download it") from error
     labels[labels == 10] = 0  # SVHN stores the digit 0 as label 10
     return TensorSplit(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))

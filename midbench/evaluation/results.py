@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path

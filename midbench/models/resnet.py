@@ -44,7 +44,7 @@ class PreActResNet(nn.Module):
         self.conv1 = nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False)
         stages: list[nn.Module] = []
         in_planes = widths[0]
-        for index, (blocks, width) in enumerate(zip(blocks_per_stage, widths)):
+        for index, (blocks, width) in enumerate(zip(blocks_per_stage, widths, strict=True)):
             stride = 1 if index == 0 else 2
             for block in range(blocks):
                 stages.append(PreActBlock(in_planes, width, stride if block == 0 else 1))

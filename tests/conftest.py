@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny models trained once per session on the embedded mnist5k data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from midbench.config import TrainConfig
+from midbench.data import load_split
+from midbench.data.registry import TensorSplit
+from midbench.training import train
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def mnist5k_test() -> TensorSplit:
+    return load_split("mnist5k", "test")
+
+
+@pytest.fixture(scope="session")
+def small_batch(mnist5k_test: TensorSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    """64 test images (float in [0, 1]) and labels, 6–7 of each class."""
+    subset = mnist5k_test.subset(torch.arange(0, 1000, 1000 // 64)[:64])
+    return subset.as_float(), subset.labels.clone()
+
+
+def _train(out: Path, **overrides: object) -> Path:
+    config = TrainConfig(**{"arch": "test-cnn", "epochs": 1, "batch_size": 64, "val_size": 50, "lr": 3e-3,
+                            "device": "cpu", **overrides})
+    return train(config, out, progress=False).checkpoint
+
+
+@pytest.fixture(scope="session")
+def standard_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test-cnn trained with the standard method for 2 epochs (≈ 90% clean, no robustness)."""
+    return _train(tmp_path_factory.mktemp("standard"), method="standard", epochs=2)
+
+
+@pytest.fixture(scope="session")
+def pgd_at_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test-cnn trained one epoch with PGD-AT (3 steps) on 1,000 images."""
+    return _train(tmp_path_factory.mktemp("pgd_at"), method="pgd-at", attack_steps=3, n_train=1000)
+
+
+@pytest.fixture(scope="session")
+def mlp_model(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
+    """A test-mlp trained one epoch (standard): the cheapest real classifier, for expensive attacks."""
+    from midbench.evaluation.runner import load_classifier
+
+    checkpoint = _train(tmp_path_factory.mktemp("mlp"), method="standard", arch="test-mlp", val_size=0)
+    return load_classifier(checkpoint).model.eval()
+
+
+@pytest.fixture(scope="session")
+def standard_model(standard_checkpoint: Path) -> nn.Module:
+    from midbench.evaluation.runner import load_classifier
+
+    return load_classifier(standard_checkpoint).model.eval()
