@@ -153,11 +153,13 @@ def load_plain_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], st
         except SafetensorError as error:
             raise ArtifactError(f"not a checkpoint: {path} is truncated or corrupted ({error})") from error
     else:
+        import io
         import pickle
         import zipfile
 
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # A file object, not the path: torch >= 2.14 picks its loader from a ".safetensors" suffix.
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise ArtifactError(f"refused to load {path}: it is a pickle that names code or objects other than "
                                 "tensors (nothing was executed); re-save it as a plain state dict") from error

@@ -174,7 +174,7 @@ def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Mod
                 outputs = task.loss(model, x, y)
             loss = outputs["loss"]
             if not torch.isfinite(loss):
-                raise NumericalError(f"the training loss became {float(loss)} in epoch {epoch}; the last good "
+                raise NumericalError(f"the training loss became {float(loss.detach())} in epoch {epoch}; the last good "
                                      "checkpoint is kept — lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

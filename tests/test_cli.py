@@ -1,0 +1,112 @@
+"""The command-line contract: help without torch, one-line errors with reliability.md's exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from midbench.cli.app import app
+
+RUNNER = CliRunner()
+
+
+def test_help_does_not_import_torch() -> None:
+    """`midbench --help` must stay fast (goal P7): it may not import torch, torchvision or pandas."""
+    code = ("import sys; from midbench.cli.app import app\n"
+            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'torchvision', 'pandas', 'pyautoattack') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["eval", "--help"], ["leaderboard", "--help"],
+                                     ["demo", "--help"], ["attacks", "list", "--help"], ["attacks", "show", "--help"],
+                                     ["datasets", "list", "--help"], ["models", "list", "--help"]])
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = RUNNER.invoke(app, command)
+    assert result.exit_code == 0
+    if command != ["--help"]:
+        assert "Example" in result.output
+
+
+USAGE_ERRORS = [
+    (["train", "--dataset", "mnist6k"], "Did you mean 'mnist5k'"),
+    (["train", "--arch", "lenett"], "Did you mean 'lenet'"),
+    (["train", "--method", "pgd-att"], "Did you mean 'pgd-at'"),
+    (["train", "--method", "pgd-at", "--eps", "8"], "8/255"),
+    (["train", "--eps", "-0.1"], "non-negative"),
+    (["train", "--eps", "abc"], "fraction like 8/255"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--attack-steps", "-1", "--method", "pgd-at"], "--attack-steps"),
+    (["train", "--dataset", "cifar10"], "--data-dir"),
+    (["attacks", "show", "pgd-linff"], "Did you mean 'pgd-linf'"),
+    (["attacks", "list", "--suite", "smok"], "Did you mean 'smoke'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    if args[0] == "train":
+        args = [*args, "--out", str(tmp_path / "run"), "--quiet"]
+    result = RUNNER.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+EVAL_USAGE_ERRORS = [
+    (["--attacks", "pgd-lnf"], "Did you mean 'pgd-linf'"),
+    (["--suite", "nope"], "unknown suite"),
+    (["--eps", "8"], "8/255"),
+    (["--eps", "L3=1"], "unknown norm"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--protocol", "blackbox"], "unknown protocol"),
+    (["--protocol", "transfer"], "--source"),
+    (["--dataset", "cifar-10"], "Did you mean 'cifar10'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), EVAL_USAGE_ERRORS, ids=[" ".join(a) for a, _ in EVAL_USAGE_ERRORS])
+def test_eval_usage_errors_exit_2(args: list[str], message: str, standard_checkpoint: Path, tmp_path: Path) -> None:
+    result = RUNNER.invoke(app, ["eval", str(standard_checkpoint), *args, "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unwritable_results_dir_fails_before_compute(standard_checkpoint: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = RUNNER.invoke(app, ["eval", str(standard_checkpoint), "--results-dir", str(blocker / "results")])
+    assert result.exit_code == 2
+    assert "cannot create directory" in result.output
+
+
+def test_n_examples_larger_than_split_is_clamped_with_a_note(standard_checkpoint: Path, tmp_path: Path) -> None:
+    result = RUNNER.invoke(app, ["eval", str(standard_checkpoint), "--attacks", "fgsm-linf", "--n-examples", "5000",
+                                 "--results-dir", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "using all 1000" in result.output
+
+
+def test_attacks_list_json_and_show(tmp_path: Path) -> None:
+    listed = RUNNER.invoke(app, ["attacks", "list", "--format", "json", "--family", "linf"])
+    assert listed.exit_code == 0
+    entries = json.loads(listed.output)
+    assert {e["id"] for e in entries} == {"fgsm-linf", "pgd-linf"}
+    shown = RUNNER.invoke(app, ["attacks", "show", "pgd-linf"])
+    assert shown.exit_code == 0 and "Madry" in shown.output
+
+
+def test_leaderboard_without_results_exits_2(tmp_path: Path) -> None:
+    result = RUNNER.invoke(app, ["leaderboard", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "midbench eval" in result.output

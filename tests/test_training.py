@@ -1,0 +1,111 @@
+"""The training loop: exact resume after SIGKILL, refusal of mismatched state, NaN handling, pass counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from midbench.checkpoint import load_checkpoint
+from midbench.cli.app import app
+from midbench.config import TrainConfig
+from midbench.data import get_dataset
+from midbench.defenses import build_task
+from midbench.evaluation.counting import PassCounter
+from midbench.models import build_model
+
+RUNNER = CliRunner()
+TRAIN_ARGS = ["train", "--method", "pgd-at", "--arch", "test-mlp", "--attack-steps", "2", "--epochs", "3",
+              "--batch-size", "16", "--n-train", "2400", "--val-size", "50", "--device", "cpu", "--quiet"]
+
+
+def _train_process(out: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # identical arithmetic in every process
+    return subprocess.Popen([sys.executable, "-m", "midbench", *TRAIN_ARGS, "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_epochs(log: Path, epochs: int, process: subprocess.Popen[str], timeout: float = 300) -> None:
+    """Wait until ``log`` records ``epochs`` finished epochs (an observable event, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= epochs:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early: {process.communicate()}")
+        time.sleep(0.02)
+    raise AssertionError("training did not finish an epoch in time")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    reference = _train_process(tmp_path / "uninterrupted")
+    assert reference.wait(timeout=600) == 0, reference.communicate()
+
+    killed_dir = tmp_path / "killed"
+    victim = _train_process(killed_dir)
+    _wait_for_epochs(killed_dir / "log.jsonl", 1, victim)
+    victim.send_signal(signal.SIGKILL)  # mid-way through epoch 2
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed_dir / "model.safetensors").metadata["epoch"] >= 1  # the last checkpoint loads
+
+    resumed = _train_process(killed_dir, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()
+    expected = load_checkpoint(tmp_path / "uninterrupted" / "model.safetensors")
+    actual = load_checkpoint(killed_dir / "model.safetensors")
+    assert actual.metadata["epoch"] == 3
+    assert expected.state_dict.keys() == actual.state_dict.keys()
+    for name, tensor in expected.state_dict.items():
+        assert torch.equal(tensor, actual.state_dict[name]), name
+    log = [json.loads(line) for line in (killed_dir / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2, 3]
+
+
+def test_existing_run_needs_resume_and_matching_config(tmp_path: Path) -> None:
+    base = ["train", "--arch", "test-mlp", "--epochs", "1", "--n-train", "64", "--val-size", "8", "--device", "cpu",
+            "--quiet", "--out", str(tmp_path)]
+    assert RUNNER.invoke(app, base).exit_code == 0
+    again = RUNNER.invoke(app, base)
+    assert again.exit_code == 2 and "--resume" in again.output
+    other = RUNNER.invoke(app, [*base, "--resume", "--lr", "0.5"])
+    assert other.exit_code == 2 and "different configuration" in other.output
+    longer = RUNNER.invoke(app, [*base[:4], "2", *base[5:], "--resume"])
+    assert longer.exit_code == 0, longer.output  # a constant-rate run may be extended
+    assert load_checkpoint(tmp_path / "model.safetensors").metadata["epoch"] == 2
+
+
+def test_nan_loss_exits_4_and_keeps_no_bad_checkpoint(tmp_path: Path) -> None:
+    result = RUNNER.invoke(app, ["train", "--arch", "test-mlp", "--optimizer", "sgd", "--lr", "1e30", "--epochs", "1",
+                                 "--n-train", "256", "--val-size", "8", "--device", "cpu", "--quiet",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 4, result.output
+    assert "loss became" in result.output
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_checkpoint_records_method_and_training_attacks(pgd_at_checkpoint: Path, standard_checkpoint: Path) -> None:
+    pgd = load_checkpoint(pgd_at_checkpoint).metadata
+    assert pgd["method"] == "pgd-at"
+    assert [(a["id"], a["params"]["steps"], a["eps"]) for a in pgd["train_attacks"]] == [("pgd-linf", 3, 0.3)]
+    assert load_checkpoint(standard_checkpoint).metadata["train_attacks"] == []
+    assert (pgd_at_checkpoint.parent / "config.toml").read_text().startswith("[train]")
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7])
+def test_pgd_at_step_costs_exactly_k_plus_one_passes(steps: int) -> None:
+    """Goal P3: K forwards/backwards for the attack and one each for the update, per example."""
+    config = TrainConfig(method="pgd-at", attack_steps=steps, device="cpu")
+    task = build_task(config, get_dataset("mnist5k"))
+    model = PassCounter(build_model("test-cnn", 10, (1, 28, 28)))
+    x, y = torch.rand(12, 1, 28, 28), torch.randint(0, 10, (12,))
+    task.loss(model, x, y)["loss"].backward()
+    assert (model.forward_passes, model.backward_passes) == (12 * (steps + 1), 12 * (steps + 1))
