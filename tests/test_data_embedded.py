@@ -23,9 +23,19 @@ def test_split_is_disjoint_and_covers_the_file() -> None:
     images, labels = _mnist5k_arrays()
     mask = mnist5k_test_mask(labels)
     assert mask.sum() == 1000
-    test = load_split("mnist5k", "test")
-    assert np.array_equal(test.images.numpy(), images[mask])
-    assert np.array_equal(load_split("mnist5k", "train").images.numpy(), images[~mask])
+    test, train = load_split("mnist5k", "test"), load_split("mnist5k", "train")
+    as_set = lambda array: {row.tobytes() for row in array.reshape(array.shape[0], -1)}  # noqa: E731
+    assert as_set(test.images.numpy()) == as_set(images[mask])
+    assert as_set(train.images.numpy()) == as_set(images[~mask])
+    assert not as_set(test.images.numpy()) & as_set(train.images.numpy())
+
+
+def test_every_prefix_of_the_test_split_is_class_balanced() -> None:
+    """The file is sorted by digit; the split is interleaved so --n-examples N sees every class equally."""
+    labels = load_split("mnist5k", "test").labels
+    assert labels[:10].tolist() == list(range(10))
+    for n in (20, 200, 1000):
+        assert torch.equal(labels[:n].bincount(minlength=10), torch.full((10,), n // 10))
 
 
 def test_device_batches_cover_every_example_once_in_seeded_order() -> None:

@@ -109,3 +109,12 @@ def test_pgd_at_step_costs_exactly_k_plus_one_passes(steps: int) -> None:
     x, y = torch.rand(12, 1, 28, 28), torch.randint(0, 10, (12,))
     task.loss(model, x, y)["loss"].backward()
     assert (model.forward_passes, model.backward_passes) == (12 * (steps + 1), 12 * (steps + 1))
+
+
+def test_cuda_request_without_gpu_is_a_usage_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = RUNNER.invoke(app, ["train", "--device", "cuda", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+    bf16 = RUNNER.invoke(app, ["train", "--bf16", "--device", "cpu", "--out", str(tmp_path / "b"), "--quiet"])
+    assert bf16.exit_code == 2 and "CUDA" in bf16.output

@@ -75,8 +75,8 @@ class PGD(Attack):
         super().__init__(eps, norm, target)
         if steps < 1:
             raise UsageError(f"PGD needs at least one step, got {steps}")
-        if step_size <= 0:
-            raise UsageError(f"PGD step size must be positive, got {step_size}")
+        if step_size < 0:
+            raise UsageError(f"PGD step size must be non-negative, got {step_size}")
         self.steps = int(steps)
         self.step_size = float(step_size)
         self.random_start = bool(random_start)

