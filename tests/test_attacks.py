@@ -2,12 +2,15 @@
 
 - the result lies in the ε-ball (its norm) and in [0, 1];
 - accuracy under attack is at most clean accuracy (robust-points-only evaluation makes this structural, so
-  it is checked on the raw attack output here);
+  it is checked on the raw attack output, with no masking);
 - the same seed gives the same adversarial examples;
 - the model's train/eval mode and requires_grad flags are restored, and no parameter gradient is left behind.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import math
 
 import pytest
 import torch
@@ -23,15 +26,40 @@ MNIST_EPS = get_dataset("mnist5k").eps
 SLOW_FAMILIES = {"ensemble"}
 
 
+#: Property tests check the contract, not strength: iteration budgets are capped to keep them fast.
+BUDGET_CAPS = {"steps": 5, "nb_iter": 2, "nb_sample": 16, "max_iterations": 10, "binary_search_steps": 2,
+               "search_steps": 2, "restarts": 2, "samples": 3, "popsize": 4, "angle_steps": 5, "shift_steps": 3,
+               "gamma": 0.02}  # JSMA's cost grows with the number of pixels it may change
+
+
 def _resolved(attack_id: str):  # noqa: ANN202
     spec = REGISTRY.get(attack_id).resolve(MNIST_EPS)
-    if "steps" in spec.params:  # property tests do not need full budgets
-        spec.params["steps"] = min(int(spec.params["steps"]), 5)
+    for name, cap in BUDGET_CAPS.items():
+        if name in spec.params:
+            spec.params[name] = min(type(cap)(spec.params[name]), cap)
     return spec
 
 
-ATTACK_IDS = [pytest.param(a, marks=pytest.mark.slow) if REGISTRY.get(a).family in SLOW_FAMILIES else a
-              for a in sorted(REGISTRY.attacks)]
+def _needs_backend(attack_id: str) -> bool:
+    return REGISTRY.get(attack_id).implementation.startswith("torchattacks:")
+
+
+def _param(attack_id: str):  # noqa: ANN202
+    marks = []
+    if REGISTRY.get(attack_id).family in SLOW_FAMILIES:
+        marks.append(pytest.mark.slow)
+    if _needs_backend(attack_id):
+        marks.append(pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None,
+                                        reason="needs the torchattacks extra"))
+    return pytest.param(attack_id, marks=marks)
+
+
+ATTACK_IDS = [_param(a) for a in sorted(REGISTRY.attacks)]
+
+
+def changed_pixels(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """Per example, the number of pixel positions (any channel) that changed."""
+    return ((x_adv - x).abs().amax(dim=1) > 1e-6).flatten(1).sum(1)
 
 
 @pytest.mark.parametrize("attack_id", ATTACK_IDS)
@@ -55,40 +83,17 @@ def test_attack_contract(attack_id: str, standard_model: nn.Module,
     assert x_adv.shape == x.shape and float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     if spec.norm is not None:
         assert float(distance(x_adv - x, spec.norm).max()) <= spec.eps * (1 + 1e-5) + 1e-6
+    if spec.family == "l0" and "pixels" in spec.params:
+        assert int(changed_pixels(x, x_adv).max()) <= spec.params["pixels"]
+    if spec.family == "l0" and "gamma" in spec.params:  # JSMA changes pixels in pairs
+        assert int(changed_pixels(x, x_adv).max()) <= 2 * math.ceil(spec.params["gamma"] * x[0].numel() / 2)
     assert torch.equal(x_adv, x_again), "same seed, same adversarial examples"
     with torch.no_grad():
-        clean_correct = model(x).argmax(1) == y
-        adv_correct = model(x_adv).argmax(1) == y
-    # Attacks keep their unsuccessful examples at the clean point or somewhere in the ball; on this undefended
-    # model they must not make accuracy rise above clean on the examples that were correct.
-    assert int((adv_correct & clean_correct).sum()) <= int(clean_correct.sum())
-
-
-@pytest.mark.parametrize("attack_id", ["fgsm-linf", "pgd-linf", "fgsm-l2", "pgd-l2"])
-def test_gradient_attacks_break_an_undefended_model(attack_id: str, standard_model: nn.Module,
-                                                    small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """At MNIST's default ε (0.3 L∞, 2.0 L2) an undefended model must lose most of its accuracy; PGD at
-    least as strong as FGSM on the same examples."""
-    x, y = small_batch
-    spec = REGISTRY.get(attack_id).resolve(MNIST_EPS)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        clean = (standard_model(x).argmax(1) == y).float().mean()
-        robust = (standard_model(spec.build()(standard_model, x, y)).argmax(1) == y).float().mean()
-    assert clean > 0.6
-    assert robust < clean - 0.3
-
-
-def test_pgd_at_least_as_strong_as_fgsm(standard_model: nn.Module,
-                                        small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-    x, y = small_batch
-    accuracies = {}
-    for attack_id in ("fgsm-linf", "pgd-linf"):
-        torch.manual_seed(0)
-        x_adv = REGISTRY.get(attack_id).resolve({"Linf": 0.1}).build()(standard_model, x, y)
-        with torch.no_grad():
-            accuracies[attack_id] = float((standard_model(x_adv).argmax(1) == y).float().mean())
-    assert accuracies["pgd-linf"] <= accuracies["fgsm-linf"]
+        clean_accuracy = float((model(x).argmax(1) == y).float().mean())
+        raw_adversarial_accuracy = float((model(x_adv).argmax(1) == y).float().mean())
+    # Even without robust-points-only masking (which makes it structural in evaluate()), an attack must not
+    # raise accuracy: an implementation that denoised or returned the wrong images would.
+    assert raw_adversarial_accuracy <= clean_accuracy
 
 
 def test_attack_refuses_inputs_outside_unit_range(standard_model: nn.Module) -> None:

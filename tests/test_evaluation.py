@@ -150,3 +150,18 @@ def test_leaderboard_markdown_and_csv_agree(standard_checkpoint: Path, pgd_at_ch
     output = tmp_path / "board.md"
     result = RUNNER.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "--output", str(output)])
     assert result.exit_code == 0 and output.read_text() == markdown
+
+
+def test_atomic_writes_leave_no_temporary_files_and_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    from midbench.fileio import atomic_write_text
+
+    target = tmp_path / "board.md"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["board.md"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

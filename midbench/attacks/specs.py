@@ -13,7 +13,7 @@ Format of a registry file::
     version = 1                  # bump when a hyper-parameter changes; results record id@version
     family = "linf"              # threat family: linf, l2, l1, l0, spatial, noise, ensemble
     norm = "Linf"                # Linf, L2, L1, or omitted for non-Lp threats
-    implementation = "midbench.attacks.gradient:PGD"   # or "autoattack:standard"
+    implementation = "midbench.attacks.gradient:PGD"   # or "autoattack:standard", "torchattacks:JSMA"
     eps = "eps"                  # the dataset's ε for this norm (default), a number, or a multiple of it
     target = "random"            # only for targeted entries: random, least-likely, fixed:K
     citation = "Madry et al., ICLR 2018"
@@ -50,8 +50,6 @@ REQUIRED_KEYS = {"id", "version", "family", "implementation", "citation"}
 SUITE_KEYS = {"name", "description", "attacks"}
 ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 RELATIVE = re.compile(r"^\s*(?:(?P<scale>[0-9.eE+-]+)\s*\*\s*)?eps(?:\s*/\s*(?P<divisor>[0-9.eE+-]+))?\s*$")
-#: Implementations outside midbench's own modules that a registry file may name.
-EXTERNAL_PREFIXES = {"autoattack": "midbench.attacks.autoattack:AutoAttackStandard"}
 
 
 def resolve_relative(value: Any, eps: float) -> Any:
@@ -116,9 +114,9 @@ class ResolvedAttack:
 
     def build(self, seed: int = 0, batch_size: int = 256) -> Any:
         """Instantiate the attack object (an :class:`midbench.attacks.base.Attack`)."""
-        attack_class = load_implementation(self.implementation)
+        attack_class, preset = load_implementation(self.implementation)
         accepted = inspect.signature(attack_class.__init__).parameters
-        kwargs: dict[str, Any] = {"eps": self.eps, "norm": self.norm, **self.params}
+        kwargs: dict[str, Any] = {"eps": self.eps, "norm": self.norm, **preset, **self.params}
         if self.target is not None:
             kwargs["target"] = self.target
         if "seed" in accepted:
@@ -279,11 +277,10 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
 
         check_target_policy(str(target))
     try:
-        attack_class = load_implementation(str(entry["implementation"]))
+        accepted = accepted_parameters(str(entry["implementation"]))
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from error
-    accepted = set(inspect.signature(attack_class.__init__).parameters) - {"self"}
-    unknown_params = set(params) - accepted
+    unknown_params = set(params) - accepted if accepted is not None else set()
     if unknown_params:
         raise UsageError(f"{where}: {entry['implementation']} takes no parameter(s) {sorted(unknown_params)}")
     return AttackSpec(id=entry["id"], version=entry["version"], family=entry["family"], norm=norm,
@@ -292,23 +289,35 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
                       description=str(entry.get("description", "")), source=source)
 
 
-def load_implementation(target: str) -> type:
-    """Resolve ``module:Class`` to an Attack subclass.
+def load_implementation(target: str) -> tuple[type, dict[str, Any]]:
+    """Resolve an implementation target to (Attack subclass, preset keyword arguments).
 
-    Only modules inside midbench (and the named external backends) may be imported: a registry file cannot
-    make midbench import arbitrary code (reliability.md, "Security").
+    Accepted forms: ``midbench.attacks.<module>:<Class>``; ``autoattack:standard`` or ``autoattack:<component>``
+    (apgd-ce, apgd-t, fab-t, square) for the reference AutoAttack code; ``torchattacks:<Class>`` for the
+    optional torchattacks backend. Nothing else can be imported: a registry file cannot make midbench run
+    arbitrary code (reliability.md, "Security").
     """
     from midbench.attacks.base import Attack
 
     prefix, _, name = target.partition(":")
-    if prefix in EXTERNAL_PREFIXES:
-        if name != "standard":
-            raise UsageError(f"unknown implementation {target!r}; use autoattack:standard")
-        target = EXTERNAL_PREFIXES[prefix]
-        prefix, _, name = target.partition(":")
+    if prefix == "autoattack":
+        from midbench.attacks.autoattack import STANDARD_COMPONENTS, AutoAttackStandard
+
+        if name == "standard":
+            return AutoAttackStandard, {}
+        if name in STANDARD_COMPONENTS:
+            return AutoAttackStandard, {"components": (name,)}
+        raise UsageError(f"unknown implementation {target!r}; use autoattack:standard or autoattack:<component> "
+                         f"with a component of {', '.join(STANDARD_COMPONENTS)}")
+    if prefix == "torchattacks":
+        from midbench.attacks.torchattacks_adapter import TorchattacksAttack
+
+        if not name.isidentifier():
+            raise UsageError(f"implementation {target!r} must name a torchattacks class, e.g. torchattacks:JSMA")
+        return TorchattacksAttack, {"name": name}
     if not prefix.startswith("midbench.attacks.") or not name:
-        raise UsageError(f"implementation {target!r} must be 'midbench.attacks.<module>:<Class>' or "
-                         "'autoattack:standard'")
+        raise UsageError(f"implementation {target!r} must be 'midbench.attacks.<module>:<Class>', "
+                         "'autoattack:<standard|component>' or 'torchattacks:<Class>'")
     try:
         module = importlib.import_module(prefix)
     except ImportError as error:
@@ -316,4 +325,14 @@ def load_implementation(target: str) -> type:
     attack_class = getattr(module, name, None)
     if not (inspect.isclass(attack_class) and issubclass(attack_class, Attack)):
         raise UsageError(f"implementation {target!r} is not an Attack class")
-    return attack_class
+    return attack_class, {}
+
+
+def accepted_parameters(target: str) -> set[str] | None:
+    """The hyper-parameter names an implementation takes, or ``None`` when they cannot be known here
+    (a torchattacks class while the extra is not installed)."""
+    attack_class, preset = load_implementation(target)
+    if hasattr(attack_class, "accepted_parameters"):
+        return attack_class.accepted_parameters(**preset)
+    names = set(inspect.signature(attack_class.__init__).parameters) - {"self", "eps", "norm", "target"}
+    return names - set(preset)
