@@ -177,6 +177,7 @@ class AttackRegistry:
     attacks: dict[str, AttackSpec] = field(default_factory=dict)
     suites: dict[str, list[str]] = field(default_factory=dict)
     suite_descriptions: dict[str, str] = field(default_factory=dict)
+    suite_sources: dict[str, str] = field(default_factory=dict)
 
     def get(self, attack_id: str) -> AttackSpec:
         """The entry with ``attack_id`` (``id`` or ``id@version``)."""
@@ -213,7 +214,7 @@ def load_registry(extra_dirs: list[Path] | None = None) -> AttackRegistry:
     for name, ids in registry.suites.items():
         for attack_id in ids:
             if attack_id.partition("@")[0] not in registry.attacks:
-                raise UsageError(f"suite {name!r} names unknown attack {attack_id!r}; "
+                raise UsageError(f"{registry.suite_sources[name]}: suite {name!r} names an "
                                  + suggest(attack_id, list(registry.attacks), "attack"))
     return registry
 
@@ -240,6 +241,7 @@ def _load_file(path: Path, registry: AttackRegistry) -> None:
             raise UsageError(f"{where}: duplicate suite name {suite['name']!r}")
         registry.suites[suite["name"]] = [str(a) for a in suite["attacks"]]
         registry.suite_descriptions[suite["name"]] = str(suite.get("description", ""))
+        registry.suite_sources[suite["name"]] = str(path)
 
 
 def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
@@ -275,7 +277,10 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
     if target is not None:
         from midbench.attacks.base import check_target_policy
 
-        check_target_policy(str(target))
+        try:
+            check_target_policy(str(target))
+        except UsageError as error:
+            raise UsageError(f"{where}: {error}") from error
     try:
         accepted = accepted_parameters(str(entry["implementation"]))
     except UsageError as error:
