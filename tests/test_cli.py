@@ -101,7 +101,8 @@ def test_attacks_list_json_and_show(tmp_path: Path) -> None:
     listed = RUNNER.invoke(app, ["attacks", "list", "--format", "json", "--family", "linf"])
     assert listed.exit_code == 0
     entries = json.loads(listed.output)
-    assert {e["id"] for e in entries} == {"fgsm-linf", "pgd-linf"}
+    assert {"fgsm-linf", "pgd-linf", "mim-linf"} <= {e["id"] for e in entries}
+    assert {e["family"] for e in entries} == {"linf"}
     shown = RUNNER.invoke(app, ["attacks", "show", "pgd-linf"])
     assert shown.exit_code == 0 and "Madry" in shown.output
 
