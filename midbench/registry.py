@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -19,12 +20,21 @@ def suggest(name: str, choices: list[str], kind: str) -> str:
 
 
 class Registry(Generic[T]):
-    """Maps names (and aliases) to components; unknown names raise :class:`UsageError` with close matches."""
+    """Maps names (and aliases) to components; unknown names raise :class:`UsageError` with close matches.
 
-    def __init__(self, kind: str) -> None:
+    ``builtin_modules`` register the built-in components when imported; they are imported on the first lookup,
+    not when the registry is created, so that importing midbench (and ``midbench --help``) stays cheap.
+    """
+
+    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+        self._pending_modules = list(builtin_modules)
+
+    def _load_builtin(self) -> None:
+        while self._pending_modules:
+            importlib.import_module(self._pending_modules.pop(0))
 
     def register(self, name: str, *aliases: str) -> Callable[[T], T]:
         """Decorator that registers a component under ``name`` and optional aliases."""
@@ -45,6 +55,7 @@ class Registry(Generic[T]):
 
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases."""
+        self._load_builtin()
         if name in self._items:
             return name
         if name in self._aliases:
@@ -57,9 +68,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, sorted (aliases excluded)."""
+        self._load_builtin()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtin()
         return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:

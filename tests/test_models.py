@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from midbench.models import build_model
-from midbench.models.factory import MODELS, _register_builtin
+from midbench.models.factory import MODELS
 
-_register_builtin()
 LARGE = {"preact-resnet18", "wrn-34-10", "wrn-28-10"}
 
 

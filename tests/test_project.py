@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,8 +35,14 @@ def test_changelog_has_an_unreleased_section() -> None:
 def test_wheel_ships_the_registry_and_works_from_another_directory(tmp_path: Path) -> None:
     """A non-editable install must find attacks_registry/ from any directory (it ships in the wheel)."""
     pytest.importorskip("setuptools", minversion="69")
+    source = tmp_path / "source"  # build from a copy: setuptools leaves a build/ folder beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("midbench", "attacks_registry"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("midbench-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

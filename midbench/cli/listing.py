@@ -88,9 +88,8 @@ def datasets_list() -> None:
     """
     from rich.table import Table
 
-    from midbench.data.registry import DATASETS, get_dataset
+    from midbench.data.registry import DATASETS
 
-    get_dataset("mnist5k")  # registers the built-in datasets
     table = Table(title="datasets")
     for column in ("id", "shape", "classes", "ε L∞", "ε L2", "ε L1", "source"):
         table.add_column(column)
@@ -108,9 +107,8 @@ def models_list() -> None:
 
     Example: midbench models list
     """
-    from midbench.models.factory import MODELS, _register_builtin
+    from midbench.models.factory import MODELS
 
-    _register_builtin()
     for name in MODELS.names():
         print(f"{name:18} {MODELS.get(name).description}")
 
@@ -122,8 +120,7 @@ def methods_list() -> None:
 
     Example: midbench methods list
     """
-    from midbench.defenses.base import METHODS, _register_builtin
+    from midbench.defenses.base import METHODS
 
-    _register_builtin()
     for name in METHODS.names():
         print(f"{name:12} {METHODS.get(name).citation}")

@@ -62,7 +62,7 @@ class DatasetSpec:
     embedded: bool = False
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DATASETS: Registry[DatasetSpec] = Registry("dataset", ("midbench.data.embedded", "midbench.data.torchvision_sets"))
 
 MNIST_EPS = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
@@ -71,7 +71,6 @@ NO_NORMALISATION_1 = ((0.0,), (1.0,))
 
 def get_dataset(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` registered as ``name`` (raises :class:`UsageError` with suggestions)."""
-    _register_builtin()
     return DATASETS.get(name)
 
 
@@ -104,15 +103,3 @@ def _check_split(spec: DatasetSpec, data: TensorSplit) -> None:
         raise ArtifactError(f"{spec.name} files hold no examples; re-download them")
     if int(data.labels.min()) < 0 or int(data.labels.max()) >= spec.num_classes:
         raise ArtifactError(f"{spec.name} labels fall outside 0..{spec.num_classes - 1}; re-download the files")
-
-
-_REGISTERED = False
-
-
-def _register_builtin() -> None:
-    # Imported lazily so that `import midbench.data` stays cheap and free of torchvision.
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    _REGISTERED = True
-    from midbench.data import embedded, torchvision_sets  # noqa: F401  (registration side effect)

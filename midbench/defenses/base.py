@@ -44,21 +44,9 @@ class DefenseTask:
 
 
 TaskFactory = Callable[[TrainConfig, DatasetSpec], DefenseTask]
-METHODS: Registry[TaskFactory] = Registry("method")
+METHODS: Registry[TaskFactory] = Registry("method", ("midbench.defenses.standard", "midbench.defenses.pgd_at"))
 
 
 def build_task(config: TrainConfig, dataset: DatasetSpec) -> DefenseTask:
     """Instantiate the task for ``config.method`` (raises UsageError with suggestions if unknown)."""
-    _register_builtin()
     return METHODS.get(config.method)(config, dataset)
-
-
-_REGISTERED = False
-
-
-def _register_builtin() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    _REGISTERED = True
-    from midbench.defenses import pgd_at, standard  # noqa: F401  (registration)

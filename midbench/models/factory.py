@@ -22,7 +22,8 @@ class ModelInfo:
     description: str
 
 
-MODELS: Registry[ModelInfo] = Registry("architecture")
+MODELS: Registry[ModelInfo] = Registry("architecture", tuple(f"midbench.models.{name}" for name in
+                                                             ("lenet", "resnet", "small", "wide_resnet")))
 
 
 class Normalize(nn.Module):
@@ -60,20 +61,8 @@ def build_model(arch: str, num_classes: int, input_shape: tuple[int, int, int],
     Raises:
         UsageError: unknown architecture (with close matches).
     """
-    _register_builtin()
     info = MODELS.get(arch)
     channels = input_shape[0]
     mean = tuple(mean) if mean is not None else (0.0,) * channels
     std = tuple(std) if std is not None else (1.0,) * channels
     return NormalizedClassifier(info.factory(num_classes, tuple(input_shape)), mean, std)
-
-
-_REGISTERED = False
-
-
-def _register_builtin() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    _REGISTERED = True
-    from midbench.models import lenet, resnet, small, wide_resnet  # noqa: F401  (registration)
