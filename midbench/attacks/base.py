@@ -15,10 +15,12 @@ from typing import Any, ClassVar, final
 import torch
 from torch import nn
 
-from midbench.attacks.norms import Norm, project
+from midbench.attacks.norms import Norm, distance, project
 from midbench.errors import UsageError
 
 TARGET_POLICIES = ("random", "least-likely")
+#: relative slack of the ε-ball check on attack outputs (float rounding of norms computed by other code)
+BALL_TOLERANCE = 1e-6
 
 
 def check_target_policy(policy: str) -> str:
@@ -85,7 +87,12 @@ class Attack:
             x_adv = self.run(model, x, y)
         x_adv = x_adv.detach()
         if self.norm is not None:
-            x_adv = project(x_adv, x, self.eps, self.norm)
+            # Leave outputs already inside the ball bit-for-bit unchanged: recomputing x + (x_adv - x) moves
+            # floats by an ulp, which can flip a point FAB or C&W placed right at the decision boundary (and
+            # would break equality with the reference AutoAttack).
+            inside = distance(x_adv - x, self.norm) <= self.eps * (1 + BALL_TOLERANCE)
+            projected = project(x_adv, x, self.eps, self.norm)
+            x_adv = torch.where(inside.view(-1, *([1] * (x.dim() - 1))), x_adv, projected)
         return x_adv.clamp_(0.0, 1.0)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
