@@ -44,9 +44,12 @@ class Checkpoint:
         return str(self.metadata["arch"])
 
 
-def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in name order."""
-    digest = hashlib.sha256()
+def payload_sha256(tensors: dict[str, torch.Tensor], metadata_json: str = "") -> str:
+    """SHA-256 over the metadata JSON and every tensor's name, dtype, shape and raw bytes, in name order.
+
+    The metadata is covered too: it decides which attacks count as known, so it must not change unnoticed.
+    """
+    digest = hashlib.sha256(metadata_json.encode())
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(name.encode())
@@ -66,9 +69,8 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], metad
     from safetensors.torch import save
 
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
-    full = {**base_metadata(), **metadata}
-    header = {METADATA_KEY: json.dumps(full, sort_keys=True), HASH_KEY: payload_sha256(tensors),
-              "format": FORMAT}
+    full = json.dumps({**base_metadata(), **metadata}, sort_keys=True)
+    header = {METADATA_KEY: full, HASH_KEY: payload_sha256(tensors, full), "format": FORMAT}
     data = save(tensors, metadata=header)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
@@ -125,9 +127,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if METADATA_KEY not in extra or HASH_KEY not in extra:
         raise ArtifactError(f"{path} is a safetensors file without midbench metadata; load it as a plain "
                             "state dict with --arch")
-    if payload_sha256(tensors) != extra[HASH_KEY]:
-        raise ArtifactError(f"checkpoint {path} is corrupted: its tensors do not match the SHA-256 recorded in "
-                            "it; restore it from a good copy")
+    if payload_sha256(tensors, extra[METADATA_KEY]) != extra[HASH_KEY]:
+        raise ArtifactError(f"checkpoint {path} is corrupted: its tensors or metadata do not match the SHA-256 "
+                            "recorded in it; restore it from a good copy")
     try:
         metadata = json.loads(extra[METADATA_KEY])
     except json.JSONDecodeError as error:

@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from midbench._toml import tomllib
 from midbench.errors import UsageError
 
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
@@ -30,7 +29,10 @@ def parse_eps(text: str | float, norm: str = "Linf") -> float:
         match = _FRACTION.match(str(text))
         if not match:
             raise UsageError(f"ε must be a non-negative number or a fraction like 8/255, got {text!r}")
-        value = float(match[1]) / (float(match[2]) if match[2] else 1.0)
+        denominator = float(match[2]) if match[2] else 1.0
+        if denominator == 0:
+            raise UsageError(f"ε {text!r} divides by zero")
+        value = float(match[1]) / denominator
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"ε must be a non-negative finite number, got {text!r}")
     if norm == "Linf" and value > 1:
@@ -86,7 +88,7 @@ class TrainConfig:
         if self.schedule not in ("constant", "piecewise", "cosine"):
             raise UsageError(f"unknown schedule {self.schedule!r}; use constant, piecewise or cosine")
         if self.eps is not None:
-            parse_eps(self.eps)
+            parse_eps(self.eps, norm="any")  # the training attack's own norm is checked when it is resolved
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            raise UsageError(f"--device {name}: not a device name; use cuda or cuda:N") from error
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
         return device

@@ -9,6 +9,7 @@ same protocol, data and attacks, only the newest result counts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ def collect(results_dir: str | Path, dataset: str | None = None) -> pd.DataFrame
             "n": result["data"]["n_examples"], "eps_linf": result["data"].get("eps", {}).get("Linf"),
             "created": result["created"], "run_id": result["run_id"],
             "_key": (result["checkpoint"].get("sha256"), result["data"]["dataset"], protocol, source,
-                     result["data"].get("indices_sha256"), tuple(a["id"] for a in result["attacks"])),
+                     result["data"].get("indices_sha256"),
+                     tuple((a["id"], a["eps"], json.dumps(a.get("params"), sort_keys=True))
+                           for a in result["attacks"])),
         })
     frame = pd.DataFrame(rows)
     if frame.empty:

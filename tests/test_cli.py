@@ -48,6 +48,9 @@ USAGE_ERRORS = [
     (["train", "--dataset", "cifar10"], "--data-dir"),
     (["attacks", "show", "pgd-linff"], "Did you mean 'pgd-linf'"),
     (["attacks", "list", "--suite", "smok"], "Did you mean 'smoke'"),
+    (["attacks", "list", "--family", "l3"], "unknown family"),
+    (["train", "--device", "cuda:abc"], "cuda"),
+    (["train", "--eps", "8/0"], "divides by zero"),
 ]
 
 
@@ -71,6 +74,7 @@ EVAL_USAGE_ERRORS = [
     (["--protocol", "blackbox"], "unknown protocol"),
     (["--protocol", "transfer"], "--source"),
     (["--dataset", "cifar-10"], "Did you mean 'cifar10'"),
+    (["--attacks", "pgd-linf-t", "--eps", "0.1", "--registry-dir", "/nonexistent-registry"], "does not exist"),
 ]
 
 

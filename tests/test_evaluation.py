@@ -48,8 +48,9 @@ def test_registry_attack_equal_to_training_attack_is_known(tmp_path: Path) -> No
     config = TrainConfig(method="pgd-at", arch="test-mlp", epochs=1, n_train=32, val_size=8, device="cpu")
     checkpoint = train(config, tmp_path / "run", progress=False).checkpoint
     unknown = _run_eval(checkpoint, tmp_path / "results", "--unknown-attacks", "--n-examples", "8")
-    ids = [row["id"] for row in unknown["attacks"]]
-    assert "pgd-linf@1" not in ids and "fgsm-linf@1" in ids
+    ids = [row["id"].split("@")[0] for row in unknown["attacks"]]
+    assert ids == [a for a in load_registry().suites["default-unknown"] if a != "pgd-linf"]
+    assert {row["split"] for row in unknown["attacks"]} == {"unknown"}
     named = _run_eval(checkpoint, tmp_path / "results", "--attacks", "pgd-linf", "--n-examples", "8")
     assert [(row["id"], row["split"]) for row in named["attacks"]] == [("pgd-linf@1", "known")]
 
@@ -165,3 +166,16 @@ def test_atomic_writes_leave_no_temporary_files_and_normal_permissions(tmp_path:
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_eps_override_is_recorded_as_a_custom_configuration(standard_checkpoint: Path, tmp_path: Path) -> None:
+    """A run at another ε must never be filed under the entry's id@version or the dataset's default ε."""
+    default = _run_eval(standard_checkpoint, tmp_path, "--attacks", "fgsm-linf")
+    custom = _run_eval(standard_checkpoint, tmp_path, "--attacks", "fgsm-linf", "--eps", "0.1")
+    assert default["attacks"][0]["id"] == "fgsm-linf@1"
+    assert (custom["attacks"][0]["id"], custom["attacks"][0]["eps"]) == ("fgsm-linf@custom", 0.1)
+    assert custom["data"]["eps"]["Linf"] == 0.1
+    import pandas as pd
+
+    table = pd.read_csv(__import__("io").StringIO(render(tmp_path, "csv")))
+    assert sorted(table["eps_linf"]) == [0.1, 0.3], "both runs stay on the leaderboard"

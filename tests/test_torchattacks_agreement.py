@@ -11,10 +11,10 @@ from midbench.attacks.norms import Norm
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.1])
-def test_native_pgd_matches_torchattacks(eps: float, standard_model: nn.Module,
-                                         small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_native_pgd_matches_torchattacks(eps: float, standard_model: nn.Module, mnist5k_test: object) -> None:
     torchattacks = pytest.importorskip("torchattacks")
-    x, y = small_batch
+    data = mnist5k_test.subset(torch.arange(200))
+    x, y = data.as_float(), data.labels
     step = eps / 4
     torch.manual_seed(0)
     ours = PGD(eps, Norm.LINF, steps=10, step_size=step)(standard_model, x, y)
@@ -23,6 +23,6 @@ def test_native_pgd_matches_torchattacks(eps: float, standard_model: nn.Module,
     with torch.no_grad():
         accuracy_ours = (standard_model(ours).argmax(1) == y).float().mean().item()
         accuracy_theirs = (standard_model(theirs).argmax(1) == y).float().mean().item()
-    # Same algorithm, same random start: robust accuracy within one example of 64 (the only difference is a
-    # summed vs averaged loss, which flips the sign of exactly-zero gradient entries at most).
-    assert abs(accuracy_ours - accuracy_theirs) <= 1 / 64 + 1e-9
+    # Same algorithm, same random start: robust accuracy within 1% (the only difference is a summed vs
+    # averaged loss, which at most flips the sign of exactly-zero gradient entries).
+    assert abs(accuracy_ours - accuracy_theirs) <= 0.01

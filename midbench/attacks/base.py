@@ -110,7 +110,10 @@ class Attack:
             return (y + offset) % num_classes
         if self.target == "least-likely":
             return logits.argmin(dim=1)
-        return torch.full_like(y, int(self.target.split(":")[1]))
+        target_class = int(self.target.split(":")[1])
+        if target_class >= num_classes:
+            raise UsageError(f"target policy {self.target}: the model has only {num_classes} classes")
+        return torch.full_like(y, target_class)
 
     def describe(self) -> dict[str, Any]:
         """Hyper-parameters for result files."""

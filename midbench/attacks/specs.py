@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from midbench._toml import tomllib
 from midbench.attacks.norms import Norm, parse_norm
 from midbench.errors import UsageError
 from midbench.registry import suggest
@@ -49,7 +48,12 @@ ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "targ
 REQUIRED_KEYS = {"id", "version", "family", "implementation", "citation"}
 SUITE_KEYS = {"name", "description", "attacks"}
 ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-RELATIVE = re.compile(r"^\s*(?:(?P<scale>[0-9.eE+-]+)\s*\*\s*)?eps(?:\s*/\s*(?P<divisor>[0-9.eE+-]+))?\s*$")
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"  # non-negative decimal, optional exponent
+RELATIVE = re.compile(rf"^\s*(?:(?P<scale>{_NUMBER})\s*\*\s*)?eps(?:\s*/\s*(?P<divisor>{_NUMBER}))?\s*$")
+
+
+#: a nominal ε per norm used to check that every entry can be built when the registry loads
+CHECK_EPS = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 
 
 def resolve_relative(value: Any, eps: float) -> Any:
@@ -166,7 +170,11 @@ class AttackSpec:
         """Forward/backward passes per example, with parameter names replaced by their values."""
         counted = {}
         for kind, value in self.passes.items():
-            counted[kind] = int(self.params[value]) if isinstance(value, str) else int(value)
+            if isinstance(value, str):
+                name, _, extra = value.partition("+")
+                counted[kind] = int(self.params[name.strip()]) + (int(extra) if extra else 0)
+            else:
+                counted[kind] = int(value)
         return counted
 
 
@@ -262,6 +270,12 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
     except ValueError as error:
         raise UsageError(f"{where}: {error}") from error
     eps = entry.get("eps", "eps")
+    for name, value in [("eps", eps), *entry.get("params", {}).items()]:
+        if isinstance(value, str) and "eps" in value:
+            match = RELATIVE.match(value)
+            if not match or (match["divisor"] is not None and float(match["divisor"]) == 0):
+                raise UsageError(f"{where}: {name} must be a number or a non-negative multiple of eps like "
+                                 f"'0.5*eps' or 'eps/30', got {value!r}")
     if isinstance(eps, str) and not RELATIVE.match(eps):
         raise UsageError(f"{where}: eps must be a number or a multiple of eps like '0.5*eps', got {eps!r}")
     if isinstance(eps, int | float) and (eps < 0 or not math.isfinite(eps)):
@@ -271,8 +285,10 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
         raise UsageError(f"{where}: params must be a table")
     passes = entry.get("passes", {})
     for kind, value in passes.items():
-        if kind not in ("forward", "backward") or not (isinstance(value, int) or value in params):
-            raise UsageError(f"{where}: passes.{kind} must be forward/backward = an integer or a parameter name")
+        name, _, extra = str(value).partition("+")
+        if kind not in ("forward", "backward") or not (
+                isinstance(value, int) or (name.strip() in params and (not extra or extra.strip().isdigit()))):
+            raise UsageError(f"{where}: passes.{kind} must be an integer, a parameter name, or 'name+K'")
     target = entry.get("target")
     if target is not None:
         from midbench.attacks.base import check_target_policy
@@ -288,10 +304,16 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
     unknown_params = set(params) - accepted if accepted is not None else set()
     if unknown_params:
         raise UsageError(f"{where}: {entry['implementation']} takes no parameter(s) {sorted(unknown_params)}")
-    return AttackSpec(id=entry["id"], version=entry["version"], family=entry["family"], norm=norm,
+    spec = AttackSpec(id=entry["id"], version=entry["version"], family=entry["family"], norm=norm,
                       implementation=str(entry["implementation"]), eps=eps, target=target,
                       citation=str(entry["citation"]), params=dict(params), passes=dict(passes),
                       description=str(entry.get("description", "")), source=source)
+    if not spec.implementation.startswith("torchattacks:"):  # the optional backend is checked when it runs
+        try:  # constructors validate values (steps ≥ 1, ...): refuse a bad entry now, naming it
+            spec.resolve(CHECK_EPS).build()
+        except UsageError as error:
+            raise UsageError(f"{where}: {error}") from error
+    return spec
 
 
 def load_implementation(target: str) -> tuple[type, dict[str, Any]]:

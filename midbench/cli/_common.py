@@ -15,6 +15,9 @@ from midbench.errors import Interrupted, MidbenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+RESUME_HINT = ("files already written are intact (training: rerun with --resume to continue from the last "
+               "finished epoch; an interrupted evaluation writes no result)")
+
 #: set by the global --debug option
 DEBUG = {"enabled": False}
 
@@ -52,9 +55,9 @@ def guarded(func: F) -> F:
         except MidbenchError as error:
             fail(error)
         except KeyboardInterrupt:
-            fail(Interrupted("interrupted (SIGINT); completed work is saved — rerun with --resume to continue", 130))
+            fail(Interrupted(f"interrupted (SIGINT); {RESUME_HINT}", 130))
         except Terminated:
-            fail(Interrupted("terminated (SIGTERM); completed work is saved — rerun with --resume to continue", 143))
+            fail(Interrupted(f"terminated (SIGTERM); {RESUME_HINT}", 143))
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence: report a bug, exit 1

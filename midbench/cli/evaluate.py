@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,8 @@ def eval_command(
         if status is not None:
             status.stop()
     if output_format == "json":
+        for note in run.notes:
+            print(f"note: {note}", file=sys.stderr)
         print(json.dumps(run.result, indent=2))
         return
     for note in run.notes:

@@ -30,8 +30,13 @@ def attacks_list(
 
     Example: midbench attacks list --family linf
     """
-    from midbench.attacks.specs import load_registry
+    from midbench.attacks.specs import FAMILIES, load_registry
+    from midbench.errors import UsageError
 
+    if family is not None and family not in FAMILIES:
+        raise UsageError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+    if output_format not in ("table", "json"):
+        raise UsageError(f"unknown --format {output_format!r}; use table or json")
     registry = load_registry(registry_dir or [])
     specs = registry.suite(suite) if suite else list(registry.attacks.values())
     if family:

@@ -120,7 +120,9 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
             if progress is not None:
                 progress(spec.key, min(start + chunk, int(candidates.numel())), int(candidates.numel()))
         forward, backward = counted_attacker.reset()
-        details = {"components": dict(attack.component_accuracy)} if hasattr(attack, "component_accuracy") else {}
+        # AutoAttack's per-component accuracies describe the model it attacked: meaningful only in white-box.
+        details = ({"components": dict(attack.component_accuracy)}
+                   if hasattr(attack, "component_accuracy") and protocol == "whitebox" else {})
         if details and candidates.numel():
             # component accuracies were measured over the attacked points; express them over all examples
             share = candidates.numel() / labels.numel()

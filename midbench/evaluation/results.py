@@ -43,7 +43,8 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
     for column, outcome in enumerate(evaluation.outcomes):
         survivors = int(outcome.robust.sum())
         attack = outcome.attack
-        if attack.family == "ensemble" and attack.id.startswith("autoattack"):
+        # The AutoAttack figure is AutoAttack standard at the L∞ ε (evaluation.md); an L2 run is its own row.
+        if attack.implementation == "autoattack:standard" and attack.norm is not None and attack.norm.value == "Linf":
             autoattack_columns.append(column)
         row = {"id": attack.key, "split": outcome.split, "family": attack.family,
                "norm": attack.norm.value if attack.norm else None, "eps": attack.eps,
@@ -103,6 +104,12 @@ def read_result(path: str | Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        return None
+    required = {"run_id": str, "created": str, "checkpoint": dict, "data": dict, "protocol": dict, "attacks": list,
+                "summary": dict}
+    if any(not isinstance(document.get(key), kind) for key, kind in required.items()):
+        return None
+    if not {"dataset", "n_examples"} <= set(document["data"]) or "name" not in document["protocol"]:
         return None
     return document
 

@@ -69,6 +69,14 @@ def load_classifier(path: str | Path, arch: str | None = None, dataset: str | No
     return LoadedModel(model, meta, checkpoint.sha256, str(path))
 
 
+def _beside(recorded: str | None, checkpoint: str) -> str | None:
+    """A checkpoint's recorded companion file: relative names are relative to the checkpoint's own folder, so a
+    run directory can be moved as a whole."""
+    if not recorded or Path(recorded).is_absolute():
+        return recorded
+    return str(Path(checkpoint).parent / recorded)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Options of one evaluation run (``midbench eval``)."""
@@ -124,7 +132,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     source_info: dict[str, Any] | None = None
     source_model = None
     if config.protocol == "transfer":
-        source_path = config.source or meta.get("source_checkpoint")
+        source_path = config.source or _beside(meta.get("source_checkpoint"), config.checkpoint)
         if not source_path:
             raise UsageError("--protocol transfer needs --source CHECKPOINT (the model the attacks are crafted on)")
         source = load_classifier(source_path)
@@ -134,6 +142,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     elif config.source:
         raise UsageError("--source only applies to --protocol transfer")
 
+    for attack, _ in attacks:  # refuse a bad parameter or a missing backend before any attack runs
+        attack.build(seed=config.seed, batch_size=config.batch_size)
     ensure_writable_dir(Path(config.results_dir))
     data = load_split(dataset_name, "test", config.data_dir, config.download)
     notes = []
@@ -155,7 +165,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
                        "method": meta.get("method"), "arch": meta.get("arch"), "dataset": meta.get("dataset"),
                        "train_attacks": [attack.key for attack in train_attacks]}
     data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
-                 "indices_sha256": indices_sha256(indices), "eps": spec.eps}
+                 "indices_sha256": indices_sha256(indices), "eps": {**spec.eps, **config.selection.eps}}
     protocol_info = {"name": config.protocol, "source": source_info}
     result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info, data=data_info,
                           protocol=protocol_info, seed=config.seed, device=str(device))

@@ -7,7 +7,7 @@ name; every other attack is *unknown*.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack
 from midbench.config import parse_eps
@@ -66,7 +66,10 @@ def select_attacks(selection: AttackSelection, registry: AttackRegistry, dataset
     def resolve(attack_id: str) -> ResolvedAttack:
         spec = registry.get(attack_id)
         override = selection.eps.get(spec.norm.value) if spec.norm else None
-        return spec.resolve(dataset_eps, override)
+        attack = spec.resolve(dataset_eps, override)
+        default = spec.resolve(dataset_eps)
+        # a changed ε is a changed configuration: record it as custom, never under the entry's id@version
+        return attack if attack.equivalence() == default.equivalence() else replace(attack, version=0)
 
     chosen: list[ResolvedAttack] = []
     if selection.known:

@@ -147,6 +147,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     start_epoch, log = 1, []
     if resume and state_path.exists():
         start_epoch, log = _restore(state_path, config, model, optimizer, scheduler, device)
+        # a crash between the state and the log write leaves the log one epoch short: rewrite it from the state
+        atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
     atomic_write_text(out / CONFIG_FILE, config_to_toml(config.to_dict()))
 
     for epoch in range(start_epoch, config.epochs + 1):
