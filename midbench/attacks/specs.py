@@ -18,7 +18,7 @@ Format of a registry file::
     target = "random"            # only for targeted entries: random, least-likely, fixed:K
     citation = "Madry et al., ICLR 2018"
     params = { steps = 40, step_size = "eps/30", random_start = true }
-    passes = { forward = "steps", backward = "steps" }   # per example: an integer or a parameter name
+    passes = { forward = "steps", backward = "steps" }   # per example: an integer or e.g. "steps*search_steps+1"
 
     [[suite]]
     name = "smoke"
@@ -50,6 +50,30 @@ SUITE_KEYS = {"name", "description", "attacks"}
 ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"  # non-negative decimal, optional exponent
 RELATIVE = re.compile(rf"^\s*(?:(?P<scale>{_NUMBER})\s*\*\s*)?eps(?:\s*/\s*(?P<divisor>{_NUMBER}))?\s*$")
+
+
+def evaluate_passes(expression: int | str, params: dict[str, Any]) -> int:
+    """Evaluate a pass-count expression: an integer, or a sum of products of integer parameters and integers
+    (``"steps"``, ``"steps+1"``, ``"steps*search_steps"``, ``"angle_steps*shift_steps*shift_steps"``).
+
+    Raises:
+        KeyError: an unknown parameter name. ValueError: anything else that is not of that form.
+    """
+    if isinstance(expression, int) and not isinstance(expression, bool):
+        return expression
+    total = 0
+    for term in str(expression).split("+"):
+        product = 1
+        for factor in term.split("*"):
+            factor = factor.strip()
+            if factor.isdigit():
+                product *= int(factor)
+            elif isinstance(params[factor], int) and not isinstance(params[factor], bool):
+                product *= params[factor]
+            else:
+                raise ValueError(f"{factor} is not an integer parameter")
+        total += product
+    return total
 
 
 #: a nominal ε per norm used to check that every entry can be built when the registry loads
@@ -168,14 +192,7 @@ class AttackSpec:
 
     def passes_per_example(self) -> dict[str, int]:
         """Forward/backward passes per example, with parameter names replaced by their values."""
-        counted = {}
-        for kind, value in self.passes.items():
-            if isinstance(value, str):
-                name, _, extra = value.partition("+")
-                counted[kind] = int(self.params[name.strip()]) + (int(extra) if extra else 0)
-            else:
-                counted[kind] = int(value)
-        return counted
+        return {kind: evaluate_passes(value, self.params) for kind, value in self.passes.items()}
 
 
 @dataclass
@@ -285,10 +302,13 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
         raise UsageError(f"{where}: params must be a table")
     passes = entry.get("passes", {})
     for kind, value in passes.items():
-        name, _, extra = str(value).partition("+")
-        if kind not in ("forward", "backward") or not (
-                isinstance(value, int) or (name.strip() in params and (not extra or extra.strip().isdigit()))):
-            raise UsageError(f"{where}: passes.{kind} must be an integer, a parameter name, or 'name+K'")
+        try:
+            if kind not in ("forward", "backward"):
+                raise ValueError(kind)
+            evaluate_passes(value, {name: 1 for name in params})
+        except (ValueError, KeyError) as error:
+            raise UsageError(f"{where}: passes.{kind} must be an integer or a sum of products of integer "
+                             f"parameters and integers, like 'steps*search_steps+1' ({error})") from error
     target = entry.get("target")
     if target is not None:
         from midbench.attacks.base import check_target_policy

@@ -1,0 +1,39 @@
+"""The forward/backward passes each registry entry declares are what the attack really costs (exact counts).
+
+Entries whose cost depends on when examples succeed (DeepFool stops early) declare an upper bound instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from midbench.attacks.specs import load_registry
+from midbench.data import get_dataset
+from midbench.evaluation.counting import PassCounter
+
+REGISTRY = load_registry()
+SMALL = {"steps": 3, "search_steps": 2, "samples": 4, "angle_steps": 3, "shift_steps": 2}
+UPPER_BOUNDS = {"deepfool-l2", "deepfool-linf"}
+DECLARED = sorted(a for a, spec in REGISTRY.attacks.items() if spec.passes)
+
+
+@pytest.mark.parametrize("attack_id", DECLARED)
+def test_declared_passes_match_counted_passes(attack_id: str, standard_model: nn.Module,
+                                              small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    spec = REGISTRY.get(attack_id)
+    spec = replace(spec, params={k: (SMALL.get(k, v) if isinstance(v, int) and not isinstance(v, bool) else v)
+                                 for k, v in spec.params.items()})
+    x, y = small_batch[0][:8], small_batch[1][:8]
+    counter = PassCounter(standard_model)
+    torch.manual_seed(0)
+    spec.resolve(get_dataset("mnist5k").eps).build()(counter, x, y)
+    counted = {"forward": counter.forward_passes / 8, "backward": counter.backward_passes / 8}
+    for kind, declared in spec.passes_per_example().items():
+        if attack_id in UPPER_BOUNDS:
+            assert counted[kind] <= declared, (kind, counted, declared)
+        else:
+            assert counted[kind] == declared, (kind, counted, declared)
