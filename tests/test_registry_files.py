@@ -43,7 +43,7 @@ BAD_ENTRIES = [
     ("malformed-relative", GOOD.replace('"eps/40"', '"1e*eps"'), "multiple of eps"),
     ("zero-divisor", GOOD.replace('"eps/40"', '"eps/0"'), "multiple of eps"),
     ("negative-relative", GOOD.replace('family = "linf"', 'family = "linf"\neps = "-1*eps"'), "eps must be"),
-    ("bad-value", GOOD.replace("steps = 100", "steps = 0"), "at least one step"),
+    ("bad-value", GOOD.replace("steps = 100", "steps = 0"), "steps must be at least 1"),
     ("bad-passes", GOOD.replace("random_start = true }", "random_start = true }\npasses = { forward = \"stepz\" }"),
      "passes.forward"),
     ("suite-unknown-attack", GOOD + '\n[[suite]]\nname = "mine"\nattacks = ["pgd-linf-lng"]\n', "pgd-linf-long"),

@@ -32,6 +32,16 @@ def check_target_policy(policy: str) -> str:
     raise UsageError(f"unknown target policy {policy!r}; use random, least-likely or fixed:K")
 
 
+def require_at_least(owner: str, minimums: dict[str, tuple[float, float]]) -> None:
+    """Refuse hyper-parameters below their minimum: ``{"steps": (steps, 1), "step size": (step_size, 0)}``.
+
+    One check shared by every attack, so registry entries and CLI options get the same one-line usage error.
+    """
+    for name, (value, minimum) in minimums.items():
+        if value < minimum:
+            raise UsageError(f"{owner}: {name} must be at least {minimum:g}, got {value}")
+
+
 @contextlib.contextmanager
 def frozen_eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and ``requires_grad=False`` on every parameter inside the block; both restored after."""

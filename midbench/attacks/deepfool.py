@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from midbench.attacks.base import Attack
+from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm, distance
 from midbench.errors import UsageError
 
@@ -73,12 +73,8 @@ class DeepFool(Attack):
         super().__init__(eps, norm, target)
         if norm not in (Norm.L2, Norm.LINF):
             raise UsageError(f"DeepFool supports the L2 and Linf norms, got {norm.value if norm else None}")
-        if steps < 1:
-            raise UsageError(f"DeepFool needs at least one step, got {steps}")
-        if overshoot < 0:
-            raise UsageError(f"DeepFool's overshoot must be non-negative, got {overshoot}")
-        if candidates < 2:
-            raise UsageError(f"DeepFool needs at least 2 candidate classes (the label and one other), got {candidates}")
+        # candidates: the label and at least one other class
+        require_at_least("DeepFool", {"steps": (steps, 1), "overshoot": (overshoot, 0), "candidates": (candidates, 2)})
         self.steps = int(steps)
         self.overshoot = float(overshoot)
         self.candidates = int(candidates)

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from midbench.attacks.base import Attack
+from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm, distance, project, random_in_ball
-from midbench.errors import UsageError
 
 
 def input_gradient(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -73,10 +72,7 @@ class PGD(Attack):
     def __init__(self, eps: float, norm: Norm, steps: int, step_size: float, random_start: bool = True,
                  target: str | None = None) -> None:
         super().__init__(eps, norm, target)
-        if steps < 1:
-            raise UsageError(f"PGD needs at least one step, got {steps}")
-        if step_size < 0:
-            raise UsageError(f"PGD step size must be non-negative, got {step_size}")
+        require_at_least("PGD", {"steps": (steps, 1), "step_size": (step_size, 0)})
         self.steps = int(steps)
         self.step_size = float(step_size)
         self.random_start = bool(random_start)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from midbench.attacks.base import Attack
+from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.gradient import input_gradient
 from midbench.attacks.norms import Norm, project, random_in_ball
 from midbench.errors import UsageError
@@ -85,10 +85,7 @@ class SparseL1Descent(Attack):
         super().__init__(eps, norm, target)
         if norm is not Norm.L1:
             raise UsageError(f"SparseL1Descent is an L1 attack, got norm {norm}")
-        if steps < 1:
-            raise UsageError(f"SparseL1Descent needs at least one step, got {steps}")
-        if step_size < 0:
-            raise UsageError(f"SparseL1Descent step size must be non-negative, got {step_size}")
+        require_at_least("SparseL1Descent", {"steps": (steps, 1), "step_size": (step_size, 0)})
         if not 0.0 <= sparsity < 100.0:
             raise UsageError(f"sparsity is a percentile in [0, 100), got {sparsity}")
         self.steps = int(steps)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from midbench.attacks.base import Attack
+from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.gradient import input_gradient, steepest_step
 from midbench.attacks.norms import Norm, distance, project, random_in_ball
 from midbench.errors import UsageError
@@ -46,12 +46,7 @@ class MomentumIterative(Attack):
         super().__init__(eps, norm, target)
         if norm not in (Norm.LINF, Norm.L2):
             raise UsageError(f"MI-FGSM is defined for Linf and L2, not {norm}; use SparseL1Descent for L1")
-        if steps < 1:
-            raise UsageError(f"MI-FGSM needs at least one step, got {steps}")
-        if step_size < 0:
-            raise UsageError(f"MI-FGSM step size must be non-negative, got {step_size}")
-        if decay < 0:
-            raise UsageError(f"MI-FGSM decay μ must be non-negative, got {decay}")
+        require_at_least("MI-FGSM", {"steps": (steps, 1), "step_size": (step_size, 0), "decay": (decay, 0)})
         self.steps = int(steps)
         self.step_size = float(step_size)
         self.decay = float(decay)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from midbench.attacks.base import Attack
+from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
 from midbench.errors import UsageError
 
@@ -147,14 +147,9 @@ class FlowField(Attack):
                  tau: float = 0.005, max_flow: float = 1.0, target: str | None = None) -> None:
         super().__init__(eps, norm, target)
         _refuse_norm(norm, "stAdv (FlowField)")
-        if steps < 1:
-            raise UsageError(f"stAdv needs at least one step, got {steps}")
         if not lr > 0:
             raise UsageError(f"stAdv's learning rate must be positive, got {lr}")
-        if tau < 0:
-            raise UsageError(f"stAdv's τ must be non-negative, got {tau}")
-        if max_flow < 0:
-            raise UsageError(f"stAdv's max_flow must be non-negative, got {max_flow}")
+        require_at_least("stAdv", {"steps": (steps, 1), "tau": (tau, 0), "max_flow": (max_flow, 0)})
         self.steps = int(steps)
         self.lr = float(lr)
         self.tau = float(tau)
