@@ -70,6 +70,31 @@ class TrainConfig:
     bf16: bool = False
     data_dir: str | None = None
     download: bool = False
+    # --- MID (method "mid"; see midbench.defenses.mid and the design page mid.md) ---
+    #: Attacker Pool: a suite name or comma-separated registry ids (default: the mid-mnist-known suite)
+    pool: str | None = None
+    #: which model the pool attacks: "source" (paper), "teacher", or "student" (online, adaptive)
+    attack_source: str = "source"
+    #: regenerate the cached pool examples every N epochs (fixed attack source only)
+    refresh_every: int = 1
+    first_order: bool = False
+    #: ablation: plain multi-attack distillation, no held-out task and no inner step
+    no_meta: bool = False
+    lc_weight: float = 1.0
+    ac_weight: float = 1.5
+    cc_weight: float = 0.8
+    #: step size α of the functional inner update
+    inner_lr: float = 1e-4
+    #: reuse a trained source model / teacher checkpoint instead of training them in <out>/source, <out>/teacher
+    source: str | None = None
+    teacher: str | None = None
+    #: epochs of the source and teacher stages (fixed, so extending --epochs on --resume leaves them alone)
+    source_epochs: int = 10
+    teacher_epochs: int = 10
+    #: student encoder initialisation: "random" (paper) or "teacher"
+    student_init: str = "random"
+    #: λ_rec, the weight of the teacher's reconstruction loss
+    rec_weight: float = 1.0
 
     def validate(self) -> TrainConfig:
         """Check numeric ranges early, before any data is loaded."""
@@ -87,6 +112,20 @@ class TrainConfig:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
         if self.schedule not in ("constant", "piecewise", "cosine"):
             raise UsageError(f"unknown schedule {self.schedule!r}; use constant, piecewise or cosine")
+        if self.attack_source not in ("source", "teacher", "student"):
+            raise UsageError(f"unknown --attack-source {self.attack_source!r}; use source, teacher or student")
+        if self.student_init not in ("random", "teacher"):
+            raise UsageError(f"unknown --student-init {self.student_init!r}; use random or teacher")
+        if self.refresh_every < 1:
+            raise UsageError(f"--refresh-every must be at least 1, got {self.refresh_every}")
+        for name in ("lc_weight", "ac_weight", "cc_weight", "inner_lr", "rec_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+        for name in ("source_epochs", "teacher_epochs"):
+            value = getattr(self, name)
+            if value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.eps is not None:
             parse_eps(self.eps, norm="any")  # the training attack's own norm is checked when it is resolved
         return self

@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
-import json
 import pickle
 import struct
 import warnings
@@ -62,7 +61,6 @@ RELEASE = "mln66/MID saving_models/ (Zhang et al., TPAMI 2024, arXiv:2404.03340)
 SOURCE_FILE = "mid-official-source.safetensors"
 MID_FILE = "mid-official-mid.safetensors"
 TEACHER_FILE = "mid-official-teacher.safetensors"
-TEACHER_FORMAT = "midbench.mid-teacher/1"
 EVALUATION_NOTE = ("the embedded mnist5k images appear to come from MNIST's training set, on which the released "
                    "models were trained: clean accuracy on it overstates test accuracy")
 
@@ -504,22 +502,51 @@ def _verify_sha256(role: str, released: LegacyFile) -> bool:
 
 # --- import ---------------------------------------------------------------------------------------------------
 
+_ENCODER_NAMES = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")
+_HEAD_NAMES = ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias")
+_DECODER_NAMES = ("dec2.weight", "dec2.bias", "dec4.weight", "dec4.bias")
 
-def _lenet_state(encoder: dict[str, torch.Tensor], head: dict[str, torch.Tensor], label: str
-                 ) -> dict[str, torch.Tensor]:
-    """Map release names onto midbench ``lenet`` keys and load them strictly into a fresh model."""
+
+def _lenet_state(encoder: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Release names onto midbench ``lenet`` keys: ``net.encoder.*`` from ``encoder``, ``net.head.*`` from
+    ``head``, and identity normalisation (the release takes raw [0, 1] inputs: build_model's default buffers)."""
+    state = {f"net.encoder.{name}": encoder[name] for name in _ENCODER_NAMES}
+    state |= {f"net.head.{name}": head[name] for name in _HEAD_NAMES}
+    state["normalize.mean"] = torch.zeros(1, 1, 1, 1)
+    state["normalize.std"] = torch.ones(1, 1, 1, 1)
+    return state
+
+
+def _build_models(files: dict[str, LegacyFile]) -> dict[str, torch.nn.Module]:
+    """The three midbench models, built from the registered ``lenet`` modules and loaded strictly (a missing,
+    unexpected or mis-shaped tensor raises ArtifactError):
+
+    - ``source``: the source classifier;
+    - ``teacher``: the teacher classifier ``C∘E_t`` with ``aux.decoder`` = D_t (a ``mid-teacher`` checkpoint);
+    - ``mid``: the MID classifier ``C∘E_s`` (student encoder, teacher head) with ``aux.teacher_encoder`` = E_t
+      and ``aux.decoder`` = D_t, assembled like ``midbench train --method mid`` does.
+    """
+    from midbench.mid.parts import assemble_mid_classifier, attach_decoder
     from midbench.models import build_model
+    from midbench.models.factory import AUX_PREFIX
 
-    state = {f"net.encoder.{name}": encoder[name] for name in ("conv1.weight", "conv1.bias", "conv2.weight",
-                                                                "conv2.bias")}
-    state |= {f"net.head.{name}": head[name] for name in ("linear1.weight", "linear1.bias", "linear2.weight",
-                                                           "linear2.bias")}
-    model = build_model("lenet", 10, (1, 28, 28))
-    # The release takes raw [0, 1] inputs: identity normalisation, exactly build_model's default buffers.
-    state["normalize.mean"] = model.normalize.mean.clone()
-    state["normalize.std"] = model.normalize.std.clone()
-    load_weights_into(model, state, label)  # strict: missing, unexpected or mis-shaped keys raise
-    return model.state_dict()
+    shape = (1, 28, 28)
+    source, teacher, student = files["source"], files["teacher"], files["student"]
+    source_model = build_model("lenet", 10, shape)
+    load_weights_into(source_model, _lenet_state(source.tensors, source.tensors), source.path.name)
+
+    teacher_model = build_model("lenet", 10, shape)
+    attach_decoder(teacher_model, "lenet", shape)
+    decoder = {f"{AUX_PREFIX}decoder.{name}": teacher.tensors[name] for name in _DECODER_NAMES}
+    load_weights_into(teacher_model, _lenet_state(teacher.tensors, teacher.tensors) | decoder, teacher.path.name)
+
+    mid_model = build_model("lenet", 10, shape)
+    assemble_mid_classifier(mid_model, teacher_model)
+    teacher_encoder = {f"{AUX_PREFIX}teacher_encoder.{name}": teacher.tensors[name] for name in _ENCODER_NAMES}
+    # Loaded again from the release tensors (not only copied), so the strict check covers every key written.
+    load_weights_into(mid_model, _lenet_state(student.tensors, teacher.tensors) | teacher_encoder | decoder,
+                      student.path.name)
+    return {"source": source_model, "teacher": teacher_model, "mid": mid_model}
 
 
 def _provenance(role: str, released: LegacyFile, verified: bool) -> dict[str, Any]:
@@ -531,29 +558,34 @@ def import_mid_official(source: str | Path, teacher: str | Path, student: str | 
                         out_dir: str | Path) -> dict[str, Path]:
     """Turn the three released files into midbench checkpoints in ``out_dir``.
 
-    Writes ``mid-official-source.safetensors`` (the source model), ``mid-official-teacher.safetensors`` (the
-    teacher's full state by release names, for regeneration and analysis) and ``mid-official-mid.safetensors``
-    (student encoder + teacher head, i.e. the MID classifier ``C∘E_s``, whose ``source_checkpoint`` names the
-    source checkpoint for the transfer protocol). All three files are read and checked before anything is
-    written. Returns ``{"source": path, "teacher": path, "mid": path}`` (absolute paths).
+    Writes, all as ``lenet``/``mnist`` midbench checkpoints:
+
+    - ``mid-official-source.safetensors``: the source model (method ``standard``);
+    - ``mid-official-teacher.safetensors``: the teacher (method ``mid-teacher``): the classifier ``C∘E_t`` with
+      its decoder D_t under ``aux.decoder``, as ``midbench train --method mid-teacher`` writes it, so it evaluates
+      as a classifier and :func:`midbench.mid.parts.load_teacher` accepts it;
+    - ``mid-official-mid.safetensors``: the MID classifier ``C∘E_s`` (student encoder + teacher head) with E_t
+      and D_t under ``aux.teacher_encoder`` and ``aux.decoder``, so :func:`midbench.mid.parts.load_with_aux`
+      and :func:`midbench.mid.parts.regenerate` work on it; its ``source_checkpoint`` names the source
+      checkpoint for the transfer protocol and ``teacher_checkpoint`` the teacher's.
+
+    All three files are read and checked before anything is written. Returns ``{"source": path, "teacher": path,
+    "mid": path}`` (absolute paths).
 
     Raises:
         ArtifactError: a file is missing, unsafe, corrupted or not the expected release model (exit 3).
         UsageError: ``out_dir`` cannot be created or written (exit 2).
     """
-    from safetensors.torch import save as save_safetensors
-
     from midbench.attacks.specs import load_registry
     from midbench.data import get_dataset
-    from midbench.fileio import atomic_write_bytes, ensure_writable_dir
+    from midbench.fileio import ensure_writable_dir
 
     files = {"source": read_legacy_module(source), "teacher": read_legacy_module(teacher),
              "student": read_legacy_module(student)}
     for role, released in files.items():
         _check_release(role, released)
     verified = {role: _verify_sha256(role, released) for role, released in files.items()}
-    source_state = _lenet_state(files["source"].tensors, files["source"].tensors, files["source"].path.name)
-    mid_state = _lenet_state(files["student"].tensors, files["teacher"].tensors, files["student"].path.name)
+    models = _build_models(files)
     pool = [spec.resolve(get_dataset("mnist").eps).to_dict() for spec in load_registry().suite("mid-mnist-known")]
 
     out = ensure_writable_dir(Path(out_dir)).resolve()
@@ -561,21 +593,25 @@ def import_mid_official(source: str | Path, teacher: str | Path, student: str | 
     common = {"arch": "lenet", "dataset": "mnist", "num_classes": 10, "input_shape": [1, 28, 28], "mean": [0.0],
               "std": [1.0], "release": RELEASE, "evaluation_note": EVALUATION_NOTE}
 
-    teacher_meta = {"format": TEACHER_FORMAT, "release": RELEASE,
-                    "imported_from": json.dumps(_provenance("teacher", files["teacher"], verified["teacher"]))}
-    # Atomic like every midbench write (safetensors' save_file writes in place); same file format.
-    atomic_write_bytes(paths["teacher"], save_safetensors(
-        {name: tensor.contiguous() for name, tensor in files["teacher"].tensors.items()}, metadata=teacher_meta))
-    save_checkpoint(paths["source"], source_state, {
+    save_checkpoint(paths["source"], models["source"].state_dict(), {
         **common, "name": "mid-official-source", "method": "standard",
         "method_citation": "the MID release's source (target) model: LeNet5, cross-entropy", "train_attacks": [],
         "imported_from": {"source": _provenance("source", files["source"], verified["source"])}})
+    save_checkpoint(paths["teacher"], models["teacher"].state_dict(), {
+        **common, "name": "mid-official-teacher", "method": "mid-teacher",
+        "method_citation": "Zhang et al., Meta Invariance Defense, TPAMI 2024 (released MNIST teacher "
+                           "autoencoder, stage 1)",
+        "train_attacks": [],
+        "composition": "encoder (conv1, conv2), head (linear1, linear2) and decoder (dec2, dec4) from the teacher "
+                       "file",
+        "imported_from": {"teacher": _provenance("teacher", files["teacher"], verified["teacher"])}})
     # The MID checkpoint last: the files it refers to exist by the time it does.
-    save_checkpoint(paths["mid"], mid_state, {
+    save_checkpoint(paths["mid"], models["mid"].state_dict(), {
         **common, "name": "mid-official-mid", "method": "mid",
         "method_citation": "Zhang et al., Meta Invariance Defense, TPAMI 2024 (released MNIST model)",
         "train_attacks": pool, "source_checkpoint": paths["source"].name,
         "teacher_checkpoint": paths["teacher"].name,
-        "composition": "encoder (conv1, conv2) from the student file, head (linear1, linear2) from the teacher file",
+        "composition": "encoder (conv1, conv2) from the student file, head (linear1, linear2) from the teacher "
+                       "file; aux.teacher_encoder (conv1, conv2) and aux.decoder (dec2, dec4) from the teacher file",
         "imported_from": {role: _provenance(role, released, verified[role]) for role, released in files.items()}})
     return paths

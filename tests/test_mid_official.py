@@ -21,6 +21,7 @@ from midbench.cli.app import app
 from midbench.data import TensorSplit
 from midbench.errors import ArtifactError
 from midbench.evaluation.runner import load_classifier
+from midbench.mid.parts import load_teacher, load_with_aux, regenerate
 from midbench.mid_official import MidOfficialWarning, import_mid_official, read_legacy_module, read_release_tensors
 
 RELEASE_DIR = Path(__file__).resolve().parents[2] / "shared" / "mid-official"
@@ -58,28 +59,90 @@ def _head(t: dict[str, torch.Tensor], feature: torch.Tensor) -> torch.Tensor:
 # --- (a) same functions as the released modules -------------------------------------------------------------------
 
 
+def _regenerate(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The release's regeneration D_t(E_s(x)): the student's encoder with pooling indices, then the teacher's
+    decoder (dec1 unpool → dec2 → dec3 unpool → dec4) unpooling with the student's indices, clamped to [0, 1]."""
+    first = F.relu(F.conv2d(x, student["conv1.weight"], student["conv1.bias"], stride=1, padding=1))
+    pooled, index1 = F.max_pool2d(first, 2, return_indices=True)
+    second = F.relu(F.conv2d(pooled, student["conv2.weight"], student["conv2.bias"], stride=1, padding=1))
+    feature, index2 = F.max_pool2d(second, 2, return_indices=True)
+    y = F.max_unpool2d(feature, index2, 2, output_size=second.shape[-2:])
+    y = F.conv_transpose2d(y, teacher["dec2.weight"], teacher["dec2.bias"], stride=1, padding=1)
+    y = F.max_unpool2d(y, index1, 2, output_size=first.shape[-2:])
+    y = F.conv_transpose2d(y, teacher["dec4.weight"], teacher["dec4.bias"], stride=1, padding=1)
+    return y.clamp(0.0, 1.0)
+
+
 def test_imported_classifiers_compute_the_released_functions(
         imported: dict[str, Path], released: dict[str, dict[str, torch.Tensor]], mnist5k_test: TensorSplit) -> None:
     # mnist5k_test (conftest.py) is load_split("mnist5k", "test"), loaded once per session
     x = mnist5k_test.subset(torch.arange(64)).as_float()
     references = {"source": _head(released["source"], _encoder(released["source"], x)),
-                  # MID classifier C∘E_s: the student's encoder, the teacher's head
+                  # the teacher as a classifier: C∘E_t, both from the teacher file
+                  "teacher": _head(released["teacher"], _encoder(released["teacher"], x)),
+                  # MID classifier C∘E_s: the student's encoder, the teacher's head (aux. modules ignored)
                   "mid": _head(released["teacher"], _encoder(released["student"], x))}
     for name, reference in references.items():
         model = load_classifier(imported[name]).model.eval()
+        assert not hasattr(model, "aux"), name  # load_classifier builds the classifier only
         with torch.no_grad():
             logits = model(x)
         torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0, msg=f"{name} differs from the release")
 
 
-def test_teacher_file_holds_the_full_teacher(imported: dict[str, Path],
-                                             released: dict[str, dict[str, torch.Tensor]]) -> None:
-    from safetensors.torch import load_file
-
-    teacher = load_file(imported["teacher"])
-    assert set(teacher) == set(released["teacher"]) >= {"dec2.weight", "dec2.bias", "dec4.weight", "dec4.bias"}
-    for name, tensor in teacher.items():
+def test_mid_checkpoint_regenerates_like_the_release(
+        imported: dict[str, Path], released: dict[str, dict[str, torch.Tensor]], mnist5k_test: TensorSplit) -> None:
+    x = mnist5k_test.subset(torch.arange(16)).as_float()
+    loaded = load_with_aux(imported["mid"])
+    assert set(loaded.model.aux) == {"teacher_encoder", "decoder"}
+    regenerated = regenerate(loaded.model.eval(), x)
+    reference = _regenerate(released["student"], released["teacher"], x)
+    assert regenerated.shape == x.shape
+    torch.testing.assert_close(regenerated, reference, atol=1e-5, rtol=0)
+    # not a constant image (measured on these 16: std 0.077; the release's D_t(E_s(x)) is faint, max ~0.5,
+    # while the teacher's own D_t(E_t(x)) reconstructs x closely, see the teacher test)
+    assert reference.std() > 0.01
+    # the stored teacher encoder is the teacher file's, not the student's
+    for name, tensor in loaded.model.aux["teacher_encoder"].state_dict().items():
         assert torch.equal(tensor, released["teacher"][name]), name
+
+
+def test_teacher_checkpoint_holds_the_full_teacher(imported: dict[str, Path],
+                                                   released: dict[str, dict[str, torch.Tensor]],
+                                                   mnist5k_test: TensorSplit) -> None:
+    state = load_checkpoint(imported["teacher"]).state_dict
+    names = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "linear1.weight", "linear1.bias",
+             "linear2.weight", "linear2.bias", "dec2.weight", "dec2.bias", "dec4.weight", "dec4.bias"}
+    assert set(released["teacher"]) == names
+    prefix = {"conv": "net.encoder.", "linear": "net.head.", "dec": "aux.decoder."}
+    expected = {next(p for k, p in prefix.items() if n.startswith(k)) + n: n for n in names}
+    assert set(state) == set(expected) | {"normalize.mean", "normalize.std"}
+    for key, name in expected.items():
+        assert torch.equal(state[key], released["teacher"][name]), key
+    # the training code's loader accepts it as a teacher (decoder included, strictly loaded)
+    teacher = load_teacher(imported["teacher"])
+    assert set(teacher.model.aux) == {"decoder"}
+    assert teacher.metadata["method"] == "mid-teacher"
+    # the stored decoder inverts the stored encoder: the teacher autoencoder reconstructs clean images (measured
+    # MSE 7e-4 on the first 64; a wrong layer mapping gives far more)
+    x = mnist5k_test.subset(torch.arange(64)).as_float()
+    model = teacher.model.eval()
+    with torch.no_grad():
+        feature, context = model.net.encoder(model.normalize(x), return_context=True)
+        reconstruction = model.aux["decoder"](feature, context)
+    assert F.mse_loss(reconstruction, x).item() < 0.01
+
+
+def test_mid_checkpoint_holds_the_teacher_modules(imported: dict[str, Path],
+                                                  released: dict[str, dict[str, torch.Tensor]]) -> None:
+    state = load_checkpoint(imported["mid"]).state_dict
+    aux = {key for key in state if key.startswith("aux.")}
+    assert aux == {f"aux.teacher_encoder.{n}" for n in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")} \
+        | {f"aux.decoder.{n}" for n in ("dec2.weight", "dec2.bias", "dec4.weight", "dec4.bias")}
+    for key in aux:
+        assert torch.equal(state[key], released["teacher"][key.split(".", 2)[2]]), key
+    for name in ("conv1.weight", "conv2.bias"):
+        assert torch.equal(state[f"net.encoder.{name}"], released["student"][name])
 
 
 def test_reader_builds_no_real_modules(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,13 +163,19 @@ def test_reader_builds_no_real_modules(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_imported_metadata(imported: dict[str, Path]) -> None:
     source = load_checkpoint(imported["source"]).metadata
+    teacher = load_checkpoint(imported["teacher"]).metadata
     mid = load_checkpoint(imported["mid"]).metadata
-    for meta in (source, mid):
+    for meta in (source, teacher, mid):
         assert (meta["arch"], meta["dataset"], meta["num_classes"], meta["input_shape"]) == ("lenet", "mnist", 10,
                                                                                             [1, 28, 28])
         assert (meta["mean"], meta["std"]) == ([0.0], [1.0])
     assert (source["method"], source["name"], source["train_attacks"]) == ("standard", "mid-official-source", [])
     assert source["imported_from"]["source"]["sha256"].startswith("8a0cae94")
+    assert (teacher["method"], teacher["name"], teacher["train_attacks"]) == ("mid-teacher", "mid-official-teacher",
+                                                                              [])
+    assert set(teacher["imported_from"]) == {"teacher"}
+    assert teacher["imported_from"]["teacher"]["sha256"].startswith("b83c9891")
+    assert teacher["imported_from"]["teacher"]["sha256_matches_release"] is True
     assert (mid["method"], mid["name"]) == ("mid", "mid-official-mid")
     assert [a["id"] for a in mid["train_attacks"]] == ["pgd-linf", "pgd-linf-t", "mim-linf", "mim-linf-t"]
     assert all(a["eps"] == 0.3 and a["params"]["steps"] == 40 for a in mid["train_attacks"])
@@ -117,7 +186,8 @@ def test_imported_metadata(imported: dict[str, Path]) -> None:
     assert all(entry["sha256_matches_release"] for entry in mid["imported_from"].values())
 
 
-@pytest.mark.parametrize(("name", "protocol"), [("source", "whitebox"), ("mid", "whitebox"), ("mid", "transfer")])
+@pytest.mark.parametrize(("name", "protocol"), [("source", "whitebox"), ("teacher", "whitebox"), ("mid", "whitebox"),
+                                               ("mid", "transfer")])
 def test_imported_checkpoints_evaluate(imported: dict[str, Path], tmp_path: Path, name: str, protocol: str) -> None:
     # transfer without --source: the MID checkpoint's source_checkpoint must lead to the imported source model
     result = CliRunner().invoke(app, ["eval", str(imported[name]), "--dataset", "mnist5k", "--attacks", "fgsm-linf",
@@ -156,7 +226,7 @@ def test_released_models_are_accurate_on_mnist5k(imported: dict[str, Path], mnis
     # on the 1,000 test images). 0.9 is a floor that a broken import (wrong key mapping, layout or
     # normalisation) cannot reach; it says nothing about accuracy on MNIST's real test set.
     x, y = mnist5k_test.as_float(), mnist5k_test.labels
-    for name in ("source", "mid"):
+    for name in ("source", "teacher", "mid"):
         with torch.no_grad():
             accuracy = (load_classifier(imported[name]).model.eval()(x).argmax(1) == y).float().mean().item()
         assert accuracy >= 0.9, f"{name}: clean accuracy {accuracy:.3f}"

@@ -31,9 +31,9 @@ def test_golden_component_names() -> None:
     from midbench.models.factory import MODELS
 
     assert DATASETS.names() == ["cifar10", "cifar100", "fashion-mnist", "mnist", "mnist5k", "svhn"]
-    assert MODELS.names() == ["lenet", "preact-resnet18", "small-cnn", "test-cnn", "test-mlp", "test-resnet",
-                              "test-wrn", "wrn-28-10", "wrn-34-10"]
-    assert METHODS.names() == ["pgd-at", "standard"]
+    assert MODELS.names() == ["lenet", "preact-resnet18", "resnet18", "small-cnn", "test-cnn", "test-mlp",
+                              "test-resnet", "test-resnet-ae", "test-wrn", "wrn-28-10", "wrn-34-10"]
+    assert METHODS.names() == ["mid", "mid-teacher", "pgd-at", "standard"]
 
 
 def test_golden_attack_ids() -> None:

@@ -22,7 +22,7 @@ def mid_official_command(
 ) -> None:
     """Import the MID release's MNIST models (legacy PyTorch 0.4 pickles, read without running their code).
 
-    Writes the source model and the MID classifier (student encoder + teacher head) as midbench checkpoints, and the teacher's full state, to --out.
+    Writes the source model, the teacher autoencoder (method mid-teacher) and the MID classifier (student encoder + teacher head, with the teacher encoder and decoder stored beside them for `midbench regenerate`) as midbench checkpoints to --out.
 
     Example: midbench import mid-official --source MNIST_LeNet5.pkl --teacher LeNet5_MNIST_AE.pkl --student encoder_adv_addclean_MNIST_cls_simi_cyc217.pkl --out runs/mid-official
     """

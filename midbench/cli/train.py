@@ -12,7 +12,7 @@ from midbench.cli._common import console, guarded
 
 @guarded
 def train_command(
-    method: Annotated[str | None, typer.Option(help="Training method: standard, pgd-at (see `midbench methods list`).")] = None,
+    method: Annotated[str | None, typer.Option(help="Training method: standard, pgd-at, mid, mid-teacher (see `midbench methods list`).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset id (default mnist5k, embedded).")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture id (default lenet).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 5).")] = None,
@@ -36,10 +36,28 @@ def train_command(
     data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    pool: Annotated[str | None, typer.Option(help="MID: Attacker Pool, a suite or comma-separated attack ids (default mid-mnist-known, at the dataset's ε).", rich_help_panel="MID")] = None,
+    attack_source: Annotated[str | None, typer.Option(help="MID: model the pool attacks: source (paper, default), teacher, or student (online, adaptive).", rich_help_panel="MID")] = None,
+    refresh_every: Annotated[int | None, typer.Option(help="MID: recraft the cached pool examples every N epochs (default 1).", rich_help_panel="MID")] = None,
+    first_order: Annotated[bool, typer.Option("--first-order", help="MID: first-order meta-gradient (faster; default second-order).", rich_help_panel="MID")] = False,
+    no_meta: Annotated[bool, typer.Option("--no-meta", help="MID ablation: plain multi-attack distillation, no meta-learning.", rich_help_panel="MID")] = False,
+    lc_weight: Annotated[float | None, typer.Option(help="MID: label-consistency weight (default 1.0; 0 switches it off).", rich_help_panel="MID")] = None,
+    ac_weight: Annotated[float | None, typer.Option(help="MID: adversarial-consistency weight (default 1.5).", rich_help_panel="MID")] = None,
+    cc_weight: Annotated[float | None, typer.Option(help="MID: cyclic-consistency weight (default 0.8).", rich_help_panel="MID")] = None,
+    inner_lr: Annotated[float | None, typer.Option(help="MID: inner-step size α (default 1e-4).", rich_help_panel="MID")] = None,
+    source: Annotated[Path | None, typer.Option(help="MID: reuse this source-model checkpoint (default: train one in OUT/source).", rich_help_panel="MID")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="MID: reuse this teacher checkpoint (default: train one in OUT/teacher).", rich_help_panel="MID")] = None,
+    source_epochs: Annotated[int | None, typer.Option(help="MID: epochs of the source model (default 10).", rich_help_panel="MID")] = None,
+    teacher_epochs: Annotated[int | None, typer.Option(help="MID: epochs of the teacher autoencoder (default 10).", rich_help_panel="MID")] = None,
+    student_init: Annotated[str | None, typer.Option(help="MID: student encoder init, random (paper, default) or teacher.", rich_help_panel="MID")] = None,
+    rec_weight: Annotated[float | None, typer.Option(help="MID teacher: reconstruction-loss weight λ_rec (default 1).", rich_help_panel="MID")] = None,
 ) -> None:
     """Train a model with one method and write checkpoints each epoch.
 
     Example: midbench train --method pgd-at --dataset mnist5k --epochs 5 --attack-steps 10 --out runs/pgdat
+
+    MID trains its source model and teacher first (in OUT/source, OUT/teacher; reused on rerun) unless given:
+    midbench train --method mid --epochs 8 --batch-size 64 --attack-steps 10 --first-order --out runs/mid
     """
     from midbench.config import TrainConfig, load_config_file, merge_config
     from midbench.training import train
@@ -50,7 +68,13 @@ def train_command(
                   "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
                   "attack_step_size": attack_step_size, "val_size": val_size, "n_train": n_train,
                   "device": device, "seed": seed, "bf16": bf16 or None,
-                  "data_dir": str(data_dir) if data_dir else None, "download": download or None}
+                  "data_dir": str(data_dir) if data_dir else None, "download": download or None,
+                  "pool": pool, "attack_source": attack_source, "refresh_every": refresh_every,
+                  "first_order": first_order or None, "no_meta": no_meta or None, "lc_weight": lc_weight,
+                  "ac_weight": ac_weight, "cc_weight": cc_weight, "inner_lr": inner_lr,
+                  "source": str(source) if source else None, "teacher": str(teacher) if teacher else None,
+                  "source_epochs": source_epochs, "teacher_epochs": teacher_epochs, "student_init": student_init,
+                  "rec_weight": rec_weight}
     resolved = merge_config(TrainConfig(), file_values, cli_values).validate()
     out_dir = out or Path("runs") / f"{resolved.method}-{resolved.arch}-{resolved.dataset}"
     result = train(resolved, out_dir, resume=resume, progress=not quiet)

@@ -34,9 +34,15 @@ class DeviceBatches:
     def epoch(self, generator: torch.Generator | None = None, shuffle: bool = True
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of one pass over the data."""
+        for _, images, labels in self.indexed_epoch(generator, shuffle):
+            yield images, labels
+
+    def indexed_epoch(self, generator: torch.Generator | None = None, shuffle: bool = True
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Like :meth:`epoch`, with each batch's example indices into the split first (for per-example caches)."""
         count = int(self.labels.shape[0])
         order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
         order = order.to(self.device)
         for start in range(0, count, self.batch_size):
             index = order[start : start + self.batch_size]
-            yield self.images[index].float().div_(255.0), self.labels[index]
+            yield index, self.images[index].float().div_(255.0), self.labels[index]

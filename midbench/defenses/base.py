@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,8 +14,18 @@ from torch import nn
 
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
-from midbench.data.registry import DatasetSpec
+from midbench.data.registry import DatasetSpec, TensorSplit
 from midbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class SetupContext:
+    """What :meth:`DefenseTask.setup` may use: the run's folder, its training split and device."""
+
+    out_dir: Path
+    train_split: TensorSplit
+    device: torch.device
+    progress: bool
 
 
 class DefenseTask:
@@ -31,8 +45,27 @@ class DefenseTask:
         self.config = config
         self.dataset = dataset
 
+    def setup(self, model: nn.Module, context: SetupContext) -> None:
+        """Prepare before the first epoch (also on resume): e.g. train earlier stages, add or freeze modules.
+        The optimiser is built afterwards over the parameters that still require gradients."""
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        """Called at the start of every epoch, after the epoch's seeding (e.g. to refresh a cache)."""
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+             autocast: AbstractContextManager[Any] | None = None) -> dict[str, torch.Tensor]:
+        """Write this batch's gradients into the parameters' ``.grad`` (zeroed by the caller) and return the
+        outputs of :meth:`loss`. ``index`` holds the examples' positions in the training split; ``autocast``
+        wraps the forward pass only (bf16 training), as PyTorch recommends. Methods whose gradient is not the
+        gradient of one loss (MID's meta step) override this."""
+        with autocast if autocast is not None else contextlib.nullcontext():
+            outputs = self.loss(model, x, y)
+        if torch.isfinite(outputs["loss"]):
+            outputs["loss"].backward()
+        return outputs
 
     @property
     def train_attacks(self) -> list[ResolvedAttack]:
@@ -42,9 +75,14 @@ class DefenseTask:
         """Method-specific hyper-parameters for the checkpoint metadata."""
         return {}
 
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """Extra top-level metadata fields (e.g. MID's ``source_checkpoint`` for the transfer protocol)."""
+        return {}
+
 
 TaskFactory = Callable[[TrainConfig, DatasetSpec], DefenseTask]
-METHODS: Registry[TaskFactory] = Registry("method", ("midbench.defenses.standard", "midbench.defenses.pgd_at"))
+METHODS: Registry[TaskFactory] = Registry("method", ("midbench.defenses.standard", "midbench.defenses.pgd_at",
+                                                    "midbench.defenses.mid"))
 
 
 def build_task(config: TrainConfig, dataset: DatasetSpec) -> DefenseTask:

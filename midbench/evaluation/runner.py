@@ -26,6 +26,7 @@ from midbench.evaluation.results import (
 from midbench.evaluation.selection import AttackSelection, select_attacks
 from midbench.fileio import ensure_writable_dir
 from midbench.models import build_model
+from midbench.models.factory import AUX_PREFIX
 from midbench.paths import DEFAULT_RESULTS_DIR
 
 
@@ -65,7 +66,9 @@ def load_classifier(path: str | Path, arch: str | None = None, dataset: str | No
         from midbench.errors import ArtifactError
 
         raise ArtifactError(f"checkpoint {path} lacks metadata field {error}; re-create it with midbench") from error
-    load_weights_into(model, checkpoint.state_dict, str(path))
+    # Companion modules (MID's teacher encoder and decoder) are stored under aux. and are not the classifier.
+    classifier_state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(AUX_PREFIX)}
+    load_weights_into(model, classifier_state, str(path))
     return LoadedModel(model, meta, checkpoint.sha256, str(path))
 
 

@@ -12,18 +12,29 @@ from midbench.registry import Registry
 
 #: ``factory(num_classes, input_shape) -> nn.Module`` taking normalised inputs.
 Factory = Callable[[int, tuple[int, int, int]], nn.Module]
+#: ``decoder_factory(input_shape) -> nn.Module``: maps the architecture's encoder feature (and the context its
+#: encoder returns with ``return_context=True``) back to an image; see :mod:`midbench.mid`.
+DecoderFactory = Callable[[tuple[int, int, int]], nn.Module]
+
+#: State-dict prefix of companion modules stored with a classifier but not part of it (MID's teacher encoder
+#: and decoder). Loading a checkpoint as a classifier ignores these tensors.
+AUX_PREFIX = "aux."
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A registered architecture: its factory and a one-line description with the paper it comes from."""
+    """A registered architecture: its factory and a one-line description with the paper it comes from.
+
+    Architectures usable by MID split into ``net.encoder`` and ``net.head`` and register a ``decoder``.
+    """
 
     factory: Factory
     description: str
+    decoder: DecoderFactory | None = None
 
 
 MODELS: Registry[ModelInfo] = Registry("architecture", tuple(f"midbench.models.{name}" for name in
-                                                             ("lenet", "resnet", "small", "wide_resnet")))
+                                                             ("lenet", "resnet", "resnet18", "small", "wide_resnet")))
 
 
 class Normalize(nn.Module):

@@ -35,7 +35,7 @@ from midbench.checkpoint import save_checkpoint
 from midbench.config import TrainConfig, config_to_toml
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
-from midbench.defenses.base import DefenseTask, build_task
+from midbench.defenses.base import DefenseTask, SetupContext, build_task
 from midbench.device import configure_for_speed, resolve_device
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
@@ -75,10 +75,11 @@ def split_train_val(data: TensorSplit, val_size: int, n_train: int | None) -> tu
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or Adam over the parameters that require gradients (MID freezes its teacher parts)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
@@ -141,6 +142,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
 
     torch.manual_seed(config.seed)
     model = build_model(config.arch, dataset.num_classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
+    task.setup(model, SetupContext(out, train_split, device, progress))
     batches = DeviceBatches(train_split, config.batch_size, device)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, len(batches))
@@ -167,19 +169,18 @@ def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Mod
     torch.manual_seed(seed)  # random starts and targets of the training attack
     generator = torch.Generator().manual_seed(seed)  # the shuffle
     model.train()
+    task.on_epoch_start(epoch, model)
     started = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
     with _progress_bar(progress, f"epoch {epoch}/{config.epochs}", len(batches)) as advance:
-        for index, (x, y) in enumerate(batches.epoch(generator)):
-            with autocast:
-                outputs = task.loss(model, x, y)
+        for index, (example_index, x, y) in enumerate(batches.indexed_epoch(generator)):
+            optimizer.zero_grad(set_to_none=True)
+            outputs = task.step(model, x, y, example_index, autocast)
             loss = outputs["loss"]
             if not torch.isfinite(loss):
                 raise NumericalError(f"the training loss became {float(loss.detach())} in epoch {epoch}; the last good "
                                      "checkpoint is kept — lower --lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             scheduler.step()
             total_loss += float(loss.detach()) * y.shape[0]
@@ -216,7 +217,7 @@ def _save_epoch(out: Path, config: TrainConfig, task: DefenseTask, dataset: Data
         "method": task.name, "method_citation": task.citation, "method_params": task.describe(),
         "train_attacks": [attack.to_dict() for attack in task.train_attacks],
         "config": config.to_dict(), "seed": config.seed, "epoch": epoch, "epochs": config.epochs,
-        "n_train": n_train, "metrics": log[-1],
+        "n_train": n_train, "metrics": log[-1], **task.checkpoint_metadata(),
     }
     # Model first, state second: a crash between the two leaves a state one epoch behind the model, and the
     # resume then redoes that epoch and rewrites both — never a state ahead of its model.

@@ -1,0 +1,90 @@
+"""MID's multi-consistency distillation losses (Zhang et al., TPAMI 2024, arXiv:2404.03340, Sec. 3; design
+page ``mid.md``, "Stage 2").
+
+``p(f)`` is the softmax of a feature map over its channel axis at every spatial position, and ``KL(P‖Q)`` is
+summed over channels and averaged over the batch and the positions. With the clean teacher feature
+``f_t = E_t(x)`` (no gradient):
+
+- adversarial consistency  ``AC = KL(p(f_t) ‖ p(E_s(x̃)))``            (feature level)
+- cyclic consistency       ``CC = KL(p(f_t) ‖ p(E_t(D_t(E_s(x̃)))))``   (pixel level, through the frozen D_t, E_t)
+- label consistency        ``LC = CE(C(E_s(x̃)), y)``                   (prediction level)
+
+The target distribution is given as log-probabilities and exponentiated here, never passed as the "input"
+side: the release gave ``kl_div`` log-probabilities as its *target*, which is 0 with no gradient in PyTorch
+0.4 and NaN today (fault 3 of ``mid.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: ``encode(normalised x) -> (feature, context)`` of the student at some parameters
+StudentEncode = Callable[[torch.Tensor], tuple[torch.Tensor, object]]
+
+
+@dataclass(frozen=True)
+class ConsistencyWeights:
+    """Weights of LC, AC and CC in a task's loss; the release's meta-train weights are (1.0, 1.5, 0.8)."""
+
+    label: float = 1.0
+    adversarial: float = 1.5
+    cyclic: float = 0.8
+
+    def meta_test(self) -> ConsistencyWeights:
+        """The meta-test weights: 1 for every term the ablation keeps, 0 for a term switched off."""
+        return ConsistencyWeights(*(1.0 if weight > 0 else 0.0 for weight in
+                                    (self.label, self.adversarial, self.cyclic)))
+
+
+def channel_log_softmax(feature: torch.Tensor) -> torch.Tensor:
+    """log p(f): log-softmax over the channel axis (dim 1) at each position."""
+    return torch.log_softmax(feature.flatten(2) if feature.dim() > 2 else feature.unsqueeze(-1), dim=1)
+
+
+def channel_kl(target_log_p: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """KL(P‖Q) with P = exp(target_log_p), Q = p(feature): summed over channels, mean over batch and positions."""
+    log_q = channel_log_softmax(feature)
+    return (target_log_p.exp() * (target_log_p - log_q)).sum(dim=1).mean()
+
+
+@dataclass
+class TaskLoss:
+    """One task's consistency terms (each a scalar tensor) and the student's logits on it."""
+
+    label: torch.Tensor
+    adversarial: torch.Tensor
+    cyclic: torch.Tensor
+    logits: torch.Tensor
+
+    def weighted(self, weights: ConsistencyWeights) -> torch.Tensor:
+        total = self.label.new_zeros(())
+        # Skipping zero-weight terms keeps an ablated term out of the graph entirely (and its cost).
+        for weight, term in ((weights.label, self.label), (weights.adversarial, self.adversarial),
+                             (weights.cyclic, self.cyclic)):
+            if weight:
+                total = total + weight * term
+        return total
+
+
+def task_loss(encode: StudentEncode, x_task: torch.Tensor, y: torch.Tensor, target_log_p: torch.Tensor,
+              normalize: nn.Module, teacher_encoder: nn.Module, decoder: nn.Module, head: nn.Module,
+              weights: ConsistencyWeights) -> TaskLoss:
+    """LC, AC and CC of the student (``encode``) on one task's images ``x_task`` in [0, 1].
+
+    Cost: one student-encoder forward; the head, and the decoder + teacher encoder, only when LC resp. CC has a
+    non-zero weight.
+    """
+    feature, context = encode(normalize(x_task))
+    zero = feature.new_zeros(())
+    logits = head(feature)
+    label = nn.functional.cross_entropy(logits, y) if weights.label else zero
+    adversarial = channel_kl(target_log_p, feature) if weights.adversarial else zero
+    cyclic = zero
+    if weights.cyclic:
+        regenerated = decoder(feature, context)
+        cyclic = channel_kl(target_log_p, teacher_encoder(normalize(regenerated)))
+    return TaskLoss(label, adversarial, cyclic, logits)

@@ -1,0 +1,391 @@
+"""MID (Zhang et al., TPAMI 2024): the consistency losses, the meta step's gradient, the pass counts, and a
+tiny end-to-end run with its stages, frozen teacher parts, checkpoint and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from midbench.checkpoint import load_checkpoint
+from midbench.config import TrainConfig
+from midbench.mid.losses import ConsistencyWeights, channel_kl, channel_log_softmax, task_loss
+from midbench.mid.meta import MetaSettings, meta_step
+from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, load_with_aux
+from midbench.models import build_model
+from midbench.training import train
+
+SHAPE = (1, 28, 28)
+
+
+def _mid_classifier(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    teacher = build_model("lenet", 10, SHAPE)
+    attach_decoder(teacher, "lenet", SHAPE)
+    student = build_model("lenet", 10, SHAPE)
+    assemble_mid_classifier(student, teacher)
+    return student.to(dtype)
+
+
+def _tasks(batch: int, n_attacks: int, dtype: torch.dtype = torch.float32, seed: int = 1
+           ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *SHAPE, generator=generator, dtype=dtype)
+    tasks = [x] + [(x + 0.3 * (2 * torch.rand(x.shape, generator=generator, dtype=dtype) - 1)).clamp(0, 1)
+                   for _ in range(n_attacks)]
+    return tasks, torch.randint(10, (batch,), generator=generator)
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+
+
+def test_channel_kl_matches_the_definition() -> None:
+    """KL summed over channels, averaged over batch and positions — checked against kl_div term by term."""
+    torch.manual_seed(0)
+    teacher, student = torch.randn(3, 5, 4, 4), torch.randn(3, 5, 4, 4)
+    log_p = channel_log_softmax(teacher)
+    expected = nn.functional.kl_div(torch.log_softmax(student, 1), torch.log_softmax(teacher, 1),
+                                    reduction="none", log_target=True).sum(1).mean()
+    assert torch.allclose(channel_kl(log_p, student), expected, atol=1e-6)
+    assert float(channel_kl(log_p, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(channel_kl(log_p, student)) > 0
+
+
+def test_kl_terms_stay_finite_for_extreme_features() -> None:
+    """Fault 3 of the release (log-probabilities as the KL target → NaN): every term must stay finite."""
+    huge = torch.tensor([[1e4, -1e4, 0.0]]).view(1, 3, 1, 1)
+    other = torch.tensor([[-1e4, 1e4, 0.0]]).view(1, 3, 1, 1).requires_grad_()
+    value = channel_kl(channel_log_softmax(huge), other)
+    value.backward()
+    assert math.isfinite(float(value.detach())) and torch.isfinite(other.grad).all()
+
+
+def test_task_loss_terms_are_finite_and_weights_switch_terms_off() -> None:
+    model = _mid_classifier()
+    parts = MidModules.of(model)
+    tasks, y = _tasks(4, 1)
+    target = channel_log_softmax(parts.teacher_encoder(parts.normalize(tasks[0]))).detach()
+
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return parts.student_encoder(x, return_context=True)
+
+    full = task_loss(encode, tasks[1], y, target, parts.normalize, parts.teacher_encoder, parts.decoder,
+                     parts.head, ConsistencyWeights())
+    for term in (full.label, full.adversarial, full.cyclic):
+        assert math.isfinite(float(term.detach())) and float(term.detach()) > 0
+    assert torch.allclose(full.label, nn.functional.cross_entropy(model(tasks[1]), y))
+    only_label = task_loss(encode, tasks[1], y, target, parts.normalize, parts.teacher_encoder, parts.decoder,
+                           parts.head, ConsistencyWeights(1.0, 0.0, 0.0))
+    assert float(only_label.cyclic) == 0 and float(only_label.adversarial) == 0
+    assert ConsistencyWeights(1.0, 0.0, 0.8).meta_test() == ConsistencyWeights(1.0, 0.0, 1.0)
+
+
+# --- the meta step --------------------------------------------------------------------------------------------
+
+
+def _objective(parts: MidModules, tasks: list[torch.Tensor], y: torch.Tensor, held_out: int,
+               settings: MetaSettings, flat: torch.Tensor, second_order: bool) -> torch.Tensor:
+    """Hand-built L_tr(θ) + L_te(θ − α∇L_tr(θ)) for a flat parameter vector (differentiable in ``flat``)."""
+    from torch.func import functional_call
+
+    names = [name for name, _ in parts.student_encoder.named_parameters()]
+    shapes = [p.shape for _, p in parts.student_encoder.named_parameters()]
+    pieces = dict(zip(names, torch.split(flat, [s.numel() for s in shapes]), strict=True))
+    params = {name: pieces[name].view(shape) for name, shape in zip(names, shapes, strict=True)}
+    target = channel_log_softmax(parts.teacher_encoder(parts.normalize(tasks[0]))).detach()
+
+    def loss(at: dict[str, torch.Tensor], index: int, weights: ConsistencyWeights) -> torch.Tensor:
+        def encode(x: torch.Tensor) -> tuple[torch.Tensor, object]:
+            return functional_call(parts.student_encoder, at, (x,), {"return_context": True})
+        return task_loss(encode, tasks[index], y, target, parts.normalize, parts.teacher_encoder, parts.decoder,
+                         parts.head, weights).weighted(weights)
+
+    weights = settings.weights
+    meta_train = sum(loss(params, j, weights) for j in range(len(tasks)) if j != held_out)
+    grads = torch.autograd.grad(meta_train, list(params.values()), create_graph=second_order, retain_graph=True)
+    fast = {name: p - settings.inner_lr * (g if second_order else g.detach())
+            for (name, p), g in zip(params.items(), grads, strict=True)}
+    return meta_train + loss(fast, held_out, weights.meta_test())
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
+def test_meta_gradient_matches_finite_differences(first_order: bool) -> None:
+    """∂(L_tr(θ) + L_te(θ'))/∂θ from meta_step equals central finite differences of the hand-built objective
+    (second-order), or the hand-built first-order gradient ∇L_tr(θ) + ∇_θ' L_te(θ'); a large α makes the
+    second-order term big enough to tell the two apart. Float64 throughout."""
+    model = _mid_classifier(dtype=torch.float64)
+    parts = MidModules.of(model)
+    tasks, y = _tasks(3, 2, torch.float64)
+    settings = MetaSettings(inner_lr=0.5, first_order=first_order)
+    meta_step(parts, tasks, y, held_out=2, settings=settings)
+    analytic = torch.cat([p.grad.flatten() for p in parts.student_encoder.parameters()])
+    assert analytic.abs().sum() > 0
+
+    flat = torch.cat([p.detach().flatten() for p in parts.student_encoder.parameters()])
+    probe = flat.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(_objective(parts, tasks, y, 2, settings, probe, not first_order), probe)
+    assert torch.allclose(analytic, expected, rtol=1e-6, atol=1e-9)
+    if first_order:
+        return
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):  # directional derivatives along random directions
+        direction = torch.randn(flat.shape, generator=generator, dtype=torch.float64)
+        direction /= direction.norm()
+        # small h: ReLU and max-pool are piecewise linear, and a larger step may cross a kink
+        h = 1e-6
+        plus = _objective(parts, tasks, y, 2, settings, (flat + h * direction).requires_grad_(), True)
+        minus = _objective(parts, tasks, y, 2, settings, (flat - h * direction).requires_grad_(), True)
+        numeric = float((plus - minus).detach()) / (2 * h)
+        assert float(analytic @ direction) == pytest.approx(numeric, rel=1e-4, abs=1e-7)
+
+
+def test_second_order_term_is_present_and_meta_test_reaches_the_student() -> None:
+    """Fault 1 of the release: the meta-test gradient must reach θ. The step's gradient differs from the
+    meta-train gradient alone (∂L_te/∂θ ≠ 0), and second-order differs from first-order (the Hessian term)."""
+    model = _mid_classifier(dtype=torch.float64)
+    parts = MidModules.of(model)
+    tasks, y = _tasks(3, 2, torch.float64)
+    grads = {}
+    for first_order in (False, True):
+        for p in parts.student_encoder.parameters():
+            p.grad = None
+        meta_step(parts, tasks, y, held_out=1, settings=MetaSettings(inner_lr=0.5, first_order=first_order))
+        grads[first_order] = torch.cat([p.grad.flatten() for p in parts.student_encoder.parameters()])
+    meta_train_only = _meta_train_gradient(parts, tasks, y, held_out=1)
+    assert (grads[True] - meta_train_only).abs().max() > 1e-6
+    assert (grads[False] - grads[True]).abs().max() > 1e-8
+
+
+def _meta_train_gradient(parts: MidModules, tasks: list[torch.Tensor], y: torch.Tensor, held_out: int
+                         ) -> torch.Tensor:
+    target = channel_log_softmax(parts.teacher_encoder(parts.normalize(tasks[0]))).detach()
+
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return parts.student_encoder(x, return_context=True)
+
+    weights = ConsistencyWeights()
+    total = sum(task_loss(encode, tasks[j], y, target, parts.normalize, parts.teacher_encoder, parts.decoder,
+                          parts.head, weights).weighted(weights) for j in range(len(tasks)) if j != held_out)
+    grads = torch.autograd.grad(total, list(parts.student_encoder.parameters()))
+    return torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize("held_out", [1, 2, 3])
+def test_meta_test_uses_the_held_out_task(held_out: int) -> None:
+    """Fault 2 of the release (the meta-test ran on the last attack): L_te is the held-out task's loss at θ'."""
+    from torch.func import functional_call
+
+    model = _mid_classifier(dtype=torch.float64)
+    parts = MidModules.of(model)
+    tasks, y = _tasks(3, 3, torch.float64)
+    settings = MetaSettings(inner_lr=0.5, first_order=True)
+    result = meta_step(parts, tasks, y, held_out, settings)
+    assert result.held_out == held_out
+    inner = _meta_train_gradient(parts, tasks, y, held_out)
+    params = dict(parts.student_encoder.named_parameters())
+    sizes = [p.numel() for p in params.values()]
+    fast = {name: p.detach() - 0.5 * g.view(p.shape)
+            for (name, p), g in zip(params.items(), torch.split(inner, sizes), strict=True)}
+    target = channel_log_softmax(parts.teacher_encoder(parts.normalize(tasks[0]))).detach()
+
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return functional_call(parts.student_encoder, fast, (x,), {"return_context": True})
+
+    expected = task_loss(encode, tasks[held_out], y, target, parts.normalize, parts.teacher_encoder,
+                         parts.decoder, parts.head, ConsistencyWeights(1, 1, 1)).weighted(ConsistencyWeights(1, 1, 1))
+    assert float(result.meta_test) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_meta_step_rejects_the_clean_task_as_held_out() -> None:
+    parts = MidModules.of(_mid_classifier())
+    tasks, y = _tasks(2, 2)
+    with pytest.raises(ValueError, match="held-out"):
+        meta_step(parts, tasks, y, held_out=0, settings=MetaSettings())
+
+
+# --- pass counts ----------------------------------------------------------------------------------------------
+
+
+class _Counting(nn.Module):
+    """Counts examples through a module's forward and backward (a hook on its output), kwargs passed on."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.forward_passes = self.backward_passes = 0
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> object:
+        output = self.module(x, *args, **kwargs)
+        first = output[0] if isinstance(output, tuple) else output
+        self.forward_passes += int(x.shape[0])
+        if first.requires_grad:
+            rows = int(first.shape[0])
+            first.register_hook(lambda grad: setattr(self, "backward_passes", self.backward_passes + rows))
+        return output
+
+
+@pytest.mark.parametrize("n_attacks", [1, 2, 4])
+@pytest.mark.parametrize("mode", ["second-order", "first-order", "no-meta"])
+def test_passes_per_step_follow_the_formula(n_attacks: int, mode: str) -> None:
+    """With n pool attacks (n + 1 tasks, the clean one included), per example and step:
+
+    - forward: E_s n + 1 (n meta-train tasks, 1 meta-test), E_t n + 2 (+1 for the clean target), D_t and C n + 1;
+    - backward through E_s, D_t, C and the gradient path of E_t: n + 1 first-order and without meta (the
+      meta-train gradient is computed once and reused), 2n + 1 second-order (the Hessian-vector product
+      differentiates through the n meta-train tasks' graphs once more).
+    """
+    model = _mid_classifier()
+    plain = MidModules.of(model)
+    parts = MidModules(plain.normalize, _Counting(plain.student_encoder), _Counting(plain.teacher_encoder),
+                       _Counting(plain.decoder), _Counting(plain.head))
+    batch = 3
+    tasks, y = _tasks(batch, n_attacks)
+    settings = MetaSettings(first_order=mode == "first-order", meta=mode != "no-meta")
+    meta_step(parts, tasks, y, held_out=1, settings=settings)
+    n = n_attacks
+    backward = 2 * n + 1 if mode == "second-order" else n + 1
+    assert parts.student_encoder.forward_passes == (n + 1) * batch
+    assert parts.teacher_encoder.forward_passes == (n + 2) * batch
+    assert parts.decoder.forward_passes == parts.head.forward_passes == (n + 1) * batch
+    for module in (parts.student_encoder, parts.teacher_encoder, parts.decoder, parts.head):
+        assert module.backward_passes == backward * batch, module
+
+
+# --- end to end -----------------------------------------------------------------------------------------------
+
+TINY = {"method": "mid", "arch": "lenet", "dataset": "mnist5k", "batch_size": 32, "n_train": 96, "val_size": 16,
+        "val_pgd_steps": 1, "attack_steps": 2, "source_epochs": 1, "teacher_epochs": 1, "refresh_every": 2,
+        "epochs": 2, "device": "cpu", "lr": 1e-3}
+
+
+@pytest.fixture(scope="session")
+def mid_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MID run: source and teacher one epoch each, two second-order student epochs, 2-step pool."""
+    out = tmp_path_factory.mktemp("mid")
+    train(TrainConfig(**TINY), out, progress=False)
+    return out
+
+
+def test_mid_run_writes_the_stages_and_a_mid_checkpoint(mid_run: Path) -> None:
+    meta = load_checkpoint(mid_run / "model.safetensors").metadata
+    assert meta["method"] == "mid" and meta["epoch"] == 2
+    assert meta["source_checkpoint"] == "source/model.safetensors"
+    assert meta["teacher_checkpoint"] == "teacher/model.safetensors"
+    assert load_checkpoint(mid_run / "source" / "model.safetensors").metadata["method"] == "standard"
+    assert load_checkpoint(mid_run / "teacher" / "model.safetensors").metadata["method"] == "mid-teacher"
+    # the pool (mid-mnist-known with --attack-steps 2) is recorded as the model's known attacks
+    assert [attack["id"] for attack in meta["train_attacks"]] == ["pgd-linf", "pgd-linf-t", "mim-linf", "mim-linf-t"]
+    assert all(attack["params"]["steps"] == 2 and attack["version"] == 0 for attack in meta["train_attacks"])
+    params = meta["method_params"]
+    assert params["meta"] is True and params["first_order"] is False and params["attack_source"] == "source"
+    assert params["weights"] == {"label": 1.0, "adversarial": 1.5, "cyclic": 0.8}
+    for record in (json.loads(line) for line in (mid_run / "log.jsonl").read_text().splitlines()):
+        assert math.isfinite(record["loss"])
+
+
+def test_teacher_and_head_do_not_change_in_stage_2(mid_run: Path) -> None:
+    teacher = load_checkpoint(mid_run / "teacher" / "model.safetensors").state_dict
+    mid = load_checkpoint(mid_run / "model.safetensors").state_dict
+    for name, tensor in teacher.items():
+        if name.startswith("net.head."):
+            assert torch.equal(mid[name], tensor), name
+        elif name.startswith("net.encoder."):
+            assert torch.equal(mid["aux.teacher_encoder." + name[len("net.encoder."):]], tensor), name
+            assert not torch.equal(mid[name], tensor), name  # the student is its own (random-init) encoder
+        elif name.startswith("aux.decoder."):
+            assert torch.equal(mid[name], tensor), name
+
+
+def test_mid_checkpoint_is_one_classifier_and_keeps_its_companions(mid_run: Path, small_batch: tuple) -> None:
+    from midbench.evaluation.runner import load_classifier
+    from midbench.mid.parts import regenerate
+
+    x, _ = small_batch
+    classifier = load_classifier(mid_run / "model.safetensors").model.eval()
+    full = load_with_aux(mid_run / "model.safetensors").model.eval()
+    assert not hasattr(classifier, "aux")
+    with torch.no_grad():
+        assert torch.equal(classifier(x), full(x))
+        parts = MidModules.of(full)
+        assert torch.equal(full(x), parts.head(parts.student_encoder(x)))  # mnist5k: identity normalisation
+    regenerated = regenerate(full, x)
+    assert regenerated.shape == x.shape and 0 <= float(regenerated.min()) <= float(regenerated.max()) <= 1
+
+
+def test_resume_in_the_middle_of_a_pool_block_gives_the_same_weights(mid_run: Path, tmp_path: Path) -> None:
+    """Epoch 2 lies inside the first refresh block: the resumed run must rebuild the identical cache."""
+    train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path, progress=False)
+    train(TrainConfig(**TINY), tmp_path, resume=True, progress=False)
+    expected = load_checkpoint(mid_run / "model.safetensors").state_dict
+    actual = load_checkpoint(tmp_path / "model.safetensors").state_dict
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, actual[name]), name
+
+
+def test_given_stages_are_reused_not_retrained(mid_run: Path, tmp_path: Path) -> None:
+    config = TrainConfig(**{**TINY, "epochs": 1, "first_order": True, "no_meta": False,
+                            "source": str(mid_run / "source" / "model.safetensors"),
+                            "teacher": str(mid_run / "teacher" / "model.safetensors"), "student_init": "teacher",
+                            "cc_weight": 0.0})
+    train(config, tmp_path, progress=False)
+    assert not (tmp_path / "source").exists() and not (tmp_path / "teacher").exists()
+    meta = load_checkpoint(tmp_path / "model.safetensors").metadata
+    assert Path(meta["source_checkpoint"]).is_absolute()
+    assert meta["method_params"]["weights"]["cyclic"] == 0.0
+    assert meta["method_params"]["meta_test_weights"] == {"label": 1.0, "adversarial": 1.0, "cyclic": 0.0}
+    assert meta["method_params"]["student_init"] == "teacher"
+
+
+@pytest.mark.parametrize("attack_source", ["student", "teacher"])
+def test_other_attack_sources_run(mid_run: Path, tmp_path: Path, attack_source: str) -> None:
+    config = TrainConfig(**{**TINY, "epochs": 1, "n_train": 32, "attack_steps": 1, "pool": "pgd-linf,fgsm-linf",
+                            "attack_source": attack_source, "no_meta": attack_source == "teacher",
+                            "source": str(mid_run / "source" / "model.safetensors"),
+                            "teacher": str(mid_run / "teacher" / "model.safetensors")})
+    log = train(config, tmp_path, progress=False).log
+    assert math.isfinite(log[-1]["loss"])
+    assert load_checkpoint(tmp_path / "model.safetensors").metadata["method_params"]["attack_source"] == attack_source
+
+
+def test_pool_cache_crafts_once_per_block_with_the_declared_passes(mid_run: Path) -> None:
+    """The cache costs Σ_i passes(a_i) per example once per refresh block, and nothing inside a block."""
+    from midbench.data import get_dataset, load_split
+    from midbench.evaluation.counting import PassCounter
+    from midbench.evaluation.runner import load_classifier
+    from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
+
+    config = TrainConfig(**TINY)
+    pool = AttackerPool(resolve_pool(config, get_dataset("mnist5k")), seed=0, batch_size=32)
+    split = load_split("mnist5k", "train").subset(torch.arange(40))
+    cache = PoolCache(pool, split, 16, torch.device("cpu"), refresh_every=2)
+    source = PassCounter(load_classifier(mid_run / "source" / "model.safetensors").model)
+    assert cache.ensure(1, source, seed=5)
+    declared = pool.passes_per_example()
+    assert declared == {"forward": 2 + 3 + 2 + 3, "backward": 2 * 4}  # targeted entries: +1 forward each
+    assert source.reset() == (declared["forward"] * 40, declared["backward"] * 40)
+    assert not cache.ensure(2, source, seed=5) and source.reset() == (0, 0)
+    first = cache.examples.clone()
+    assert cache.ensure(3, source, seed=6) and not torch.equal(first, cache.examples)
+    x = split.as_float()
+    assert cache.examples.shape == (4, 40, *x.shape[1:])
+    assert float((cache.examples - x).abs().max()) <= 0.3 + 1e-6
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"arch": "test-cnn"}, "no MID decoder"),
+    ({"attack_source": "oracle"}, "attack-source"),
+    ({"refresh_every": 0}, "refresh-every"),
+    ({"pool": "no-such-attack"}, "no-such-attack"),
+    ({"lc_weight": 0.0, "ac_weight": 0.0, "cc_weight": 0.0}, "nothing to train"),
+    ({"student_init": "imagenet"}, "student-init"),
+])
+def test_bad_mid_options_are_one_line_usage_errors(tmp_path: Path, override: dict, message: str) -> None:
+    from midbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        train(TrainConfig(**{**TINY, **override}), tmp_path, progress=False)
