@@ -389,3 +389,65 @@ def test_bad_mid_options_are_one_line_usage_errors(tmp_path: Path, override: dic
 
     with pytest.raises(UsageError, match=message):
         train(TrainConfig(**{**TINY, **override}), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("protocol", ["transfer", "whitebox"])
+def test_mid_checkpoint_evaluates_under_both_protocols(mid_run: Path, tmp_path: Path, protocol: str) -> None:
+    """The pool is the known split; transfer crafts on the recorded source model without --source."""
+    from midbench.evaluation.runner import EvalConfig, run_evaluation
+    from midbench.evaluation.selection import AttackSelection
+
+    run = run_evaluation(EvalConfig(checkpoint=str(mid_run / "model.safetensors"), protocol=protocol,
+                                    selection=AttackSelection(known=True, attacks=("fgsm-linf",)), n_examples=16,
+                                    results_dir=str(tmp_path), device="cpu"))
+    result = run.result
+    splits = {row["id"]: row["split"] for row in result["attacks"]}
+    assert splits == {"pgd-linf@custom": "known", "pgd-linf-t@custom": "known", "mim-linf@custom": "known",
+                      "mim-linf-t@custom": "known", "fgsm-linf@1": "unknown"}
+    if protocol == "transfer":
+        assert Path(result["protocol"]["source"]["path"]).resolve() == \
+            (mid_run / "source" / "model.safetensors").resolve()
+    else:
+        assert result["protocol"]["source"] is None
+    clean = result["clean_accuracy"]
+    assert all(row["robust_accuracy"] <= clean + 1e-9 for row in result["attacks"])
+
+
+@pytest.mark.slow
+def test_demo_settings_reach_90_percent_clean_test_accuracy(tmp_path: Path, mnist5k_test: object) -> None:
+    """Acceptance of the MID issue: with the demo's settings (its standard model as source, 3 teacher epochs,
+    3 first-order student epochs from the teacher encoder, 5-step pool) MID classifies ≥ 90% of the 1,000
+    mnist5k test images correctly."""
+    from midbench.demo import DemoSettings, demo_configs
+    from midbench.evaluation.runner import load_classifier
+
+    configs = demo_configs(tmp_path, DemoSettings(device="cpu"))
+    train(configs["standard"], tmp_path / "standard", progress=False)
+    checkpoint = train(configs["mid"], tmp_path / "mid", progress=False).checkpoint
+    model = load_classifier(checkpoint).model.eval()
+    with torch.no_grad():
+        predictions = torch.cat([model(x).argmax(1) for x in mnist5k_test.as_float().split(500)])
+    assert float((predictions == mnist5k_test.labels).float().mean()) >= 0.90
+
+
+@pytest.mark.filterwarnings("ignore:.*differs from the published release")
+def test_mid_on_32x32_colour_data_with_batchnorm_keeps_teacher_statistics(tmp_path: Path) -> None:
+    """The ResNet-18-shaped autoencoder on CIFAR-10 files written by the test: BatchNorm statistics of the
+    frozen teacher encoder and decoder must not move in stage 2 (they stay in eval mode)."""
+    from test_data_torchvision import write_cifar10
+
+    write_cifar10(tmp_path / "data")
+    config = TrainConfig(method="mid", dataset="cifar10", arch="test-resnet-ae", data_dir=str(tmp_path / "data"),
+                         epochs=1, source_epochs=1, teacher_epochs=1, attack_steps=1, batch_size=8, val_size=4,
+                         val_pgd_steps=1, device="cpu")
+    train(config, tmp_path / "run", progress=False)
+    teacher = load_checkpoint(tmp_path / "run" / "teacher" / "model.safetensors").state_dict
+    mid = load_checkpoint(tmp_path / "run" / "model.safetensors").state_dict
+    statistics = [name for name in teacher if name.endswith("running_mean")]
+    assert statistics  # the architecture does have BatchNorm
+    for name, tensor in teacher.items():
+        if name.startswith("net.encoder."):
+            assert torch.equal(mid["aux.teacher_encoder." + name[len("net.encoder."):]], tensor), name
+        elif name.startswith(("net.head.", "aux.decoder.")):
+            assert torch.equal(mid[name], tensor), name
+    assert load_with_aux(tmp_path / "run" / "model.safetensors").model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
