@@ -36,7 +36,7 @@ class DemoSettings:
     mid_epochs: int = 3
     mid_pool_steps: int = 5
     batch_size: int = 64
-    n_examples: int = 200
+    n_examples: int = 100
     device: str = "auto"
     seed: int = 0
 

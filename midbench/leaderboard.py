@@ -2,106 +2,416 @@
 
 Columns (evaluation.md, "Leaderboard"): rank, name, method, arch, protocol, clean, known mean, known worst,
 unknown mean, unknown worst, AutoAttack, Δ unknown-worst vs the best adversarial-training baseline of the same
-table, flags, n, ε. Accuracies are percentages rounded to two decimals, identical in every format. Rows are
-sorted by unknown worst (then AutoAttack, then clean). When one checkpoint was evaluated several times with the
-same protocol, data and attacks, only the newest result counts.
+table, flags, n, ε; optionally one robust-accuracy column per requested attack (``columns``). Accuracies are
+percentages rounded to two decimals, identical in every format (markdown, CSV, LaTeX, HTML, JSON). Rows are sorted
+by unknown worst (then AutoAttack, then clean).
+
+Every number is recomputed from the per-example matrix (the ``.npz`` beside each result JSON): a result whose
+matrix is missing or unreadable (an interrupted or damaged run) is skipped with a :class:`LeaderboardWarning`.
+Runs of the same checkpoint on the same examples (same dataset, ε, protocol and source, ``indices_sha256``) are
+one row: their attack columns are united — an attack evaluated by several runs counts once, the newest — and
+the worst cases are the per-example AND over the united matrix. With identical attack sets this is "the
+newest run wins".
+
+With ``ci`` every proportion (clean, known/unknown worst, AutoAttack, per-attack columns) carries its 95% Wilson
+interval: ``12.3 [10.1, 14.8]`` in markdown, LaTeX and HTML, extra ``<column>_lo``/``<column>_hi`` columns in CSV
+and JSON. The means over attacks are not proportions of examples and have none.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import math
+import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from midbench.errors import UsageError
+from midbench.errors import ArtifactError, UsageError
+from midbench.evaluation.metrics import summarise, wilson_interval
 from midbench.evaluation.results import read_result
 
-FORMATS = ("markdown", "csv")
+FORMATS = ("markdown", "csv", "latex", "html", "json")
 #: methods that count as adversarial-training baselines for the Δ column
 AT_BASELINES = ("pgd-at", "trades", "mart", "fast-at", "msd", "avg", "max")
 ACCURACY_COLUMNS = ["clean", "known_mean", "known_worst", "unknown_mean", "unknown_worst", "autoattack"]
+#: accuracies that are proportions of examples, so they have a Wilson interval (``all_worst`` is not a column)
+PROPORTION_COLUMNS = ["clean", "known_worst", "unknown_worst", "autoattack"]
+SUMMARY_KEYS = ["known_mean", "known_worst", "unknown_mean", "unknown_worst", "all_worst", "autoattack"]
 COLUMNS = ["rank", "name", "method", "arch", "protocol", *ACCURACY_COLUMNS, "delta_unknown_worst_vs_at",
            "flags", "n", "eps_linf"]
+TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric"}
 HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "protocol": "protocol",
            "clean": "clean %", "known_mean": "known mean %", "known_worst": "known worst %",
            "unknown_mean": "unknown mean %", "unknown_worst": "unknown worst %", "autoattack": "AutoAttack %",
            "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT", "flags": "flags", "n": "n",
            "eps_linf": "ε (L∞)"}
+MISSING = "—"
+_ATTACK_COLUMN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*(@(\d+|custom))?$")
 
 
-def _percent(value: float | None) -> float | None:
-    return None if value is None else round(100.0 * float(value), 2)
+class LeaderboardWarning(UserWarning):
+    """A result file left out of a table (its per-example matrix is missing or does not match it)."""
 
 
-def collect(results_dir: str | Path, dataset: str | None = None) -> pd.DataFrame:
-    """One row per (newest) result file under ``results_dir/runs``; an empty frame if there are none."""
-    rows: list[dict[str, Any]] = []
+@dataclass
+class Run:
+    """One complete result: the JSON document and its per-example matrix."""
+
+    path: Path
+    result: dict[str, Any]
+    robust: np.ndarray  # N × k bool, columns in the order of result["attacks"]
+    clean: np.ndarray  # N bool
+
+
+def percent(value: float | None) -> float | None:
+    """A proportion as a percentage rounded to two decimals (``None`` stays ``None``)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(100.0 * float(value), 2)
+
+
+def is_autoattack(row: dict[str, Any]) -> bool:
+    """Whether an attack row is AutoAttack standard at the L∞ ε (the figure of the AutoAttack column)."""
+    if "implementation" in row:
+        return row.get("implementation") == "autoattack:standard" and row.get("norm") == "Linf"
+    return str(row.get("id", "")).split("@")[0] == "autoattack-linf"
+
+
+def load_result_file(path: str | Path) -> dict[str, Any]:
+    """The result document at ``path`` for commands that name one; :class:`ArtifactError` (exit 3) if it is
+    missing or not a complete ``midbench.result/1`` document."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"result file {path} not found; pass a results/runs/<dataset>/<run_id>.json file "
+                            "written by `midbench eval`")
+    result = read_result(path)
+    if result is None:
+        raise ArtifactError(f"{path} is not a complete midbench result (schema midbench.result/1); rerun "
+                            "`midbench eval`")
+    return result
+
+
+def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | None:
+    """The result at ``path`` (``result``: its document, if already read) with its matrix; ``None`` if the JSON
+    is not a complete result, and also a :class:`LeaderboardWarning` if the ``.npz`` is missing, unreadable or
+    inconsistent with the JSON."""
+    path = Path(path)
+    result = read_result(path) if result is None else result
+    if result is None:
+        return None
+    matrix_path = path.parent / str(result.get("per_example") or f"{result['run_id']}.npz")
+    problem = None
+    try:
+        with np.load(matrix_path, allow_pickle=False) as matrix:
+            robust = np.asarray(matrix["robust"]).astype(bool)
+            clean = np.asarray(matrix["clean"]).astype(bool)
+            attacks = [str(name) for name in matrix["attacks"]] if "attacks" in matrix else None
+    except FileNotFoundError:
+        problem = f"its per-example matrix {matrix_path.name} is missing"
+    except Exception as error:  # noqa: BLE001 - any unreadable matrix means the row cannot be trusted
+        problem = f"its per-example matrix {matrix_path.name} is unreadable ({type(error).__name__})"
+    else:
+        n, ids = int(result["data"]["n_examples"]), [row.get("id") for row in result["attacks"]]
+        if robust.ndim == 1 and robust.size == 0:
+            robust = robust.reshape(n, 0)
+        if robust.shape != (n, len(ids)) or clean.shape != (n,) or (attacks is not None and attacks != ids):
+            problem = f"its per-example matrix {matrix_path.name} does not match the result"
+    if problem is not None:
+        warnings.warn(f"skipped {path}: {problem} (an interrupted or damaged evaluation; rerun `midbench eval`)",
+                      LeaderboardWarning, stacklevel=2)
+        return None
+    return Run(path, result, robust, clean)
+
+
+def _attack_identity(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(row.get("id")), json.dumps(row.get("eps")), json.dumps(row.get("params"), sort_keys=True))
+
+
+def _group_key(result: dict[str, Any]) -> tuple[Any, ...]:
+    """Runs with equal keys evaluated the same checkpoint on the same examples under the same protocol."""
+    checkpoint, data, protocol = result["checkpoint"], result["data"], result["protocol"]
+    source = protocol.get("source") or {}
+    if not checkpoint.get("sha256") or not data.get("indices_sha256"):
+        return ("run", result["run_id"])  # cannot prove two such runs saw the same model and data
+    return (checkpoint["sha256"], data["dataset"], json.dumps(data.get("eps"), sort_keys=True), protocol["name"],
+            source.get("sha256") or source.get("name"), data["indices_sha256"], data["n_examples"])
+
+
+def _version(key: str) -> int:
+    suffix = key.partition("@")[2]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _find_attack(spec: str, columns: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The column of attack ``spec``: a full key (``pgd-linf@1``, ``pgd-linf@custom``) exactly, or a registry id
+    (``pgd-linf``): its highest registry version (custom configurations need their full key)."""
+    if "@" in spec:
+        return columns.get(spec)
+    versions = [key for key in columns if key.partition("@")[0] == spec and _version(key) >= 0]
+    return columns[max(versions, key=_version)] if versions else None
+
+
+def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
+    """One leaderboard row from runs of one checkpoint on the same examples (oldest first): the union of their
+    attack columns (newest wins per attack), every accuracy recomputed from the united per-example matrix."""
+    newest = runs[-1]
+    united: dict[tuple[str, str, str], tuple[dict[str, Any], np.ndarray]] = {}
+    for run in runs:
+        for index, row in enumerate(run.result["attacks"]):
+            united[_attack_identity(row)] = (row, run.robust[:, index])
+    rows = [row for row, _ in united.values()]
+    n = int(newest.result["data"]["n_examples"])
+    robust = (np.stack([column for _, column in united.values()], axis=1) if united
+              else np.zeros((n, 0), dtype=bool))
+    splits = [str(row.get("split")) for row in rows]
+    autoattack = [index for index, row in enumerate(rows) if is_autoattack(row)]
+    summary = summarise(robust, splits, autoattack)
+    split_array = np.array(splits, dtype=object)
+    survivors = {  # examples that count for each proportion
+        "clean": newest.clean,
+        "known_worst": robust[:, split_array == "known"].all(axis=1) if "known" in splits else None,
+        "unknown_worst": robust[:, split_array == "unknown"].all(axis=1) if "unknown" in splits else None,
+        "all_worst": robust.all(axis=1) if rows else None,
+        "autoattack": robust[:, autoattack].all(axis=1) if autoattack else None,
+    }
+    by_key: dict[str, np.ndarray] = {}
+    for row, column in united.values():
+        by_key[str(row.get("id"))] = column  # several configurations under one key: the newest
+    for spec in columns:
+        survivors[spec] = _find_attack(spec, by_key)
+    result, protocol = newest.result, newest.result["protocol"]
+    source = (protocol.get("source") or {}).get("name")
+    flags: dict[str, None] = {}
+    for run in runs:
+        for flag in run.result.get("flags") or []:
+            flags[str(flag.get("code"))] = None
+    eps = (result["data"].get("eps") or {}).get("Linf")
+    record: dict[str, Any] = {
+        "name": result["checkpoint"].get("name"), "method": result["checkpoint"].get("method"),
+        "arch": result["checkpoint"].get("arch"), "dataset": result["data"]["dataset"],
+        "protocol": f"{protocol['name']} ({source})" if source else protocol["name"],
+        "clean": percent(float(newest.clean.mean()) if n else None),
+        **{key: percent(summary[key]) for key in SUMMARY_KEYS},
+        "flags": ",".join(flags), "n": n, "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
+        "created": result["created"], "run_id": result["run_id"], "runs": [run.result["run_id"] for run in runs],
+    }
+    for spec in columns:
+        column = survivors[spec]
+        record[spec] = percent(float(column.mean())) if column is not None and n else None
+    for key, column in survivors.items():
+        if column is None or not n:
+            record[f"{key}_lo"] = record[f"{key}_hi"] = None
+        else:
+            low, high = wilson_interval(int(column.sum()), n)
+            record[f"{key}_lo"], record[f"{key}_hi"] = percent(low), percent(high)
+    return record
+
+
+def parse_columns(columns: list[str] | tuple[str, ...] | None) -> list[str]:
+    """Validate ``--columns`` entries (registry ids or ``id@version`` keys); duplicates are dropped."""
+    chosen: list[str] = []
+    for spec in columns or []:
+        spec = spec.strip()
+        if not _ATTACK_COLUMN.match(spec) or spec in COLUMNS or spec in ("dataset", "all_worst"):
+            raise UsageError(f"bad --columns entry {spec!r}; use registry ids like pgd-linf or keys like "
+                             "pgd-linf@1, separated by commas (see `midbench attacks list`)")
+        if spec not in chosen:
+            chosen.append(spec)
+    return chosen
+
+
+def collect(results_dir: str | Path, dataset: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """One row per checkpoint, data and protocol (runs united) under ``results_dir/runs``; an empty frame if
+    there are none. ``columns``: attacks to add as per-attack robust-accuracy columns."""
+    columns = parse_columns(columns)
+    groups: dict[tuple[Any, ...], list[Run]] = {}
     for path in sorted(Path(results_dir).glob("runs/**/*.json")):
         result = read_result(path)
-        if result is None:
+        if result is None or (dataset is not None and result["data"]["dataset"] != dataset):
             continue
-        if dataset is not None and result["data"]["dataset"] != dataset:
-            continue
-        summary = result.get("summary", {})
-        protocol = result["protocol"]["name"]
-        source = (result["protocol"].get("source") or {}).get("name")
-        rows.append({
-            "name": result["checkpoint"].get("name"), "method": result["checkpoint"].get("method"),
-            "arch": result["checkpoint"].get("arch"), "dataset": result["data"]["dataset"],
-            "protocol": f"{protocol} ({source})" if source else protocol,
-            "clean": _percent(result.get("clean_accuracy")),
-            **{key: _percent(summary.get(key)) for key in ACCURACY_COLUMNS[1:]},
-            "flags": ",".join(flag["code"] for flag in result.get("flags", [])),
-            "n": result["data"]["n_examples"], "eps_linf": result["data"].get("eps", {}).get("Linf"),
-            "created": result["created"], "run_id": result["run_id"],
-            "_key": (result["checkpoint"].get("sha256"), result["data"]["dataset"], protocol, source,
-                     result["data"].get("indices_sha256"),
-                     tuple((a["id"], a["eps"], json.dumps(a.get("params"), sort_keys=True))
-                           for a in result["attacks"])),
-        })
+        run = load_run(path, result)
+        if run is not None:
+            groups.setdefault(_group_key(run.result), []).append(run)
+    rows = [merge_runs(sorted(runs, key=lambda run: (run.result["created"], run.result["run_id"])), columns)
+            for runs in groups.values()]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame = frame.sort_values("created").drop_duplicates("_key", keep="last").drop(columns="_key")
-    return frame
+    for column in [*ACCURACY_COLUMNS, "all_worst", *columns, "eps_linf",
+                   *(f"{key}_{end}" for key in [*PROPORTION_COLUMNS, "all_worst", *columns] for end in ("lo", "hi"))]:
+        frame[column] = frame[column].astype(float)
+    return frame.sort_values(["created", "run_id"]).reset_index(drop=True)
+
+
+def table_columns(columns: list[str] = (), ci: bool = False) -> list[str]:
+    """The columns of a ranked table: per-attack columns after AutoAttack; with ``ci`` each proportion is
+    followed by its ``_lo`` and ``_hi`` bounds."""
+    names = [*COLUMNS[:COLUMNS.index("autoattack") + 1], *columns, *COLUMNS[COLUMNS.index("autoattack") + 1:]]
+    if not ci:
+        return names
+    with_bounds = set(PROPORTION_COLUMNS) | set(columns)
+    return [part for name in names
+            for part in ([name, f"{name}_lo", f"{name}_hi"] if name in with_bounds else [name])]
 
 
 def rank_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Sort one (dataset, protocol) table, number its rows and add the Δ column."""
-    table = frame.sort_values(["unknown_worst", "autoattack", "clean"], ascending=False, na_position="last")
+    table = frame.sort_values(["unknown_worst", "autoattack", "clean", "name"], ascending=[False, False, False, True],
+                              na_position="last", kind="stable")
     table = table.reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     baselines = table[table["method"].isin(AT_BASELINES)]["unknown_worst"].dropna()
     best = baselines.max() if not baselines.empty else None
     table["delta_unknown_worst_vs_at"] = [
         None if best is None or pd.isna(value) else round(value - best, 2) for value in table["unknown_worst"]]
+    table["delta_unknown_worst_vs_at"] = table["delta_unknown_worst_vs_at"].astype(float)
     return table
 
 
-def tables(results_dir: str | Path, dataset: str | None = None) -> dict[tuple[str, str], pd.DataFrame]:
-    """The ranked tables, keyed by (dataset, protocol)."""
-    frame = collect(results_dir, dataset)
+def tables(results_dir: str | Path, dataset: str | None = None, columns: list[str] | None = None,
+           ci: bool = False) -> dict[tuple[str, str], pd.DataFrame]:
+    """The ranked tables, keyed by (dataset, protocol); mixed protocols never share a table."""
+    columns = parse_columns(columns)
+    frame = collect(results_dir, dataset, columns)
     if frame.empty:
         return {}
-    return {(str(ds), str(protocol)): rank_table(group)[COLUMNS]
+    chosen = table_columns(columns, ci)
+    return {(str(ds), str(protocol)): rank_table(group)[chosen]
             for (ds, protocol), group in frame.groupby(["dataset", "protocol"], sort=True)}
 
 
-def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None = None) -> str:
-    """The leaderboard as text in ``fmt`` (markdown: one table per dataset and protocol; csv: one file with
-    ``dataset`` and ``protocol`` columns, ranks within each table)."""
+# ---------------------------------------------------------------------------------------------------- rendering
+
+def plain(value: Any) -> Any:
+    """A cell as a JSON value: numpy scalars → Python numbers, NaN → ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def number_text(value: float) -> str:
+    """The shortest text of a number that reads back to the same float (``56.17``, ``100``, ``-3.5``)."""
+    if float(value).is_integer():
+        return str(int(value))
+    text = f"{value:g}"
+    return text if float(text) == value else repr(float(value))
+
+
+def cell_text(value: Any) -> str:
+    """A cell as display text; missing values are ``—``."""
+    value = plain(value)
+    if value is None or value == "":
+        return MISSING if value is None else ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return number_text(value)
+    return str(value)
+
+
+def display_frame(table: pd.DataFrame, ci: bool) -> pd.DataFrame:
+    """All cells as text; with ``ci`` each proportion becomes ``value [low, high]`` and the bound columns go."""
+    shown: dict[str, list[str]] = {}
+    for name in table.columns:
+        if name.endswith(("_lo", "_hi")) and name[:-3] in table.columns:
+            continue
+        cells = [cell_text(value) for value in table[name]]
+        if ci and f"{name}_lo" in table.columns:
+            cells = [text if text == MISSING or plain(low) is None else
+                     f"{text} [{cell_text(low)}, {cell_text(high)}]"
+                     for text, low, high in zip(cells, table[f"{name}_lo"], table[f"{name}_hi"], strict=True)]
+        shown[name] = cells
+    return pd.DataFrame(shown, columns=list(shown), dtype=object)
+
+
+def header(name: str) -> str:
+    return HEADERS.get(name, f"{name} %")
+
+
+def markdown_table(shown: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
+    """A pipe table of display text; text columns left-aligned, numbers right-aligned."""
+    align = ["left" if name in TEXT_COLUMNS else "right" for name in shown.columns]
+    renamed = shown.rename(columns=headers or {name: header(name) for name in shown.columns})
+    return renamed.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+          ">": r"\textgreater{}", "|": r"\textbar{}", "—": "---", "Δ": r"$\Delta$", "ε": r"$\varepsilon$",
+          "∞": r"$\infty$"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` safe inside a LaTeX tabular (special characters escaped, ``--`` kept as two hyphens)."""
+    out = []
+    for index, char in enumerate(text):
+        if char == "-" and text[index + 1:index + 2] == "-":
+            out.append("-{}")
+        else:
+            out.append(_LATEX.get(char, char))
+    return "".join(out)
+
+
+def latex_table(shown: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``) of display text."""
+    spec = "".join("l" if name in TEXT_COLUMNS else "r" for name in shown.columns)
+    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(latex_escape(header(name)) for name in shown.columns)
+             + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in shown.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(shown: pd.DataFrame, caption: str) -> str:
+    renamed = shown.rename(columns={name: header(name) for name in shown.columns})
+    return (f"<h3>{html.escape(caption)}</h3>\n"
+            + renamed.to_html(index=False, escape=True, border=0, classes="midbench-leaderboard") + "\n")
+
+
+def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None = None,
+           columns: list[str] | None = None, ci: bool = False) -> str:
+    """The leaderboard as text in ``fmt``: markdown, LaTeX and HTML hold one table per dataset and protocol;
+    CSV is one file with ``dataset`` and ``protocol`` columns (ranks within each table); JSON is a list of
+    tables, each ``{"dataset", "protocol", "rows": [records]}`` with numbers as numbers and ``null`` for
+    missing values."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
-    ranked = tables(results_dir, dataset)
+    ranked = tables(results_dir, dataset, columns, ci)
     if not ranked:
-        raise UsageError(f"no result files under {Path(results_dir) / 'runs'}; run `midbench eval` first")
+        where = Path(results_dir) / "runs"
+        only = f" for dataset {dataset!r}" if dataset else ""
+        raise UsageError(f"no complete result files under {where}{only}; run `midbench eval` first")
     if fmt == "csv":
-        parts = [table.assign(dataset=ds)[["dataset", *COLUMNS]] for (ds, _), table in ranked.items()]
+        parts = [table.assign(dataset=ds)[["dataset", *table.columns]] for (ds, _), table in ranked.items()]
         return pd.concat(parts, ignore_index=True).to_csv(index=False)
+    if fmt == "json":
+        document = [{"dataset": ds, "protocol": protocol,
+                     "rows": [{key: plain(value) for key, value in record.items()}
+                              for record in table.to_dict(orient="records")]}
+                    for (ds, protocol), table in ranked.items()]
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     blocks = []
     for (ds, protocol), table in ranked.items():
-        shown = table.rename(columns=HEADERS).astype(object).where(table.notna().to_numpy(), "—")
-        blocks.append(f"### {ds} — {protocol}\n\n" + shown.to_markdown(index=False, floatfmt="g") + "\n")
+        shown = display_frame(table, ci)
+        caption = f"{ds} — {protocol}"
+        if fmt == "markdown":
+            blocks.append(f"### {caption}\n\n" + markdown_table(shown) + "\n")
+        elif fmt == "latex":
+            blocks.append(latex_table(shown, caption))
+        else:
+            blocks.append(html_table(shown, caption))
+    if fmt == "latex":
+        return "% midbench leaderboard; needs \\usepackage{booktabs}\n" + "\n".join(blocks)
     return "\n".join(blocks)

@@ -7,24 +7,44 @@ from typing import Annotated
 
 import typer
 
-from midbench.cli._common import guarded
+from midbench.cli._common import guarded, split_csv
 
 
 @guarded
 def leaderboard_command(
     results_dir: Annotated[Path, typer.Option(help="Directory holding runs/<dataset>/*.json.")] = Path("results"),
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="markdown (default) or csv.")] = "markdown",
+    output_format: Annotated[str, typer.Option(
+        "--format", help="markdown (default), csv, latex (booktabs), html or json.")] = "markdown",
+    columns: Annotated[list[str] | None, typer.Option(
+        "--columns", help="Add a robust-accuracy column per attack: registry ids (pgd-linf) or keys "
+                          "(pgd-linf@1), comma-separated.")] = None,
+    ci: Annotated[bool, typer.Option(
+        "--ci", help="Show 95% Wilson intervals: '12.3 [10.1, 14.8]', or <column>_lo/_hi columns in csv and "
+                     "json.")] = False,
     output: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of the terminal.")] = None,
 ) -> None:
     """Rank every evaluated model: one table per dataset and protocol.
 
-    Example: midbench leaderboard --format csv --output results/leaderboard.csv
-    """
-    from midbench.fileio import atomic_write_text
-    from midbench.leaderboard import render
+    Runs of one checkpoint on the same examples are united into one row (per-example worst case over all their
+    attacks); a result without its per-example matrix (.npz) is skipped with a warning.
 
-    text = render(results_dir, output_format, dataset)
+    Example: midbench leaderboard --format latex --columns pgd-linf,cw-l2 --ci --output results/leaderboard.tex
+    """
+    import sys
+    import warnings
+
+    from midbench.fileio import atomic_write_text
+    from midbench.leaderboard import LeaderboardWarning, render
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LeaderboardWarning)
+        try:
+            text = render(results_dir, output_format, dataset, split_csv(columns), ci)
+        finally:
+            # Skipped results must be visible, as one plain line each, even when no table is left.
+            for warning in caught:
+                print(f"midbench: warning: {warning.message}", file=sys.stderr)
     if output is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:

@@ -14,7 +14,7 @@ from midbench.cli._common import guarded
 def demo_command(
     out: Annotated[Path, typer.Option(help="Directory for checkpoints, results and the leaderboard.")] = Path("midbench-demo"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    n_examples: Annotated[int, typer.Option(help="Test images to evaluate.")] = 200,
+    n_examples: Annotated[int, typer.Option(help="Test images to evaluate (default 100).")] = 100,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train standard and PGD-AT LeNets on the embedded mnist5k, evaluate both (known, unknown, AutoAttack)

@@ -1,0 +1,103 @@
+"""Side-by-side comparison of chosen result files (e.g. one model under the white-box and transfer protocols).
+
+Rows: clean accuracy, every attack of any of the runs (union, in order of first appearance), then the summary
+metrics; columns: one per run, labelled ``name (protocol)``. Values are percentages rounded to two decimals, as
+in the leaderboard; an attack a run did not evaluate is missing (``—`` / empty / ``null``). Each column is one
+run, so protocols never mix within a column.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from midbench.errors import UsageError
+from midbench.leaderboard import (
+    SUMMARY_KEYS,
+    cell_text,
+    load_result_file,
+    markdown_table,
+    percent,
+    plain,
+)
+
+FORMATS = ("markdown", "csv", "json")
+
+
+def run_label(result: dict[str, Any]) -> str:
+    """``name (protocol)``; a transfer run names its source when it has one."""
+    protocol = result["protocol"]
+    source = (protocol.get("source") or {}).get("name")
+    name = result["checkpoint"].get("name") or result["run_id"]
+    return f"{name} ({protocol['name']} from {source})" if source else f"{name} ({protocol['name']})"
+
+
+def attack_label(row: dict[str, Any]) -> str:
+    """The attack's key; a custom configuration also shows its ε (two runs may use different ones)."""
+    key = str(row.get("id"))
+    if key.endswith("@custom") and isinstance(row.get("eps"), int | float):
+        return f"{key} (ε={float(row['eps']):.6g})"
+    return key
+
+
+def _unique(label: str, taken: Any) -> str:
+    """``label``, or ``label #2``, ``label #3``… if it is already in ``taken``."""
+    candidate, number = label, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{label} #{number}"
+    return candidate
+
+
+def comparison(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """The comparison as a frame: a ``metric`` column, then one percentage column per run."""
+    if not results:
+        raise UsageError("compare needs at least one RESULT.json; e.g. midbench compare results/runs/mnist5k/*.json")
+    labels: list[str] = []
+    for result in results:
+        label = run_label(result)
+        if label in labels:  # the same model and protocol twice: tell the runs apart
+            label = _unique(f"{label[:-1]}, {result['run_id']})", labels)
+        labels.append(label)
+    values: list[dict[str, float | None]] = []
+    attack_rows: list[str] = []
+    for result in results:
+        column: dict[str, float | None] = {"clean": percent(result.get("clean_accuracy"))}
+        for row in result["attacks"]:
+            label = _unique(attack_label(row), column)  # two configurations under one label: keep both
+            column[label] = percent(row.get("robust_accuracy"))
+            if label not in attack_rows:
+                attack_rows.append(label)
+        summary = result.get("summary") or {}
+        column.update({key: percent(summary.get(key)) for key in SUMMARY_KEYS})
+        values.append(column)
+    metrics = ["clean", *attack_rows, *SUMMARY_KEYS]
+    frame = pd.DataFrame({"metric": metrics})
+    for label, column in zip(labels, values, strict=True):
+        frame[label] = pd.Series([column.get(metric) for metric in metrics], dtype=float)
+    return frame
+
+
+def render(paths: list[str | Path], fmt: str = "markdown") -> str:
+    """The comparison of the result files ``paths`` as markdown, CSV or JSON (``{"runs": [...], "rows":
+    [{"metric": ..., <label>: value}]}``)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
+    results = [load_result_file(path) for path in paths]
+    frame = comparison(results)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        runs = [{"label": label, "run_id": result["run_id"], "name": result["checkpoint"].get("name"),
+                 "dataset": result["data"]["dataset"], "protocol": result["protocol"]["name"],
+                 "source": (result["protocol"].get("source") or {}).get("name"),
+                 "n": result["data"]["n_examples"], "path": str(path)}
+                for label, result, path in zip(frame.columns[1:], results, paths, strict=True)]
+        rows = [{key: plain(value) for key, value in record.items()} for record in frame.to_dict(orient="records")]
+        return json.dumps({"runs": runs, "rows": rows}, indent=2, ensure_ascii=False) + "\n"
+    shown = pd.DataFrame({name: [cell_text(value) for value in frame[name]] for name in frame.columns}, dtype=object)
+    headers = {name: name if name == "metric" else f"{name} %" for name in frame.columns}
+    return markdown_table(shown, headers) + "\n"
