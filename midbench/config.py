@@ -14,6 +14,8 @@ from typing import Any
 from midbench._toml import tomllib
 from midbench.errors import UsageError
 
+#: learning-rate schedules of the training loop (midbench.training.loop.build_scheduler)
+SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
 
 
@@ -95,6 +97,15 @@ class TrainConfig:
     student_init: str = "random"
     #: λ_rec, the weight of the teacher's reconstruction loss
     rec_weight: float = 1.0
+    # --- adversarial-training baselines (trades, mart, fast-at, msd/avg/max; midbench.defenses) ---
+    #: β, the weight of the robustness (KL) term of TRADES and MART
+    beta: float = 6.0
+    #: msd/avg/max: comma-separated registry ids of the threat models, each at the dataset's ε for its norm
+    threat_models: str = "pgd-linf,pgd-l2,pgd-l1"
+    #: fast-at: the FGSM step size α (absolute); None = 1.25ε (Wong, Rice & Kolter 2020)
+    fast_at_step: float | None = None
+    #: fast-at: stop when the held-out PGD accuracy falls more than this (absolute) below its best so far
+    overfit_drop: float = 0.2
 
     def validate(self) -> TrainConfig:
         """Check numeric ranges early, before any data is loaded."""
@@ -110,8 +121,8 @@ class TrainConfig:
             raise UsageError("--val-size must be ≥ 0 and --n-train ≥ 1")
         if self.optimizer not in ("sgd", "adam"):
             raise UsageError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
-        if self.schedule not in ("constant", "piecewise", "cosine"):
-            raise UsageError(f"unknown schedule {self.schedule!r}; use constant, piecewise or cosine")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}; use constant, piecewise, cosine or cyclic")
         if self.attack_source not in ("source", "teacher", "student"):
             raise UsageError(f"unknown --attack-source {self.attack_source!r}; use source, teacher or student")
         if self.student_init not in ("random", "teacher"):
@@ -126,6 +137,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise UsageError(f"--beta must be a non-negative number, got {self.beta}")
+        if not [name for name in self.threat_models.split(",") if name.strip()]:
+            raise UsageError("--threat-models needs at least one attack id, e.g. pgd-linf,pgd-l2,pgd-l1")
+        if self.fast_at_step is not None and not (math.isfinite(self.fast_at_step) and self.fast_at_step > 0):
+            raise UsageError(f"--fast-at-step must be a positive number, got {self.fast_at_step}")
+        if not (math.isfinite(self.overfit_drop) and 0 < self.overfit_drop <= 1):
+            raise UsageError(f"--overfit-drop is an accuracy drop in (0, 1], got {self.overfit_drop}")
         if self.eps is not None:
             parse_eps(self.eps, norm="any")  # the training attack's own norm is checked when it is resolved
         return self

@@ -12,7 +12,7 @@ from midbench.cli._common import console, guarded
 
 @guarded
 def train_command(
-    method: Annotated[str | None, typer.Option(help="Training method: standard, pgd-at, mid, mid-teacher (see `midbench methods list`).")] = None,
+    method: Annotated[str | None, typer.Option(help="Training method: standard, pgd-at, trades, mart, fast-at, msd, avg, max, mid, mid-teacher (see `midbench methods list`).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset id (default mnist5k, embedded).")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture id (default lenet).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 5).")] = None,
@@ -20,7 +20,7 @@ def train_command(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam (default) or sgd.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 0).")] = None,
-    schedule: Annotated[str | None, typer.Option(help="constant (default), piecewise or cosine.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant (default), piecewise, cosine or cyclic (up to --lr at the middle, down to 0; fast-at).")] = None,
     train_attack: Annotated[str | None, typer.Option(help="Registry id of the training attack (default pgd-linf).")] = None,
     eps: Annotated[str | None, typer.Option(help="ε of the training attack, e.g. 0.3 or 8/255 (default: the dataset's).")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Override the training attack's steps (step size 2.5ε/steps).")] = None,
@@ -51,6 +51,10 @@ def train_command(
     teacher_epochs: Annotated[int | None, typer.Option(help="MID: epochs of the teacher autoencoder (default 10).", rich_help_panel="MID")] = None,
     student_init: Annotated[str | None, typer.Option(help="MID: student encoder init, random (paper, default) or teacher.", rich_help_panel="MID")] = None,
     rec_weight: Annotated[float | None, typer.Option(help="MID teacher: reconstruction-loss weight λ_rec (default 1).", rich_help_panel="MID")] = None,
+    beta: Annotated[float | None, typer.Option(help="TRADES/MART: weight β of the KL robustness term (default 6).", rich_help_panel="Baselines")] = None,
+    threat_models: Annotated[str | None, typer.Option(help="msd/avg/max: comma-separated attack ids of the union, each at the dataset's ε (default pgd-linf,pgd-l2,pgd-l1).", rich_help_panel="Baselines")] = None,
+    fast_at_step: Annotated[float | None, typer.Option(help="fast-at: FGSM step size α (default 1.25ε).", rich_help_panel="Baselines")] = None,
+    overfit_drop: Annotated[float | None, typer.Option(help="fast-at: stop when held-out PGD accuracy falls this much below its best, keeping the best epoch (default 0.2).", rich_help_panel="Baselines")] = None,
 ) -> None:
     """Train a model with one method and write checkpoints each epoch.
 
@@ -58,6 +62,9 @@ def train_command(
 
     MID trains its source model and teacher first (in OUT/source, OUT/teacher; reused on rerun) unless given:
     midbench train --method mid --epochs 8 --batch-size 64 --attack-steps 10 --first-order --out runs/mid
+
+    Baselines: midbench train --method trades --beta 6 --attack-steps 10 --out runs/trades;
+    midbench train --method fast-at --optimizer sgd --schedule cyclic --lr 0.2 --out runs/fastat
     """
     from midbench.config import TrainConfig, load_config_file, merge_config
     from midbench.training import train
@@ -74,12 +81,19 @@ def train_command(
                   "ac_weight": ac_weight, "cc_weight": cc_weight, "inner_lr": inner_lr,
                   "source": str(source) if source else None, "teacher": str(teacher) if teacher else None,
                   "source_epochs": source_epochs, "teacher_epochs": teacher_epochs, "student_init": student_init,
-                  "rec_weight": rec_weight}
+                  "rec_weight": rec_weight, "beta": beta, "threat_models": threat_models,
+                  "fast_at_step": fast_at_step, "overfit_drop": overfit_drop}
     resolved = merge_config(TrainConfig(), file_values, cli_values).validate()
     out_dir = out or Path("runs") / f"{resolved.method}-{resolved.arch}-{resolved.dataset}"
     result = train(resolved, out_dir, resume=resume, progress=not quiet)
     show = console()
     for record in result.log:
-        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                            if k != "stopped_early")
         show.print(metrics, highlight=False)
+    stopped = result.log[-1].get("stopped_early") if result.log else None
+    if stopped:
+        kept = f"epoch {stopped['best_epoch']}" if stopped.get("best_epoch") is not None else "the last epoch"
+        show.print(f"stopped early after epoch {stopped['epoch']}: {stopped['reason']}; kept the model of {kept}",
+                   highlight=False)
     show.print(f"model: {result.checkpoint}", highlight=False)

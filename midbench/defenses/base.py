@@ -71,6 +71,15 @@ class DefenseTask:
     def train_attacks(self) -> list[ResolvedAttack]:
         return []
 
+    def should_stop(self, log: list[dict[str, Any]]) -> str | None:
+        """Called after every epoch's held-out evaluation with the log so far (this epoch's record last):
+        the reason to stop training now, or ``None`` to go on (the default).
+
+        On a stop the loop records ``stopped_early`` in the log and the checkpoint metadata and keeps, as
+        ``model.safetensors``, the model of the epoch with the best held-out PGD accuracy (``best.safetensors``).
+        The decision must depend on the log only, so that ``--resume`` repeats it exactly."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Method-specific hyper-parameters for the checkpoint metadata."""
         return {}
@@ -82,6 +91,9 @@ class DefenseTask:
 
 TaskFactory = Callable[[TrainConfig, DatasetSpec], DefenseTask]
 METHODS: Registry[TaskFactory] = Registry("method", ("midbench.defenses.standard", "midbench.defenses.pgd_at",
+                                                    "midbench.defenses.trades", "midbench.defenses.mart",
+                                                    "midbench.defenses.fast_at",
+                                                    "midbench.defenses.multi_perturbation",
                                                     "midbench.defenses.mid"))
 
 

@@ -3,6 +3,8 @@
 Output directory (``--out DIR``):
 
 - ``model.safetensors``: the model after the last finished epoch, with full metadata (rewritten every epoch);
+- ``best.safetensors``: the model of the epoch with the best held-out PGD accuracy so far (written when it
+  improves; only with a held-out slice);
 - ``config.toml``: the resolved configuration;
 - ``log.jsonl``: one line of metrics per finished epoch (loss, train accuracy, held-out clean and PGD
   accuracy, learning rate, seconds);
@@ -13,6 +15,12 @@ Exact resume: all randomness of epoch *e* (shuffling, random starts, random targ
 seeded with (seed, e), and the state is written only at epoch boundaries, atomically. A run killed anywhere
 and resumed therefore repeats the interrupted epoch bit for bit and ends with the same weights as an
 uninterrupted run on the same machine.
+
+Early stop: a method may end training after an epoch (:meth:`DefenseTask.should_stop`, e.g. fast-at's
+catastrophic-overfitting guard). The epoch's log record then carries ``stopped_early`` (``epoch``, ``reason``,
+``best_epoch``), and ``model.safetensors`` is replaced by the best epoch's model with ``stopped_early`` in its
+metadata. ``--resume`` of a stopped run trains no further; it only completes that replacement if a crash
+interrupted it.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from torch import nn
 
 from midbench.attacks.gradient import PGD
 from midbench.attacks.norms import Norm
-from midbench.checkpoint import save_checkpoint
+from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.config import TrainConfig, config_to_toml
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
@@ -42,6 +50,7 @@ from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writabl
 from midbench.models import build_model
 
 MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.toml"
@@ -82,11 +91,24 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def cyclic_factor(step: int, total: int) -> float:
+    """The cyclic schedule's multiple of the maximum rate for optimiser step ``step`` (0-based) of ``total``:
+    linear from 0 up to 1 at the middle of training, then down to 0 at the end.
+
+    Wong, Rice & Kolter, "Fast is better than free", ICLR 2020: the rate of a step is read at the fraction of
+    training completed after it, (step + 1) / total, so the first step already moves and the last has rate 0.
+    """
+    progress = (step + 1) / total
+    return max(0.0, 1.0 - abs(2.0 * progress - 1.0))
+
+
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
                     ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedules: constant; piecewise (×0.1 at 50% and 75% of training, Madry et al./Rice et al.);
-    cosine annealing to zero."""
+    cosine annealing to zero; cyclic (:func:`cyclic_factor`, linear up to ``lr`` at the middle and down to 0)."""
     total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cyclic":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cyclic_factor(step, total))
     if config.schedule == "piecewise":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(total * 0.5), int(total * 0.75)], 0.1)
     if config.schedule == "cosine":
@@ -152,14 +174,43 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         # a crash between the state and the log write leaves the log one epoch short: rewrite it from the state
         atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
     atomic_write_text(out / CONFIG_FILE, config_to_toml(config.to_dict()))
+    if log and "stopped_early" in log[-1]:  # a stopped run stays stopped; finish its model if a crash cut in
+        _keep_best_model(out, log[-1]["stopped_early"])
+        return TrainResult(out, out / MODEL_FILE, log)
 
+    pgd_key = f"val_pgd{config.val_pgd_steps}_acc"
+    best_pgd = max((record[pgd_key] for record in log if pgd_key in record), default=None)
     for epoch in range(start_epoch, config.epochs + 1):
         record = _run_epoch(epoch, config, task, model, batches, optimizer, scheduler, device, progress, on_batch)
         model.eval()
         record.update(evaluate_slice(model, val_split, dataset, config.val_pgd_steps, device))
         log.append(record)
-        _save_epoch(out, config, task, dataset, model, optimizer, scheduler, epoch, log, len(train_split))
+        reason = task.should_stop(log)
+        if reason is not None:
+            record["stopped_early"] = {"epoch": epoch, "reason": reason, "best_epoch": _best_epoch(log, pgd_key)}
+        metadata = _metadata(config, task, dataset, epoch, log, len(train_split))
+        if pgd_key in record and (best_pgd is None or record[pgd_key] > best_pgd):
+            best_pgd = record[pgd_key]
+            save_checkpoint(out / BEST_FILE, model.state_dict(), metadata)
+        _save_epoch(out, config, metadata, model, optimizer, scheduler, epoch, log)
+        if reason is not None:
+            _keep_best_model(out, record["stopped_early"])
+            break
     return TrainResult(out, out / MODEL_FILE, log)
+
+
+def _best_epoch(log: list[dict[str, Any]], key: str) -> int | None:
+    """The first epoch with the highest ``key`` (None when no record has it)."""
+    scored = [record for record in log if key in record]
+    return int(max(scored, key=lambda record: record[key])["epoch"]) if scored else None
+
+
+def _keep_best_model(out: Path, stopped: dict[str, Any]) -> None:
+    """After an early stop: ``model.safetensors`` becomes the best epoch's model (the last one when there is no
+    ``best.safetensors``), with ``stopped_early`` in its metadata. Idempotent, so a resume can redo it."""
+    source = out / BEST_FILE if (out / BEST_FILE).exists() else out / MODEL_FILE
+    checkpoint = load_checkpoint(source)
+    save_checkpoint(out / MODEL_FILE, checkpoint.state_dict, {**checkpoint.metadata, "stopped_early": stopped})
 
 
 def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Module, batches: DeviceBatches,
@@ -207,10 +258,10 @@ def _progress_bar(enabled: bool, description: str, total: int):  # noqa: ANN202
         yield lambda loss: bar.update(task_id, advance=1, loss=loss)
 
 
-def _save_epoch(out: Path, config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, model: nn.Module,
-                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
-                log: list[dict[str, Any]], n_train: int) -> None:
-    metadata = {
+def _metadata(config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, epoch: int, log: list[dict[str, Any]],
+              n_train: int) -> dict[str, Any]:
+    """The checkpoint metadata of the model after ``epoch``."""
+    return {
         "name": f"{config.method}-{config.arch}-{config.dataset}",
         "arch": config.arch, "dataset": config.dataset, "num_classes": dataset.num_classes,
         "input_shape": list(dataset.input_shape), "mean": list(dataset.mean), "std": list(dataset.std),
@@ -219,6 +270,11 @@ def _save_epoch(out: Path, config: TrainConfig, task: DefenseTask, dataset: Data
         "config": config.to_dict(), "seed": config.seed, "epoch": epoch, "epochs": config.epochs,
         "n_train": n_train, "metrics": log[-1], **task.checkpoint_metadata(),
     }
+
+
+def _save_epoch(out: Path, config: TrainConfig, metadata: dict[str, Any], model: nn.Module,
+                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
+                log: list[dict[str, Any]]) -> None:
     # Model first, state second: a crash between the two leaves a state one epoch behind the model, and the
     # resume then redoes that epoch and rewrites both — never a state ahead of its model.
     save_checkpoint(out / MODEL_FILE, model.state_dict(), metadata)

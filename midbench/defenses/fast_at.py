@@ -1,0 +1,97 @@
+"""Fast adversarial training (Wong, Rice & Kolter, "Fast is better than free: Revisiting adversarial training",
+ICLR 2020).
+
+Each step trains on FGSM examples from a random start: ``δ ~ U(−ε, ε)`` (clipped so x + δ ∈ [0, 1]), one step
+``δ ← δ + α·sign(∇_δ CE)`` with α = 1.25ε, then δ clipped to the ε-ball and x + δ to [0, 1]. That is PGD with one
+step of α from a uniform random start, so the training attack is recorded as ``midbench.attacks.gradient:PGD``
+with ``steps = 1``, ``step_size = α``, ``random_start = true`` under the id ``fgsm-rs-<family>`` (version 0):
+evaluation can rebuild it, and by specification it is neither ``fgsm-linf`` (no random start, step ε) nor
+``pgd-linf``.
+
+Cost per training step and example: exactly 2 forwards and 2 backwards (one of each for the attack, one for the
+update).
+
+The paper pairs the method with a cyclic learning rate (``--schedule cyclic``: linear up to ``--lr`` at the
+middle of training, then down to 0) and guards against *catastrophic overfitting* — PGD accuracy collapsing
+within an epoch while FGSM accuracy keeps rising — by early stopping on held-out PGD accuracy. Here
+:meth:`FastAdversarialTraining.should_stop` stops training when the held-out PGD accuracy of an epoch (the loop's
+``val_pgd{steps}_acc``) falls more than ``--overfit-drop`` (default 0.2, absolute) below the best so far; the
+loop then keeps the best epoch's model.
+
+Differences from the reference set-up: the attack runs with the model in eval mode (midbench's attack contract),
+and mixed precision is opt-in (``--bf16``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from midbench.attacks.norms import Norm
+from midbench.attacks.specs import ResolvedAttack
+from midbench.config import TrainConfig
+from midbench.data.registry import DatasetSpec
+from midbench.defenses.base import METHODS, DefenseTask
+from midbench.defenses.pgd_at import resolve_training_attack
+from midbench.errors import UsageError
+
+#: α = 1.25ε, the paper's step (10/255 at ε = 8/255)
+STEP_FACTOR = 1.25
+
+
+def resolve_fgsm_rs(config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
+    """FGSM with a random start as a resolved attack: the ε and norm of the training attack, one step of α."""
+    if config.attack_steps is not None or config.attack_step_size is not None:
+        raise UsageError("fast-at takes exactly one FGSM step: drop --attack-steps/--attack-step-size "
+                         "(set its step size with --fast-at-step)")
+    base = resolve_training_attack(config, dataset)
+    if base.norm not in (Norm.LINF, Norm.L2):
+        raise UsageError(f"fast-at needs an L∞ or L2 ball; --train-attack {base.id} has norm {base.norm}")
+    step = float(config.fast_at_step) if config.fast_at_step is not None else STEP_FACTOR * base.eps
+    return ResolvedAttack(id=f"fgsm-rs-{base.family}", version=0, family=base.family, norm=base.norm,
+                          implementation="midbench.attacks.gradient:PGD", eps=base.eps, target=None,
+                          params={"steps": 1, "step_size": step, "random_start": True})
+
+
+def catastrophic_overfitting(log: list[dict[str, Any]], key: str, max_drop: float) -> str | None:
+    """The stop reason when the last epoch's ``key`` lies more than ``max_drop`` below the best of ``log``."""
+    values = [float(record[key]) for record in log if key in record]
+    if not values or key not in log[-1]:
+        return None
+    best, current = max(values), float(log[-1][key])
+    if best - current > max_drop + 1e-12:  # the tolerance keeps a drop of exactly max_drop from stopping
+        best_epoch = next(record.get("epoch") for record in log if key in record and float(record[key]) == best)
+        return (f"catastrophic overfitting: held-out {key} fell to {current:.4f} from its best {best:.4f} "
+                f"(epoch {best_epoch}), a drop of more than {max_drop:g}")
+    return None
+
+
+@METHODS.register("fast-at")
+class FastAdversarialTraining(DefenseTask):
+    """Fast-AT: FGSM from a uniform random start, α = 1.25ε, with a catastrophic-overfitting stop
+    (Wong, Rice & Kolter, ICLR 2020)."""
+
+    name = "fast-at"
+    citation = "Wong, Rice & Kolter, Fast is better than free: Revisiting adversarial training, ICLR 2020"
+
+    def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
+        super().__init__(config, dataset)
+        self.attack_spec = resolve_fgsm_rs(config, dataset)
+        self.attack = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = model(self.attack(model, x, y))
+        return {"loss": nn.functional.cross_entropy(logits, y), "logits": logits}
+
+    def should_stop(self, log: list[dict[str, Any]]) -> str | None:
+        return catastrophic_overfitting(log, f"val_pgd{self.config.val_pgd_steps}_acc", self.config.overfit_drop)
+
+    @property
+    def train_attacks(self) -> list[ResolvedAttack]:
+        return [self.attack_spec]
+
+    def describe(self) -> dict[str, Any]:
+        return {"step_size": self.attack_spec.params["step_size"], "overfit_drop": self.config.overfit_drop,
+                "train_attack": self.attack_spec.to_dict()}
