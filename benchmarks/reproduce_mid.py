@@ -14,7 +14,7 @@ Attacker Pool), the ``default-unknown`` suite and AutoAttack, on the first ``--n
 example. Clean accuracy of source model, teacher and MID is measured on all 1,000 test images. Run from the
 repository root::
 
-    python benchmarks/reproduce_mid.py --out runs/reproduce-mid --n 500 --markdown docs/reproduce-mid-table.md
+    python benchmarks/reproduce_mid.py --out runs/reproduce-mid --n 300
 
 The released models were trained on MNIST's training set, from which the ``mnist5k`` images probably come;
 their numbers on it are inflated (see ``../shared/mid-official/README.md``). The midbench-trained model never
