@@ -26,15 +26,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
 from midbench.attacks.norms import Norm
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
-from midbench.defenses.base import METHODS, DefenseTask
-from midbench.defenses.pgd_at import resolve_training_attack
+from midbench.defenses.base import METHODS
+from midbench.defenses.pgd_at import PGDAdversarialTraining, resolve_training_attack
 from midbench.errors import UsageError
 
 #: α = 1.25ε, the paper's step (10/255 at ε = 8/255)
@@ -69,28 +66,18 @@ def catastrophic_overfitting(log: list[dict[str, Any]], key: str, max_drop: floa
 
 
 @METHODS.register("fast-at")
-class FastAdversarialTraining(DefenseTask):
-    """Fast-AT: FGSM from a uniform random start, α = 1.25ε, with a catastrophic-overfitting stop
-    (Wong, Rice & Kolter, ICLR 2020)."""
+class FastAdversarialTraining(PGDAdversarialTraining):
+    """Fast-AT: PGD-AT's loss on FGSM from a uniform random start, α = 1.25ε, with a catastrophic-overfitting
+    stop (Wong, Rice & Kolter, ICLR 2020)."""
 
     name = "fast-at"
     citation = "Wong, Rice & Kolter, Fast is better than free: Revisiting adversarial training, ICLR 2020"
 
-    def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
-        super().__init__(config, dataset)
-        self.attack_spec = resolve_fgsm_rs(config, dataset)
-        self.attack = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = model(self.attack(model, x, y))
-        return {"loss": nn.functional.cross_entropy(logits, y), "logits": logits}
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
+        return resolve_fgsm_rs(config, dataset)
 
     def should_stop(self, log: list[dict[str, Any]]) -> str | None:
         return catastrophic_overfitting(log, f"val_pgd{self.config.val_pgd_steps}_acc", self.config.overfit_drop)
-
-    @property
-    def train_attacks(self) -> list[ResolvedAttack]:
-        return [self.attack_spec]
 
     def describe(self) -> dict[str, Any]:
         return {"step_size": self.attack_spec.params["step_size"], "overfit_drop": self.config.overfit_drop,

@@ -57,8 +57,12 @@ class PGDAdversarialTraining(DefenseTask):
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)
-        self.attack_spec = resolve_training_attack(config, dataset)
+        self.attack_spec = self.resolve_attack(config, dataset)
         self.attack = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
+
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
+        """The training attack; subclasses that train on another single attack (fast-at) override this."""
+        return resolve_training_attack(config, dataset)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x_adv = self.attack(model, x, y)
