@@ -43,6 +43,22 @@ class Checkpoint:
     def arch(self) -> str:
         return str(self.metadata["arch"])
 
+    def build_model(self) -> torch.nn.Module:
+        """A fresh model of the recorded architecture, class count, input shape and normalisation (no weights).
+
+        Raises:
+            ArtifactError: a metadata field is missing.
+        """
+        from midbench.models import build_model
+
+        meta = self.metadata
+        try:
+            return build_model(meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"]), meta.get("mean"),
+                               meta.get("std"))
+        except KeyError as error:
+            raise ArtifactError(f"checkpoint {self.path} lacks metadata field {error}; re-create it with "
+                                "midbench") from error
+
 
 def payload_sha256(tensors: dict[str, torch.Tensor], metadata_json: str = "") -> str:
     """SHA-256 over the metadata JSON and every tensor's name, dtype, shape and raw bytes, in name order.

@@ -58,18 +58,11 @@ def load_classifier(path: str | Path, arch: str | None = None, dataset: str | No
                     "input_shape": list(spec.input_shape), "method": "unknown", "train_attacks": []}
         return LoadedModel(model, metadata, sha256, str(path))
     checkpoint = load_checkpoint(path)
-    meta = checkpoint.metadata
-    try:
-        model = build_model(meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"]), meta.get("mean"),
-                            meta.get("std"))
-    except KeyError as error:
-        from midbench.errors import ArtifactError
-
-        raise ArtifactError(f"checkpoint {path} lacks metadata field {error}; re-create it with midbench") from error
+    model = checkpoint.build_model()
     # Companion modules (MID's teacher encoder and decoder) are stored under aux. and are not the classifier.
     classifier_state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(AUX_PREFIX)}
     load_weights_into(model, classifier_state, str(path))
-    return LoadedModel(model, meta, checkpoint.sha256, str(path))
+    return LoadedModel(model, checkpoint.metadata, checkpoint.sha256, str(path))
 
 
 def _beside(recorded: str | None, checkpoint: str) -> str | None:

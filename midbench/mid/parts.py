@@ -97,15 +97,11 @@ def load_with_aux(path: str | Path) -> LoadedParts:
         ArtifactError: unreadable or corrupted file, or tensors that do not fit the recorded architecture.
     """
     from midbench.checkpoint import load_checkpoint, load_weights_into
-    from midbench.models import build_model
 
     checkpoint = load_checkpoint(path)
     meta = checkpoint.metadata
-    try:
-        arch, num_classes, shape = meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"])
-    except KeyError as error:
-        raise ArtifactError(f"checkpoint {path} lacks metadata field {error}; re-create it with midbench") from error
-    model = build_model(arch, num_classes, shape, meta.get("mean"), meta.get("std"))
+    model = checkpoint.build_model()
+    arch, num_classes, shape = meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"])
     aux_names = {key.split(".")[1] for key in checkpoint.state_dict if key.startswith(AUX_PREFIX)}
     if aux_names:
         info = MODELS.get(arch)
