@@ -180,6 +180,9 @@ def load_plain_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], st
             # A file object, not the path: torch >= 2.14 picks its loader from a ".safetensors" suffix.
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
+            if not data.startswith((b"PK", b"\x80")):  # neither torch.save's zip nor its legacy pickle
+                raise ArtifactError(f"not a checkpoint: {path} is neither a PyTorch nor a safetensors file (text or "
+                                    "another format?); pass the checkpoint file itself") from error
             raise ArtifactError(f"refused to load {path}: it is a pickle that names code or objects other than "
                                 "tensors (nothing was executed); re-save it as a plain state dict") from error
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:

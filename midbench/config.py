@@ -115,6 +115,16 @@ class TrainConfig:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        # torch's optimisers reject these with a bare ValueError (an internal error, exit 1) after data loading
+        for name in ("weight_decay", "momentum"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+        if self.val_pgd_steps < 1:
+            raise UsageError(f"val_pgd_steps must be at least 1, got {self.val_pgd_steps}")
+        if self.pool is not None and not [name for name in self.pool.split(",") if name.strip()]:
+            raise UsageError("--pool is empty; give a suite (e.g. mid-mnist-known) or comma-separated attack ids, "
+                             "or leave it out for the default pool")
         if self.attack_steps is not None and self.attack_steps < 1:
             raise UsageError(f"--attack-steps must be at least 1, got {self.attack_steps}")
         if self.val_size < 0 or (self.n_train is not None and self.n_train < 1):

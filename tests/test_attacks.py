@@ -124,3 +124,27 @@ def test_l1_projection_is_the_euclidean_projection() -> None:
     candidates = torch.randn(2000, 20)
     candidates = candidates / candidates.abs().sum(1, keepdim=True) * torch.rand(2000, 1)
     assert float((projected - delta).norm()) <= float((candidates - delta).norm(dim=1).min()) + 1e-6
+
+
+class _NoGradModel(nn.Module):
+    """A classifier whose forward runs under no_grad: its output is cut from the graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.linear(x.flatten(1))
+
+
+@pytest.mark.parametrize("attack_id", ["fgsm-linf", "pgd-linf", "pgd-l2", "ddn-l2", "deepfool-linf"])
+def test_a_detached_model_gives_zero_gradient_not_a_crash(attack_id: str,
+                                                          small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Gradient attacks on a model with no gradient run (with nothing to follow) instead of failing inside
+    autograd with an internal error; the zero-gradients sanity flag explains such a model."""
+    x, y = small_batch
+    attack = load_registry([]).get(attack_id).resolve(get_dataset("mnist5k").eps).build(seed=0, batch_size=64)
+    torch.manual_seed(0)
+    x_adv = attack(_NoGradModel().eval(), x[:8], y[:8])
+    assert x_adv.shape == x[:8].shape and torch.isfinite(x_adv).all()

@@ -335,7 +335,10 @@ def test_given_stages_are_reused_not_retrained(mid_run: Path, tmp_path: Path) ->
     train(config, tmp_path, progress=False)
     assert not (tmp_path / "source").exists() and not (tmp_path / "teacher").exists()
     meta = load_checkpoint(tmp_path / "model.safetensors").metadata
-    assert Path(meta["source_checkpoint"]).is_absolute()
+    # recorded relative to the run directory (the runs lie side by side), so it leads back to the given file
+    recorded = Path(meta["source_checkpoint"])
+    assert not recorded.is_absolute()
+    assert (tmp_path / recorded).resolve() == (mid_run / "source" / "model.safetensors").resolve()
     assert meta["method_params"]["weights"]["cyclic"] == 0.0
     assert meta["method_params"]["meta_test_weights"] == {"label": 1.0, "adversarial": 1.0, "cyclic": 0.0}
     assert meta["method_params"]["student_init"] == "teacher"

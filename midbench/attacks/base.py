@@ -94,7 +94,7 @@ class Attack:
         _validate_inputs(x, y)
         x = x.detach()
         with frozen_eval_mode(model), torch.enable_grad():
-            x_adv = self.run(model, x, y)
+            x_adv = self.run(_DetachedAsZeroGradient(model), x, y)
         x_adv = x_adv.detach()
         if self.norm is not None:
             # Leave outputs already inside the ball bit-for-bit unchanged: recomputing x + (x_adv - x) moves
@@ -128,6 +128,27 @@ class Attack:
     def describe(self) -> dict[str, Any]:
         """Hyper-parameters for result files."""
         return {"eps": self.eps, "norm": self.norm.value if self.norm else None, "target": self.target}
+
+
+class _DetachedAsZeroGradient(nn.Module):
+    """Passes the model's output through, except that an output cut from the graph (a forward under
+    ``torch.no_grad``, ``.detach()``, a round trip through numpy) is tied back to the input with a zero gradient.
+
+    Such a model gives a gradient attack nothing to follow, exactly like a quantising layer: the attack then runs
+    and fails honestly (the ``zero-gradients`` sanity flag says why, and Square still attacks it), instead of
+    crashing in ``autograd.grad`` with an internal error.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # adapters that look at the mode see the model's (eval inside an attack)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.model(x)
+        if torch.is_grad_enabled() and x.requires_grad and not output.requires_grad:
+            output = output + 0.0 * x.flatten(1).sum(1).view(-1, *([1] * (output.dim() - 1)))
+        return output
 
 
 def _validate_inputs(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ from midbench.errors import Interrupted, MidbenchError
 F = TypeVar("F", bound=Callable[..., Any])
 
 RESUME_HINT = ("files already written are intact (training: rerun with --resume to continue from the last "
-               "finished epoch; an interrupted evaluation writes no result)")
+               "finished epoch; evaluation: rerun the same command to resume from the last finished batch)")
 
 #: set by the global --debug option
 DEBUG = {"enabled": False}

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from midbench import __version__
-from midbench.cli import board, compare, demo, evaluate, export, import_cmd, listing, regenerate, train
+from midbench.cli import bench, board, compare, demo, evaluate, export, import_cmd, listing, regenerate, train
 from midbench.cli._common import DEBUG, install_signal_handlers
 
 app = typer.Typer(
@@ -38,6 +38,7 @@ app.command("eval")(evaluate.eval_command)
 app.command("leaderboard")(board.leaderboard_command)
 app.command("compare")(compare.compare_command)
 app.command("demo")(demo.demo_command)
+app.command("bench")(bench.bench_command)
 app.command("regenerate")(regenerate.regenerate_command)
 app.add_typer(listing.attacks_app, name="attacks")
 app.add_typer(import_cmd.import_app, name="import")

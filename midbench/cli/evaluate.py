@@ -14,9 +14,11 @@ from midbench.cli._common import console, guarded, split_csv
 
 @guarded
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A midbench .safetensors checkpoint, or a plain state dict with --arch.")],
-    dataset: Annotated[str | None, typer.Option(help="Evaluate on this dataset (same shape and classes); required with --arch.")] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(help="A midbench .safetensors checkpoint, or a plain state dict with --arch (omit with --model).", show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(help="Evaluate on this dataset (same shape and classes); required with --arch and --model.")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture of a plain PyTorch state dict.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Your own classifier: module:factory returning an nn.Module (inputs in [0,1], logits out); needs --dataset. Imports and runs that module's code.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="With --model: a state dict to load into it (torch.save, loaded with weights_only=True, or .safetensors).")] = None,
     attacks: Annotated[list[str] | None, typer.Option(help="Attack ids, comma-separated or repeated.")] = None,
     suite: Annotated[str | None, typer.Option(help="A suite of the attack registry (see `midbench attacks list`).")] = None,
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
@@ -34,14 +36,22 @@ def eval_command(
     registry_dir: Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files; repeatable.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
+    check_eps: Annotated[bool, typer.Option("--check-eps", help="Sanity sweep: PGD-L∞ at 0.25, 0.5 and 1 × ε on up to 256 examples; flags accuracy rising with ε.")] = False,
+    check_steps: Annotated[bool, typer.Option("--check-steps", help="Sanity sweep: PGD-L∞ with 10, 40 and 160 steps on up to 256 examples; flags accuracy rising with steps.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted evaluation's state (of the same --name and --protocol) instead of resuming it.")] = False,
     output_format: Annotated[str, typer.Option("--format", help="table (default) or json (the result document).")] = "table",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
-    """Evaluate a checkpoint against known and unknown attacks and write a result file.
+    """Evaluate a checkpoint (or your own model) against known and unknown attacks and write a result file.
 
-    Without attack options, runs the model's known attacks and the unknown suite.
+    Without attack options, runs the model's known attacks and the unknown suite. An interrupted evaluation (crash,
+    Ctrl-C, kill) resumes from its last finished batch when the same command is run again.
+
+    Sanity checks flag signs of gradient masking (see docs/flags.md); they never change the numbers.
 
     Example: midbench eval runs/pgdat/model.safetensors --known-attacks --unknown-attacks --autoattack --n-examples 500
+
+    Example: midbench eval --model mypackage.defense:build --weights defense.pt --dataset mnist5k --attacks pgd-linf,square-linf
     """
     if output_format not in ("table", "json"):
         from midbench.errors import UsageError
@@ -53,11 +63,14 @@ def eval_command(
     selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
                                 unknown=unknown_attacks, autoattack=autoattack,
                                 eps=parse_eps_overrides(split_csv(eps)))
-    config = EvalConfig(checkpoint=str(checkpoint), dataset=dataset, arch=arch, selection=selection,
+    config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
+                        selection=selection,
                         protocol=protocol, source=str(source) if source else None, n_examples=n_examples,
                         batch_size=batch_size, results_dir=str(results_dir), name=name, seed=seed, device=device,
                         registry_dirs=tuple(str(d) for d in registry_dir or []),
-                        data_dir=str(data_dir) if data_dir else None, download=download)
+                        data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
+                        weights=str(weights) if weights is not None else None, check_eps=check_eps,
+                        check_steps=check_steps, restart=restart)
     show = console()
     status = None if quiet or output_format == "json" else show.status("evaluating")
     if status is not None:
@@ -80,6 +93,8 @@ def eval_command(
     for note in run.notes:
         show.print(f"note: {note}", highlight=False)
     show.print(result_table(run.result))
+    for line in flag_lines(run.result):
+        show.print(line, highlight=False, markup=False)
     show.print(f"result: {run.path}", highlight=False)
 
 
@@ -99,6 +114,15 @@ def result_table(result: dict) -> object:
         if value is not None:
             table.add_row(key.replace("_", " "), "", "", f"{100 * value:.2f}", "", "")
     return table
+
+
+def flag_lines(result: dict) -> list[str]:
+    """The result's sanity flags, one line each, with where to read about them; nothing when there are none."""
+    flags = result.get("flags") or []
+    if not flags:
+        return []
+    return [f"flag {flag['code']}: {flag['message']}" for flag in flags] + [
+        "flags mean the numbers above may overestimate robustness; see docs/flags.md for what to do"]
 
 
 def _ci(bounds: list[float]) -> str:

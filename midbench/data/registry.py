@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from midbench.errors import ArtifactError, UsageError
@@ -21,6 +22,9 @@ class TensorSplit:
     images: torch.Tensor
     labels: torch.Tensor
 
+    def __post_init__(self) -> None:
+        refuse_float_pixels(self.images, "the images")
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
@@ -31,6 +35,31 @@ class TensorSplit:
     def as_float(self) -> torch.Tensor:
         """All images as float32 in [0, 1]."""
         return self.images.float().div_(255.0)
+
+
+def refuse_float_pixels(images: torch.Tensor | np.ndarray, source: str) -> None:
+    """Refuse float pixels: midbench stores uint8 grey levels 0–255 and scales them to [0, 1] itself, so float
+    data is either scaled already (it would be divided by 255 again) or normalised (reliability.md, bad input 2).
+
+    Raises:
+        UsageError: ``images`` has a floating-point dtype; the message gives its range and what to do.
+    """
+    if isinstance(images, torch.Tensor):
+        floating, count = torch.is_floating_point(images), images.numel()
+    else:
+        floating, count = images.dtype.kind == "f", images.size
+    if not floating:
+        return
+    low, high = (float(images.min()), float(images.max())) if count else (0.0, 0.0)
+    if low < 0:
+        looks = "already normalised (negative values)"
+    elif high > 1:
+        looks = "floats on the 0–255 scale"
+    else:
+        looks = "already scaled to [0, 1]"
+    raise UsageError(f"{source} hold float pixels in [{low:.3g}, {high:.3g}] ({looks}); give the raw uint8 grey "
+                     "levels 0–255: midbench scales them to [0, 1] itself and normalisation belongs inside the "
+                     "model (the dataset's mean/std)")
 
 
 LoadFn = Callable[[str, "Path | None", bool], TensorSplit]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,34 @@ from midbench.data.registry import (
     NO_NORMALISATION_1,
     DatasetSpec,
     TensorSplit,
+    refuse_float_pixels,
 )
 from midbench.errors import ArtifactError
+
+#: idx type codes of float32 and float64 data (LeCun's idx format)
+_IDX_FLOAT_TYPES = {0x0D: ">f4", 0x0E: ">f8"}
 
 
 def _missing(name: str, root: Path, detail: str) -> ArtifactError:
     return ArtifactError(f"{name} not found under {root} ({detail}); pass --download to fetch it, "
                          "or --data-dir pointing at torchvision's layout")
+
+
+def _refuse_float_idx(path: Path) -> None:
+    """Refuse an idx image file of float pixels (torchvision would only say "not uint8"): bad input 2."""
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if len(magic) < 4 or magic[2] not in _IDX_FLOAT_TYPES:
+        return
+    raw, ndim = path.read_bytes(), magic[3]
+    try:
+        shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        pixels = np.frombuffer(raw, _IDX_FLOAT_TYPES[raw[2]], count=math.prod(shape), offset=4 + 4 * ndim)
+    except (struct.error, ValueError):
+        return  # a truncated file: torchvision reports it as unreadable
+    refuse_float_pixels(pixels, str(path))
 
 
 def _load_idx(tv_class_name: str, name: str):  # noqa: ANN202 - returns a loader closure
@@ -42,6 +65,8 @@ def _load_idx(tv_class_name: str, name: str):  # noqa: ANN202 - returns a loader
 
         assert root is not None  # load_split guarantees it for non-embedded sets
         tv_class = getattr(tvd, tv_class_name)
+        prefix = "train" if split == "train" else "t10k"
+        _refuse_float_idx(root / tv_class_name / "raw" / f"{prefix}-images-idx3-ubyte")
         try:
             dataset = tv_class(str(root), train=(split == "train"), download=download)
         except RuntimeError as error:
@@ -83,6 +108,7 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
         batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
         data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[label_key])
+        refuse_float_pixels(data, str(path))
         # Refuse instead of converting: casting int16 pixels to uint8 would wrap them silently.
         if data.dtype != np.uint8 or not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
             raise ValueError(f"data must be uint8 and labels a 1-D integer list (got {data.dtype}, "
@@ -139,7 +165,11 @@ def _load_svhn(split: str, root: Path | None, download: bool) -> TensorSplit:
     _warn_if_modified(path, md5)
     try:
         mat = scipy.io.loadmat(str(path))
-        images = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)  # (H, W, C, N) -> (N, C, H, W)
+        pixels = np.asarray(mat["X"])
+        refuse_float_pixels(pixels, str(path))
+        if pixels.dtype != np.uint8:  # refuse instead of casting: values above 255 would wrap silently
+            raise ValueError(f"X must be uint8, got {pixels.dtype}")
+        images = np.transpose(pixels, (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W)
         labels = mat["y"].astype(np.int64).reshape(-1)
     except (ValueError, KeyError, OSError, TypeError, scipy.io.matlab.MatReadError) as error:
         raise ArtifactError(f"{path} is not an SVHN .mat file ({error}); re-download it") from error

@@ -17,6 +17,7 @@ pool as training attacks and names the source model (``source_checkpoint``) for 
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,8 @@ class MetaInvarianceDefense(DefenseTask):
                ) -> tuple[Path, str]:
         """The checkpoint of stage ``role``: the given file, or a run in ``<out>/<role>`` (trained or resumed)."""
         if given:
-            path = Path(given)
-            if not path.is_file():
-                raise UsageError(f"--{role} {given}: no such checkpoint; train one or drop --{role} to train it here")
-            return path, str(path.resolve())
+            path = Path(given)  # checked by _check_given before any stage trained
+            return path, _record_path(path, context.out_dir)
         from midbench.training.loop import MODEL_FILE, train
 
         c = self.config
@@ -116,6 +115,15 @@ class MetaInvarianceDefense(DefenseTask):
                             data_dir=c.data_dir, download=c.download, rec_weight=c.rec_weight)
         result = train(stage, context.out_dir / role, resume=True, progress=context.progress)
         return result.checkpoint, f"{role}/{MODEL_FILE}"
+
+    def _check_given(self, role: str, given: str) -> None:
+        """Refuse a missing, unreadable, tampered-with or other-dataset --source/--teacher file."""
+        from midbench.checkpoint import load_checkpoint
+
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--{role} {given}: no such checkpoint; train one or drop --{role} to train it here")
+        _check_dataset(load_checkpoint(path).metadata, self.dataset, self.config.dataset, path)
 
     def _load_teacher(self, path: Path, device: torch.device) -> nn.Module:
         from midbench.mid.parts import load_teacher
@@ -131,6 +139,10 @@ class MetaInvarianceDefense(DefenseTask):
     def setup(self, model: nn.Module, context: SetupContext) -> None:
         from midbench.evaluation.runner import load_classifier
 
+        # Both given files first: a bad one must be refused before the other stage spends any compute.
+        for role, given in (("source", self.config.source), ("teacher", self.config.teacher)):
+            if given:
+                self._check_given(role, given)
         source_path, self.source_record = self._stage("source", "standard", self.config.source,
                                                       self.config.source_epochs, context)
         teacher_path, self.teacher_record = self._stage("teacher", "mid-teacher", self.config.teacher,
@@ -194,6 +206,16 @@ class MetaInvarianceDefense(DefenseTask):
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"source_checkpoint": self.source_record, "teacher_checkpoint": self.teacher_record}
+
+
+def _record_path(path: Path, run_dir: Path) -> str:
+    """How a given stage checkpoint is recorded: relative to the run directory when it lies beside it (sibling
+    runs of a demo or sweep), so the folder can be moved as a whole and the checkpoint's bytes do not depend on
+    where it was trained; absolute otherwise."""
+    resolved, base = path.resolve(), run_dir.resolve()
+    if resolved.is_relative_to(base.parent):
+        return os.path.relpath(resolved, base)
+    return str(resolved)
 
 
 def _check_dataset(metadata: dict[str, Any], dataset: DatasetSpec, dataset_name: str, path: Path) -> None:

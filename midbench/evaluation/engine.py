@@ -23,6 +23,7 @@ from midbench.data.batches import DeviceBatches
 from midbench.data.registry import TensorSplit
 from midbench.errors import NumericalError
 from midbench.evaluation.counting import PassCounter
+from midbench.evaluation.state import AttackProgress, EvalState
 
 PROTOCOLS = ("whitebox", "transfer")
 
@@ -79,7 +80,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Te
 
 def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAttack, str]], *,
              device: torch.device, protocol: str = "whitebox", source_model: nn.Module | None = None,
-             batch_size: int = 256, seed: int = 0, progress: ProgressFn | None = None) -> Evaluation:
+             batch_size: int = 256, seed: int = 0, progress: ProgressFn | None = None,
+             state: EvalState | None = None) -> Evaluation:
     """Evaluate ``model`` on ``data`` against ``attacks`` (each with its split, "known" or "unknown").
 
     Args:
@@ -87,6 +89,8 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
             adversarial images with ``model``.
         batch_size: examples per attack batch (AutoAttack batches internally with the same size).
         seed: the evaluation seed (every attack batch is seeded from it).
+        state: resumable state: finished attacks and batches found there are not recomputed, and every batch
+            finished here is recorded in it (:mod:`midbench.evaluation.state`).
 
     Raises:
         NumericalError: NaN/Inf logits.
@@ -102,31 +106,64 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
     if images is None:
         return Evaluation(np.zeros(0, dtype=bool), [], protocol)
     clean_correct = predict(model, images, batch_size) == labels
+    if state is not None:
+        state.check_clean(clean_correct.cpu().numpy())
     candidates = torch.nonzero(clean_correct).flatten()
+    total = int(candidates.numel())
     outcomes = []
     for spec, split in attacks:
+        saved = state.progress(spec.key) if state is not None else None
+        if saved is not None and saved.finished:
+            outcomes.append(AttackOutcome(spec, split, saved.robust, saved.seconds, saved.forward_passes,
+                                          saved.backward_passes, saved.details))
+            continue
         attack = spec.build(seed=seed, batch_size=batch_size)
-        robust = clean_correct.clone()
+        robust = torch.from_numpy(saved.robust).to(device) if saved is not None else clean_correct.clone()
+        done = saved.done if saved is not None else 0
+        forward = saved.forward_passes if saved is not None else 0
+        backward = saved.backward_passes if saved is not None else 0
+        seconds = saved.seconds if saved is not None else 0.0
         counted_attacker.reset()
-        started = time.perf_counter()
-        chunk = max(1, int(candidates.numel())) if attack.handles_batching else batch_size
-        for start in range(0, int(candidates.numel()), chunk):
+        chunk = max(1, total) if attack.handles_batching else batch_size
+        outcome = None
+        for start in range(done, total, chunk):
+            started = time.perf_counter()
             index = candidates[start:start + chunk]
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(batch_seed(seed, spec.key, start))
                 x_adv = attack(counted_attacker, images[index], labels[index])
             robust[index] = predict(model, x_adv, batch_size) == labels[index]
+            batch_forward, batch_backward = counted_attacker.reset()
+            forward, backward = forward + batch_forward, backward + batch_backward
+            seconds += time.perf_counter() - started
+            done = min(start + chunk, total)
+            # the batch is recorded before it is reported, so whatever was reported is never recomputed
+            if done == total:
+                outcome = _finished(attack, spec, split, robust, seconds, forward, backward, protocol, total,
+                                    labels.numel(), state)
+            elif state is not None:
+                state.record(spec.key, AttackProgress(robust.cpu().numpy(), done, forward, backward, seconds))
             if progress is not None:
-                progress(spec.key, min(start + chunk, int(candidates.numel())), int(candidates.numel()))
-        forward, backward = counted_attacker.reset()
-        # AutoAttack's per-component accuracies describe the model it attacked: meaningful only in white-box.
-        details = ({"components": dict(attack.component_accuracy)}
-                   if hasattr(attack, "component_accuracy") and protocol == "whitebox" else {})
-        if details and candidates.numel():
-            # component accuracies were measured over the attacked points; express them over all examples
-            share = candidates.numel() / labels.numel()
-            details["components"] = {k: v * share for k, v in details["components"].items()}
-        outcomes.append(AttackOutcome(spec, split, robust.cpu().numpy(), time.perf_counter() - started,
-                                      forward, backward, details))
+                progress(spec.key, done, total)
+        if outcome is None:  # no example to attack
+            outcome = _finished(attack, spec, split, robust, seconds, forward, backward, protocol, total,
+                                labels.numel(), state)
+        outcomes.append(outcome)
     return Evaluation(clean_correct.cpu().numpy(), outcomes, protocol)
+
+
+def _finished(attack: Any, spec: ResolvedAttack, split: str, robust: torch.Tensor, seconds: float, forward: int,
+              backward: int, protocol: str, attacked: int, n: int, state: EvalState | None) -> AttackOutcome:
+    """The outcome of a finished attack (recorded in ``state`` as finished)."""
+    # AutoAttack's per-component accuracies describe the model it attacked: meaningful only in white-box.
+    details = ({"components": dict(attack.component_accuracy)}
+               if hasattr(attack, "component_accuracy") and protocol == "whitebox" else {})
+    if details and attacked:
+        # component accuracies were measured over the attacked points; express them over all examples
+        share = attacked / n
+        details["components"] = {k: v * share for k, v in details["components"].items()}
+    outcome = AttackOutcome(spec, split, robust.cpu().numpy(), seconds, forward, backward, details)
+    if state is not None:
+        state.record(spec.key, AttackProgress(outcome.robust, attacked, forward, backward, seconds, True, details))
+    return outcome

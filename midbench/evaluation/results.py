@@ -28,16 +28,15 @@ def make_run_id(name: str, protocol: str, now: datetime) -> str:
 
 
 def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],
-                 data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str) -> dict[str, Any]:
-    """The result document of one evaluation run."""
-    import torch
+                 data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str,
+                 flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result document of one evaluation run.
 
-    try:
-        from importlib.metadata import version
-
-        autoattack_version = version("pyautoattack")
-    except Exception:  # noqa: BLE001 - version lookup is informational
-        autoattack_version = None
+    Args:
+        flags: the sanity flags (``{"code", "message"}``, :mod:`midbench.evaluation.sanity`), stored as given.
+        sanity: what the sanity checks measured (probe size, zero-gradient share, sweep points); stored under
+            ``"sanity"`` when given, so a reader can see why a flag was or was not raised.
+    """
     n = int(evaluation.clean_correct.shape[0])
     rows, autoattack_columns = [], []
     for column, outcome in enumerate(evaluation.outcomes):
@@ -58,13 +57,28 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
     clean = int(evaluation.clean_correct.sum())
     return {
         "schema": SCHEMA, "run_id": run_id, "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "versions": {"midbench": __version__, "torch": torch.__version__, "pyautoattack": autoattack_version},
+        "versions": software_versions(),
         "device": device, "checkpoint": checkpoint, "data": data, "protocol": protocol, "seed": seed,
         "clean_accuracy": clean / n if n else None, "clean_ci95": list(wilson_interval(clean, n)),
         "attacks": rows,
         "summary": summarise(evaluation.matrix, [o.split for o in evaluation.outcomes], autoattack_columns),
-        "flags": [], "per_example": f"{run_id}.npz",
+        "flags": [{"code": str(flag["code"]), "message": str(flag["message"])} for flag in flags or []],
+        **({"sanity": sanity} if sanity else {}),
+        "per_example": f"{run_id}.npz",
     }
+
+
+def software_versions() -> dict[str, str | None]:
+    """The versions a result depends on: midbench, torch and the reference AutoAttack package."""
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        autoattack_version = version("pyautoattack")
+    except Exception:  # noqa: BLE001 - version lookup is informational
+        autoattack_version = None
+    return {"midbench": __version__, "torch": torch.__version__, "pyautoattack": autoattack_version}
 
 
 def write_result(result: dict[str, Any], evaluation: Evaluation, results_dir: str | Path,

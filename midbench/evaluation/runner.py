@@ -1,4 +1,5 @@
-"""``run_evaluation``: checkpoint + options → attacks → result files. The library behind ``midbench eval``."""
+"""``run_evaluation``: checkpoint (or ``--model module:factory``) + options → attacks → sanity flags → result files.
+The library behind ``midbench eval``."""
 
 from __future__ import annotations
 
@@ -10,20 +11,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from midbench.attacks.specs import ResolvedAttack, load_registry
+from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.checkpoint import check_compatible, load_checkpoint, load_plain_state_dict, load_weights_into
-from midbench.data.registry import get_dataset, load_split
+from midbench.data.registry import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
 from midbench.errors import UsageError
+from midbench.evaluation import sanity
 from midbench.evaluation.engine import PROTOCOLS, Evaluation, ProgressFn, evaluate
 from midbench.evaluation.results import (
     build_result,
     indices_sha256,
     make_run_id,
+    software_versions,
     utc_now,
     write_result,
 )
 from midbench.evaluation.selection import AttackSelection, select_attacks
+from midbench.evaluation.state import EvalState, state_path
 from midbench.fileio import ensure_writable_dir
 from midbench.models import build_model
 from midbench.models.factory import AUX_PREFIX
@@ -37,7 +41,7 @@ class LoadedModel:
     model: nn.Module
     metadata: dict[str, Any]
     sha256: str
-    path: str
+    path: str | None  # None for a --model built without a weights file
 
 
 def load_classifier(path: str | Path, arch: str | None = None, dataset: str | None = None) -> LoadedModel:
@@ -75,9 +79,14 @@ def _beside(recorded: str | None, checkpoint: str) -> str | None:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Options of one evaluation run (``midbench eval``)."""
+    """Options of one evaluation run (``midbench eval``).
 
-    checkpoint: str
+    Exactly one of ``checkpoint`` and ``model_spec`` names the model. ``model_spec`` (``module:factory``, see
+    :mod:`midbench.usermodel`) needs ``dataset`` and takes optional ``weights``. ``check_eps``/``check_steps`` run
+    the opt-in sanity sweeps of :mod:`midbench.evaluation.sanity` after the attacks.
+    """
+
+    checkpoint: str | None = None
     dataset: str | None = None
     arch: str | None = None
     selection: AttackSelection = field(default_factory=AttackSelection)
@@ -92,6 +101,12 @@ class EvalConfig:
     registry_dirs: tuple[str, ...] = ()
     data_dir: str | None = None
     download: bool = False
+    model_spec: str | None = None
+    weights: str | None = None
+    check_eps: bool = False
+    check_steps: bool = False
+    #: discard the resumable state of an interrupted evaluation with other settings instead of refusing it
+    restart: bool = False
 
 
 @dataclass
@@ -105,9 +120,10 @@ class EvalRun:
 
 
 def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> EvalRun:
-    """Evaluate a checkpoint as configured and write its result files.
+    """Evaluate a checkpoint (or a ``--model``) as configured, run the sanity checks, write its result files.
 
     Everything that can be refused (names, ε, shapes, the results directory) is checked before any attack.
+    The sanity flags (:mod:`midbench.evaluation.sanity`) go into ``result["flags"]``; they never change a number.
     """
     if config.protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {config.protocol!r}; use {' or '.join(PROTOCOLS)}")
@@ -116,7 +132,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     if config.n_examples is not None and config.n_examples < 1:
         raise UsageError(f"--n-examples must be at least 1, got {config.n_examples}")
     device = resolve_device(config.device)
-    loaded = load_classifier(config.checkpoint, config.arch, config.dataset)
+    loaded = _load_model(config, device)
     meta = loaded.metadata
     dataset_name = config.dataset or meta["dataset"]
     spec = get_dataset(dataset_name)
@@ -124,6 +140,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     train_attacks = [ResolvedAttack.from_dict(item) for item in meta.get("train_attacks", [])]
     registry = load_registry([Path(d) for d in config.registry_dirs])
     attacks = select_attacks(config.selection, registry, spec.eps, train_attacks)
+    linf_eps = {**spec.eps, **config.selection.eps}.get("Linf")
+    if (config.check_eps or config.check_steps) and linf_eps is None:
+        raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
 
     source_info: dict[str, Any] | None = None
     source_model = None
@@ -151,19 +170,106 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     indices = np.arange(count)
     data = data.subset(torch.from_numpy(indices))
 
-    evaluation = evaluate(loaded.model, data, attacks, device=device, protocol=config.protocol,
-                          source_model=source_model, batch_size=config.batch_size, seed=config.seed,
-                          progress=progress)
-    created = utc_now()
-    name = config.name or meta.get("name") or Path(config.checkpoint).stem
-    run_id = make_run_id(name, config.protocol, created)
-    checkpoint_info = {"path": str(config.checkpoint), "sha256": loaded.sha256, "name": name,
-                       "method": meta.get("method"), "arch": meta.get("arch"), "dataset": meta.get("dataset"),
-                       "train_attacks": [attack.key for attack in train_attacks]}
-    data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
-                 "indices_sha256": indices_sha256(indices), "eps": {**spec.eps, **config.selection.eps}}
-    protocol_info = {"name": config.protocol, "source": source_info}
-    result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info, data=data_info,
-                          protocol=protocol_info, seed=config.seed, device=str(device))
-    path = write_result(result, evaluation, config.results_dir, indices)
+    name = config.name or meta.get("name") or Path(str(config.checkpoint)).stem
+    data_eps = {**spec.eps, **config.selection.eps}
+    fingerprint = {"checkpoint_sha256": loaded.sha256, "source_sha256": (source_info or {}).get("sha256"),
+                   "protocol": config.protocol, "dataset": dataset_name, "indices_sha256": indices_sha256(indices),
+                   "eps": data_eps, "attacks": [[a.key, split, a.equivalence()] for a, split in attacks],
+                   "seed": config.seed, "batch_size": config.batch_size, "device": device.type,
+                   "versions": software_versions()}
+    state = EvalState.open(state_path(config.results_dir, dataset_name, name, config.protocol), fingerprint,
+                           restart=config.restart)
+    if state.resumed:
+        finished = sum(1 for progress_record in state.attacks.values() if progress_record.finished)
+        notes.append(f"resuming an interrupted evaluation ({finished} of {len(attacks)} attacks finished) from "
+                     f"{state.path}")
+    elif state.busy:
+        notes.append(f"another evaluation of {name} ({config.protocol}) is running in this results directory, so "
+                     "this one is not resumable; give it its own --name to make it so")
+    try:
+        evaluation = evaluate(loaded.model, data, attacks, device=device, protocol=config.protocol,
+                              source_model=source_model, batch_size=config.batch_size, seed=config.seed,
+                              progress=progress, state=state)
+        flags, sanity_info = _sanity_checks(config, loaded.model, data, evaluation, registry, linf_eps, device,
+                                            progress)
+        created = utc_now()
+        run_id = make_run_id(name, config.protocol, created)
+        checkpoint_info = {"path": loaded.path, "sha256": loaded.sha256, "name": name,
+                           "method": meta.get("method"), "arch": meta.get("arch"), "dataset": meta.get("dataset"),
+                           "train_attacks": [attack.key for attack in train_attacks]}
+        if config.model_spec:
+            checkpoint_info.update({key: meta.get(key) for key in ("model_spec", "weights_sha256", "source_sha256")})
+        data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
+                     "indices_sha256": indices_sha256(indices), "eps": data_eps}
+        protocol_info = {"name": config.protocol, "source": source_info}
+        result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
+                              data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
+                              flags=flags, sanity=sanity_info)
+        path = write_result(result, evaluation, config.results_dir, indices)
+    except BaseException:
+        state.finish(keep=True)  # interrupted or failed: what is finished stays resumable
+        raise
+    state.finish()
     return EvalRun(result, path, evaluation, notes)
+
+
+def _load_model(config: EvalConfig, device: torch.device) -> LoadedModel:
+    """The evaluated classifier: a checkpoint (or plain state dict with ``arch``) or ``--model module:factory``.
+
+    Raises:
+        UsageError: neither or both of a checkpoint and ``--model``; options that do not go together.
+        ArtifactError: an unreadable, unsafe or incompatible checkpoint or weights file.
+    """
+    if config.model_spec is None:
+        if config.checkpoint is None:
+            raise UsageError("name the model to evaluate: a CHECKPOINT, or --model module:factory --dataset NAME")
+        if config.weights is not None:
+            raise UsageError("--weights goes with --model module:factory; a checkpoint is the positional argument")
+        return load_classifier(config.checkpoint, config.arch, config.dataset)
+    if config.checkpoint is not None:
+        raise UsageError("give either a CHECKPOINT or --model module:factory, not both (--weights FILE loads "
+                         "weights into the --model)")
+    if config.arch is not None:
+        raise UsageError("--arch applies to a plain state dict checkpoint, not to --model (its factory builds the "
+                         "architecture)")
+    from midbench.usermodel import load_user_model
+
+    user = load_user_model(config.model_spec, config.dataset, config.weights, device)
+    return LoadedModel(user.model, user.metadata, user.sha256, user.path)
+
+
+def _sanity_checks(config: EvalConfig, model: nn.Module, data: TensorSplit, evaluation: Evaluation,
+                   registry: AttackRegistry, linf_eps: float | None, device: torch.device,
+                   progress: ProgressFn | None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The flags of :mod:`midbench.evaluation.sanity` and what they were computed from.
+
+    The model probes and the ε/steps sweeps concern the evaluated model itself, so they are white-box under
+    either protocol; the Square comparison uses the evaluation's own matrix (white-box protocol only). They run
+    after the attacks, on the first clean-correct examples, never change a number, and leave the RNG as it was.
+    """
+    flags: list[dict[str, str]] = []
+    info: dict[str, Any] = {}
+    if not len(data):
+        return flags, info
+    probed = data.subset(torch.from_numpy(sanity.first_correct(evaluation.clean_correct, sanity.PROBE_EXAMPLES)))
+    probe, info["probes"] = sanity.probe_flags(model, probed.as_float().to(device), probed.labels.to(device))
+    flags += probe
+    flags += sanity.square_flags(evaluation)
+    if (config.check_eps or config.check_steps) and linf_eps is not None:
+        subset = data.subset(torch.from_numpy(sanity.first_correct(evaluation.clean_correct,
+                                                                   sanity.SWEEP_EXAMPLES)))
+        base = registry.get(sanity.SWEEP_ATTACK)
+        # (asked for, strength key in the result, sweep, flag code, strength name in the message)
+        sweeps = ((config.check_eps, "eps", sanity.eps_sweep, "accuracy-rises-with-eps", "ε"),
+                  (config.check_steps, "steps", sanity.steps_sweep, "accuracy-rises-with-steps", "steps"))
+        for enabled, key, sweep, code, what in sweeps:
+            if not enabled:
+                continue
+            if progress is not None:
+                progress(f"sanity check: {key} sweep", 0, len(subset))
+            points = sweep(model, subset, base, linf_eps, device=device, seed=config.seed,
+                           batch_size=config.batch_size)
+            info[f"{key}_sweep"] = {"attack": sanity.SWEEP_ATTACK, "n_examples": len(subset),
+                                    "points": [{key: value, "robust_accuracy": accuracy} for value, accuracy in points]}
+            flags += sanity.rise_flags(points, len(subset), code, what)
+    return sanity.sort_flags(flags), info

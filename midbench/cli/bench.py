@@ -1,0 +1,42 @@
+"""``midbench bench``: the sweep behind a paper table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from midbench.cli._common import guarded
+
+
+@guarded
+def bench_command(
+    config: Annotated[Path, typer.Option("--config", help="Sweep file (TOML): [sweep], [eval], [train] and one [runs.NAME] table per run.")],
+    out: Annotated[Path | None, typer.Option(help="Directory for the training runs and the sweep state (default runs/sweep-<name>).")] = None,
+    results_dir: Annotated[Path | None, typer.Option(help="Where result files and leaderboard-<name>.md/.csv go (default OUT/results).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the sweep file).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit; nothing is trained.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train every run of a sweep file, evaluate each under its protocols and write the leaderboard.
+
+    Rerunning the same command continues after a crash: finished epochs and evaluations are kept.
+
+    Example: midbench bench --config results/mnist5k/sweep.toml --results-dir results/mnist5k
+    """
+    from midbench.sweep import describe_plan, load_sweep, run_sweep
+
+    sweep = load_sweep(config, device=device)
+    out_dir = out if out is not None else Path("runs") / f"sweep-{sweep.name}"
+    if dry_run:
+        for line in describe_plan(sweep):
+            print(line)
+        return
+    outcome = run_sweep(sweep, out_dir, results_dir, config_label=str(config), say=print, progress=not quiet)
+    print(outcome.board)
+    total = sum(outcome.seconds.values())
+    print(f"[bench] {len(outcome.seconds)} steps, {total / 60:.1f} min of compute in all (see "
+          f"{out_dir / 'sweep-state.json'})")
+    for path in outcome.board_paths:
+        print(f"[bench] written: {path}")

@@ -1,0 +1,179 @@
+"""Resumable evaluation: the state file of an unfinished ``midbench eval`` run (reliability.md, "kill -9 during
+evaluation").
+
+The state lies beside the future result, ``<results>/runs/<dataset>/.<name>__<protocol>.evalstate.npz``, so that
+rerunning *the same command* finds it. It holds the clean-correctness vector, and per attack the robust column
+so far, how many attacked examples are finished, and the passes and seconds spent on them. It is rewritten
+atomically after every finished batch, so a SIGKILL loses at most the batch in flight; batches are seeded by
+(seed, attack, batch start), so a resumed run computes exactly what the uninterrupted run would have, and the
+final matrix is identical.
+
+A fingerprint (checkpoint hash, source hash, dataset and example indices, ε, attack specifications, seed, batch
+size, device type, versions) guards the state: rerunning with other settings while an interrupted state waits is
+refused (exit 2) rather than mixing two evaluations in one matrix; ``--restart`` discards it. While a run holds
+its state it also holds an exclusive lock on it: a second, concurrent run with the same name and protocol runs
+without a state (not resumable) instead of corrupting the first one's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from midbench.errors import UsageError
+from midbench.fileio import atomic_write_with, ensure_writable_dir
+
+STATE_SUFFIX = ".evalstate.npz"
+
+
+@dataclass
+class AttackProgress:
+    """How far one attack got: ``done`` of the attacked (clean-correct) examples are finished."""
+
+    robust: np.ndarray
+    done: int
+    forward_passes: int = 0
+    backward_passes: int = 0
+    seconds: float = 0.0
+    finished: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def state_path(results_dir: str | Path, dataset: str, name: str, protocol: str) -> Path:
+    """Where the state of evaluation ``name`` under ``protocol`` lives (a hidden file beside the results)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
+    return Path(results_dir) / "runs" / dataset / f".{safe}__{protocol}{STATE_SUFFIX}"
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    return sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+
+
+class EvalState:
+    """The resumable state of one evaluation run; use :meth:`open` and, once the result is written,
+    :meth:`finish`."""
+
+    def __init__(self, path: Path | None, fingerprint: dict[str, Any]) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.clean: np.ndarray | None = None
+        self.attacks: dict[str, AttackProgress] = {}
+        self.resumed = False
+        #: another live run holds this state: this one runs without saving (not resumable)
+        self.busy = False
+        self._lock: BinaryIO | None = None
+
+    @classmethod
+    def open(cls, path: Path, fingerprint: dict[str, Any], restart: bool = False) -> EvalState:
+        """Load the state at ``path`` (or start an empty one) and lock it for this process.
+
+        Raises:
+            UsageError: the state belongs to an evaluation with other settings (exit 2).
+        """
+        # the fingerprint is compared as JSON, which is also how it is stored
+        fingerprint = json.loads(json.dumps(fingerprint))
+        ensure_writable_dir(path.parent)
+        lock = _lock(path.with_name(path.name + ".lock"))
+        if lock is None:
+            state = cls(None, fingerprint)  # another live run owns it: run unsaved rather than interleave writes
+            state.busy = True
+            return state
+        state = cls(path, fingerprint)
+        state._lock = lock
+        if path.exists() and restart:
+            path.unlink()
+        if path.exists():
+            state._load()
+        return state
+
+    def _load(self) -> None:
+        assert self.path is not None
+        try:
+            with np.load(self.path, allow_pickle=False) as saved:
+                meta = json.loads(str(saved["meta"]))
+                arrays = {key: np.asarray(saved[key]) for key in saved.files if key != "meta"}
+        except Exception as error:  # noqa: BLE001 - any unreadable state is refused the same way
+            raise UsageError(f"{self.path} is not a readable evaluation state ({type(error).__name__}); rerun "
+                             "with --restart to discard it") from error
+        differing = _differences(meta.get("fingerprint", {}), self.fingerprint)
+        if differing:
+            raise UsageError(f"{self.path} holds an interrupted evaluation with other settings "
+                             f"({', '.join(differing)} differ); rerun that command to finish it, or add --restart "
+                             "to discard it")
+        self.clean = arrays["clean"].astype(bool)
+        for index, record in enumerate(meta["attacks"]):
+            self.attacks[record["key"]] = AttackProgress(
+                arrays[f"robust_{index}"].astype(bool), int(record["done"]), int(record["forward_passes"]),
+                int(record["backward_passes"]), float(record["seconds"]), bool(record["finished"]),
+                dict(record.get("details", {})))
+        self.resumed = True
+
+    def check_clean(self, clean: np.ndarray) -> None:
+        """Record the clean-correctness vector, or check it equals the saved one (same model, same data)."""
+        if self.clean is not None and not np.array_equal(self.clean, clean):
+            raise UsageError(f"{self.path}: the model now classifies the clean examples differently from the "
+                             "interrupted run; rerun with --restart")
+        self.clean = np.asarray(clean, dtype=bool).copy()
+
+    def progress(self, key: str) -> AttackProgress | None:
+        return self.attacks.get(key)
+
+    def record(self, key: str, progress: AttackProgress) -> None:
+        """Remember ``progress`` of attack ``key`` and rewrite the state file atomically."""
+        self.attacks[key] = progress
+        if self.path is None:
+            return
+        meta = {"fingerprint": self.fingerprint, "attacks": [
+            {"key": k, "done": p.done, "forward_passes": p.forward_passes, "backward_passes": p.backward_passes,
+             "seconds": p.seconds, "finished": p.finished, "details": p.details} for k, p in self.attacks.items()]}
+        arrays = {f"robust_{i}": p.robust for i, p in enumerate(self.attacks.values())}
+
+        def write(handle: BinaryIO) -> None:
+            buffer = io.BytesIO()  # np.savez seeks; write through memory so any handle works
+            np.savez(buffer, meta=np.array(json.dumps(meta)), clean=self.clean, **arrays)
+            handle.write(buffer.getvalue())
+
+        atomic_write_with(self.path, write)
+
+    def finish(self, keep: bool = False) -> None:
+        """Release the lock; delete the state unless ``keep`` (the result is written, nothing to resume)."""
+        if self.path is not None and not keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        if self._lock is not None:
+            if not keep:  # removed while still held: see _lock() for why that is safe
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._lock.name)
+            self._lock.close()
+            self._lock = None
+
+
+def _lock(path: Path) -> BinaryIO | None:
+    """An exclusive ``flock`` on ``path`` (created if needed), or ``None`` if another process holds it.
+
+    A finished run deletes its lock file while holding it, so a process that opened the old file just before may
+    lock a file that is no longer at ``path``; checking that the locked file is still the one at ``path`` (and
+    trying again otherwise) keeps two processes from both believing they own the state.
+    """
+    for _ in range(100):
+        handle = open(path, "ab")  # noqa: SIM115 - held until EvalState.finish()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file that was just removed: open the new one
+    raise UsageError(f"could not lock {path}; remove it and rerun")

@@ -1,0 +1,416 @@
+"""``midbench bench``: train a list of methods on one dataset, evaluate each under the chosen protocols and write
+the leaderboard — the one command that produces a paper table.
+
+A sweep is a TOML file::
+
+    [sweep]
+    name = "mnist5k"                  # names the leaderboard files
+    dataset = "mnist5k"
+    seed = 0                          # training and evaluation seed of every run
+    protocols = ["whitebox", "transfer"]
+    transfer_source = "standard"      # the run whose model the transfer attacks are crafted on
+
+    [eval]                            # what every model is evaluated with (options of `midbench eval`)
+    n_examples = 500
+    known_attacks = true
+    unknown_attacks = true
+    autoattack = true
+
+    [train]                           # defaults for every run (keys of `midbench train --config`)
+    arch = "lenet"
+    batch_size = 64
+
+    [runs.standard]                   # one table per run, in order; `method` defaults to the run's name
+    epochs = 3
+
+    [runs.pgd-at]
+    epochs = 5
+
+Every model is attacked white-box; under ``transfer`` every model but the source itself is attacked through the
+same source model, so the rows of the transfer table are comparable (the MID paper's protocol, evaluation.md).
+A MID run's ``source`` (and ``teacher``) may name another run of the sweep; when omitted, MID's source model is
+the transfer source, so its Attacker Pool and the transfer protocol use the same model, as in the paper.
+
+Nothing is lost on a crash: training runs resume from their last finished epoch, and finished evaluations are
+recorded in ``<out>/sweep-state.json`` with the checkpoint hash and evaluation settings, so a rerun of the same
+command skips them and continues with the first unfinished step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from midbench._toml import tomllib
+from midbench.config import TrainConfig, merge_config
+from midbench.errors import UsageError
+from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
+from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+
+STATE_FILE = "sweep-state.json"
+PROTOCOLS = ("whitebox", "transfer")
+#: TrainConfig fields a run may name another run by (its model is substituted)
+RUN_REFERENCES = ("source", "teacher")
+_SWEEP_KEYS = {"name", "dataset", "seed", "device", "threads", "protocols", "transfer_source"}
+_EVAL_KEYS = {"n_examples", "batch_size", "known_attacks", "unknown_attacks", "autoattack", "attacks", "suite",
+              "eps"}
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run of the sweep: its name (unique, also its folder) and its resolved config."""
+
+    name: str
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file."""
+
+    name: str
+    dataset: str
+    runs: tuple[SweepRun, ...]
+    protocols: tuple[str, ...]
+    transfer_source: str | None
+    selection: AttackSelection
+    n_examples: int | None
+    eval_batch_size: int
+    seed: int
+    device: str
+    fingerprint: str
+    #: CPU threads torch may use (None: torch's default). Pinned for exact reproducibility on the CPU, where a
+    #: different number of threads may split floating-point reductions differently.
+    threads: int | None = None
+
+    def run(self, name: str) -> SweepRun:
+        return next(run for run in self.runs if run.name == name)
+
+
+def _table(document: dict[str, Any], key: str, allowed: set[str] | None, path: Path) -> dict[str, Any]:
+    table = document.get(key, {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [{key}] must be a table")
+    table = {name.replace("-", "_"): value for name, value in table.items()}
+    if allowed is not None and set(table) - allowed:
+        raise UsageError(f"{path}: unknown key(s) {sorted(set(table) - allowed)} in [{key}]; known: "
+                         f"{', '.join(sorted(allowed))}")
+    return table
+
+
+def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
+    """Parse and check a sweep file, before anything is trained.
+
+    Args:
+        device: overrides ``[sweep] device``.
+
+    Raises:
+        UsageError: missing file, invalid TOML, unknown keys, unknown methods or run references, bad values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise UsageError(f"sweep file not found: {path}") from error
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: not valid TOML ({error})") from error
+    unknown_tables = set(document) - {"sweep", "eval", "train", "runs"}
+    if unknown_tables:
+        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [sweep], [eval], [train] and "
+                         "[runs.NAME]")
+    head = _table(document, "sweep", _SWEEP_KEYS, path)
+    evaluation = _table(document, "eval", _EVAL_KEYS, path)
+    train_defaults = _table(document, "train", None, path)
+    runs_table = document.get("runs")
+    if not isinstance(runs_table, dict) or not runs_table:
+        raise UsageError(f"{path}: no runs; add at least one [runs.NAME] table (e.g. [runs.standard])")
+
+    dataset = str(head.get("dataset", train_defaults.get("dataset", "mnist5k")))
+    seed = int(head.get("seed", train_defaults.get("seed", 0)))
+    device = device or str(head.get("device", train_defaults.get("device", "auto")))
+    shared = {**train_defaults, "dataset": dataset, "seed": seed, "device": device}
+    runs = []
+    for name, values in runs_table.items():
+        if not isinstance(values, dict):
+            raise UsageError(f"{path}: runs.{name} must be a table")
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+        if values.get("dataset", dataset) != dataset:
+            raise UsageError(f"{path}: run {name!r} sets dataset {values['dataset']!r}, but a sweep has one "
+                             f"dataset ({dataset!r}); make another sweep file for it")
+        values.setdefault("method", name)
+        try:
+            config = merge_config(TrainConfig(), {**shared, **values}, {})
+        except UsageError as error:
+            raise UsageError(f"{path}: run {name!r}: {error}") from error
+        runs.append(SweepRun(str(name), _checked(config.validate(), str(name), path)))
+    names = [run.name for run in runs]
+
+    protocols = tuple(head.get("protocols", ["whitebox"]))
+    if not protocols or any(protocol not in PROTOCOLS for protocol in protocols):
+        raise UsageError(f"{path}: protocols must be a non-empty list of {' and '.join(PROTOCOLS)}, got "
+                         f"{list(protocols)}")
+    transfer_source = head.get("transfer_source")
+    if "transfer" in protocols and transfer_source is None:
+        raise UsageError(f"{path}: the transfer protocol needs transfer_source = \"RUN\" in [sweep] (the run whose "
+                         "model the attacks are crafted on, e.g. \"standard\")")
+    if transfer_source is not None and transfer_source not in names:
+        raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep ({', '.join(names)})")
+
+    runs = [_with_references(run, names, transfer_source) for run in runs]
+    selection = AttackSelection(attacks=tuple(evaluation.get("attacks", ())), suite=evaluation.get("suite"),
+                                known=bool(evaluation.get("known_attacks", False)),
+                                unknown=bool(evaluation.get("unknown_attacks", False)),
+                                autoattack=bool(evaluation.get("autoattack", False)),
+                                eps=parse_eps_overrides([str(value) for value in evaluation.get("eps", [])]))
+    n_examples = evaluation.get("n_examples")
+    batch_size = int(evaluation.get("batch_size", 256))
+    if (n_examples is not None and int(n_examples) < 1) or batch_size < 1:
+        raise UsageError(f"{path}: [eval] n_examples and batch_size must be at least 1")
+    threads = head.get("threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"{path}: threads must be a positive integer, got {threads!r}")
+    fingerprint = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+    return Sweep(name=str(head.get("name", path.stem)), dataset=dataset, runs=tuple(_ordered(runs)),
+                 protocols=protocols, transfer_source=transfer_source, selection=selection,
+                 n_examples=None if n_examples is None else int(n_examples), eval_batch_size=batch_size, seed=seed,
+                 device=device, fingerprint=fingerprint, threads=threads)
+
+
+def _checked(config: TrainConfig, run: str, path: Path) -> TrainConfig:
+    """Build the run's training task once, so a bad method or option combination is refused before anything is
+    trained (not an hour into the sweep)."""
+    from midbench.data.registry import get_dataset
+    from midbench.defenses.base import build_task
+
+    try:
+        build_task(config, get_dataset(config.dataset))
+    except UsageError as error:
+        raise UsageError(f"{path}: run {run!r}: {error}") from error
+    return config
+
+
+def _with_references(run: SweepRun, names: list[str], transfer_source: str | None) -> SweepRun:
+    """Mark the stage fields that name another run (``@run`` until :func:`run_sweep` knows the folder)."""
+    config = run.config
+    if config.method == "mid" and config.source is None and transfer_source is not None:
+        config = replace(config, source=transfer_source)
+    for field_name in RUN_REFERENCES:
+        value = getattr(config, field_name)
+        if value is not None and value in names:
+            if value == run.name:
+                raise UsageError(f"run {run.name!r} names itself as its {field_name}")
+            config = replace(config, **{field_name: f"@{value}"})
+    return SweepRun(run.name, config)
+
+
+def _ordered(runs: list[SweepRun]) -> list[SweepRun]:
+    """The runs in file order, except that a run named as another's source or teacher comes before it."""
+    by_name = {run.name: run for run in runs}
+    ordered: list[SweepRun] = []
+
+    def visit(run: SweepRun, chain: tuple[str, ...]) -> None:
+        if run in ordered:
+            return
+        if run.name in chain:
+            raise UsageError(f"runs {' → '.join((*chain, run.name))} name each other in a cycle")
+        for field_name in RUN_REFERENCES:
+            value = getattr(run.config, field_name)
+            if isinstance(value, str) and value.startswith("@"):
+                visit(by_name[value[1:]], (*chain, run.name))
+        ordered.append(run)
+
+    for run in runs:
+        visit(run, ())
+    return ordered
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` produced."""
+
+    board: str
+    board_paths: list[Path]
+    results_dir: Path
+    seconds: dict[str, float]
+
+
+def model_path(out: Path, run: str) -> Path:
+    from midbench.training.loop import MODEL_FILE
+
+    return out / run / MODEL_FILE
+
+
+def _resolved(run: SweepRun, out: Path) -> TrainConfig:
+    """The run's config with references to other runs replaced by their model files."""
+    config = run.config
+    for field_name in RUN_REFERENCES:
+        value = getattr(config, field_name)
+        if isinstance(value, str) and value.startswith("@"):
+            config = replace(config, **{field_name: str(model_path(out, value[1:]))})
+    return config
+
+
+def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
+    if not path.exists():
+        return {"fingerprint": fingerprint, "training": {}, "evaluations": {}}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"{path} is unreadable ({error}); delete it to redo the sweep's evaluations") from error
+    if state.get("fingerprint") != fingerprint:
+        raise UsageError(f"{path} belongs to a different sweep file (the file changed since); use another --out "
+                         "or delete that folder to start over")
+    return state
+
+
+def evaluation_plan(sweep: Sweep) -> list[tuple[str, str]]:
+    """(run, protocol) pairs in order: every run white-box; under transfer every run but the source itself."""
+    plan = []
+    for run in sweep.runs:
+        for protocol in sweep.protocols:
+            if protocol == "transfer" and run.name == sweep.transfer_source:
+                continue  # attacking the source through itself is the white-box row
+            plan.append((run.name, protocol))
+    return plan
+
+
+def describe_plan(sweep: Sweep) -> list[str]:
+    """One line per step, for ``--dry-run`` and the log."""
+    lines = [f"train {run.name}: {run.config.method}, {run.config.arch}, {run.config.epochs} epochs" +
+             (f", {run.config.attack_steps} attack steps" if run.config.attack_steps else "") for run in sweep.runs]
+    n = sweep.n_examples if sweep.n_examples is not None else "all"
+    for name, protocol in evaluation_plan(sweep):
+        via = f" (attacks crafted on {sweep.transfer_source})" if protocol == "transfer" else ""
+        lines.append(f"evaluate {name} {protocol}{via} on {n} test examples")
+    return lines
+
+
+def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None = None, *,
+              config_label: str = "sweep.toml", say: Callable[[str], None] = print,
+              progress: bool = True) -> SweepOutcome:
+    """Train every run, evaluate it under every protocol, and write ``leaderboard-<name>.md`` and ``.csv`` into
+    ``results_dir`` (default ``<out_dir>/results``). A rerun continues where a crash stopped.
+
+    Args:
+        config_label: how the sweep file is named in the leaderboard's header (the command that made it).
+    """
+    from midbench.evaluation.runner import EvalConfig, run_evaluation
+    from midbench.training import train
+    from midbench.training.loop import STATE_FILE as TRAIN_STATE
+
+    if sweep.threads is not None:
+        import torch
+
+        torch.set_num_threads(sweep.threads)
+    out = ensure_writable_dir(out_dir)
+    results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
+    state_path = out / STATE_FILE
+    state = _load_state(state_path, sweep.fingerprint)
+    started = time.perf_counter()
+
+    for run in sweep.runs:
+        folder = out / run.name
+        say(f"[bench] training {run.name} ({run.config.method}, {run.config.epochs} epochs) -> {folder}")
+        clock = time.perf_counter()
+        result = train(_resolved(run, out), folder, resume=(folder / TRAIN_STATE).exists(), progress=progress)
+        record = state["training"].setdefault(run.name, {"seconds": 0.0})
+        record["seconds"] = round(record["seconds"] + time.perf_counter() - clock, 1)
+        record["epochs"] = len(result.log)
+        atomic_write_json(state_path, state)
+
+    settings = {"n_examples": sweep.n_examples, "batch_size": sweep.eval_batch_size, "seed": sweep.seed,
+                "selection": repr(sweep.selection)}
+    for name, protocol in evaluation_plan(sweep):
+        checkpoint = model_path(out, name)
+        sha256 = _checkpoint_sha(checkpoint)
+        key = f"{name}/{protocol}"
+        done = state["evaluations"].get(key)
+        if done and done["checkpoint_sha256"] == sha256 and done["settings"] == settings and \
+                (results / done["result"]).exists():
+            say(f"[bench] {key}: already evaluated ({done['result']})")
+            continue
+        if done:  # a stale result of a since-retrained model must not share the table with the new one
+            for suffix in (".json", ".npz"):
+                (results / done["result"]).with_suffix(suffix).unlink(missing_ok=True)
+        say(f"[bench] evaluating {name} ({protocol})")
+        clock = time.perf_counter()
+        source = str(model_path(out, sweep.transfer_source)) if protocol == "transfer" else None
+        evaluated = run_evaluation(EvalConfig(
+            checkpoint=str(checkpoint), selection=sweep.selection, protocol=protocol, source=source,
+            n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
+            seed=sweep.seed, device=sweep.device))
+        state["evaluations"][key] = {"checkpoint_sha256": sha256, "settings": settings,
+                                     "result": str(evaluated.path.relative_to(results)),
+                                     "seconds": round(time.perf_counter() - clock, 1)}
+        atomic_write_json(state_path, state)
+        say(f"[bench]   result: {evaluated.path}")
+
+    board, paths = write_leaderboards(sweep, results, config_label)
+    seconds = {f"train {name}": record["seconds"] for name, record in state["training"].items()}
+    seconds.update({f"eval {key}": record["seconds"] for key, record in state["evaluations"].items()})
+    state["last_run_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_json(state_path, state)
+    return SweepOutcome(board, paths, results, seconds)
+
+
+def _checkpoint_sha(path: Path) -> str:
+    from midbench.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).sha256
+
+
+def leaderboard_header(sweep: Sweep, config_label: str) -> str:
+    """The markdown preamble: what made the tables, with the settings a reader needs to interpret them.
+    Deterministic (no times, no paths of this machine), so a rerun reproduces the file byte for byte."""
+    selection = sweep.selection
+    attacks = [label for flag, label in ((selection.known, "known attacks"), (selection.unknown, "the unknown suite"),
+                                         (selection.autoattack, "AutoAttack")) if flag]
+    attacks += list(selection.attacks) + ([f"suite {selection.suite}"] if selection.suite else [])
+    pinned = f", {sweep.threads} CPU thread{'s' if sweep.threads > 1 else ''}" if sweep.threads else ""
+    lines = [f"# {sweep.name}: leaderboard of the sweep", "",
+             f"Made by `midbench bench --config {config_label}` (seed {sweep.seed}{pinned}). Every model is "
+             f"evaluated on the first {sweep.n_examples if sweep.n_examples is not None else 'all'} test examples of "
+             f"`{sweep.dataset}` against {', '.join(attacks) or 'the default attacks'}; worst cases are per "
+             "example. Columns: `results/README.md`.", ""]
+    if "transfer" in sweep.protocols:
+        lines += [f"Transfer protocol: every attack is crafted on the `{sweep.transfer_source}` run's model and "
+                  "classified by the evaluated model.", ""]
+    lines += ["| run | method | arch | epochs | batch | training attack steps | notes |",
+              "|---|---|---|---|---|---|---|"]
+    for run in sweep.runs:
+        c = run.config
+        notes = []
+        if c.method == "mid":
+            notes.append(f"teacher {c.teacher_epochs} epochs, student init {c.student_init}, "
+                         f"{'first' if c.first_order else 'second'}-order, pool refreshed every {c.refresh_every}")
+        if c.method in ("trades", "mart"):
+            notes.append(f"β = {c.beta:g}")
+        if c.method in ("msd", "avg", "max"):
+            notes.append(f"threat models {c.threat_models}")
+        steps = "—" if c.method == "standard" else ("1 (FGSM-RS)" if c.method == "fast-at" else
+                                                    str(c.attack_steps or "registry default"))
+        lines.append(f"| {run.name} | {c.method} | {c.arch} | {c.epochs} | {c.batch_size} | {steps} | "
+                     f"{'; '.join(notes)} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def write_leaderboards(sweep: Sweep, results: Path, config_label: str, write: bool = True
+                       ) -> tuple[str, list[Path]]:
+    """``leaderboard-<name>.md`` (header + one table per protocol) and ``.csv`` in ``results``, from every result
+    file there; with ``write=False`` only returns the markdown (to check a committed table)."""
+    from midbench.leaderboard import render
+
+    board = leaderboard_header(sweep, config_label) + render(results, "markdown", dataset=sweep.dataset)
+    markdown, csv = results / f"leaderboard-{sweep.name}.md", results / f"leaderboard-{sweep.name}.csv"
+    if write:
+        atomic_write_text(markdown, board)
+        atomic_write_text(csv, render(results, "csv", dataset=sweep.dataset))
+    return board, [markdown, csv]
+

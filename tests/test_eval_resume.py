@@ -1,0 +1,199 @@
+"""Resumable evaluation (reliability.md): an interrupted evaluation continues where it stopped, computes nothing
+twice, ends with the uninterrupted run's matrix, and refuses a state written with other settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from midbench.attacks.specs import load_registry
+from midbench.data.registry import TensorSplit, get_dataset
+from midbench.errors import UsageError
+from midbench.evaluation.engine import Evaluation, evaluate
+from midbench.evaluation.state import EvalState
+
+ATTACKS = ("fgsm-linf", "pgd-linf", "noise-uniform-linf")
+BATCH = 16
+CPU = torch.device("cpu")
+
+
+class Crash(Exception):
+    """Stands in for a kill: raised from the progress callback after some batches."""
+
+
+@pytest.fixture(scope="module")
+def attacks() -> list:
+    registry = load_registry([])
+    eps = get_dataset("mnist5k").eps
+    return [(registry.get(name).resolve(eps), "unknown") for name in ATTACKS]
+
+
+@pytest.fixture(scope="module")
+def data(mnist5k_test: TensorSplit) -> TensorSplit:
+    return mnist5k_test.subset(torch.arange(80))
+
+
+def run(model: nn.Module, data: TensorSplit, attacks: list, state: EvalState | None = None,
+        crash_after: int | None = None, calls: list | None = None) -> Evaluation:
+    seen = [] if calls is None else calls
+
+    def progress(key: str, done: int, total: int) -> None:
+        seen.append((key, done))
+        if crash_after is not None and len(seen) >= crash_after:
+            raise Crash()
+
+    return evaluate(model, data, attacks, device=CPU, batch_size=BATCH, seed=3, progress=progress, state=state)
+
+
+def fingerprint(**overrides: object) -> dict:
+    return {"checkpoint_sha256": "abc", "attacks": list(ATTACKS), "seed": 3, **overrides}
+
+
+@pytest.mark.parametrize("crash_after", [1, 3, 6])
+def test_resumed_evaluation_equals_the_uninterrupted_one(standard_model: nn.Module, data: TensorSplit,
+                                                         attacks: list, tmp_path: Path, crash_after: int) -> None:
+    reference = run(standard_model, data, attacks)
+    path = tmp_path / ".m__whitebox.evalstate.npz"
+    state = EvalState.open(path, fingerprint())
+    with pytest.raises(Crash):
+        run(standard_model, data, attacks, state, crash_after=crash_after)
+    state.finish(keep=True)
+    assert path.exists()
+
+    resumed_state = EvalState.open(path, fingerprint())
+    assert resumed_state.resumed
+    calls: list = []
+    resumed = run(standard_model, data, attacks, resumed_state, calls=calls)
+    np.testing.assert_array_equal(resumed.matrix, reference.matrix)
+    np.testing.assert_array_equal(resumed.clean_correct, reference.clean_correct)
+    # nothing finished before the crash was recomputed: the resumed run reports only the remaining batches
+    assert len(calls) == (sum(1 for o in reference.outcomes for _ in range(0, int(reference.clean_correct.sum()),
+                                                                              BATCH)) - crash_after)
+    for before, after in zip(reference.outcomes, resumed.outcomes, strict=True):
+        assert (after.forward_passes, after.backward_passes) == (before.forward_passes, before.backward_passes)
+    resumed_state.finish()
+    assert not path.exists()
+
+
+def test_state_with_other_settings_is_refused(standard_model: nn.Module, data: TensorSplit, attacks: list,
+                                              tmp_path: Path) -> None:
+    path = tmp_path / ".m__whitebox.evalstate.npz"
+    state = EvalState.open(path, fingerprint())
+    with pytest.raises(Crash):
+        run(standard_model, data, attacks, state, crash_after=2)
+    state.finish(keep=True)
+    with pytest.raises(UsageError, match="seed"):
+        EvalState.open(path, fingerprint(seed=4))
+    restarted = EvalState.open(path, fingerprint(seed=4), restart=True)
+    assert not restarted.resumed and not path.exists()
+    restarted.finish()
+
+
+def test_unreadable_state_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / ".m__whitebox.evalstate.npz"
+    path.write_bytes(b"not a state")
+    with pytest.raises(UsageError, match="--restart"):
+        EvalState.open(path, fingerprint())
+
+
+def test_a_second_live_run_does_not_share_the_state(tmp_path: Path) -> None:
+    path = tmp_path / ".m__whitebox.evalstate.npz"
+    first = EvalState.open(path, fingerprint())
+    second = EvalState.open(path, fingerprint())
+    assert not first.busy and second.busy and second.path is None
+    first.finish()
+    second.finish()
+    third = EvalState.open(path, fingerprint())
+    assert not third.busy
+    third.finish()
+    assert list(tmp_path.iterdir()) == []  # neither the state nor its lock file is left behind
+
+
+# --- the command line: SIGKILL / SIGINT during `midbench eval`, then the same command again ----------------------
+
+CLI_ATTACKS = "fgsm-linf,pgd-linf,pgd-l2,noise-uniform-linf"
+
+
+def eval_command(checkpoint: Path, results: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "midbench", "eval", str(checkpoint), "--attacks", CLI_ATTACKS, "--n-examples",
+            "96", "--batch-size", "8", "--results-dir", str(results), "--device", "cpu", "--name", "m", "--quiet"]
+
+
+def result_matrix(results: Path) -> np.ndarray:
+    (json_path,) = list((results / "runs" / "mnist5k").glob("*.json"))
+    with np.load(json_path.with_suffix(".npz")) as saved:
+        return saved["robust"]
+
+
+def interrupt_when_state_appears(command: list[str], results: Path, signal_number: int) -> tuple[int, str]:
+    """Start ``command`` and send ``signal_number`` as soon as its state file exists (its first batch is saved);
+    waits on that file, never on a fixed sleep. Returns the exit code and stderr."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    state = results / "runs" / "mnist5k" / ".m__whitebox.evalstate.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A shell that runs the tests in the background starts them with SIGINT ignored, and Python then never
+    # installs its Ctrl-C handler: give the child the default disposition, as an interactive terminal would.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not state.exists():
+        assert process.poll() is None, f"evaluation ended before its first batch was saved: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "no state file within 120 s"
+        time.sleep(0.005)
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT", "SIGTERM"])
+def test_interrupted_cli_evaluation_resumes_to_the_same_matrix(standard_checkpoint: Path, tmp_path: Path,
+                                                                signal_name: str) -> None:
+    import os
+    import signal
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(eval_command(standard_checkpoint, reference), check=True, env=env, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    command = eval_command(standard_checkpoint, interrupted)
+    code, stderr = interrupt_when_state_appears(command, interrupted, getattr(signal, signal_name))
+    expected = {"SIGKILL": -signal.SIGKILL, "SIGINT": 130, "SIGTERM": 143}[signal_name]
+    assert code == expected, stderr
+    if signal_name != "SIGKILL":
+        assert "rerun the same command" in stderr
+    assert not list((interrupted / "runs" / "mnist5k").glob("*.json"))  # no result from an interrupted run
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming" in finished.stdout
+    np.testing.assert_array_equal(result_matrix(interrupted), result_matrix(reference))
+    assert not (interrupted / "runs" / "mnist5k" / ".m__whitebox.evalstate.npz").exists()
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_state_from_other_settings_then_restarts(standard_checkpoint: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    command = eval_command(standard_checkpoint, tmp_path)
+    code, _ = interrupt_when_state_appears(command, tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    other_seed = [*command, "--seed", "7"]
+    refused = subprocess.run(other_seed, capture_output=True, text=True)
+    assert refused.returncode == 2 and "seed" in refused.stderr and "--restart" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    restarted = subprocess.run([*other_seed, "--restart"], capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr

@@ -1,0 +1,178 @@
+"""``midbench bench``: sweep files, the order of runs, resuming, and reproducibility of the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from midbench.cli.app import app
+from midbench.errors import UsageError
+from midbench.evaluation.results import read_result
+from midbench.sweep import evaluation_plan, load_sweep, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "results" / "mnist5k"
+
+TINY = """
+[sweep]
+name = "tiny"
+dataset = "mnist5k"
+seed = 0
+device = "cpu"
+protocols = ["whitebox", "transfer"]
+transfer_source = "standard"
+
+[eval]
+n_examples = 24
+attacks = ["fgsm-linf"]
+known_attacks = true
+
+[train]
+arch = "lenet"
+batch_size = 64
+n_train = 200
+val_size = 20
+val_pgd_steps = 1
+attack_steps = 1
+
+[runs.mid]
+epochs = 1
+teacher_epochs = 1
+first_order = true
+pool = "fgsm-linf,pgd-linf"
+
+[runs.standard]
+epochs = 1
+
+[runs.pgd-at]
+arch = "test-cnn"
+epochs = 1
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("[runs.standard]", "[runs.standard]\nbogus = 1"), "bogus"),
+    (("[runs.pgd-at]", "[runs.pgd-at]\nmethod = \"pgd-att\""), "pgd-att"),
+    (('transfer_source = "standard"', ""), "transfer_source"),
+    (('transfer_source = "standard"', 'transfer_source = "nobody"'), "nobody"),
+    (('protocols = ["whitebox", "transfer"]', 'protocols = ["greybox"]'), "greybox"),
+    (("[runs.pgd-at]", "[runs.pgd-at]\ndataset = \"cifar10\""), "one dataset"),
+    (("[eval]", "[evaluation]"), "evaluation"),
+    (("n_examples = 24", "n_examples = 0"), "n_examples"),
+    (("[runs.standard]\nepochs = 1", "[runs.standard]\nepochs = 0"), "epochs"),
+])
+def test_bad_sweep_files_are_refused_before_training(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    old, new = edit
+    assert old in TINY
+    path = write(tmp_path, TINY.replace(old, new, 1))
+    with pytest.raises(UsageError, match=message):
+        load_sweep(path)
+    result = CliRunner().invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not (tmp_path / "out").exists()
+
+
+def test_missing_or_broken_file_is_a_usage_error(tmp_path: Path) -> None:
+    assert CliRunner().invoke(app, ["bench", "--config", str(tmp_path / "none.toml")]).exit_code == 2
+    assert CliRunner().invoke(app, ["bench", "--config", str(write(tmp_path, "[sweep\n"))]).exit_code == 2
+
+
+def test_runs_named_as_a_source_come_first_and_mid_defaults_to_the_transfer_source(tmp_path: Path) -> None:
+    sweep = load_sweep(write(tmp_path, TINY))
+    assert [run.name for run in sweep.runs] == ["standard", "mid", "pgd-at"]
+    assert sweep.run("mid").config.source == "@standard"
+    # the source is not attacked through itself under transfer: that is its white-box row
+    assert evaluation_plan(sweep) == [("standard", "whitebox"), ("mid", "whitebox"), ("mid", "transfer"),
+                                      ("pgd-at", "whitebox"), ("pgd-at", "transfer")]
+
+
+def test_cycles_between_runs_are_refused(tmp_path: Path) -> None:
+    text = TINY + '\n[runs.teacher-a]\nmethod = "mid"\nsource = "teacher-b"\n' \
+                  '\n[runs.teacher-b]\nmethod = "mid"\nsource = "teacher-a"\n'
+    with pytest.raises(UsageError, match="cycle"):
+        load_sweep(write(tmp_path, text))
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "--config", str(write(tmp_path, TINY)), "--out",
+                                      str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "evaluate mid transfer (attacks crafted on standard)" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    config = write(root, TINY)
+    result = CliRunner().invoke(app, ["bench", "--config", str(config), "--out", str(root / "a"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.mark.slow
+def test_sweep_writes_every_evaluation_and_the_leaderboard(tiny_sweep: Path) -> None:
+    results = sorted((tiny_sweep / "a" / "results" / "runs" / "mnist5k").glob("*.json"))
+    documents = [read_result(path) for path in results]
+    assert sorted((d["checkpoint"]["name"], d["protocol"]["name"]) for d in documents) == sorted(
+        [("standard", "whitebox"), ("mid", "whitebox"), ("mid", "transfer"), ("pgd-at", "whitebox"),
+         ("pgd-at", "transfer")])
+    standard_sha = next(d["checkpoint"]["sha256"] for d in documents if d["checkpoint"]["name"] == "standard")
+    for document in documents:
+        if document["protocol"]["name"] == "transfer":  # every transfer row is crafted on the same model
+            assert document["protocol"]["source"]["sha256"] == standard_sha
+    board = (tiny_sweep / "a" / "results" / "leaderboard-tiny.md").read_text(encoding="utf-8")
+    assert "### mnist5k — whitebox" in board and "### mnist5k — transfer" in board
+    assert str(tiny_sweep / "a") not in board  # no checkpoint path of this machine in a table meant for a paper
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_work(tiny_sweep: Path) -> None:
+    before = sorted(p.name for p in (tiny_sweep / "a" / "results" / "runs" / "mnist5k").iterdir())
+    result = CliRunner().invoke(app, ["bench", "--config", str(tiny_sweep / "sweep.toml"), "--out",
+                                      str(tiny_sweep / "a"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("already evaluated") == 5
+    assert sorted(p.name for p in (tiny_sweep / "a" / "results" / "runs" / "mnist5k").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_same_seed_reproduces_the_table_exactly(tiny_sweep: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "--config", str(tiny_sweep / "sweep.toml"), "--out",
+                                      str(tiny_sweep / "b"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    for suffix in ("md", "csv"):
+        first = (tiny_sweep / "a" / "results" / f"leaderboard-tiny.{suffix}").read_bytes()
+        second = (tiny_sweep / "b" / "results" / f"leaderboard-tiny.{suffix}").read_bytes()
+        assert first == second
+
+
+@pytest.mark.slow
+def test_a_changed_sweep_file_does_not_resume_another_sweeps_state(tiny_sweep: Path, tmp_path: Path) -> None:
+    changed = write(tmp_path, TINY.replace("n_examples = 24", "n_examples = 23"))
+    result = CliRunner().invoke(app, ["bench", "--config", str(changed), "--out", str(tiny_sweep / "a")])
+    assert result.exit_code == 2 and "different sweep file" in result.output
+
+
+@pytest.mark.slow
+def test_a_retrained_model_replaces_its_stale_result(tiny_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out, say=lambda line: None, progress=False)
+    state = json.loads((out / "sweep-state.json").read_text())
+    stale = state["evaluations"]["pgd-at/whitebox"]["result"]
+    state["evaluations"]["pgd-at/whitebox"]["checkpoint_sha256"] = "0" * 64  # as if pgd-at had been retrained
+    (out / "sweep-state.json").write_text(json.dumps(state))
+    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out, say=lambda line: None, progress=False)
+    assert not (out / "results" / stale).exists()
+    names = [read_result(p)["checkpoint"]["name"] for p in (out / "results" / "runs" / "mnist5k").glob("*.json")]
+    assert names.count("pgd-at") == 2  # white-box (new) and transfer (kept)
+
