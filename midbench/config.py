@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ class TrainConfig:
     schedule: str = "constant"
     #: training attack of adversarial methods: a registry id, plus optional overrides
     train_attack: str = "pgd-linf"
-    eps: float | None = None
+    #: a number or a fraction such as "8/255" (parsed with the training attack's norm)
+    eps: float | str | None = None
     attack_steps: int | None = None
     attack_step_size: float | None = None
     #: held-out slice of the training split for per-epoch clean/PGD accuracy (not trained on)
@@ -188,8 +190,31 @@ def merge_config(defaults: TrainConfig, file_values: dict[str, Any], cli_values:
     unknown = set(file_values) - known
     if unknown:
         raise UsageError(f"unknown config key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    check_types(file_values, type(defaults))
     merged = replace(defaults, **file_values)
     return replace(merged, **{k: v for k, v in cli_values.items() if v is not None})
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def check_types(values: dict[str, Any], config_class: type) -> None:
+    """Refuse values of the wrong type in a config file (``epochs = "10"``) with a usage error, instead of a
+    crash later. An int is accepted where a float is expected; a bool is never taken for a number.
+
+    Raises:
+        UsageError: names the key, the expected type and the value.
+    """
+    hints = typing.get_type_hints(config_class)
+    for key, value in values.items():
+        expected = tuple(t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None))
+        if value is None and len(expected) < len(typing.get_args(hints[key]) or (hints[key],)):
+            continue
+        if float in expected and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(value, bool) != (bool in expected) or not isinstance(value, expected):
+            names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in expected)
+            raise UsageError(f"config key {key!r} must be {names}, got {value!r}")
 
 
 def config_to_toml(config: dict[str, Any], section: str = "train") -> str:

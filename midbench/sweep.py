@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -56,9 +57,14 @@ STATE_FILE = "sweep-state.json"
 PROTOCOLS = ("whitebox", "transfer")
 #: TrainConfig fields a run may name another run by (its model is substituted)
 RUN_REFERENCES = ("source", "teacher")
-_SWEEP_KEYS = {"name", "dataset", "seed", "device", "threads", "protocols", "transfer_source"}
-_EVAL_KEYS = {"n_examples", "batch_size", "known_attacks", "unknown_attacks", "autoattack", "attacks", "suite",
-              "eps"}
+#: the keys of [sweep] and [eval] with their TOML types (a list means a list of strings; eps may hold numbers)
+_SWEEP_KEYS: dict[str, type] = {"name": str, "dataset": str, "seed": int, "device": str, "threads": int,
+                                "protocols": list, "transfer_source": str}
+_EVAL_KEYS: dict[str, type] = {"n_examples": int, "batch_size": int, "known_attacks": bool,
+                               "unknown_attacks": bool, "autoattack": bool, "attacks": list, "suite": str,
+                               "eps": list}
+#: sweep and run names become file and folder names: no path separators, no leading dot
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -89,18 +95,41 @@ class Sweep:
     threads: int | None = None
 
     def run(self, name: str) -> SweepRun:
+        """The run called ``name``."""
         return next(run for run in self.runs if run.name == name)
 
 
-def _table(document: dict[str, Any], key: str, allowed: set[str] | None, path: Path) -> dict[str, Any]:
+def _table(document: dict[str, Any], key: str, schema: dict[str, type] | None, path: Path) -> dict[str, Any]:
+    """Table ``[key]`` with kebab-case keys normalised, its keys and value types checked against ``schema``."""
     table = document.get(key, {})
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [{key}] must be a table")
     table = {name.replace("-", "_"): value for name, value in table.items()}
-    if allowed is not None and set(table) - allowed:
-        raise UsageError(f"{path}: unknown key(s) {sorted(set(table) - allowed)} in [{key}]; known: "
-                         f"{', '.join(sorted(allowed))}")
+    if schema is None:
+        return table
+    if set(table) - set(schema):
+        raise UsageError(f"{path}: unknown key(s) {sorted(set(table) - set(schema))} in [{key}]; known: "
+                         f"{', '.join(sorted(schema))}")
+    for name, value in table.items():
+        expected = schema[name]
+        if expected is list:
+            allowed = (str, int, float) if name == "eps" else (str,)
+            valid = isinstance(value, list) and all(isinstance(item, allowed) and not isinstance(item, bool)
+                                                    for item in value)
+            wanted = "a list of strings" + (" or numbers" if name == "eps" else "")
+        else:
+            valid = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+            wanted = {int: "an integer", str: "a string", bool: "true or false"}[expected]
+        if not valid:
+            raise UsageError(f"{path}: {name} in [{key}] must be {wanted}, got {value!r}")
     return table
+
+
+def _check_name(name: str, what: str, path: Path) -> str:
+    if not _NAME.match(name):
+        raise UsageError(f"{path}: {what} {name!r} becomes a file name: use letters, digits, '-', '_' and '.', "
+                         "starting with a letter or digit")
+    return name
 
 
 def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
@@ -132,12 +161,18 @@ def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
     if not isinstance(runs_table, dict) or not runs_table:
         raise UsageError(f"{path}: no runs; add at least one [runs.NAME] table (e.g. [runs.standard])")
 
-    dataset = str(head.get("dataset", train_defaults.get("dataset", "mnist5k")))
-    seed = int(head.get("seed", train_defaults.get("seed", 0)))
-    device = device or str(head.get("device", train_defaults.get("device", "auto")))
-    shared = {**train_defaults, "dataset": dataset, "seed": seed, "device": device}
+    shared = {**train_defaults, **{key: head[key] for key in ("dataset", "seed", "device") if key in head}}
+    if device is not None:
+        shared["device"] = device
+    try:  # the [train] defaults are checked once, so a bad value is blamed on [train], not on a run
+        defaults = merge_config(TrainConfig(), shared, {})
+    except UsageError as error:
+        raise UsageError(f"{path}: [train]/[sweep]: {error}") from error
+    dataset, seed, device = defaults.dataset, defaults.seed, defaults.device
+    sweep_name = _check_name(head.get("name", path.stem), "sweep name", path)
     runs = []
     for name, values in runs_table.items():
+        _check_name(name, "run name", path)
         if not isinstance(values, dict):
             raise UsageError(f"{path}: runs.{name} must be a table")
         values = {key.replace("-", "_"): value for key, value in values.items()}
@@ -165,22 +200,34 @@ def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
 
     runs = [_with_references(run, names, transfer_source) for run in runs]
     selection = AttackSelection(attacks=tuple(evaluation.get("attacks", ())), suite=evaluation.get("suite"),
-                                known=bool(evaluation.get("known_attacks", False)),
-                                unknown=bool(evaluation.get("unknown_attacks", False)),
-                                autoattack=bool(evaluation.get("autoattack", False)),
+                                known=evaluation.get("known_attacks", False),
+                                unknown=evaluation.get("unknown_attacks", False),
+                                autoattack=evaluation.get("autoattack", False),
                                 eps=parse_eps_overrides([str(value) for value in evaluation.get("eps", [])]))
+    _check_attacks(selection, dataset, path)
     n_examples = evaluation.get("n_examples")
-    batch_size = int(evaluation.get("batch_size", 256))
-    if (n_examples is not None and int(n_examples) < 1) or batch_size < 1:
+    batch_size = evaluation.get("batch_size", 256)
+    if (n_examples is not None and n_examples < 1) or batch_size < 1:
         raise UsageError(f"{path}: [eval] n_examples and batch_size must be at least 1")
     threads = head.get("threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"{path}: threads must be a positive integer, got {threads!r}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"{path}: threads must be at least 1, got {threads}")
     fingerprint = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
-    return Sweep(name=str(head.get("name", path.stem)), dataset=dataset, runs=tuple(_ordered(runs)),
-                 protocols=protocols, transfer_source=transfer_source, selection=selection,
-                 n_examples=None if n_examples is None else int(n_examples), eval_batch_size=batch_size, seed=seed,
-                 device=device, fingerprint=fingerprint, threads=threads)
+    return Sweep(name=sweep_name, dataset=dataset, runs=tuple(_ordered(runs)), protocols=protocols,
+                 transfer_source=transfer_source, selection=selection, n_examples=n_examples,
+                 eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads)
+
+
+def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None:
+    """Resolve every attack id and suite of ``[eval]`` now, so a typo is refused before hours of training."""
+    from midbench.attacks.specs import load_registry
+    from midbench.data.registry import get_dataset
+    from midbench.evaluation.selection import select_attacks
+
+    try:
+        select_attacks(selection, load_registry([]), get_dataset(dataset).eps, [])
+    except UsageError as error:
+        raise UsageError(f"{path}: [eval]: {error}") from error
 
 
 def _checked(config: TrainConfig, run: str, path: Path) -> TrainConfig:
@@ -242,6 +289,7 @@ class SweepOutcome:
 
 
 def model_path(out: Path, run: str) -> Path:
+    """The final model file of sweep run ``run`` under the sweep folder ``out``."""
     from midbench.training.loop import MODEL_FILE
 
     return out / run / MODEL_FILE
@@ -293,13 +341,16 @@ def describe_plan(sweep: Sweep) -> list[str]:
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None = None, *,
-              config_label: str = "sweep.toml", say: Callable[[str], None] = print,
-              progress: bool = True) -> SweepOutcome:
+              config_label: str = "sweep.toml", say: Callable[[str], None] = lambda line: None,
+              progress: bool = False, restart: bool = False) -> SweepOutcome:
     """Train every run, evaluate it under every protocol, and write ``leaderboard-<name>.md`` and ``.csv`` into
     ``results_dir`` (default ``<out_dir>/results``). A rerun continues where a crash stopped.
 
     Args:
         config_label: how the sweep file is named in the leaderboard's header (the command that made it).
+        say: receives one line per step (the CLI prints them).
+        progress: show training progress bars.
+        restart: discard interrupted evaluation states instead of resuming them (``--restart``).
     """
     from midbench.evaluation.runner import EvalConfig, run_evaluation
     from midbench.training import train
@@ -325,11 +376,16 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         record["epochs"] = len(result.log)
         atomic_write_json(state_path, state)
 
-    settings = {"n_examples": sweep.n_examples, "batch_size": sweep.eval_batch_size, "seed": sweep.seed,
-                "selection": repr(sweep.selection)}
+    from midbench.evaluation.results import software_versions
+
+    shared_settings = {"n_examples": sweep.n_examples, "batch_size": sweep.eval_batch_size, "seed": sweep.seed,
+                       "selection": repr(sweep.selection), "device": sweep.device, "versions": software_versions()}
     for name, protocol in evaluation_plan(sweep):
         checkpoint = model_path(out, name)
         sha256 = _checkpoint_sha(checkpoint)
+        # a transfer row depends on the source model too: a retrained source makes it stale
+        source_sha = _checkpoint_sha(model_path(out, sweep.transfer_source)) if protocol == "transfer" else None
+        settings = {**shared_settings, "source_sha256": source_sha}
         key = f"{name}/{protocol}"
         done = state["evaluations"].get(key)
         if done and done["checkpoint_sha256"] == sha256 and done["settings"] == settings and \
@@ -345,7 +401,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         evaluated = run_evaluation(EvalConfig(
             checkpoint=str(checkpoint), selection=sweep.selection, protocol=protocol, source=source,
             n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
-            seed=sweep.seed, device=sweep.device))
+            seed=sweep.seed, device=sweep.device, restart=restart))
         state["evaluations"][key] = {"checkpoint_sha256": sha256, "settings": settings,
                                      "result": str(evaluated.path.relative_to(results)),
                                      "seconds": round(time.perf_counter() - clock, 1)}
@@ -414,3 +470,15 @@ def write_leaderboards(sweep: Sweep, results: Path, config_label: str, write: bo
         atomic_write_text(csv, render(results, "csv", dataset=sweep.dataset))
     return board, [markdown, csv]
 
+
+
+def config_label(path: str | Path) -> str:
+    """How a sweep file is named in its leaderboard: relative to the working directory when it lies below it,
+    else by its file name, so no path of the machine that ran it ends up in a published table."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.name

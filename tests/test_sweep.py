@@ -69,6 +69,16 @@ def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     (("[eval]", "[evaluation]"), "evaluation"),
     (("n_examples = 24", "n_examples = 0"), "n_examples"),
     (("[runs.standard]\nepochs = 1", "[runs.standard]\nepochs = 0"), "epochs"),
+    (("[runs.standard]\nepochs = 1", '[runs.standard]\nepochs = "1"'), "integer"),
+    (("seed = 0", 'seed = "x"'), "integer"),
+    (("n_examples = 24", 'n_examples = "ten"'), "integer"),
+    (('attacks = ["fgsm-linf"]', 'attacks = "fgsm-linf"'), "list of strings"),
+    (('attacks = ["fgsm-linf"]', 'attacks = ["fgsm-linf"]\neps = 0.3'), "list"),
+    (('attacks = ["fgsm-linf"]', 'attacks = ["fgsm-linff"]'), "fgsm-linff"),
+    (('attacks = ["fgsm-linf"]', 'attacks = ["fgsm-linf"]\nsuite = "no-such-suite"'), "no-such-suite"),
+    (('name = "tiny"', 'name = "../tiny"'), "file name"),
+    (("[runs.pgd-at]", '[runs."../pgd-at"]\nmethod = "pgd-at"'), "file name"),
+    (("batch_size = 64", 'batch_size = 64.5'), "integer"),
 ])
 def test_bad_sweep_files_are_refused_before_training(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     old, new = edit
@@ -166,13 +176,29 @@ def test_a_changed_sweep_file_does_not_resume_another_sweeps_state(tiny_sweep: P
 @pytest.mark.slow
 def test_a_retrained_model_replaces_its_stale_result(tiny_sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out, say=lambda line: None, progress=False)
+    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out)
     state = json.loads((out / "sweep-state.json").read_text())
     stale = state["evaluations"]["pgd-at/whitebox"]["result"]
     state["evaluations"]["pgd-at/whitebox"]["checkpoint_sha256"] = "0" * 64  # as if pgd-at had been retrained
     (out / "sweep-state.json").write_text(json.dumps(state))
-    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out, say=lambda line: None, progress=False)
+    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out)
     assert not (out / "results" / stale).exists()
     names = [read_result(p)["checkpoint"]["name"] for p in (out / "results" / "runs" / "mnist5k").glob("*.json")]
     assert names.count("pgd-at") == 2  # white-box (new) and transfer (kept)
+
+
+@pytest.mark.slow
+def test_a_retrained_source_redoes_the_transfer_rows(tiny_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out)
+    state = json.loads((out / "sweep-state.json").read_text())
+    before = {key: record["result"] for key, record in state["evaluations"].items()}
+    for record in state["evaluations"].values():  # as if the standard (source) run had been retrained
+        if record["settings"]["source_sha256"] is not None:
+            record["settings"]["source_sha256"] = "0" * 64
+    (out / "sweep-state.json").write_text(json.dumps(state))
+    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out)
+    after = {key: record["result"] for key, record in json.loads((out / "sweep-state.json").read_text())
+             ["evaluations"].items()}
+    assert {key for key in before if before[key] != after[key]} == {"mid/transfer", "pgd-at/transfer"}
 

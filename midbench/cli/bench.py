@@ -17,6 +17,7 @@ def bench_command(
     results_dir: Annotated[Path | None, typer.Option(help="Where result files and leaderboard-<name>.md/.csv go (default OUT/results).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the sweep file).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit; nothing is trained.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard interrupted evaluation states of the sweep instead of resuming them.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train every run of a sweep file, evaluate each under its protocols and write the leaderboard.
@@ -25,7 +26,7 @@ def bench_command(
 
     Example: midbench bench --config results/mnist5k/sweep.toml --results-dir results/mnist5k
     """
-    from midbench.sweep import describe_plan, load_sweep, run_sweep
+    from midbench.sweep import config_label, describe_plan, load_sweep, run_sweep
 
     sweep = load_sweep(config, device=device)
     out_dir = out if out is not None else Path("runs") / f"sweep-{sweep.name}"
@@ -33,7 +34,8 @@ def bench_command(
         for line in describe_plan(sweep):
             print(line)
         return
-    outcome = run_sweep(sweep, out_dir, results_dir, config_label=str(config), say=print, progress=not quiet)
+    outcome = run_sweep(sweep, out_dir, results_dir, config_label=config_label(config), say=print,
+                        progress=not quiet, restart=restart)
     print(outcome.board)
     total = sum(outcome.seconds.values())
     print(f"[bench] {len(outcome.seconds)} steps, {total / 60:.1f} min of compute in all (see "

@@ -234,7 +234,11 @@ def _load_model(config: EvalConfig, device: torch.device) -> LoadedModel:
                          "architecture)")
     from midbench.usermodel import load_user_model
 
-    user = load_user_model(config.model_spec, config.dataset, config.weights, device)
+    # A factory that initialises weights draws from torch's RNG: seed it, so the same command builds the same
+    # model (and an interrupted evaluation of it can resume) without touching the caller's RNG.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        user = load_user_model(config.model_spec, config.dataset, config.weights, device)
     return LoadedModel(user.model, user.metadata, user.sha256, user.path)
 
 

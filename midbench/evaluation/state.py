@@ -88,10 +88,14 @@ class EvalState:
             return state
         state = cls(path, fingerprint)
         state._lock = lock
-        if path.exists() and restart:
-            path.unlink()
-        if path.exists():
-            state._load()
+        try:
+            if path.exists() and restart:
+                path.unlink()
+            if path.exists():
+                state._load()
+        except BaseException:
+            state.finish(keep=True)  # refused: release the lock, keep the other run's state for its owner
+            raise
         return state
 
     def _load(self) -> None:
@@ -167,9 +171,11 @@ def _lock(path: Path) -> BinaryIO | None:
         handle = open(path, "ab")  # noqa: SIM115 - held until EvalState.finish()
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             handle.close()
             return None
+        except OSError:
+            return handle  # a filesystem without flock: resumable still, only unguarded against a concurrent twin
         try:
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 return handle
