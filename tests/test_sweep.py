@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from midbench.cli.app import app
 from midbench.errors import UsageError
 from midbench.evaluation.results import read_result
-from midbench.sweep import evaluation_plan, load_sweep, run_sweep
+from midbench.leaderboard import render
+from midbench.sweep import evaluation_plan, load_sweep, run_sweep, write_leaderboards
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "results" / "mnist5k"
@@ -202,3 +203,21 @@ def test_a_retrained_source_redoes_the_transfer_rows(tiny_sweep: Path, tmp_path:
              ["evaluations"].items()}
     assert {key for key in before if before[key] != after[key]} == {"mid/transfer", "pgd-at/transfer"}
 
+
+def test_shipped_sweep_covers_the_paper_table() -> None:
+    sweep = load_sweep(SHIPPED / "sweep.toml")
+    methods = {run.config.method for run in sweep.runs}
+    assert {"standard", "pgd-at", "trades", "mart", "fast-at", "msd", "mid"} <= methods
+    assert sweep.dataset == "mnist5k" and set(sweep.protocols) == {"whitebox", "transfer"}
+    assert sweep.selection.known and sweep.selection.unknown and sweep.selection.autoattack
+
+
+def test_shipped_table_is_what_its_result_files_give() -> None:
+    """The committed leaderboard is recomputed from the committed result files byte for byte, so nobody edited
+    a number by hand (the sweep itself writes the table the same way)."""
+    sweep = load_sweep(SHIPPED / "sweep.toml")
+    committed = {suffix: (SHIPPED / f"leaderboard-mnist5k.{suffix}").read_text(encoding="utf-8")
+                 for suffix in ("md", "csv")}
+    board, _ = write_leaderboards(sweep, SHIPPED, "results/mnist5k/sweep.toml", write=False)
+    assert board == committed["md"]
+    assert render(SHIPPED, "csv", dataset="mnist5k") == committed["csv"]
