@@ -205,17 +205,33 @@ def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     target = model
     if not any(key.startswith("net.") for key in state) and hasattr(model, "net"):
         target = model.net  # a foreign state dict of the bare network (normalisation comes from the dataset)
+    load_strictly(target, state, f"{source} does not fit this architecture", key_hint="; check --arch",
+                  shape_hint="; check --arch and the class count")
+
+
+def load_strictly(target: torch.nn.Module, state: dict[str, torch.Tensor], problem: str, key_hint: str = "",
+                  shape_hint: str = "") -> None:
+    """``target.load_state_dict(state, strict=True)`` with one-line errors that name a few offending keys.
+
+    Args:
+        problem: the start of the message, e.g. ``"model.pt does not fit this architecture"``.
+        key_hint, shape_hint: appended to the missing/unexpected-keys and the shape-mismatch messages.
+
+    Raises:
+        ArtifactError: missing or unexpected keys, shape mismatches, or tensors that cannot be copied (exit 3).
+    """
     expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ArtifactError(f"{source} does not fit this architecture: missing keys {missing[:5]}, unexpected "
-                            f"keys {unexpected[:5]}; check --arch")
+        raise ArtifactError(f"{problem}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}{key_hint}")
     wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
     if wrong:
-        raise ArtifactError(f"{source} does not fit this architecture: shape mismatch in {wrong[:5]}; check --arch "
-                            "and the class count")
-    target.load_state_dict(state, strict=True)
+        raise ArtifactError(f"{problem}: shape mismatch in {wrong[:5]}{shape_hint}")
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # e.g. a dtype that cannot be copied; keep the one-line message
+        raise ArtifactError(f"{problem} ({str(error).splitlines()[0]})") from error
 
 
 def check_compatible(metadata: dict[str, Any], dataset_name: str, num_classes: int,

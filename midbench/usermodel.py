@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from midbench.checkpoint import load_plain_state_dict, payload_sha256
+from midbench.checkpoint import load_plain_state_dict, load_strictly, payload_sha256
 from midbench.data.registry import get_dataset
 from midbench.errors import ArtifactError, UsageError
 
@@ -125,19 +125,7 @@ def _load_weights(model: nn.Module, path: str, spec: str) -> str:
         ArtifactError: the file is missing, unsafe, not a state dict, or does not fit the model (exit 3).
     """
     state, sha256 = load_plain_state_dict(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(f"weights {path} do not fit --model {spec}: missing keys {missing[:5]}, unexpected keys "
-                            f"{unexpected[:5]}")
-    wrong = [key for key in expected if tuple(expected[key].shape) != tuple(state[key].shape)]
-    if wrong:
-        raise ArtifactError(f"weights {path} do not fit --model {spec}: shape mismatch in {wrong[:5]}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:  # e.g. a dtype that cannot be copied; keep the one-line message
-        raise ArtifactError(f"weights {path} do not fit --model {spec} ({str(error).splitlines()[0]})") from error
+    load_strictly(model, state, f"weights {path} do not fit --model {spec}")
     return sha256
 
 
