@@ -267,10 +267,8 @@ def _ordered(runs: list[SweepRun]) -> list[SweepRun]:
             return
         if run.name in chain:
             raise UsageError(f"runs {' → '.join((*chain, run.name))} name each other in a cycle")
-        for field_name in RUN_REFERENCES:
-            value = getattr(run.config, field_name)
-            if isinstance(value, str) and value.startswith("@"):
-                visit(by_name[value[1:]], (*chain, run.name))
+        for other in _references(run.config).values():
+            visit(by_name[other], (*chain, run.name))
         ordered.append(run)
 
     for run in runs:
@@ -295,14 +293,16 @@ def model_path(out: Path, run: str) -> Path:
     return out / run / MODEL_FILE
 
 
+def _references(config: TrainConfig) -> dict[str, str]:
+    """The stage fields of ``config`` that name another run (marked ``@run``): field → run name."""
+    return {field_name: value[1:] for field_name in RUN_REFERENCES
+            if isinstance(value := getattr(config, field_name), str) and value.startswith("@")}
+
+
 def _resolved(run: SweepRun, out: Path) -> TrainConfig:
     """The run's config with references to other runs replaced by their model files."""
-    config = run.config
-    for field_name in RUN_REFERENCES:
-        value = getattr(config, field_name)
-        if isinstance(value, str) and value.startswith("@"):
-            config = replace(config, **{field_name: str(model_path(out, value[1:]))})
-    return config
+    paths = {field_name: str(model_path(out, other)) for field_name, other in _references(run.config).items()}
+    return replace(run.config, **paths)
 
 
 def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
@@ -380,11 +380,13 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
 
     shared_settings = {"n_examples": sweep.n_examples, "batch_size": sweep.eval_batch_size, "seed": sweep.seed,
                        "selection": repr(sweep.selection), "device": sweep.device, "versions": software_versions()}
+    # each model's hash, read once: an evaluation is redone only when its model (or source) changed
+    hashes = {run.name: _checkpoint_sha(model_path(out, run.name)) for run in sweep.runs}
     for name, protocol in evaluation_plan(sweep):
         checkpoint = model_path(out, name)
-        sha256 = _checkpoint_sha(checkpoint)
+        sha256 = hashes[name]
         # a transfer row depends on the source model too: a retrained source makes it stale
-        source_sha = _checkpoint_sha(model_path(out, sweep.transfer_source)) if protocol == "transfer" else None
+        source_sha = hashes[sweep.transfer_source] if protocol == "transfer" else None
         settings = {**shared_settings, "source_sha256": source_sha}
         key = f"{name}/{protocol}"
         done = state["evaluations"].get(key)

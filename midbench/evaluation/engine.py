@@ -118,11 +118,10 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
                                           saved.backward_passes, saved.details))
             continue
         attack = spec.build(seed=seed, batch_size=batch_size)
-        robust = torch.from_numpy(saved.robust).to(device) if saved is not None else clean_correct.clone()
-        done = saved.done if saved is not None else 0
-        forward = saved.forward_passes if saved is not None else 0
-        backward = saved.backward_passes if saved is not None else 0
-        seconds = saved.seconds if saved is not None else 0.0
+        if saved is None:  # a fresh attack starts from the clean-correct examples, nothing spent yet
+            saved = AttackProgress(clean_correct.cpu().numpy(), done=0)
+        robust = torch.from_numpy(saved.robust.copy()).to(device)
+        done, forward, backward, seconds = saved.done, saved.forward_passes, saved.backward_passes, saved.seconds
         counted_attacker.reset()
         chunk = max(1, total) if attack.handles_batching else batch_size
         outcome = None

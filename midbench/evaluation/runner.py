@@ -140,7 +140,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     train_attacks = [ResolvedAttack.from_dict(item) for item in meta.get("train_attacks", [])]
     registry = load_registry([Path(d) for d in config.registry_dirs])
     attacks = select_attacks(config.selection, registry, spec.eps, train_attacks)
-    linf_eps = {**spec.eps, **config.selection.eps}.get("Linf")
+    data_eps = {**spec.eps, **config.selection.eps}
+    linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
 
@@ -171,9 +172,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     data = data.subset(torch.from_numpy(indices))
 
     name = config.name or meta.get("name") or Path(str(config.checkpoint)).stem
-    data_eps = {**spec.eps, **config.selection.eps}
+    indices_hash = indices_sha256(indices)
     fingerprint = {"checkpoint_sha256": loaded.sha256, "source_sha256": (source_info or {}).get("sha256"),
-                   "protocol": config.protocol, "dataset": dataset_name, "indices_sha256": indices_sha256(indices),
+                   "protocol": config.protocol, "dataset": dataset_name, "indices_sha256": indices_hash,
                    "eps": data_eps, "attacks": [[a.key, split, a.equivalence()] for a, split in attacks],
                    "seed": config.seed, "batch_size": config.batch_size, "device": device.type,
                    "versions": software_versions()}
@@ -200,7 +201,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         if config.model_spec:
             checkpoint_info.update({key: meta.get(key) for key in ("model_spec", "weights_sha256", "source_sha256")})
         data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
-                     "indices_sha256": indices_sha256(indices), "eps": data_eps}
+                     "indices_sha256": indices_hash, "eps": data_eps}
         protocol_info = {"name": config.protocol, "source": source_info}
         result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
