@@ -51,6 +51,7 @@ USAGE_ERRORS = [
     (["attacks", "list", "--family", "l3"], "unknown family"),
     (["train", "--device", "cuda:abc"], "cuda"),
     (["train", "--eps", "8/0"], "divides by zero"),
+    (["demo", "--quick", "--n-examples", "0"], "--n-examples"),
 ]
 
 

@@ -1,7 +1,8 @@
-"""The demo's whole path (train both methods, evaluate, rank) with a tiny budget."""
+"""The demo's whole path (train every method, evaluate, rank) with the budget of ``midbench demo --quick``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,17 @@ from midbench.demo import DEMO_METHODS, DemoSettings, run_demo
 
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_ranks(tmp_path: Path) -> None:
-    settings = DemoSettings(standard_epochs=1, pgd_at_epochs=1, attack_steps=1, n_examples=12, device="cpu",
-                            mid_teacher_epochs=1, mid_epochs=1, mid_pool_steps=1)
+    settings = replace(DemoSettings.quick(device="cpu"), n_examples=12)
     messages: list[str] = []
     board = run_demo(tmp_path, settings, say=messages.append, progress=False)
     assert (tmp_path / "leaderboard.md").read_text() == board
     for method in DEMO_METHODS:
         assert (tmp_path / method / "model.safetensors").exists()
         assert f"| {method}-lenet" in board
+    # every training stage, MID's teacher included, sees only the quick budget's images
+    for config in [tmp_path / method / "config.toml" for method in DEMO_METHODS] + [tmp_path / "mid" / "teacher" /
+                                                                                     "config.toml"]:
+        assert f"n_train = {settings.n_train}" in config.read_text()
     assert "AutoAttack" in board and "### mnist5k — whitebox" in board and "### mnist5k — transfer" in board
     # one white-box result per model, and MID's transfer result
     assert len(list((tmp_path / "results" / "runs" / "mnist5k").glob("*.json"))) == 4
