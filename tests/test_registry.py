@@ -48,6 +48,7 @@ def test_golden_attack_ids() -> None:
         "noise-uniform-linf", "onepixel-l0", "pgd-l1", "pgd-l2", "pgd-linf", "pgd-linf-t", "pixle-l0",
         "rot-trans", "spsa-linf", "square-linf", "stadv"]
     assert sorted(registry.suites) == ["autoattack", "default-unknown", "lp-union", "mid-mnist-known",
-                                       "mid-mnist-unknown", "smoke", "unforeseen"]
+                                       "mid-mnist-unknown", "smoke", "unforeseen", "unknown-profile"]
+    assert sorted(registry.threat_models) == ["flow", "l0", "l1", "l2", "linf", "noise", "rot-trans"]
     families = {spec.family for spec in registry.attacks.values()}
     assert {"linf", "l2", "l1", "l0", "spatial", "noise"} <= families

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, final
 import torch
 from torch import nn
 
+from midbench.attacks import randomness
 from midbench.attacks.norms import Norm, distance, project
 from midbench.errors import UsageError
 
@@ -110,13 +111,13 @@ class Attack:
         raise NotImplementedError
 
     def choose_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Target labels under this attack's policy (uses torch's global RNG for ``random``)."""
+        """Target labels under this attack's policy (``random`` draws from :mod:`midbench.attacks.randomness`)."""
         assert self.target is not None
         with torch.no_grad():
             logits = model(x)
         num_classes = logits.shape[1]
         if self.target == "random":
-            offset = torch.randint(1, num_classes, y.shape, device=y.device)
+            offset = randomness.randint_per_example(1, num_classes, y)
             return (y + offset) % num_classes
         if self.target == "least-likely":
             return logits.argmin(dim=1)

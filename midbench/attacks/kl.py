@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from midbench.attacks import randomness
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.gradient import steepest_step
 from midbench.attacks.norms import Norm, project
@@ -60,7 +61,7 @@ class TradesKL(Attack):
         with torch.no_grad():
             clean_logits = model(x)
         # The paper's start x + 0.001·N(0, I), clipped to [0, 1] so the model only ever sees valid images.
-        x_adv = project(x + self.init_std * torch.randn_like(x), x, self.eps, self.norm)
+        x_adv = project(x + self.init_std * randomness.randn_like(x), x, self.eps, self.norm)
         for _ in range(self.steps):
             x_adv = x_adv.detach().requires_grad_(True)
             divergence = kl_from_clean(clean_logits, model(x_adv)).sum()

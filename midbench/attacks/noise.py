@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from midbench.attacks import randomness
 from midbench.attacks.base import Attack
 from midbench.attacks.norms import Norm, distance, project
 from midbench.errors import UsageError
@@ -85,17 +86,17 @@ class UniformNoise(_RandomSearch):
     def draw(self, x: torch.Tensor) -> torch.Tensor:
         assert self.norm is not None
         if self.norm is Norm.LINF:
-            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
+            delta = randomness.uniform_like(x, -self.eps, self.eps)
         else:
             if self.norm is Norm.L2:
-                direction = torch.randn_like(x)
+                direction = randomness.randn_like(x)
             else:  # i.i.d. Laplace coordinates, normalised, are uniform on the L1 sphere
-                direction = torch.empty_like(x).exponential_() * (torch.randint_like(x, 0, 2) * 2 - 1)
+                direction = randomness.exponential_like(x) * randomness.random_signs_like(x)
             shape = (-1, *([1] * (x.dim() - 1)))
             direction = direction / distance(direction, self.norm).clamp_min(1e-12).view(shape)
             # The volume within radius r grows as r^d, so radius = ε·U^(1/d) is uniform in the ball.
             dims = x[0].numel()
-            radius = self.eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / dims)
+            radius = self.eps * randomness.rand_per_example(x).pow(1.0 / dims)
             delta = direction * radius.view(shape)
         return (x + delta).clamp(0.0, 1.0)
 
@@ -125,7 +126,7 @@ class GaussianNoise(_RandomSearch):
         self.sigma = float(sigma)
 
     def draw(self, x: torch.Tensor) -> torch.Tensor:
-        noisy = x + self.sigma * torch.randn_like(x)
+        noisy = x + self.sigma * randomness.randn_like(x)
         if self.norm is None:
             return noisy.clamp(0.0, 1.0)
         return project(noisy, x, self.eps, self.norm)

@@ -6,6 +6,8 @@ from enum import Enum
 
 import torch
 
+from midbench.attacks import randomness
+
 
 class Norm(str, Enum):
     """The norm that bounds a perturbation."""
@@ -76,15 +78,16 @@ def project_l1(delta: torch.Tensor, eps: float) -> torch.Tensor:
 
 def random_in_ball(x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
     """A random point of the ε-ball around ``x`` (uniform per coordinate for L∞; a random direction with a
-    uniformly drawn radius for L2 and L1), clipped to [0, 1]. Uses torch's global RNG."""
+    uniformly drawn radius for L2 and L1), clipped to [0, 1]. Draws from :mod:`midbench.attacks.randomness`
+    (torch's global RNG unless per-example generators are active)."""
     if norm is Norm.LINF:
-        delta = torch.empty_like(x).uniform_(-eps, eps)
+        delta = randomness.uniform_like(x, -eps, eps)
     else:
         if norm is Norm.L2:
-            direction = torch.randn_like(x)
+            direction = randomness.randn_like(x)
         else:  # Laplace-distributed coordinates give a uniformly random L1 direction
-            direction = torch.empty_like(x).exponential_() * torch.randn_like(x).sign()
+            direction = randomness.exponential_like(x) * randomness.randn_like(x).sign()
         length = distance(direction, norm).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        radius = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype) * eps
+        radius = randomness.rand_per_example(x).view(-1, *([1] * (x.dim() - 1))) * eps
         delta = direction / length * radius
     return (x + delta).clamp(0.0, 1.0)

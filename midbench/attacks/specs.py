@@ -19,11 +19,15 @@ Format of a registry file::
     citation = "Madry et al., ICLR 2018"
     params = { steps = 40, step_size = "eps/30", random_start = true }
     passes = { forward = "steps", backward = "steps" }   # per example: an integer or e.g. "steps*search_steps+1"
+    threat_model = "linf"        # a [[threat_model]] id (default: linf/l2/l1/noise from the family)
+    budget = ["eps"]             # the parameters a strength scales (default ["eps"] when there is a norm)
 
     [[suite]]
     name = "smoke"
     description = "..."
     attacks = ["fgsm-linf", "pgd-linf"]
+
+``[[threat_model]]`` tables declare threat models and their strength ladders (:mod:`midbench.attacks.threat_models`).
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ from typing import Any
 
 from midbench._toml import tomllib
 from midbench.attacks.norms import Norm, parse_norm
+from midbench.attacks.threat_models import ThreatModel, check_budget, parse_threat_model
 from midbench.errors import UsageError
 from midbench.registry import suggest
 
 FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "noise", "ensemble")
 ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "target", "citation", "params",
-               "passes", "description"}
+               "passes", "description", "threat_model", "budget"}
+#: the threat model of an entry that names none, by family (other families must name theirs to have one)
+DEFAULT_THREAT_MODEL = {"linf": "linf", "l2": "l2", "l1": "l1", "noise": "noise"}
 REQUIRED_KEYS = {"id", "version", "family", "implementation", "citation"}
 SUITE_KEYS = {"name", "description", "attacks"}
 ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -173,6 +180,9 @@ class AttackSpec:
     passes: dict[str, int | str]
     description: str
     source: str
+    #: the ``[[threat_model]]`` this entry belongs to, and the parameters a ladder strength scales
+    threat_model: str | None = None
+    budget: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -203,6 +213,7 @@ class AttackRegistry:
     suites: dict[str, list[str]] = field(default_factory=dict)
     suite_descriptions: dict[str, str] = field(default_factory=dict)
     suite_sources: dict[str, str] = field(default_factory=dict)
+    threat_models: dict[str, ThreatModel] = field(default_factory=dict)
 
     def get(self, attack_id: str) -> AttackSpec:
         """The entry with ``attack_id`` (``id`` or ``id@version``)."""
@@ -236,6 +247,10 @@ def load_registry(extra_dirs: list[Path] | None = None) -> AttackRegistry:
             raise UsageError(f"registry directory {directory} does not exist")
         for path in sorted(directory.glob("*.toml")):
             _load_file(path, registry)
+    for spec in registry.attacks.values():
+        if spec.threat_model is not None and spec.threat_model not in registry.threat_models:
+            raise UsageError(f"{spec.source}: attack {spec.id!r} names an "
+                             + suggest(spec.threat_model, list(registry.threat_models), "threat model"))
     for name, ids in registry.suites.items():
         for attack_id in ids:
             if attack_id.partition("@")[0] not in registry.attacks:
@@ -249,9 +264,16 @@ def _load_file(path: Path, registry: AttackRegistry) -> None:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: not valid TOML ({error})") from error
-    unknown_tables = set(document) - {"attack", "suite"}
+    unknown_tables = set(document) - {"attack", "suite", "threat_model"}
     if unknown_tables:
-        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [[attack]] and [[suite]]")
+        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [[attack]], [[suite]] and "
+                         "[[threat_model]]")
+    for index, entry in enumerate(document.get("threat_model", [])):
+        model = parse_threat_model(entry, f"{path} [[threat_model]] #{index + 1} ({entry.get('id', '?')})", str(path))
+        if model.id in registry.threat_models:
+            raise UsageError(f"{path}: duplicate threat model id {model.id!r} "
+                             f"(also in {registry.threat_models[model.id].source})")
+        registry.threat_models[model.id] = model
     for index, entry in enumerate(document.get("attack", [])):
         spec = _parse_attack(entry, f"{path} [[attack]] #{index + 1} ({entry.get('id', '?')})", str(path))
         if spec.id in registry.attacks:
@@ -324,10 +346,14 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
     unknown_params = set(params) - accepted if accepted is not None else set()
     if unknown_params:
         raise UsageError(f"{where}: {entry['implementation']} takes no parameter(s) {sorted(unknown_params)}")
+    threat_model = entry.get("threat_model", DEFAULT_THREAT_MODEL.get(entry["family"]))
+    if threat_model is not None and not isinstance(threat_model, str):
+        raise UsageError(f"{where}: threat_model must be the id of a [[threat_model]], got {threat_model!r}")
     spec = AttackSpec(id=entry["id"], version=entry["version"], family=entry["family"], norm=norm,
                       implementation=str(entry["implementation"]), eps=eps, target=target,
                       citation=str(entry["citation"]), params=dict(params), passes=dict(passes),
-                      description=str(entry.get("description", "")), source=source)
+                      description=str(entry.get("description", "")), source=source, threat_model=threat_model,
+                      budget=check_budget(entry, params, norm, where))
     if not spec.implementation.startswith("torchattacks:"):  # the optional backend is checked when it runs
         try:  # constructors validate values (steps ≥ 1, ...): refuse a bad entry now, naming it
             spec.resolve(CHECK_EPS).build()

@@ -24,6 +24,7 @@ def eval_command(
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
     unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The default-unknown suite minus the training attacks.")] = False,
     autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="The unknown-attack profile: every threat model's accuracy over its ladder of strengths (suite unknown-profile), climbed nested.")] = False,
     protocol: Annotated[str, typer.Option(help="whitebox (default) or transfer.")] = "whitebox",
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on.")] = None,
     eps: Annotated[list[str] | None, typer.Option(help="ε override: 0.1 or 8/255 (L∞), L2=1.5, L1=10; repeatable.")] = None,
@@ -61,7 +62,7 @@ def eval_command(
     from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
 
     selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
-                                unknown=unknown_attacks, autoattack=autoattack,
+                                unknown=unknown_attacks, autoattack=autoattack, profile=profile,
                                 eps=parse_eps_overrides(split_csv(eps)))
     config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
                         selection=selection,
@@ -93,6 +94,8 @@ def eval_command(
     for note in run.notes:
         show.print(f"note: {note}", highlight=False)
     show.print(result_table(run.result))
+    if "profile" in run.result:
+        show.print(profile_table(run.result))
     for line in flag_lines(run.result):
         show.print(line, highlight=False, markup=False)
     show.print(f"result: {run.path}", highlight=False)
@@ -113,6 +116,25 @@ def result_table(result: dict) -> object:
     for key, value in result["summary"].items():
         if value is not None:
             table.add_row(key.replace("_", " "), "", "", f"{100 * value:.2f}", "", "")
+    return table
+
+
+def profile_table(result: dict) -> object:
+    """A rich table of the result's unknown-attack profile: one row per threat model, accuracy per strength."""
+    from rich.table import Table
+
+    models = result["profile"]["threat_models"]
+    table = Table(title="unknown-attack profile: robust accuracy % at each strength (× full budget), nested")
+    table.add_column("threat model")
+    table.add_column("seen")
+    strengths = sorted({s for model in models for s in model["strengths"]})
+    for strength in strengths:
+        table.add_column(f"{strength:g}", justify="right")
+    table.add_column("area", justify="right")
+    for model in models:
+        by_strength = dict(zip(model["strengths"], model["accuracy"], strict=True))
+        cells = [f"{100 * by_strength[s]:.1f}" if s in by_strength else "" for s in strengths]
+        table.add_row(model["id"], "yes" if model["seen"] else "", *cells, f"{100 * model['area']:.1f}")
     return table
 
 

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from midbench import __version__
+from midbench.attacks.threat_models import PROFILE_SUITE
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import summarise, wilson_interval
+from midbench.evaluation.profile import curve_summary
 from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writable_dir
 
 SCHEMA = "midbench.result/1"
@@ -64,6 +66,9 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         "summary": summarise(evaluation.matrix, [o.split for o in evaluation.outcomes], autoattack_columns),
         "flags": [{"code": str(flag["code"]), "message": str(flag["message"])} for flag in flags or []],
         **({"sanity": sanity} if sanity else {}),
+        **({"profile": {"suite": PROFILE_SUITE,
+                        "threat_models": [curve_summary(c, evaluation.clean_correct) for c in evaluation.curves]}}
+           if evaluation.curves else {}),
         "per_example": f"{run_id}.npz",
     }
 
@@ -89,10 +94,12 @@ def write_result(result: dict[str, Any], evaluation: Evaluation, results_dir: st
     run_id = result["run_id"]
 
     def write_npz(handle: io.BufferedWriter) -> None:
+        # the profile's nested curves, one N × strengths matrix per threat model (profile_<id>)
+        curves = {f"profile_{curve.plan.threat_model.id}": curve.robust for curve in evaluation.curves}
         np.savez_compressed(handle, robust=evaluation.matrix, clean=evaluation.clean_correct,
                             attacks=np.array([row["id"] for row in result["attacks"]], dtype=str),
                             splits=np.array([row["split"] for row in result["attacks"]], dtype=str),
-                            indices=indices)
+                            indices=indices, **curves)
 
     atomic_write_with(folder / f"{run_id}.npz", write_npz)
     json_path = folder / f"{run_id}.json"

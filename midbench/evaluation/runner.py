@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
+from midbench.attacks.threat_models import profile_plan, seen_threat_models
 from midbench.checkpoint import check_compatible, load_checkpoint, load_plain_state_dict, load_weights_into
 from midbench.data.registry import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
@@ -141,6 +142,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     registry = load_registry([Path(d) for d in config.registry_dirs])
     attacks = select_attacks(config.selection, registry, spec.eps, train_attacks)
     data_eps = {**spec.eps, **config.selection.eps}
+    profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry))
+               if config.selection.profile else [])
     linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
@@ -158,7 +161,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     elif config.source:
         raise UsageError("--source only applies to --protocol transfer")
 
-    for attack, _ in attacks:  # refuse a bad parameter or a missing backend before any attack runs
+    # refuse a bad parameter or a missing backend before any attack runs
+    for attack in [a for a, _ in attacks] + [a for plan in profile for rung in plan.rungs for a in rung.attacks]:
         attack.build(seed=config.seed, batch_size=config.batch_size)
     ensure_writable_dir(Path(config.results_dir))
     data = load_split(dataset_name, "test", config.data_dir, config.download)
@@ -176,6 +180,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     fingerprint = {"checkpoint_sha256": loaded.sha256, "source_sha256": (source_info or {}).get("sha256"),
                    "protocol": config.protocol, "dataset": dataset_name, "indices_sha256": indices_hash,
                    "eps": data_eps, "attacks": [[a.key, split, a.equivalence()] for a, split in attacks],
+                   "profile": [[plan.threat_model.id, rung.strength, [a.equivalence() for a in rung.attacks]]
+                               for plan in profile for rung in plan.rungs],
                    "seed": config.seed, "batch_size": config.batch_size, "device": device.type,
                    "versions": software_versions()}
     state = EvalState.open(state_path(config.results_dir, dataset_name, name, config.protocol), fingerprint,
@@ -190,7 +196,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     try:
         evaluation = evaluate(loaded.model, data, attacks, device=device, protocol=config.protocol,
                               source_model=source_model, batch_size=config.batch_size, seed=config.seed,
-                              progress=progress, state=state)
+                              progress=progress, state=state, profile=profile)
         flags, sanity_info = _sanity_checks(config, loaded.model, data, evaluation, registry, linf_eps, device,
                                             progress)
         created = utc_now()

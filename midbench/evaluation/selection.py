@@ -26,10 +26,12 @@ class AttackSelection:
     unknown: bool = False
     autoattack: bool = False
     eps: dict[str, float] = field(default_factory=dict)
+    #: climb the unknown-attack profile (every threat model over its strength ladder; midbench.evaluation.profile)
+    profile: bool = False
 
     @property
     def empty(self) -> bool:
-        return not (self.attacks or self.suite or self.known or self.unknown or self.autoattack)
+        return not (self.attacks or self.suite or self.known or self.unknown or self.autoattack or self.profile)
 
 
 def parse_eps_overrides(values: list[str]) -> dict[str, float]:

@@ -1,0 +1,197 @@
+"""Threat models, their budgets and strength ladders: the data behind the unknown-attack profile.
+
+A *threat model* (L∞, L2, L1, a flow field, rotation/translation, noise, ...) groups registry entries. Each entry
+names its *budget*: the parameters that bound the perturbation (``eps`` for Lp entries; ``max_flow``;
+``max_angle`` and ``max_shift`` together). A *ladder* is a list of relative strengths in (0, 1] ending at 1, the
+entry's full budget; strength s scales every budget parameter by s (for ``eps``, the dataset's ε — and the step
+sizes written relative to it — become s·ε). Budgets are nested: what is allowed at a smaller strength is allowed at
+every larger one, which is what lets the evaluation climb a ladder (:mod:`midbench.evaluation.profile`).
+
+Measuring each threat model over a range of strengths and normalising by the best accuracy at each strength
+follows Kang et al., "Testing Robustness Against Unforeseen Adversaries" (2019, UAR) and Dai et al.,
+"MultiRobustBench" (ICML 2023); the accuracy-against-budget curve is Carlini et al., "On Evaluating Adversarial
+Robustness" (2019).
+
+Format (``[[threat_model]]`` tables of any registry file; entries refer to them by ``threat_model = "ID"``)::
+
+    [[threat_model]]
+    id = "linf"
+    description = "L∞-bounded additive perturbations"
+    norm = "Linf"                          # optional: training attacks of this norm outside the registry count
+    ladder = [0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from midbench.attacks.norms import Norm, parse_norm
+from midbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from midbench.attacks.specs import AttackRegistry, AttackSpec, ResolvedAttack
+
+THREAT_MODEL_KEYS = {"id", "description", "norm", "ladder"}
+#: the suite ``midbench eval --profile`` climbs (attacks_registry/suites.toml)
+PROFILE_SUITE = "unknown-profile"
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """One threat model: its id, what it is, and the strengths its profile is measured at."""
+
+    id: str
+    description: str
+    ladder: tuple[float, ...]
+    norm: Norm | None = None
+    source: str = ""
+
+
+def parse_threat_model(entry: dict[str, Any], where: str, source: str) -> ThreatModel:
+    """One ``[[threat_model]]`` table.
+
+    Raises:
+        UsageError: naming ``where`` (file and entry): unknown keys, a bad id, or a ladder that is empty, not
+            strictly increasing, has a strength ≤ 0 or > 1, or does not end at the full budget 1.
+    """
+    from midbench.attacks.specs import ID_PATTERN
+
+    extra = set(entry) - THREAT_MODEL_KEYS
+    if extra:
+        raise UsageError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(THREAT_MODEL_KEYS))}")
+    if not ID_PATTERN.match(str(entry.get("id", ""))):
+        raise UsageError(f"{where}: id must be kebab-case like linf or rot-trans, got {entry.get('id')!r}")
+    ladder = entry.get("ladder")
+    if not isinstance(ladder, list) or not ladder:
+        raise UsageError(f"{where}: ladder must be a non-empty list of strengths in (0, 1], e.g. [0.25, 0.5, 1.0]")
+    for value in ladder:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UsageError(f"{where}: ladder strengths must be numbers, got {value!r}")
+        if not 0 < value <= 1:
+            raise UsageError(f"{where}: ladder strength {value} is outside (0, 1] (1 = the full budget)")
+    if any(b <= a for a, b in zip(ladder, ladder[1:], strict=False)):
+        raise UsageError(f"{where}: ladder {ladder} must be strictly increasing")
+    if ladder[-1] != 1:
+        raise UsageError(f"{where}: ladder {ladder} must end at 1, the full budget (its accuracy is the "
+                         "full-strength point of the curve)")
+    try:
+        norm = parse_norm(entry["norm"]) if "norm" in entry else None
+    except ValueError as error:
+        raise UsageError(f"{where}: {error}") from error
+    return ThreatModel(str(entry["id"]), str(entry.get("description", "")), tuple(float(v) for v in ladder), norm,
+                       source)
+
+
+def check_budget(entry: dict[str, Any], params: dict[str, Any], norm: Norm | None, where: str) -> tuple[str, ...]:
+    """The budget parameters of an attack entry: ``budget`` as written, else ``("eps",)`` for an Lp entry.
+
+    Raises:
+        UsageError: a budget name that is neither ``eps`` (of an entry with a norm) nor a numeric parameter.
+    """
+    from midbench.attacks.specs import RELATIVE
+
+    budget = entry.get("budget", ["eps"] if norm is not None else [])
+    if not isinstance(budget, list) or not all(isinstance(name, str) for name in budget):
+        raise UsageError(f"{where}: budget must be a list of parameter names, e.g. [\"max_angle\", \"max_shift\"]")
+    for name in budget:
+        if name == "eps" and norm is not None:
+            continue
+        value = params.get(name)
+        relative = isinstance(value, str) and RELATIVE.match(value) is not None  # e.g. sigma = "eps"
+        if not relative and (isinstance(value, bool) or not isinstance(value, int | float)):
+            numeric = sorted(k for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool))
+            raise UsageError(f"{where}: budget parameter {name!r} is not a number of this entry "
+                             f"(numeric parameters: {', '.join(numeric) or 'none'}; eps needs a norm)")
+    return tuple(budget)
+
+
+def at_strength(spec: AttackSpec, dataset_eps: dict[str, float], strength: float) -> ResolvedAttack:
+    """``spec`` resolved for the dataset with every budget parameter scaled by ``strength``.
+
+    Scaling ``eps`` resolves the entry at s·ε, so step sizes written relative to ε shrink with it (a PGD at a
+    tenth of the budget takes tenth-sized steps, as it would if trained or evaluated at that ε).
+
+    Raises:
+        UsageError: the entry declares no budget (it cannot be measured over strengths).
+    """
+    if not spec.budget:
+        raise UsageError(f"attack {spec.id} ({spec.source}) declares no budget parameters, so it cannot be run "
+                         "at a ladder's strengths; add budget = [...] to its entry")
+    override = None
+    if "eps" in spec.budget:
+        base = dataset_eps.get(spec.norm.value, 0.0) if spec.norm else 0.0
+        override = strength * base
+    resolved = spec.resolve(dataset_eps, eps_override=override)
+    scaled = {name: value * strength if name in spec.budget else value for name, value in resolved.params.items()}
+    return replace(resolved, params=scaled)
+
+
+def budget_values(spec: AttackSpec, resolved: ResolvedAttack) -> dict[str, float]:
+    """The budget of a resolved entry as numbers (for result files)."""
+    return {name: float(resolved.eps if name == "eps" else resolved.params[name]) for name in spec.budget}
+
+
+def threat_model_of(attack: ResolvedAttack, registry: AttackRegistry) -> str | None:
+    """The threat model a (training) attack belongs to: its registry entry's, else the one declared for its norm."""
+    entry = registry.attacks.get(attack.id)
+    if entry is not None and entry.threat_model is not None:
+        return entry.threat_model
+    if attack.norm is not None:
+        for model in registry.threat_models.values():
+            if model.norm is attack.norm:
+                return model.id
+    return None
+
+
+def seen_threat_models(train_attacks: list[ResolvedAttack], registry: AttackRegistry) -> set[str]:
+    """The threat models a checkpoint has *seen*: those of its training attacks (from its metadata)."""
+    return {model for model in (threat_model_of(a, registry) for a in train_attacks) if model is not None}
+
+
+@dataclass(frozen=True)
+class ProfileRung:
+    """One strength of one threat model: the attacks run at it, resolved."""
+
+    strength: float
+    attacks: tuple[ResolvedAttack, ...]
+    budgets: tuple[dict[str, float], ...]
+
+
+@dataclass(frozen=True)
+class ThreatModelPlan:
+    """A threat model's ladder with the attacks of the profile at every strength."""
+
+    threat_model: ThreatModel
+    rungs: tuple[ProfileRung, ...]
+    seen: bool
+
+
+def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: set[str],
+                 suite: str = PROFILE_SUITE) -> list[ThreatModelPlan]:
+    """The nested evaluation plan of ``suite``: its attacks grouped by threat model (in the suite's order),
+    each resolved at every strength of its threat model's ladder.
+
+    Raises:
+        UsageError: a suite attack without a threat model or a budget, or whose norm has no ε on this dataset.
+    """
+    grouped: dict[str, list[AttackSpec]] = {}
+    for spec in registry.suite(suite):
+        if spec.threat_model is None:
+            raise UsageError(f"suite {suite!r}: attack {spec.id} belongs to no threat model; add threat_model = "
+                             f"\"...\" to its entry ({spec.source})")
+        if "eps" in spec.budget and spec.norm is not None and spec.norm.value not in dataset_eps:
+            raise UsageError(f"suite {suite!r}: attack {spec.id} needs an {spec.norm.value} ε, which this dataset "
+                             "does not define; pass --eps")
+        grouped.setdefault(spec.threat_model, []).append(spec)
+    plans = []
+    for model_id, specs in grouped.items():
+        model = registry.threat_models[model_id]
+        rungs = []
+        for strength in model.ladder:
+            resolved = [at_strength(spec, dataset_eps, strength) for spec in specs]
+            rungs.append(ProfileRung(strength, tuple(resolved),
+                                     tuple(budget_values(s, r) for s, r in zip(specs, resolved, strict=True))))
+        plans.append(ThreatModelPlan(model, tuple(rungs), model_id in seen))
+    return plans

@@ -1,0 +1,101 @@
+"""The unknown-attack profile: each threat model's accuracy over its ladder of strengths, climbed nested.
+
+Budgets are nested (a perturbation allowed at strength s is allowed at every larger one), so a threat model's
+ladder is climbed from the smallest strength: at each strength every attack of the profile runs, one after the
+other, on the examples still robust — an example broken at one strength, by any attack, counts as broken at all
+larger ones and is never attacked again. The accuracy at strength s is therefore the per-example worst case over
+every attack of the threat model at every strength up to s: curves are monotone by construction.
+
+Each example draws its randomness from a generator seeded by (seed, threat model, strength, attack, example
+index) (:mod:`midbench.attacks.randomness`), and the profile's attacks treat examples independently, so an
+example's attack does not depend on which others share its batch: the nested curve equals, example by example,
+the worst case over independent evaluations at that strength and the smaller ones (``tests/test_profile.py``),
+at a fraction of their cost (``benchmarks/bench_profile.py``).
+
+References: Kang et al. 2019 (UAR: several calibrated sizes per attack), Dai et al. 2023 (MultiRobustBench),
+Carlini et al. 2019 (accuracy against budget).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from midbench.attacks.specs import ResolvedAttack
+from midbench.attacks.threat_models import ThreatModelPlan
+from midbench.evaluation.metrics import wilson_interval
+
+if TYPE_CHECKING:
+    from midbench.evaluation.engine import AttackRunner
+
+#: the split recorded for profile steps (neither the known attacks nor the unknown suite)
+PROFILE_SPLIT = "profile"
+
+
+@dataclass
+class ThreatModelCurve:
+    """One threat model's nested curve: ``robust[i, k]`` = example i survived every attack up to strength k."""
+
+    plan: ThreatModelPlan
+    robust: np.ndarray
+    seconds: float
+    forward_passes: int
+    backward_passes: int
+
+
+def step_key(threat_model: str, strength: float, attack: ResolvedAttack) -> str:
+    """The name of one (threat model, strength, attack) step in state files and progress reports."""
+    return f"profile:{threat_model}@{strength:g}:{attack.key}"
+
+
+def climb(runner: AttackRunner, plans: list[ThreatModelPlan], clean_correct: np.ndarray) -> list[ThreatModelCurve]:
+    """Climb every threat model's ladder, attacking only the examples still robust (module docstring)."""
+    curves = []
+    for plan in plans:
+        robust = clean_correct.copy()
+        columns, seconds, forward, backward = [], 0.0, 0, 0
+        for rung in plan.rungs:
+            for attack in rung.attacks:
+                outcome = runner.run(attack, PROFILE_SPLIT, robust,
+                                     key=step_key(plan.threat_model.id, rung.strength, attack), per_example=True)
+                robust = outcome.robust
+                seconds += outcome.seconds
+                forward += outcome.forward_passes
+                backward += outcome.backward_passes
+            columns.append(robust.copy())
+        matrix = np.stack(columns, axis=1) if columns else np.zeros((clean_correct.shape[0], 0), dtype=bool)
+        curves.append(ThreatModelCurve(plan, matrix, seconds, forward, backward))
+    return curves
+
+
+def normalised_area(strengths: list[float], accuracies: list[float], clean: float) -> float:
+    """Area under the accuracy-against-strength curve from (0, clean) to the full budget, by trapezoids, divided
+    by the strength range: the mean accuracy over strengths in [0, 1], between 0 and 1."""
+    xs, ys = [0.0, *strengths], [clean, *accuracies]
+    area = sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:], strict=False))
+    return area / xs[-1] if xs[-1] > 0 else clean
+
+
+def curve_summary(curve: ThreatModelCurve, clean_correct: np.ndarray) -> dict[str, Any]:
+    """A curve as stored in the result file (``profile.threat_models[]``, results/README.md)."""
+    n = int(clean_correct.shape[0])
+    plan = curve.plan
+    survivors = [int(count) for count in curve.robust.sum(axis=0)]
+    accuracies = [count / n if n else 0.0 for count in survivors]
+    clean = float(clean_correct.mean()) if n else 0.0
+    strengths = [rung.strength for rung in plan.rungs]
+    return {
+        "id": plan.threat_model.id, "seen": plan.seen, "description": plan.threat_model.description,
+        "attacks": [attack.key for attack in plan.rungs[0].attacks] if plan.rungs else [],
+        "strengths": strengths,
+        "budgets": [list(rung.budgets) for rung in plan.rungs],
+        "clean_accuracy": clean,
+        "accuracy": accuracies,
+        "ci95": [list(wilson_interval(count, n)) for count in survivors],
+        "full_strength_accuracy": accuracies[-1] if accuracies else None,
+        "area": normalised_area(strengths, accuracies, clean) if accuracies else None,
+        "seconds": round(curve.seconds, 3), "forward_passes": curve.forward_passes,
+        "backward_passes": curve.backward_passes,
+    }

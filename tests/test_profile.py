@@ -1,0 +1,312 @@
+"""The unknown-attack profile: threat models and ladders as registry data, per-example randomness, the nested
+climb (monotone, equal to independent evaluations), seen threat models from provenance, and result files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from midbench.attacks import randomness
+from midbench.attacks.norms import Norm, random_in_ball
+from midbench.attacks.specs import ResolvedAttack, load_registry
+from midbench.attacks.threat_models import (
+    PROFILE_SUITE,
+    at_strength,
+    profile_plan,
+    seen_threat_models,
+    threat_model_of,
+)
+from midbench.cli.app import app
+from midbench.data.registry import TensorSplit, get_dataset
+from midbench.errors import UsageError
+from midbench.evaluation.engine import AttackRunner, predict
+from midbench.evaluation.profile import PROFILE_SPLIT, climb, normalised_area, step_key
+
+REGISTRY = load_registry()
+MNIST_EPS = get_dataset("mnist5k").eps
+
+# ---------------------------------------------------------------------------------------------- registry data
+
+GOOD_MODEL = '[[threat_model]]\nid = "blur"\ndescription = "x"\nladder = [0.25, 0.5, 1.0]\n'
+GOOD_ATTACK = ('[[attack]]\nid = "my-noise"\nversion = 1\nfamily = "noise"\nnorm = "Linf"\n'
+               'implementation = "midbench.attacks.noise:UniformNoise"\ncitation = "x"\nparams = { samples = 2 }\n')
+BAD_REGISTRIES = {
+    "ladder-not-increasing": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", "[0.5, 0.25, 1.0]"), "strictly increasing"),
+    "ladder-repeats": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", "[0.5, 0.5, 1.0]"), "strictly increasing"),
+    "ladder-zero": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", "[0.0, 0.5, 1.0]"), "outside (0, 1]"),
+    "ladder-negative": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", "[-0.5, 1.0]"), "outside (0, 1]"),
+    "ladder-above-one": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", "[0.5, 1.0, 1.5]"), "outside (0, 1]"),
+    "ladder-not-ending-at-one": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", "[0.25, 0.5]"), "must end at 1"),
+    "ladder-empty": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", "[]"), "non-empty list"),
+    "ladder-text": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", '["a", 1.0]'), "must be numbers"),
+    "ladder-missing": (GOOD_MODEL.replace("ladder = [0.25, 0.5, 1.0]\n", ""), "non-empty list"),
+    "model-unknown-key": (GOOD_MODEL + 'colour = "red"\n', "unknown key"),
+    "model-duplicate": (GOOD_MODEL.replace('"blur"', '"linf"'), "duplicate threat model id 'linf'"),
+    "attack-unknown-threat-model": (GOOD_ATTACK + 'threat_model = "blurr"\n', "unknown threat model 'blurr'"),
+    "attack-unknown-budget": (GOOD_ATTACK + 'budget = ["radius"]\n', "budget parameter 'radius'"),
+    "attack-boolean-budget": (GOOD_ATTACK.replace("noise:UniformNoise", "gradient:PGD").replace(
+        "samples = 2", "steps = 2, step_size = 0.1, random_start = true") + 'budget = ["random_start"]\n',
+        "budget parameter 'random_start'"),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_REGISTRIES.values(), ids=list(BAD_REGISTRIES))
+def test_bad_threat_models_and_budgets_are_refused_naming_file_and_entry(tmp_path: Path, text: str,
+                                                                          message: str) -> None:
+    (tmp_path / "mine.toml").write_text(text)
+    with pytest.raises(UsageError) as error:
+        load_registry([tmp_path])
+    text_of_error = str(error.value)
+    assert "mine.toml" in text_of_error and message in text_of_error and "\n" not in text_of_error
+
+
+def test_a_bad_ladder_exits_2_with_one_line_from_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text(BAD_REGISTRIES["ladder-above-one"][0])
+    result = CliRunner().invoke(app, ["attacks", "list", "--registry-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "mine.toml [[threat_model]] #1 (blur): ladder strength 1.5 is outside (0, 1]" in result.output
+
+
+def test_a_user_registry_adds_a_threat_model_and_an_entry_of_it(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text(GOOD_MODEL + GOOD_ATTACK + 'threat_model = "blur"\n')
+    registry = load_registry([tmp_path])
+    assert registry.threat_models["blur"].ladder == (0.25, 0.5, 1.0)
+    assert registry.attacks["my-noise"].threat_model == "blur" and registry.attacks["my-noise"].budget == ("eps",)
+
+
+def test_every_shipped_entry_has_a_threat_model_and_profile_ladders_have_five_strengths() -> None:
+    assert all(spec.threat_model in REGISTRY.threat_models for spec in REGISTRY.attacks.values())
+    profiled = {spec.threat_model for spec in REGISTRY.suite(PROFILE_SUITE)}
+    assert {"linf", "l2", "l1", "flow", "rot-trans", "noise"} <= profiled
+    for model_id in profiled:
+        assert len(REGISTRY.threat_models[model_id].ladder) >= 5
+    assert all(spec.budget for spec in REGISTRY.suite(PROFILE_SUITE))
+
+
+def test_a_strength_scales_the_budget_and_the_steps_written_relative_to_it() -> None:
+    pgd = at_strength(REGISTRY.get("pgd-linf"), MNIST_EPS, 0.5)
+    assert pgd.eps == pytest.approx(0.15) and pgd.params["step_size"] == pytest.approx(0.15 / 30)
+    assert pgd.params["steps"] == 40
+    grid = at_strength(REGISTRY.get("rot-trans"), MNIST_EPS, 0.5)
+    assert grid.params["max_angle"] == 15.0 and grid.params["max_shift"] == 1.5
+    assert grid.params["angle_steps"] == 31 and grid.params["shift_steps"] == 5
+    flow = at_strength(REGISTRY.get("stadv"), MNIST_EPS, 0.2)
+    assert flow.params["max_flow"] == pytest.approx(0.2) and flow.params["steps"] == 100
+    assert at_strength(REGISTRY.get("pgd-l1"), MNIST_EPS, 1.0).equivalence() == \
+        REGISTRY.get("pgd-l1").resolve(MNIST_EPS).equivalence()
+
+
+# ---------------------------------------------------------------------------------- seen, from provenance
+
+def _trained_with(*ids: str) -> list[ResolvedAttack]:
+    return [REGISTRY.get(attack_id).resolve(MNIST_EPS) for attack_id in ids]
+
+
+@pytest.mark.parametrize(("train_attacks", "seen"), [
+    ((), set()),                                                        # standard training
+    (("pgd-linf",), {"linf"}),                                          # PGD-AT
+    (("pgd-linf", "pgd-l2", "pgd-l1"), {"linf", "l2", "l1"}),           # MSD / AVG / MAX
+    (("pgd-linf", "pgd-linf-t", "mim-linf", "mim-linf-t"), {"linf"}),   # MID's Attacker Pool
+])
+def test_seen_threat_models_come_from_the_training_attacks(train_attacks: tuple[str, ...], seen: set[str]) -> None:
+    assert seen_threat_models(_trained_with(*train_attacks), REGISTRY) == seen
+
+
+def test_a_training_attack_outside_the_registry_is_seen_through_its_norm() -> None:
+    custom = ResolvedAttack("my-l2-attack", 0, "l2", Norm.L2, "midbench.attacks.gradient:PGD", 1.0, None, {})
+    assert threat_model_of(custom, REGISTRY) == "l2"
+
+
+def test_the_plan_marks_seen_threat_models_and_resolves_every_strength() -> None:
+    plans = profile_plan(REGISTRY, MNIST_EPS, {"linf"})
+    by_id = {plan.threat_model.id: plan for plan in plans}
+    assert by_id["linf"].seen and not by_id["l2"].seen
+    linf = by_id["linf"]
+    assert [rung.strength for rung in linf.rungs] == list(REGISTRY.threat_models["linf"].ladder)
+    assert [rung.budgets[0]["eps"] for rung in linf.rungs] == pytest.approx([s * 0.3 for s in linf.threat_model.ladder])
+
+
+# ------------------------------------------------------------------------------------ per-example randomness
+
+def test_default_draws_are_unchanged_from_torchs_global_rng() -> None:
+    x = torch.rand(4, 1, 5, 5)
+    for norm in Norm:
+        torch.manual_seed(3)
+        drawn = random_in_ball(x, 0.3, norm)
+        torch.manual_seed(3)
+        if norm is Norm.LINF:
+            expected = (x + torch.empty_like(x).uniform_(-0.3, 0.3)).clamp(0, 1)
+        else:
+            direction = torch.randn_like(x) if norm is Norm.L2 else \
+                torch.empty_like(x).exponential_() * torch.randn_like(x).sign()
+            length = direction.flatten(1).norm(p=2 if norm is Norm.L2 else 1, dim=1).view(-1, 1, 1, 1)
+            expected = (x + direction / length * torch.rand(4, 1, 1, 1) * 0.3).clamp(0, 1)
+        assert torch.allclose(drawn, expected, atol=1e-6)
+
+
+def test_per_example_draws_do_not_depend_on_the_batch() -> None:
+    x = torch.full((3, 1, 4, 4), 0.5)
+    with randomness.per_example_generators([11, 22, 33]):
+        together = random_in_ball(x, 0.3, Norm.L2)
+        targets = randomness.randint_per_example(1, 10, torch.zeros(3, dtype=torch.long))
+    with randomness.per_example_generators([33, 11]):
+        reordered = random_in_ball(x[:2], 0.3, Norm.L2)
+        reordered_targets = randomness.randint_per_example(1, 10, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(reordered[0], together[2]) and torch.equal(reordered[1], together[0])
+    assert reordered_targets.tolist() == [targets[2].item(), targets[0].item()]
+    assert not torch.equal(together[0], together[1])
+
+
+# ------------------------------------------------------------------------------------------ the nested climb
+
+def _runner(model: torch.nn.Module, data: TensorSplit, batch_size: int) -> tuple[AttackRunner, np.ndarray]:
+    images, labels = data.as_float(), data.labels.clone()
+    clean = (predict(model, images, 256) == labels).numpy()
+    return AttackRunner(model, model, images, labels, device=torch.device("cpu"), protocol="whitebox",
+                        batch_size=batch_size, seed=5, progress=None, state=None), clean
+
+
+#: The shipped profile's implementations with fewer steps, samples and grid points, so that the test can afford
+#: the independent evaluations it compares with (the same code paths, cheaper settings).
+CHEAP_PROFILE = """
+[[attack]]
+id = "t-pgd-linf"
+version = 1
+family = "linf"
+norm = "Linf"
+implementation = "midbench.attacks.gradient:PGD"
+citation = "test"
+params = { steps = 4, step_size = "eps/3", random_start = true }
+
+[[attack]]
+id = "t-pgd-linf-t"
+version = 1
+family = "linf"
+norm = "Linf"
+implementation = "midbench.attacks.gradient:PGD"
+citation = "test"
+target = "random"
+params = { steps = 3, step_size = "eps/3", random_start = true }
+
+[[attack]]
+id = "t-pgd-l2"
+version = 1
+family = "l2"
+norm = "L2"
+implementation = "midbench.attacks.gradient:PGD"
+citation = "test"
+params = { steps = 4, step_size = "eps/3", random_start = true }
+
+[[attack]]
+id = "t-pgd-l1"
+version = 1
+family = "l1"
+norm = "L1"
+implementation = "midbench.attacks.l1:SparseL1Descent"
+citation = "test"
+params = { steps = 4, step_size = "eps/3", sparsity = 99, random_start = true }
+
+[[attack]]
+id = "t-stadv"
+version = 1
+family = "spatial"
+threat_model = "flow"
+budget = ["max_flow"]
+implementation = "midbench.attacks.spatial:FlowField"
+citation = "test"
+params = { steps = 4, lr = 0.05, tau = 0.005, max_flow = 1.0 }
+
+[[attack]]
+id = "t-rot-trans"
+version = 1
+family = "spatial"
+threat_model = "rot-trans"
+budget = ["max_angle", "max_shift"]
+implementation = "midbench.attacks.spatial:RotationTranslation"
+citation = "test"
+params = { max_angle = 30.0, max_shift = 3.0, angle_steps = 3, shift_steps = 3 }
+
+[[attack]]
+id = "t-noise-l1"
+version = 1
+family = "noise"
+norm = "L1"
+implementation = "midbench.attacks.noise:UniformNoise"
+citation = "test"
+params = { samples = 3 }
+
+[[attack]]
+id = "t-noise-gaussian"
+version = 1
+family = "noise"
+norm = "L2"
+implementation = "midbench.attacks.noise:GaussianNoise"
+citation = "test"
+params = { sigma = "eps", samples = 3 }
+
+[[suite]]
+name = "test-profile"
+attacks = ["t-pgd-linf", "t-pgd-linf-t", "t-pgd-l2", "t-pgd-l1", "t-stadv", "t-rot-trans", "t-noise-l1",
+           "t-noise-gaussian"]
+"""
+
+
+@pytest.mark.slow
+def test_nested_climb_equals_the_worst_case_over_independent_evaluations(standard_model: torch.nn.Module,
+                                                                        mnist5k_test: TensorSplit,
+                                                                        tmp_path: Path) -> None:
+    """Every example of the nested curve at strength k equals the AND, over every attack at every strength up
+    to k, of independent evaluations of all clean-correct examples — run with other batch sizes, so each example
+    meets other batch neighbours in the two runs. Exact equality: per-example generators make the random starts,
+    targets and noise batch-independent, and the attacks' losses are summed per example."""
+    (tmp_path / "profile.toml").write_text(CHEAP_PROFILE)
+    registry = load_registry([tmp_path])
+    data = mnist5k_test.subset(torch.arange(40))
+    plans = profile_plan(registry, MNIST_EPS, set(), suite="test-profile")
+    assert {plan.threat_model.id for plan in plans} == {"linf", "l2", "l1", "flow", "rot-trans", "noise"}
+    nested_runner, clean = _runner(standard_model, data, batch_size=7)
+    curves = climb(nested_runner, plans, clean)
+    independent_runner, _ = _runner(standard_model, data, batch_size=32)
+    for plan, curve in zip(plans, curves, strict=True):
+        survived = clean.copy()
+        for k, rung in enumerate(plan.rungs):
+            for attack in rung.attacks:
+                key = step_key(plan.threat_model.id, rung.strength, attack)
+                survived &= independent_runner.run(attack, PROFILE_SPLIT, clean, key=key, per_example=True).robust
+            assert np.array_equal(curve.robust[:, k], survived), (plan.threat_model.id, rung.strength)
+        accuracy = curve.robust.mean(axis=0)
+        assert np.all(np.diff(accuracy) <= 0) and accuracy[0] <= clean.mean()
+        # the ladder matters: the undefended model loses accuracy from the smallest strength to the full one
+        if plan.threat_model.id != "noise":
+            assert accuracy[0] > accuracy[-1], plan.threat_model.id
+
+
+def test_normalised_area_is_the_mean_accuracy_over_the_strength_range() -> None:
+    assert normalised_area([0.5, 1.0], [1.0, 1.0], 1.0) == 1.0
+    assert normalised_area([0.5, 1.0], [0.0, 0.0], 1.0) == pytest.approx(0.25)  # the triangle from (0, 1)
+    assert normalised_area([1.0], [0.5], 0.5) == 0.5
+
+
+@pytest.mark.slow
+def test_eval_profile_writes_curves_to_the_result_and_its_matrix(pgd_at_checkpoint: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", str(pgd_at_checkpoint), "--profile", "--n-examples", "24",
+                                      "--results-dir", str(tmp_path), "--quiet", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    (json_path,) = (tmp_path / "runs" / "mnist5k").glob("*.json")
+    matrices = np.load(json_path.with_suffix(".npz"))
+    models = {model["id"]: model for model in document["profile"]["threat_models"]}
+    assert models["linf"]["seen"] and not any(models[m]["seen"] for m in models if m != "linf")
+    for model_id, model in models.items():
+        matrix = matrices[f"profile_{model_id}"]
+        assert matrix.shape == (24, len(model["strengths"]))
+        assert model["accuracy"] == pytest.approx(matrix.mean(axis=0).tolist())
+        assert all(b <= a for a, b in zip([model["clean_accuracy"], *model["accuracy"]], model["accuracy"],
+                                          strict=False))
+        assert model["full_strength_accuracy"] == model["accuracy"][-1]
+        assert 0.0 <= model["area"] <= model["clean_accuracy"]
