@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from midbench.errors import ArtifactError, UsageError
-from midbench.evaluation.metrics import summarise, wilson_interval
+from midbench.evaluation.metrics import mean_score, reference_normalised_scores, summarise, wilson_interval
 from midbench.evaluation.results import read_result
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
@@ -45,12 +45,13 @@ PROPORTION_COLUMNS = ["clean", "known_worst", "unknown_worst", "autoattack"]
 SUMMARY_KEYS = ["known_mean", "known_worst", "unknown_mean", "unknown_worst", "all_worst", "autoattack"]
 COLUMNS = ["rank", "name", "method", "arch", "protocol", *ACCURACY_COLUMNS, "delta_unknown_worst_vs_at",
            "flags", "n", "eps_linf"]
-TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric"}
+TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric", "seen"}
 HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "protocol": "protocol",
            "clean": "clean %", "known_mean": "known mean %", "known_worst": "known worst %",
            "unknown_mean": "unknown mean %", "unknown_worst": "unknown worst %", "autoattack": "AutoAttack %",
            "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT", "flags": "flags", "n": "n",
-           "eps_linf": "ε (L∞)"}
+           "eps_linf": "ε (L∞)", "unknown_score": "unknown score %",
+           "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen"}
 MISSING = "—"
 _ATTACK_COLUMN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*(@(\d+|custom))?$")
 
@@ -67,6 +68,8 @@ class Run:
     result: dict[str, Any]
     robust: np.ndarray  # N × k bool, columns in the order of result["attacks"]
     clean: np.ndarray  # N bool
+    #: the unknown-attack profile: {threat model: (N × strengths nested matrix, strengths, seen)}
+    curves: dict[str, tuple[np.ndarray, list[float], bool]] | None = None
 
 
 def percent(value: float | None) -> float | None:
@@ -112,6 +115,10 @@ def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | No
             robust = np.asarray(matrix["robust"]).astype(bool)
             clean = np.asarray(matrix["clean"]).astype(bool)
             attacks = [str(name) for name in matrix["attacks"]] if "attacks" in matrix else None
+            profile = (result.get("profile") or {}).get("threat_models") or []
+            curves = {str(model["id"]): (np.asarray(matrix[f"profile_{model['id']}"]).astype(bool),
+                                         [float(s) for s in model["strengths"]], bool(model.get("seen")))
+                      for model in profile}
     except FileNotFoundError:
         problem = f"its per-example matrix {matrix_path.name} is missing"
     except Exception as error:  # noqa: BLE001 - any unreadable matrix means the row cannot be trusted
@@ -120,13 +127,14 @@ def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | No
         n, ids = int(result["data"]["n_examples"]), [row.get("id") for row in result["attacks"]]
         if robust.ndim == 1 and robust.size == 0:
             robust = robust.reshape(n, 0)
-        if robust.shape != (n, len(ids)) or clean.shape != (n,) or (attacks is not None and attacks != ids):
+        if robust.shape != (n, len(ids)) or clean.shape != (n,) or (attacks is not None and attacks != ids) \
+                or any(curve.shape != (n, len(strengths)) for curve, strengths, _ in curves.values()):
             problem = f"its per-example matrix {matrix_path.name} does not match the result"
     if problem is not None:
         warnings.warn(f"skipped {path}: {problem} (an interrupted or damaged evaluation; rerun `midbench eval`)",
                       LeaderboardWarning, stacklevel=2)
         return None
-    return Run(path, result, robust, clean)
+    return Run(path, result, robust, clean, curves or None)
 
 
 def _attack_identity(row: dict[str, Any]) -> tuple[str, str, str]:
@@ -200,6 +208,7 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
         **{key: percent(summary[key]) for key in SUMMARY_KEYS},
         "flags": ",".join(flags), "n": n, "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
         "created": result["created"], "run_id": result["run_id"], "runs": [run.result["run_id"] for run in runs],
+        "profile": _profile_of(runs),
     }
     for spec in columns:
         column = survivors[spec]
@@ -211,6 +220,53 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
             low, high = wilson_interval(int(column.sum()), n)
             record[f"{key}_lo"], record[f"{key}_hi"] = percent(low), percent(high)
     return record
+
+
+def _profile_of(runs: list[Run]) -> dict[str, dict[str, Any]] | None:
+    """The newest run's profile, its accuracies recomputed from the nested matrices:
+    {threat model: {"points": {strength: accuracy}, "seen": bool}}."""
+    for run in reversed(runs):
+        if run.curves:
+            return {model: {"points": dict(zip(strengths, (float(a) for a in matrix.mean(axis=0)), strict=True)),
+                            "seen": seen}
+                    for model, (matrix, strengths, seen) in run.curves.items()}
+    return None
+
+
+def profile_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Add the profile's columns to one table (evaluation.md, "Unknown-attack profile"), in place of nothing when
+    no row has a profile: ``score_<threat model>`` (reference-normalised, %), ``unknown_score`` (mean over the
+    threat models the row has not seen), ``common_unknown_score`` (mean over those no model of the table has
+    seen), ``pct_seen``, ``seen``, and ``curve_<threat model>`` (``strength:accuracy%`` pairs). The references are
+    recorded in ``table.attrs["profile_references"]``."""
+    profiles = [value if isinstance(value, dict) else {} for value in table["profile"]]
+    curves = [{model: entry["points"] for model, entry in profile.items()} for profile in profiles]
+    seen = [{model for model, entry in profile.items() if entry["seen"]} for profile in profiles]
+    scores, references = reference_normalised_scores(curves, seen)
+    models = sorted({model for curve in curves for model in curve})
+    seen_anywhere = set().union(*seen) if seen else set()
+    common = {model for model in models if all(model in curve for curve in curves if curve)} - seen_anywhere
+    table = table.copy()
+    for model in models:
+        table[f"score_{model}"] = [percent(row.get(model)) for row in scores]
+    table["unknown_score"] = [percent(mean_score(row, set(curve) - own)) if curve else None
+                              for row, curve, own in zip(scores, curves, seen, strict=True)]
+    table["common_unknown_score"] = [percent(mean_score(row, common)) if curve else None
+                                     for row, curve in zip(scores, curves, strict=True)]
+    table["pct_seen"] = [round(100 * len(own) / len(curve), 2) if curve else None
+                         for curve, own in zip(curves, seen, strict=True)]
+    table["seen"] = [",".join(sorted(own)) if curve else None for curve, own in zip(curves, seen, strict=True)]
+    for model in models:
+        table[f"curve_{model}"] = [" ".join(f"{number_text(s)}:{number_text(percent(a))}"
+                                            for s, a in curve[model].items()) if model in curve else None
+                                   for curve in curves]
+    names = list(table["name"])
+    table.attrs["profile_references"] = {
+        model: ("best of the models trained against it: " + ", ".join(sorted(str(names[i]) for i in chosen))
+                if chosen else "best of every model in the table (none was trained against it)")
+        for model, chosen in references.items()}
+    table.attrs["common_unknown"] = sorted(common)
+    return table
 
 
 def parse_columns(columns: list[str] | tuple[str, ...] | None) -> list[str]:
@@ -261,9 +317,18 @@ def table_columns(columns: list[str] = (), ci: bool = False) -> list[str]:
 
 
 def rank_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sort one (dataset, protocol) table, number its rows and add the Δ column."""
-    table = frame.sort_values(["unknown_worst", "autoattack", "clean", "name"], ascending=[False, False, False, True],
-                              na_position="last", kind="stable")
+    """Sort one (dataset, protocol) table, number its rows and add the Δ column.
+
+    Without profiles, rows are sorted by unknown worst (then AutoAttack, clean, name). When a row has the
+    unknown-attack profile, the table gains its columns (:func:`profile_columns`) and is sorted by the
+    common-unknown score instead (then AutoAttack, clean, name): the defenses are compared on the same threat
+    models, none of which any of them trained against.
+    """
+    has_profile = "profile" in frame and any(isinstance(value, dict) for value in frame["profile"])
+    if has_profile:
+        frame = profile_columns(frame)
+    order = ["common_unknown_score" if has_profile else "unknown_worst", "autoattack", "clean", "name"]
+    table = frame.sort_values(order, ascending=[False, False, False, True], na_position="last", kind="stable")
     table = table.reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     baselines = table[table["method"].isin(AT_BASELINES)]["unknown_worst"].dropna()
@@ -282,8 +347,17 @@ def tables(results_dir: str | Path, dataset: str | None = None, columns: list[st
     if frame.empty:
         return {}
     chosen = table_columns(columns, ci)
-    return {(str(ds), str(protocol)): rank_table(group)[chosen]
-            for (ds, protocol), group in frame.groupby(["dataset", "protocol"], sort=True)}
+    ranked = {}
+    for (ds, protocol), group in frame.groupby(["dataset", "protocol"], sort=True):
+        table = rank_table(group)
+        # the profile's columns, when the table has them: scores after AutoAttack (and its bounds), curves last
+        scores = [name for name in table.columns if name.startswith("score_")]
+        if scores:
+            scores += ["unknown_score", "common_unknown_score", "pct_seen", "seen"]
+        after = chosen.index("autoattack") + (3 if ci else 1)
+        curves = [name for name in table.columns if name.startswith("curve_")]
+        ranked[(str(ds), str(protocol))] = table[[*chosen[:after], *scores, *chosen[after:], *curves]]
+    return ranked
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -335,6 +409,10 @@ def display_frame(table: pd.DataFrame, ci: bool) -> pd.DataFrame:
 
 
 def header(name: str) -> str:
+    if name.startswith("score_"):
+        return f"{name[6:]} score %"
+    if name.startswith("curve_"):
+        return f"{name[6:]} curve"
     return HEADERS.get(name, f"{name} %")
 
 
@@ -380,6 +458,19 @@ def html_table(shown: pd.DataFrame, caption: str) -> str:
             + renamed.to_html(index=False, escape=True, border=0, classes="midbench-leaderboard") + "\n")
 
 
+def profile_notes(table: pd.DataFrame) -> list[str]:
+    """What a table's profile scores are measured against (empty without a profile)."""
+    references = table.attrs.get("profile_references")
+    if not references:
+        return []
+    common = ", ".join(table.attrs.get("common_unknown") or []) or "none"
+    return ["Profile scores: Σ accuracy / Σ reference accuracy over each threat model's ladder (nested worst case "
+            "per example). Reference per threat model: "
+            + "; ".join(f"{model} — {text}" for model, text in references.items()) + ".",
+            f"Common-unknown threat models (seen by no model of this table): {common}. Ranked by the "
+            "common-unknown score, then AutoAttack, then clean."]
+
+
 def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None = None,
            columns: list[str] | None = None, ci: bool = False) -> str:
     """The leaderboard as text in ``fmt``: markdown, LaTeX and HTML hold one table per dataset and protocol;
@@ -404,10 +495,12 @@ def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None =
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     blocks = []
     for (ds, protocol), table in ranked.items():
-        shown = display_frame(table, ci)
+        notes = profile_notes(table)
+        # the full curves are for machines (CSV, JSON); a table for people shows their scores
+        shown = display_frame(table.drop(columns=[c for c in table.columns if c.startswith("curve_")]), ci)
         caption = f"{ds} — {protocol}"
         if fmt == "markdown":
-            blocks.append(f"### {caption}\n\n" + markdown_table(shown) + "\n")
+            blocks.append(f"### {caption}\n\n" + markdown_table(shown) + "\n" + "".join(f"\n{n}\n" for n in notes))
         elif fmt == "latex":
             blocks.append(latex_table(shown, caption))
         else:

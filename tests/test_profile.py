@@ -310,3 +310,73 @@ def test_eval_profile_writes_curves_to_the_result_and_its_matrix(pgd_at_checkpoi
                                           strict=False))
         assert model["full_strength_accuracy"] == model["accuracy"][-1]
         assert 0.0 <= model["area"] <= model["clean_accuracy"]
+
+
+# ------------------------------------------------------------------------ leaderboard: reference-normalised scores
+
+#: three models' curves at the six strengths (10 examples, so every accuracy is exact in tenths), the threat
+#: models each was trained against, and the hand-computed scores in % (see the comments)
+TABLE = {
+    "pgd-at-a": ({"linf": [.9, .8, .7, .6, .5, .4], "l2": [.5, .4, .3, .2, .1, 0], "l1": [.4, .3, .2, .1, 0, 0]},
+                 {"linf"}),
+    "standard-b": ({"linf": [.5, .3, .1, 0, 0, 0], "l2": [.8, .5, .4, .3, .2, .1], "l1": [.6, .4, .2, .1, .1, 0]},
+                   set()),
+    "msd-c": ({"linf": [.8, .8, .8, .6, .4, .2], "l2": [.7, .6, .5, .4, .3, .2], "l1": [.5, .5, .3, .2, .1, .1]},
+              {"linf", "l2"}),
+}
+# linf: reference = best of a and c (trained on it) = .9 .8 .8 .6 .5 .4, Σ 4.0 → a 3.9/4 = 97.5, b 0.9/4 = 22.5,
+#       c 3.6/4 = 90; l2: reference = c alone (b's better 0.8 at the smallest strength does not count: b was not
+#       trained against l2), Σ 2.7 → a 1.5/2.7, b 2.3/2.7, c 1; l1: nobody trained on it, so
+#       the reference is the best of all three = .6 .5 .3 .2 .1 .1, Σ 1.8 → a 1/1.8, b 1.4/1.8, c 1.7/1.8.
+EXPECTED = {"pgd-at-a": {"linf": 97.5, "l2": 55.56, "l1": 55.56, "unknown": 55.56, "common": 55.56, "seen": 33.33},
+            "standard-b": {"linf": 22.5, "l2": 85.19, "l1": 77.78, "unknown": 61.82, "common": 77.78, "seen": 0.0},
+            "msd-c": {"linf": 90.0, "l2": 100.0, "l1": 94.44, "unknown": 94.44, "common": 94.44, "seen": 66.67}}
+
+
+def _write_profiled_run(results: Path, name: str, accuracies: dict[str, list[float]], seen: set[str],
+                        minutes: int) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from midbench.evaluation.engine import Evaluation
+    from midbench.evaluation.profile import ThreatModelCurve
+    from midbench.evaluation.results import build_result, indices_sha256, make_run_id, write_result
+
+    n = 10
+    plans = {plan.threat_model.id: plan for plan in profile_plan(REGISTRY, MNIST_EPS, seen)}
+    curves = []
+    for model_id, accuracy in accuracies.items():
+        robust = np.array([[i < round(10 * a) for a in accuracy] for i in range(n)], dtype=bool)
+        curves.append(ThreatModelCurve(plans[model_id], robust, 1.0, n, n))
+    evaluation = Evaluation(np.ones(n, dtype=bool), [], "whitebox", curves)
+    created = datetime(2026, 11, 30, tzinfo=timezone.utc) + timedelta(minutes=minutes)
+    indices = np.arange(n)
+    result = build_result(
+        evaluation, run_id=make_run_id(name, "whitebox", created), created=created,
+        checkpoint={"path": f"{name}.safetensors", "sha256": name.ljust(64, "0"), "name": name,
+                    "method": name.rpartition("-")[0], "arch": "lenet", "dataset": "mnist5k", "train_attacks": []},
+        data={"dataset": "mnist5k", "split": "test", "n_examples": n, "indices_sha256": indices_sha256(indices),
+              "eps": dict(MNIST_EPS)},
+        protocol={"name": "whitebox", "source": None}, seed=0, device="cpu")
+    write_result(result, evaluation, results, indices)
+
+
+def test_leaderboard_normalises_each_threat_model_by_its_reference_and_ranks_by_common_unknown(tmp_path: Path) -> None:
+    from midbench.leaderboard import render, tables
+
+    for minutes, (name, (accuracies, seen)) in enumerate(TABLE.items()):
+        _write_profiled_run(tmp_path, name, accuracies, seen, minutes)
+    (table,) = tables(tmp_path).values()
+    assert list(table["name"]) == ["msd-c", "standard-b", "pgd-at-a"]  # by common-unknown score
+    for _, row in table.iterrows():
+        expected = EXPECTED[row["name"]]
+        for model_id in ("linf", "l2", "l1"):
+            assert row[f"score_{model_id}"] == pytest.approx(expected[model_id], abs=0.01), (row["name"], model_id)
+        assert row["unknown_score"] == pytest.approx(expected["unknown"], abs=0.01)
+        assert row["common_unknown_score"] == pytest.approx(expected["common"], abs=0.01)
+        assert row["pct_seen"] == pytest.approx(expected["seen"], abs=0.01)
+    assert table.attrs["common_unknown"] == ["l1"]
+    assert "l1 — best of every model in the table" in render(tmp_path, "markdown")
+    assert "linf — best of the models trained against it: msd-c, pgd-at-a" in render(tmp_path, "markdown")
+    csv = render(tmp_path, "csv")
+    assert "0.1:90 0.2:80 0.3:70 0.5:60 0.75:50 1:40" in csv  # pgd-at-a's full L∞ curve
+    assert "curve" not in render(tmp_path, "markdown")

@@ -51,3 +51,48 @@ def summarise(robust: np.ndarray, splits: list[str], autoattack_columns: list[in
         "autoattack": worst_case_accuracy(robust[:, autoattack_columns]) if autoattack_columns else None,
     }
     return summary
+
+
+def reference_normalised_scores(curves: list[dict[str, dict[float, float]]], seen: list[set[str]],
+                                ) -> tuple[list[dict[str, float | None]], dict[str, list[int] | None]]:
+    """Per model and threat model, Σₖ acc(sₖ) / Σₖ ref(sₖ) over the model's ladder (the form of Kang et al.
+    2019's UAR; Dai et al. 2023 call the per-strength ratio the competitiveness ratio).
+
+    ``ref(s)`` is the best accuracy at strength s among the models that were trained against the threat model
+    (their ATA), or, when none of them was, among every model that measured it.
+
+    Args:
+        curves: per model, {threat model: {strength: accuracy}} (models without a profile give ``{}``).
+        seen: per model, the threat models it was trained against.
+
+    Returns:
+        per model {threat model: score} (``None`` where the reference is 0 everywhere), and per threat model the
+        indices of the models that served as its reference (``None``: the best of every model).
+    """
+    threat_models = sorted({model for curve in curves for model in curve})
+    references: dict[str, list[int] | None] = {}
+    best: dict[str, dict[float, float]] = {}
+    for model in threat_models:
+        measured = [i for i, curve in enumerate(curves) if model in curve]
+        trained = [i for i in measured if model in seen[i]]
+        references[model] = trained or None
+        best[model] = {}
+        for i in trained or measured:
+            for strength, accuracy in curves[i][model].items():
+                best[model][strength] = max(best[model].get(strength, 0.0), accuracy)
+    scores: list[dict[str, float | None]] = []
+    for curve in curves:
+        row: dict[str, float | None] = {}
+        for model, points in curve.items():
+            reference = sum(best[model].get(strength, 0.0) for strength in points)
+            row[model] = sum(points.values()) / reference if reference > 0 else None
+        scores.append(row)
+    return scores, references
+
+
+def mean_score(scores: dict[str, float | None], threat_models: set[str]) -> float | None:
+    """Mean of the scores over ``threat_models`` (``None`` when one is missing or the set is empty)."""
+    values = [scores.get(model) for model in sorted(threat_models)]
+    if not values or any(value is None for value in values):
+        return None
+    return float(sum(values) / len(values))  # type: ignore[arg-type]
