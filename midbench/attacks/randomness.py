@@ -60,12 +60,6 @@ def uniform_like(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return torch.empty_like(x).uniform_(low, high) if drawn is None else drawn
 
 
-def rand_like(x: torch.Tensor) -> torch.Tensor:
-    """Uniform [0, 1) numbers shaped like ``x``."""
-    drawn = _like(x, lambda shape, g: torch.rand(shape, generator=g, dtype=torch.float64))
-    return torch.rand_like(x) if drawn is None else drawn
-
-
 def randn_like(x: torch.Tensor) -> torch.Tensor:
     """Standard normal numbers shaped like ``x``."""
     drawn = _like(x, lambda shape, g: torch.randn(shape, generator=g, dtype=torch.float64))
