@@ -27,7 +27,7 @@ from midbench.attacks.specs import ResolvedAttack, load_registry
 from midbench.attacks.threat_models import profile_plan, seen_threat_models
 from midbench.data.registry import get_dataset, load_split
 from midbench.evaluation.engine import AttackRunner, predict
-from midbench.evaluation.profile import PROFILE_SPLIT, climb, step_key
+from midbench.evaluation.profile import climb, independent_curves
 from midbench.evaluation.runner import load_classifier
 
 
@@ -59,18 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 for c in climb(runner(), plans, clean)}
 
     def independent() -> dict[str, tuple[np.ndarray, int]]:
-        out, run = {}, runner()
-        for plan in plans:
-            survived, columns, cost = clean.copy(), [], 0
-            for rung in plan.rungs:
-                for attack in rung.attacks:
-                    outcome = run.run(attack, PROFILE_SPLIT, clean, per_example=True,
-                                      key=step_key(plan.threat_model.id, rung.strength, attack))
-                    survived &= outcome.robust
-                    cost += outcome.forward_passes + outcome.backward_passes
-                columns.append(survived.copy())
-            out[plan.threat_model.id] = (np.stack(columns, axis=1), cost)
-        return out
+        return {c.plan.threat_model.id: (c.robust, c.forward_passes + c.backward_passes)
+                for c in independent_curves(runner(), plans, clean)}
 
     times: dict[str, list[float]] = {"nested": [], "independent": []}
     results = {}

@@ -49,8 +49,9 @@ class DemoSettings:
         """``midbench demo --quick``: every stage of the demo (MID's teacher and student included, both
         protocols, AutoAttack, the leaderboard) on a few dozen images, in well under a minute on 2 CPU cores.
 
-        The numbers it prints are real attacks on real data, but from models trained for one epoch on 64 images:
-        it checks that an installation works end to end, it measures nothing about the defenses.
+        The numbers it prints are real attacks on real data, but from models trained for one or two epochs on 512
+        images and evaluated on 32: it checks that an installation works end to end, it measures nothing about
+        the defenses.
         """
         return cls(standard_epochs=2, pgd_at_epochs=1, attack_steps=2, mid_teacher_epochs=1, mid_epochs=1,
                    mid_pool_steps=2, n_train=512, val_size=32, n_examples=32, device=device)

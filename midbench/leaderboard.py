@@ -234,11 +234,11 @@ def _profile_of(runs: list[Run]) -> dict[str, dict[str, Any]] | None:
 
 
 def profile_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """Add the profile's columns to one table (evaluation.md, "Unknown-attack profile"), in place of nothing when
-    no row has a profile: ``score_<threat model>`` (reference-normalised, %), ``unknown_score`` (mean over the
-    threat models the row has not seen), ``common_unknown_score`` (mean over those no model of the table has
-    seen), ``pct_seen``, ``seen``, and ``curve_<threat model>`` (``strength:accuracy%`` pairs). The references are
-    recorded in ``table.attrs["profile_references"]``."""
+    """A copy of one table with the profile's columns (evaluation.md, "Unknown-attack profile"); rows without a
+    profile get empty cells. The columns: ``score_<threat model>`` (reference-normalised, %), ``unknown_score``
+    (mean over the threat models the row has not seen), ``common_unknown_score`` (mean over those no model of
+    the table has seen), ``pct_seen``, ``seen``, and ``curve_<threat model>`` (``strength:accuracy%`` pairs).
+    The references are recorded in ``table.attrs["profile_references"]``."""
     profiles = [value if isinstance(value, dict) else {} for value in table["profile"]]
     curves = [{model: entry["points"] for model, entry in profile.items()} for profile in profiles]
     seen = [{model for model, entry in profile.items() if entry["seen"]} for profile in profiles]

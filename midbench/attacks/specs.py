@@ -36,13 +36,13 @@ import importlib
 import inspect
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from midbench._toml import tomllib
 from midbench.attacks.norms import Norm, parse_norm
+from midbench.attacks.syntax import ID_PATTERN, RELATIVE
 from midbench.attacks.threat_models import ThreatModel, check_budget, parse_threat_model
 from midbench.errors import UsageError
 from midbench.registry import suggest
@@ -54,9 +54,6 @@ ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "targ
 DEFAULT_THREAT_MODEL = {"linf": "linf", "l2": "l2", "l1": "l1", "noise": "noise"}
 REQUIRED_KEYS = {"id", "version", "family", "implementation", "citation"}
 SUITE_KEYS = {"name", "description", "attacks"}
-ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"  # non-negative decimal, optional exponent
-RELATIVE = re.compile(rf"^\s*(?:(?P<scale>{_NUMBER})\s*\*\s*)?eps(?:\s*/\s*(?P<divisor>{_NUMBER}))?\s*$")
 
 
 def evaluate_passes(expression: int | str, params: dict[str, Any]) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from midbench.attacks.norms import Norm, parse_norm
+from midbench.attacks.syntax import ID_PATTERN, RELATIVE
 from midbench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ def parse_threat_model(entry: dict[str, Any], where: str, source: str) -> Threat
         UsageError: naming ``where`` (file and entry): unknown keys, a bad id, or a ladder that is empty, not
             strictly increasing, has a strength ≤ 0 or > 1, or does not end at the full budget 1.
     """
-    from midbench.attacks.specs import ID_PATTERN
-
     extra = set(entry) - THREAT_MODEL_KEYS
     if extra:
         raise UsageError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(THREAT_MODEL_KEYS))}")
@@ -90,8 +89,6 @@ def check_budget(entry: dict[str, Any], params: dict[str, Any], norm: Norm | Non
     Raises:
         UsageError: a budget name that is neither ``eps`` (of an entry with a norm) nor a numeric parameter.
     """
-    from midbench.attacks.specs import RELATIVE
-
     budget = entry.get("budget", ["eps"] if norm is not None else [])
     if not isinstance(budget, list) or not all(isinstance(name, str) for name in budget):
         raise UsageError(f"{where}: budget must be a list of parameter names, e.g. [\"max_angle\", \"max_shift\"]")

@@ -65,9 +65,35 @@ def climb(runner: AttackRunner, plans: list[ThreatModelPlan], clean_correct: np.
                 forward += outcome.forward_passes
                 backward += outcome.backward_passes
             columns.append(robust.copy())
-        matrix = np.stack(columns, axis=1) if columns else np.zeros((clean_correct.shape[0], 0), dtype=bool)
-        curves.append(ThreatModelCurve(plan, matrix, seconds, forward, backward))
+        curves.append(ThreatModelCurve(plan, _stack(columns, clean_correct), seconds, forward, backward))
     return curves
+
+
+def independent_curves(runner: AttackRunner, plans: list[ThreatModelPlan],
+                       clean_correct: np.ndarray) -> list[ThreatModelCurve]:
+    """What the nested climb saves: every attack at every strength on every clean-correct example, the curve
+    being the per-example worst case over the strengths up to each one. With the same runner settings (seed,
+    step keys, per-example randomness) its curves equal :func:`climb`'s; it exists to check that
+    (``tests/test_profile.py``) and to measure the saving (``benchmarks/bench_profile.py``, goal P11)."""
+    curves = []
+    for plan in plans:
+        survived = clean_correct.copy()
+        columns, seconds, forward, backward = [], 0.0, 0, 0
+        for rung in plan.rungs:
+            for attack in rung.attacks:
+                outcome = runner.run(attack, PROFILE_SPLIT, clean_correct,
+                                     key=step_key(plan.threat_model.id, rung.strength, attack), per_example=True)
+                survived &= outcome.robust
+                seconds += outcome.seconds
+                forward += outcome.forward_passes
+                backward += outcome.backward_passes
+            columns.append(survived.copy())
+        curves.append(ThreatModelCurve(plan, _stack(columns, clean_correct), seconds, forward, backward))
+    return curves
+
+
+def _stack(columns: list[np.ndarray], clean_correct: np.ndarray) -> np.ndarray:
+    return np.stack(columns, axis=1) if columns else np.zeros((clean_correct.shape[0], 0), dtype=bool)
 
 
 def normalised_area(strengths: list[float], accuracies: list[float], clean: float) -> float:
