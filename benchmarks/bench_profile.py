@@ -2,8 +2,8 @@
 """Goal P11: the unknown-attack profile climbed nested vs the same strengths evaluated independently.
 
 Both runs attack the first ``--n`` mnist5k test images with the shipped ``unknown-profile`` suite at every
-strength of every threat model's ladder. The nested climb (``midbench eval --profile``) attacks at each strength
-only the examples still robust; the independent evaluation attacks every clean-correct example at every
+strength of every threat model's ladder. The nested climb (``midbench eval --unknown-attacks``) attacks at each
+strength only the examples still robust; the independent evaluation attacks every clean-correct example at every
 strength, and its curve is the per-example worst case over the strengths up to each one. The script prints, per
 threat model and in total, the forward + backward passes of each (counted by ``PassCounter``: exact and
 deterministic) and their ratio, the wall-time ratio of the two runs done in alternation (``--pairs``), and

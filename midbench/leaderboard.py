@@ -4,7 +4,8 @@ Columns (evaluation.md, "Leaderboard"): rank, name, method, arch, protocol, clea
 unknown mean, unknown worst, AutoAttack, Δ unknown-worst vs the best adversarial-training baseline of the same
 table, flags, n, ε; optionally one robust-accuracy column per requested attack (``columns``). Accuracies are
 percentages rounded to two decimals, identical in every format (markdown, CSV, LaTeX, HTML, JSON). Rows are sorted
-by unknown worst (then AutoAttack, then clean).
+by unknown worst (then AutoAttack, then clean). A table with unknown-attack profiles gains their columns, is
+sorted by the common-unknown score, and its Δ column compares that score instead (:func:`rank_table`).
 
 Every number is recomputed from the per-example matrix (the ``.npz`` beside each result JSON): a result whose
 matrix is missing or unreadable (an interrupted or damaged run) is skipped with a :class:`LeaderboardWarning`.
@@ -33,7 +34,13 @@ import numpy as np
 import pandas as pd
 
 from midbench.errors import ArtifactError, UsageError
-from midbench.evaluation.metrics import mean_score, reference_normalised_scores, summarise, wilson_interval
+from midbench.evaluation.metrics import (
+    mean_score,
+    reference_normalised_scores,
+    summarise,
+    unseen_full_strength,
+    wilson_interval,
+)
 from midbench.evaluation.results import read_result
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
@@ -49,9 +56,12 @@ TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metri
 HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "protocol": "protocol",
            "clean": "clean %", "known_mean": "known mean %", "known_worst": "known worst %",
            "unknown_mean": "unknown mean %", "unknown_worst": "unknown worst %", "autoattack": "AutoAttack %",
-           "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT", "flags": "flags", "n": "n",
+           "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT",
+           "delta_common_unknown_vs_at": "Δ common-unknown score vs best AT", "flags": "flags", "n": "n",
            "eps_linf": "ε (L∞)", "unknown_score": "unknown score %",
            "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen"}
+#: the Δ-vs-best-baseline column of a table ranked by each metric
+DELTA_COLUMN = {"unknown_worst": "delta_unknown_worst_vs_at", "common_unknown_score": "delta_common_unknown_vs_at"}
 MISSING = "—"
 _ATTACK_COLUMN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*(@(\d+|custom))?$")
 
@@ -179,13 +189,18 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
               else np.zeros((n, 0), dtype=bool))
     splits = [str(row.get("split")) for row in rows]
     autoattack = [index for index, row in enumerate(rows) if is_autoattack(row)]
-    summary = summarise(robust, splits, autoattack)
+    profiled = next((run for run in reversed(runs) if run.curves), None)  # the newest profile counts
+    profile_unknown = unseen_full_strength([(matrix, seen) for matrix, _, seen in profiled.curves.values()], n) \
+        if profiled is not None else np.zeros((n, 0), dtype=bool)
+    summary = summarise(robust, splits, autoattack, profile_unknown)
     split_array = np.array(splits, dtype=object)
+    unknown = np.concatenate([robust[:, split_array == "unknown"], profile_unknown], axis=1)
+    everything = np.concatenate([robust, profile_unknown], axis=1)
     survivors = {  # examples that count for each proportion
         "clean": newest.clean,
         "known_worst": robust[:, split_array == "known"].all(axis=1) if "known" in splits else None,
-        "unknown_worst": robust[:, split_array == "unknown"].all(axis=1) if "unknown" in splits else None,
-        "all_worst": robust.all(axis=1) if rows else None,
+        "unknown_worst": unknown.all(axis=1) if unknown.shape[1] else None,
+        "all_worst": everything.all(axis=1) if everything.shape[1] else None,
         "autoattack": robust[:, autoattack].all(axis=1) if autoattack else None,
     }
     by_key: dict[str, np.ndarray] = {}
@@ -224,20 +239,23 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
 
 def _profile_of(runs: list[Run]) -> dict[str, dict[str, Any]] | None:
     """The newest run's profile, its accuracies recomputed from the nested matrices:
-    {threat model: {"points": {strength: accuracy}, "seen": bool}}."""
+    {threat model: {"points": {strength: accuracy}, "survivors": {strength: count}, "n": N, "seen": bool}}."""
     for run in reversed(runs):
         if run.curves:
             return {model: {"points": dict(zip(strengths, (float(a) for a in matrix.mean(axis=0)), strict=True)),
-                            "seen": seen}
+                            "survivors": dict(zip(strengths, (int(c) for c in matrix.sum(axis=0)), strict=True)),
+                            "n": int(matrix.shape[0]), "seen": seen}
                     for model, (matrix, strengths, seen) in run.curves.items()}
     return None
 
 
-def profile_columns(table: pd.DataFrame) -> pd.DataFrame:
+def profile_columns(table: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """A copy of one table with the profile's columns (evaluation.md, "Unknown-attack profile"); rows without a
     profile get empty cells. The columns: ``score_<threat model>`` (reference-normalised, %), ``unknown_score``
     (mean over the threat models the row has not seen), ``common_unknown_score`` (mean over those no model of
-    the table has seen), ``pct_seen``, ``seen``, and ``curve_<threat model>`` (``strength:accuracy%`` pairs).
+    the table has seen), ``pct_seen``, ``seen``, and ``curve_<threat model>`` (``strength:accuracy%`` pairs; with
+    ``ci`` each point carries its 95% Wilson interval, ``0.5:41.2[36.9,45.6]``). The scores are ratios of sums
+    of accuracies, not proportions of examples, so they have no Wilson interval.
     The references are recorded in ``table.attrs["profile_references"]``."""
     profiles = [value if isinstance(value, dict) else {} for value in table["profile"]]
     curves = [{model: entry["points"] for model, entry in profile.items()} for profile in profiles]
@@ -256,10 +274,16 @@ def profile_columns(table: pd.DataFrame) -> pd.DataFrame:
     table["pct_seen"] = [round(100 * len(own) / len(curve), 2) if curve else None
                          for curve, own in zip(curves, seen, strict=True)]
     table["seen"] = [",".join(sorted(own)) if curve else None for curve, own in zip(curves, seen, strict=True)]
+    def point(profile: dict[str, Any], model: str, strength: float, accuracy: float) -> str:
+        text = f"{number_text(strength)}:{number_text(percent(accuracy))}"
+        if not ci:
+            return text
+        low, high = wilson_interval(profile[model]["survivors"][strength], profile[model]["n"])
+        return f"{text}[{number_text(percent(low))},{number_text(percent(high))}]"
+
     for model in models:
-        table[f"curve_{model}"] = [" ".join(f"{number_text(s)}:{number_text(percent(a))}"
-                                            for s, a in curve[model].items()) if model in curve else None
-                                   for curve in curves]
+        table[f"curve_{model}"] = [" ".join(point(profile, model, s, a) for s, a in curve[model].items())
+                                   if model in curve else None for profile, curve in zip(profiles, curves, strict=True)]
     names = list(table["name"])
     table.attrs["profile_references"] = {
         model: ("best of the models trained against it: " + ", ".join(sorted(str(names[i]) for i in chosen))
@@ -316,7 +340,7 @@ def table_columns(columns: list[str] = (), ci: bool = False) -> list[str]:
             for part in ([name, f"{name}_lo", f"{name}_hi"] if name in with_bounds else [name])]
 
 
-def rank_table(frame: pd.DataFrame) -> pd.DataFrame:
+def rank_table(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """Sort one (dataset, protocol) table, number its rows and add the Δ column.
 
     Without profiles, rows are sorted by unknown worst (then AutoAttack, clean, name). When a row has the
@@ -326,16 +350,19 @@ def rank_table(frame: pd.DataFrame) -> pd.DataFrame:
     """
     has_profile = "profile" in frame and any(isinstance(value, dict) for value in frame["profile"])
     if has_profile:
-        frame = profile_columns(frame)
+        frame = profile_columns(frame, ci)
     order = ["common_unknown_score" if has_profile else "unknown_worst", "autoattack", "clean", "name"]
     table = frame.sort_values(order, ascending=[False, False, False, True], na_position="last", kind="stable")
     table = table.reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
-    baselines = table[table["method"].isin(AT_BASELINES)]["unknown_worst"].dropna()
+    # Δ: the ranking metric minus the best adversarial-training baseline's (with profiles the unknown worst case
+    # is usually 0 for every model, so the common-unknown score is what separates them)
+    metric = "common_unknown_score" if has_profile else "unknown_worst"
+    delta = DELTA_COLUMN[metric]
+    baselines = table[table["method"].isin(AT_BASELINES)][metric].dropna()
     best = baselines.max() if not baselines.empty else None
-    table["delta_unknown_worst_vs_at"] = [
-        None if best is None or pd.isna(value) else round(value - best, 2) for value in table["unknown_worst"]]
-    table["delta_unknown_worst_vs_at"] = table["delta_unknown_worst_vs_at"].astype(float)
+    table[delta] = [None if best is None or pd.isna(value) else round(value - best, 2) for value in table[metric]]
+    table[delta] = table[delta].astype(float)
     return table
 
 
@@ -349,14 +376,16 @@ def tables(results_dir: str | Path, dataset: str | None = None, columns: list[st
     chosen = table_columns(columns, ci)
     ranked = {}
     for (ds, protocol), group in frame.groupby(["dataset", "protocol"], sort=True):
-        table = rank_table(group)
+        table = rank_table(group, ci)
         # the profile's columns, when the table has them: scores after AutoAttack (and its bounds), curves last
         scores = [name for name in table.columns if name.startswith("score_")]
         if scores:
             scores += ["unknown_score", "common_unknown_score", "pct_seen", "seen"]
         after = chosen.index("autoattack") + (3 if ci else 1)
         curves = [name for name in table.columns if name.startswith("curve_")]
-        ranked[(str(ds), str(protocol))] = table[[*chosen[:after], *scores, *chosen[after:], *curves]]
+        rest = [DELTA_COLUMN["common_unknown_score"] if scores and name == DELTA_COLUMN["unknown_worst"] else name
+                for name in chosen[after:]]
+        ranked[(str(ds), str(protocol))] = table[[*chosen[:after], *scores, *rest, *curves]]
     return ranked
 
 

@@ -212,7 +212,10 @@ def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
     threads = head.get("threads")
     if threads is not None and threads < 1:
         raise UsageError(f"{path}: threads must be at least 1, got {threads}")
-    fingerprint = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+    # The state file guards the training runs, so [eval] stays out of it: a changed evaluation redoes the
+    # evaluations (each is checked against its own settings) without retraining a model.
+    training = {key: value for key, value in document.items() if key != "eval"}
+    fingerprint = hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()
     return Sweep(name=sweep_name, dataset=dataset, runs=tuple(_ordered(runs)), protocols=protocols,
                  transfer_source=transfer_source, selection=selection, n_examples=n_examples,
                  eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads)
@@ -313,8 +316,8 @@ def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as error:
         raise UsageError(f"{path} is unreadable ({error}); delete it to redo the sweep's evaluations") from error
     if state.get("fingerprint") != fingerprint:
-        raise UsageError(f"{path} belongs to a different sweep file (the file changed since); use another --out "
-                         "or delete that folder to start over")
+        raise UsageError(f"{path} belongs to a different sweep (its [sweep], [train] or [runs] changed since); use "
+                         "another --out or delete that folder to start over")
     return state
 
 
@@ -379,7 +382,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
     from midbench.evaluation.results import software_versions
 
     shared_settings = {"n_examples": sweep.n_examples, "batch_size": sweep.eval_batch_size, "seed": sweep.seed,
-                       "selection": repr(sweep.selection), "device": sweep.device, "versions": software_versions()}
+                       "selection": repr(sweep.selection), "device": sweep.device, "versions": software_versions(),
+                       "registry": registry_digest()}
     # each model's hash, read once: an evaluation is redone only when its model (or source) changed
     hashes = {run.name: _checkpoint_sha(model_path(out, run.name)) for run in sweep.runs}
     for name, protocol in evaluation_plan(sweep):
@@ -418,6 +422,16 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
     return SweepOutcome(board, paths, results, seconds)
 
 
+def registry_digest() -> str:
+    """SHA-256 of the shipped attack registry's files: an edited entry, suite or ladder redoes the evaluations."""
+    from midbench.paths import shipped_registry_dir
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(shipped_registry_dir()).glob("*.toml")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _checkpoint_sha(path: Path) -> str:
     from midbench.checkpoint import load_checkpoint
 
@@ -428,8 +442,9 @@ def leaderboard_header(sweep: Sweep, config_label: str) -> str:
     """The markdown preamble: what made the tables, with the settings a reader needs to interpret them.
     Deterministic (no times, no paths of this machine), so a rerun reproduces the file byte for byte."""
     selection = sweep.selection
-    attacks = [label for flag, label in ((selection.known, "known attacks"), (selection.unknown, "the unknown suite"),
-                                         (selection.autoattack, "AutoAttack")) if flag]
+    labels = ((selection.known, "known attacks"), (selection.unknown, "the unknown suite"),
+              (selection.autoattack, "AutoAttack"))
+    attacks = [label for flag, label in labels if flag]
     attacks += list(selection.attacks) + ([f"suite {selection.suite}"] if selection.suite else [])
     pinned = f", {sweep.threads} CPU thread{'s' if sweep.threads > 1 else ''}" if sweep.threads else ""
     lines = [f"# {sweep.name}: leaderboard of the sweep", "",

@@ -1,6 +1,7 @@
 """The forward/backward passes each registry entry declares are what the attack really costs (exact counts).
 
-Entries whose cost depends on when examples succeed (DeepFool stops early) declare an upper bound instead.
+Entries whose cost depends on when examples succeed (DeepFool and the rotation/translation grid stop early)
+declare an upper bound instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from midbench.evaluation.counting import PassCounter
 
 REGISTRY = load_registry()
 SMALL = {"steps": 3, "search_steps": 2, "samples": 4, "angle_steps": 3, "shift_steps": 2}
-UPPER_BOUNDS = {"deepfool-l2", "deepfool-linf"}
+UPPER_BOUNDS = {"deepfool-l2", "deepfool-linf", "rot-trans", "rot-trans-coarse"}
 DECLARED = sorted(a for a, spec in REGISTRY.attacks.items() if spec.passes)
 
 

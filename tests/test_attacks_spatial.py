@@ -246,3 +246,28 @@ def test_a_norm_is_refused() -> None:
         FlowField(eps=0.3, norm=Norm.LINF)
     with pytest.raises(UsageError, match="spatial attack"):
         RotationTranslation(eps=0.3, norm=Norm.LINF)
+
+
+def test_grid_result_does_not_depend_on_how_transformations_share_forward_passes(
+        standard_model: nn.Module, small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Several transformations per forward pass is a speed-up only: the chosen transformation and image of every
+    example are those of the one-transformation-per-forward loop, and a fooled example holds the first fooling
+    transformation in grid order."""
+    x, y = small_batch[0][:12], small_batch[1][:12]
+    results = []
+    for images_per_forward in (1, 5, 4096):
+        attack = RotationTranslation(max_angle=30.0, max_shift=3.0, angle_steps=7, shift_steps=3)
+        attack.images_per_forward = images_per_forward
+        results.append((attack(standard_model, x, y), attack.last_params, attack.last_success))
+    for images, params, success in results[1:]:
+        assert torch.equal(images, results[0][0]) and torch.equal(params, results[0][1])
+        assert torch.equal(success, results[0][2])
+    _, params, success = results[0]
+    grid = RotationTranslation(max_angle=30.0, max_shift=3.0, angle_steps=7, shift_steps=3).grid()
+    with torch.no_grad():
+        for i in torch.nonzero(success).flatten().tolist():
+            for angle, dx, dy in grid:
+                image = rotate_translate(x[i:i + 1], torch.tensor([angle]), torch.tensor([[dx, dy]]))
+                if standard_model(image).argmax(1).item() != y[i].item():
+                    assert params[i].tolist() == pytest.approx([angle, dx, dy])
+                    break

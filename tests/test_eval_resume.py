@@ -197,3 +197,70 @@ def test_cli_refuses_a_state_from_other_settings_then_restarts(standard_checkpoi
     assert len(refused.stderr.strip().splitlines()) == 1
     restarted = subprocess.run([*other_seed, "--restart"], capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr
+
+
+TINY_PROFILE = """
+[[attack]]
+id = "r-pgd-linf"
+version = 1
+family = "linf"
+norm = "Linf"
+implementation = "midbench.attacks.gradient:PGD"
+citation = "test"
+params = { steps = 3, step_size = "eps/2", random_start = true }
+
+[[attack]]
+id = "r-elastic"
+version = 1
+family = "spatial"
+threat_model = "elastic"
+budget = ["max_flow"]
+implementation = "midbench.attacks.elastic:ElasticAttack"
+citation = "test"
+params = { max_flow = 2.0, sigma = 2.0, steps = 2, relative_step = 0.25, random_start = true }
+
+[[suite]]
+name = "r-profile"
+attacks = ["r-pgd-linf", "r-elastic"]
+"""
+
+
+@pytest.mark.parametrize("crash_after", [2, 9, 17])
+def test_a_killed_profile_resumes_to_the_uninterrupted_curves(standard_model: nn.Module, data: TensorSplit,
+                                                              tmp_path: Path, crash_after: int) -> None:
+    """The profile's steps (threat model, strength, attack) are recorded batch by batch like any attack: a run
+    killed inside a ladder (early, mid-ladder, in the second threat model) resumes with nothing recomputed and
+    ends with the uninterrupted run's nested curves, example by example."""
+    from midbench.attacks.threat_models import profile_plan
+
+    (tmp_path / "profile.toml").write_text(TINY_PROFILE)
+    plans = profile_plan(load_registry([tmp_path]), get_dataset("mnist5k").eps, set(), suite="r-profile")
+
+    def climb(state: EvalState | None = None, crash: int | None = None, calls: list | None = None) -> Evaluation:
+        seen = [] if calls is None else calls
+
+        def progress(key: str, done: int, total: int) -> None:
+            seen.append((key, done))
+            if crash is not None and len(seen) >= crash:
+                raise Crash()
+
+        return evaluate(standard_model, data, [], device=CPU, batch_size=BATCH, seed=3, progress=progress,
+                        state=state, profile=plans)
+
+    reference_calls: list = []
+    reference = climb(calls=reference_calls)
+    assert len(reference_calls) > crash_after
+    path = tmp_path / ".m__whitebox.evalstate.npz"
+    state = EvalState.open(path, fingerprint(profile="r-profile"))
+    with pytest.raises(Crash):
+        climb(state, crash=crash_after)
+    state.finish(keep=True)
+    resumed_state = EvalState.open(path, fingerprint(profile="r-profile"))
+    assert resumed_state.resumed
+    calls: list = []
+    resumed = climb(resumed_state, calls=calls)
+    for before, after in zip(reference.curves, resumed.curves, strict=True):
+        np.testing.assert_array_equal(after.robust, before.robust)
+        assert (after.forward_passes, after.backward_passes) == (before.forward_passes, before.backward_passes)
+    assert calls == reference_calls[crash_after:]
+    resumed_state.finish()

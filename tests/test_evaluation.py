@@ -28,12 +28,12 @@ def _run_eval(checkpoint: Path, results: Path, *args: str) -> dict:
     return json.loads(result.output)
 
 
-def test_unknown_attacks_exclude_exactly_the_training_attack(pgd_at_checkpoint: Path, tmp_path: Path) -> None:
-    """The PGD-AT checkpoint trained with a custom PGD; its known split is that attack, and the unknown suite
-    still runs every registry entry (none equals it by specification)."""
+def test_known_split_is_exactly_the_training_attack(pgd_at_checkpoint: Path, tmp_path: Path) -> None:
+    """The PGD-AT checkpoint trained with a custom PGD; its known split is that attack, and every entry of the
+    default-unknown suite is unknown (none equals it by specification)."""
     known = _run_eval(pgd_at_checkpoint, tmp_path, "--known-attacks")
     assert [(row["id"], row["split"]) for row in known["attacks"]] == [("pgd-linf@custom", "known")]
-    unknown = _run_eval(pgd_at_checkpoint, tmp_path, "--unknown-attacks")
+    unknown = _run_eval(pgd_at_checkpoint, tmp_path, "--suite", "default-unknown")
     suite = load_registry().suites["default-unknown"]
     assert [row["id"].split("@")[0] for row in unknown["attacks"]] == suite
     assert {row["split"] for row in unknown["attacks"]} == {"unknown"}
@@ -41,22 +41,22 @@ def test_unknown_attacks_exclude_exactly_the_training_attack(pgd_at_checkpoint: 
 
 def test_registry_attack_equal_to_training_attack_is_known(tmp_path: Path) -> None:
     """Equality by specification, not by name: a model trained with the registry's own pgd-linf has it known,
-    and --unknown-attacks leaves it out."""
+    in a suite as when named."""
     from midbench.config import TrainConfig
     from midbench.training import train
 
     config = TrainConfig(method="pgd-at", arch="test-mlp", epochs=1, n_train=32, val_size=8, device="cpu")
     checkpoint = train(config, tmp_path / "run", progress=False).checkpoint
-    unknown = _run_eval(checkpoint, tmp_path / "results", "--unknown-attacks", "--n-examples", "8")
-    ids = [row["id"].split("@")[0] for row in unknown["attacks"]]
-    assert ids == [a for a in load_registry().suites["default-unknown"] if a != "pgd-linf"]
-    assert {row["split"] for row in unknown["attacks"]} == {"unknown"}
+    unknown = _run_eval(checkpoint, tmp_path / "results", "--suite", "default-unknown", "--n-examples", "8")
+    splits = {row["id"].split("@")[0]: row["split"] for row in unknown["attacks"]}
+    assert list(splits) == load_registry().suites["default-unknown"]
+    assert {a for a, split in splits.items() if split == "known"} == {"pgd-linf"}
     named = _run_eval(checkpoint, tmp_path / "results", "--attacks", "pgd-linf", "--n-examples", "8")
     assert [(row["id"], row["split"]) for row in named["attacks"]] == [("pgd-linf@1", "known")]
 
 
 def test_standard_checkpoint_runs_the_whole_unknown_suite(standard_checkpoint: Path, tmp_path: Path) -> None:
-    document = _run_eval(standard_checkpoint, tmp_path, "--unknown-attacks")
+    document = _run_eval(standard_checkpoint, tmp_path, "--suite", "default-unknown")
     assert [row["id"].split("@")[0] for row in document["attacks"]] == load_registry().suites["default-unknown"]
     assert document["summary"]["known_mean"] is None
 
@@ -133,7 +133,7 @@ def test_wilson_interval_contains_the_estimate_and_shrinks_with_n() -> None:
 def test_leaderboard_markdown_and_csv_agree(standard_checkpoint: Path, pgd_at_checkpoint: Path,
                                             tmp_path: Path) -> None:
     for checkpoint in (standard_checkpoint, pgd_at_checkpoint):
-        _run_eval(checkpoint, tmp_path, "--known-attacks", "--unknown-attacks")
+        _run_eval(checkpoint, tmp_path, "--known-attacks", "--suite", "default-unknown")
     (tmp_path / "runs" / "mnist5k" / "partial.json").write_text('{"schema": "midbench.result/1", "run_')  # torn
     csv_text = render(tmp_path, "csv")
     import io

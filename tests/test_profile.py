@@ -82,7 +82,8 @@ def test_a_user_registry_adds_a_threat_model_and_an_entry_of_it(tmp_path: Path) 
 def test_every_shipped_entry_has_a_threat_model_and_profile_ladders_have_five_strengths() -> None:
     assert all(spec.threat_model in REGISTRY.threat_models for spec in REGISTRY.attacks.values())
     profiled = {spec.threat_model for spec in REGISTRY.suite(PROFILE_SUITE)}
-    assert {"linf", "l2", "l1", "flow", "rot-trans", "noise"} <= profiled
+    assert {"linf", "l2", "l1", "flow", "rot-trans", "elastic", "jpeg",
+                                                          "noise"} <= profiled
     for model_id in profiled:
         assert len(REGISTRY.threat_models[model_id].ladder) >= 5
     assert all(spec.budget for spec in REGISTRY.suite(PROFILE_SUITE))
@@ -232,6 +233,26 @@ citation = "test"
 params = { max_angle = 30.0, max_shift = 3.0, angle_steps = 3, shift_steps = 3 }
 
 [[attack]]
+id = "t-elastic"
+version = 1
+family = "spatial"
+threat_model = "elastic"
+budget = ["max_flow"]
+implementation = "midbench.attacks.elastic:ElasticAttack"
+citation = "test"
+params = { max_flow = 2.0, sigma = 2.0, steps = 3, relative_step = 0.25, random_start = true }
+
+[[attack]]
+id = "t-jpeg"
+version = 1
+family = "frequency"
+threat_model = "jpeg"
+budget = ["quant_steps"]
+implementation = "midbench.attacks.jpeg:JpegAttack"
+citation = "test"
+params = { quant_steps = 1.0, steps = 3, relative_step = 0.25, random_start = true }
+
+[[attack]]
 id = "t-noise-l1"
 version = 1
 family = "noise"
@@ -251,8 +272,8 @@ params = { sigma = "eps", samples = 3 }
 
 [[suite]]
 name = "test-profile"
-attacks = ["t-pgd-linf", "t-pgd-linf-t", "t-pgd-l2", "t-pgd-l1", "t-stadv", "t-rot-trans", "t-noise-l1",
-           "t-noise-gaussian"]
+attacks = ["t-pgd-linf", "t-pgd-linf-t", "t-pgd-l2", "t-pgd-l1", "t-stadv", "t-rot-trans", "t-elastic", "t-jpeg",
+           "t-noise-l1", "t-noise-gaussian"]
 """
 
 
@@ -268,7 +289,8 @@ def test_nested_climb_equals_the_worst_case_over_independent_evaluations(standar
     registry = load_registry([tmp_path])
     data = mnist5k_test.subset(torch.arange(40))
     plans = profile_plan(registry, MNIST_EPS, set(), suite="test-profile")
-    assert {plan.threat_model.id for plan in plans} == {"linf", "l2", "l1", "flow", "rot-trans", "noise"}
+    assert {plan.threat_model.id for plan in plans} == {"linf", "l2", "l1", "flow", "rot-trans", "elastic", "jpeg",
+                                                          "noise"}
     nested_runner, clean = _runner(standard_model, data, batch_size=7)
     curves = climb(nested_runner, plans, clean)
     independent_runner, _ = _runner(standard_model, data, batch_size=32)
@@ -291,8 +313,10 @@ def test_normalised_area_is_the_mean_accuracy_over_the_strength_range() -> None:
 
 
 @pytest.mark.slow
-def test_eval_profile_writes_curves_to_the_result_and_its_matrix(pgd_at_checkpoint: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["eval", str(pgd_at_checkpoint), "--profile", "--n-examples", "24",
+def test_unknown_attacks_write_curves_to_the_result_and_its_matrix(pgd_at_checkpoint: Path, tmp_path: Path) -> None:
+    """``--unknown-attacks`` climbs every threat model of the shipped profile; the PGD-AT checkpoint has L∞ seen;
+    the unknown summary is the worst case over the unseen threat models at full strength."""
+    result = CliRunner().invoke(app, ["eval", str(pgd_at_checkpoint), "--unknown-attacks", "--n-examples", "24",
                                       "--results-dir", str(tmp_path), "--quiet", "--format", "json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -308,27 +332,31 @@ def test_eval_profile_writes_curves_to_the_result_and_its_matrix(pgd_at_checkpoi
                                           strict=False))
         assert model["full_strength_accuracy"] == model["accuracy"][-1]
         assert 0.0 <= model["area"] <= model["clean_accuracy"]
+    assert set(models) == {spec.threat_model for spec in load_registry().suite("unknown-profile")}
+    assert document["attacks"] == []  # the profile's attacks are curves, not rows
+    unseen = np.stack([matrices[f"profile_{m}"][:, -1] for m in models if not models[m]["seen"]], axis=1)
+    assert document["summary"]["unknown_worst"] == pytest.approx(unseen.all(axis=1).mean())
+    assert document["summary"]["unknown_mean"] == pytest.approx(unseen.mean(axis=0).mean())
 
 
 # ------------------------------------------------------------------------ leaderboard: reference-normalised scores
 
-#: three models' curves at the six strengths (10 examples, so every accuracy is exact in tenths), the threat
+#: three models' curves at the five strengths (10 examples, so every accuracy is exact in tenths), the threat
 #: models each was trained against, and the hand-computed scores in % (see the comments)
 TABLE = {
-    "pgd-at-a": ({"linf": [.9, .8, .7, .6, .5, .4], "l2": [.5, .4, .3, .2, .1, 0], "l1": [.4, .3, .2, .1, 0, 0]},
-                 {"linf"}),
-    "standard-b": ({"linf": [.5, .3, .1, 0, 0, 0], "l2": [.8, .5, .4, .3, .2, .1], "l1": [.6, .4, .2, .1, .1, 0]},
-                   set()),
-    "msd-c": ({"linf": [.8, .8, .8, .6, .4, .2], "l2": [.7, .6, .5, .4, .3, .2], "l1": [.5, .5, .3, .2, .1, .1]},
+    "pgd-at-a": ({"linf": [.9, .8, .6, .5, .4], "l2": [.5, .4, .2, .1, 0], "l1": [.4, .3, .1, 0, 0]}, {"linf"}),
+    "standard-b": ({"linf": [.5, .3, 0, 0, 0], "l2": [.8, .5, .3, .2, .1], "l1": [.6, .4, .1, .1, 0]}, set()),
+    "msd-c": ({"linf": [.8, .8, .6, .4, .2], "l2": [.7, .6, .4, .3, .2], "l1": [.5, .5, .2, .1, .1]},
               {"linf", "l2"}),
 }
-# linf: reference = best of a and c (trained on it) = .9 .8 .8 .6 .5 .4, Σ 4.0 → a 3.9/4 = 97.5, b 0.9/4 = 22.5,
-#       c 3.6/4 = 90; l2: reference = c alone (b's better 0.8 at the smallest strength does not count: b was not
-#       trained against l2), Σ 2.7 → a 1.5/2.7, b 2.3/2.7, c 1; l1: nobody trained on it, so
-#       the reference is the best of all three = .6 .5 .3 .2 .1 .1, Σ 1.8 → a 1/1.8, b 1.4/1.8, c 1.7/1.8.
-EXPECTED = {"pgd-at-a": {"linf": 97.5, "l2": 55.56, "l1": 55.56, "unknown": 55.56, "common": 55.56, "seen": 33.33},
-            "standard-b": {"linf": 22.5, "l2": 85.19, "l1": 77.78, "unknown": 61.82, "common": 77.78, "seen": 0.0},
-            "msd-c": {"linf": 90.0, "l2": 100.0, "l1": 94.44, "unknown": 94.44, "common": 94.44, "seen": 66.67}}
+# linf: reference = best of a and c (trained on it) = .9 .8 .6 .5 .4, Σ 3.2 → a 3.2/3.2 = 100, b 0.8/3.2 = 25,
+#       c 2.8/3.2 = 87.5; l2: reference = c alone (b's better 0.8 at the smallest strength does not count: b was
+#       not trained against l2), Σ 2.2 → a 1.2/2.2, b 1.9/2.2, c 1; l1: nobody trained on it, so the reference is
+#       the best of all three = .6 .5 .2 .1 .1, Σ 1.5 → a 0.8/1.5, b 1.2/1.5, c 1.4/1.5. Unknown: a's unseen l2 and
+#       l1 → (54.55 + 53.33)/2; b's all three → (25 + 86.36 + 80)/3; c's l1 alone. Common unknown: l1.
+EXPECTED = {"pgd-at-a": {"linf": 100.0, "l2": 54.55, "l1": 53.33, "unknown": 53.94, "common": 53.33, "seen": 33.33},
+            "standard-b": {"linf": 25.0, "l2": 86.36, "l1": 80.0, "unknown": 63.79, "common": 80.0, "seen": 0.0},
+            "msd-c": {"linf": 87.5, "l2": 100.0, "l1": 93.33, "unknown": 93.33, "common": 93.33, "seen": 66.67}}
 
 
 def _write_profiled_run(results: Path, name: str, accuracies: dict[str, list[float]], seen: set[str],
@@ -376,5 +404,35 @@ def test_leaderboard_normalises_each_threat_model_by_its_reference_and_ranks_by_
     assert "l1 — best of every model in the table" in render(tmp_path, "markdown")
     assert "linf — best of the models trained against it: msd-c, pgd-at-a" in render(tmp_path, "markdown")
     csv = render(tmp_path, "csv")
-    assert "0.1:90 0.2:80 0.3:70 0.5:60 0.75:50 1:40" in csv  # pgd-at-a's full L∞ curve
+    assert "0.1:90 0.25:80 0.5:60 0.75:50 1:40" in csv  # pgd-at-a's full L∞ curve
     assert "curve" not in render(tmp_path, "markdown")
+    # the unknown summary comes from the unseen threat models at full strength: msd-c has only l1 unseen (its
+    # full-strength accuracy .1, the first example); pgd-at-a's unseen l2 and l1 both end at 0
+    unknown_worst = dict(zip(table["name"], table["unknown_worst"], strict=True))
+    assert unknown_worst == {"msd-c": pytest.approx(10.0), "standard-b": 0.0, "pgd-at-a": 0.0}
+
+
+def test_ci_puts_a_wilson_interval_on_every_curve_point(tmp_path: Path) -> None:
+    from midbench.evaluation.metrics import wilson_interval
+    from midbench.leaderboard import number_text, render
+
+    for minutes, (name, (accuracies, seen)) in enumerate(TABLE.items()):
+        _write_profiled_run(tmp_path, name, accuracies, seen, minutes)
+    low, high = wilson_interval(9, 10)  # pgd-at-a keeps 9 of 10 examples at L∞ strength 0.1
+    expected = f"0.1:90[{number_text(round(100 * low, 2))},{number_text(round(100 * high, 2))}]"
+    assert expected in render(tmp_path, "csv", ci=True)
+    assert expected not in render(tmp_path, "csv")
+
+
+def test_profiled_tables_measure_delta_on_the_common_unknown_score(tmp_path: Path) -> None:
+    """pgd-at-a and msd-c are the adversarial-training baselines (by method name); the best of their
+    common-unknown scores is msd-c's 93.33, so Δ = score − 93.33 (hand-computed from EXPECTED)."""
+    from midbench.leaderboard import tables
+
+    for minutes, (name, (accuracies, seen)) in enumerate(TABLE.items()):
+        _write_profiled_run(tmp_path, name, accuracies, seen, minutes)
+    (table,) = tables(tmp_path).values()
+    assert "delta_unknown_worst_vs_at" not in table.columns
+    delta = dict(zip(table["name"], table["delta_common_unknown_vs_at"], strict=True))
+    assert delta == {"msd-c": pytest.approx(0.0, abs=0.01), "standard-b": pytest.approx(80.0 - 93.33, abs=0.02),
+                     "pgd-at-a": pytest.approx(53.33 - 93.33, abs=0.02)}

@@ -43,12 +43,13 @@ def test_golden_attack_ids() -> None:
     registry = load_registry()
     assert sorted(registry.attacks) == [
         "apgd-ce-linf", "apgd-t-linf", "autoattack-l2", "autoattack-linf", "bim-linf", "bim-linf-t", "cw-l2",
-        "cw-l2-t", "ddn-l2", "deepfool-l2", "deepfool-linf", "ead-l1", "fab-t-linf", "fgsm-l2", "fgsm-linf",
-        "fgsm-linf-t", "jitter-linf", "jsma-l0-t", "mim-l2", "mim-linf", "mim-linf-t", "noise-gaussian-l2",
-        "noise-uniform-linf", "onepixel-l0", "pgd-l1", "pgd-l2", "pgd-linf", "pgd-linf-t", "pixle-l0",
-        "rot-trans", "spsa-linf", "square-linf", "stadv"]
+        "cw-l2-t", "ddn-l2", "deepfool-l2", "deepfool-linf", "ead-l1", "elastic", "fab-t-linf", "fgsm-l2",
+        "fgsm-linf", "fgsm-linf-t", "jitter-linf", "jpeg-linf", "jsma-l0-t", "mim-l2", "mim-linf", "mim-linf-t",
+        "noise-gaussian-l2", "noise-uniform-linf", "onepixel-l0", "pgd-l1", "pgd-l1-fast", "pgd-l2", "pgd-linf",
+        "pgd-linf-t", "pixle-l0", "rot-trans", "rot-trans-coarse", "spsa-linf", "square-linf", "stadv", "stadv-fast"]
     assert sorted(registry.suites) == ["autoattack", "default-unknown", "lp-union", "mid-mnist-known",
                                        "mid-mnist-unknown", "smoke", "unforeseen", "unknown-profile"]
-    assert sorted(registry.threat_models) == ["flow", "l0", "l1", "l2", "linf", "noise", "rot-trans"]
+    assert sorted(registry.threat_models) == ["elastic", "flow", "jpeg", "l0", "l1", "l2", "linf", "noise",
+                                               "rot-trans"]
     families = {spec.family for spec in registry.attacks.values()}
-    assert {"linf", "l2", "l1", "l0", "spatial", "noise"} <= families
+    assert {"linf", "l2", "l1", "l0", "spatial", "frequency", "noise"} <= families

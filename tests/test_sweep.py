@@ -168,10 +168,25 @@ def test_same_seed_reproduces_the_table_exactly(tiny_sweep: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_changed_sweep_file_does_not_resume_another_sweeps_state(tiny_sweep: Path, tmp_path: Path) -> None:
-    changed = write(tmp_path, TINY.replace("n_examples = 24", "n_examples = 23"))
+def test_changed_training_settings_do_not_resume_another_sweeps_state(tiny_sweep: Path, tmp_path: Path) -> None:
+    changed = write(tmp_path, TINY.replace("n_train = 200", "n_train = 199"))
     result = CliRunner().invoke(app, ["bench", "--config", str(changed), "--out", str(tiny_sweep / "a")])
-    assert result.exit_code == 2 and "different sweep file" in result.output
+    assert result.exit_code == 2 and "different sweep" in result.output
+
+
+@pytest.mark.slow
+def test_changed_eval_settings_redo_the_evaluations_but_not_the_training(tiny_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a"
+    run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out)
+    models = {path: path.read_bytes() for path in out.glob("*/model.safetensors")}
+    changed = write(tmp_path, TINY.replace("n_examples = 24", "n_examples = 23"))
+    result = CliRunner().invoke(app, ["bench", "--config", str(changed), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "already evaluated" not in result.output
+    assert all(path.read_bytes() == weights for path, weights in models.items())
+    state = json.loads((out / "sweep-state.json").read_text())
+    for record in state["evaluations"].values():
+        assert read_result(out / "results" / record["result"])["data"]["n_examples"] == 23
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ Format of a registry file::
     [[attack]]
     id = "pgd-linf"              # kebab-case <algorithm>-<norm>[-t]
     version = 1                  # bump when a hyper-parameter changes; results record id@version
-    family = "linf"              # threat family: linf, l2, l1, l0, spatial, noise, ensemble
+    family = "linf"              # threat family: linf, l2, l1, l0, spatial, frequency, noise, ensemble
     norm = "Linf"                # Linf, L2, L1, or omitted for non-Lp threats
     implementation = "midbench.attacks.gradient:PGD"   # or "autoattack:standard", "torchattacks:JSMA"
     eps = "eps"                  # the dataset's ε for this norm (default), a number, or a multiple of it
@@ -47,7 +47,7 @@ from midbench.attacks.threat_models import ThreatModel, check_budget, parse_thre
 from midbench.errors import UsageError
 from midbench.registry import suggest
 
-FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "noise", "ensemble")
+FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "frequency", "noise", "ensemble")
 ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "target", "citation", "params",
                "passes", "description", "threat_model", "budget"}
 #: the threat model of an entry that names none, by family (other families must name theirs to have one)

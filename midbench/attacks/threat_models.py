@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from midbench.attacks.specs import AttackRegistry, AttackSpec, ResolvedAttack
 
 THREAT_MODEL_KEYS = {"id", "description", "norm", "ladder"}
-#: the suite ``midbench eval --profile`` climbs (attacks_registry/suites.toml)
+#: the suite ``midbench eval --unknown-attacks`` climbs (attacks_registry/suites.toml)
 PROFILE_SUITE = "unknown-profile"
 
 

@@ -22,9 +22,8 @@ def eval_command(
     attacks: Annotated[list[str] | None, typer.Option(help="Attack ids, comma-separated or repeated.")] = None,
     suite: Annotated[str | None, typer.Option(help="A suite of the attack registry (see `midbench attacks list`).")] = None,
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
-    unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The default-unknown suite minus the training attacks.")] = False,
+    unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The unknown-attack profile: every threat model (suite unknown-profile) over its ladder of strengths, climbed nested; the ones the model was trained on are marked seen.")] = False,
     autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
-    profile: Annotated[bool, typer.Option("--profile", help="The unknown-attack profile: every threat model's accuracy over its ladder of strengths (suite unknown-profile), climbed nested.")] = False,
     protocol: Annotated[str, typer.Option(help="whitebox (default) or transfer.")] = "whitebox",
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on.")] = None,
     eps: Annotated[list[str] | None, typer.Option(help="ε override: 0.1 or 8/255 (L∞), L2=1.5, L1=10; repeatable.")] = None,
@@ -45,7 +44,7 @@ def eval_command(
 ) -> None:
     """Evaluate a checkpoint (or your own model) against known and unknown attacks and write a result file.
 
-    Without attack options, runs the model's known attacks and the unknown suite. An interrupted evaluation (crash,
+    Without attack options, runs the model's known attacks and the unknown-attack profile. An interrupted evaluation (crash,
     Ctrl-C, kill) resumes from its last finished batch when the same command is run again.
 
     Sanity checks flag signs of gradient masking (see docs/flags.md); they never change the numbers.
@@ -62,7 +61,7 @@ def eval_command(
     from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
 
     selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
-                                unknown=unknown_attacks, autoattack=autoattack, profile=profile,
+                                unknown=unknown_attacks, autoattack=autoattack,
                                 eps=parse_eps_overrides(split_csv(eps)))
     config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
                         selection=selection,

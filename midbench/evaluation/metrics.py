@@ -39,18 +39,36 @@ def mean_accuracy(robust: np.ndarray) -> float | None:
     return float(robust.mean(axis=0).mean())
 
 
-def summarise(robust: np.ndarray, splits: list[str], autoattack_columns: list[int]) -> dict[str, float | None]:
-    """known/unknown mean and worst, all-worst, and AutoAttack accuracy from the matrix and column splits."""
+def summarise(robust: np.ndarray, splits: list[str], autoattack_columns: list[int],
+              profile_unknown: np.ndarray | None = None) -> dict[str, float | None]:
+    """known/unknown mean and worst, all-worst, and AutoAttack accuracy from the matrix and column splits.
+
+    Args:
+        profile_unknown: N × k, the full-strength columns of the profile's threat models the model has not seen
+            (:func:`unseen_full_strength`); they count as unknown attacks (and in the all-attacks worst case).
+    """
     splits_array = np.array(splits)
     known = robust[:, splits_array == "known"] if robust.size else robust
     unknown = robust[:, splits_array == "unknown"] if robust.size else robust
+    everything = robust
+    if profile_unknown is not None and profile_unknown.size:
+        unknown = np.concatenate([unknown.reshape(profile_unknown.shape[0], -1), profile_unknown], axis=1)
+        everything = np.concatenate([robust.reshape(profile_unknown.shape[0], -1), profile_unknown], axis=1)
     summary: dict[str, float | None] = {
         "known_mean": mean_accuracy(known), "known_worst": worst_case_accuracy(known),
         "unknown_mean": mean_accuracy(unknown), "unknown_worst": worst_case_accuracy(unknown),
-        "all_worst": worst_case_accuracy(robust),
+        "all_worst": worst_case_accuracy(everything),
         "autoattack": worst_case_accuracy(robust[:, autoattack_columns]) if autoattack_columns else None,
     }
     return summary
+
+
+def unseen_full_strength(curves: list[tuple[np.ndarray, bool]], n: int) -> np.ndarray:
+    """N × k: for each (nested matrix, seen) curve of the profile that the model has not seen, its column at the
+    full budget (the last strength). This is how the profile enters the unknown summary: an example is robust to
+    the unknown attacks when it survives every unseen threat model at full strength."""
+    columns = [matrix[:, -1] for matrix, seen in curves if not seen and matrix.shape[1]]
+    return np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype=bool)
 
 
 def reference_normalised_scores(curves: list[dict[str, dict[float, float]]], seen: list[set[str]],

@@ -16,7 +16,7 @@ import numpy as np
 from midbench import __version__
 from midbench.attacks.threat_models import PROFILE_SUITE
 from midbench.evaluation.engine import Evaluation
-from midbench.evaluation.metrics import summarise, wilson_interval
+from midbench.evaluation.metrics import summarise, unseen_full_strength, wilson_interval
 from midbench.evaluation.profile import curve_summary
 from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writable_dir
 
@@ -63,7 +63,8 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         "device": device, "checkpoint": checkpoint, "data": data, "protocol": protocol, "seed": seed,
         "clean_accuracy": clean / n if n else None, "clean_ci95": list(wilson_interval(clean, n)),
         "attacks": rows,
-        "summary": summarise(evaluation.matrix, [o.split for o in evaluation.outcomes], autoattack_columns),
+        "summary": summarise(evaluation.matrix, [o.split for o in evaluation.outcomes], autoattack_columns,
+                             unseen_full_strength([(c.robust, c.plan.seen) for c in evaluation.curves], n)),
         "flags": [{"code": str(flag["code"]), "message": str(flag["message"])} for flag in flags or []],
         **({"sanity": sanity} if sanity else {}),
         **({"profile": {"suite": PROFILE_SUITE,

@@ -27,7 +27,7 @@ from midbench.evaluation.results import (
     utc_now,
     write_result,
 )
-from midbench.evaluation.selection import AttackSelection, select_attacks
+from midbench.evaluation.selection import AttackSelection, select_attacks, with_defaults
 from midbench.evaluation.state import EvalState, state_path
 from midbench.fileio import ensure_writable_dir
 from midbench.models import build_model
@@ -143,7 +143,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     attacks = select_attacks(config.selection, registry, spec.eps, train_attacks)
     data_eps = {**spec.eps, **config.selection.eps}
     profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry))
-               if config.selection.profile else [])
+               if with_defaults(config.selection).unknown else [])
     linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")

@@ -3,6 +3,10 @@
 A checkpoint records the attacks it was trained with, fully resolved. An attack is *known* when it equals one
 of them by specification (implementation, family, norm, target policy, ε and hyper-parameters), whatever its
 name; every other attack is *unknown*.
+
+``--unknown-attacks`` climbs the unknown-attack profile (every threat model over its ladder of strengths,
+:mod:`midbench.evaluation.profile`) rather than adding attacks to the list; the broad single-strength suite it
+used to run is ``--suite default-unknown``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from midbench.attacks.specs import AttackRegistry, ResolvedAttack
 from midbench.config import parse_eps
 from midbench.errors import UsageError
 
+#: the broad single-strength suite of unknown attacks (``--suite default-unknown``)
 UNKNOWN_SUITE = "default-unknown"
 
 
@@ -23,15 +28,14 @@ class AttackSelection:
     attacks: tuple[str, ...] = ()
     suite: str | None = None
     known: bool = False
+    #: climb the unknown-attack profile (every threat model over its strength ladder; midbench.evaluation.profile)
     unknown: bool = False
     autoattack: bool = False
     eps: dict[str, float] = field(default_factory=dict)
-    #: climb the unknown-attack profile (every threat model over its strength ladder; midbench.evaluation.profile)
-    profile: bool = False
 
     @property
     def empty(self) -> bool:
-        return not (self.attacks or self.suite or self.known or self.unknown or self.autoattack or self.profile)
+        return not (self.attacks or self.suite or self.known or self.unknown or self.autoattack)
 
 
 def parse_eps_overrides(values: list[str]) -> dict[str, float]:
@@ -49,6 +53,11 @@ def parse_eps_overrides(values: list[str]) -> dict[str, float]:
     return overrides
 
 
+def with_defaults(selection: AttackSelection) -> AttackSelection:
+    """What an empty selection means: the known attacks and the unknown-attack profile."""
+    return AttackSelection(known=True, unknown=True, eps=selection.eps) if selection.empty else selection
+
+
 def split_of(attack: ResolvedAttack, train_attacks: list[ResolvedAttack]) -> str:
     """``known`` if ``attack`` equals a training attack by specification, else ``unknown``."""
     signature = attack.equivalence()
@@ -59,11 +68,11 @@ def select_attacks(selection: AttackSelection, registry: AttackRegistry, dataset
                    train_attacks: list[ResolvedAttack]) -> list[tuple[ResolvedAttack, str]]:
     """Resolve the selection into (attack, split) pairs, duplicates (by specification) removed.
 
-    With nothing selected, runs the known attacks and the unknown suite. ``--eps`` overrides apply to
-    registry attacks; known attacks run exactly as recorded in the checkpoint.
+    With nothing selected, runs the known attacks (and the profile: :func:`with_defaults`). ``--eps`` overrides
+    apply to registry attacks; known attacks run exactly as recorded in the checkpoint. The profile's attacks
+    are not in this list: they run strength by strength (:func:`midbench.attacks.threat_models.profile_plan`).
     """
-    if selection.empty:
-        selection = AttackSelection(known=True, unknown=True, eps=selection.eps)
+    selection = with_defaults(selection)
 
     def resolve(attack_id: str) -> ResolvedAttack:
         spec = registry.get(attack_id)
@@ -79,9 +88,6 @@ def select_attacks(selection: AttackSelection, registry: AttackRegistry, dataset
     chosen.extend(resolve(attack_id) for attack_id in selection.attacks)
     if selection.suite:
         chosen.extend(resolve(spec.id) for spec in registry.suite(selection.suite))
-    if selection.unknown:
-        chosen.extend(attack for attack in (resolve(spec.id) for spec in registry.suite(UNKNOWN_SUITE))
-                      if split_of(attack, train_attacks) == "unknown")
     if selection.autoattack:
         chosen.append(resolve("autoattack-linf"))
     unique: dict[str, ResolvedAttack] = {}
