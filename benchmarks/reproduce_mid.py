@@ -73,7 +73,7 @@ def clean_accuracy(checkpoint: Path) -> float:
 
 def evaluate(checkpoint: Path, name: str, protocol: str, args: argparse.Namespace) -> dict:
     run = run_evaluation(EvalConfig(checkpoint=str(checkpoint), dataset="mnist5k", protocol=protocol,
-                                    selection=AttackSelection(known=True, unknown=True, autoattack=True),
+                                    selection=AttackSelection(known=True, suite="default-unknown", autoattack=True),
                                     n_examples=args.n, results_dir=str(args.out / "results"), name=name,
                                     device=args.device))
     return run.result

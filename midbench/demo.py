@@ -1,7 +1,7 @@
 """``midbench demo``: the whole path on the embedded ``mnist5k`` data in a few minutes on a laptop CPU.
 
 Trains a standard LeNet, a PGD-AT LeNet and a MID LeNet (whose source model is the standard one, and whose
-teacher autoencoder it trains), evaluates all three against their known attacks, the unknown suite and
+teacher autoencoder it trains), evaluates all three against their known attacks, the unknown-attack profile and
 AutoAttack on the first test images — white-box, and for MID also under the paper's transfer protocol — and
 writes the leaderboard. Every number is a real attack on real data; the settings are small so it runs in
 minutes, which the printed table says (n, ε).

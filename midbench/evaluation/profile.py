@@ -30,7 +30,7 @@ from midbench.evaluation.metrics import wilson_interval
 if TYPE_CHECKING:
     from midbench.evaluation.engine import AttackRunner
 
-#: the split recorded for profile steps (neither the known attacks nor the unknown suite)
+#: the split recorded for profile steps (neither a known nor an unknown attack row)
 PROFILE_SPLIT = "profile"
 
 
