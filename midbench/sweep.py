@@ -442,7 +442,7 @@ def leaderboard_header(sweep: Sweep, config_label: str) -> str:
     """The markdown preamble: what made the tables, with the settings a reader needs to interpret them.
     Deterministic (no times, no paths of this machine), so a rerun reproduces the file byte for byte."""
     selection = sweep.selection
-    labels = ((selection.known, "known attacks"), (selection.unknown, "the unknown suite"),
+    labels = ((selection.known, "known attacks"), (selection.unknown, "the unknown-attack profile"),
               (selection.autoattack, "AutoAttack"))
     attacks = [label for flag, label in labels if flag]
     attacks += list(selection.attacks) + ([f"suite {selection.suite}"] if selection.suite else [])
