@@ -44,6 +44,22 @@ def parse_eps(text: str | float, norm: str = "Linf") -> float:
     return value
 
 
+def parse_betas(text: str, option: str = "--adam-betas") -> tuple[float, float]:
+    """Adam's ``"b1,b2"``, each in [0, 1).
+
+    Raises:
+        UsageError: not two numbers, or one outside [0, 1).
+    """
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        betas = tuple(float(part) for part in parts)
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
+        raise UsageError(f"{option} must be two numbers in [0, 1) such as 0.9,0.999, got {text!r}")
+    return betas[0], betas[1]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (recorded in the checkpoint and ``config.toml``)."""
@@ -57,6 +73,8 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    #: Adam's (β1, β2), as "b1,b2" (torch's default; the MID release's teacher used 0.9,0.99)
+    adam_betas: str = "0.9,0.999"
     schedule: str = "constant"
     #: training attack of adversarial methods: a registry id, plus optional overrides
     train_attack: str = "pgd-linf"
@@ -95,8 +113,20 @@ class TrainConfig:
     #: epochs of the source and teacher stages (fixed, so extending --epochs on --resume leaves them alone)
     source_epochs: int = 10
     teacher_epochs: int = 10
+    #: per-stage settings of the source and teacher stages; None = the run's own --lr, --batch-size, --adam-betas
+    #: (the release trained the source at lr 1e-3, the teacher at lr 1e-4 with betas 0.9,0.99, both at batch 256)
+    source_lr: float | None = None
+    teacher_lr: float | None = None
+    source_batch_size: int | None = None
+    teacher_batch_size: int | None = None
+    source_adam_betas: str | None = None
+    teacher_adam_betas: str | None = None
     #: student encoder initialisation: "random" (paper) or "teacher"
     student_init: str = "random"
+    #: draw the held-out meta-test task from the clean task too (as the release may); default: attacks only
+    meta_test_clean: bool = False
+    #: target policy of the pool's targeted attacks (e.g. "fixed:0", the release's); None = the registry's (random)
+    pool_target: str | None = None
     #: λ_rec, the weight of the teacher's reconstruction loss
     rec_weight: float = 1.0
     # --- adversarial-training baselines (trades, mart, fast-at, msd/avg/max; midbench.defenses) ---
@@ -131,6 +161,21 @@ class TrainConfig:
             raise UsageError(f"--attack-steps must be at least 1, got {self.attack_steps}")
         if self.val_size < 0 or (self.n_train is not None and self.n_train < 1):
             raise UsageError("--val-size must be ≥ 0 and --n-train ≥ 1")
+        for name in ("adam_betas", "source_adam_betas", "teacher_adam_betas"):
+            if getattr(self, name) is not None:
+                parse_betas(getattr(self, name), "--" + name.replace("_", "-"))
+        for name in ("source_lr", "teacher_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("source_batch_size", "teacher_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.pool_target is not None:
+            from midbench.attacks.base import check_target_policy
+
+            check_target_policy(self.pool_target)
         if self.optimizer not in ("sgd", "adam"):
             raise UsageError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
         if self.schedule not in SCHEDULES:

@@ -43,16 +43,25 @@ def _tasks(batch: int, n_attacks: int, dtype: torch.dtype = torch.float32, seed:
 # --- losses ---------------------------------------------------------------------------------------------------
 
 
-def test_channel_kl_matches_the_definition() -> None:
-    """KL summed over channels, averaged over batch and positions — checked against kl_div term by term."""
+def test_channel_kl_has_the_release_reduction() -> None:
+    """The release's ``nn.KLDivLoss()(log_softmax(student), softmax(teacher))`` (PyTorch 0.4.1's default
+    reduction averages over every element, batch × channels × positions): the same value here."""
     torch.manual_seed(0)
     teacher, student = torch.randn(3, 5, 4, 4), torch.randn(3, 5, 4, 4)
-    log_p = channel_log_softmax(teacher)
-    expected = nn.functional.kl_div(torch.log_softmax(student, 1), torch.log_softmax(teacher, 1),
-                                    reduction="none", log_target=True).sum(1).mean()
-    assert torch.allclose(channel_kl(log_p, student), expected, atol=1e-6)
-    assert float(channel_kl(log_p, teacher)) == pytest.approx(0.0, abs=1e-6)
-    assert float(channel_kl(log_p, student)) > 0
+    # reduction="none" then .mean(): the 0.4.1 default, written out (torch's "mean" warns it will change meaning)
+    release = nn.functional.kl_div(torch.log_softmax(student, 1), torch.softmax(teacher, 1), reduction="none").mean()
+    assert torch.allclose(channel_kl(channel_log_softmax(teacher), student), release, atol=1e-7)
+    assert float(channel_kl(channel_log_softmax(teacher), teacher)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_channel_kl_by_hand() -> None:
+    """Two channels at one position: teacher logits (0, ln 3) → P = (1/4, 3/4); student (0, 0) → Q = (1/2, 1/2).
+    KL(P‖Q) = 1/4·ln(1/2) + 3/4·ln(3/2), and the element mean divides it by the 2 channels. A channel *sum*
+    (the scale before this fix) would be twice as large."""
+    teacher = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
+    student = torch.zeros(1, 2, 1, 1)
+    by_hand = (0.25 * math.log(0.5) + 0.75 * math.log(1.5)) / 2
+    assert float(channel_kl(channel_log_softmax(teacher), student)) == pytest.approx(by_hand, rel=1e-6)
 
 
 def test_kl_terms_stay_finite_for_extreme_features() -> None:
@@ -62,6 +71,51 @@ def test_kl_terms_stay_finite_for_extreme_features() -> None:
     value = channel_kl(channel_log_softmax(huge), other)
     value.backward()
     assert math.isfinite(float(value.detach())) and torch.isfinite(other.grad).all()
+
+
+def _independent_consistency(model: nn.Module, x_clean: torch.Tensor, x_adv: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """AC and CC of the LeNet MID classifier written out with functional ops from the design page: the
+    student's own pooling indices unpool its feature through the teacher's decoder, and both KLs use the
+    release's ``nn.KLDivLoss()`` reduction (element mean)."""
+    f = nn.functional
+    student, teacher, decoder = model.net.encoder, model.aux["teacher_encoder"], model.aux["decoder"]
+
+    def encode(encoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        a = f.relu(f.conv2d(x, encoder.conv1.weight, encoder.conv1.bias, padding=1))
+        pa, ia = f.max_pool2d(a, 2, return_indices=True)
+        b = f.relu(f.conv2d(pa, encoder.conv2.weight, encoder.conv2.bias, padding=1))
+        pb, ib = f.max_pool2d(b, 2, return_indices=True)
+        return pb, (ia, a.shape, ib, b.shape)
+
+    def kl(target: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        return f.kl_div(torch.log_softmax(feature, 1), torch.softmax(target, 1), reduction="none").mean()
+
+    target, _ = encode(teacher, model.normalize(x_clean))
+    feature, (ia, sa, ib, sb) = encode(student, model.normalize(x_adv))
+    up = f.max_unpool2d(feature, ib, 2, output_size=sb[-2:])
+    up = f.max_unpool2d(f.conv_transpose2d(up, decoder.dec2.weight, decoder.dec2.bias, padding=1), ia, 2,
+                        output_size=sa[-2:])
+    regenerated = f.conv_transpose2d(up, decoder.dec4.weight, decoder.dec4.bias, padding=1)
+    return kl(target, feature), kl(target, encode(teacher, model.normalize(regenerated))[0])
+
+
+def test_consistency_terms_equal_an_independent_computation() -> None:
+    """AC and CC against :func:`_independent_consistency`: catches a wrong reduction, target, or the teacher's
+    (clean) pooling indices used to decode the student's feature."""
+    model = _mid_classifier(dtype=torch.float64)
+    parts = MidModules.of(model)
+    tasks, y = _tasks(4, 1, torch.float64)
+    target = channel_log_softmax(parts.teacher_encoder(parts.normalize(tasks[0]))).detach()
+
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return parts.student_encoder(x, return_context=True)
+
+    terms = task_loss(encode, tasks[1], y, target, parts.normalize, parts.teacher_encoder, parts.decoder,
+                      parts.head, ConsistencyWeights())
+    adversarial, cyclic = _independent_consistency(model, tasks[0], tasks[1])
+    assert float(terms.adversarial.detach()) == pytest.approx(float(adversarial.detach()), rel=1e-10)
+    assert float(terms.cyclic.detach()) == pytest.approx(float(cyclic.detach()), rel=1e-10)
 
 
 def test_task_loss_terms_are_finite_and_weights_switch_terms_off() -> None:
@@ -200,11 +254,28 @@ def test_meta_test_uses_the_held_out_task(held_out: int) -> None:
     assert float(result.meta_test) == pytest.approx(float(expected), rel=1e-9)
 
 
-def test_meta_step_rejects_the_clean_task_as_held_out() -> None:
+def test_meta_step_rejects_the_clean_task_as_held_out_unless_asked() -> None:
     parts = MidModules.of(_mid_classifier())
     tasks, y = _tasks(2, 2)
     with pytest.raises(ValueError, match="held-out"):
         meta_step(parts, tasks, y, held_out=0, settings=MetaSettings())
+    result = meta_step(parts, tasks, y, held_out=0, settings=MetaSettings(clean_can_be_held_out=True))
+    assert result.held_out == 0 and math.isfinite(float(result.meta_test))
+
+
+@pytest.mark.parametrize("clean", [False, True], ids=["attacks-only", "clean-too"])
+def test_held_out_task_is_drawn_uniformly(clean: bool) -> None:
+    """4,000 draws over 4 attacks (and the clean task with ``--meta-test-clean``): each allowed task within
+    ±150 of its expected count (more than 5 standard deviations of a binomial), no other task ever. A sampler
+    stuck on one task, or one that draws the clean task by default, fails."""
+    settings = MetaSettings(clean_can_be_held_out=clean)
+    generator = torch.Generator().manual_seed(0)
+    draws = [settings.draw_held_out(5, generator) for _ in range(4000)]
+    allowed = range(0 if clean else 1, 5)
+    counts = {task: draws.count(task) for task in range(5)}
+    assert set(draws) == set(allowed)
+    for task in allowed:
+        assert abs(counts[task] - 4000 / len(allowed)) < 150, counts
 
 
 # --- pass counts ----------------------------------------------------------------------------------------------
@@ -287,6 +358,17 @@ def test_mid_run_writes_the_stages_and_a_mid_checkpoint(mid_run: Path) -> None:
         assert math.isfinite(record["loss"])
 
 
+def test_best_mid_epoch_is_chosen_by_pool_accuracy_under_transfer(mid_run: Path) -> None:
+    """best.safetensors of MID is the first epoch with the highest held-out pool accuracy under transfer (its
+    white-box PGD accuracy is about 0 in every epoch, so it cannot choose)."""
+    log = [json.loads(line) for line in (mid_run / "log.jsonl").read_text().splitlines()]
+    scores = [record["val_pool_transfer_acc"] for record in log]
+    assert all(0 <= score <= record["val_clean_acc"] for score, record in zip(scores, log, strict=True))
+    best = load_checkpoint(mid_run / "best.safetensors").metadata
+    assert best["best_by"] == "val_pool_transfer_acc"
+    assert best["epoch"] == 1 + scores.index(max(scores))
+
+
 def test_teacher_and_head_do_not_change_in_stage_2(mid_run: Path) -> None:
     teacher = load_checkpoint(mid_run / "teacher" / "model.safetensors").state_dict
     mid = load_checkpoint(mid_run / "model.safetensors").state_dict
@@ -355,6 +437,50 @@ def test_other_attack_sources_run(mid_run: Path, tmp_path: Path, attack_source: 
     assert load_checkpoint(tmp_path / "model.safetensors").metadata["method_params"]["attack_source"] == attack_source
 
 
+def test_pool_is_crafted_on_the_source_model_and_aligned_with_the_batch(mid_run: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the loop really does, observed: every pool craft (cache and held-out selection pool) attacks the
+    *source* model, not the teacher or the student; every meta step gets, as task j ≥ 1, the attack of the very
+    images of its clean task (within ε of them, per example) and not of other images; held-out tasks are
+    adversarial and vary between steps."""
+    import midbench.defenses.mid as mid_defense
+    from midbench.mid.pool import AttackerPool
+
+    crafted_on: list[dict[str, torch.Tensor]] = []
+    original_craft = AttackerPool.craft
+
+    def spy_craft(self: AttackerPool, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        crafted_on.append({k: v.clone() for k, v in model.state_dict().items()})
+        return original_craft(self, model, x, y)
+
+    steps: list[tuple[int | None, float, float]] = []
+    original_step = mid_defense.meta_step
+
+    def spy_step(modules: MidModules, tasks: list[torch.Tensor], y: torch.Tensor, held_out: int | None,
+                 settings: MetaSettings) -> object:
+        gaps = torch.stack([(task - tasks[0]).flatten(1).abs().max(1).values for task in tasks[1:]])
+        steps.append((held_out, float(gaps.max()), float(gaps.min())))
+        return original_step(modules, tasks, y, held_out, settings)
+
+    monkeypatch.setattr(AttackerPool, "craft", spy_craft)
+    monkeypatch.setattr(mid_defense, "meta_step", spy_step)
+    config = TrainConfig(**{**TINY, "epochs": 2, "n_train": 64, "refresh_every": 1,
+                            "source": str(mid_run / "source" / "model.safetensors"),
+                            "teacher": str(mid_run / "teacher" / "model.safetensors")})
+    train(config, tmp_path, progress=False)
+
+    source = load_checkpoint(mid_run / "source" / "model.safetensors").state_dict
+    assert len(crafted_on) == 2 + 1  # the cache of each epoch, the held-out pool once
+    for state in crafted_on:
+        assert state.keys() == {k for k in source if not k.startswith("aux.")}
+        assert all(torch.equal(state[k], source[k]) for k in state)
+    assert len(steps) == 4
+    assert all(held_out in (1, 2, 3, 4) for held_out, _, _ in steps)
+    assert len({held_out for held_out, _, _ in steps}) > 1
+    assert max(gap for _, gap, _ in steps) <= 0.3 + 1e-6   # aligned: each attack within ε of its own image
+    assert min(gap for _, _, gap in steps) > 0              # and the attacks did change the images
+
+
 def test_pool_cache_crafts_once_per_block_with_the_declared_passes(mid_run: Path) -> None:
     """The cache costs Σ_i passes(a_i) per example once per refresh block, and nothing inside a block."""
     from midbench.data import get_dataset, load_split
@@ -379,6 +505,36 @@ def test_pool_cache_crafts_once_per_block_with_the_declared_passes(mid_run: Path
     assert float((cache.examples - x).abs().max()) <= 0.3 + 1e-6
 
 
+def test_stage_settings_targets_and_clean_meta_test_reach_the_runs(tmp_path: Path) -> None:
+    """The release recipe's per-stage settings: each stage trains with its own lr, batch size and Adam betas
+    (recorded in its checkpoint), the pool's targeted attacks aim at the fixed class, and the clean task may be
+    held out; all recorded in the MID checkpoint."""
+    config = TrainConfig(**{**TINY, "epochs": 1, "n_train": 32, "attack_steps": 1, "source_lr": 2e-3,
+                            "teacher_lr": 1e-4, "source_batch_size": 16, "teacher_batch_size": 8,
+                            "teacher_adam_betas": "0.9,0.99", "pool_target": "fixed:0", "meta_test_clean": True})
+    train(config, tmp_path, progress=False)
+    stages = {role: load_checkpoint(tmp_path / role / "model.safetensors").metadata["config"]
+              for role in ("source", "teacher")}
+    assert (stages["source"]["lr"], stages["source"]["batch_size"], stages["source"]["adam_betas"]) == \
+        (2e-3, 16, "0.9,0.999")
+    assert (stages["teacher"]["lr"], stages["teacher"]["batch_size"], stages["teacher"]["adam_betas"]) == \
+        (1e-4, 8, "0.9,0.99")
+    meta = load_checkpoint(tmp_path / "model.safetensors").metadata
+    targets = {attack["id"]: (attack["target"], attack["version"]) for attack in meta["train_attacks"]}
+    assert targets == {"pgd-linf": (None, 0), "pgd-linf-t": ("fixed:0", 0), "mim-linf": (None, 0),
+                       "mim-linf-t": ("fixed:0", 0)}
+    params = meta["method_params"]
+    assert params["meta_test_clean"] is True and params["pool_target"] == "fixed:0"
+    assert params["stages"]["teacher"] == {"lr": 1e-4, "batch_size": 8, "adam_betas": "0.9,0.99"}
+
+
+def test_adam_betas_reach_the_optimiser() -> None:
+    from midbench.training.loop import build_optimizer
+
+    optimizer = build_optimizer(TrainConfig(adam_betas="0.5,0.99"), nn.Linear(2, 2))
+    assert optimizer.param_groups[0]["betas"] == (0.5, 0.99)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ({"arch": "test-cnn"}, "no MID decoder"),
     ({"attack_source": "oracle"}, "attack-source"),
@@ -386,6 +542,11 @@ def test_pool_cache_crafts_once_per_block_with_the_declared_passes(mid_run: Path
     ({"pool": "no-such-attack"}, "no-such-attack"),
     ({"lc_weight": 0.0, "ac_weight": 0.0, "cc_weight": 0.0}, "nothing to train"),
     ({"student_init": "imagenet"}, "student-init"),
+    ({"adam_betas": "0.9"}, "adam-betas"),
+    ({"teacher_adam_betas": "0.9,1.0"}, "teacher-adam-betas"),
+    ({"source_lr": 0.0}, "source-lr"),
+    ({"teacher_batch_size": 0}, "teacher-batch-size"),
+    ({"pool_target": "class-0"}, "target policy"),
 ])
 def test_bad_mid_options_are_one_line_usage_errors(tmp_path: Path, override: dict, message: str) -> None:
     from midbench.errors import UsageError
@@ -431,6 +592,12 @@ def test_demo_settings_reach_90_percent_clean_test_accuracy(tmp_path: Path, mnis
     with torch.no_grad():
         predictions = torch.cat([model(x).argmax(1) for x in mnist5k_test.as_float().split(500)])
     assert float((predictions == mnist5k_test.labels).float().mean()) >= 0.90
+    # The student starts from the teacher's encoder: stage 2 must have moved it, or this test would only be
+    # checking the teacher. Three Adam epochs at lr 1e-3 move every tensor by far more than 1% of its norm.
+    weights = load_checkpoint(checkpoint).state_dict
+    for name in ("conv1.weight", "conv2.weight"):
+        student, teacher = weights[f"net.encoder.{name}"], weights[f"aux.teacher_encoder.{name}"]
+        assert float((student - teacher).norm() / teacher.norm()) > 0.01, name
 
 
 @pytest.mark.filterwarnings("ignore:.*differs from the published release")

@@ -196,6 +196,35 @@ def test_imported_checkpoints_evaluate(imported: dict[str, Path], tmp_path: Path
     assert result.exit_code == 0, result.output
 
 
+def test_imported_mid_under_transfer_equals_fgsm_on_the_released_source(
+        imported: dict[str, Path], released: dict[str, dict[str, torch.Tensor]], mnist5k_test: TensorSplit,
+        tmp_path: Path) -> None:
+    """The paper's protocol, recomputed independently: FGSM (ε 0.3, one signed-gradient step, deterministic)
+    crafted on the *released source model* (functional ops on the released tensors), classified by the released
+    MID classifier. The per-example matrix of `midbench eval --protocol transfer` must be exactly this; a
+    transfer run crafted on the wrong model (the MID classifier itself, the teacher) differs."""
+    import json
+
+    import numpy as np
+
+    result = CliRunner().invoke(app, ["eval", str(imported["mid"]), "--dataset", "mnist5k", "--attacks",
+                                      "fgsm-linf", "--n-examples", "64", "--protocol", "transfer",
+                                      "--results-dir", str(tmp_path), "--quiet", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (document,) = [json.loads(path.read_text()) for path in tmp_path.rglob("*.json")]
+    matrix = np.load(Path(tmp_path.rglob("*.npz").__next__()))
+    x, y = mnist5k_test.subset(torch.arange(64)).as_float(), mnist5k_test.labels[:64]
+    x_grad = x.clone().requires_grad_()
+    loss = F.cross_entropy(_head(released["source"], _encoder(released["source"], x_grad)), y)
+    x_adv = (x + 0.3 * torch.autograd.grad(loss, x_grad)[0].sign()).clamp(0, 1)
+    with torch.no_grad():
+        clean = _head(released["teacher"], _encoder(released["student"], x)).argmax(1) == y
+        robust = clean & (_head(released["teacher"], _encoder(released["student"], x_adv)).argmax(1) == y)
+    assert np.array_equal(matrix["clean"], clean.numpy())
+    assert np.array_equal(matrix["robust"][:, 0], robust.numpy())
+    assert document["attacks"][0]["robust_accuracy"] == pytest.approx(float(robust.float().mean()))
+
+
 def test_import_command(tmp_path: Path) -> None:
     local = app  # the real CLI, with `import` registered
     args = ["import", "mid-official", "--source", str(FILES["source"]), "--teacher", str(FILES["teacher"]),

@@ -20,6 +20,7 @@ def train_command(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam (default) or sgd.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 0).")] = None,
+    adam_betas: Annotated[str | None, typer.Option(help="Adam's β1,β2 (default 0.9,0.999).")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant (default), piecewise, cosine or cyclic (up to --lr at the middle, down to 0; fast-at).")] = None,
     train_attack: Annotated[str | None, typer.Option(help="Registry id of the training attack (default pgd-linf).")] = None,
     eps: Annotated[str | None, typer.Option(help="ε of the training attack, e.g. 0.3 or 8/255 (default: the dataset's).")] = None,
@@ -49,7 +50,15 @@ def train_command(
     teacher: Annotated[Path | None, typer.Option(help="MID: reuse this teacher checkpoint (default: train one in OUT/teacher).", rich_help_panel="MID")] = None,
     source_epochs: Annotated[int | None, typer.Option(help="MID: epochs of the source model (default 10).", rich_help_panel="MID")] = None,
     teacher_epochs: Annotated[int | None, typer.Option(help="MID: epochs of the teacher autoencoder (default 10).", rich_help_panel="MID")] = None,
+    source_lr: Annotated[float | None, typer.Option(help="MID: learning rate of the source stage (default --lr; release 1e-3).", rich_help_panel="MID")] = None,
+    teacher_lr: Annotated[float | None, typer.Option(help="MID: learning rate of the teacher stage (default --lr; release 1e-4).", rich_help_panel="MID")] = None,
+    source_batch_size: Annotated[int | None, typer.Option(help="MID: batch size of the source stage (default --batch-size).", rich_help_panel="MID")] = None,
+    teacher_batch_size: Annotated[int | None, typer.Option(help="MID: batch size of the teacher stage (default --batch-size).", rich_help_panel="MID")] = None,
+    source_adam_betas: Annotated[str | None, typer.Option(help="MID: Adam β1,β2 of the source stage (default --adam-betas).", rich_help_panel="MID")] = None,
+    teacher_adam_betas: Annotated[str | None, typer.Option(help="MID: Adam β1,β2 of the teacher stage (default --adam-betas; release 0.9,0.99).", rich_help_panel="MID")] = None,
     student_init: Annotated[str | None, typer.Option(help="MID: student encoder init, random (paper, default) or teacher.", rich_help_panel="MID")] = None,
+    meta_test_clean: Annotated[bool, typer.Option("--meta-test-clean", help="MID: the clean task may be drawn as the held-out meta-test task (as in the release).", rich_help_panel="MID")] = False,
+    pool_target: Annotated[str | None, typer.Option(help="MID: target policy of the pool's targeted attacks, e.g. fixed:0 (the release's; default: the registry's, random).", rich_help_panel="MID")] = None,
     rec_weight: Annotated[float | None, typer.Option(help="MID teacher: reconstruction-loss weight λ_rec (default 1).", rich_help_panel="MID")] = None,
     beta: Annotated[float | None, typer.Option(help="TRADES/MART: weight β of the KL robustness term (default 6).", rich_help_panel="Baselines")] = None,
     threat_models: Annotated[str | None, typer.Option(help="msd/avg/max: comma-separated attack ids of the union, each at the dataset's ε (default pgd-linf,pgd-l2,pgd-l1).", rich_help_panel="Baselines")] = None,
@@ -71,7 +80,7 @@ def train_command(
 
     file_values = load_config_file(config, "train") if config else {}
     cli_values = {"method": method, "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size,
-                  "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay, "schedule": schedule,
+                  "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay, "adam_betas": adam_betas, "schedule": schedule,
                   "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
                   "attack_step_size": attack_step_size, "val_size": val_size, "n_train": n_train,
                   "device": device, "seed": seed, "bf16": bf16 or None,
@@ -81,6 +90,10 @@ def train_command(
                   "ac_weight": ac_weight, "cc_weight": cc_weight, "inner_lr": inner_lr,
                   "source": str(source) if source else None, "teacher": str(teacher) if teacher else None,
                   "source_epochs": source_epochs, "teacher_epochs": teacher_epochs, "student_init": student_init,
+                  "source_lr": source_lr, "teacher_lr": teacher_lr, "source_batch_size": source_batch_size,
+                  "teacher_batch_size": teacher_batch_size, "source_adam_betas": source_adam_betas,
+                  "teacher_adam_betas": teacher_adam_betas, "meta_test_clean": meta_test_clean or None,
+                  "pool_target": pool_target,
                   "rec_weight": rec_weight, "beta": beta, "threat_models": threat_models,
                   "fast_at_step": fast_at_step, "overfit_drop": overfit_drop}
     resolved = merge_config(TrainConfig(), file_values, cli_values).validate()

@@ -80,6 +80,17 @@ class DefenseTask:
         The decision must depend on the log only, so that ``--resume`` repeats it exactly."""
         return None
 
+    def validation_metrics(self, model: nn.Module, val_split: TensorSplit, device: torch.device
+                           ) -> dict[str, float]:
+        """Method-specific held-out metrics for this epoch's log record (default none), computed after the
+        loop's clean and PGD accuracy. Must not touch the global random stream (``--resume`` is exact)."""
+        return {}
+
+    def selection_key(self, pgd_key: str) -> str:
+        """The log key whose highest value picks ``best.safetensors`` (and the model kept after an early stop):
+        by default the held-out PGD accuracy ``pgd_key``."""
+        return pgd_key
+
     def describe(self) -> dict[str, Any]:
         """Method-specific hyper-parameters for the checkpoint metadata."""
         return {}

@@ -27,13 +27,18 @@ from torch import nn
 
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
-from midbench.data.registry import DatasetSpec
+from midbench.data.batches import DeviceBatches
+from midbench.data.registry import DatasetSpec, TensorSplit
 from midbench.defenses.base import METHODS, DefenseTask, SetupContext
 from midbench.errors import ArtifactError, UsageError
 from midbench.mid.losses import ConsistencyWeights
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, freeze, require_mid_architecture
 from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
+
+#: the log key of MID's held-out selection score, and the seed offset of the held-out pool's random starts
+VALIDATION_KEY = "val_pool_transfer_acc"
+VALIDATION_SEED_OFFSET = 7919
 
 CITATION = "Zhang et al., Meta Invariance Defense Towards Generalizable Robustness to Unknown Adversarial " \
            "Attacks, TPAMI 2024"
@@ -88,7 +93,8 @@ class MetaInvarianceDefense(DefenseTask):
                              "bf16); drop --bf16")
         self.pool_specs = resolve_pool(config, dataset)
         self.settings = MetaSettings(ConsistencyWeights(config.lc_weight, config.ac_weight, config.cc_weight),
-                                     config.inner_lr, config.first_order, meta=not config.no_meta)
+                                     config.inner_lr, config.first_order, meta=not config.no_meta,
+                                     clean_can_be_held_out=config.meta_test_clean)
         if not any((config.lc_weight, config.ac_weight, config.cc_weight)):
             raise UsageError("all consistency weights are 0: nothing to train; keep at least one of "
                              "--lc-weight, --ac-weight, --cc-weight above 0")
@@ -96,6 +102,7 @@ class MetaInvarianceDefense(DefenseTask):
         self.teacher_record: str | None = None
         self.modules: MidModules | None = None
         self.cache: PoolCache | None = None
+        self.validation_pool: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] | None = None
 
     # --- stages 0 and 1 ---------------------------------------------------------------------------------------
 
@@ -108,11 +115,14 @@ class MetaInvarianceDefense(DefenseTask):
         from midbench.training.loop import MODEL_FILE, train
 
         c = self.config
+        lr, batch_size, betas = ((c.source_lr, c.source_batch_size, c.source_adam_betas) if role == "source" else
+                                 (c.teacher_lr, c.teacher_batch_size, c.teacher_adam_betas))
         stage = TrainConfig(method=method, dataset=c.dataset, arch=c.arch, epochs=epochs,
-                            batch_size=c.batch_size, optimizer=c.optimizer, lr=c.lr, momentum=c.momentum,
-                            weight_decay=c.weight_decay, schedule=c.schedule, val_size=c.val_size,
-                            val_pgd_steps=c.val_pgd_steps, n_train=c.n_train, seed=c.seed, device=c.device,
-                            data_dir=c.data_dir, download=c.download, rec_weight=c.rec_weight)
+                            batch_size=batch_size or c.batch_size, optimizer=c.optimizer, lr=lr or c.lr,
+                            momentum=c.momentum, weight_decay=c.weight_decay, adam_betas=betas or c.adam_betas,
+                            schedule=c.schedule, val_size=c.val_size, val_pgd_steps=c.val_pgd_steps,
+                            n_train=c.n_train, seed=c.seed, device=c.device, data_dir=c.data_dir,
+                            download=c.download, rec_weight=c.rec_weight)
         result = train(stage, context.out_dir / role, resume=True, progress=context.progress)
         return result.checkpoint, f"{role}/{MODEL_FILE}"
 
@@ -153,15 +163,12 @@ class MetaInvarianceDefense(DefenseTask):
         assemble_mid_classifier(model, teacher)
         self.modules = MidModules.of(model)
         self.pool = AttackerPool(self.pool_specs, self.config.seed, self.config.batch_size)
+        loaded = load_classifier(source_path)
+        _check_dataset(loaded.metadata, self.dataset, self.config.dataset, source_path)
+        self.source_model = freeze(loaded.model.to(context.device))
         if self.config.attack_source == "student":
             return  # online: crafted against the current MID classifier every step
-        if self.config.attack_source == "teacher":
-            attacked = freeze(teacher)
-        else:
-            loaded = load_classifier(source_path)
-            _check_dataset(loaded.metadata, self.dataset, self.config.dataset, source_path)
-            attacked = freeze(loaded.model.to(context.device))
-        self.attacked_model = attacked
+        self.attacked_model = freeze(teacher) if self.config.attack_source == "teacher" else self.source_model
         self.cache = PoolCache(self.pool, context.train_split, max(self.config.batch_size, 256), context.device,
                                self.config.refresh_every)
 
@@ -186,9 +193,34 @@ class MetaInvarianceDefense(DefenseTask):
         model.aux.eval()
         held_out = None
         if self.settings.meta:
-            held_out = 1 + int(torch.randint(len(adversarial), (1,), generator=self.held_out_generator))
+            held_out = self.settings.draw_held_out(1 + len(adversarial), self.held_out_generator)
         result = meta_step(self.modules, [x, *adversarial], y, held_out, self.settings)
         return {"loss": result.objective, "logits": result.clean_logits}
+
+    def validation_metrics(self, model: nn.Module, val_split: TensorSplit, device: torch.device
+                           ) -> dict[str, float]:
+        """``val_pool_transfer_acc``: the share of held-out examples the MID classifier gets right clean *and*
+        under every pool attack crafted on the source model (the paper's transfer protocol; worst case per
+        example). The source is fixed, so the pool is crafted once, under its own seed in a forked RNG."""
+        if self.validation_pool is None:
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.config.seed + VALIDATION_SEED_OFFSET)
+                self.validation_pool = [(x, y, self.pool.craft(self.source_model, x, y))
+                                        for x, y in DeviceBatches(val_split, 256, device).epoch(shuffle=False)]
+        robust = 0
+        with torch.no_grad():
+            for x, y, adversarial in self.validation_pool:
+                correct = model(x).argmax(1) == y
+                for x_adv in adversarial:
+                    correct &= model(x_adv).argmax(1) == y
+                robust += int(correct.sum())
+        return {VALIDATION_KEY: robust / len(val_split)}
+
+    def selection_key(self, pgd_key: str) -> str:
+        """MID keeps the epoch with the best pool accuracy under transfer: its white-box PGD accuracy is about 0
+        in every epoch (MID is not trained against attacks on itself), so choosing by it would be arbitrary."""
+        return VALIDATION_KEY
 
     @property
     def train_attacks(self) -> list[ResolvedAttack]:
@@ -201,8 +233,14 @@ class MetaInvarianceDefense(DefenseTask):
                 "weights": {"label": c.lc_weight, "adversarial": c.ac_weight, "cyclic": c.cc_weight},
                 "meta_test_weights": vars(self.settings.weights.meta_test()), "inner_lr": c.inner_lr,
                 "student_init": c.student_init, "rec_weight": c.rec_weight,
+                "meta_test_clean": c.meta_test_clean, "pool_target": c.pool_target,
                 "source_epochs": None if c.source else c.source_epochs,
-                "teacher_epochs": None if c.teacher else c.teacher_epochs}
+                "teacher_epochs": None if c.teacher else c.teacher_epochs,
+                "stages": {role: None if given else {"lr": lr or c.lr, "batch_size": batch or c.batch_size,
+                                                     "adam_betas": betas or c.adam_betas}
+                           for role, given, lr, batch, betas in (
+                               ("source", c.source, c.source_lr, c.source_batch_size, c.source_adam_betas),
+                               ("teacher", c.teacher, c.teacher_lr, c.teacher_batch_size, c.teacher_adam_betas))}}
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"source_checkpoint": self.source_record, "teacher_checkpoint": self.teacher_record}

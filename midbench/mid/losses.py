@@ -2,8 +2,11 @@
 page ``mid.md``, "Stage 2").
 
 ``p(f)`` is the softmax of a feature map over its channel axis at every spatial position, and ``KL(P‖Q)`` is
-summed over channels and averaged over the batch and the positions. With the clean teacher feature
-``f_t = E_t(x)`` (no gradient):
+averaged over *every element* (batch × channels × positions), the reduction of the release's ``nn.KLDivLoss()``
+(PyTorch 0.4.1's default ``size_average=True``): the per-position KL summed over channels, divided by the
+number of channels C. That is the scale the release's weights (1.5 for AC, 0.8 for CC) were chosen for; summing
+over channels instead would make AC and CC C times larger (64× for LeNet, 512× for ResNet-18) and change the
+balance AC : CC : LC. With the clean teacher feature ``f_t = E_t(x)`` (no gradient):
 
 - adversarial consistency  ``AC = KL(p(f_t) ‖ p(E_s(x̃)))``            (feature level)
 - cyclic consistency       ``CC = KL(p(f_t) ‖ p(E_t(D_t(E_s(x̃)))))``   (pixel level, through the frozen D_t, E_t)
@@ -46,9 +49,11 @@ def channel_log_softmax(feature: torch.Tensor) -> torch.Tensor:
 
 
 def channel_kl(target_log_p: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    """KL(P‖Q) with P = exp(target_log_p), Q = p(feature): summed over channels, mean over batch and positions."""
+    """KL(P‖Q) with P = exp(target_log_p), Q = p(feature), averaged over every element (batch, channels and
+    positions) like the release's ``nn.KLDivLoss()``: Σ_c KL at a position, divided by C, mean over batch and
+    positions."""
     log_q = channel_log_softmax(feature)
-    return (target_log_p.exp() * (target_log_p - log_q)).sum(dim=1).mean()
+    return (target_log_p.exp() * (target_log_p - log_q)).mean()
 
 
 @dataclass

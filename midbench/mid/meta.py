@@ -39,6 +39,18 @@ class MetaSettings:
     inner_lr: float = 1e-4
     first_order: bool = False
     meta: bool = True
+    #: the release may draw the clean task as the meta-test task too; midbench's default holds out attacks only
+    clean_can_be_held_out: bool = False
+
+    def held_out_choices(self, n_tasks: int) -> range:
+        """The task indices the held-out (meta-test) task is drawn from, uniformly: ``1..n`` (the adversarial
+        tasks), or ``0..n`` with ``clean_can_be_held_out``."""
+        return range(0 if self.clean_can_be_held_out else 1, n_tasks)
+
+    def draw_held_out(self, n_tasks: int, generator: torch.Generator) -> int:
+        """One uniform draw from :meth:`held_out_choices` (resampled every step, Alg. 1 of the paper)."""
+        choices = self.held_out_choices(n_tasks)
+        return choices[int(torch.randint(len(choices), (1,), generator=generator))]
 
 
 @dataclass
@@ -65,7 +77,8 @@ def meta_step(modules: MidModules, tasks: Sequence[torch.Tensor], y: torch.Tenso
 
     Args:
         tasks: ``[x, a_1(x), …]``, each of ``x``'s shape, images in [0, 1]; task 0 must be the clean batch.
-        held_out: index ``v ≥ 1`` of the meta-test task (ignored, and may be None, when ``settings.meta`` is off).
+        held_out: index of the meta-test task, one of ``settings.held_out_choices(len(tasks))`` (ignored, and may be
+            None, when ``settings.meta`` is off).
 
     Only parameters with ``requires_grad`` are differentiated; the teacher parts must be frozen by the caller.
     """
@@ -88,8 +101,9 @@ def meta_step(modules: MidModules, tasks: Sequence[torch.Tensor], y: torch.Tenso
         _accumulate(named, torch.autograd.grad(objective, list(named.values()), allow_unused=True))
         return _result(objective, objective, objective.new_zeros(()), None, train_losses, train_losses[0].logits)
 
-    if held_out is None or not 1 <= held_out < len(tasks):
-        raise ValueError(f"held-out task must be one of the adversarial tasks 1..{len(tasks) - 1}, got {held_out}")
+    choices = settings.held_out_choices(len(tasks))
+    if held_out not in choices:
+        raise ValueError(f"held-out task must be one of tasks {choices.start}..{len(tasks) - 1}, got {held_out}")
     train_indices = [j for j in range(len(tasks)) if j != held_out]
     train_losses = losses_at(named, train_indices, weights)
     meta_train = sum(loss.weighted(weights) for loss in train_losses)
@@ -101,7 +115,7 @@ def meta_step(modules: MidModules, tasks: Sequence[torch.Tensor], y: torch.Tenso
     meta_test = test_loss.weighted(weights.meta_test())
     outer = torch.autograd.grad(meta_test, list(named.values()), allow_unused=True)
     _accumulate(named, [g.detach() + (0 if o is None else o) for g, o in zip(inner, outer, strict=True)])
-    clean_logits = train_losses[0].logits  # task 0 (clean) is never held out
+    clean_logits = test_loss.logits if held_out == 0 else train_losses[0].logits
     return _result(meta_train + meta_test, meta_train, meta_test, held_out, train_losses + [test_loss],
                    clean_logits)
 

@@ -8,6 +8,8 @@ once per block of ``refresh_every`` epochs instead of once per batch (goal P6 of
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -23,7 +25,9 @@ DEFAULT_POOL = "mid-mnist-known"
 def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAttack]:
     """The pool of ``config.pool`` (a suite name or comma-separated attack ids) at the dataset's ε, with the
     config's ``--eps``/``--attack-steps``/``--attack-step-size`` overrides applied to every attack that has
-    steps (one-step attacks such as FGSM keep their single step)."""
+    steps (one-step attacks such as FGSM keep their single step), and ``--pool-target`` as the target policy of
+    every targeted attack (the release aimed them all at class 0: ``fixed:0``). An overridden attack is
+    recorded as a custom configuration (``id@custom``)."""
     from midbench.defenses.pgd_at import resolve_training_attack
 
     name = config.pool or DEFAULT_POOL
@@ -34,7 +38,11 @@ def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAtta
         raise UsageError(f"--pool {name!r} names no attack; give a suite (e.g. {DEFAULT_POOL}) or attack ids")
     if len(set(ids)) != len(ids):
         raise UsageError(f"--pool {name!r} names an attack twice; list each once")
-    return [resolve_training_attack(config, dataset, attack_id, steps_optional=True) for attack_id in ids]
+    specs = [resolve_training_attack(config, dataset, attack_id, steps_optional=True) for attack_id in ids]
+    if config.pool_target is not None:
+        specs = [replace(spec, target=config.pool_target, version=0)
+                 if spec.target is not None and spec.target != config.pool_target else spec for spec in specs]
+    return specs
 
 
 class AttackerPool:

@@ -3,8 +3,9 @@
 Output directory (``--out DIR``):
 
 - ``model.safetensors``: the model after the last finished epoch, with full metadata (rewritten every epoch);
-- ``best.safetensors``: the model of the epoch with the best held-out PGD accuracy so far (written when it
-  improves; only with a held-out slice);
+- ``best.safetensors``: the model of the epoch with the best held-out score so far (written when it improves;
+  only with a held-out slice; ``best_by`` in its metadata names the score): the PGD accuracy, or the method's
+  own criterion (:meth:`DefenseTask.selection_key`; MID's is its pool accuracy under transfer);
 - ``config.toml``: the resolved configuration;
 - ``log.jsonl``: one line of metrics per finished epoch (loss, train accuracy, held-out clean and PGD
   accuracy, learning rate, seconds);
@@ -40,7 +41,7 @@ from torch import nn
 from midbench.attacks.gradient import PGD
 from midbench.attacks.norms import Norm
 from midbench.checkpoint import load_checkpoint, save_checkpoint
-from midbench.config import TrainConfig, config_to_toml
+from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
 from midbench.defenses.base import DefenseTask, SetupContext, build_task
@@ -88,7 +89,8 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     trainable = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(trainable, lr=config.lr, betas=parse_betas(config.adam_betas),
+                            weight_decay=config.weight_decay)
 
 
 def cyclic_factor(step: int, total: int) -> float:
@@ -178,20 +180,22 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         _keep_best_model(out, log[-1]["stopped_early"])
         return TrainResult(out, out / MODEL_FILE, log)
 
-    pgd_key = f"val_pgd{config.val_pgd_steps}_acc"
-    best_pgd = max((record[pgd_key] for record in log if pgd_key in record), default=None)
+    best_key = task.selection_key(f"val_pgd{config.val_pgd_steps}_acc")
+    best_value = max((record[best_key] for record in log if best_key in record), default=None)
     for epoch in range(start_epoch, config.epochs + 1):
         record = _run_epoch(epoch, config, task, model, batches, optimizer, scheduler, device, progress, on_batch)
         model.eval()
         record.update(evaluate_slice(model, val_split, dataset, config.val_pgd_steps, device))
+        if len(val_split):
+            record.update(task.validation_metrics(model, val_split, device))
         log.append(record)
         reason = task.should_stop(log)
         if reason is not None:
-            record["stopped_early"] = {"epoch": epoch, "reason": reason, "best_epoch": _best_epoch(log, pgd_key)}
+            record["stopped_early"] = {"epoch": epoch, "reason": reason, "best_epoch": _best_epoch(log, best_key)}
         metadata = _metadata(config, task, dataset, epoch, log, len(train_split))
-        if pgd_key in record and (best_pgd is None or record[pgd_key] > best_pgd):
-            best_pgd = record[pgd_key]
-            save_checkpoint(out / BEST_FILE, model.state_dict(), metadata)
+        if best_key in record and (best_value is None or record[best_key] > best_value):
+            best_value = record[best_key]
+            save_checkpoint(out / BEST_FILE, model.state_dict(), {**metadata, "best_by": best_key})
         _save_epoch(out, config, metadata, model, optimizer, scheduler, epoch, log)
         if reason is not None:
             _keep_best_model(out, record["stopped_early"])
