@@ -179,3 +179,24 @@ def test_eps_override_is_recorded_as_a_custom_configuration(standard_checkpoint:
 
     table = pd.read_csv(__import__("io").StringIO(render(tmp_path, "csv")))
     assert sorted(table["eps_linf"]) == [0.1, 0.3], "both runs stay on the leaderboard"
+
+
+def test_target_override_reaches_targeted_attacks_only_and_is_custom() -> None:
+    """``--target fixed:0`` (the MID release's policy) changes every targeted registry attack, records it as a
+    custom configuration, and leaves untargeted attacks as they are."""
+    from midbench.evaluation.selection import AttackSelection, select_attacks
+
+    registry = load_registry()
+    chosen = select_attacks(AttackSelection(attacks=("pgd-linf-t", "pgd-linf"), target="fixed:0"), registry,
+                            get_dataset("mnist5k").eps, [])
+    by_id = {attack.id: attack for attack, _ in chosen}
+    assert (by_id["pgd-linf-t"].target, by_id["pgd-linf-t"].version) == ("fixed:0", 0)
+    assert (by_id["pgd-linf"].target, by_id["pgd-linf"].version) == (None, registry.get("pgd-linf").version)
+    same = select_attacks(AttackSelection(attacks=("pgd-linf-t",), target="random"), registry,
+                          get_dataset("mnist5k").eps, [])
+    assert same[0][0].version == registry.get("pgd-linf-t").version  # the entry's own policy: not custom
+
+
+def test_bad_target_policy_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "missing.safetensors"), "--target", "class-0"])
+    assert result.exit_code == 2 and "target policy" in result.output

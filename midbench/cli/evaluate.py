@@ -27,6 +27,7 @@ def eval_command(
     protocol: Annotated[str, typer.Option(help="whitebox (default) or transfer.")] = "whitebox",
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on.")] = None,
     eps: Annotated[list[str] | None, typer.Option(help="ε override: 0.1 or 8/255 (L∞), L2=1.5, L1=10; repeatable.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target policy of every targeted registry attack: random (the entries' default), least-likely or fixed:K (the MID release aimed at fixed:0); recorded as id@custom.")] = None,
     n_examples: Annotated[int | None, typer.Option(help="Evaluate the first N test examples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 256,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
@@ -58,11 +59,13 @@ def eval_command(
 
         raise UsageError(f"unknown --format {output_format!r}; use table or json")
     from midbench.evaluation.runner import EvalConfig, run_evaluation
+    from midbench.attacks.base import check_target_policy
     from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
 
     selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
                                 unknown=unknown_attacks, autoattack=autoattack,
-                                eps=parse_eps_overrides(split_csv(eps)))
+                                eps=parse_eps_overrides(split_csv(eps)),
+                                target=check_target_policy(target) if target is not None else None)
     config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
                         selection=selection,
                         protocol=protocol, source=str(source) if source else None, n_examples=n_examples,

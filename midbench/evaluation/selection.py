@@ -32,6 +32,8 @@ class AttackSelection:
     unknown: bool = False
     autoattack: bool = False
     eps: dict[str, float] = field(default_factory=dict)
+    #: target policy of every targeted registry attack (``--target``, e.g. ``fixed:0``); None = the entry's own
+    target: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -55,7 +57,8 @@ def parse_eps_overrides(values: list[str]) -> dict[str, float]:
 
 def with_defaults(selection: AttackSelection) -> AttackSelection:
     """What an empty selection means: the known attacks and the unknown-attack profile."""
-    return AttackSelection(known=True, unknown=True, eps=selection.eps) if selection.empty else selection
+    return AttackSelection(known=True, unknown=True, eps=selection.eps, target=selection.target) \
+        if selection.empty else selection
 
 
 def split_of(attack: ResolvedAttack, train_attacks: list[ResolvedAttack]) -> str:
@@ -68,8 +71,8 @@ def select_attacks(selection: AttackSelection, registry: AttackRegistry, dataset
                    train_attacks: list[ResolvedAttack]) -> list[tuple[ResolvedAttack, str]]:
     """Resolve the selection into (attack, split) pairs, duplicates (by specification) removed.
 
-    With nothing selected, runs the known attacks (and the profile: :func:`with_defaults`). ``--eps`` overrides
-    apply to registry attacks; known attacks run exactly as recorded in the checkpoint. The profile's attacks
+    With nothing selected, runs the known attacks (and the profile: :func:`with_defaults`). ``--eps`` and
+    ``--target`` overrides apply to registry attacks; known attacks run exactly as recorded in the checkpoint. The profile's attacks
     are not in this list: they run strength by strength (:func:`midbench.attacks.threat_models.profile_plan`).
     """
     selection = with_defaults(selection)
@@ -78,8 +81,10 @@ def select_attacks(selection: AttackSelection, registry: AttackRegistry, dataset
         spec = registry.get(attack_id)
         override = selection.eps.get(spec.norm.value) if spec.norm else None
         attack = spec.resolve(dataset_eps, override)
+        if selection.target is not None and attack.target is not None:
+            attack = replace(attack, target=selection.target)
         default = spec.resolve(dataset_eps)
-        # a changed ε is a changed configuration: record it as custom, never under the entry's id@version
+        # a changed ε or target is a changed configuration: record it as custom, never under the entry's id@version
         return attack if attack.equivalence() == default.equivalence() else replace(attack, version=0)
 
     chosen: list[ResolvedAttack] = []
