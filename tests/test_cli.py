@@ -116,3 +116,10 @@ def test_leaderboard_without_results_exits_2(tmp_path: Path) -> None:
     result = RUNNER.invoke(app, ["leaderboard", "--results-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "midbench eval" in result.output
+
+
+@pytest.mark.parametrize(("command", "shown"), [(["bench", "--help"], "[runs.NAME]"), (["train", "--help"], "[train]")])
+def test_help_shows_toml_table_names(command: list[str], shown: str) -> None:
+    """Rich reads ``[name]`` in help text as markup and drops it unless escaped; the table names must show."""
+    result = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and shown in result.output

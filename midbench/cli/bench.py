@@ -12,7 +12,7 @@ from midbench.cli._common import guarded
 
 @guarded
 def bench_command(
-    config: Annotated[Path, typer.Option("--config", help="Sweep file (TOML): [sweep], [eval], [train] and one [runs.NAME] table per run.")],
+    config: Annotated[Path, typer.Option("--config", help="Sweep file (TOML): \\[sweep], \\[eval], \\[train] and one \\[runs.NAME] table per run.")],
     out: Annotated[Path | None, typer.Option(help="Directory for the training runs and the sweep state (default runs/sweep-<name>).")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Where result files and leaderboard-<name>.md/.csv go (default OUT/results).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the sweep file).")] = None,

@@ -29,7 +29,7 @@ def train_command(
     val_size: Annotated[int | None, typer.Option(help="Held-out training examples for per-epoch metrics (default 200).")] = None,
     n_train: Annotated[int | None, typer.Option(help="Train on the first N examples only.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<method>-<arch>-<dataset>).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with a [train] table; options given here win.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a \\[train] table; options given here win.")] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.")] = False,
