@@ -9,6 +9,7 @@ A sweep is a TOML file::
     seed = 0                          # training and evaluation seed of every run
     protocols = ["whitebox", "transfer"]
     transfer_source = "standard"      # the run whose model the transfer attacks are crafted on
+    data_dir = "data"                 # torchvision datasets only: their root (`--data-dir` overrides it)
 
     [eval]                            # what every model is evaluated with (options of `midbench eval`)
     n_examples = 500
@@ -59,7 +60,7 @@ PROTOCOLS = ("whitebox", "transfer")
 RUN_REFERENCES = ("source", "teacher")
 #: the keys of [sweep] and [eval] with their TOML types (a list means a list of strings; eps may hold numbers)
 _SWEEP_KEYS: dict[str, type] = {"name": str, "dataset": str, "seed": int, "device": str, "threads": int,
-                                "protocols": list, "transfer_source": str}
+                                "protocols": list, "transfer_source": str, "data_dir": str, "download": bool}
 _EVAL_KEYS: dict[str, type] = {"n_examples": int, "batch_size": int, "known_attacks": bool,
                                "unknown_attacks": bool, "autoattack": bool, "attacks": list, "suite": str,
                                "eps": list}
@@ -93,6 +94,9 @@ class Sweep:
     #: CPU threads torch may use (None: torch's default). Pinned for exact reproducibility on the CPU, where a
     #: different number of threads may split floating-point reductions differently.
     threads: int | None = None
+    #: root of a torchvision dataset (relative to the working directory), and whether to download it there
+    data_dir: str | None = None
+    download: bool = False
 
     def run(self, name: str) -> SweepRun:
         """The run called ``name``."""
@@ -132,11 +136,14 @@ def _check_name(name: str, what: str, path: Path) -> str:
     return name
 
 
-def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
+def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None = None,
+               download: bool | None = None) -> Sweep:
     """Parse and check a sweep file, before anything is trained.
 
     Args:
         device: overrides ``[sweep] device``.
+        data_dir: overrides ``[sweep] data_dir`` (where a torchvision dataset lies).
+        download: overrides ``[sweep] download``.
 
     Raises:
         UsageError: missing file, invalid TOML, unknown keys, unknown methods or run references, bad values.
@@ -161,9 +168,14 @@ def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
     if not isinstance(runs_table, dict) or not runs_table:
         raise UsageError(f"{path}: no runs; add at least one [runs.NAME] table (e.g. [runs.standard])")
 
-    shared = {**train_defaults, **{key: head[key] for key in ("dataset", "seed", "device") if key in head}}
+    shared = {**train_defaults,
+              **{key: head[key] for key in ("dataset", "seed", "device", "data_dir", "download") if key in head}}
     if device is not None:
         shared["device"] = device
+    if data_dir is not None:
+        shared["data_dir"] = data_dir
+    if download is not None:
+        shared["download"] = download
     try:  # the [train] defaults are checked once, so a bad value is blamed on [train], not on a run
         defaults = merge_config(TrainConfig(), shared, {})
     except UsageError as error:
@@ -218,7 +230,8 @@ def load_sweep(path: str | Path, device: str | None = None) -> Sweep:
     fingerprint = hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()
     return Sweep(name=sweep_name, dataset=dataset, runs=tuple(_ordered(runs)), protocols=protocols,
                  transfer_source=transfer_source, selection=selection, n_examples=n_examples,
-                 eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads)
+                 eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads,
+                 data_dir=defaults.data_dir, download=defaults.download)
 
 
 def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None:
@@ -407,7 +420,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         evaluated = run_evaluation(EvalConfig(
             checkpoint=str(checkpoint), selection=sweep.selection, protocol=protocol, source=source,
             n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
-            seed=sweep.seed, device=sweep.device, restart=restart))
+            seed=sweep.seed, device=sweep.device, restart=restart, data_dir=sweep.data_dir,
+            download=sweep.download))
         state["evaluations"][key] = {"checkpoint_sha256": sha256, "settings": settings,
                                      "result": str(evaluated.path.relative_to(results)),
                                      "seconds": round(time.perf_counter() - clock, 1)}

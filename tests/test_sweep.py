@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,43 @@ def test_shipped_table_is_what_its_result_files_give() -> None:
     board, _ = write_leaderboards(sweep, SHIPPED, "results/mnist5k/sweep.toml", write=False)
     assert board == committed["md"]
     assert render(SHIPPED, "csv", dataset="mnist5k") == committed["csv"]
+
+
+# ---- the committed sweep files for torchvision datasets --------------------------------------------------------
+
+TORCHVISION_SWEEPS = sorted(path for path in (REPO / "results").glob("*/sweep.toml") if path.parent.name != "mnist5k")
+
+
+def test_every_committed_sweep_file_has_a_plan() -> None:
+    """Each committed sweep file parses and plans (every run's method and options checked) with `--dry-run`."""
+    assert {path.parent.name for path in TORCHVISION_SWEEPS} >= {"mnist-mid-release", "cifar10-mid"}
+    for path in [SHIPPED / "sweep.toml", *TORCHVISION_SWEEPS]:
+        result = CliRunner().invoke(app, ["bench", "--config", str(path), "--data-dir", "unused", "--dry-run"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "train " in result.output and "evaluate " in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*differs from the published release")
+@pytest.mark.parametrize("path", TORCHVISION_SWEEPS, ids=lambda path: path.parent.name)
+def test_committed_sweep_runs_train_on_files_in_torchvision_format(path: Path, tmp_path: Path) -> None:
+    """Every run of the sweep, with its committed settings (optimiser, schedule, architecture, MID's stage
+    settings, pool target, clean meta-test) shrunk to one epoch on a few images, trains on dataset files the test
+    writes in torchvision's layout, reached through the sweep's data directory."""
+    from dataclasses import replace
+
+    from midbench.sweep import _resolved
+    from midbench.training import train
+    from test_data_torchvision import write_cifar10, write_mnist
+
+    sweep = load_sweep(path, device="cpu", data_dir=str(tmp_path / "data"))
+    {"mnist": write_mnist, "cifar10": write_cifar10}[sweep.dataset](tmp_path / "data")
+    out = tmp_path / "runs"
+    for run in sweep.runs:
+        tiny = replace(_resolved(run, out), epochs=1, n_train=8, val_size=4, batch_size=4, val_pgd_steps=1,
+                       source_epochs=1, teacher_epochs=1, source_batch_size=None, teacher_batch_size=None,
+                       attack_steps=1 if run.config.attack_steps or run.config.method == "mid" else None,
+                       attack_step_size=None)
+        log = train(tiny, out / run.name, progress=False).log
+        assert len(log) == 1 and math.isfinite(log[0]["loss"]), run.name
+        assert tiny.data_dir == str(tmp_path / "data")

@@ -16,6 +16,8 @@ def bench_command(
     out: Annotated[Path | None, typer.Option(help="Directory for the training runs and the sweep state (default runs/sweep-<name>).")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Where result files and leaderboard-<name>.md/.csv go (default OUT/results).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the sweep file).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Root of a torchvision dataset (overrides data_dir of the sweep file).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into the data directory.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit; nothing is trained.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard interrupted evaluation states of the sweep instead of resuming them.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -28,7 +30,8 @@ def bench_command(
     """
     from midbench.sweep import config_label, describe_plan, load_sweep, run_sweep
 
-    sweep = load_sweep(config, device=device)
+    sweep = load_sweep(config, device=device, data_dir=str(data_dir) if data_dir is not None else None,
+                       download=download or None)
     out_dir = out if out is not None else Path("runs") / f"sweep-{sweep.name}"
     if dry_run:
         for line in describe_plan(sweep):
