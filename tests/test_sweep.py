@@ -262,9 +262,10 @@ def test_committed_sweep_runs_train_on_files_in_torchvision_format(path: Path, t
     writes in torchvision's layout, reached through the sweep's data directory."""
     from dataclasses import replace
 
+    from test_data_torchvision import write_cifar10, write_mnist
+
     from midbench.sweep import _resolved
     from midbench.training import train
-    from test_data_torchvision import write_cifar10, write_mnist
 
     sweep = load_sweep(path, device="cpu", data_dir=str(tmp_path / "data"))
     {"mnist": write_mnist, "cifar10": write_cifar10}[sweep.dataset](tmp_path / "data")

@@ -58,8 +58,8 @@ def eval_command(
         from midbench.errors import UsageError
 
         raise UsageError(f"unknown --format {output_format!r}; use table or json")
-    from midbench.evaluation.runner import EvalConfig, run_evaluation
     from midbench.attacks.base import check_target_policy
+    from midbench.evaluation.runner import EvalConfig, run_evaluation
     from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
 
     selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
