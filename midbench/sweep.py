@@ -60,7 +60,8 @@ PROTOCOLS = ("whitebox", "transfer")
 RUN_REFERENCES = ("source", "teacher")
 #: the keys of [sweep] and [eval] with their TOML types (a list means a list of strings; eps may hold numbers)
 _SWEEP_KEYS: dict[str, type] = {"name": str, "dataset": str, "seed": int, "device": str, "threads": int,
-                                "protocols": list, "transfer_source": str, "data_dir": str, "download": bool}
+                                "protocols": list, "transfer_source": str, "extra_transfer_sources": list,
+                                "data_dir": str, "download": bool}
 _EVAL_KEYS: dict[str, type] = {"n_examples": int, "batch_size": int, "known_attacks": bool,
                                "unknown_attacks": bool, "autoattack": bool, "attacks": list, "suite": str,
                                "eps": list}
@@ -94,6 +95,9 @@ class Sweep:
     #: CPU threads torch may use (None: torch's default). Pinned for exact reproducibility on the CPU, where a
     #: different number of threads may split floating-point reductions differently.
     threads: int | None = None
+    #: further runs whose models craft transfer attacks (e.g. an independently trained source: the honest
+    #: transfer test of a defense whose training attacks were crafted on ``transfer_source``)
+    extra_transfer_sources: tuple[str, ...] = ()
     #: root of a torchvision dataset (relative to the working directory), and whether to download it there
     data_dir: str | None = None
     download: bool = False
@@ -209,6 +213,13 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
                          "model the attacks are crafted on, e.g. \"standard\")")
     if transfer_source is not None and transfer_source not in names:
         raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep ({', '.join(names)})")
+    extra_sources = tuple(head.get("extra_transfer_sources", ()))
+    for extra in extra_sources:
+        if extra not in names or extra == transfer_source:
+            raise UsageError(f"{path}: extra_transfer_sources names {extra!r}, which is not another run of the "
+                             f"sweep ({', '.join(names)})")
+    if extra_sources and "transfer" not in protocols:
+        raise UsageError(f"{path}: extra_transfer_sources needs \"transfer\" in protocols")
 
     runs = [_with_references(run, names, transfer_source) for run in runs]
     selection = AttackSelection(attacks=tuple(evaluation.get("attacks", ())), suite=evaluation.get("suite"),
@@ -231,7 +242,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     return Sweep(name=sweep_name, dataset=dataset, runs=tuple(_ordered(runs)), protocols=protocols,
                  transfer_source=transfer_source, selection=selection, n_examples=n_examples,
                  eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads,
-                 data_dir=defaults.data_dir, download=defaults.download)
+                 data_dir=defaults.data_dir, download=defaults.download, extra_transfer_sources=extra_sources)
 
 
 def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None:
@@ -334,14 +345,18 @@ def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
     return state
 
 
-def evaluation_plan(sweep: Sweep) -> list[tuple[str, str]]:
-    """(run, protocol) pairs in order: every run white-box; under transfer every run but the source itself."""
-    plan = []
+def evaluation_plan(sweep: Sweep) -> list[tuple[str, str, str | None]]:
+    """(run, protocol, transfer source) in order: every run white-box (source None); under transfer, every run but
+    the source itself, once per source (``transfer_source``, then each of ``extra_transfer_sources``)."""
+    sources = (sweep.transfer_source, *sweep.extra_transfer_sources)
+    plan: list[tuple[str, str, str | None]] = []
     for run in sweep.runs:
         for protocol in sweep.protocols:
-            if protocol == "transfer" and run.name == sweep.transfer_source:
-                continue  # attacking the source through itself is the white-box row
-            plan.append((run.name, protocol))
+            if protocol == "whitebox":
+                plan.append((run.name, protocol, None))
+                continue
+            # attacking a source through itself is its white-box row
+            plan.extend((run.name, protocol, source) for source in sources if source != run.name)
     return plan
 
 
@@ -350,8 +365,8 @@ def describe_plan(sweep: Sweep) -> list[str]:
     lines = [f"train {run.name}: {run.config.method}, {run.config.arch}, {run.config.epochs} epochs" +
              (f", {run.config.attack_steps} attack steps" if run.config.attack_steps else "") for run in sweep.runs]
     n = sweep.n_examples if sweep.n_examples is not None else "all"
-    for name, protocol in evaluation_plan(sweep):
-        via = f" (attacks crafted on {sweep.transfer_source})" if protocol == "transfer" else ""
+    for name, protocol, source in evaluation_plan(sweep):
+        via = f" (attacks crafted on {source})" if source else ""
         lines.append(f"evaluate {name} {protocol}{via} on {n} test examples")
     return lines
 
@@ -399,13 +414,14 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
                        "registry": registry_digest()}
     # each model's hash, read once: an evaluation is redone only when its model (or source) changed
     hashes = {run.name: _checkpoint_sha(model_path(out, run.name)) for run in sweep.runs}
-    for name, protocol in evaluation_plan(sweep):
+    for name, protocol, source_run in evaluation_plan(sweep):
         checkpoint = model_path(out, name)
         sha256 = hashes[name]
         # a transfer row depends on the source model too: a retrained source makes it stale
-        source_sha = hashes[sweep.transfer_source] if protocol == "transfer" else None
+        source_sha = hashes[source_run] if source_run else None
         settings = {**shared_settings, "source_sha256": source_sha}
-        key = f"{name}/{protocol}"
+        extra = source_run is not None and source_run != sweep.transfer_source
+        key = f"{name}/{protocol}" + (f"@{source_run}" if extra else "")
         done = state["evaluations"].get(key)
         if done and done["checkpoint_sha256"] == sha256 and done["settings"] == settings and \
                 (results / done["result"]).exists():
@@ -414,11 +430,13 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         if done:  # a stale result of a since-retrained model must not share the table with the new one
             for suffix in (".json", ".npz"):
                 (results / done["result"]).with_suffix(suffix).unlink(missing_ok=True)
-        say(f"[bench] evaluating {name} ({protocol})")
+        say(f"[bench] evaluating {key}")
         clock = time.perf_counter()
-        source = str(model_path(out, sweep.transfer_source)) if protocol == "transfer" else None
+        source = str(model_path(out, source_run)) if source_run else None
         evaluated = run_evaluation(EvalConfig(
             checkpoint=str(checkpoint), selection=sweep.selection, protocol=protocol, source=source,
+            # the extra sources are named by run, so their tables stay apart from the main source's
+            source_name=source_run if extra else None,
             n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
             seed=sweep.seed, device=sweep.device, restart=restart, data_dir=sweep.data_dir,
             download=sweep.download))
@@ -468,15 +486,19 @@ def leaderboard_header(sweep: Sweep, config_label: str) -> str:
              "example. Columns: `results/README.md`.", ""]
     if "transfer" in sweep.protocols:
         lines += [f"Transfer protocol: every attack is crafted on the `{sweep.transfer_source}` run's model and "
-                  "classified by the evaluated model.", ""]
+                  "classified by the evaluated model."]
+        if sweep.extra_transfer_sources:
+            extra = ", ".join(f"`{source}`" for source in sweep.extra_transfer_sources)
+            lines += [f"Also under transfer from {extra} (a model no defense was trained against; tables named "
+                      "after the run)."]
+        lines += [""]
     lines += ["| run | method | arch | epochs | batch | training attack steps | notes |",
               "|---|---|---|---|---|---|---|"]
     for run in sweep.runs:
         c = run.config
         notes = []
         if c.method == "mid":
-            notes.append(f"teacher {c.teacher_epochs} epochs, student init {c.student_init}, "
-                         f"{'first' if c.first_order else 'second'}-order, pool refreshed every {c.refresh_every}")
+            notes.append(_mid_notes(c))
         if c.method in ("trades", "mart"):
             notes.append(f"β = {c.beta:g}")
         if c.method in ("msd", "avg", "max"):
@@ -486,6 +508,24 @@ def leaderboard_header(sweep: Sweep, config_label: str) -> str:
         lines.append(f"| {run.name} | {c.method} | {c.arch} | {c.epochs} | {c.batch_size} | {steps} | "
                      f"{'; '.join(notes)} |")
     return "\n".join(lines) + "\n\n"
+
+
+def _mid_notes(c: TrainConfig) -> str:
+    """What a reader needs to tell MID runs (and ablations) apart."""
+    teacher = f"teacher {c.teacher[1:]}" if c.teacher and c.teacher.startswith("@") else \
+        f"teacher {c.teacher_epochs} epochs"
+    parts = [teacher, f"student init {c.student_init}"]
+    parts.append("no meta step" if c.no_meta else
+                 f"{'first' if c.first_order else 'second'}-order, α {c.inner_lr:g}")
+    weights = (c.lc_weight, c.ac_weight, c.cc_weight)
+    if weights != (1.0, 1.5, 0.8):
+        parts.append("weights LC/AC/CC " + "/".join(f"{w:g}" for w in weights))
+    if c.meta_test_clean:
+        parts.append("clean task may be held out")
+    if c.pool_target:
+        parts.append(f"pool target {c.pool_target}")
+    parts.append(f"pool refreshed every {c.refresh_every}")
+    return ", ".join(parts)
 
 
 def write_leaderboards(sweep: Sweep, results: Path, config_label: str, write: bool = True

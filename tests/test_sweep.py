@@ -103,8 +103,9 @@ def test_runs_named_as_a_source_come_first_and_mid_defaults_to_the_transfer_sour
     assert [run.name for run in sweep.runs] == ["standard", "mid", "pgd-at"]
     assert sweep.run("mid").config.source == "@standard"
     # the source is not attacked through itself under transfer: that is its white-box row
-    assert evaluation_plan(sweep) == [("standard", "whitebox"), ("mid", "whitebox"), ("mid", "transfer"),
-                                      ("pgd-at", "whitebox"), ("pgd-at", "transfer")]
+    assert evaluation_plan(sweep) == [("standard", "whitebox", None), ("mid", "whitebox", None),
+                                      ("mid", "transfer", "standard"), ("pgd-at", "whitebox", None),
+                                      ("pgd-at", "transfer", "standard")]
 
 
 def test_cycles_between_runs_are_refused(tmp_path: Path) -> None:
@@ -241,13 +242,15 @@ def test_shipped_table_is_what_its_result_files_give() -> None:
 
 # ---- the committed sweep files for torchvision datasets --------------------------------------------------------
 
-TORCHVISION_SWEEPS = sorted(path for path in (REPO / "results").glob("*/sweep.toml") if path.parent.name != "mnist5k")
+COMMITTED_SWEEPS = sorted((REPO / "results").glob("*/sweep.toml"))
+TORCHVISION_SWEEPS = [path for path in COMMITTED_SWEEPS if load_sweep(path).dataset != "mnist5k"]
 
 
 def test_every_committed_sweep_file_has_a_plan() -> None:
     """Each committed sweep file parses and plans (every run's method and options checked) with `--dry-run`."""
     assert {path.parent.name for path in TORCHVISION_SWEEPS} >= {"mnist-mid-release", "cifar10-mid"}
-    for path in [SHIPPED / "sweep.toml", *TORCHVISION_SWEEPS]:
+    assert {path.parent.name for path in COMMITTED_SWEEPS} >= {"mnist5k", "mnist5k-mid-ablation"}
+    for path in COMMITTED_SWEEPS:
         result = CliRunner().invoke(app, ["bench", "--config", str(path), "--data-dir", "unused", "--dry-run"])
         assert result.exit_code == 0, (path, result.output)
         assert "train " in result.output and "evaluate " in result.output
@@ -278,3 +281,65 @@ def test_committed_sweep_runs_train_on_files_in_torchvision_format(path: Path, t
         log = train(tiny, out / run.name, progress=False).log
         assert len(log) == 1 and math.isfinite(log[0]["loss"]), run.name
         assert tiny.data_dir == str(tmp_path / "data")
+
+
+# ---- a second, independent transfer source ---------------------------------------------------------------------
+
+def test_extra_transfer_sources_are_planned_and_checked(tmp_path: Path) -> None:
+    text = TINY.replace('transfer_source = "standard"', 'transfer_source = "standard"\n'
+                        'extra_transfer_sources = ["standard-b"]') + '\n[runs.standard-b]\nmethod = "standard"\n'
+    plan = evaluation_plan(load_sweep(write(tmp_path, text)))
+    transfer = [(run, source) for run, protocol, source in plan if protocol == "transfer"]
+    assert sorted(transfer) == [("mid", "standard"), ("mid", "standard-b"), ("pgd-at", "standard"),
+                                ("pgd-at", "standard-b"), ("standard", "standard-b"), ("standard-b", "standard")]
+    for bad in ('["nobody"]', '["standard"]'):
+        with pytest.raises(UsageError, match="extra_transfer_sources"):
+            load_sweep(write(tmp_path, text.replace('["standard-b"]', bad)))
+
+
+@pytest.mark.slow
+def test_each_transfer_source_gets_its_own_table(tmp_path: Path) -> None:
+    """A sweep with an independently trained second source: every transfer row is crafted on the source it
+    names, and the leaderboard keeps one table per source (the extra one named after its run)."""
+    text = """
+[sweep]
+name = "two-sources"
+dataset = "mnist5k"
+device = "cpu"
+protocols = ["whitebox", "transfer"]
+transfer_source = "standard"
+extra_transfer_sources = ["standard-b"]
+
+[eval]
+n_examples = 16
+attacks = ["fgsm-linf"]
+
+[train]
+arch = "test-cnn"
+batch_size = 64
+n_train = 128
+val_size = 16
+val_pgd_steps = 1
+attack_steps = 1
+
+[runs.standard]
+epochs = 1
+
+[runs.standard-b]
+method = "standard"
+epochs = 2
+
+[runs.pgd-at]
+epochs = 1
+"""
+    result = CliRunner().invoke(app, ["bench", "--config", str(write(tmp_path, text)), "--out",
+                                      str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    documents = [read_result(path) for path in (tmp_path / "out" / "results").rglob("*.json")]
+    sources = {(d["checkpoint"]["name"], d["protocol"]["source"]["name"]): d["protocol"]["source"]["sha256"]
+               for d in documents if d["protocol"]["name"] == "transfer"}
+    assert set(sources) == {("pgd-at", "standard-test-cnn-mnist5k"), ("pgd-at", "standard-b"),
+                            ("standard-b", "standard-test-cnn-mnist5k"), ("standard", "standard-b")}
+    assert sources[("pgd-at", "standard-b")] != sources[("pgd-at", "standard-test-cnn-mnist5k")]
+    board = (tmp_path / "out" / "results" / "leaderboard-two-sources.md").read_text(encoding="utf-8")
+    assert "— transfer (standard-b)" in board and "— transfer (standard-test-cnn-mnist5k)" in board

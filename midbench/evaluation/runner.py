@@ -93,6 +93,9 @@ class EvalConfig:
     selection: AttackSelection = field(default_factory=AttackSelection)
     protocol: str = "whitebox"
     source: str | None = None
+    #: how tables name the transfer source (default: the name in its checkpoint); a sweep with two sources of
+    #: the same method names them by run, so their tables stay apart
+    source_name: str | None = None
     n_examples: int | None = None
     batch_size: int = 256
     results_dir: str = str(DEFAULT_RESULTS_DIR)
@@ -157,7 +160,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         source = load_classifier(source_path)
         check_compatible(source.metadata, dataset_name, spec.num_classes, spec.input_shape)
         source_model = source.model
-        source_info = {"path": str(source_path), "sha256": source.sha256, "name": source.metadata.get("name")}
+        source_info = {"path": str(source_path), "sha256": source.sha256,
+                       "name": config.source_name or source.metadata.get("name")}
     elif config.source:
         raise UsageError("--source only applies to --protocol transfer")
 
