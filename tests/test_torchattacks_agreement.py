@@ -26,3 +26,15 @@ def test_native_pgd_matches_torchattacks(eps: float, standard_model: nn.Module, 
     # Same algorithm, same random start: robust accuracy within 1% (the only difference is a summed vs
     # averaged loss, which at most flips the sign of exactly-zero gradient entries).
     assert abs(accuracy_ours - accuracy_theirs) <= 0.01
+
+
+def test_targeted_torchattacks_entry_prints_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """torchattacks announces every change of attack mode on stdout; midbench's output must stay clean."""
+    pytest.importorskip("torchattacks")
+    from midbench.attacks.torchattacks_adapter import TorchattacksAttack
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    TorchattacksAttack(0.0, None, "JSMA", target="random", theta=1.0, gamma=0.5)(model, x, y)
+    assert capfd.readouterr().out == ""

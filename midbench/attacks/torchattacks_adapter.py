@@ -66,7 +66,8 @@ class TorchattacksAttack(Attack):
         attack = self.attack_class(model, **kwargs)
         if self.targeted:
             targets = self.choose_targets(model, x, y)
-            attack.set_mode_targeted_by_function(lambda images, labels: targets)
+            # quiet: torchattacks otherwise prints "Attack mode is changed..." into the user's output every batch
+            attack.set_mode_targeted_by_function(lambda images, labels: targets, quiet=True)
         # Some torchattacks attacks (OnePixel, Pixle) draw from numpy's and Python's global RNGs; seed both from
         # torch's (which midbench seeds per batch) so every attack is reproducible, and restore them after.
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
