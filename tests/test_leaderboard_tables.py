@@ -299,10 +299,11 @@ def test_compare_puts_runs_side_by_side(tmp_path: Path) -> None:
     labels = [run["label"] for run in document["runs"]]
     assert labels == ["model-a (whitebox)", "model-a (transfer from src)"]
     rows = {row["metric"]: row for row in document["rows"]}
-    assert list(rows) == ["clean", "pgd-linf@1", "fgsm-linf@1", "cw-l2@1", "known_mean", "known_worst",
+    cw = f"cw-l2@{load_registry().get('cw-l2').version}"  # the registry's current version of the entry
+    assert list(rows) == ["clean", "pgd-linf@1", "fgsm-linf@1", cw, "known_mean", "known_worst",
                           "unknown_mean", "unknown_worst", "all_worst", "autoattack"]
     assert rows["pgd-linf@1"] == {"metric": "pgd-linf@1", labels[0]: 75.0, labels[1]: None}
-    assert rows["cw-l2@1"][labels[1]] == 75.0 and rows["all_worst"][labels[0]] == 50.0
+    assert rows[cw][labels[1]] == 75.0 and rows["all_worst"][labels[0]] == 50.0
     csv = pd.read_csv(io.StringIO(render_compare([white, transfer], "csv"))).set_index("metric")
     assert csv.loc["fgsm-linf@1", labels[0]] == 75.0 and csv.loc["fgsm-linf@1", labels[1]] == 100.0
     markdown = render_compare([white, transfer], "markdown")
