@@ -52,21 +52,7 @@ def step_key(threat_model: str, strength: float, attack: ResolvedAttack) -> str:
 
 def climb(runner: AttackRunner, plans: list[ThreatModelPlan], clean_correct: np.ndarray) -> list[ThreatModelCurve]:
     """Climb every threat model's ladder, attacking only the examples still robust (module docstring)."""
-    curves = []
-    for plan in plans:
-        robust = clean_correct.copy()
-        columns, seconds, forward, backward = [], 0.0, 0, 0
-        for rung in plan.rungs:
-            for attack in rung.attacks:
-                outcome = runner.run(attack, PROFILE_SPLIT, robust,
-                                     key=step_key(plan.threat_model.id, rung.strength, attack), per_example=True)
-                robust = outcome.robust
-                seconds += outcome.seconds
-                forward += outcome.forward_passes
-                backward += outcome.backward_passes
-            columns.append(robust.copy())
-        curves.append(ThreatModelCurve(plan, _stack(columns, clean_correct), seconds, forward, backward))
-    return curves
+    return _curves(runner, plans, clean_correct, nested=True)
 
 
 def independent_curves(runner: AttackRunner, plans: list[ThreatModelPlan],
@@ -75,13 +61,20 @@ def independent_curves(runner: AttackRunner, plans: list[ThreatModelPlan],
     being the per-example worst case over the strengths up to each one. With the same runner settings (seed,
     step keys, per-example randomness) its curves equal :func:`climb`'s; it exists to check that
     (``tests/test_profile.py``) and to measure the saving (``benchmarks/bench_profile.py``, goal P11)."""
+    return _curves(runner, plans, clean_correct, nested=False)
+
+
+def _curves(runner: AttackRunner, plans: list[ThreatModelPlan], clean_correct: np.ndarray, nested: bool
+            ) -> list[ThreatModelCurve]:
+    """Each attack of each rung starts from the examples still robust (``nested``) or from every clean-correct
+    one; either way an example counts as robust at a strength only if it survived everything up to it."""
     curves = []
     for plan in plans:
         survived = clean_correct.copy()
         columns, seconds, forward, backward = [], 0.0, 0, 0
         for rung in plan.rungs:
             for attack in rung.attacks:
-                outcome = runner.run(attack, PROFILE_SPLIT, clean_correct,
+                outcome = runner.run(attack, PROFILE_SPLIT, survived if nested else clean_correct,
                                      key=step_key(plan.threat_model.id, rung.strength, attack), per_example=True)
                 survived &= outcome.robust
                 seconds += outcome.seconds
