@@ -125,6 +125,9 @@ class TrainConfig:
     student_init: str = "random"
     #: draw the held-out meta-test task from the clean task too (as the release may); default: attacks only
     meta_test_clean: bool = False
+    #: run the meta-train tasks through each module as one batch (same losses; faster where per-call overhead
+    #: dominates, e.g. a GPU; measured slower on a CPU, docs/performance.md P6); never with BatchNorm in training
+    batch_tasks: bool = False
     #: target policy of the pool's targeted attacks (e.g. "fixed:0", the release's); None = the registry's (random)
     pool_target: str | None = None
     #: λ_rec, the weight of the teacher's reconstruction loss

@@ -522,6 +522,8 @@ def _mid_notes(c: TrainConfig) -> str:
         parts.append("weights LC/AC/CC " + "/".join(f"{w:g}" for w in weights))
     if c.meta_test_clean:
         parts.append("clean task may be held out")
+    if c.batch_tasks:
+        parts.append("tasks batched")
     if c.pool_target:
         parts.append(f"pool target {c.pool_target}")
     parts.append(f"pool refreshed every {c.refresh_every}")

@@ -326,6 +326,77 @@ def test_passes_per_step_follow_the_formula(n_attacks: int, mode: str) -> None:
         assert module.backward_passes == backward * batch, module
 
 
+class _Calls(nn.Module):
+    """Counts a module's forward calls (not rows): one per task, or one per batch of tasks."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        return self.module(x, *args, **kwargs)
+
+
+def _step_gradient(parts: MidModules, tasks: list[torch.Tensor], y: torch.Tensor, settings: MetaSettings
+                   ) -> torch.Tensor:
+    for p in parts.student_encoder.parameters():
+        p.grad = None
+    meta_step(parts, tasks, y, held_out=2, settings=settings)
+    return torch.cat([p.grad.flatten() for p in parts.student_encoder.parameters()])
+
+
+@pytest.mark.parametrize("mode", ["second-order", "first-order", "no-meta"])
+def test_batched_tasks_give_the_per_task_gradient_in_fewer_forwards(mode: str) -> None:
+    """P6: the meta-train tasks go through each module as one batch — the same gradient (float64, up to summation
+    order) as one forward per task, with one student-encoder call for all meta-train tasks instead of one each."""
+    n_attacks = 3
+    plain = MidModules.of(_mid_classifier(dtype=torch.float64))
+    tasks, y = _tasks(4, n_attacks, torch.float64)
+    gradients, calls = {}, {}
+    for batch_tasks in (True, False):
+        parts = MidModules(plain.normalize, _Calls(plain.student_encoder), plain.teacher_encoder, plain.decoder,
+                           plain.head)
+        settings = MetaSettings(inner_lr=0.5, first_order=mode == "first-order", meta=mode != "no-meta",
+                                batch_tasks=batch_tasks)
+        gradients[batch_tasks] = _step_gradient(parts, tasks, y, settings)
+        calls[batch_tasks] = parts.student_encoder.calls
+    assert torch.allclose(gradients[True], gradients[False], rtol=1e-10, atol=1e-14)
+    meta_test_calls = 0 if mode == "no-meta" else 1
+    assert calls == {True: 1 + meta_test_calls, False: n_attacks + 1}
+
+
+def test_batchnorm_in_training_mode_keeps_one_forward_per_task() -> None:
+    """BatchNorm in training mode normalises with the batch's statistics, so batching tasks would change the
+    objective: the step then runs one forward per task, bit-identical to ``batch_tasks=False``."""
+    from midbench.mid.losses import couples_batch_rows
+
+    torch.manual_seed(0)
+    shape = (3, 32, 32)
+    teacher = build_model("test-resnet-ae", 10, shape)
+    attach_decoder(teacher, "test-resnet-ae", shape)
+    student = build_model("test-resnet-ae", 10, shape)
+    assemble_mid_classifier(student, teacher)
+    plain = MidModules.of(student.double())
+    plain.student_encoder.train()
+    assert couples_batch_rows(plain.student_encoder)
+    assert not couples_batch_rows(plain.student_encoder.eval()) and not couples_batch_rows(_mid_classifier())
+    plain.student_encoder.train()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(4, *shape, generator=generator, dtype=torch.float64)
+    tasks = [x, (x + 0.1).clamp(0, 1), (x - 0.1).clamp(0, 1)]
+    y = torch.randint(10, (4,), generator=generator)
+    gradients, calls = {}, {}
+    for batch_tasks in (True, False):
+        parts = MidModules(plain.normalize, _Calls(plain.student_encoder), plain.teacher_encoder, plain.decoder,
+                           plain.head)
+        gradients[batch_tasks] = _step_gradient(parts, tasks, y, MetaSettings(batch_tasks=batch_tasks))
+        calls[batch_tasks] = parts.student_encoder.calls
+    assert torch.equal(gradients[True], gradients[False])
+    assert calls == {True: 3, False: 3}
+
+
 # --- end to end -----------------------------------------------------------------------------------------------
 
 TINY = {"method": "mid", "arch": "lenet", "dataset": "mnist5k", "batch_size": 32, "n_train": 96, "val_size": 16,
@@ -511,7 +582,8 @@ def test_stage_settings_targets_and_clean_meta_test_reach_the_runs(tmp_path: Pat
     held out; all recorded in the MID checkpoint."""
     config = TrainConfig(**{**TINY, "epochs": 1, "n_train": 32, "attack_steps": 1, "source_lr": 2e-3,
                             "teacher_lr": 1e-4, "source_batch_size": 16, "teacher_batch_size": 8,
-                            "teacher_adam_betas": "0.9,0.99", "pool_target": "fixed:0", "meta_test_clean": True})
+                            "teacher_adam_betas": "0.9,0.99", "pool_target": "fixed:0", "meta_test_clean": True,
+                            "batch_tasks": True})
     train(config, tmp_path, progress=False)
     stages = {role: load_checkpoint(tmp_path / role / "model.safetensors").metadata["config"]
               for role in ("source", "teacher")}
@@ -524,8 +596,17 @@ def test_stage_settings_targets_and_clean_meta_test_reach_the_runs(tmp_path: Pat
     assert targets == {"pgd-linf": (None, 0), "pgd-linf-t": ("fixed:0", 0), "mim-linf": (None, 0),
                        "mim-linf-t": ("fixed:0", 0)}
     params = meta["method_params"]
-    assert params["meta_test_clean"] is True and params["pool_target"] == "fixed:0"
+    assert params["meta_test_clean"] is True and params["pool_target"] == "fixed:0" and params["batch_tasks"] is True
     assert params["stages"]["teacher"] == {"lr": 1e-4, "batch_size": 8, "adam_betas": "0.9,0.99"}
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_meta_step_options_reach_the_meta_settings(on: bool) -> None:
+    from midbench.data.registry import get_dataset
+    from midbench.defenses.base import build_task
+
+    task = build_task(TrainConfig(**{**TINY, "meta_test_clean": on, "batch_tasks": on}), get_dataset("mnist5k"))
+    assert (task.settings.clean_can_be_held_out, task.settings.batch_tasks) == (on, on)
 
 
 def test_adam_betas_reach_the_optimiser() -> None:

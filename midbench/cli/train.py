@@ -58,6 +58,7 @@ def train_command(
     teacher_adam_betas: Annotated[str | None, typer.Option(help="MID: Adam β1,β2 of the teacher stage (default --adam-betas; release 0.9,0.99).", rich_help_panel="MID")] = None,
     student_init: Annotated[str | None, typer.Option(help="MID: student encoder init, random (paper, default) or teacher.", rich_help_panel="MID")] = None,
     meta_test_clean: Annotated[bool, typer.Option("--meta-test-clean", help="MID: the clean task may be drawn as the held-out meta-test task (as in the release).", rich_help_panel="MID")] = False,
+    batch_tasks: Annotated[bool, typer.Option("--batch-tasks", help="MID: one forward per module for all meta-train tasks (same losses; for GPUs, slower on a CPU; ignored with BatchNorm).", rich_help_panel="MID")] = False,
     pool_target: Annotated[str | None, typer.Option(help="MID: target policy of the pool's targeted attacks, e.g. fixed:0 (the release's; default: the registry's, random).", rich_help_panel="MID")] = None,
     rec_weight: Annotated[float | None, typer.Option(help="MID teacher: reconstruction-loss weight λ_rec (default 1).", rich_help_panel="MID")] = None,
     beta: Annotated[float | None, typer.Option(help="TRADES/MART: weight β of the KL robustness term (default 6).", rich_help_panel="Baselines")] = None,
@@ -93,7 +94,7 @@ def train_command(
                   "source_lr": source_lr, "teacher_lr": teacher_lr, "source_batch_size": source_batch_size,
                   "teacher_batch_size": teacher_batch_size, "source_adam_betas": source_adam_betas,
                   "teacher_adam_betas": teacher_adam_betas, "meta_test_clean": meta_test_clean or None,
-                  "pool_target": pool_target,
+                  "batch_tasks": batch_tasks or None, "pool_target": pool_target,
                   "rec_weight": rec_weight, "beta": beta, "threat_models": threat_models,
                   "fast_at_step": fast_at_step, "overfit_drop": overfit_drop}
     resolved = merge_config(TrainConfig(), file_values, cli_values).validate()

@@ -94,7 +94,8 @@ class MetaInvarianceDefense(DefenseTask):
         self.pool_specs = resolve_pool(config, dataset)
         self.settings = MetaSettings(ConsistencyWeights(config.lc_weight, config.ac_weight, config.cc_weight),
                                      config.inner_lr, config.first_order, meta=not config.no_meta,
-                                     clean_can_be_held_out=config.meta_test_clean)
+                                     clean_can_be_held_out=config.meta_test_clean,
+                                     batch_tasks=config.batch_tasks)
         if not any((config.lc_weight, config.ac_weight, config.cc_weight)):
             raise UsageError("all consistency weights are 0: nothing to train; keep at least one of "
                              "--lc-weight, --ac-weight, --cc-weight above 0")
@@ -234,6 +235,7 @@ class MetaInvarianceDefense(DefenseTask):
                 "meta_test_weights": vars(self.settings.weights.meta_test()), "inner_lr": c.inner_lr,
                 "student_init": c.student_init, "rec_weight": c.rec_weight,
                 "meta_test_clean": c.meta_test_clean, "pool_target": c.pool_target,
+                "batch_tasks": c.batch_tasks,
                 "source_epochs": None if c.source else c.source_epochs,
                 "teacher_epochs": None if c.teacher else c.teacher_epochs,
                 "stages": {role: None if given else {"lr": lr or c.lr, "batch_size": batch or c.batch_size,

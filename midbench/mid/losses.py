@@ -19,7 +19,7 @@ side: the release gave ``kl_div`` log-probabilities as its *target*, which is 0 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,13 +83,42 @@ def task_loss(encode: StudentEncode, x_task: torch.Tensor, y: torch.Tensor, targ
     Cost: one student-encoder forward; the head, and the decoder + teacher encoder, only when LC resp. CC has a
     non-zero weight.
     """
-    feature, context = encode(normalize(x_task))
+    return task_losses(encode, [x_task], y, target_log_p, normalize, teacher_encoder, decoder, head, weights)[0]
+
+
+def task_losses(encode: StudentEncode, x_tasks: Sequence[torch.Tensor], y: torch.Tensor,
+                target_log_p: torch.Tensor, normalize: nn.Module, teacher_encoder: nn.Module, decoder: nn.Module,
+                head: nn.Module, weights: ConsistencyWeights) -> list[TaskLoss]:
+    """:func:`task_loss` of several tasks (each ``y``'s batch of images) through **one** forward per module.
+
+    The tasks are concatenated along the batch axis and each term is reduced over its own task's rows, so the
+    values equal the per-task ones up to floating-point summation order — provided no module couples the rows of
+    a batch (BatchNorm in training mode does: the caller must then pass one task at a time, see
+    :func:`couples_batch_rows`). One large forward instead of several small ones saves the per-call overhead of
+    every module and of autograd (goal P6 of ``design/performance.md``).
+    """
+    x = x_tasks[0] if len(x_tasks) == 1 else torch.cat(list(x_tasks))
+    feature, context = encode(normalize(x))
     zero = feature.new_zeros(())
     logits = head(feature)
-    label = nn.functional.cross_entropy(logits, y) if weights.label else zero
-    adversarial = channel_kl(target_log_p, feature) if weights.adversarial else zero
-    cyclic = zero
-    if weights.cyclic:
-        regenerated = decoder(feature, context)
-        cyclic = channel_kl(target_log_p, teacher_encoder(normalize(regenerated)))
-    return TaskLoss(label, adversarial, cyclic, logits)
+    # the cyclic path's teacher feature, one forward for all tasks
+    cycled = teacher_encoder(normalize(decoder(feature, context))) if weights.cyclic else None
+    rows = len(y)
+    losses = []
+    for task in range(len(x_tasks)):
+        own = slice(task * rows, (task + 1) * rows)
+        losses.append(TaskLoss(
+            label=nn.functional.cross_entropy(logits[own], y) if weights.label else zero,
+            adversarial=channel_kl(target_log_p, feature[own]) if weights.adversarial else zero,
+            cyclic=channel_kl(target_log_p, cycled[own]) if cycled is not None else zero,
+            logits=logits[own]))
+    return losses
+
+
+def couples_batch_rows(*modules: nn.Module) -> bool:
+    """Whether a forward through ``modules`` mixes the rows of its batch: BatchNorm in training mode normalises
+    with the batch's statistics (and updates its running ones), so several tasks in one batch would each be
+    normalised with the others' statistics — a different objective. Per-row layers (convolutions, LayerNorm,
+    GroupNorm, BatchNorm in eval mode) do not."""
+    return any(isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.training
+               for module in modules for layer in module.modules())

@@ -17,6 +17,11 @@ rather than recomputed, which saves one backward pass through every meta-train t
 
 ``meta=False`` (the ``--no-meta`` ablation) is plain multi-task distillation: ``∇_θ Σ_j w·(LC, AC, CC)(θ, X_j)``
 over all tasks, no held-out task and no inner step.
+
+``batch_tasks`` runs the meta-train tasks through each module in one forward (concatenated along the batch axis,
+each loss reduced over its own rows): the same objective, as long as no module couples a batch's rows
+(BatchNorm in training mode does, and then the step falls back to one forward per task). Off by default: on a
+CPU it is slower (``docs/performance.md``, P6).
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
-from midbench.mid.losses import ConsistencyWeights, StudentEncode, TaskLoss, channel_log_softmax, task_loss
+from midbench.mid.losses import (
+    ConsistencyWeights,
+    StudentEncode,
+    TaskLoss,
+    channel_log_softmax,
+    couples_batch_rows,
+    task_losses,
+)
 from midbench.mid.parts import MidModules
 
 
@@ -41,6 +53,9 @@ class MetaSettings:
     meta: bool = True
     #: the release may draw the clean task as the meta-test task too; midbench's default holds out attacks only
     clean_can_be_held_out: bool = False
+    #: run the meta-train tasks through each module as one batch where no module couples a batch's rows (same
+    #: losses up to summation order, fewer and larger forwards); False: one forward per task, like the release
+    batch_tasks: bool = False
 
     def held_out_choices(self, n_tasks: int) -> range:
         """The task indices the held-out (meta-test) task is drawn from, uniformly: ``1..n`` (the adversarial
@@ -88,11 +103,16 @@ def meta_step(modules: MidModules, tasks: Sequence[torch.Tensor], y: torch.Tenso
     with torch.no_grad():  # the clean teacher feature is a fixed target
         target_log_p = channel_log_softmax(modules.teacher_encoder(modules.normalize(tasks[0])))
 
+    batched = settings.batch_tasks and not couples_batch_rows(encoder, modules.teacher_encoder, modules.decoder,
+                                                              modules.head)
+
     def losses_at(params: dict[str, torch.Tensor], indices: Sequence[int], weights: ConsistencyWeights
                   ) -> list[TaskLoss]:
         encode = _encoder_at(encoder, params, buffers)
-        return [task_loss(encode, tasks[j], y, target_log_p, modules.normalize, modules.teacher_encoder,
-                          modules.decoder, modules.head, weights) for j in indices]
+        groups = [list(indices)] if batched else [[j] for j in indices]
+        return [loss for group in groups
+                for loss in task_losses(encode, [tasks[j] for j in group], y, target_log_p, modules.normalize,
+                                        modules.teacher_encoder, modules.decoder, modules.head, weights)]
 
     weights = settings.weights
     if not settings.meta:
