@@ -229,15 +229,26 @@ def test_shipped_sweep_covers_the_paper_table() -> None:
     assert sweep.selection.known and sweep.selection.unknown and sweep.selection.autoattack
 
 
-def test_shipped_table_is_what_its_result_files_give() -> None:
-    """The committed leaderboard is recomputed from the committed result files byte for byte, so nobody edited
+def _committed_tables() -> list[Path]:
+    """Every committed sweep file with its table beside it (``leaderboard-<name>.md``)."""
+    return [path for path in sorted((REPO / "results").glob("*/sweep.toml"))
+            if (path.parent / f"leaderboard-{load_sweep(path).name}.md").exists()]
+
+
+def test_the_shipped_tables_are_committed() -> None:
+    assert {path.parent.name for path in _committed_tables()} >= {"mnist5k"}
+
+
+@pytest.mark.parametrize("path", _committed_tables(), ids=lambda path: path.parent.name)
+def test_shipped_table_is_what_its_result_files_give(path: Path) -> None:
+    """Each committed leaderboard is recomputed from the committed result files byte for byte, so nobody edited
     a number by hand (the sweep itself writes the table the same way)."""
-    sweep = load_sweep(SHIPPED / "sweep.toml")
-    committed = {suffix: (SHIPPED / f"leaderboard-mnist5k.{suffix}").read_text(encoding="utf-8")
+    sweep = load_sweep(path)
+    committed = {suffix: (path.parent / f"leaderboard-{sweep.name}.{suffix}").read_text(encoding="utf-8")
                  for suffix in ("md", "csv")}
-    board, _ = write_leaderboards(sweep, SHIPPED, "results/mnist5k/sweep.toml", write=False)
+    board, _ = write_leaderboards(sweep, path.parent, path.relative_to(REPO).as_posix(), write=False)
     assert board == committed["md"]
-    assert render(SHIPPED, "csv", dataset="mnist5k") == committed["csv"]
+    assert render(path.parent, "csv", dataset=sweep.dataset) == committed["csv"]
 
 
 # ---- the committed sweep files for torchvision datasets --------------------------------------------------------
