@@ -28,7 +28,7 @@ from midbench.attacks.threat_models import profile_plan, seen_threat_models
 from midbench.data.registry import get_dataset, load_split
 from midbench.evaluation.engine import AttackRunner, predict
 from midbench.evaluation.profile import climb, independent_curves
-from midbench.evaluation.runner import load_classifier
+from midbench.loading import load_classifier
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,9 @@ import torch
 from midbench.attacks.specs import ResolvedAttack
 from midbench.data import load_split
 from midbench.data.batches import DeviceBatches
-from midbench.evaluation.runner import load_classifier
+from midbench.loading import load_classifier, load_with_aux
 from midbench.mid.meta import MetaSettings, meta_step
-from midbench.mid.parts import MidModules, freeze, load_with_aux
+from midbench.mid.parts import MidModules, freeze
 from midbench.models import build_model
 
 

@@ -39,9 +39,10 @@ import torch
 from midbench.attacks.specs import load_registry
 from midbench.config import TrainConfig
 from midbench.data import load_split
-from midbench.evaluation.runner import EvalConfig, load_classifier, run_evaluation
+from midbench.evaluation.runner import EvalConfig, run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text
+from midbench.loading import load_classifier
 from midbench.mid_official import import_mid_official
 from midbench.training import train
 

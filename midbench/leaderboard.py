@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from midbench.errors import ArtifactError, UsageError
+from midbench.evaluation.documents import read_result
 from midbench.evaluation.metrics import (
     mean_score,
     reference_normalised_scores,
@@ -41,7 +42,6 @@ from midbench.evaluation.metrics import (
     unseen_full_strength,
     wilson_interval,
 )
-from midbench.evaluation.results import read_result
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 #: methods that count as adversarial-training baselines for the Δ column

@@ -563,9 +563,9 @@ def import_mid_official(source: str | Path, teacher: str | Path, student: str | 
     - ``mid-official-source.safetensors``: the source model (method ``standard``);
     - ``mid-official-teacher.safetensors``: the teacher (method ``mid-teacher``): the classifier ``C∘E_t`` with
       its decoder D_t under ``aux.decoder``, as ``midbench train --method mid-teacher`` writes it, so it evaluates
-      as a classifier and :func:`midbench.mid.parts.load_teacher` accepts it;
+      as a classifier and :func:`midbench.loading.load_teacher` accepts it;
     - ``mid-official-mid.safetensors``: the MID classifier ``C∘E_s`` (student encoder + teacher head) with E_t
-      and D_t under ``aux.teacher_encoder`` and ``aux.decoder``, so :func:`midbench.mid.parts.load_with_aux`
+      and D_t under ``aux.teacher_encoder`` and ``aux.decoder``, so :func:`midbench.loading.load_with_aux`
       and :func:`midbench.mid.parts.regenerate` work on it; its ``source_checkpoint`` names the source
       checkpoint for the transfer protocol and ``teacher_checkpoint`` the teacher's.
 

@@ -9,6 +9,11 @@ from pathlib import Path
 #: Results go to ``./results`` of the working directory, like any tool that writes where it is run.
 DEFAULT_RESULTS_DIR = Path("results")
 
+#: a training run's folder: the last epoch's checkpoint, the best epoch's, and the resumable state
+MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
+STATE_FILE = "state.pt"
+
 
 def shipped_registry_dir() -> Path:
     """The ``attacks_registry`` directory shipped inside the installed package."""

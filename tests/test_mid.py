@@ -13,9 +13,10 @@ from torch import nn
 
 from midbench.checkpoint import load_checkpoint
 from midbench.config import TrainConfig
+from midbench.loading import load_with_aux
 from midbench.mid.losses import ConsistencyWeights, channel_kl, channel_log_softmax, task_loss
 from midbench.mid.meta import MetaSettings, meta_step
-from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, load_with_aux
+from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder
 from midbench.models import build_model
 from midbench.training import train
 
@@ -454,7 +455,7 @@ def test_teacher_and_head_do_not_change_in_stage_2(mid_run: Path) -> None:
 
 
 def test_mid_checkpoint_is_one_classifier_and_keeps_its_companions(mid_run: Path, small_batch: tuple) -> None:
-    from midbench.evaluation.runner import load_classifier
+    from midbench.loading import load_classifier
     from midbench.mid.parts import regenerate
 
     x, _ = small_batch
@@ -556,7 +557,7 @@ def test_pool_cache_crafts_once_per_block_with_the_declared_passes(mid_run: Path
     """The cache costs Σ_i passes(a_i) per example once per refresh block, and nothing inside a block."""
     from midbench.data import get_dataset, load_split
     from midbench.evaluation.counting import PassCounter
-    from midbench.evaluation.runner import load_classifier
+    from midbench.loading import load_classifier
     from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
 
     config = TrainConfig(**TINY)
@@ -664,7 +665,7 @@ def test_demo_settings_reach_90_percent_clean_test_accuracy(tmp_path: Path, mnis
     3 first-order student epochs from the teacher encoder, 5-step pool) MID classifies ≥ 90% of the 1,000
     mnist5k test images correctly."""
     from midbench.demo import DemoSettings, demo_configs
-    from midbench.evaluation.runner import load_classifier
+    from midbench.loading import load_classifier
 
     configs = demo_configs(tmp_path, DemoSettings(device="cpu"))
     train(configs["standard"], tmp_path / "standard", progress=False)

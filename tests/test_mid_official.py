@@ -20,8 +20,8 @@ from midbench.checkpoint import load_checkpoint
 from midbench.cli.app import app
 from midbench.data import TensorSplit
 from midbench.errors import ArtifactError
-from midbench.evaluation.runner import load_classifier
-from midbench.mid.parts import load_teacher, load_with_aux, regenerate
+from midbench.loading import load_classifier, load_teacher, load_with_aux
+from midbench.mid.parts import regenerate
 from midbench.mid_official import MidOfficialWarning, import_mid_official, read_legacy_module, read_release_tensors
 
 RELEASE_DIR = Path(__file__).resolve().parents[2] / "shared" / "mid-official"

@@ -18,7 +18,8 @@ from midbench.checkpoint import save_checkpoint
 from midbench.cli.app import app
 from midbench.data import load_split
 from midbench.errors import UsageError
-from midbench.mid.parts import assemble_mid_classifier, attach_decoder, load_with_aux, regenerate
+from midbench.loading import load_with_aux
+from midbench.mid.parts import assemble_mid_classifier, attach_decoder, regenerate
 from midbench.mid.regenerate import PADDING, grid_size, regeneration_grid
 from midbench.models import build_model
 
@@ -130,7 +131,7 @@ def test_transfer_crafts_on_the_recorded_source(checkpoints: dict[str, Path], tm
     """FGSM is deterministic: the transfer grid's adversarial row is FGSM against the source model."""
     from midbench.attacks.specs import load_registry
     from midbench.data.registry import get_dataset
-    from midbench.evaluation.runner import load_classifier
+    from midbench.loading import load_classifier
 
     summary = regeneration_grid(checkpoints["mid"], tmp_path / "t.png", n=N, attack_id="fgsm-linf", device="cpu")
     source = load_classifier(checkpoints["source"]).model.eval()

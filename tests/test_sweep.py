@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from midbench.cli.app import app
 from midbench.errors import UsageError
-from midbench.evaluation.results import read_result
+from midbench.evaluation.documents import read_result
 from midbench.leaderboard import render
 from midbench.sweep import evaluation_plan, load_sweep, run_sweep, write_leaderboards
 

@@ -18,14 +18,26 @@ from midbench.data.registry import DatasetSpec, TensorSplit
 from midbench.registry import Registry
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of all randomness in ``epoch`` (a fixed mix, so resumed epochs redraw the same numbers)."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+#: trains (or resumes) a run with the given config in the given folder and returns its checkpoint
+StageTrainer = Callable[[TrainConfig, Path], Path]
+
+
 @dataclass(frozen=True)
 class SetupContext:
-    """What :meth:`DefenseTask.setup` may use: the run's folder, its training split and device."""
+    """What :meth:`DefenseTask.setup` may use: the run's folder, its training split and device, and
+    ``train_stage`` to train a prerequisite run (MID's source model and teacher) with the same training loop —
+    given by the loop, so that the methods never import it."""
 
     out_dir: Path
     train_split: TensorSplit
     device: torch.device
     progress: bool
+    train_stage: StageTrainer
 
 
 class DefenseTask:

@@ -28,7 +28,7 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
-from midbench.defenses.pgd_at import resolve_training_attack
+from midbench.training_attacks import resolve_training_attack
 
 #: floor of 1 − max_{k≠y} p_k inside the log, so a saturated wrong class gives a large finite loss, not inf
 _LOG_FLOOR = 1e-12

@@ -26,15 +26,18 @@ import torch
 from torch import nn
 
 from midbench.attacks.specs import ResolvedAttack
+from midbench.checkpoint import check_compatible, load_checkpoint
 from midbench.config import TrainConfig
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit
-from midbench.defenses.base import METHODS, DefenseTask, SetupContext
+from midbench.defenses.base import METHODS, DefenseTask, SetupContext, epoch_seed
 from midbench.errors import ArtifactError, UsageError
+from midbench.loading import load_classifier, load_teacher
 from midbench.mid.losses import ConsistencyWeights
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, freeze, require_mid_architecture
 from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
+from midbench.paths import MODEL_FILE
 
 #: the log key of MID's held-out selection score, and the seed offset of the held-out pool's random starts
 VALIDATION_KEY = "val_pool_transfer_acc"
@@ -113,8 +116,6 @@ class MetaInvarianceDefense(DefenseTask):
         if given:
             path = Path(given)  # checked by _check_given before any stage trained
             return path, _record_path(path, context.out_dir)
-        from midbench.training.loop import MODEL_FILE, train
-
         c = self.config
         lr, batch_size, betas = ((c.source_lr, c.source_batch_size, c.source_adam_betas) if role == "source" else
                                  (c.teacher_lr, c.teacher_batch_size, c.teacher_adam_betas))
@@ -124,21 +125,16 @@ class MetaInvarianceDefense(DefenseTask):
                             schedule=c.schedule, val_size=c.val_size, val_pgd_steps=c.val_pgd_steps,
                             n_train=c.n_train, seed=c.seed, device=c.device, data_dir=c.data_dir,
                             download=c.download, rec_weight=c.rec_weight)
-        result = train(stage, context.out_dir / role, resume=True, progress=context.progress)
-        return result.checkpoint, f"{role}/{MODEL_FILE}"
+        return context.train_stage(stage, context.out_dir / role), f"{role}/{MODEL_FILE}"
 
     def _check_given(self, role: str, given: str) -> None:
         """Refuse a missing, unreadable, tampered-with or other-dataset --source/--teacher file."""
-        from midbench.checkpoint import load_checkpoint
-
         path = Path(given)
         if not path.is_file():
             raise UsageError(f"--{role} {given}: no such checkpoint; train one or drop --{role} to train it here")
         _check_dataset(load_checkpoint(path).metadata, self.dataset, self.config.dataset, path)
 
     def _load_teacher(self, path: Path, device: torch.device) -> nn.Module:
-        from midbench.mid.parts import load_teacher
-
         teacher = load_teacher(path)
         meta = teacher.metadata
         if meta.get("arch") != self.config.arch:
@@ -148,8 +144,6 @@ class MetaInvarianceDefense(DefenseTask):
         return teacher.model.to(device)
 
     def setup(self, model: nn.Module, context: SetupContext) -> None:
-        from midbench.evaluation.runner import load_classifier
-
         # Both given files first: a bad one must be refused before the other stage spends any compute.
         for role, given in (("source", self.config.source), ("teacher", self.config.teacher)):
             if given:
@@ -176,8 +170,6 @@ class MetaInvarianceDefense(DefenseTask):
     # --- stage 2 ----------------------------------------------------------------------------------------------
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        from midbench.training.loop import epoch_seed
-
         seed = epoch_seed(self.config.seed, epoch)
         self.held_out_generator = torch.Generator().manual_seed(seed + 1)
         if self.cache is not None:
@@ -259,8 +251,6 @@ def _record_path(path: Path, run_dir: Path) -> str:
 
 
 def _check_dataset(metadata: dict[str, Any], dataset: DatasetSpec, dataset_name: str, path: Path) -> None:
-    from midbench.checkpoint import check_compatible
-
     try:
         check_compatible(metadata, dataset_name, dataset.num_classes, dataset.input_shape)
     except ArtifactError as error:

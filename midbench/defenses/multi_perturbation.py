@@ -41,8 +41,8 @@ from midbench.attacks.specs import ResolvedAttack, load_registry
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
-from midbench.defenses.pgd_at import resolve_training_attack
 from midbench.errors import UsageError
+from midbench.training_attacks import resolve_training_attack
 
 PGD_IMPLEMENTATION = "midbench.attacks.gradient:PGD"
 SLIDE_IMPLEMENTATION = "midbench.attacks.l1:SparseL1Descent"

@@ -32,8 +32,8 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
-from midbench.defenses.pgd_at import resolve_training_attack
 from midbench.errors import UsageError
+from midbench.training_attacks import resolve_training_attack
 
 #: standard deviation of the Gaussian start of the KL attack (the paper's 0.001)
 INIT_STD = 0.001

@@ -5,7 +5,6 @@ neither, so it can never appear in a leaderboard."""
 from __future__ import annotations
 
 import io
-import json
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,12 +14,11 @@ import numpy as np
 
 from midbench import __version__
 from midbench.attacks.threat_models import PROFILE_SUITE
+from midbench.evaluation.documents import SCHEMA
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import summarise, unseen_full_strength, wilson_interval
 from midbench.evaluation.profile import curve_summary
 from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writable_dir
-
-SCHEMA = "midbench.result/1"
 
 
 def make_run_id(name: str, protocol: str, now: datetime) -> str:
@@ -117,23 +115,3 @@ def indices_sha256(indices: np.ndarray) -> str:
     import hashlib
 
     return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
-
-
-def read_result(path: str | Path) -> dict[str, Any] | None:
-    """A result document, or ``None`` when the file is not a complete midbench result."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        return None
-    required = {"run_id": str, "created": str, "checkpoint": dict, "data": dict, "protocol": dict, "attacks": list,
-                "summary": dict}
-    if any(not isinstance(document.get(key), kind) for key, kind in required.items()):
-        return None
-    if not {"dataset", "n_examples"} <= set(document["data"]) or "name" not in document["protocol"]:
-        return None
-    return document
-
-
-

@@ -13,7 +13,7 @@ from torch import nn
 
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.attacks.threat_models import profile_plan, seen_threat_models
-from midbench.checkpoint import check_compatible, load_checkpoint, load_plain_state_dict, load_weights_into
+from midbench.checkpoint import check_compatible
 from midbench.data.registry import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
 from midbench.errors import UsageError
@@ -30,52 +30,8 @@ from midbench.evaluation.results import (
 from midbench.evaluation.selection import AttackSelection, select_attacks, with_defaults
 from midbench.evaluation.state import EvalState, state_path
 from midbench.fileio import ensure_writable_dir
-from midbench.models import build_model
-from midbench.models.factory import AUX_PREFIX
+from midbench.loading import load_classifier, load_model, recorded_source
 from midbench.paths import DEFAULT_RESULTS_DIR
-
-
-@dataclass
-class LoadedModel:
-    """A classifier ready to evaluate, with the provenance the result file records."""
-
-    model: nn.Module
-    metadata: dict[str, Any]
-    sha256: str
-    path: str | None  # None for a --model built without a weights file
-
-
-def load_classifier(path: str | Path, arch: str | None = None, dataset: str | None = None) -> LoadedModel:
-    """Load a midbench checkpoint, or a plain state dict when ``arch`` is given (``dataset`` then required).
-
-    Raises:
-        ArtifactError: unreadable, unsafe, corrupted or incompatible file (exit 3).
-        UsageError: a plain state dict without ``arch``/``dataset``.
-    """
-    if arch is not None:
-        if dataset is None:
-            raise UsageError("a plain state dict needs --dataset as well as --arch")
-        spec = get_dataset(dataset)
-        state, sha256 = load_plain_state_dict(path)
-        model = build_model(arch, spec.num_classes, spec.input_shape, spec.mean, spec.std)
-        load_weights_into(model, state, str(path))
-        metadata = {"name": Path(path).stem, "arch": arch, "dataset": dataset, "num_classes": spec.num_classes,
-                    "input_shape": list(spec.input_shape), "method": "unknown", "train_attacks": []}
-        return LoadedModel(model, metadata, sha256, str(path))
-    checkpoint = load_checkpoint(path)
-    model = checkpoint.build_model()
-    # Companion modules (MID's teacher encoder and decoder) are stored under aux. and are not the classifier.
-    classifier_state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(AUX_PREFIX)}
-    load_weights_into(model, classifier_state, str(path))
-    return LoadedModel(model, checkpoint.metadata, checkpoint.sha256, str(path))
-
-
-def _beside(recorded: str | None, checkpoint: str) -> str | None:
-    """A checkpoint's recorded companion file: relative names are relative to the checkpoint's own folder, so a
-    run directory can be moved as a whole."""
-    if not recorded or Path(recorded).is_absolute():
-        return recorded
-    return str(Path(checkpoint).parent / recorded)
 
 
 @dataclass(frozen=True)
@@ -136,7 +92,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     if config.n_examples is not None and config.n_examples < 1:
         raise UsageError(f"--n-examples must be at least 1, got {config.n_examples}")
     device = resolve_device(config.device)
-    loaded = _load_model(config, device)
+    loaded = load_model(config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
+                        weights=config.weights, device=device, seed=config.seed)
     meta = loaded.metadata
     dataset_name = config.dataset or meta["dataset"]
     spec = get_dataset(dataset_name)
@@ -154,7 +111,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     source_info: dict[str, Any] | None = None
     source_model = None
     if config.protocol == "transfer":
-        source_path = config.source or _beside(meta.get("source_checkpoint"), config.checkpoint)
+        source_path = config.source or recorded_source(meta, config.checkpoint)
         if not source_path:
             raise UsageError("--protocol transfer needs --source CHECKPOINT (the model the attacks are crafted on)")
         source = load_classifier(source_path)
@@ -222,35 +179,6 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise
     state.finish()
     return EvalRun(result, path, evaluation, notes)
-
-
-def _load_model(config: EvalConfig, device: torch.device) -> LoadedModel:
-    """The evaluated classifier: a checkpoint (or plain state dict with ``arch``) or ``--model module:factory``.
-
-    Raises:
-        UsageError: neither or both of a checkpoint and ``--model``; options that do not go together.
-        ArtifactError: an unreadable, unsafe or incompatible checkpoint or weights file.
-    """
-    if config.model_spec is None:
-        if config.checkpoint is None:
-            raise UsageError("name the model to evaluate: a CHECKPOINT, or --model module:factory --dataset NAME")
-        if config.weights is not None:
-            raise UsageError("--weights goes with --model module:factory; a checkpoint is the positional argument")
-        return load_classifier(config.checkpoint, config.arch, config.dataset)
-    if config.checkpoint is not None:
-        raise UsageError("give either a CHECKPOINT or --model module:factory, not both (--weights FILE loads "
-                         "weights into the --model)")
-    if config.arch is not None:
-        raise UsageError("--arch applies to a plain state dict checkpoint, not to --model (its factory builds the "
-                         "architecture)")
-    from midbench.usermodel import load_user_model
-
-    # A factory that initialises weights draws from torch's RNG: seed it, so the same command builds the same
-    # model (and an interrupted evaluation of it can resume) without touching the caller's RNG.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        user = load_user_model(config.model_spec, config.dataset, config.weights, device)
-    return LoadedModel(user.model, user.metadata, user.sha256, user.path)
 
 
 def _sanity_checks(config: EvalConfig, model: nn.Module, data: TensorSplit, evaluation: Evaluation,

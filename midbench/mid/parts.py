@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from midbench.errors import ArtifactError, UsageError
-from midbench.models.factory import AUX_PREFIX, MODELS, NormalizedClassifier
+from midbench.errors import UsageError
+from midbench.models.factory import MODELS, NormalizedClassifier
 
 
 def require_mid_architecture(arch: str) -> None:
@@ -78,50 +77,3 @@ def regenerate(mid_classifier: NormalizedClassifier, x: torch.Tensor) -> torch.T
     parts = MidModules.of(mid_classifier)
     feature, context = parts.student_encoder(parts.normalize(x), return_context=True)
     return parts.decoder(feature, context).clamp(0.0, 1.0)
-
-
-@dataclass
-class LoadedParts:
-    """A model loaded with its companion modules, and its checkpoint metadata."""
-
-    model: NormalizedClassifier
-    metadata: dict
-    sha256: str
-
-
-def load_with_aux(path: str | Path) -> LoadedParts:
-    """Load a midbench checkpoint *with* its ``aux.`` modules: a teacher (``aux.decoder``) or a MID classifier
-    (``aux.teacher_encoder`` and ``aux.decoder``), strictly, so every tensor must fit.
-
-    Raises:
-        ArtifactError: unreadable or corrupted file, or tensors that do not fit the recorded architecture.
-    """
-    from midbench.checkpoint import load_checkpoint, load_weights_into
-
-    checkpoint = load_checkpoint(path)
-    meta = checkpoint.metadata
-    model = checkpoint.build_model()
-    arch, num_classes, shape = meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"])
-    aux_names = {key.split(".")[1] for key in checkpoint.state_dict if key.startswith(AUX_PREFIX)}
-    if aux_names:
-        info = MODELS.get(arch)
-        if info.decoder is None:
-            raise ArtifactError(f"{path} stores MID modules for {arch}, which has no decoder; re-create it")
-        modules: dict[str, nn.Module] = {"decoder": info.decoder(shape)}
-        if "teacher_encoder" in aux_names:
-            modules["teacher_encoder"] = info.factory(num_classes, shape).encoder
-        model.aux = nn.ModuleDict(modules)
-    load_weights_into(model, checkpoint.state_dict, str(path))
-    return LoadedParts(model, meta, checkpoint.sha256)
-
-
-def load_teacher(path: str | Path) -> LoadedParts:
-    """Load a teacher autoencoder checkpoint (``midbench train --method mid-teacher``).
-
-    Raises:
-        ArtifactError: the file is not a teacher (no decoder stored with it).
-    """
-    loaded = load_with_aux(path)
-    if not hasattr(loaded.model, "aux") or "decoder" not in loaded.model.aux:
-        raise ArtifactError(f"{path} is not a MID teacher (no decoder in it); train one with --method mid-teacher")
-    return loaded

@@ -18,6 +18,7 @@ from midbench.config import TrainConfig
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit
 from midbench.errors import UsageError
+from midbench.training_attacks import resolve_training_attack
 
 DEFAULT_POOL = "mid-mnist-known"
 
@@ -28,8 +29,6 @@ def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAtta
     steps (one-step attacks such as FGSM keep their single step), and ``--pool-target`` as the target policy of
     every targeted attack (the release aimed them all at class 0: ``fixed:0``). An overridden attack is
     recorded as a custom configuration (``id@custom``)."""
-    from midbench.defenses.pgd_at import resolve_training_attack
-
     name = config.pool or DEFAULT_POOL
     registry = load_registry()
     ids = [spec.id for spec in registry.suite(name)] if name in registry.suites else \

@@ -21,7 +21,8 @@ from midbench.data.registry import DATASETS, get_dataset, load_split
 from midbench.device import resolve_device
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_bytes, ensure_writable_dir
-from midbench.mid.parts import load_with_aux, regenerate
+from midbench.loading import load_classifier, load_with_aux, recorded_source
+from midbench.mid.parts import regenerate
 
 PROTOCOLS = ("transfer", "whitebox")
 #: pixels between and around the tiles of the grid (torchvision's default)
@@ -133,9 +134,7 @@ def _needs_data_dir_hint(name: str, num_classes: int, input_shape: tuple[int, in
 
 def _load_source(meta: dict[str, Any], checkpoint: str | Path, dataset_name: str, num_classes: int,
                  input_shape: tuple[int, int, int]) -> nn.Module:
-    from midbench.evaluation.runner import _beside, load_classifier
-
-    source_path = _beside(meta.get("source_checkpoint"), str(checkpoint))
+    source_path = recorded_source(meta, checkpoint)
     if not source_path:
         raise UsageError(f"{checkpoint} records no source checkpoint for --protocol transfer; pass --protocol "
                          "whitebox, or re-import/re-train it so it names its source model")

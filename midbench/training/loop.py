@@ -44,15 +44,13 @@ from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
-from midbench.defenses.base import DefenseTask, SetupContext, build_task
+from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed
 from midbench.device import configure_for_speed, resolve_device
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
 from midbench.models import build_model
+from midbench.paths import BEST_FILE, MODEL_FILE, STATE_FILE
 
-MODEL_FILE = "model.safetensors"
-BEST_FILE = "best.safetensors"
-STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.toml"
 
@@ -67,11 +65,6 @@ class TrainResult:
     out_dir: Path
     checkpoint: Path
     log: list[dict[str, Any]] = field(default_factory=list)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of all randomness in ``epoch`` (a fixed mix, so resumed epochs redraw the same numbers)."""
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
 def split_train_val(data: TensorSplit, val_size: int, n_train: int | None) -> tuple[TensorSplit, TensorSplit]:
@@ -166,7 +159,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
 
     torch.manual_seed(config.seed)
     model = build_model(config.arch, dataset.num_classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
-    task.setup(model, SetupContext(out, train_split, device, progress))
+    def train_stage(stage: TrainConfig, stage_dir: Path) -> Path:
+        return train(stage, stage_dir, resume=True, progress=progress).checkpoint
+
+    task.setup(model, SetupContext(out, train_split, device, progress, train_stage))
     batches = DeviceBatches(train_split, config.batch_size, device)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, len(batches))

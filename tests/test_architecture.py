@@ -1,0 +1,44 @@
+"""The package's layers hold: the import-linter contracts of ``pyproject.toml`` (``[tool.importlinter]``) pass,
+and they do catch a forbidden import, function-level ones included (where a cycle would otherwise hide)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` with the contracts of ``root/pyproject.toml`` on the ``midbench`` package in ``root``."""
+    executable = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([executable, "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
+                          check=False)
+
+
+def test_the_import_contracts_hold() -> None:
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    ("evaluation/metrics.py", "from midbench.training import train"),        # evaluation reaching training
+    ("defenses/base.py", "from midbench.training.loop import train"),        # a method importing the loop
+    ("leaderboard.py", "from midbench.evaluation.engine import evaluate"),   # a table importing the engine
+])
+def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, forbidden: str) -> None:
+    """A copy of the package with one forbidden import added inside a function fails the check."""
+    shutil.copytree(REPO / "midbench", tmp_path / "midbench", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "midbench" / module
+    target.write_text(target.read_text(encoding="utf-8") +
+                      f"\n\ndef _hidden() -> None:\n    {forbidden}  # noqa: F401\n", encoding="utf-8")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout + result.stderr
