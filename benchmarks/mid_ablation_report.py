@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""The paired reading of a MID ablation sweep (``results/mnist5k-mid-ablation``): every variant against full MID
+on the *same* test images, per protocol and transfer source.
+
+For each result file of the sweep it takes, from the per-example matrix (``.npz``) beside it: clean accuracy;
+the worst case per example over the known attacks (MID's Attacker Pool); the worst case over the paper's unknown
+attacks that were run (every unknown registry attack but AutoAttack); AutoAttack; and the mean normalised area
+of the unknown-attack profile's unseen threat models. Each variant's worst cases are compared with full MID's
+(the run named ``--reference``) example by example: Δ is the difference in accuracy, and *p* the exact two-sided
+McNemar test on the discordant examples (an example one model keeps and the other loses), which is what decides
+whether a difference on one shared test set is more than chance. Run from the repository root::
+
+    python benchmarks/mid_ablation_report.py results/mnist5k-mid-ablation --reference mid
+
+and it prints markdown tables (one per protocol and source) for the folder's README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Row:
+    """What one evaluation measured, per example where a paired test needs it."""
+
+    run: str
+    clean: np.ndarray
+    pool_worst: np.ndarray | None
+    unknown_worst: np.ndarray | None
+    autoattack: np.ndarray | None
+    profile_area: float | None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="the sweep's results folder (its result files are below it)")
+    parser.add_argument("--reference", default="mid", help="the run every other is compared with")
+    return parser.parse_args(argv)
+
+
+def mcnemar_p(reference: np.ndarray, other: np.ndarray) -> float:
+    """Exact two-sided McNemar p-value: a binomial test with p = 1/2 on the discordant pairs."""
+    b = int((reference & ~other).sum())
+    c = int((other & ~reference).sum())
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def load_row(json_path: Path) -> tuple[str, str, Row]:
+    """(protocol label, run name, measurements) of one result file."""
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    matrix = np.load(json_path.with_suffix(".npz"))
+    robust, ids, splits = matrix["robust"].astype(bool), [str(a) for a in matrix["attacks"]], \
+        [str(s) for s in matrix["splits"]]
+    is_autoattack = [attack.startswith("autoattack") for attack in ids]
+    known = [i for i, split in enumerate(splits) if split == "known"]
+    unknown = [i for i, split in enumerate(splits) if split == "unknown" and not is_autoattack[i]]
+    autoattack = [i for i, flag in enumerate(is_autoattack) if flag]
+    protocol = document["protocol"]
+    label = protocol["name"] if protocol["name"] == "whitebox" else f"transfer from {protocol['source']['name']}"
+    profile = (document.get("profile") or {}).get("threat_models", [])
+    areas = [tm["area"] for tm in profile if not tm["seen"] and tm.get("area") is not None]
+    row = Row(run=document["checkpoint"]["name"], clean=matrix["clean"].astype(bool),
+              pool_worst=robust[:, known].all(axis=1) if known else None,
+              unknown_worst=robust[:, unknown].all(axis=1) if unknown else None,
+              autoattack=robust[:, autoattack].all(axis=1) if autoattack else None,
+              profile_area=sum(areas) / len(areas) if areas else None)
+    return label, row.run, row
+
+
+def _pct(values: np.ndarray | None) -> str:
+    return "—" if values is None else f"{100 * values.mean():.1f}"
+
+
+def _paired(reference: np.ndarray | None, other: np.ndarray | None, same: bool) -> str:
+    if reference is None or other is None or same:
+        return ""
+    delta = 100 * (other.mean() - reference.mean())
+    return f" ({delta:+.1f}, p {mcnemar_p(reference, other):.2g})"
+
+
+def render(results: Path, reference: str) -> str:
+    tables: dict[str, dict[str, Row]] = {}
+    for json_path in sorted(results.rglob("*.json")):
+        if not json_path.with_suffix(".npz").exists():
+            continue
+        label, run, row = load_row(json_path)
+        tables.setdefault(label, {})[run] = row  # the newest file of a run wins (names sort by time)
+    lines = []
+    for label in sorted(tables, key=lambda name: (name != "whitebox", name)):
+        rows = tables[label]
+        base = rows.get(reference)
+        n = len(next(iter(rows.values())).clean)
+        lines += [f"### {label} (n = {n})", "",
+                  "| run | clean | pool worst (Δ, p) | paper unknown worst (Δ, p) | AutoAttack | profile area, unseen |",
+                  "|---|---|---|---|---|---|"]
+        for run in sorted(rows, key=lambda name: (name != reference, name)):
+            row, same = rows[run], run == reference
+            lines.append(
+                f"| {run} | {_pct(row.clean)} | {_pct(row.pool_worst)}"
+                f"{_paired(base.pool_worst if base else None, row.pool_worst, same)} | {_pct(row.unknown_worst)}"
+                f"{_paired(base.unknown_worst if base else None, row.unknown_worst, same)} | "
+                f"{_pct(row.autoattack)} | "
+                f"{'—' if row.profile_area is None else f'{100 * row.profile_area:.1f}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(render(args.results, args.reference))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
