@@ -65,6 +65,9 @@ class TrainConfig:
     """Everything that determines a training run (recorded in the checkpoint and ``config.toml``)."""
 
     method: str = "standard"
+    #: the method's own options, ``NAME=VALUE`` pairs separated by commas (a task's ``Options`` dataclass; e.g.
+    #: a user's ``--method module:Class``)
+    method_options: str | None = None
     dataset: str = "mnist5k"
     arch: str = "lenet"
     epochs: int = 5

@@ -55,7 +55,7 @@ class UserModel:
     path: str | None
 
 
-def parse_model_spec(spec: str) -> tuple[str, str]:
+def parse_model_spec(spec: str, option: str = "--model") -> tuple[str, str]:
     """Split ``module:factory`` into (module, attribute).
 
     Raises:
@@ -63,34 +63,37 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     """
     match = SPEC_PATTERN.match(spec.strip())
     if not match:
-        raise UsageError(f"--model {spec!r} is not of the form module:factory (e.g. mypackage.models:build); the "
-                         "factory returns an nn.Module taking images in [0, 1] and returning logits")
+        what = ("the factory returns an nn.Module taking images in [0, 1] and returning logits" if option == "--model"
+                else "the class is a midbench.defenses.DefenseTask subclass")
+        form = "module:factory" if option == "--model" else "module:Class"
+        raise UsageError(f"{option} {spec!r} is not of the form {form} (e.g. mypackage.models:build); {what}")
     return match["module"], match["attr"]
 
 
-def import_factory(spec: str) -> Any:
-    """Import the module of ``spec`` and return its attribute (a factory, a class, or a module instance).
+def import_factory(spec: str, option: str = "--model") -> Any:
+    """Import the module of ``spec`` (``module:attribute``, as given to ``option``) and return its attribute
+    (a factory, a class, or a module instance).
 
     Raises:
         UsageError: the module cannot be imported, its import fails, or it has no such attribute.
     """
-    module_name, attr = parse_model_spec(spec)
+    module_name, attr = parse_model_spec(spec, option)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         missing = error.name or module_name
         if module_name == missing or module_name.startswith(f"{missing}."):
-            raise UsageError(f"--model {spec}: cannot import module {module_name!r} (no module named {missing!r}); "
+            raise UsageError(f"{option} {spec}: cannot import module {module_name!r} (no module named {missing!r}); "
                              "install its package or add its folder to PYTHONPATH") from error
-        raise UsageError(f"--model {spec}: importing module {module_name!r} failed: it needs {missing!r}, which is "
+        raise UsageError(f"{option} {spec}: importing module {module_name!r} failed: it needs {missing!r}, which is "
                          "not installed") from error
     except Exception as error:  # noqa: BLE001 - the user's module may raise anything; report it in one line
-        raise UsageError(f"--model {spec}: importing module {module_name!r} failed "
+        raise UsageError(f"{option} {spec}: importing module {module_name!r} failed "
                          f"({type(error).__name__}: {error})") from error
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise UsageError(f"--model {spec}: module {module_name!r} has no attribute {attr!r}")
+            raise UsageError(f"{option} {spec}: module {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
     return target
 

@@ -1,13 +1,20 @@
-"""The defense-task interface and the method registry."""
+"""The defense-task interface and the method registry.
+
+A method is a :class:`DefenseTask` subclass, registered in :data:`METHODS` (the built-in ones) or named by the
+user as ``--method module:Class`` (loaded like ``--model module:factory``; see "Your own defense" in the README).
+A task may declare its own options as a dataclass in ``Options``; ``--method-option NAME=VALUE`` fills it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import typing
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -15,7 +22,9 @@ from torch import nn
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec, TensorSplit
+from midbench.errors import UsageError
 from midbench.registry import Registry
+from midbench.usermodel import SPEC_PATTERN, import_factory
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -52,10 +61,14 @@ class DefenseTask:
     name: str = ""
     #: the paper the method comes from
     citation: str = ""
+    #: the method's own options: a dataclass whose fields all have defaults, filled from ``--method-option``
+    #: (``method_options`` in a config or sweep file) and recorded in the checkpoint; None: no options
+    Options: ClassVar[type | None] = None
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         self.config = config
         self.dataset = dataset
+        self.options = parse_method_options(type(self), config.method_options)
 
     def setup(self, model: nn.Module, context: SetupContext) -> None:
         """Prepare before the first epoch (also on resume): e.g. train earlier stages, add or freeze modules.
@@ -104,8 +117,9 @@ class DefenseTask:
         return pgd_key
 
     def describe(self) -> dict[str, Any]:
-        """Method-specific hyper-parameters for the checkpoint metadata."""
-        return {}
+        """Method-specific hyper-parameters for the checkpoint metadata (default: the ``Options``)."""
+        options = getattr(self, "options", None)
+        return dataclasses.asdict(options) if options is not None else {}
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """Extra top-level metadata fields (e.g. MID's ``source_checkpoint`` for the transfer protocol)."""
@@ -120,6 +134,72 @@ METHODS: Registry[TaskFactory] = Registry("method", ("midbench.defenses.standard
                                                     "midbench.defenses.mid"))
 
 
+def is_user_method(method: str) -> bool:
+    """Whether ``method`` names a user's task (``module:Class``) rather than a registered method."""
+    return SPEC_PATTERN.match(method.strip()) is not None
+
+
+def resolve_method(method: str) -> TaskFactory:
+    """The task class of a registered method id, or of a user's ``module:Class``.
+
+    Raises:
+        UsageError: unknown id (with suggestions), a module that does not import, or an attribute that is not a
+            :class:`DefenseTask` subclass.
+    """
+    if not is_user_method(method):
+        return METHODS.get(method)
+    task_class = import_factory(method, option="--method")
+    if not (isinstance(task_class, type) and issubclass(task_class, DefenseTask)):
+        raise UsageError(f"--method {method}: {getattr(task_class, '__name__', task_class)!r} is not a subclass of "
+                         "midbench.defenses.DefenseTask; see 'Your own defense' in the README")
+    return task_class
+
+
 def build_task(config: TrainConfig, dataset: DatasetSpec) -> DefenseTask:
     """Instantiate the task for ``config.method`` (raises UsageError with suggestions if unknown)."""
-    return METHODS.get(config.method)(config, dataset)
+    task = resolve_method(config.method)(config, dataset)
+    if is_user_method(config.method) and not task.name:
+        task.name = config.method  # recorded as the checkpoint's method
+    return task
+
+
+def parse_method_options(task_class: type, text: str | None) -> Any:
+    """``task_class.Options`` filled from ``NAME=VALUE,NAME=VALUE`` (each value converted to its field's type:
+    int, float, bool or str), or None for a task without options.
+
+    Raises:
+        UsageError: options for a task without ``Options``, an unknown name, or a value of the wrong type.
+    """
+    options_class = getattr(task_class, "Options", None)
+    method = getattr(task_class, "name", "") or task_class.__name__
+    pairs = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if options_class is None:
+        if pairs:
+            raise UsageError(f"method {method} takes no --method-option; drop {pairs[0]!r}")
+        return None
+    hints = typing.get_type_hints(options_class)
+    names = [field.name for field in dataclasses.fields(options_class)]
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in names:
+            raise UsageError(f"--method-option {pair!r}: method {method} has the options {', '.join(names)}; "
+                             "write NAME=VALUE")
+        values[name] = _convert(raw.strip(), hints[name], f"--method-option {pair!r}")
+    return options_class(**values)
+
+
+def _convert(raw: str, kind: Any, where: str) -> Any:
+    kinds = [t for t in typing.get_args(kind) or (kind,) if t is not type(None)]
+    for target in kinds:
+        if target is bool:
+            if raw.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return raw.lower() in ("true", "1", "yes")
+            continue
+        try:
+            return target(raw)
+        except (TypeError, ValueError):
+            continue
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in kinds)
+    raise UsageError(f"{where}: {raw!r} is not {names}")

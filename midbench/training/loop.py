@@ -44,7 +44,7 @@ from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
-from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed
+from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed, is_user_method
 from midbench.device import configure_for_speed, resolve_device
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
@@ -262,7 +262,7 @@ def _metadata(config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, epoc
               n_train: int) -> dict[str, Any]:
     """The checkpoint metadata of the model after ``epoch``."""
     return {
-        "name": f"{config.method}-{config.arch}-{config.dataset}",
+        "name": f"{task.name if is_user_method(config.method) else config.method}-{config.arch}-{config.dataset}",
         "arch": config.arch, "dataset": config.dataset, "num_classes": dataset.num_classes,
         "input_shape": list(dataset.input_shape), "mean": list(dataset.mean), "std": list(dataset.std),
         "method": task.name, "method_citation": task.citation, "method_params": task.describe(),
