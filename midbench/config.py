@@ -79,6 +79,9 @@ class TrainConfig:
     #: Adam's (β1, β2), as "b1,b2" (torch's default; the MID release's teacher used 0.9,0.99)
     adam_betas: str = "0.9,0.999"
     schedule: str = "constant"
+    #: extra attack-registry folders (comma-separated), as ``midbench eval --registry-dir``: training attacks,
+    #: threat models and MID's pool may be defined there
+    registry_dirs: str | None = None
     #: training attack of adversarial methods: a registry id, plus optional overrides
     train_attack: str = "pgd-linf"
     #: a number or a fraction such as "8/255" (parsed with the training attack's norm)

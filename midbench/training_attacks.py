@@ -7,11 +7,18 @@ the checkpoint, where evaluation reads it back to tell known from unknown attack
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
-from midbench.attacks.specs import ResolvedAttack, load_registry
+from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.config import TrainConfig, parse_eps
 from midbench.data.registry import DatasetSpec
 from midbench.errors import UsageError
+
+
+def training_registry(config: TrainConfig) -> AttackRegistry:
+    """The shipped attack registry plus the run's ``registry_dirs`` (one-line UsageError for a bad folder)."""
+    dirs = [Path(part.strip()) for part in (config.registry_dirs or "").split(",") if part.strip()]
+    return load_registry(dirs)
 
 
 def resolve_training_attack(config: TrainConfig, dataset: DatasetSpec, attack_id: str | None = None,
@@ -22,7 +29,7 @@ def resolve_training_attack(config: TrainConfig, dataset: DatasetSpec, attack_id
     ``steps_optional`` (for MID's pool) leaves attacks without steps as they are instead of refusing.
     An overridden attack no longer equals the registry entry, so it is recorded as version 0 ("custom").
     """
-    spec = load_registry().get(attack_id or config.train_attack)
+    spec = training_registry(config).get(attack_id or config.train_attack)
     eps_override = parse_eps(config.eps, spec.norm.value if spec.norm else "Linf") if config.eps is not None else None
     attack = spec.resolve(dataset.eps, eps_override)
     params = dict(attack.params)

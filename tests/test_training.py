@@ -118,3 +118,49 @@ def test_cuda_request_without_gpu_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no CUDA device" in result.output
     bf16 = RUNNER.invoke(app, ["train", "--bf16", "--device", "cpu", "--out", str(tmp_path / "b"), "--quiet"])
     assert bf16.exit_code == 2 and "CUDA" in bf16.output
+
+
+# ---- training attacks from the user's registry folders ----------------------------------------------------------
+
+MY_ATTACK = """[[attack]]
+id = "my-pgd-linf"
+version = 1
+family = "linf"
+threat_model = "linf"
+norm = "Linf"
+implementation = "midbench.attacks.gradient:PGD"
+citation = "a user's PGD variant"
+description = "3 steps of eps/2 from a random start"
+params = { steps = 3, step_size = "eps/2", random_start = true }
+passes = { forward = "steps", backward = "steps" }
+"""
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "trades", "msd", "mid"])
+def test_training_attacks_come_from_registry_dirs_too(tmp_path: Path, method: str) -> None:
+    """An attack defined only in a --registry-dir folder can be trained against (every method that resolves a
+    training attack, MID's pool included); without the folder it is an unknown id."""
+    from midbench.errors import UsageError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "my.toml").write_text(MY_ATTACK, encoding="utf-8")
+    field = {"pgd-at": "train_attack", "trades": "train_attack", "msd": "threat_models", "mid": "pool"}[method]
+    config = TrainConfig(method=method, **{field: "my-pgd-linf"}, registry_dirs=str(tmp_path / "mine"))
+    task = build_task(config, get_dataset("mnist5k"))
+    expected = "trades-kl-linf" if method == "trades" else "my-pgd-linf"  # TRADES' KL attack takes its steps
+    assert [(attack.id, attack.params["steps"]) for attack in task.train_attacks] == [(expected, 3)]
+    with pytest.raises(UsageError, match="my-pgd-linf"):
+        build_task(TrainConfig(method=method, **{field: "my-pgd-linf"}), get_dataset("mnist5k"))
+
+
+def test_registry_dir_reaches_the_recorded_training_attack(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "my.toml").write_text(MY_ATTACK, encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", "--method", "pgd-at", "--train-attack", "my-pgd-linf",
+                                      "--registry-dir", str(tmp_path / "mine"), "--epochs", "1", "--n-train", "64",
+                                      "--val-size", "16", "--batch-size", "32", "--out", str(tmp_path / "run"),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    meta = load_checkpoint(tmp_path / "run" / "model.safetensors").metadata
+    assert [attack["id"] for attack in meta["train_attacks"]] == ["my-pgd-linf"]
+    assert meta["config"]["registry_dirs"] == str(tmp_path / "mine")

@@ -13,6 +13,7 @@ from midbench.cli._common import console, guarded
 @guarded
 def train_command(
     method: Annotated[str | None, typer.Option(help="Training method: standard, pgd-at, trades, mart, fast-at, msd, avg, max, mid, mid-teacher (see `midbench methods list`), or your own module:Class (a DefenseTask subclass; README, 'Your own defense').")] = None,
+    registry_dir: Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files (repeatable): training attacks, threat models and MID's pool may come from it.")] = None,
     method_option: Annotated[list[str] | None, typer.Option("--method-option", metavar="NAME=VALUE", help="An option of the method's own Options (repeatable), e.g. --method-option sigma=0.3.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset id (default mnist5k, embedded).")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture id (default lenet).")] = None,
@@ -81,7 +82,8 @@ def train_command(
     from midbench.training import train
 
     file_values = load_config_file(config, "train") if config else {}
-    cli_values = {"method": method, "method_options": ",".join(method_option) if method_option else None, "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size,
+    cli_values = {"method": method, "method_options": ",".join(method_option) if method_option else None,
+                  "registry_dirs": ",".join(str(d) for d in registry_dir) if registry_dir else None, "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size,
                   "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay, "adam_betas": adam_betas, "schedule": schedule,
                   "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
                   "attack_step_size": attack_step_size, "val_size": val_size, "n_train": n_train,

@@ -38,6 +38,7 @@ from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, freeze, require_mid_architecture
 from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
 from midbench.paths import MODEL_FILE
+from midbench.training_attacks import training_registry
 
 #: the log key of MID's held-out selection score, and the seed offset of the held-out pool's random starts
 VALIDATION_KEY = "val_pool_transfer_acc"
@@ -157,7 +158,8 @@ class MetaInvarianceDefense(DefenseTask):
             model.net.encoder.load_state_dict(teacher.net.encoder.state_dict())
         assemble_mid_classifier(model, teacher)
         self.modules = MidModules.of(model)
-        self.pool = AttackerPool(self.pool_specs, self.config.seed, self.config.batch_size)
+        self.pool = AttackerPool(self.pool_specs, self.config.seed, self.config.batch_size,
+                                 training_registry(self.config))
         loaded = load_classifier(source_path)
         _check_dataset(loaded.metadata, self.dataset, self.config.dataset, source_path)
         self.source_model = freeze(loaded.model.to(context.device))

@@ -37,12 +37,12 @@ from midbench.attacks.base import frozen_eval_mode
 from midbench.attacks.gradient import input_gradient, steepest_step
 from midbench.attacks.l1 import sparse_l1_direction
 from midbench.attacks.norms import Norm, project
-from midbench.attacks.specs import ResolvedAttack, load_registry
+from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.errors import UsageError
-from midbench.training_attacks import resolve_training_attack
+from midbench.training_attacks import resolve_training_attack, training_registry
 
 PGD_IMPLEMENTATION = "midbench.attacks.gradient:PGD"
 SLIDE_IMPLEMENTATION = "midbench.attacks.l1:SparseL1Descent"
@@ -63,7 +63,7 @@ def resolve_threat_models(config: TrainConfig, dataset: DatasetSpec) -> list[Res
         raise UsageError("--threat-models needs at least one attack id, e.g. pgd-linf,pgd-l2,pgd-l1")
     if len(set(ids)) != len(ids):
         raise UsageError(f"--threat-models names an attack twice: {config.threat_models}")
-    registry = load_registry()
+    registry = training_registry(config)
     norms = {spec.norm for spec in (registry.get(attack_id) for attack_id in ids)}
     if len(norms) > 1 and (config.eps is not None or config.attack_step_size is not None):
         raise UsageError("--eps and --attack-step-size give one number for all threat models, but they have "

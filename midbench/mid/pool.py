@@ -13,12 +13,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from midbench.attacks.specs import ResolvedAttack, evaluate_passes, load_registry
+from midbench.attacks.specs import AttackRegistry, ResolvedAttack, evaluate_passes, load_registry
 from midbench.config import TrainConfig
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit
 from midbench.errors import UsageError
-from midbench.training_attacks import resolve_training_attack
+from midbench.training_attacks import resolve_training_attack, training_registry
 
 DEFAULT_POOL = "mid-mnist-known"
 
@@ -30,7 +30,7 @@ def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAtta
     every targeted attack (the release aimed them all at class 0: ``fixed:0``). An overridden attack is
     recorded as a custom configuration (``id@custom``)."""
     name = config.pool or DEFAULT_POOL
-    registry = load_registry()
+    registry = training_registry(config)
     ids = [spec.id for spec in registry.suite(name)] if name in registry.suites else \
         [part.strip() for part in name.split(",") if part.strip()]
     if not ids:
@@ -47,8 +47,11 @@ def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAtta
 class AttackerPool:
     """The built pool attacks; :meth:`craft` returns ``[a_1(x), …, a_n(x)]`` against ``model``."""
 
-    def __init__(self, specs: list[ResolvedAttack], seed: int, batch_size: int) -> None:
+    def __init__(self, specs: list[ResolvedAttack], seed: int, batch_size: int,
+                 registry: AttackRegistry | None = None) -> None:
         self.specs = specs
+        #: where the pool's entries (and their pass counts) are defined: the run's registry
+        self.registry = registry or load_registry()
         self.attacks = [spec.build(seed=seed, batch_size=batch_size) for spec in specs]
 
     def __len__(self) -> int:
@@ -59,10 +62,9 @@ class AttackerPool:
 
     def passes_per_example(self) -> dict[str, int]:
         """Forward and backward passes through the attacked model per example for one craft of every attack."""
-        registry = load_registry()
         total = {"forward": 0, "backward": 0}
         for spec in self.specs:  # the registry's pass expressions, evaluated at this attack's (overridden) params
-            for kind, expression in registry.get(spec.id).passes.items():
+            for kind, expression in self.registry.get(spec.id).passes.items():
                 total[kind] += evaluate_passes(expression, spec.params)
         return total
 
