@@ -53,9 +53,9 @@ from midbench.config import TrainConfig, merge_config
 from midbench.errors import UsageError
 from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from midbench.protocols import PROTOCOLS
 
 STATE_FILE = "sweep-state.json"
-PROTOCOLS = ("whitebox", "transfer")
 #: TrainConfig fields a run may name another run by (its model is substituted)
 RUN_REFERENCES = ("source", "teacher")
 #: the keys of [sweep] and [eval] with their TOML types (a list means a list of strings; eps may hold numbers)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded
+from midbench.cli._options import DeviceOverride
 
 
 @guarded
@@ -15,7 +16,7 @@ def bench_command(
     config: Annotated[Path, typer.Option("--config", help="Sweep file (TOML): \\[sweep], \\[eval], \\[train] and one \\[runs.NAME] table per run.")],
     out: Annotated[Path | None, typer.Option(help="Directory for the training runs and the sweep state (default runs/sweep-<name>).")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Where result files and leaderboard-<name>.md/.csv go (default OUT/results).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the sweep file).")] = None,
+    device: DeviceOverride = None,
     data_dir: Annotated[Path | None, typer.Option(help="Root of a torchvision dataset (overrides data_dir of the sweep file).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into the data directory.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit; nothing is trained.")] = False,

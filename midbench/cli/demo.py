@@ -9,13 +9,14 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded
+from midbench.cli._options import Device
 from midbench.errors import UsageError
 
 
 @guarded
 def demo_command(
     out: Annotated[Path, typer.Option(help="Directory for checkpoints, results and the leaderboard.")] = Path("midbench-demo"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     n_examples: Annotated[int | None, typer.Option(help="Test images to evaluate (default 100; 32 with --quick).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Every stage on a few dozen images, to check an installation in under a minute (the numbers measure nothing).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import console, guarded, split_csv
+from midbench.cli._options import Device
 
 
 @guarded
@@ -33,7 +34,7 @@ def eval_command(
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
     name: Annotated[str | None, typer.Option(help="Name of the model in tables (default: from the checkpoint).")] = None,
     seed: Annotated[int, typer.Option(help="Evaluation seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     registry_dir: Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files; repeatable.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import console, guarded
+from midbench.cli._options import Device
 
 
 @guarded
@@ -20,7 +21,7 @@ def regenerate_command(
     protocol: Annotated[str, typer.Option(help="transfer (default: craft on the checkpoint's source model) or whitebox (on the MID classifier).")] = "transfer",
     seed: Annotated[int, typer.Option(help="Attack seed.")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Draw MID's attack-suppressed images D_t(E_s(x)): rows of clean, regenerated clean and, with --attack,
     adversarial and regenerated adversarial test images; prints the MID classifier's predictions per row.

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import console, guarded
+from midbench.cli._options import DeviceOverride
 
 
 @guarded
@@ -32,7 +33,7 @@ def train_command(
     n_train: Annotated[int | None, typer.Option(help="Train on the first N examples only.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<method>-<arch>-<dataset>).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with a \\[train] table; options given here win.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
+    device: DeviceOverride = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast for training (CUDA only).")] = False,

@@ -28,8 +28,7 @@ from midbench.errors import NumericalError
 from midbench.evaluation.counting import PassCounter
 from midbench.evaluation.profile import ThreatModelCurve, climb
 from midbench.evaluation.state import AttackProgress, EvalState
-
-PROTOCOLS = ("whitebox", "transfer")
+from midbench.protocols import PROTOCOLS
 
 #: progress callback: (attack key, examples done, examples to attack)
 ProgressFn = Callable[[str, int, int], None]

@@ -18,7 +18,7 @@ from midbench.data.registry import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
-from midbench.evaluation.engine import PROTOCOLS, Evaluation, ProgressFn, evaluate
+from midbench.evaluation.engine import Evaluation, ProgressFn, evaluate
 from midbench.evaluation.results import (
     build_result,
     indices_sha256,
@@ -32,6 +32,7 @@ from midbench.evaluation.state import EvalState, state_path
 from midbench.fileio import ensure_writable_dir
 from midbench.loading import load_classifier, load_model, recorded_source
 from midbench.paths import DEFAULT_RESULTS_DIR
+from midbench.protocols import PROTOCOLS
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from midbench.errors import UsageError
 from midbench.fileio import atomic_write_bytes, ensure_writable_dir
 from midbench.loading import load_classifier, load_with_aux, recorded_source
 from midbench.mid.parts import regenerate
+from midbench.protocols import PROTOCOLS
 
-PROTOCOLS = ("transfer", "whitebox")
 #: pixels between and around the tiles of the grid (torchvision's default)
 PADDING = 2
 
