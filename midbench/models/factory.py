@@ -34,7 +34,7 @@ class ModelInfo:
 
 
 MODELS: Registry[ModelInfo] = Registry("architecture", tuple(f"midbench.models.{name}" for name in
-                                                             ("lenet", "resnet", "resnet18", "small", "wide_resnet")))
+                                                             ("lenet", "preact_resnet", "mid_resnet18", "small", "wide_resnet")))
 
 
 class Normalize(nn.Module):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from midbench.models.factory import MODELS, ModelInfo
-from midbench.models.resnet import PreActBlock
+from midbench.models.preact_resnet import PreActBlock
 
 
 class WideResNet(nn.Module):

@@ -7,7 +7,7 @@ import torch
 
 from midbench.models import build_model
 from midbench.models.factory import MODELS
-from midbench.models.resnet18 import BasicBlock
+from midbench.models.mid_resnet18 import BasicBlock
 
 SHAPE = (3, 32, 32)
 
