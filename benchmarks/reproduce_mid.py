@@ -17,7 +17,7 @@ standard LeNet this script trains with another seed: no pool was ever crafted on
 images, worst case per example; clean accuracy of source model, teacher and MID on all 1,000 test images.
 ``--target fixed:0`` aims the targeted attacks at class 0 as the release did. Run from the repository root::
 
-    python benchmarks/reproduce_mid.py --out runs/reproduce-mid --n 300
+    python benchmarks/reproduce_mid.py --out runs/reproduce-mid --n 100
 
 The released models were trained on MNIST's training set, from which the ``mnist5k`` images probably come;
 their numbers on it are inflated (see ``../shared/mid-official/README.md``). The midbench-trained model never
