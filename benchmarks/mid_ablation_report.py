@@ -102,7 +102,8 @@ def render(results: Path, reference: str) -> str:
         base = rows.get(reference)
         n = len(next(iter(rows.values())).clean)
         lines += [f"### {label} (n = {n})", "",
-                  "| run | clean | pool worst (Δ, p) | paper unknown worst (Δ, p) | AutoAttack | profile area, unseen |",
+                  "| run | clean | pool worst (Δ, p) | paper unknown worst (Δ, p) | AutoAttack "
+                  "| profile area, unseen |",
                   "|---|---|---|---|---|---|"]
         for run in sorted(rows, key=lambda name: (name != reference, name)):
             row, same = rows[run], run == reference

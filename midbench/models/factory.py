@@ -33,8 +33,8 @@ class ModelInfo:
     decoder: DecoderFactory | None = None
 
 
-MODELS: Registry[ModelInfo] = Registry("architecture", tuple(f"midbench.models.{name}" for name in
-                                                             ("lenet", "preact_resnet", "mid_resnet18", "small", "wide_resnet")))
+_MODEL_MODULES = ("lenet", "preact_resnet", "mid_resnet18", "small", "wide_resnet")
+MODELS: Registry[ModelInfo] = Registry("architecture", tuple(f"midbench.models.{name}" for name in _MODEL_MODULES))
 
 
 class Normalize(nn.Module):
