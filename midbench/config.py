@@ -224,6 +224,16 @@ class TrainConfig:
         free = {"device", "data_dir", "download"} | ({"epochs"} if self.schedule == "constant" else set())
         return {k: v for k, v in asdict(self).items() if k not in free}
 
+    def may_resume(self, stored: dict[str, Any]) -> bool:
+        """Whether a run whose state recorded the fingerprint ``stored`` may be resumed with this config: every
+        recorded field must match, and a field the state does not record (added to midbench after the run
+        started) must be at its default — so that upgrading midbench does not strand a half-finished run."""
+        current = self.fingerprint()
+        defaults = asdict(TrainConfig())
+        return (set(stored) <= set(current)
+                and all(current[key] == value for key, value in stored.items())
+                and all(current[key] == defaults[key] for key in set(current) - set(stored)))
+
 
 def load_config_file(path: str | Path, section: str) -> dict[str, Any]:
     """Read table ``[section]`` (or the top level) of a TOML file, with kebab-case keys normalised."""

@@ -164,3 +164,21 @@ def test_registry_dir_reaches_the_recorded_training_attack(tmp_path: Path) -> No
     meta = load_checkpoint(tmp_path / "run" / "model.safetensors").metadata
     assert [attack["id"] for attack in meta["train_attacks"]] == ["my-pgd-linf"]
     assert meta["config"]["registry_dirs"] == str(tmp_path / "mine")
+
+
+def test_a_run_started_before_a_config_field_existed_still_resumes(tmp_path: Path) -> None:
+    """A state written by an older midbench lacks the fields added since: the run resumes when they are at their
+    defaults, and is refused when one is not (its value would change the run)."""
+    base = ["train", "--arch", "test-mlp", "--epochs", "1", "--n-train", "64", "--val-size", "8", "--device", "cpu",
+            "--quiet", "--out", str(tmp_path)]
+    assert RUNNER.invoke(app, base).exit_code == 0
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    older = {key: value for key, value in json.loads(state["fingerprint"]).items()
+             if key not in ("registry_dirs", "method_options")}
+    state["fingerprint"] = json.dumps(older, sort_keys=True)
+    torch.save(state, tmp_path / "state.pt")
+    refused = RUNNER.invoke(app, [*base[:4], "2", *base[5:], "--resume", "--registry-dir", str(tmp_path)])
+    assert refused.exit_code == 2 and "different configuration" in refused.output
+    resumed = RUNNER.invoke(app, [*base[:4], "2", *base[5:], "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(tmp_path / "model.safetensors").metadata["epoch"] == 2

@@ -292,7 +292,11 @@ def _restore(state_path: Path, config: TrainConfig, model: nn.Module, optimizer:
         state = torch.load(state_path, map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means the state file is unusable
         raise ArtifactError(f"cannot resume: {state_path} is unreadable ({error}); delete it to start over") from error
-    if state.get("fingerprint") != json.dumps(config.fingerprint(), sort_keys=True):
+    try:
+        stored = json.loads(state.get("fingerprint") or "null")
+    except (TypeError, json.JSONDecodeError):
+        stored = None
+    if not isinstance(stored, dict) or not config.may_resume(stored):
         raise UsageError(f"cannot resume: {state_path} was written with a different configuration; use the "
                          "same options (only --epochs and --device may change) or another --out")
     model.load_state_dict(state["model"])
