@@ -29,7 +29,7 @@ import torch
 from midbench.attacks.specs import ResolvedAttack
 from midbench.data import load_split
 from midbench.data.batches import DeviceBatches
-from midbench.loading import load_classifier, load_with_aux
+from midbench.loading import load_classifier, load_with_aux, recorded_source
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, freeze
 from midbench.models import build_model
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     loaded = load_with_aux(args.checkpoint)
     meta = loaded.metadata
-    source_path = Path(meta["source_checkpoint"])
-    if not source_path.is_absolute():
-        source_path = args.checkpoint.parent / source_path
+    source_path = recorded_source(meta, args.checkpoint)
+    if source_path is None:
+        raise SystemExit(f"{args.checkpoint} names no source model (source_checkpoint); pass a MID checkpoint")
     source = freeze(load_classifier(source_path).model)
     pool = [ResolvedAttack.from_dict(attack).build(seed=0, batch_size=args.batch_size)
             for attack in meta["train_attacks"]]

@@ -22,14 +22,16 @@ def training_registry(config: TrainConfig) -> AttackRegistry:
 
 
 def resolve_training_attack(config: TrainConfig, dataset: DatasetSpec, attack_id: str | None = None,
-                            steps_optional: bool = False) -> ResolvedAttack:
+                            steps_optional: bool = False, registry: AttackRegistry | None = None
+                            ) -> ResolvedAttack:
     """A training attack of ``config`` (``attack_id``, default ``config.train_attack``): its registry entry at
     the dataset's ε, with the config's ``eps``/``attack_steps``/``attack_step_size`` overrides.
 
     ``steps_optional`` (for MID's pool) leaves attacks without steps as they are instead of refusing.
+    ``registry``: the run's :func:`training_registry`, when the caller already loaded it for several attacks.
     An overridden attack no longer equals the registry entry, so it is recorded as version 0 ("custom").
     """
-    spec = training_registry(config).get(attack_id or config.train_attack)
+    spec = (registry or training_registry(config)).get(attack_id or config.train_attack)
     eps_override = parse_eps(config.eps, spec.norm.value if spec.norm else "Linf") if config.eps is not None else None
     attack = spec.resolve(dataset.eps, eps_override)
     params = dict(attack.params)

@@ -68,7 +68,7 @@ def resolve_threat_models(config: TrainConfig, dataset: DatasetSpec) -> list[Res
     if len(norms) > 1 and (config.eps is not None or config.attack_step_size is not None):
         raise UsageError("--eps and --attack-step-size give one number for all threat models, but they have "
                          "different norms; drop them (each threat model uses the dataset's ε for its norm)")
-    return [resolve_training_attack(config, dataset, attack_id) for attack_id in ids]
+    return [resolve_training_attack(config, dataset, attack_id, registry=registry) for attack_id in ids]
 
 
 def per_example_losses(adv_logits: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,8 @@ def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAtta
         raise UsageError(f"--pool {name!r} names no attack; give a suite (e.g. {DEFAULT_POOL}) or attack ids")
     if len(set(ids)) != len(ids):
         raise UsageError(f"--pool {name!r} names an attack twice; list each once")
-    specs = [resolve_training_attack(config, dataset, attack_id, steps_optional=True) for attack_id in ids]
+    specs = [resolve_training_attack(config, dataset, attack_id, steps_optional=True, registry=registry)
+             for attack_id in ids]
     if config.pool_target is not None:
         specs = [replace(spec, target=config.pool_target, version=0)
                  if spec.target is not None and spec.target != config.pool_target else spec for spec in specs]
