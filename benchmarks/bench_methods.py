@@ -35,7 +35,7 @@ SKIPPED = {"standard", "mid", "mid-teacher"}
 
 def config_for(method: str, steps: int, batch: int) -> TrainConfig:
     # fast-at has no step count to override (one FGSM step by definition)
-    return TrainConfig(method=method, batch_size=batch, attack_steps=None if method == "fast-at" else steps)
+    return TrainConfig.of(method=method, batch_size=batch, attack_steps=None if method == "fast-at" else steps)
 
 
 def step(task: object, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = x[:args.batch], y[:args.batch]
     dataset = get_dataset("mnist5k")
     clean_model = lenet(args.seed)
-    clean = (build_task(TrainConfig(method="standard"), dataset), clean_model,
+    clean = (build_task(TrainConfig.of(method="standard"), dataset), clean_model,
              torch.optim.Adam(clean_model.parameters(), lr=1e-3))
     print(f"one training step, lenet, batch {len(y)}, K = {args.steps}, {torch.get_num_threads()} thread(s), "
           f"{args.pairs} interleaved pairs per method")

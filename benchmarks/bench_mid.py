@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
                        val_size=0, device="cpu", lr=1e-3, epochs=args.refresh_every)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        stages = replace(base, method="mid", epochs=1, source_epochs=1, teacher_epochs=1, attack_steps=1)
+        stages = replace(base, method="mid", epochs=1, attack_steps=1,
+                         options={"source_epochs": 1, "teacher_epochs": 1})
         train(stages, root / "stages", progress=False)  # trains source and teacher once
-        mid = replace(base, method="mid", attack_steps=args.pool_steps, refresh_every=args.refresh_every,
-                      first_order=args.order == "first", batch_tasks=args.batch_tasks,
-                      source=str(root / "stages" / "source" / "model.safetensors"),
-                      teacher=str(root / "stages" / "teacher" / "model.safetensors"))
+        mid = replace(base, method="mid", attack_steps=args.pool_steps,
+                      options={"refresh_every": args.refresh_every, "first_order": args.order == "first",
+                               "batch_tasks": args.batch_tasks,
+                               "source": str(root / "stages" / "source" / "model.safetensors"),
+                               "teacher": str(root / "stages" / "teacher" / "model.safetensors")})
         pgd_at = replace(base, method="pgd-at", attack_steps=int(budget))
         ratios = []
         for pair in range(args.pairs):

@@ -246,8 +246,8 @@ def mode_step_ratio(args: argparse.Namespace) -> int:
     x, y = train_split()
     x, y = x[:args.train_batch], y[:args.train_batch]
     arms = []
-    for config in (TrainConfig(method="pgd-at", attack_steps=k, batch_size=args.train_batch),
-                   TrainConfig(method="standard", batch_size=args.train_batch)):
+    for config in (TrainConfig.of(method="pgd-at", attack_steps=k, batch_size=args.train_batch),
+                   TrainConfig.of(method="standard", batch_size=args.train_batch)):
         model = lenet(args.seed)
         model.train()
         arms.append((build_task(config, dataset), model, torch.optim.Adam(model.parameters(), lr=1e-3)))
@@ -279,13 +279,13 @@ def mode_passes(args: argparse.Namespace) -> int:
     x, y = x[:args.train_batch], y[:args.train_batch]
     ok = True
     print(f"passes per example of one training step on a batch of {len(y)} {DATASET} images (lenet)")
-    forward, backward = count_step(TrainConfig(method="standard"), x, y, args.seed)
+    forward, backward = count_step(TrainConfig.of(method="standard"), x, y, args.seed)
     good = forward == 1 and backward == 1
     ok &= good
     print(f"  clean step:       forward {forward:g}  backward {backward:g}  expected 1/1  "
           f"{'OK' if good else 'WRONG'}")
     for k in (int(value) for value in args.ks.split(",")):
-        forward, backward = count_step(TrainConfig(method="pgd-at", attack_steps=k), x, y, args.seed)
+        forward, backward = count_step(TrainConfig.of(method="pgd-at", attack_steps=k), x, y, args.seed)
         good = forward == k + 1 and backward == k + 1
         ok &= good
         print(f"  PGD-AT step K={k:<3} forward {forward:g}  backward {backward:g}  expected K+1 = {k + 1}  "

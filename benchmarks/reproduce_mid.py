@@ -47,13 +47,14 @@ from midbench.mid_official import import_mid_official
 from midbench.training import train
 
 #: the documented full settings of a midbench-trained MID on mnist5k (see docs/reproduce-mid.md)
-FULL_SETTINGS = TrainConfig(method="mid", dataset="mnist5k", arch="lenet", epochs=10, batch_size=64, lr=1e-3,
-                            source_epochs=10, teacher_epochs=10, attack_steps=10, refresh_every=5)
-QUICK_SETTINGS = replace(FULL_SETTINGS, epochs=1, source_epochs=1, teacher_epochs=1, attack_steps=1,
-                         n_train=256, first_order=True)
+FULL_SETTINGS = TrainConfig.of(method="mid", dataset="mnist5k", arch="lenet", epochs=10, batch_size=64, lr=1e-3,
+                               source_epochs=10, teacher_epochs=10, attack_steps=10, refresh_every=5)
+QUICK_SETTINGS = replace(FULL_SETTINGS, epochs=1, attack_steps=1, n_train=256,
+                         options={**FULL_SETTINGS.options, "source_epochs": 1, "teacher_epochs": 1,
+                                  "first_order": True})
 #: the independent transfer source: the standard stage of FULL_SETTINGS with another seed
-INDEPENDENT_SOURCE = TrainConfig(method="standard", dataset="mnist5k", arch="lenet", epochs=10, batch_size=64,
-                                 lr=1e-3, seed=1)
+INDEPENDENT_SOURCE = TrainConfig.of(method="standard", dataset="mnist5k", arch="lenet", epochs=10, batch_size=64,
+                                    lr=1e-3, seed=1)
 #: the release's Attacker Pool as registry entries (40 steps of 0.01), run against both models
 RELEASE_POOL = ("pgd-linf", "pgd-linf-t", "mim-linf", "mim-linf-t")
 PAPER_UNKNOWN = "mid-mnist-unknown"
@@ -167,7 +168,8 @@ def render(rows: list[dict], settings: TrainConfig, args: argparse.Namespace, se
         lines.append(f"| {row['model']} | {row['protocol']} | {_pct(row['clean_1000'])} | {_pct(row['clean_n'])} | "
                      f"{_pct(row['pool_worst'])} | {_pct(row['unknown_worst'])} | {_pct(row['unknown_mean'])} | "
                      f"{_pct(row['autoattack'])} | {areas} |")
-    options = {k: v for k, v in settings.to_dict().items() if v != getattr(TrainConfig(), k)}
+    defaults = TrainConfig().to_dict()
+    options = {k: v for k, v in settings.to_dict().items() if k not in defaults or v != defaults[k]}
     cleans = {row["model"]: (row["source_clean_1000"], row["teacher_clean_1000"]) for row in rows}
     lines += ["", f"Accuracies in %, n = {rows[0]['n']} test images attacked, worst case per example, ε = 0.3 (L∞ "
               "attacks); *area* is the profile curve's normalised area (results/README.md). Source / teacher clean "

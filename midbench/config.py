@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,6 @@ class TrainConfig:
     """Everything that determines a training run (recorded in the checkpoint and ``config.toml``)."""
 
     method: str = "standard"
-    #: the method's own options, ``NAME=VALUE`` pairs separated by commas (a task's ``Options`` dataclass; e.g.
-    #: a user's ``--method module:Class``)
-    method_options: str | None = None
     dataset: str = "mnist5k"
     arch: str = "lenet"
     epochs: int = 5
@@ -98,55 +95,15 @@ class TrainConfig:
     bf16: bool = False
     data_dir: str | None = None
     download: bool = False
-    # --- MID (method "mid"; see midbench.defenses.mid and the design page mid.md) ---
-    #: Attacker Pool: a suite name or comma-separated registry ids (default: the mid-mnist-known suite)
-    pool: str | None = None
-    #: which model the pool attacks: "source" (paper), "teacher", or "student" (online, adaptive)
-    attack_source: str = "source"
-    #: regenerate the cached pool examples every N epochs (fixed attack source only)
-    refresh_every: int = 1
-    first_order: bool = False
-    #: ablation: plain multi-attack distillation, no held-out task and no inner step
-    no_meta: bool = False
-    lc_weight: float = 1.0
-    ac_weight: float = 1.5
-    cc_weight: float = 0.8
-    #: step size α of the functional inner update
-    inner_lr: float = 1e-4
-    #: reuse a trained source model / teacher checkpoint instead of training them in <out>/source, <out>/teacher
-    source: str | None = None
-    teacher: str | None = None
-    #: epochs of the source and teacher stages (fixed, so extending --epochs on --resume leaves them alone)
-    source_epochs: int = 10
-    teacher_epochs: int = 10
-    #: per-stage settings of the source and teacher stages; None = the run's own --lr, --batch-size, --adam-betas
-    #: (the release trained the source at lr 1e-3, the teacher at lr 1e-4 with betas 0.9,0.99, both at batch 256)
-    source_lr: float | None = None
-    teacher_lr: float | None = None
-    source_batch_size: int | None = None
-    teacher_batch_size: int | None = None
-    source_adam_betas: str | None = None
-    teacher_adam_betas: str | None = None
-    #: student encoder initialisation: "random" (paper) or "teacher"
-    student_init: str = "random"
-    #: draw the held-out meta-test task from the clean task too (as the release may); default: attacks only
-    meta_test_clean: bool = False
-    #: run the meta-train tasks through each module as one batch (same losses; faster where per-call overhead
-    #: dominates, e.g. a GPU; measured slower on a CPU, docs/performance.md P6); never with BatchNorm in training
-    batch_tasks: bool = False
-    #: target policy of the pool's targeted attacks (e.g. "fixed:0", the release's); None = the registry's (random)
-    pool_target: str | None = None
-    #: λ_rec, the weight of the teacher's reconstruction loss
-    rec_weight: float = 1.0
-    # --- adversarial-training baselines (trades, mart, fast-at, msd/avg/max; midbench.defenses) ---
-    #: β, the weight of the robustness (KL) term of TRADES and MART
-    beta: float = 6.0
-    #: msd/avg/max: comma-separated registry ids of the threat models, each at the dataset's ε for its norm
-    threat_models: str = "pgd-linf,pgd-l2,pgd-l1"
-    #: fast-at: the FGSM step size α (absolute); None = 1.25ε (Wong, Rice & Kolter 2020)
-    fast_at_step: float | None = None
-    #: fast-at: stop when the held-out PGD accuracy falls more than this (absolute) below its best so far
-    overfit_drop: float = 0.2
+    #: the method's own options by name (fields of its ``Options`` dataclass, midbench.defenses.options), as
+    #: given; the method checks and completes them when the run is built, and the training loop records them all
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, **values: Any) -> TrainConfig:
+        """A config from flat values as a config file holds them: shared keys and the method's options side by
+        side (``TrainConfig.of(method="trades", beta=3.0, epochs=10)``)."""
+        return merge_config(cls(), values, {})
 
     def validate(self) -> TrainConfig:
         """Check numeric ranges early, before any data is loaded."""
@@ -163,76 +120,77 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
         if self.val_pgd_steps < 1:
             raise UsageError(f"val_pgd_steps must be at least 1, got {self.val_pgd_steps}")
-        if self.pool is not None and not [name for name in self.pool.split(",") if name.strip()]:
-            raise UsageError("--pool is empty; give a suite (e.g. mid-mnist-known) or comma-separated attack ids, "
-                             "or leave it out for the default pool")
         if self.attack_steps is not None and self.attack_steps < 1:
             raise UsageError(f"--attack-steps must be at least 1, got {self.attack_steps}")
         if self.val_size < 0 or (self.n_train is not None and self.n_train < 1):
             raise UsageError("--val-size must be ≥ 0 and --n-train ≥ 1")
-        for name in ("adam_betas", "source_adam_betas", "teacher_adam_betas"):
-            if getattr(self, name) is not None:
-                parse_betas(getattr(self, name), "--" + name.replace("_", "-"))
-        for name in ("source_lr", "teacher_lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("source_batch_size", "teacher_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.pool_target is not None:
-            from midbench.attacks.base import check_target_policy
-
-            check_target_policy(self.pool_target)
+        parse_betas(self.adam_betas, "--adam-betas")
         if self.optimizer not in ("sgd", "adam"):
             raise UsageError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}; use constant, piecewise, cosine or cyclic")
-        if self.attack_source not in ("source", "teacher", "student"):
-            raise UsageError(f"unknown --attack-source {self.attack_source!r}; use source, teacher or student")
-        if self.student_init not in ("random", "teacher"):
-            raise UsageError(f"unknown --student-init {self.student_init!r}; use random or teacher")
-        if self.refresh_every < 1:
-            raise UsageError(f"--refresh-every must be at least 1, got {self.refresh_every}")
-        for name in ("lc_weight", "ac_weight", "cc_weight", "inner_lr", "rec_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
-        for name in ("source_epochs", "teacher_epochs"):
-            value = getattr(self, name)
-            if value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise UsageError(f"--beta must be a non-negative number, got {self.beta}")
-        if not [name for name in self.threat_models.split(",") if name.strip()]:
-            raise UsageError("--threat-models needs at least one attack id, e.g. pgd-linf,pgd-l2,pgd-l1")
-        if self.fast_at_step is not None and not (math.isfinite(self.fast_at_step) and self.fast_at_step > 0):
-            raise UsageError(f"--fast-at-step must be a positive number, got {self.fast_at_step}")
-        if not (math.isfinite(self.overfit_drop) and 0 < self.overfit_drop <= 1):
-            raise UsageError(f"--overfit-drop is an accuracy drop in (0, 1], got {self.overfit_drop}")
         if self.eps is not None:
             parse_eps(self.eps, norm="any")  # the training attack's own norm is checked when it is resolved
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as one flat table, the method's options beside the shared keys (as in a config file)."""
+        values = asdict(self)
+        return {**{key: value for key, value in values.items() if key != "options"}, **values["options"]}
+
+    def with_options(self, options: dict[str, Any]) -> TrainConfig:
+        """This config with the method's options replaced (the training loop records the completed set)."""
+        return replace(self, options=dict(options))
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that must match for ``--resume``: all but device and data location, and the epoch count
         unless a schedule depends on it (a constant-rate run may be extended)."""
         free = {"device", "data_dir", "download"} | ({"epochs"} if self.schedule == "constant" else set())
-        return {k: v for k, v in asdict(self).items() if k not in free}
+        return {k: v for k, v in self.to_dict().items() if k not in free}
 
-    def may_resume(self, stored: dict[str, Any]) -> bool:
-        """Whether a run whose state recorded the fingerprint ``stored`` may be resumed with this config: every
-        recorded field must match, and a field the state does not record (added to midbench after the run
-        started) must be at its default — so that upgrading midbench does not strand a half-finished run."""
+    def may_resume(self, stored: dict[str, Any], option_defaults: dict[str, Any]) -> bool:
+        """Whether a run whose state recorded the fingerprint ``stored`` may be resumed with this config.
+
+        Every recorded key this config also has must match; a key the state does not record (added to midbench
+        or to the method after the run started) must be at its default (``option_defaults`` for the method's
+        options), so that upgrading midbench does not strand a half-finished run. Recorded keys this config
+        does not have are other methods' options (states written before methods owned their options recorded
+        every method's) and cannot have influenced this run.
+        """
         current = self.fingerprint()
-        defaults = asdict(TrainConfig())
-        return (set(stored) <= set(current)
-                and all(current[key] == value for key, value in stored.items())
-                and all(current[key] == defaults[key] for key in set(current) - set(stored)))
+        defaults = {**TrainConfig().to_dict(), **option_defaults}
+        return (all(current[key] == value for key, value in stored.items() if key in current)
+                and all(current[key] == defaults.get(key) for key in set(current) - set(stored)))
+
+
+class OptionText(str):
+    """An option's value as text from ``--method-option NAME=VALUE``: the method converts it to the option's
+    type (a value from a TOML file or a typed command-line option must already have that type)."""
+
+
+#: the keys every method shares (all but ``options``)
+SHARED_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "options")
+#: a ``NAME=VALUE`` pair of ``--method-option`` begins at a comma followed by a name and "="
+_OPTION_PAIR_START = re.compile(r",(?=\s*[A-Za-z_][\w-]*\s*=)")
+
+
+def parse_option_pairs(items: str | list[str] | None) -> dict[str, OptionText]:
+    """``--method-option`` values (``NAME=VALUE``, several per item separated by commas; a value may itself
+    contain commas, e.g. ``threat_models=pgd-linf,pgd-l2``) as a name-to-text mapping.
+
+    Raises:
+        UsageError: an item that is not ``NAME=VALUE``.
+    """
+    pairs: dict[str, str] = {}
+    for item in [items] if isinstance(items, str) else items or []:
+        for pair in _OPTION_PAIR_START.split(item):
+            if not pair.strip():
+                continue
+            name, sep, value = pair.partition("=")
+            if not sep or not name.strip():
+                raise UsageError(f"--method-option {pair.strip()!r}: write NAME=VALUE, e.g. beta=6")
+            pairs[name.strip().replace("-", "_")] = OptionText(value.strip())
+    return pairs
 
 
 def load_config_file(path: str | Path, section: str) -> dict[str, Any]:
@@ -248,15 +206,26 @@ def load_config_file(path: str | Path, section: str) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in table.items() if not isinstance(value, dict)}
 
 
+def split_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split config values into the shared keys and the method's options: every key that is not shared is an
+    option (checked against the method when the run is built), and ``method_options`` pairs are options too."""
+    shared = {key: value for key, value in values.items() if key in SHARED_KEYS}
+    options = {key: value for key, value in values.items()
+               if key not in SHARED_KEYS and key not in ("options", "method_options")}
+    options.update(parse_option_pairs(values.get("method_options")))
+    options.update(values.get("options") or {})
+    return shared, options
+
+
 def merge_config(defaults: TrainConfig, file_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
-    """Apply ``file_values`` then the non-None ``cli_values`` over ``defaults``."""
-    known = {f.name for f in fields(defaults)}
-    unknown = set(file_values) - known
-    if unknown:
-        raise UsageError(f"unknown config key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
-    check_types(file_values, type(defaults))
-    merged = replace(defaults, **file_values)
-    return replace(merged, **{k: v for k, v in cli_values.items() if v is not None})
+    """Apply ``file_values`` then the non-None ``cli_values`` over ``defaults``; keys that are not shared by every
+    method become the method's options."""
+    file_shared, file_options = split_values(file_values)
+    check_types(file_shared, type(defaults))
+    cli_shared, cli_options = split_values({k: v for k, v in cli_values.items() if v is not None})
+    cli_options = {k: v for k, v in cli_options.items() if v is not None}
+    merged = replace(replace(defaults, **file_shared), **cli_shared)
+    return merged.with_options({**defaults.options, **file_options, **cli_options})
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

@@ -69,8 +69,9 @@ def demo_configs(out: Path, settings: DemoSettings) -> dict[str, TrainConfig]:
         "pgd-at": replace(base, method="pgd-at", epochs=settings.pgd_at_epochs, attack_steps=settings.attack_steps),
         # the source model of MID's Attacker Pool is the demo's standard model
         "mid": replace(base, method="mid", epochs=settings.mid_epochs, attack_steps=settings.mid_pool_steps,
-                       source=str(out / "standard" / MODEL_FILE), teacher_epochs=settings.mid_teacher_epochs,
-                       student_init="teacher", first_order=True, refresh_every=settings.mid_epochs),
+                       options={"source": str(out / "standard" / MODEL_FILE),
+                                "teacher_epochs": settings.mid_teacher_epochs, "student_init": "teacher",
+                                "first_order": True, "refresh_every": settings.mid_epochs}),
     }
 
 

@@ -42,10 +42,12 @@ from midbench.evaluation.metrics import (
     unseen_full_strength,
     wilson_interval,
 )
+from midbench.protocols import AUTOATTACK_ENTRY, is_autoattack_figure
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
-#: methods that count as adversarial-training baselines for the Δ column
-AT_BASELINES = ("pgd-at", "trades", "mart", "fast-at", "msd", "avg", "max")
+#: the adversarial-training baselines among the built-in methods, for result files written before checkpoints
+#: recorded ``adversarial_training_baseline`` (a method's class attribute; midbench.defenses.base)
+LEGACY_AT_BASELINES = ("pgd-at", "trades", "mart", "fast-at", "msd", "avg", "max")
 ACCURACY_COLUMNS = ["clean", "known_mean", "known_worst", "unknown_mean", "unknown_worst", "autoattack"]
 #: accuracies that are proportions of examples, so they have a Wilson interval (``all_worst`` is not a column)
 PROPORTION_COLUMNS = ["clean", "known_worst", "unknown_worst", "autoattack"]
@@ -92,8 +94,8 @@ def percent(value: float | None) -> float | None:
 def is_autoattack(row: dict[str, Any]) -> bool:
     """Whether an attack row is AutoAttack standard at the L∞ ε (the figure of the AutoAttack column)."""
     if "implementation" in row:
-        return row.get("implementation") == "autoattack:standard" and row.get("norm") == "Linf"
-    return str(row.get("id", "")).split("@")[0] == "autoattack-linf"
+        return is_autoattack_figure(row.get("implementation"), row.get("norm"))
+    return str(row.get("id", "")).split("@")[0] == AUTOATTACK_ENTRY  # rows of early result files
 
 
 def load_result_file(path: str | Path) -> dict[str, Any]:
@@ -217,6 +219,7 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
     eps = (result["data"].get("eps") or {}).get("Linf")
     record: dict[str, Any] = {
         "name": result["checkpoint"].get("name"), "method": result["checkpoint"].get("method"),
+        "at_baseline": is_at_baseline(result["checkpoint"]),
         "arch": result["checkpoint"].get("arch"), "dataset": result["data"]["dataset"],
         "protocol": f"{protocol['name']} ({source})" if source else protocol["name"],
         "clean": percent(float(newest.clean.mean()) if n else None),
@@ -340,6 +343,13 @@ def table_columns(columns: list[str] = (), ci: bool = False) -> list[str]:
             for part in ([name, f"{name}_lo", f"{name}_hi"] if name in with_bounds else [name])]
 
 
+def is_at_baseline(checkpoint: dict[str, Any]) -> bool:
+    """Whether the evaluated model was trained by an adversarial-training baseline: as its checkpoint recorded,
+    or, for older result files, by the built-in method's name."""
+    recorded = checkpoint.get("adversarial_training_baseline")
+    return bool(recorded) if recorded is not None else checkpoint.get("method") in LEGACY_AT_BASELINES
+
+
 def rank_table(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     """Sort one (dataset, protocol) table, number its rows and add the Δ column.
 
@@ -359,7 +369,7 @@ def rank_table(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     # is usually 0 for every model, so the common-unknown score is what separates them)
     metric = "common_unknown_score" if has_profile else "unknown_worst"
     delta = DELTA_COLUMN[metric]
-    baselines = table[table["method"].isin(AT_BASELINES)][metric].dropna()
+    baselines = table[table["at_baseline"].astype(bool)][metric].dropna()
     best = baselines.max() if not baselines.empty else None
     table[delta] = [None if best is None or pd.isna(value) else round(value - best, 2) for value in table[metric]]
     table[delta] = table[delta].astype(float)

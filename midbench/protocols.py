@@ -19,3 +19,14 @@ class Protocol(str, Enum):
 
 #: the protocol names, white-box first
 PROTOCOLS: tuple[str, ...] = tuple(protocol.value for protocol in Protocol)
+
+
+#: the registry entry of the AutoAttack figure (``--autoattack``, the leaderboard's AutoAttack column):
+#: AutoAttack standard (Croce & Hein, ICML 2020) at the dataset's L∞ ε; an L2 run of it is a row of its own
+AUTOATTACK_ENTRY = "autoattack-linf"
+AUTOATTACK_IMPLEMENTATION = "autoattack:standard"
+
+
+def is_autoattack_figure(implementation: str | None, norm: str | None) -> bool:
+    """Whether an attack with this implementation target and norm (``"Linf"``…) gives the AutoAttack figure."""
+    return implementation == AUTOATTACK_IMPLEMENTATION and norm == "Linf"

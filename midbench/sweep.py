@@ -44,7 +44,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,6 @@ from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writabl
 from midbench.protocols import PROTOCOLS
 
 STATE_FILE = "sweep-state.json"
-#: TrainConfig fields a run may name another run by (its model is substituted)
-RUN_REFERENCES = ("source", "teacher")
 #: the keys of [sweep] and [eval] with their TOML types (a list means a list of strings; eps may hold numbers)
 _SWEEP_KEYS: dict[str, type] = {"name": str, "dataset": str, "seed": int, "device": str, "threads": int,
                                 "protocols": list, "transfer_source": str, "extra_transfer_sources": list,
@@ -271,17 +269,32 @@ def _checked(config: TrainConfig, run: str, path: Path) -> TrainConfig:
 
 
 def _with_references(run: SweepRun, names: list[str], transfer_source: str | None) -> SweepRun:
-    """Mark the stage fields that name another run (``@run`` until :func:`run_sweep` knows the folder)."""
-    config = run.config
-    if config.method == "mid" and config.source is None and transfer_source is not None:
-        config = replace(config, source=transfer_source)
-    for field_name in RUN_REFERENCES:
-        value = getattr(config, field_name)
+    """Mark the options that name another run (``@run`` until :func:`run_sweep` knows the folder), and give a
+    method that crafts its training attacks on a source model (MID) the sweep's transfer source by default."""
+    from midbench.defenses.base import resolve_method
+
+    config, task_class = run.config, resolve_method(run.config.method)
+    options = dict(config.options)
+    source_option = getattr(task_class, "transfer_source_option", None)
+    if source_option and options.get(source_option) is None and transfer_source is not None:
+        options[source_option] = transfer_source
+    for option_name in _reference_options(config):
+        value = options.get(option_name)
         if value is not None and value in names:
             if value == run.name:
-                raise UsageError(f"run {run.name!r} names itself as its {field_name}")
-            config = replace(config, **{field_name: f"@{value}"})
-    return SweepRun(run.name, config)
+                raise UsageError(f"run {run.name!r} names itself as its {option_name}")
+            options[option_name] = f"@{value}"
+    return SweepRun(run.name, config.with_options(options))
+
+
+def _reference_options(config: TrainConfig) -> list[str]:
+    """The options of the run's method whose value may name another run (MID's source and teacher)."""
+    from midbench.defenses.base import resolve_method
+    from midbench.defenses.options import RUN_REFERENCE, option_fields
+
+    task_class = resolve_method(config.method)
+    return [field.name for field in option_fields(getattr(task_class, "Options", None))
+            if field.metadata.get(RUN_REFERENCE)]
 
 
 def _ordered(runs: list[SweepRun]) -> list[SweepRun]:
@@ -321,15 +334,15 @@ def model_path(out: Path, run: str) -> Path:
 
 
 def _references(config: TrainConfig) -> dict[str, str]:
-    """The stage fields of ``config`` that name another run (marked ``@run``): field → run name."""
-    return {field_name: value[1:] for field_name in RUN_REFERENCES
-            if isinstance(value := getattr(config, field_name), str) and value.startswith("@")}
+    """The options of ``config`` that name another run (marked ``@run``): option → run name."""
+    return {option_name: value[1:] for option_name in _reference_options(config)
+            if isinstance(value := config.options.get(option_name), str) and value.startswith("@")}
 
 
 def _resolved(run: SweepRun, out: Path) -> TrainConfig:
     """The run's config with references to other runs replaced by their model files."""
-    paths = {field_name: str(model_path(out, other)) for field_name, other in _references(run.config).items()}
-    return replace(run.config, **paths)
+    paths = {option_name: str(model_path(out, other)) for option_name, other in _references(run.config).items()}
+    return run.config.with_options({**run.config.options, **paths})
 
 
 def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
@@ -473,6 +486,9 @@ def _checkpoint_sha(path: Path) -> str:
 def leaderboard_header(sweep: Sweep, config_label: str) -> str:
     """The markdown preamble: what made the tables, with the settings a reader needs to interpret them.
     Deterministic (no times, no paths of this machine), so a rerun reproduces the file byte for byte."""
+    from midbench.data.registry import get_dataset
+    from midbench.defenses.base import build_task
+
     selection = sweep.selection
     labels = ((selection.known, "known attacks"), (selection.unknown, "the unknown-attack profile"),
               (selection.autoattack, "AutoAttack"))
@@ -496,38 +512,10 @@ def leaderboard_header(sweep: Sweep, config_label: str) -> str:
               "|---|---|---|---|---|---|---|"]
     for run in sweep.runs:
         c = run.config
-        notes = []
-        if c.method == "mid":
-            notes.append(_mid_notes(c))
-        if c.method in ("trades", "mart"):
-            notes.append(f"β = {c.beta:g}")
-        if c.method in ("msd", "avg", "max"):
-            notes.append(f"threat models {c.threat_models}")
-        steps = "—" if c.method == "standard" else ("1 (FGSM-RS)" if c.method == "fast-at" else
-                                                    str(c.attack_steps or "registry default"))
-        lines.append(f"| {run.name} | {c.method} | {c.arch} | {c.epochs} | {c.batch_size} | {steps} | "
-                     f"{'; '.join(notes)} |")
+        task = build_task(c, get_dataset(c.dataset))
+        lines.append(f"| {run.name} | {c.method} | {c.arch} | {c.epochs} | {c.batch_size} | "
+                     f"{task.training_steps()} | {task.summary()} |")
     return "\n".join(lines) + "\n\n"
-
-
-def _mid_notes(c: TrainConfig) -> str:
-    """What a reader needs to tell MID runs (and ablations) apart."""
-    teacher = f"teacher {c.teacher[1:]}" if c.teacher and c.teacher.startswith("@") else \
-        f"teacher {c.teacher_epochs} epochs"
-    parts = [teacher, f"student init {c.student_init}"]
-    parts.append("no meta step" if c.no_meta else
-                 f"{'first' if c.first_order else 'second'}-order, α {c.inner_lr:g}")
-    weights = (c.lc_weight, c.ac_weight, c.cc_weight)
-    if weights != (1.0, 1.5, 0.8):
-        parts.append("weights LC/AC/CC " + "/".join(f"{w:g}" for w in weights))
-    if c.meta_test_clean:
-        parts.append("clean task may be held out")
-    if c.batch_tasks:
-        parts.append("tasks batched")
-    if c.pool_target:
-        parts.append(f"pool target {c.pool_target}")
-    parts.append(f"pool refreshed every {c.refresh_every}")
-    return ", ".join(parts)
 
 
 def write_leaderboards(sweep: Sweep, results: Path, config_label: str, write: bool = True

@@ -36,7 +36,7 @@ def small_batch(mnist5k_test: TensorSplit) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train(out: Path, **overrides: object) -> Path:
-    config = TrainConfig(**{"arch": "test-cnn", "epochs": 1, "batch_size": 64, "val_size": 50, "lr": 3e-3,
+    config = TrainConfig.of(**{"arch": "test-cnn", "epochs": 1, "batch_size": 64, "val_size": 50, "lr": 3e-3,
                             "device": "cpu", **overrides})
     return train(config, out, progress=False).checkpoint
 

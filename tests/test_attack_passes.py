@@ -31,8 +31,11 @@ def test_declared_passes_match_counted_passes(attack_id: str, standard_model: nn
     x, y = small_batch[0][:8], small_batch[1][:8]
     counter = PassCounter(standard_model)
     torch.manual_seed(0)
-    spec.resolve(get_dataset("mnist5k").eps).build()(counter, x, y)
+    resolved = spec.resolve(get_dataset("mnist5k").eps)
+    resolved.build()(counter, x, y)
     counted = {"forward": counter.forward_passes / 8, "backward": counter.backward_passes / 8}
+    # an attack that says it follows gradients must take some, and one that only queries must take none
+    assert resolved.uses_gradients == (counter.backward_passes > 0)
     for kind, declared in spec.passes_per_example().items():
         if attack_id in UPPER_BOUNDS:
             assert counted[kind] <= declared, (kind, counted, declared)

@@ -39,7 +39,7 @@ def _config(method: str, **overrides: Any) -> TrainConfig:
     values: dict[str, Any] = {"method": method, "arch": "test-mlp", "epochs": 1, "n_train": 128, "batch_size": 32,
                               "attack_steps": None if method in NO_STEPS else 2, "val_size": 16,
                               "val_pgd_steps": 2, "device": "cpu", **overrides}
-    return TrainConfig(**values)
+    return TrainConfig.of(**values)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -66,18 +66,18 @@ def test_recorded_attacks_tell_known_from_unknown() -> None:
     registry = load_registry()
     pgd_linf = registry.get("pgd-linf").resolve(MNIST.eps)
     fgsm_linf = registry.get("fgsm-linf").resolve(MNIST.eps)
-    trades = build_task(TrainConfig(method="trades"), MNIST).train_attacks
+    trades = build_task(TrainConfig.of(method="trades"), MNIST).train_attacks
     assert [(a.id, a.version, a.family, a.norm, a.eps) for a in trades] == [("trades-kl-linf", 0, "linf", Norm.LINF,
                                                                              0.3)]
     assert trades[0].implementation == "midbench.attacks.kl:TradesKL"
     assert trades[0].params == {"steps": 40, "step_size": pytest.approx(0.01), "init_std": 0.001}
     assert split_of(pgd_linf, trades) == "unknown"  # a different loss and start: not the same attack
-    assert split_of(pgd_linf, build_task(TrainConfig(method="mart"), MNIST).train_attacks) == "known"
-    fast = build_task(TrainConfig(method="fast-at"), MNIST).train_attacks
+    assert split_of(pgd_linf, build_task(TrainConfig.of(method="mart"), MNIST).train_attacks) == "known"
+    fast = build_task(TrainConfig.of(method="fast-at"), MNIST).train_attacks
     assert fast[0].params == {"steps": 1, "step_size": pytest.approx(0.375), "random_start": True}
     assert split_of(pgd_linf, fast) == split_of(fgsm_linf, fast) == "unknown"
     for method in ("msd", "avg", "max"):
-        union = build_task(TrainConfig(method=method), MNIST).train_attacks
+        union = build_task(TrainConfig.of(method=method), MNIST).train_attacks
         assert [(a.key, a.eps) for a in union] == [("pgd-linf@1", 0.3), ("pgd-l2@1", 2.0), ("pgd-l1@1", 10.0)]
         assert all(split_of(registry.get(a.id).resolve(MNIST.eps), union) == "known" for a in union)
 
@@ -88,7 +88,7 @@ def test_trades_attack_stays_in_the_ball_and_raises_the_kl(small_batch: tuple[to
     x, y = small_batch[0][:16], small_batch[1][:16]
     torch.manual_seed(0)
     model = build_model("test-cnn", 10, (1, 28, 28)).eval()
-    attack = build_task(TrainConfig(method="trades", attack_steps=5), MNIST).attack
+    attack = build_task(TrainConfig.of(method="trades", attack_steps=5), MNIST).attack
     x_adv = attack(model, x, y)
     assert float(distance(x_adv - x, Norm.LINF).max()) <= 0.3 + 1e-6
     assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
@@ -137,7 +137,7 @@ def test_trades_loss_matches_the_formula() -> None:
     p, q = _probabilities(model, x), _probabilities(model, x_adv[0])
     natural = -torch.stack([torch.log(p[i, y[i]]) for i in range(4)]).mean()
     expected = natural + 6.0 * _hand_kl(p, q).mean()
-    task = build_task(TrainConfig(method="trades"), MNIST)
+    task = build_task(TrainConfig.of(method="trades"), MNIST)
     outputs = task.adversarial_loss(model, x, y, x_adv[0])
     assert task.beta == 6.0
     assert torch.allclose(outputs["loss"], expected, atol=1e-6, rtol=0)
@@ -154,7 +154,7 @@ def test_mart_loss_matches_the_formula() -> None:
         boosted.append(-torch.log(q[i, y[i]]) - torch.log(1 - largest_wrong))
         weighted.append(kl[i] * (1 - p[i, y[i]]))
     expected = torch.stack(boosted).mean() + 6.0 * torch.stack(weighted).mean()
-    outputs = build_task(TrainConfig(method="mart"), MNIST).adversarial_loss(model, x, y, x_adv[0])
+    outputs = build_task(TrainConfig.of(method="mart"), MNIST).adversarial_loss(model, x, y, x_adv[0])
     assert torch.allclose(outputs["loss"], expected, atol=1e-6, rtol=0)
 
 
@@ -166,12 +166,12 @@ def _hand_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 def test_avg_max_and_msd_losses_match_the_formulas() -> None:
     model, (x, y, x_adv) = _linear_model(), _tiny_batch()
     losses = torch.stack([_hand_ce(model, examples, y) for examples in x_adv])  # (threat, example)
-    avg = build_task(TrainConfig(method="avg"), MNIST).adversarial_loss(model, x, y, x_adv)
+    avg = build_task(TrainConfig.of(method="avg"), MNIST).adversarial_loss(model, x, y, x_adv)
     assert torch.allclose(avg["loss"], losses.mean(), atol=1e-6, rtol=0)
-    worst = build_task(TrainConfig(method="max"), MNIST).adversarial_loss(model, x, y, x_adv)
+    worst = build_task(TrainConfig.of(method="max"), MNIST).adversarial_loss(model, x, y, x_adv)
     assert torch.allclose(worst["loss"], losses.max(dim=0).values.mean(), atol=1e-6, rtol=0)
     assert len(set(losses.argmax(dim=0).tolist())) > 1, "the batch should exercise more than one worst threat"
-    msd = build_task(TrainConfig(method="msd"), MNIST).adversarial_loss(model, x, y, x_adv[1])
+    msd = build_task(TrainConfig.of(method="msd"), MNIST).adversarial_loss(model, x, y, x_adv[1])
     assert torch.allclose(msd["loss"], losses[1].mean(), atol=1e-6, rtol=0)
 
 
@@ -192,7 +192,7 @@ def test_msd_examples_lie_in_the_union_of_the_balls(small_batch: tuple[torch.Ten
     x, y = small_batch[0][:16], small_batch[1][:16]
     torch.manual_seed(0)
     model = build_model("test-cnn", 10, (1, 28, 28)).eval()
-    task = build_task(TrainConfig(method="msd", attack_steps=4), MNIST)
+    task = build_task(TrainConfig.of(method="msd", attack_steps=4), MNIST)
     x_adv = msd_examples(model, x, y, task.steps, task.iterations)
     inside = torch.zeros(16, dtype=torch.bool)
     for attack in task.train_attacks:
@@ -207,7 +207,7 @@ def test_msd_examples_lie_in_the_union_of_the_balls(small_batch: tuple[torch.Ten
 
 def _count(method: str, steps: int | None, **overrides: Any) -> tuple[float, float]:
     """Forward and backward passes per example of one training step (``task.loss`` and its backward)."""
-    task = build_task(TrainConfig(method=method, attack_steps=steps, device="cpu", **overrides), MNIST)
+    task = build_task(TrainConfig.of(method=method, attack_steps=steps, device="cpu", **overrides), MNIST)
     model = PassCounter(build_model("test-mlp", 10, (1, 28, 28)))
     model.train()
     torch.manual_seed(0)
@@ -252,24 +252,29 @@ def test_union_methods_cost_what_their_algorithms_say(steps: int) -> None:
 
 
 def test_msd_takes_the_largest_step_count_of_its_threat_models() -> None:
-    assert build_task(TrainConfig(method="msd"), MNIST).iterations == 100  # pgd-l1's (pgd-linf, pgd-l2: 40)
-    assert build_task(TrainConfig(method="msd", threat_models="pgd-linf,pgd-l2"), MNIST).iterations == 40
-    assert build_task(TrainConfig(method="msd", attack_steps=7), MNIST).iterations == 7
+    assert build_task(TrainConfig.of(method="msd"), MNIST).iterations == 100  # pgd-l1's (pgd-linf, pgd-l2: 40)
+    assert build_task(TrainConfig.of(method="msd", threat_models="pgd-linf,pgd-l2"), MNIST).iterations == 40
+    assert build_task(TrainConfig.of(method="msd", attack_steps=7), MNIST).iterations == 7
 
 
 # ------------------------------------------------------------------------------------------ configuration
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"beta": -1.0}, "--beta"),
-    ({"overfit_drop": 0.0}, "--overfit-drop"),
-    ({"fast_at_step": 0.0}, "--fast-at-step"),
-    ({"threat_models": " , "}, "--threat-models"),
+    ({"method": "trades", "beta": -1.0}, "--beta"),
+    ({"method": "mart", "beta": float("nan")}, "--beta"),
+    ({"method": "fast-at", "overfit_drop": 0.0}, "--overfit-drop"),
+    ({"method": "fast-at", "fast_at_step": 0.0}, "--fast-at-step"),
+    ({"method": "msd", "threat_models": " , "}, "--threat-models"),
+    ({"method": "pgd-at", "beta": 6.0}, "method pgd-at has no option 'beta'"),
+    ({"method": "trades", "bta": 6.0}, "did you mean beta"),
+    ({"method": "trades", "beta": "6"}, "--beta must be a number"),
     ({"schedule": "triangle"}, "cyclic"),
 ])
 def test_bad_baseline_options_are_refused(overrides: dict[str, Any], message: str) -> None:
+    """Each method checks its own options when the run is built (the shared keys when the config is)."""
     with pytest.raises(UsageError, match=message):
-        TrainConfig(**overrides).validate()
+        build_task(TrainConfig.of(**overrides).validate(), MNIST)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -282,7 +287,7 @@ def test_bad_baseline_options_are_refused(overrides: dict[str, Any], message: st
 ])
 def test_inapplicable_method_settings_are_refused(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        build_task(TrainConfig(**overrides), MNIST)
+        build_task(TrainConfig.of(**overrides), MNIST)
 
 
 def test_baseline_options_reach_the_checkpoint(tmp_path: Path) -> None:
@@ -334,7 +339,7 @@ def _log(*pgd: float, key: str = "val_pgd10_acc") -> list[dict[str, Any]]:
 
 
 def test_catastrophic_overfitting_hook() -> None:
-    task = build_task(TrainConfig(method="fast-at"), MNIST)
+    task = build_task(TrainConfig.of(method="fast-at"), MNIST)
     assert task.should_stop(_log(0.5)) is None
     assert task.should_stop(_log(0.5, 0.7, 0.55)) is None  # 15 points below the best
     assert task.should_stop(_log(0.5, 0.7, 0.5)) is None  # exactly 20 points: not more than 20

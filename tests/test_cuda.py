@@ -17,7 +17,7 @@ def test_bf16_training_and_cuda_evaluation(tmp_path: Path) -> None:
     from midbench.evaluation.runner import EvalConfig, run_evaluation
     from midbench.evaluation.selection import AttackSelection
 
-    config = TrainConfig(method="pgd-at", arch="test-cnn", epochs=1, attack_steps=2, n_train=512, val_size=32,
+    config = TrainConfig.of(method="pgd-at", arch="test-cnn", epochs=1, attack_steps=2, n_train=512, val_size=32,
                          device="cuda", bf16=True)
     result = train(config, tmp_path / "run", progress=False)
     assert result.log[-1]["val_clean_acc"] > 0.1

@@ -45,7 +45,7 @@ def test_registry_attack_equal_to_training_attack_is_known(tmp_path: Path) -> No
     from midbench.config import TrainConfig
     from midbench.training import train
 
-    config = TrainConfig(method="pgd-at", arch="test-mlp", epochs=1, n_train=32, val_size=8, device="cpu")
+    config = TrainConfig.of(method="pgd-at", arch="test-mlp", epochs=1, n_train=32, val_size=8, device="cpu")
     checkpoint = train(config, tmp_path / "run", progress=False).checkpoint
     unknown = _run_eval(checkpoint, tmp_path / "results", "--suite", "default-unknown", "--n-examples", "8")
     splits = {row["id"].split("@")[0]: row["split"] for row in unknown["attacks"]}

@@ -409,7 +409,7 @@ TINY = {"method": "mid", "arch": "lenet", "dataset": "mnist5k", "batch_size": 32
 def mid_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MID run: source and teacher one epoch each, two second-order student epochs, 2-step pool."""
     out = tmp_path_factory.mktemp("mid")
-    train(TrainConfig(**TINY), out, progress=False)
+    train(TrainConfig.of(**TINY), out, progress=False)
     return out
 
 
@@ -472,8 +472,8 @@ def test_mid_checkpoint_is_one_classifier_and_keeps_its_companions(mid_run: Path
 
 def test_resume_in_the_middle_of_a_pool_block_gives_the_same_weights(mid_run: Path, tmp_path: Path) -> None:
     """Epoch 2 lies inside the first refresh block: the resumed run must rebuild the identical cache."""
-    train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path, progress=False)
-    train(TrainConfig(**TINY), tmp_path, resume=True, progress=False)
+    train(TrainConfig.of(**{**TINY, "epochs": 1}), tmp_path, progress=False)
+    train(TrainConfig.of(**TINY), tmp_path, resume=True, progress=False)
     expected = load_checkpoint(mid_run / "model.safetensors").state_dict
     actual = load_checkpoint(tmp_path / "model.safetensors").state_dict
     assert expected.keys() == actual.keys()
@@ -482,7 +482,7 @@ def test_resume_in_the_middle_of_a_pool_block_gives_the_same_weights(mid_run: Pa
 
 
 def test_given_stages_are_reused_not_retrained(mid_run: Path, tmp_path: Path) -> None:
-    config = TrainConfig(**{**TINY, "epochs": 1, "first_order": True, "no_meta": False,
+    config = TrainConfig.of(**{**TINY, "epochs": 1, "first_order": True, "no_meta": False,
                             "source": str(mid_run / "source" / "model.safetensors"),
                             "teacher": str(mid_run / "teacher" / "model.safetensors"), "student_init": "teacher",
                             "cc_weight": 0.0})
@@ -500,7 +500,7 @@ def test_given_stages_are_reused_not_retrained(mid_run: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("attack_source", ["student", "teacher"])
 def test_other_attack_sources_run(mid_run: Path, tmp_path: Path, attack_source: str) -> None:
-    config = TrainConfig(**{**TINY, "epochs": 1, "n_train": 32, "attack_steps": 1, "pool": "pgd-linf,fgsm-linf",
+    config = TrainConfig.of(**{**TINY, "epochs": 1, "n_train": 32, "attack_steps": 1, "pool": "pgd-linf,fgsm-linf",
                             "attack_source": attack_source, "no_meta": attack_source == "teacher",
                             "source": str(mid_run / "source" / "model.safetensors"),
                             "teacher": str(mid_run / "teacher" / "model.safetensors")})
@@ -536,7 +536,7 @@ def test_pool_is_crafted_on_the_source_model_and_aligned_with_the_batch(mid_run:
 
     monkeypatch.setattr(AttackerPool, "craft", spy_craft)
     monkeypatch.setattr(mid_defense, "meta_step", spy_step)
-    config = TrainConfig(**{**TINY, "epochs": 2, "n_train": 64, "refresh_every": 1,
+    config = TrainConfig.of(**{**TINY, "epochs": 2, "n_train": 64, "refresh_every": 1,
                             "source": str(mid_run / "source" / "model.safetensors"),
                             "teacher": str(mid_run / "teacher" / "model.safetensors")})
     train(config, tmp_path, progress=False)
@@ -560,8 +560,9 @@ def test_pool_cache_crafts_once_per_block_with_the_declared_passes(mid_run: Path
     from midbench.loading import load_classifier
     from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
 
-    config = TrainConfig(**TINY)
-    pool = AttackerPool(resolve_pool(config, get_dataset("mnist5k")), seed=0, batch_size=32)
+    config = TrainConfig.of(**TINY)
+    pool = AttackerPool(resolve_pool(config, get_dataset("mnist5k"), config.options.get("pool")), seed=0,
+                        batch_size=32)
     split = load_split("mnist5k", "train").subset(torch.arange(40))
     cache = PoolCache(pool, split, 16, torch.device("cpu"), refresh_every=2)
     source = PassCounter(load_classifier(mid_run / "source" / "model.safetensors").model)
@@ -581,7 +582,7 @@ def test_stage_settings_targets_and_clean_meta_test_reach_the_runs(tmp_path: Pat
     """The release recipe's per-stage settings: each stage trains with its own lr, batch size and Adam betas
     (recorded in its checkpoint), the pool's targeted attacks aim at the fixed class, and the clean task may be
     held out; all recorded in the MID checkpoint."""
-    config = TrainConfig(**{**TINY, "epochs": 1, "n_train": 32, "attack_steps": 1, "source_lr": 2e-3,
+    config = TrainConfig.of(**{**TINY, "epochs": 1, "n_train": 32, "attack_steps": 1, "source_lr": 2e-3,
                             "teacher_lr": 1e-4, "source_batch_size": 16, "teacher_batch_size": 8,
                             "teacher_adam_betas": "0.9,0.99", "pool_target": "fixed:0", "meta_test_clean": True,
                             "batch_tasks": True})
@@ -606,7 +607,7 @@ def test_meta_step_options_reach_the_meta_settings(on: bool) -> None:
     from midbench.data.registry import get_dataset
     from midbench.defenses.base import build_task
 
-    task = build_task(TrainConfig(**{**TINY, "meta_test_clean": on, "batch_tasks": on}), get_dataset("mnist5k"))
+    task = build_task(TrainConfig.of(**{**TINY, "meta_test_clean": on, "batch_tasks": on}), get_dataset("mnist5k"))
     assert (task.settings.clean_can_be_held_out, task.settings.batch_tasks) == (on, on)
 
 
@@ -634,7 +635,7 @@ def test_bad_mid_options_are_one_line_usage_errors(tmp_path: Path, override: dic
     from midbench.errors import UsageError
 
     with pytest.raises(UsageError, match=message):
-        train(TrainConfig(**{**TINY, **override}), tmp_path, progress=False)
+        train(TrainConfig.of(**{**TINY, **override}), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("protocol", ["transfer", "whitebox"])
@@ -689,7 +690,7 @@ def test_mid_on_32x32_colour_data_with_batchnorm_keeps_teacher_statistics(tmp_pa
     from test_data_torchvision import write_cifar10
 
     write_cifar10(tmp_path / "data")
-    config = TrainConfig(method="mid", dataset="cifar10", arch="test-resnet-ae", data_dir=str(tmp_path / "data"),
+    config = TrainConfig.of(method="mid", dataset="cifar10", arch="test-resnet-ae", data_dir=str(tmp_path / "data"),
                          epochs=1, source_epochs=1, teacher_epochs=1, attack_steps=1, batch_size=8, val_size=4,
                          val_pgd_steps=1, device="cpu")
     train(config, tmp_path / "run", progress=False)

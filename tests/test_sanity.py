@@ -241,3 +241,13 @@ def test_probe_of_a_model_with_no_parameters() -> None:
     images = torch.rand(6, 1, 28, 28)
     flags, measured = sanity.probe_flags(Bands(), images, torch.arange(6))
     assert flags == [] and measured["zero_gradient_fraction"] == 0.0
+
+
+@pytest.mark.parametrize(("implementation", "gradients"), [
+    ("midbench.attacks.gradient:PGD", True), ("autoattack:apgd-ce", True), ("autoattack:fab-t", True),
+    ("autoattack:square", False), ("autoattack:standard", False), ("torchattacks:SPSA", False),
+    ("torchattacks:JSMA", True), ("midbench.attacks.noise:GaussianNoise", False),
+])
+def test_gradient_use_is_an_attribute_of_the_implementation(implementation: str, gradients: bool) -> None:
+    """The white-box comparison set of the Square check comes from the attack classes, not from a list of ids."""
+    assert attack("a", implementation).uses_gradients is gradients

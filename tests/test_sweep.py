@@ -101,7 +101,7 @@ def test_missing_or_broken_file_is_a_usage_error(tmp_path: Path) -> None:
 def test_runs_named_as_a_source_come_first_and_mid_defaults_to_the_transfer_source(tmp_path: Path) -> None:
     sweep = load_sweep(write(tmp_path, TINY))
     assert [run.name for run in sweep.runs] == ["standard", "mid", "pgd-at"]
-    assert sweep.run("mid").config.source == "@standard"
+    assert sweep.run("mid").config.options["source"] == "@standard"
     # the source is not attacked through itself under transfer: that is its white-box row
     assert evaluation_plan(sweep) == [("standard", "whitebox", None), ("mid", "whitebox", None),
                                       ("mid", "transfer", "standard"), ("pgd-at", "whitebox", None),
@@ -285,10 +285,12 @@ def test_committed_sweep_runs_train_on_files_in_torchvision_format(path: Path, t
     {"mnist": write_mnist, "cifar10": write_cifar10}[sweep.dataset](tmp_path / "data")
     out = tmp_path / "runs"
     for run in sweep.runs:
-        tiny = replace(_resolved(run, out), epochs=1, n_train=8, val_size=4, batch_size=4, val_pgd_steps=1,
-                       source_epochs=1, teacher_epochs=1, source_batch_size=None, teacher_batch_size=None,
+        resolved = _resolved(run, out)
+        stages = {"source_epochs": 1, "teacher_epochs": 1, "source_batch_size": None, "teacher_batch_size": None}
+        tiny = replace(resolved, epochs=1, n_train=8, val_size=4, batch_size=4, val_pgd_steps=1,
                        attack_steps=1 if run.config.attack_steps or run.config.method == "mid" else None,
-                       attack_step_size=None)
+                       attack_step_size=None,
+                       options={**resolved.options, **(stages if run.config.method == "mid" else {})})
         log = train(tiny, out / run.name, progress=False).log
         assert len(log) == 1 and math.isfinite(log[0]["loss"]), run.name
         assert tiny.data_dir == str(tmp_path / "data")

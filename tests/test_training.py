@@ -103,7 +103,7 @@ def test_checkpoint_records_method_and_training_attacks(pgd_at_checkpoint: Path,
 @pytest.mark.parametrize("steps", [1, 3, 7])
 def test_pgd_at_step_costs_exactly_k_plus_one_passes(steps: int) -> None:
     """Goal P3: K forwards/backwards for the attack and one each for the update, per example."""
-    config = TrainConfig(method="pgd-at", attack_steps=steps, device="cpu")
+    config = TrainConfig.of(method="pgd-at", attack_steps=steps, device="cpu")
     task = build_task(config, get_dataset("mnist5k"))
     model = PassCounter(build_model("test-cnn", 10, (1, 28, 28)))
     x, y = torch.rand(12, 1, 28, 28), torch.randint(0, 10, (12,))
@@ -145,12 +145,12 @@ def test_training_attacks_come_from_registry_dirs_too(tmp_path: Path, method: st
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "my.toml").write_text(MY_ATTACK, encoding="utf-8")
     field = {"pgd-at": "train_attack", "trades": "train_attack", "msd": "threat_models", "mid": "pool"}[method]
-    config = TrainConfig(method=method, **{field: "my-pgd-linf"}, registry_dirs=str(tmp_path / "mine"))
+    config = TrainConfig.of(method=method, **{field: "my-pgd-linf"}, registry_dirs=str(tmp_path / "mine"))
     task = build_task(config, get_dataset("mnist5k"))
     expected = "trades-kl-linf" if method == "trades" else "my-pgd-linf"  # TRADES' KL attack takes its steps
     assert [(attack.id, attack.params["steps"]) for attack in task.train_attacks] == [(expected, 3)]
     with pytest.raises(UsageError, match="my-pgd-linf"):
-        build_task(TrainConfig(method=method, **{field: "my-pgd-linf"}), get_dataset("mnist5k"))
+        build_task(TrainConfig.of(method=method, **{field: "my-pgd-linf"}), get_dataset("mnist5k"))
 
 
 def test_registry_dir_reaches_the_recorded_training_attack(tmp_path: Path) -> None:

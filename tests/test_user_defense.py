@@ -61,25 +61,25 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
 
 def test_a_user_defense_builds_with_its_options(user_module: Path) -> None:
     dataset = get_dataset("mnist5k")
-    config = TrainConfig(method="noise_defense:GaussianNoiseTraining", method_options="sigma=0.5")
+    config = TrainConfig.of(method="noise_defense:GaussianNoiseTraining", method_options="sigma=0.5")
     task = build_task(config, dataset)
     assert task.name == "gaussian-noise" and task.options.sigma == 0.5
     assert task.describe() == {"sigma": 0.5}
-    assert build_task(TrainConfig(method="noise_defense:GaussianNoiseTraining"), dataset).options.sigma == 0.25
+    assert build_task(TrainConfig.of(method="noise_defense:GaussianNoiseTraining"), dataset).options.sigma == 0.25
 
 
 @pytest.mark.parametrize(("method", "options", "message"), [
     ("noise_defense:Missing", None, "has no attribute"),
     ("no_such_module:Task", None, "cannot import module"),
     ("noise_defense:dataclass", None, "not a subclass of midbench.defenses.DefenseTask"),
-    ("noise_defense:GaussianNoiseTraining", "width=3", "has the options sigma"),
-    ("noise_defense:GaussianNoiseTraining", "sigma=wide", "is not float"),
-    ("pgd-at", "sigma=0.3", "takes no --method-option"),
+    ("noise_defense:GaussianNoiseTraining", "width=3", "has no option 'width' .its options are sigma"),
+    ("noise_defense:GaussianNoiseTraining", "sigma=wide", "--sigma must be a number, got 'wide'"),
+    ("pgd-at", "sigma=0.3", "method pgd-at has no option 'sigma' .it has no options of its own"),
 ])
 def test_bad_user_methods_and_options_are_usage_errors(user_module: Path, method: str, options: str | None,
                                                        message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        build_task(TrainConfig(method=method, method_options=options), get_dataset("mnist5k"))
+        build_task(TrainConfig.of(method=method, method_options=options), get_dataset("mnist5k"))
 
 
 def test_a_user_defense_is_a_sweep_run(user_module: Path) -> None:
@@ -91,8 +91,8 @@ def test_a_user_defense_is_a_sweep_run(user_module: Path) -> None:
                           '[runs.noise]\nmethod = "noise_defense:GaussianNoiseTraining"\n'
                           'method_options = "sigma=0.5"\nepochs = 1\n', encoding="utf-8")
     sweep = load_sweep(sweep_file)
-    assert sweep.run("noise").config.method_options == "sigma=0.5"
+    assert sweep.run("noise").config.options == {"sigma": "0.5"}
     assert "train noise: noise_defense:GaussianNoiseTraining, lenet, 1 epochs" in describe_plan(sweep)
     sweep_file.write_text(sweep_file.read_text().replace("sigma=0.5", "sigma=wide"), encoding="utf-8")
-    with pytest.raises(UsageError, match="run 'noise'.*is not float"):
+    with pytest.raises(UsageError, match="run 'noise'.*--sigma must be a number"):
         load_sweep(sweep_file)

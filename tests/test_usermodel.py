@@ -46,7 +46,7 @@ def honest_weights(tmp_path: Path, user_models: object) -> Path:
 def robust_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A test-cnn adversarially trained with PGD-L∞ at ε = 0.1 (10 steps, 3 epochs on 4,000 images): ≈ 85% clean
     and honestly robust. (The shared ``pgd_at_checkpoint`` fixture is trained too briefly to be accurate.)"""
-    config = TrainConfig(method="pgd-at", arch="test-cnn", epochs=3, batch_size=64, val_size=50, lr=3e-3,
+    config = TrainConfig.of(method="pgd-at", arch="test-cnn", epochs=3, batch_size=64, val_size=50, lr=3e-3,
                          eps=float(EPS), attack_steps=10, n_train=4000, device="cpu")
     return train(config, tmp_path_factory.mktemp("robust"), progress=False).checkpoint
 

@@ -41,6 +41,12 @@ class AutoAttackStandard(Attack):
 
     handles_batching: ClassVar[bool] = True
 
+    @classmethod
+    def gradient_based(cls, preset: dict[str, Any]) -> bool:
+        """APGD-CE, APGD-T and FAB-T follow gradients; Square only queries, and the standard ensemble contains
+        Square, so it is not compared with the gradient attacks as one of them."""
+        return "square" not in preset.get("components", STANDARD_COMPONENTS)
+
     def __init__(self, eps: float, norm: Norm, seed: int = 0, batch_size: int = 250,
                  components: tuple[str, ...] = STANDARD_COMPONENTS) -> None:
         super().__init__(eps, norm)

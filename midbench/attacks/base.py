@@ -73,6 +73,15 @@ class Attack:
     """
 
     handles_batching: ClassVar[bool] = False
+    #: whether the attack follows the model's input gradient (PGD, C&W…) rather than only querying it (Square,
+    #: random noise): the sanity checks compare the query attacks with the gradient ones (Carlini et al. 2019)
+    uses_gradients: ClassVar[bool] = True
+
+    @classmethod
+    def gradient_based(cls, preset: dict[str, Any]) -> bool:
+        """Whether the attack built from ``preset`` (the implementation target's fixed arguments, e.g. an
+        AutoAttack component) uses the model's gradients; adapters of several attacks override this."""
+        return cls.uses_gradients
 
     def __init__(self, eps: float, norm: Norm | None, target: str | None = None) -> None:
         if eps < 0:

@@ -13,7 +13,7 @@ torch's global RNG, so ``torch.manual_seed`` makes the result reproducible.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +29,8 @@ class _RandomSearch(Attack):
 
     Cost: ``samples`` forwards, 0 backwards per example (plus one forward to choose targets when targeted).
     """
+
+    uses_gradients: ClassVar[bool] = False
 
     def __init__(self, eps: float, norm: Norm | None, samples: int = 10, target: str | None = None) -> None:
         super().__init__(eps, norm, target)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -275,6 +275,8 @@ class RotationTranslation(Attack):
     targeted), no backward pass; an example stops costing once fooled. When fewer than ``images_per_forward``
     examples remain, several transformations share a forward pass.
     """
+
+    uses_gradients: ClassVar[bool] = False  # a grid search: forward passes only
 
     #: transformed images per forward pass once few examples remain (speed only: the result does not change;
     #: about the evaluation's batch size, beyond which larger CPU batches of small models get slower per image)

@@ -144,6 +144,12 @@ class ResolvedAttack:
                    implementation=data["implementation"], eps=float(data["eps"]), target=data.get("target"),
                    params=dict(data.get("params") or {}))
 
+    @property
+    def uses_gradients(self) -> bool:
+        """Whether the implementation follows the model's input gradient (:attr:`Attack.uses_gradients`)."""
+        attack_class, preset = load_implementation(self.implementation)
+        return bool(attack_class.gradient_based(preset))
+
     def build(self, seed: int = 0, batch_size: int = 256) -> Any:
         """Instantiate the attack object (an :class:`midbench.attacks.base.Attack`)."""
         attack_class, preset = load_implementation(self.implementation)

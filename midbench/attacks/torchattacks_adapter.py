@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -49,6 +49,13 @@ class TorchattacksAttack(Attack):
         self.name = name
         self.attack_class = _torchattacks_class(name)
         self.params = params
+
+    #: the torchattacks classes that only query the model (zeroth-order or evolutionary searches)
+    QUERY_ONLY: ClassVar[frozenset[str]] = frozenset({"SPSA", "OnePixel", "Pixle"})
+
+    @classmethod
+    def gradient_based(cls, preset: dict[str, Any]) -> bool:
+        return preset.get("name") not in cls.QUERY_ONLY
 
     @classmethod
     def accepted_parameters(cls, name: str) -> set[str] | None:

@@ -33,7 +33,7 @@ def root(
     DEBUG["enabled"] = debug
 
 
-app.command("train", no_args_is_help=False)(train.train_command)
+app.command("train", no_args_is_help=False, cls=train.MethodOptionsCommand)(train.train_command)
 app.command("eval")(evaluate.eval_command)
 app.command("leaderboard")(board.leaderboard_command)
 app.command("compare")(compare.compare_command)

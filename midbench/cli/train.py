@@ -2,13 +2,76 @@
 
 from __future__ import annotations
 
+import enum
+import functools
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from midbench.cli._common import console, guarded
 from midbench.cli._options import DeviceOverride
+
+#: where :class:`MethodOptionsCommand` leaves the method options given on the command line
+METHOD_OPTIONS_KEY = "midbench.method_options"
+
+
+class MethodOptionsCommand(TyperCommand):
+    """``midbench train``, whose options include every built-in method's own options (``--beta``, ``--pool``,
+    …), read from the methods' ``Options`` dataclasses (midbench.defenses.options) rather than listed here.
+
+    They are added when the command is parsed or its help shown — not when the app is built — so that
+    importing the methods (and torch) costs nothing to the other commands."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        return [*params[:-1], *method_option_params(), params[-1]]  # the help option stays last
+
+    def invoke(self, ctx: Any) -> Any:
+        names = {param.name for param in method_option_params()}
+        given = {name: ctx.params.pop(name) for name in list(ctx.params) if name in names}
+        ctx.meta[METHOD_OPTIONS_KEY] = {name: value.value if isinstance(value, enum.Enum) else value
+                                        for name, value in given.items() if value is not None}
+        return super().invoke(ctx)
+
+
+@functools.cache
+def method_option_params() -> tuple[Any, ...]:
+    """One command-line option per option name of the built-in methods (``--first-order`` for a flag, a choice
+    for a closed set), in a help panel named after the methods that declare it."""
+    from midbench.defenses.base import METHODS
+    from midbench.defenses.options import CHOICES, HELP, option_fields, option_types
+
+    owners: dict[str, list[str]] = {}
+    first: dict[str, Any] = {}
+    for method in METHODS.names():
+        task_class = METHODS.get(method)
+        for field in option_fields(getattr(task_class, "Options", None)):
+            if method not in owners.setdefault(field.name, []):
+                owners[field.name].append(method)
+            first.setdefault(field.name, (field, option_types(task_class.Options)[field.name]))
+    parameters = []
+    for name, (field, kinds) in first.items():
+        choices = field.metadata.get(CHOICES)
+        kind: Any = enum.Enum(name, {choice: choice for choice in choices}, type=str) if choices else kinds[0]
+        flag = "--" + name.replace("_", "-")
+        # a flag that is off by default is only switched on (``--first-order``; ``--no-meta`` stays readable)
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool and field.default else [flag]
+        panel = "Options of " + ", ".join(owners[name])
+        info = typer.Option(*decls, help=field.metadata.get(HELP), rich_help_panel=panel, show_default=False)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[kind | None, info]))
+
+    def options_only(**values: Any) -> None:
+        """Holds the generated options."""
+
+    options_only.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    options_only.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    holder = typer.Typer()
+    holder.command()(options_only)
+    return tuple(typer.main.get_command(holder).params)
 
 
 @guarded
@@ -40,34 +103,7 @@ def train_command(
     data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
-    pool: Annotated[str | None, typer.Option(help="MID: Attacker Pool, a suite or comma-separated attack ids (default mid-mnist-known, at the dataset's ε).", rich_help_panel="MID")] = None,
-    attack_source: Annotated[str | None, typer.Option(help="MID: model the pool attacks: source (paper, default), teacher, or student (online, adaptive).", rich_help_panel="MID")] = None,
-    refresh_every: Annotated[int | None, typer.Option(help="MID: recraft the cached pool examples every N epochs (default 1).", rich_help_panel="MID")] = None,
-    first_order: Annotated[bool, typer.Option("--first-order", help="MID: first-order meta-gradient (faster; default second-order).", rich_help_panel="MID")] = False,
-    no_meta: Annotated[bool, typer.Option("--no-meta", help="MID ablation: plain multi-attack distillation, no meta-learning.", rich_help_panel="MID")] = False,
-    lc_weight: Annotated[float | None, typer.Option(help="MID: label-consistency weight (default 1.0; 0 switches it off).", rich_help_panel="MID")] = None,
-    ac_weight: Annotated[float | None, typer.Option(help="MID: adversarial-consistency weight (default 1.5).", rich_help_panel="MID")] = None,
-    cc_weight: Annotated[float | None, typer.Option(help="MID: cyclic-consistency weight (default 0.8).", rich_help_panel="MID")] = None,
-    inner_lr: Annotated[float | None, typer.Option(help="MID: inner-step size α (default 1e-4).", rich_help_panel="MID")] = None,
-    source: Annotated[Path | None, typer.Option(help="MID: reuse this source-model checkpoint (default: train one in OUT/source).", rich_help_panel="MID")] = None,
-    teacher: Annotated[Path | None, typer.Option(help="MID: reuse this teacher checkpoint (default: train one in OUT/teacher).", rich_help_panel="MID")] = None,
-    source_epochs: Annotated[int | None, typer.Option(help="MID: epochs of the source model (default 10).", rich_help_panel="MID")] = None,
-    teacher_epochs: Annotated[int | None, typer.Option(help="MID: epochs of the teacher autoencoder (default 10).", rich_help_panel="MID")] = None,
-    source_lr: Annotated[float | None, typer.Option(help="MID: learning rate of the source stage (default --lr; release 1e-3).", rich_help_panel="MID")] = None,
-    teacher_lr: Annotated[float | None, typer.Option(help="MID: learning rate of the teacher stage (default --lr; release 1e-4).", rich_help_panel="MID")] = None,
-    source_batch_size: Annotated[int | None, typer.Option(help="MID: batch size of the source stage (default --batch-size).", rich_help_panel="MID")] = None,
-    teacher_batch_size: Annotated[int | None, typer.Option(help="MID: batch size of the teacher stage (default --batch-size).", rich_help_panel="MID")] = None,
-    source_adam_betas: Annotated[str | None, typer.Option(help="MID: Adam β1,β2 of the source stage (default --adam-betas).", rich_help_panel="MID")] = None,
-    teacher_adam_betas: Annotated[str | None, typer.Option(help="MID: Adam β1,β2 of the teacher stage (default --adam-betas; release 0.9,0.99).", rich_help_panel="MID")] = None,
-    student_init: Annotated[str | None, typer.Option(help="MID: student encoder init, random (paper, default) or teacher.", rich_help_panel="MID")] = None,
-    meta_test_clean: Annotated[bool, typer.Option("--meta-test-clean", help="MID: the clean task may be drawn as the held-out meta-test task (as in the release).", rich_help_panel="MID")] = False,
-    batch_tasks: Annotated[bool, typer.Option("--batch-tasks", help="MID: one forward per module for all meta-train tasks (same losses; for GPUs, slower on a CPU; ignored with BatchNorm).", rich_help_panel="MID")] = False,
-    pool_target: Annotated[str | None, typer.Option(help="MID: target policy of the pool's targeted attacks, e.g. fixed:0 (the release's; default: the registry's, random).", rich_help_panel="MID")] = None,
-    rec_weight: Annotated[float | None, typer.Option(help="MID teacher: reconstruction-loss weight λ_rec (default 1).", rich_help_panel="MID")] = None,
-    beta: Annotated[float | None, typer.Option(help="TRADES/MART: weight β of the KL robustness term (default 6).", rich_help_panel="Baselines")] = None,
-    threat_models: Annotated[str | None, typer.Option(help="msd/avg/max: comma-separated attack ids of the union, each at the dataset's ε (default pgd-linf,pgd-l2,pgd-l1).", rich_help_panel="Baselines")] = None,
-    fast_at_step: Annotated[float | None, typer.Option(help="fast-at: FGSM step size α (default 1.25ε).", rich_help_panel="Baselines")] = None,
-    overfit_drop: Annotated[float | None, typer.Option(help="fast-at: stop when held-out PGD accuracy falls this much below its best, keeping the best epoch (default 0.2).", rich_help_panel="Baselines")] = None,
+    ctx: typer.Context = None,  # type: ignore[assignment] - given by Typer
 ) -> None:
     """Train a model with one method and write checkpoints each epoch.
 
@@ -83,24 +119,15 @@ def train_command(
     from midbench.training import train
 
     file_values = load_config_file(config, "train") if config else {}
-    cli_values = {"method": method, "method_options": ",".join(method_option) if method_option else None,
-                  "registry_dirs": ",".join(str(d) for d in registry_dir) if registry_dir else None, "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size,
-                  "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay, "adam_betas": adam_betas, "schedule": schedule,
-                  "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
+    cli_values = {"method": method, "method_options": method_option,
+                  "registry_dirs": ",".join(str(d) for d in registry_dir) if registry_dir else None,
+                  "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "optimizer": optimizer, "weight_decay": weight_decay, "adam_betas": adam_betas,
+                  "schedule": schedule, "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
                   "attack_step_size": attack_step_size, "val_size": val_size, "n_train": n_train,
                   "device": device, "seed": seed, "bf16": bf16 or None,
                   "data_dir": str(data_dir) if data_dir else None, "download": download or None,
-                  "pool": pool, "attack_source": attack_source, "refresh_every": refresh_every,
-                  "first_order": first_order or None, "no_meta": no_meta or None, "lc_weight": lc_weight,
-                  "ac_weight": ac_weight, "cc_weight": cc_weight, "inner_lr": inner_lr,
-                  "source": str(source) if source else None, "teacher": str(teacher) if teacher else None,
-                  "source_epochs": source_epochs, "teacher_epochs": teacher_epochs, "student_init": student_init,
-                  "source_lr": source_lr, "teacher_lr": teacher_lr, "source_batch_size": source_batch_size,
-                  "teacher_batch_size": teacher_batch_size, "source_adam_betas": source_adam_betas,
-                  "teacher_adam_betas": teacher_adam_betas, "meta_test_clean": meta_test_clean or None,
-                  "batch_tasks": batch_tasks or None, "pool_target": pool_target,
-                  "rec_weight": rec_weight, "beta": beta, "threat_models": threat_models,
-                  "fast_at_step": fast_at_step, "overfit_drop": overfit_drop}
+                  "options": ctx.meta.get(METHOD_OPTIONS_KEY, {})}
     resolved = merge_config(TrainConfig(), file_values, cli_values).validate()
     out_dir = out or Path("runs") / f"{resolved.method}-{resolved.arch}-{resolved.dataset}"
     result = train(resolved, out_dir, resume=resume, progress=not quiet)

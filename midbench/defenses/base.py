@@ -2,14 +2,14 @@
 
 A method is a :class:`DefenseTask` subclass, registered in :data:`METHODS` (the built-in ones) or named by the
 user as ``--method module:Class`` (loaded like ``--model module:factory``; see "Your own defense" in the README).
-A task may declare its own options as a dataclass in ``Options``; ``--method-option NAME=VALUE`` fills it.
+Everything midbench needs to know about a method is on its class: its own options (a dataclass in ``Options``,
+:mod:`midbench.defenses.options`; the command line, config and sweep files read them from there), whether it is
+an adversarial-training baseline, and what a sweep's table says about a run (:meth:`DefenseTask.summary`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import typing
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from midbench.attacks.specs import ResolvedAttack
-from midbench.config import TrainConfig
+from midbench.config import SHARED_KEYS, TrainConfig
 from midbench.data.registry import DatasetSpec, TensorSplit
+from midbench.defenses.options import as_values, build_options
 from midbench.errors import UsageError
 from midbench.registry import Registry
 from midbench.usermodel import SPEC_PATTERN, import_factory
@@ -61,14 +62,22 @@ class DefenseTask:
     name: str = ""
     #: the paper the method comes from
     citation: str = ""
-    #: the method's own options: a dataclass whose fields all have defaults, filled from ``--method-option``
-    #: (``method_options`` in a config or sweep file) and recorded in the checkpoint; None: no options
+    #: the method's own options: a dataclass whose fields all have defaults (made with
+    #: :func:`midbench.defenses.options.option`), filled from the command line (``--NAME`` for the built-in
+    #: methods, ``--method-option NAME=VALUE`` for any), a config or sweep file (``NAME = VALUE``), and recorded
+    #: in the checkpoint's config; None: no options
     Options: ClassVar[type | None] = None
+    #: whether the method is an adversarial-training baseline: the leaderboard's Δ column compares every model
+    #: with the best of them
+    adversarial_training_baseline: ClassVar[bool] = False
+    #: the option naming the model the method crafts its training attacks on (MID's ``source``): a sweep sets it
+    #: to its transfer source, so the transfer protocol attacks the model the defense was trained against
+    transfer_source_option: ClassVar[str | None] = None
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         self.config = config
         self.dataset = dataset
-        self.options = parse_method_options(type(self), config.method_options)
+        self.options = build_options(self.Options, self.name or type(self).__name__, config.options, SHARED_KEYS)
 
     def setup(self, model: nn.Module, context: SetupContext) -> None:
         """Prepare before the first epoch (also on resume): e.g. train earlier stages, add or freeze modules.
@@ -118,8 +127,18 @@ class DefenseTask:
 
     def describe(self) -> dict[str, Any]:
         """Method-specific hyper-parameters for the checkpoint metadata (default: the ``Options``)."""
-        options = getattr(self, "options", None)
-        return dataclasses.asdict(options) if options is not None else {}
+        return as_values(self.options)
+
+    def summary(self) -> str:
+        """What a sweep's table says about a run of this method beyond its method, arch, epochs and batch (e.g.
+        TRADES' β); empty by default."""
+        return ""
+
+    def training_steps(self) -> str:
+        """The "training attack steps" of a sweep's table: ``—`` for a method without training attacks."""
+        if not self.train_attacks:
+            return "—"
+        return str(self.config.attack_steps or "registry default")
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """Extra top-level metadata fields (e.g. MID's ``source_checkpoint`` for the transfer protocol)."""
@@ -161,45 +180,3 @@ def build_task(config: TrainConfig, dataset: DatasetSpec) -> DefenseTask:
     if is_user_method(config.method) and not task.name:
         task.name = config.method  # recorded as the checkpoint's method
     return task
-
-
-def parse_method_options(task_class: type, text: str | None) -> Any:
-    """``task_class.Options`` filled from ``NAME=VALUE,NAME=VALUE`` (each value converted to its field's type:
-    int, float, bool or str), or None for a task without options.
-
-    Raises:
-        UsageError: options for a task without ``Options``, an unknown name, or a value of the wrong type.
-    """
-    options_class = getattr(task_class, "Options", None)
-    method = getattr(task_class, "name", "") or task_class.__name__
-    pairs = [part.strip() for part in (text or "").split(",") if part.strip()]
-    if options_class is None:
-        if pairs:
-            raise UsageError(f"method {method} takes no --method-option; drop {pairs[0]!r}")
-        return None
-    hints = typing.get_type_hints(options_class)
-    names = [field.name for field in dataclasses.fields(options_class)]
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in names:
-            raise UsageError(f"--method-option {pair!r}: method {method} has the options {', '.join(names)}; "
-                             "write NAME=VALUE")
-        values[name] = _convert(raw.strip(), hints[name], f"--method-option {pair!r}")
-    return options_class(**values)
-
-
-def _convert(raw: str, kind: Any, where: str) -> Any:
-    kinds = [t for t in typing.get_args(kind) or (kind,) if t is not type(None)]
-    for target in kinds:
-        if target is bool:
-            if raw.lower() in ("true", "1", "yes", "false", "0", "no"):
-                return raw.lower() in ("true", "1", "yes")
-            continue
-        try:
-            return target(raw)
-        except (TypeError, ValueError):
-            continue
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in kinds)
-    raise UsageError(f"{where}: {raw!r} is not {names}")

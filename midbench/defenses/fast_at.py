@@ -24,6 +24,8 @@ and mixed precision is opt-in (``--bf16``).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from midbench.attacks.norms import Norm
@@ -31,6 +33,7 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS
+from midbench.defenses.options import check_positive, option
 from midbench.defenses.pgd_at import PGDAdversarialTraining
 from midbench.errors import UsageError
 from midbench.training_attacks import resolve_training_attack
@@ -39,15 +42,30 @@ from midbench.training_attacks import resolve_training_attack
 STEP_FACTOR = 1.25
 
 
-def resolve_fgsm_rs(config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
-    """FGSM with a random start as a resolved attack: the ε and norm of the training attack, one step of α."""
+@dataclass(frozen=True)
+class FastAtOptions:
+    """fast-at's options: the FGSM step and the catastrophic-overfitting stop."""
+
+    fast_at_step: float | None = option(None, "fast-at: FGSM step size α, absolute (default 1.25ε).")
+    overfit_drop: float = option(0.2, "fast-at: stop when held-out PGD accuracy falls this much below its best, "
+                                      "keeping the best epoch.")
+
+    def __post_init__(self) -> None:
+        check_positive(self, "fast_at_step")
+        if not (math.isfinite(self.overfit_drop) and 0 < self.overfit_drop <= 1):
+            raise UsageError(f"--overfit-drop is an accuracy drop in (0, 1], got {self.overfit_drop}")
+
+
+def resolve_fgsm_rs(config: TrainConfig, dataset: DatasetSpec, step_size: float | None = None) -> ResolvedAttack:
+    """FGSM with a random start as a resolved attack: the ε and norm of the training attack, one step of α
+    (``step_size``; default 1.25ε)."""
     if config.attack_steps is not None or config.attack_step_size is not None:
         raise UsageError("fast-at takes exactly one FGSM step: drop --attack-steps/--attack-step-size "
                          "(set its step size with --fast-at-step)")
     base = resolve_training_attack(config, dataset)
     if base.norm not in (Norm.LINF, Norm.L2):
         raise UsageError(f"fast-at needs an L∞ or L2 ball; --train-attack {base.id} has norm {base.norm}")
-    step = float(config.fast_at_step) if config.fast_at_step is not None else STEP_FACTOR * base.eps
+    step = float(step_size) if step_size is not None else STEP_FACTOR * base.eps
     return ResolvedAttack(id=f"fgsm-rs-{base.family}", version=0, family=base.family, norm=base.norm,
                           implementation="midbench.attacks.gradient:PGD", eps=base.eps, target=None,
                           params={"steps": 1, "step_size": step, "random_start": True})
@@ -73,13 +91,17 @@ class FastAdversarialTraining(PGDAdversarialTraining):
 
     name = "fast-at"
     citation = "Wong, Rice & Kolter, Fast is better than free: Revisiting adversarial training, ICLR 2020"
+    Options = FastAtOptions
 
     def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
-        return resolve_fgsm_rs(config, dataset)
+        return resolve_fgsm_rs(config, dataset, self.options.fast_at_step)
 
     def should_stop(self, log: list[dict[str, Any]]) -> str | None:
-        return catastrophic_overfitting(log, f"val_pgd{self.config.val_pgd_steps}_acc", self.config.overfit_drop)
+        return catastrophic_overfitting(log, f"val_pgd{self.config.val_pgd_steps}_acc", self.options.overfit_drop)
 
     def describe(self) -> dict[str, Any]:
-        return {"step_size": self.attack_spec.params["step_size"], "overfit_drop": self.config.overfit_drop,
+        return {"step_size": self.attack_spec.params["step_size"], "overfit_drop": self.options.overfit_drop,
                 "train_attack": self.attack_spec.to_dict()}
+
+    def training_steps(self) -> str:
+        return "1 (FGSM-RS)"

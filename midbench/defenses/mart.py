@@ -28,6 +28,7 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
+from midbench.defenses.trades import BetaOptions
 from midbench.training_attacks import resolve_training_attack
 
 #: floor of 1 − max_{k≠y} p_k inside the log, so a saturated wrong class gives a large finite loss, not inf
@@ -63,12 +64,14 @@ class MartTraining(DefenseTask):
     name = "mart"
     citation = ("Wang et al., Improving Adversarial Robustness Requires Revisiting Misclassified Examples, "
                 "ICLR 2020")
+    Options = BetaOptions
+    adversarial_training_baseline = True
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)
         self.attack_spec = resolve_training_attack(config, dataset)
         self.attack = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
-        self.beta = float(config.beta)
+        self.beta = float(self.options.beta)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.adversarial_loss(model, x, y, self.attack(model, x, y))
@@ -86,3 +89,6 @@ class MartTraining(DefenseTask):
 
     def describe(self) -> dict[str, Any]:
         return {"beta": self.beta, "train_attack": self.attack_spec.to_dict()}
+
+    def summary(self) -> str:
+        return f"β = {self.beta:g}"

@@ -19,24 +19,27 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from midbench.attacks.base import check_target_policy
 from midbench.attacks.specs import ResolvedAttack
 from midbench.checkpoint import check_compatible, load_checkpoint
-from midbench.config import TrainConfig
+from midbench.config import TrainConfig, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit
 from midbench.defenses.base import METHODS, DefenseTask, SetupContext, epoch_seed
+from midbench.defenses.options import check_non_negative, check_positive, option
 from midbench.errors import ArtifactError, UsageError
 from midbench.loading import load_classifier, load_teacher
 from midbench.mid.losses import ConsistencyWeights
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, freeze, require_mid_architecture
-from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
+from midbench.mid.pool import DEFAULT_POOL, AttackerPool, PoolCache, resolve_pool
 from midbench.paths import MODEL_FILE
 from midbench.training_attacks import training_registry
 
@@ -46,6 +49,84 @@ VALIDATION_SEED_OFFSET = 7919
 
 CITATION = "Zhang et al., Meta Invariance Defense Towards Generalizable Robustness to Unknown Adversarial " \
            "Attacks, TPAMI 2024"
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """``mid-teacher``'s option."""
+
+    rec_weight: float = option(1.0, "MID teacher: weight λ_rec of the reconstruction loss.")
+
+    def __post_init__(self) -> None:
+        check_non_negative(self, "rec_weight")
+
+
+@dataclass(frozen=True)
+class MidOptions:
+    """MID's options (design page ``mid.md``): the pool, the meta step, the consistency weights, and the
+    source and teacher stages. Defaults are the paper's; the release's settings are in
+    ``results/mnist-mid-release/sweep.toml``."""
+
+    pool: str | None = option(None, "MID: Attacker Pool, a suite name or comma-separated attack ids "
+                                    f"(default {DEFAULT_POOL}).")
+    attack_source: str = option("source", "MID: the model the pool attacks: source (paper), teacher, or student "
+                                           "(online).", choices=("source", "teacher", "student"))
+    refresh_every: int = option(1, "MID: regenerate the cached pool examples every N epochs (fixed source).")
+    first_order: bool = option(False, "MID: first-order meta-gradient (no second derivatives; faster).")
+    no_meta: bool = option(False, "MID ablation: no held-out task and no inner step (plain multi-attack "
+                                  "distillation).")
+    lc_weight: float = option(1.0, "MID: weight of the label consistency loss.")
+    ac_weight: float = option(1.5, "MID: weight of the adversarial consistency loss.")
+    cc_weight: float = option(0.8, "MID: weight of the cyclic consistency loss.")
+    inner_lr: float = option(1e-4, "MID: step size α of the meta-train inner update.")
+    source: str | None = option(None, "MID: reuse this source-model checkpoint (default: train it in OUT/source).",
+                                run_reference=True)
+    teacher: str | None = option(None, "MID: reuse this teacher checkpoint (default: train it in OUT/teacher).",
+                                 run_reference=True)
+    source_epochs: int = option(10, "MID: epochs of the source stage.")
+    teacher_epochs: int = option(10, "MID: epochs of the teacher stage.")
+    source_lr: float | None = option(None, "MID source stage: learning rate (default --lr).")
+    teacher_lr: float | None = option(None, "MID teacher stage: learning rate (default --lr; the release's 1e-4).")
+    source_batch_size: int | None = option(None, "MID source stage: batch size (default --batch-size).")
+    teacher_batch_size: int | None = option(None, "MID teacher stage: batch size (default --batch-size).")
+    source_adam_betas: str | None = option(None, "MID source stage: Adam's betas (default --adam-betas).")
+    teacher_adam_betas: str | None = option(None, "MID teacher stage: Adam's betas (default --adam-betas; the "
+                                                  "release's 0.9,0.99).")
+    student_init: str = option("random", "MID: student encoder initialisation, random (paper) or teacher.",
+                               choices=("random", "teacher"))
+    meta_test_clean: bool = option(False, "MID: the clean task may be drawn as the held-out meta-test task (as "
+                                          "in the release).")
+    batch_tasks: bool = option(False, "MID: one forward per module for all meta-train tasks (same losses; for "
+                                      "GPUs, slower on a CPU; ignored with BatchNorm).")
+    pool_target: str | None = option(None, "MID: target policy of the pool's targeted attacks, e.g. fixed:0 (the "
+                                           "release's; default: the registry's, random).")
+    rec_weight: float = option(1.0, "MID teacher: weight λ_rec of the reconstruction loss.")
+
+    def __post_init__(self) -> None:
+        if self.pool is not None and not [name for name in self.pool.split(",") if name.strip()]:
+            raise UsageError("--pool is empty; give a suite (e.g. mid-mnist-known) or comma-separated attack ids, "
+                             "or leave it out for the default pool")
+        if self.refresh_every < 1:
+            raise UsageError(f"--refresh-every must be at least 1, got {self.refresh_every}")
+        check_non_negative(self, "lc_weight", "ac_weight", "cc_weight", "inner_lr", "rec_weight")
+        if not any((self.lc_weight, self.ac_weight, self.cc_weight)):
+            raise UsageError("all consistency weights are 0: nothing to train; keep at least one of "
+                             "--lc-weight, --ac-weight, --cc-weight above 0")
+        check_positive(self, "source_lr", "teacher_lr")
+        for name in ("source_epochs", "teacher_epochs", "source_batch_size", "teacher_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name in ("source_adam_betas", "teacher_adam_betas"):
+            if getattr(self, name) is not None:
+                parse_betas(getattr(self, name), "--" + name.replace("_", "-"))
+        if self.pool_target is not None:
+            check_target_policy(self.pool_target)
+
+    def stage(self, role: str) -> tuple[str | None, float | None, int | None, str | None]:
+        """The given checkpoint, learning rate, batch size and Adam betas of stage ``role`` (source, teacher)."""
+        return (self.source, self.source_lr, self.source_batch_size, self.source_adam_betas) if role == "source" \
+            else (self.teacher, self.teacher_lr, self.teacher_batch_size, self.teacher_adam_betas)
 
 
 @METHODS.register("mid-teacher")
@@ -58,6 +139,7 @@ class MidTeacherTraining(DefenseTask):
 
     name = "mid-teacher"
     citation = CITATION + " (stage 1: teacher autoencoder)"
+    Options = TeacherOptions
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)
@@ -71,11 +153,11 @@ class MidTeacherTraining(DefenseTask):
         logits = model.net.head(feature)
         reconstruction = model.aux["decoder"](feature, context)
         loss = nn.functional.cross_entropy(logits, y) + \
-            self.config.rec_weight * nn.functional.mse_loss(reconstruction, x)
+            self.options.rec_weight * nn.functional.mse_loss(reconstruction, x)
         return {"loss": loss, "logits": logits}
 
     def describe(self) -> dict[str, Any]:
-        return {"rec_weight": self.config.rec_weight}
+        return {"rec_weight": self.options.rec_weight}
 
 
 @METHODS.register("mid", "meta-invariance-defense")
@@ -88,6 +170,8 @@ class MetaInvarianceDefense(DefenseTask):
 
     name = "mid"
     citation = CITATION
+    Options = MidOptions
+    transfer_source_option = "source"
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)
@@ -95,14 +179,11 @@ class MetaInvarianceDefense(DefenseTask):
         if config.bf16:
             raise UsageError("--method mid trains in float32 (its second-order meta-gradient is not validated in "
                              "bf16); drop --bf16")
-        self.pool_specs = resolve_pool(config, dataset)
-        self.settings = MetaSettings(ConsistencyWeights(config.lc_weight, config.ac_weight, config.cc_weight),
-                                     config.inner_lr, config.first_order, meta=not config.no_meta,
-                                     clean_can_be_held_out=config.meta_test_clean,
-                                     batch_tasks=config.batch_tasks)
-        if not any((config.lc_weight, config.ac_weight, config.cc_weight)):
-            raise UsageError("all consistency weights are 0: nothing to train; keep at least one of "
-                             "--lc-weight, --ac-weight, --cc-weight above 0")
+        o = self.options
+        self.pool_specs = resolve_pool(config, dataset, o.pool, o.pool_target)
+        self.settings = MetaSettings(ConsistencyWeights(o.lc_weight, o.ac_weight, o.cc_weight),
+                                     o.inner_lr, o.first_order, meta=not o.no_meta,
+                                     clean_can_be_held_out=o.meta_test_clean, batch_tasks=o.batch_tasks)
         self.source_record: str | None = None
         self.teacher_record: str | None = None
         self.modules: MidModules | None = None
@@ -111,22 +192,26 @@ class MetaInvarianceDefense(DefenseTask):
 
     # --- stages 0 and 1 ---------------------------------------------------------------------------------------
 
-    def _stage(self, role: str, method: str, given: str | None, epochs: int, context: SetupContext
-               ) -> tuple[Path, str]:
+    def _stage(self, role: str, method: str, epochs: int, context: SetupContext) -> tuple[Path, str]:
         """The checkpoint of stage ``role``: the given file, or a run in ``<out>/<role>`` (trained or resumed)."""
+        given, lr, batch_size, betas = self.options.stage(role)
         if given:
             path = Path(given)  # checked by _check_given before any stage trained
             return path, _record_path(path, context.out_dir)
-        c = self.config
-        lr, batch_size, betas = ((c.source_lr, c.source_batch_size, c.source_adam_betas) if role == "source" else
-                                 (c.teacher_lr, c.teacher_batch_size, c.teacher_adam_betas))
-        stage = TrainConfig(method=method, dataset=c.dataset, arch=c.arch, epochs=epochs,
-                            batch_size=batch_size or c.batch_size, optimizer=c.optimizer, lr=lr or c.lr,
-                            momentum=c.momentum, weight_decay=c.weight_decay, adam_betas=betas or c.adam_betas,
-                            schedule=c.schedule, val_size=c.val_size, val_pgd_steps=c.val_pgd_steps,
-                            n_train=c.n_train, seed=c.seed, device=c.device, data_dir=c.data_dir,
-                            download=c.download, rec_weight=c.rec_weight)
-        return context.train_stage(stage, context.out_dir / role), f"{role}/{MODEL_FILE}"
+        return context.train_stage(self.stage_config(role, method, epochs), context.out_dir / role), \
+            f"{role}/{MODEL_FILE}"
+
+    def stage_config(self, role: str, method: str, epochs: int) -> TrainConfig:
+        """The config of stage ``role``: this run's, with the stage's own epochs, learning rate, batch size and
+        betas, without the training attack (the stages train on clean data, so a change of MID's pool settings
+        must not invalidate them) and with the teacher's λ_rec as its only option."""
+        _, lr, batch_size, betas = self.options.stage(role)
+        c, clean = self.config, TrainConfig()
+        return replace(c, method=method, epochs=epochs, batch_size=batch_size or c.batch_size, lr=lr or c.lr,
+                       adam_betas=betas or c.adam_betas, train_attack=clean.train_attack, eps=clean.eps,
+                       attack_steps=clean.attack_steps, attack_step_size=clean.attack_step_size,
+                       registry_dirs=clean.registry_dirs,
+                       options={"rec_weight": self.options.rec_weight} if method == "mid-teacher" else {})
 
     def _check_given(self, role: str, given: str) -> None:
         """Refuse a missing, unreadable, tampered-with or other-dataset --source/--teacher file."""
@@ -146,15 +231,14 @@ class MetaInvarianceDefense(DefenseTask):
 
     def setup(self, model: nn.Module, context: SetupContext) -> None:
         # Both given files first: a bad one must be refused before the other stage spends any compute.
-        for role, given in (("source", self.config.source), ("teacher", self.config.teacher)):
+        for role, given in (("source", self.options.source), ("teacher", self.options.teacher)):
             if given:
                 self._check_given(role, given)
-        source_path, self.source_record = self._stage("source", "standard", self.config.source,
-                                                      self.config.source_epochs, context)
-        teacher_path, self.teacher_record = self._stage("teacher", "mid-teacher", self.config.teacher,
-                                                        self.config.teacher_epochs, context)
+        source_path, self.source_record = self._stage("source", "standard", self.options.source_epochs, context)
+        teacher_path, self.teacher_record = self._stage("teacher", "mid-teacher", self.options.teacher_epochs,
+                                                        context)
         teacher = self._load_teacher(teacher_path, context.device)
-        if self.config.student_init == "teacher":
+        if self.options.student_init == "teacher":
             model.net.encoder.load_state_dict(teacher.net.encoder.state_dict())
         assemble_mid_classifier(model, teacher)
         self.modules = MidModules.of(model)
@@ -163,11 +247,11 @@ class MetaInvarianceDefense(DefenseTask):
         loaded = load_classifier(source_path)
         _check_dataset(loaded.metadata, self.dataset, self.config.dataset, source_path)
         self.source_model = freeze(loaded.model.to(context.device))
-        if self.config.attack_source == "student":
+        if self.options.attack_source == "student":
             return  # online: crafted against the current MID classifier every step
-        self.attacked_model = freeze(teacher) if self.config.attack_source == "teacher" else self.source_model
+        self.attacked_model = freeze(teacher) if self.options.attack_source == "teacher" else self.source_model
         self.cache = PoolCache(self.pool, context.train_split, max(self.config.batch_size, 256), context.device,
-                               self.config.refresh_every)
+                               self.options.refresh_every)
 
     # --- stage 2 ----------------------------------------------------------------------------------------------
 
@@ -175,7 +259,7 @@ class MetaInvarianceDefense(DefenseTask):
         seed = epoch_seed(self.config.seed, epoch)
         self.held_out_generator = torch.Generator().manual_seed(seed + 1)
         if self.cache is not None:
-            block_start = self.cache.block_of(epoch) * self.config.refresh_every + 1
+            block_start = self.cache.block_of(epoch) * self.options.refresh_every + 1
             self.cache.ensure(epoch, self.attacked_model, epoch_seed(self.config.seed, block_start) + 2)
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
@@ -222,21 +306,42 @@ class MetaInvarianceDefense(DefenseTask):
         return list(self.pool_specs)
 
     def describe(self) -> dict[str, Any]:
-        c = self.config
-        return {"pool": [spec.to_dict() for spec in self.pool_specs], "attack_source": c.attack_source,
-                "refresh_every": c.refresh_every, "meta": not c.no_meta, "first_order": c.first_order,
-                "weights": {"label": c.lc_weight, "adversarial": c.ac_weight, "cyclic": c.cc_weight},
-                "meta_test_weights": vars(self.settings.weights.meta_test()), "inner_lr": c.inner_lr,
-                "student_init": c.student_init, "rec_weight": c.rec_weight,
-                "meta_test_clean": c.meta_test_clean, "pool_target": c.pool_target,
-                "batch_tasks": c.batch_tasks,
-                "source_epochs": None if c.source else c.source_epochs,
-                "teacher_epochs": None if c.teacher else c.teacher_epochs,
-                "stages": {role: None if given else {"lr": lr or c.lr, "batch_size": batch or c.batch_size,
-                                                     "adam_betas": betas or c.adam_betas}
-                           for role, given, lr, batch, betas in (
-                               ("source", c.source, c.source_lr, c.source_batch_size, c.source_adam_betas),
-                               ("teacher", c.teacher, c.teacher_lr, c.teacher_batch_size, c.teacher_adam_betas))}}
+        c, o = self.config, self.options
+        stages = {}
+        for role in ("source", "teacher"):
+            given, lr, batch, betas = o.stage(role)
+            stages[role] = None if given else {"lr": lr or c.lr, "batch_size": batch or c.batch_size,
+                                               "adam_betas": betas or c.adam_betas}
+        return {"pool": [spec.to_dict() for spec in self.pool_specs], "attack_source": o.attack_source,
+                "refresh_every": o.refresh_every, "meta": not o.no_meta, "first_order": o.first_order,
+                "weights": {"label": o.lc_weight, "adversarial": o.ac_weight, "cyclic": o.cc_weight},
+                "meta_test_weights": vars(self.settings.weights.meta_test()), "inner_lr": o.inner_lr,
+                "student_init": o.student_init, "rec_weight": o.rec_weight,
+                "meta_test_clean": o.meta_test_clean, "pool_target": o.pool_target,
+                "batch_tasks": o.batch_tasks,
+                "source_epochs": None if o.source else o.source_epochs,
+                "teacher_epochs": None if o.teacher else o.teacher_epochs,
+                "stages": stages}
+
+    def summary(self) -> str:
+        """What a reader needs to tell MID runs (and ablations) apart."""
+        o = self.options
+        teacher = f"teacher {o.teacher[1:]}" if o.teacher and o.teacher.startswith("@") else \
+            f"teacher {o.teacher_epochs} epochs"
+        parts = [teacher, f"student init {o.student_init}"]
+        parts.append("no meta step" if o.no_meta else
+                     f"{'first' if o.first_order else 'second'}-order, α {o.inner_lr:g}")
+        weights = (o.lc_weight, o.ac_weight, o.cc_weight)
+        if weights != (1.0, 1.5, 0.8):
+            parts.append("weights LC/AC/CC " + "/".join(f"{w:g}" for w in weights))
+        if o.meta_test_clean:
+            parts.append("clean task may be held out")
+        if o.batch_tasks:
+            parts.append("tasks batched")
+        if o.pool_target:
+            parts.append(f"pool target {o.pool_target}")
+        parts.append(f"pool refreshed every {o.refresh_every}")
+        return ", ".join(parts)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"source_checkpoint": self.source_record, "teacher_checkpoint": self.teacher_record}

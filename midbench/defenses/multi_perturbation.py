@@ -41,6 +41,7 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
+from midbench.defenses.options import option
 from midbench.errors import UsageError
 from midbench.training_attacks import resolve_training_attack, training_registry
 
@@ -51,18 +52,31 @@ CITATION_MSD = ("Maini, Wong & Kolter, Adversarial Robustness Against the Union 
                 "ICML 2020")
 
 
-def resolve_threat_models(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAttack]:
-    """The ``--threat-models`` entries, resolved at the dataset's ε with the config's overrides.
+@dataclass(frozen=True)
+class UnionOptions:
+    """msd/avg/max's option: the threat models of the union."""
+
+    threat_models: str = option("pgd-linf,pgd-l2,pgd-l1", "msd/avg/max: comma-separated attack ids of the union, "
+                                                          "each at the dataset's ε for its norm.")
+
+    def __post_init__(self) -> None:
+        if not [name for name in self.threat_models.split(",") if name.strip()]:
+            raise UsageError("--threat-models needs at least one attack id, e.g. pgd-linf,pgd-l2,pgd-l1")
+
+
+def resolve_threat_models(config: TrainConfig, dataset: DatasetSpec, threat_models: str) -> list[ResolvedAttack]:
+    """The ``threat_models`` entries (``--threat-models``), resolved at the dataset's ε with the config's
+    overrides.
 
     Raises:
         UsageError: an unknown or repeated id, or ``--eps``/``--attack-step-size`` (one number) given for threat
             models of different norms.
     """
-    ids = [name.strip() for name in config.threat_models.split(",") if name.strip()]
+    ids = [name.strip() for name in threat_models.split(",") if name.strip()]
     if not ids:
         raise UsageError("--threat-models needs at least one attack id, e.g. pgd-linf,pgd-l2,pgd-l1")
     if len(set(ids)) != len(ids):
-        raise UsageError(f"--threat-models names an attack twice: {config.threat_models}")
+        raise UsageError(f"--threat-models names an attack twice: {threat_models}")
     registry = training_registry(config)
     norms = {spec.norm for spec in (registry.get(attack_id) for attack_id in ids)}
     if len(norms) > 1 and (config.eps is not None or config.attack_step_size is not None):
@@ -156,10 +170,12 @@ class _UnionTraining(DefenseTask):
     """Shared by msd/avg/max: the resolved threat models and their attacks."""
 
     citation = CITATION_UNION
+    Options = UnionOptions
+    adversarial_training_baseline = True
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)
-        self.threat_models = resolve_threat_models(config, dataset)
+        self.threat_models = resolve_threat_models(config, dataset, self.options.threat_models)
 
     @property
     def train_attacks(self) -> list[ResolvedAttack]:
@@ -167,6 +183,9 @@ class _UnionTraining(DefenseTask):
 
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.name, "threat_models": [attack.key for attack in self.threat_models]}
+
+    def summary(self) -> str:
+        return f"threat models {self.options.threat_models}"
 
 
 class _PerThreatTraining(_UnionTraining):

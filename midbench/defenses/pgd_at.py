@@ -28,6 +28,7 @@ class PGDAdversarialTraining(DefenseTask):
 
     name = "pgd-at"
     citation = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018"
+    adversarial_training_baseline = True
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)

@@ -21,6 +21,7 @@ and a backward through both — K + 3 forwards and K + 2 backwards.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,11 +33,22 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
 from midbench.data.registry import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
+from midbench.defenses.options import check_non_negative, option
 from midbench.errors import UsageError
 from midbench.training_attacks import resolve_training_attack
 
 #: standard deviation of the Gaussian start of the KL attack (the paper's 0.001)
 INIT_STD = 0.001
+
+
+@dataclass(frozen=True)
+class BetaOptions:
+    """TRADES' and MART's option: the weight of the robustness term."""
+
+    beta: float = option(6.0, "TRADES/MART: weight β of the KL robustness term (the papers' 6).")
+
+    def __post_init__(self) -> None:
+        check_non_negative(self, "beta")
 
 
 def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float
@@ -71,12 +83,14 @@ class TradesTraining(DefenseTask):
 
     name = "trades"
     citation = "Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy, ICML 2019"
+    Options = BetaOptions
+    adversarial_training_baseline = True
 
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)
         self.attack_spec = resolve_kl_attack(config, dataset)
         self.attack: TradesKL = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
-        self.beta = float(config.beta)
+        self.beta = float(self.options.beta)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.adversarial_loss(model, x, y, self.attack(model, x, y))
@@ -96,3 +110,6 @@ class TradesTraining(DefenseTask):
 
     def describe(self) -> dict[str, Any]:
         return {"beta": self.beta, "train_attack": self.attack_spec.to_dict()}
+
+    def summary(self) -> str:
+        return f"β = {self.beta:g}"

@@ -19,6 +19,7 @@ from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import summarise, unseen_full_strength, wilson_interval
 from midbench.evaluation.profile import curve_summary
 from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writable_dir
+from midbench.protocols import is_autoattack_figure
 
 
 def make_run_id(name: str, protocol: str, now: datetime) -> str:
@@ -43,7 +44,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         survivors = int(outcome.robust.sum())
         attack = outcome.attack
         # The AutoAttack figure is AutoAttack standard at the L∞ ε (evaluation.md); an L2 run is its own row.
-        if attack.implementation == "autoattack:standard" and attack.norm is not None and attack.norm.value == "Linf":
+        if is_autoattack_figure(attack.implementation, attack.norm.value if attack.norm else None):
             autoattack_columns.append(column)
         row = {"id": attack.key, "split": outcome.split, "family": attack.family,
                "norm": attack.norm.value if attack.norm else None, "eps": attack.eps,

@@ -165,7 +165,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         run_id = make_run_id(name, config.protocol, created)
         checkpoint_info = {"path": loaded.path, "sha256": loaded.sha256, "name": name,
                            "method": meta.get("method"), "arch": meta.get("arch"), "dataset": meta.get("dataset"),
-                           "train_attacks": [attack.key for attack in train_attacks]}
+                           "train_attacks": [attack.key for attack in train_attacks],
+                           "adversarial_training_baseline": meta.get("adversarial_training_baseline")}
         if config.model_spec:
             checkpoint_info.update({key: meta.get(key) for key in ("model_spec", "weights_sha256", "source_sha256")})
         data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,

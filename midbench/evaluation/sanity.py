@@ -60,11 +60,6 @@ SQUARE_MARGIN = 0.002
 #: a rise of robust accuracy is flagged when it is more than this share of the examples and more than one example
 RISE_MARGIN = 0.01
 
-#: implementations that do not differentiate the model (query-based or random); never counted as white-box
-NON_GRADIENT_IMPLEMENTATIONS = frozenset({"autoattack:square", "torchattacks:SPSA", "torchattacks:OnePixel",
-                                          "torchattacks:Pixle"})
-#: families that are not gradient attacks on an Lp ball (noise) or that contain Square themselves (ensemble)
-NON_GRADIENT_FAMILIES = frozenset({"noise", "ensemble"})
 SQUARE = "autoattack:square"
 
 
@@ -246,8 +241,7 @@ def probe_flags(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
 
 def is_whitebox_gradient(attack: ResolvedAttack) -> bool:
     """Whether ``attack`` differentiates the model on an Lp ball (the attacks Square is compared with)."""
-    return (attack.norm is not None and attack.family not in NON_GRADIENT_FAMILIES
-            and attack.implementation not in NON_GRADIENT_IMPLEMENTATIONS)
+    return attack.norm is not None and attack.uses_gradients
 
 
 def square_flags(evaluation: Evaluation) -> list[Flag]:

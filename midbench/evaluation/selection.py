@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack
 from midbench.config import parse_eps
 from midbench.errors import UsageError
+from midbench.protocols import AUTOATTACK_ENTRY
 
 #: the broad single-strength suite of unknown attacks (``--suite default-unknown``)
 UNKNOWN_SUITE = "default-unknown"
@@ -95,7 +96,7 @@ def select_attacks(selection: AttackSelection, registry: AttackRegistry, dataset
     if selection.suite:
         chosen.extend(resolve(spec.id) for spec in registry.suite(selection.suite))
     if selection.autoattack:
-        chosen.append(resolve("autoattack-linf"))
+        chosen.append(resolve(AUTOATTACK_ENTRY))
     unique: dict[str, ResolvedAttack] = {}
     for attack in chosen:
         unique.setdefault(attack.equivalence(), attack)

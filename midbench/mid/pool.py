@@ -23,13 +23,14 @@ from midbench.training_attacks import resolve_training_attack, training_registry
 DEFAULT_POOL = "mid-mnist-known"
 
 
-def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAttack]:
-    """The pool of ``config.pool`` (a suite name or comma-separated attack ids) at the dataset's ε, with the
-    config's ``--eps``/``--attack-steps``/``--attack-step-size`` overrides applied to every attack that has
-    steps (one-step attacks such as FGSM keep their single step), and ``--pool-target`` as the target policy of
-    every targeted attack (the release aimed them all at class 0: ``fixed:0``). An overridden attack is
-    recorded as a custom configuration (``id@custom``)."""
-    name = config.pool or DEFAULT_POOL
+def resolve_pool(config: TrainConfig, dataset: DatasetSpec, pool: str | None = None,
+                 pool_target: str | None = None) -> list[ResolvedAttack]:
+    """The pool of ``pool`` (MID's ``--pool``: a suite name or comma-separated attack ids) at the dataset's ε,
+    with the config's ``--eps``/``--attack-steps``/``--attack-step-size`` overrides applied to every attack that
+    has steps (one-step attacks such as FGSM keep their single step), and ``pool_target`` (``--pool-target``) as
+    the target policy of every targeted attack (the release aimed them all at class 0: ``fixed:0``). An
+    overridden attack is recorded as a custom configuration (``id@custom``)."""
+    name = pool or DEFAULT_POOL
     registry = training_registry(config)
     ids = [spec.id for spec in registry.suite(name)] if name in registry.suites else \
         [part.strip() for part in name.split(",") if part.strip()]
@@ -39,9 +40,9 @@ def resolve_pool(config: TrainConfig, dataset: DatasetSpec) -> list[ResolvedAtta
         raise UsageError(f"--pool {name!r} names an attack twice; list each once")
     specs = [resolve_training_attack(config, dataset, attack_id, steps_optional=True, registry=registry)
              for attack_id in ids]
-    if config.pool_target is not None:
-        specs = [replace(spec, target=config.pool_target, version=0)
-                 if spec.target is not None and spec.target != config.pool_target else spec for spec in specs]
+    if pool_target is not None:
+        specs = [replace(spec, target=pool_target, version=0)
+                 if spec.target is not None and spec.target != pool_target else spec for spec in specs]
     return specs
 
 

@@ -45,6 +45,7 @@ from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
 from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed, is_user_method
+from midbench.defenses.options import as_values, option_defaults
 from midbench.device import configure_for_speed, resolve_device
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
@@ -154,6 +155,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         raise UsageError("--bf16 needs a CUDA device; drop it to train in float32 on the CPU")
     dataset = get_dataset(config.dataset)
     task = build_task(config, dataset)
+    config = config.with_options(as_values(task.options))  # recorded complete: every option at its value
     train_split, val_split = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
                                              config.val_size, config.n_train)
 
@@ -168,7 +170,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     scheduler = build_scheduler(config, optimizer, len(batches))
     start_epoch, log = 1, []
     if resume and state_path.exists():
-        start_epoch, log = _restore(state_path, config, model, optimizer, scheduler, device)
+        start_epoch, log = _restore(state_path, config, option_defaults(task.Options), model, optimizer,
+                                    scheduler, device)
         # a crash between the state and the log write leaves the log one epoch short: rewrite it from the state
         atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
     atomic_write_text(out / CONFIG_FILE, config_to_toml(config.to_dict()))
@@ -266,6 +269,7 @@ def _metadata(config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, epoc
         "arch": config.arch, "dataset": config.dataset, "num_classes": dataset.num_classes,
         "input_shape": list(dataset.input_shape), "mean": list(dataset.mean), "std": list(dataset.std),
         "method": task.name, "method_citation": task.citation, "method_params": task.describe(),
+        "adversarial_training_baseline": task.adversarial_training_baseline,
         "train_attacks": [attack.to_dict() for attack in task.train_attacks],
         "config": config.to_dict(), "seed": config.seed, "epoch": epoch, "epochs": config.epochs,
         "n_train": n_train, "metrics": log[-1], **task.checkpoint_metadata(),
@@ -285,7 +289,8 @@ def _save_epoch(out: Path, config: TrainConfig, metadata: dict[str, Any], model:
     atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
 
 
-def _restore(state_path: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _restore(state_path: Path, config: TrainConfig, defaults: dict[str, Any], model: nn.Module,
+             optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device
              ) -> tuple[int, list[dict[str, Any]]]:
     try:
@@ -296,7 +301,7 @@ def _restore(state_path: Path, config: TrainConfig, model: nn.Module, optimizer:
         stored = json.loads(state.get("fingerprint") or "null")
     except (TypeError, json.JSONDecodeError):
         stored = None
-    if not isinstance(stored, dict) or not config.may_resume(stored):
+    if not isinstance(stored, dict) or not config.may_resume(stored, defaults):
         raise UsageError(f"cannot resume: {state_path} was written with a different configuration; use the "
                          "same options (only --epochs and --device may change) or another --out")
     model.load_state_dict(state["model"])
