@@ -101,7 +101,7 @@ def _describe_bad_file(data: bytes, path: Path) -> str | None:
     return None
 
 
-def _read_checkpoint_bytes(path: Path) -> bytes:
+def read_checkpoint_bytes(path: Path) -> bytes:
     """The file's bytes, refusing missing, empty and HTML/text files with a message that names the problem."""
     if not path.is_file():
         raise ArtifactError(f"checkpoint not found: {path}")
@@ -126,7 +126,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ArtifactError: missing, empty, HTML, truncated, not midbench's format, or tampered-with (exit 3).
     """
     path = Path(path)
-    data = _read_checkpoint_bytes(path)
+    data = read_checkpoint_bytes(path)
     if not _looks_like_safetensors(data):
         raise ArtifactError(f"not a midbench checkpoint: {path}; for a plain PyTorch state dict pass --arch "
                             "(and --dataset)")
@@ -162,7 +162,7 @@ def load_plain_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], st
         ArtifactError: the file is missing, not a checkpoint, or a pickle with anything but tensors in it.
     """
     path = Path(path)
-    data = _read_checkpoint_bytes(path)
+    data = read_checkpoint_bytes(path)
     if _looks_like_safetensors(data):
         from safetensors import SafetensorError
         from safetensors.torch import load

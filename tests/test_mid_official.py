@@ -22,7 +22,7 @@ from midbench.data import TensorSplit
 from midbench.errors import ArtifactError
 from midbench.loading import load_classifier, load_teacher, load_with_aux
 from midbench.mid.parts import regenerate
-from midbench.mid_official import MidOfficialWarning, import_mid_official, read_legacy_module, read_release_tensors
+from midbench.mid_official import MidOfficialWarning, import_mid_official, read_release_file, read_release_tensors
 
 RELEASE_DIR = Path(__file__).resolve().parents[2] / "shared" / "mid-official"
 FILES = {"source": RELEASE_DIR / "MNIST_LeNet5.pkl", "teacher": RELEASE_DIR / "LeNet5_MNIST_AE.pkl",
@@ -152,7 +152,7 @@ def test_reader_builds_no_real_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     # Any construction or state restore of a real module would trip these.
     monkeypatch.setattr(torch.nn.Module, "__init__", boom)
     monkeypatch.setattr(torch.nn.Module, "__setstate__", boom)
-    result = read_legacy_module(FILES["teacher"])
+    result = read_release_file(FILES["teacher"])
     assert result.root_class == "models.LeNet.LeNet5_autoencoder"
     assert result.layers["dec2"].kind == "ConvTranspose2d"
     assert all(type(t) is torch.Tensor for t in result.tensors.values())
@@ -331,7 +331,7 @@ def test_unsafe_or_broken_files_are_refused(tmp_path: Path, build: Callable[[Pat
     bad = tmp_path / "bad.pkl"
     build(bad, marker)
     with pytest.raises(ArtifactError) as caught:
-        read_legacy_module(bad)
+        read_release_file(bad)
     message = str(caught.value)
     assert expected in message and "\n" not in message, message
     # the importer refuses the same file before writing anything
