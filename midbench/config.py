@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -233,21 +234,43 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 
 def check_types(values: dict[str, Any], config_class: type) -> None:
     """Refuse values of the wrong type in a config file (``epochs = "10"``) with a usage error, instead of a
-    crash later. An int is accepted where a float is expected; a bool is never taken for a number.
+    crash later. An int is accepted where a float is expected; a bool is never taken for a number; a
+    ``list[str]`` field takes a list of strings.
 
     Raises:
         UsageError: names the key, the expected type and the value.
     """
     hints = typing.get_type_hints(config_class)
     for key, value in values.items():
-        expected = tuple(t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None))
-        if value is None and len(expected) < len(typing.get_args(hints[key]) or (hints[key],)):
+        kinds = _alternatives(hints[key])
+        if value is None and type(None) in kinds:
             continue
-        if float in expected and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if isinstance(value, bool) != (bool in expected) or not isinstance(value, expected):
-            names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in expected)
+        expected = tuple(kind for kind in kinds if kind is not type(None))
+        if not any(_matches(value, kind) for kind in expected):
+            names = " or ".join(_type_name(kind) for kind in expected)
             raise UsageError(f"config key {key!r} must be {names}, got {value!r}")
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    """The members of a union (``int | None`` → ``(int, NoneType)``), or the hint itself."""
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+
+
+def _matches(value: Any, kind: Any) -> bool:
+    if typing.get_origin(kind) is list:
+        items = _alternatives(typing.get_args(kind)[0])
+        return isinstance(value, list) and all(any(_matches(item, k) for k in items) for item in value)
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is list:
+        return "a list of " + " or ".join(_type_name(k).split(" ", 1)[-1] + "s" for k in
+                                          _alternatives(typing.get_args(kind)[0]))
+    return _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def config_to_toml(config: dict[str, Any], section: str = "train") -> str:

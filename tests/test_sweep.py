@@ -81,6 +81,11 @@ def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     (('name = "tiny"', 'name = "../tiny"'), "file name"),
     (("[runs.pgd-at]", '[runs."../pgd-at"]\nmethod = "pgd-at"'), "file name"),
     (("batch_size = 64", 'batch_size = 64.5'), "integer"),
+    (('attacks = ["fgsm-linf"]', 'attacks = ["fgsm-linf", 3]'), "list of strings"),
+    (('protocols = ["whitebox", "transfer"]', 'protocols = [true]'), "list of strings"),
+    (('pool = "fgsm-linf,pgd-linf"', 'pool = ["fgsm-linf"]'), "--pool must be a string"),
+    (("first_order = true", 'first_order = "yes"'), "--first-order must be true or false"),
+    (("[runs.standard]\nepochs = 1", "[runs.standard]\nepochs = 1\nbeta = 6.0"), "method standard has no option"),
 ])
 def test_bad_sweep_files_are_refused_before_training(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     old, new = edit
