@@ -15,14 +15,8 @@ from typing import Any
 import pandas as pd
 
 from midbench.errors import UsageError
-from midbench.leaderboard import (
-    SUMMARY_KEYS,
-    cell_text,
-    load_result_file,
-    markdown_table,
-    percent,
-    plain,
-)
+from midbench.evaluation.documents import SUMMARY_KEYS, load_result_file
+from midbench.tables import cell_text, markdown_table, percent, plain
 
 FORMATS = ("markdown", "csv", "json")
 

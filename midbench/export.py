@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from midbench.errors import UsageError
-from midbench.leaderboard import is_autoattack, load_result_file
+from midbench.evaluation.documents import is_autoattack, load_result_file
 
 CARD_FIELDS = ("name", "dataset", "eps", "clean_acc", "autoattack_acc", "architecture", "number_forward_passes",
                "additional_data", "unreliable", "footnote")

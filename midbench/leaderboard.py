@@ -21,9 +21,7 @@ and JSON. The means over attacks are not proportions of examples and have none.
 
 from __future__ import annotations
 
-import html
 import json
-import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -33,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from midbench.errors import ArtifactError, UsageError
-from midbench.evaluation.documents import read_result
+from midbench.errors import UsageError
+from midbench.evaluation.documents import SUMMARY_KEYS, is_autoattack, read_result
 from midbench.evaluation.metrics import (
     mean_score,
     reference_normalised_scores,
@@ -42,7 +40,15 @@ from midbench.evaluation.metrics import (
     unseen_full_strength,
     wilson_interval,
 )
-from midbench.protocols import AUTOATTACK_ENTRY, is_autoattack_figure
+from midbench.tables import (
+    display_frame,
+    html_table,
+    latex_table,
+    markdown_table,
+    number_text,
+    percent,
+    plain,
+)
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 #: the adversarial-training baselines among the built-in methods, for result files written before checkpoints
@@ -51,20 +57,10 @@ LEGACY_AT_BASELINES = ("pgd-at", "trades", "mart", "fast-at", "msd", "avg", "max
 ACCURACY_COLUMNS = ["clean", "known_mean", "known_worst", "unknown_mean", "unknown_worst", "autoattack"]
 #: accuracies that are proportions of examples, so they have a Wilson interval (``all_worst`` is not a column)
 PROPORTION_COLUMNS = ["clean", "known_worst", "unknown_worst", "autoattack"]
-SUMMARY_KEYS = ["known_mean", "known_worst", "unknown_mean", "unknown_worst", "all_worst", "autoattack"]
 COLUMNS = ["rank", "name", "method", "arch", "protocol", *ACCURACY_COLUMNS, "delta_unknown_worst_vs_at",
            "flags", "n", "eps_linf"]
-TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric", "seen"}
-HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "protocol": "protocol",
-           "clean": "clean %", "known_mean": "known mean %", "known_worst": "known worst %",
-           "unknown_mean": "unknown mean %", "unknown_worst": "unknown worst %", "autoattack": "AutoAttack %",
-           "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT",
-           "delta_common_unknown_vs_at": "Δ common-unknown score vs best AT", "flags": "flags", "n": "n",
-           "eps_linf": "ε (L∞)", "unknown_score": "unknown score %",
-           "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen"}
 #: the Δ-vs-best-baseline column of a table ranked by each metric
 DELTA_COLUMN = {"unknown_worst": "delta_unknown_worst_vs_at", "common_unknown_score": "delta_common_unknown_vs_at"}
-MISSING = "—"
 _ATTACK_COLUMN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*(@(\d+|custom))?$")
 
 
@@ -82,34 +78,6 @@ class Run:
     clean: np.ndarray  # N bool
     #: the unknown-attack profile: {threat model: (N × strengths nested matrix, strengths, seen)}
     curves: dict[str, tuple[np.ndarray, list[float], bool]] | None = None
-
-
-def percent(value: float | None) -> float | None:
-    """A proportion as a percentage rounded to two decimals (``None`` stays ``None``)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return round(100.0 * float(value), 2)
-
-
-def is_autoattack(row: dict[str, Any]) -> bool:
-    """Whether an attack row is AutoAttack standard at the L∞ ε (the figure of the AutoAttack column)."""
-    if "implementation" in row:
-        return is_autoattack_figure(row.get("implementation"), row.get("norm"))
-    return str(row.get("id", "")).split("@")[0] == AUTOATTACK_ENTRY  # rows of early result files
-
-
-def load_result_file(path: str | Path) -> dict[str, Any]:
-    """The result document at ``path`` for commands that name one; :class:`ArtifactError` (exit 3) if it is
-    missing or not a complete ``midbench.result/1`` document."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"result file {path} not found; pass a results/runs/<dataset>/<run_id>.json file "
-                            "written by `midbench eval`")
-    result = read_result(path)
-    if result is None:
-        raise ArtifactError(f"{path} is not a complete midbench result (schema midbench.result/1); rerun "
-                            "`midbench eval`")
-    return result
 
 
 def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | None:
@@ -397,104 +365,6 @@ def tables(results_dir: str | Path, dataset: str | None = None, columns: list[st
                 for name in chosen[after:]]
         ranked[(str(ds), str(protocol))] = table[[*chosen[:after], *scores, *rest, *curves]]
     return ranked
-
-
-# ---------------------------------------------------------------------------------------------------- rendering
-
-def plain(value: Any) -> Any:
-    """A cell as a JSON value: numpy scalars → Python numbers, NaN → ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def number_text(value: float) -> str:
-    """The shortest text of a number that reads back to the same float (``56.17``, ``100``, ``-3.5``)."""
-    if float(value).is_integer():
-        return str(int(value))
-    text = f"{value:g}"
-    return text if float(text) == value else repr(float(value))
-
-
-def cell_text(value: Any) -> str:
-    """A cell as display text; missing values are ``—``."""
-    value = plain(value)
-    if value is None or value == "":
-        return MISSING if value is None else ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return number_text(value)
-    return str(value)
-
-
-def display_frame(table: pd.DataFrame, ci: bool) -> pd.DataFrame:
-    """All cells as text; with ``ci`` each proportion becomes ``value [low, high]`` and the bound columns go."""
-    shown: dict[str, list[str]] = {}
-    for name in table.columns:
-        if name.endswith(("_lo", "_hi")) and name[:-3] in table.columns:
-            continue
-        cells = [cell_text(value) for value in table[name]]
-        if ci and f"{name}_lo" in table.columns:
-            cells = [text if text == MISSING or plain(low) is None else
-                     f"{text} [{cell_text(low)}, {cell_text(high)}]"
-                     for text, low, high in zip(cells, table[f"{name}_lo"], table[f"{name}_hi"], strict=True)]
-        shown[name] = cells
-    return pd.DataFrame(shown, columns=list(shown), dtype=object)
-
-
-def header(name: str) -> str:
-    if name.startswith("score_"):
-        return f"{name[6:]} score %"
-    if name.startswith("curve_"):
-        return f"{name[6:]} curve"
-    return HEADERS.get(name, f"{name} %")
-
-
-def markdown_table(shown: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
-    """A pipe table of display text; text columns left-aligned, numbers right-aligned."""
-    align = ["left" if name in TEXT_COLUMNS else "right" for name in shown.columns]
-    renamed = shown.rename(columns=headers or {name: header(name) for name in shown.columns})
-    return renamed.to_markdown(index=False, disable_numparse=True, colalign=align)
-
-
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-          ">": r"\textgreater{}", "|": r"\textbar{}", "—": "---", "Δ": r"$\Delta$", "ε": r"$\varepsilon$",
-          "∞": r"$\infty$"}
-
-
-def latex_escape(text: str) -> str:
-    """``text`` safe inside a LaTeX tabular (special characters escaped, ``--`` kept as two hyphens)."""
-    out = []
-    for index, char in enumerate(text):
-        if char == "-" and text[index + 1:index + 2] == "-":
-            out.append("-{}")
-        else:
-            out.append(_LATEX.get(char, char))
-    return "".join(out)
-
-
-def latex_table(shown: pd.DataFrame, caption: str) -> str:
-    """A booktabs table (``\\usepackage{booktabs}``) of display text."""
-    spec = "".join("l" if name in TEXT_COLUMNS else "r" for name in shown.columns)
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(latex_escape(header(name)) for name in shown.columns)
-             + r" \\", r"\midrule"]
-    lines += [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in shown.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def html_table(shown: pd.DataFrame, caption: str) -> str:
-    renamed = shown.rename(columns={name: header(name) for name in shown.columns})
-    return (f"<h3>{html.escape(caption)}</h3>\n"
-            + renamed.to_html(index=False, escape=True, border=0, classes="midbench-leaderboard") + "\n")
 
 
 def profile_notes(table: pd.DataFrame) -> list[str]:

@@ -10,7 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from midbench.errors import ArtifactError
+from midbench.protocols import AUTOATTACK_ENTRY, is_autoattack_figure
+
 SCHEMA = "midbench.result/1"
+#: the keys of a result's ``summary`` (fractions, ``null`` when the split is empty)
+SUMMARY_KEYS = ["known_mean", "known_worst", "unknown_mean", "unknown_worst", "all_worst", "autoattack"]
 
 
 def read_result(path: str | Path) -> dict[str, Any] | None:
@@ -28,3 +33,24 @@ def read_result(path: str | Path) -> dict[str, Any] | None:
     if not {"dataset", "n_examples"} <= set(document["data"]) or "name" not in document["protocol"]:
         return None
     return document
+
+
+def load_result_file(path: str | Path) -> dict[str, Any]:
+    """The result document at ``path`` for commands that name one; :class:`ArtifactError` (exit 3) if it is
+    missing or not a complete ``midbench.result/1`` document."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"result file {path} not found; pass a results/runs/<dataset>/<run_id>.json file "
+                            "written by `midbench eval`")
+    result = read_result(path)
+    if result is None:
+        raise ArtifactError(f"{path} is not a complete midbench result (schema midbench.result/1); rerun "
+                            "`midbench eval`")
+    return result
+
+
+def is_autoattack(row: dict[str, Any]) -> bool:
+    """Whether an attack row is AutoAttack standard at the L∞ ε (the figure of the AutoAttack column)."""
+    if "implementation" in row:
+        return is_autoattack_figure(row.get("implementation"), row.get("norm"))
+    return str(row.get("id", "")).split("@")[0] == AUTOATTACK_ENTRY  # rows of early result files

@@ -1,0 +1,127 @@
+"""Tables as text: the cells, headers and markdown, LaTeX and HTML renderings shared by the leaderboard,
+``midbench compare`` and ``midbench export``. Values only: what the rows mean is the callers' business."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: the text of a missing value
+MISSING = "—"
+#: columns of text (left-aligned); the others are numbers (right-aligned)
+TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric", "seen"}
+#: the displayed header of each column (others: the column name with " %")
+HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "protocol": "protocol",
+           "clean": "clean %", "known_mean": "known mean %", "known_worst": "known worst %",
+           "unknown_mean": "unknown mean %", "unknown_worst": "unknown worst %", "autoattack": "AutoAttack %",
+           "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT",
+           "delta_common_unknown_vs_at": "Δ common-unknown score vs best AT", "flags": "flags", "n": "n",
+           "eps_linf": "ε (L∞)", "unknown_score": "unknown score %",
+           "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen"}
+
+
+def percent(value: float | None) -> float | None:
+    """A proportion as a percentage rounded to two decimals (``None`` stays ``None``)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(100.0 * float(value), 2)
+
+
+def plain(value: Any) -> Any:
+    """A cell as a JSON value: numpy scalars → Python numbers, NaN → ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def number_text(value: float) -> str:
+    """The shortest text of a number that reads back to the same float (``56.17``, ``100``, ``-3.5``)."""
+    if float(value).is_integer():
+        return str(int(value))
+    text = f"{value:g}"
+    return text if float(text) == value else repr(float(value))
+
+
+def cell_text(value: Any) -> str:
+    """A cell as display text; missing values are ``—``."""
+    value = plain(value)
+    if value is None or value == "":
+        return MISSING if value is None else ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return number_text(value)
+    return str(value)
+
+
+def display_frame(table: pd.DataFrame, ci: bool) -> pd.DataFrame:
+    """All cells as text; with ``ci`` each proportion becomes ``value [low, high]`` and the bound columns go."""
+    shown: dict[str, list[str]] = {}
+    for name in table.columns:
+        if name.endswith(("_lo", "_hi")) and name[:-3] in table.columns:
+            continue
+        cells = [cell_text(value) for value in table[name]]
+        if ci and f"{name}_lo" in table.columns:
+            cells = [text if text == MISSING or plain(low) is None else
+                     f"{text} [{cell_text(low)}, {cell_text(high)}]"
+                     for text, low, high in zip(cells, table[f"{name}_lo"], table[f"{name}_hi"], strict=True)]
+        shown[name] = cells
+    return pd.DataFrame(shown, columns=list(shown), dtype=object)
+
+
+def header(name: str) -> str:
+    if name.startswith("score_"):
+        return f"{name[6:]} score %"
+    if name.startswith("curve_"):
+        return f"{name[6:]} curve"
+    return HEADERS.get(name, f"{name} %")
+
+
+def markdown_table(shown: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
+    """A pipe table of display text; text columns left-aligned, numbers right-aligned."""
+    align = ["left" if name in TEXT_COLUMNS else "right" for name in shown.columns]
+    renamed = shown.rename(columns=headers or {name: header(name) for name in shown.columns})
+    return renamed.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+          ">": r"\textgreater{}", "|": r"\textbar{}", "—": "---", "Δ": r"$\Delta$", "ε": r"$\varepsilon$",
+          "∞": r"$\infty$"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` safe inside a LaTeX tabular (special characters escaped, ``--`` kept as two hyphens)."""
+    out = []
+    for index, char in enumerate(text):
+        if char == "-" and text[index + 1:index + 2] == "-":
+            out.append("-{}")
+        else:
+            out.append(_LATEX.get(char, char))
+    return "".join(out)
+
+
+def latex_table(shown: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``) of display text."""
+    spec = "".join("l" if name in TEXT_COLUMNS else "r" for name in shown.columns)
+    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(latex_escape(header(name)) for name in shown.columns)
+             + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in shown.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(shown: pd.DataFrame, caption: str) -> str:
+    renamed = shown.rename(columns={name: header(name) for name in shown.columns})
+    return (f"<h3>{html.escape(caption)}</h3>\n"
+            + renamed.to_html(index=False, escape=True, border=0, classes="midbench-leaderboard") + "\n")
