@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pgd import interleaved, lenet, quartiles, train_split  # noqa: E402
 
 from midbench.config import TrainConfig  # noqa: E402
-from midbench.data.registry import get_dataset  # noqa: E402
+from midbench.data.datasets import get_dataset  # noqa: E402
 from midbench.defenses import build_task  # noqa: E402
 from midbench.defenses.base import METHODS  # noqa: E402
 from midbench.evaluation.counting import PassCounter  # noqa: E402

@@ -46,7 +46,7 @@ from torch import nn
 from midbench.attacks.gradient import PGD
 from midbench.attacks.norms import Norm
 from midbench.config import TrainConfig
-from midbench.data.registry import get_dataset, load_split
+from midbench.data.datasets import get_dataset, load_split
 from midbench.defenses import DefenseTask, build_task
 from midbench.evaluation.counting import PassCounter
 from midbench.models import build_model

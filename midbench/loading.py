@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from midbench.checkpoint import load_checkpoint, load_plain_state_dict, load_weights_into
-from midbench.data.registry import get_dataset
+from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
 from midbench.models import build_model
 from midbench.models.factory import AUX_PREFIX, MODELS

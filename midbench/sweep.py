@@ -194,7 +194,7 @@ def _checkpoint_sha(path: Path) -> str:
 def leaderboard_header(sweep: Sweep, config_label: str) -> str:
     """The markdown preamble: what made the tables, with the settings a reader needs to interpret them.
     Deterministic (no times, no paths of this machine), so a rerun reproduces the file byte for byte."""
-    from midbench.data.registry import get_dataset
+    from midbench.data.datasets import get_dataset
     from midbench.defenses.base import build_task
 
     selection = sweep.selection

@@ -260,7 +260,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
 def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None:
     """Resolve every attack id and suite of ``[eval]`` now, so a typo is refused before hours of training."""
     from midbench.attacks.specs import load_registry
-    from midbench.data.registry import get_dataset
+    from midbench.data.datasets import get_dataset
     from midbench.evaluation.selection import select_attacks
 
     try:
@@ -272,7 +272,7 @@ def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None
 def _checked(config: TrainConfig, run: str, path: Path) -> TrainConfig:
     """Build the run's training task once, so a bad method or option combination is refused before anything is
     trained (not an hour into the sweep)."""
-    from midbench.data.registry import get_dataset
+    from midbench.data.datasets import get_dataset
     from midbench.defenses.base import build_task
 
     try:

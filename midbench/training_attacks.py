@@ -11,7 +11,7 @@ from pathlib import Path
 
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.config import TrainConfig, parse_eps
-from midbench.data.registry import DatasetSpec
+from midbench.data.datasets import DatasetSpec
 from midbench.errors import UsageError
 
 

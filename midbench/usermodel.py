@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from midbench.checkpoint import load_plain_state_dict, load_strictly, payload_sha256
-from midbench.data.registry import get_dataset
+from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
 
 #: ``package.module:attribute`` (the attribute may be dotted: ``module:Class.create``)

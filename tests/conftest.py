@@ -10,7 +10,7 @@ from torch import nn
 
 from midbench.config import TrainConfig
 from midbench.data import load_split
-from midbench.data.registry import TensorSplit
+from midbench.data.datasets import TensorSplit
 from midbench.training import train
 
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from midbench.checkpoint import HASH_KEY, save_checkpoint
 from midbench.cli.app import app
-from midbench.data.registry import TensorSplit
+from midbench.data.datasets import TensorSplit
 from midbench.errors import MidbenchError
 from midbench.models import build_model
 

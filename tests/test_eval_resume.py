@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from midbench.attacks.specs import load_registry
-from midbench.data.registry import TensorSplit, get_dataset
+from midbench.data.datasets import TensorSplit, get_dataset
 from midbench.errors import UsageError
 from midbench.evaluation.engine import Evaluation, evaluate
 from midbench.evaluation.state import EvalState

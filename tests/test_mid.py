@@ -604,7 +604,7 @@ def test_stage_settings_targets_and_clean_meta_test_reach_the_runs(tmp_path: Pat
 
 @pytest.mark.parametrize("on", [False, True])
 def test_meta_step_options_reach_the_meta_settings(on: bool) -> None:
-    from midbench.data.registry import get_dataset
+    from midbench.data.datasets import get_dataset
     from midbench.defenses.base import build_task
 
     task = build_task(TrainConfig.of(**{**TINY, "meta_test_clean": on, "batch_tasks": on}), get_dataset("mnist5k"))

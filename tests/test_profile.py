@@ -22,7 +22,7 @@ from midbench.attacks.threat_models import (
     threat_model_of,
 )
 from midbench.cli.app import app
-from midbench.data.registry import TensorSplit, get_dataset
+from midbench.data.datasets import TensorSplit, get_dataset
 from midbench.errors import UsageError
 from midbench.evaluation.engine import AttackRunner, predict
 from midbench.evaluation.profile import climb, independent_curves, normalised_area

@@ -130,7 +130,7 @@ def test_attack_rows_differ_from_clean_within_eps(checkpoints: dict[str, Path], 
 def test_transfer_crafts_on_the_recorded_source(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     """FGSM is deterministic: the transfer grid's adversarial row is FGSM against the source model."""
     from midbench.attacks.specs import load_registry
-    from midbench.data.registry import get_dataset
+    from midbench.data.datasets import get_dataset
     from midbench.loading import load_classifier
 
     summary = regeneration_grid(checkpoints["mid"], tmp_path / "t.png", n=N, attack_id="fgsm-linf", device="cpu")

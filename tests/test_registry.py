@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from midbench.catalog import Catalog
 from midbench.errors import UsageError
-from midbench.registry import Registry
 
 
 def test_unknown_name_suggests_close_matches() -> None:
-    registry: Registry[int] = Registry("widget")
+    registry: Catalog[int] = Catalog("widget")
     registry.add("pgd-at", 1, "madry")
     registry.add("standard", 2)
     assert registry.get("madry") == 1
@@ -18,7 +18,7 @@ def test_unknown_name_suggests_close_matches() -> None:
 
 
 def test_duplicate_registration_is_refused() -> None:
-    registry: Registry[int] = Registry("widget")
+    registry: Catalog[int] = Catalog("widget")
     registry.add("a", 1)
     with pytest.raises(ValueError):
         registry.add("a", 2)
@@ -26,7 +26,7 @@ def test_duplicate_registration_is_refused() -> None:
 
 def test_golden_component_names() -> None:
     """Adding or removing a dataset, architecture or method must be deliberate: update this list."""
-    from midbench.data.registry import DATASETS
+    from midbench.data.datasets import DATASETS
     from midbench.defenses.base import METHODS
     from midbench.models.factory import MODELS
 

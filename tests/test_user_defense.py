@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from midbench.config import TrainConfig
-from midbench.data.registry import get_dataset
+from midbench.data.datasets import get_dataset
 from midbench.defenses.base import build_task
 from midbench.errors import UsageError
 

@@ -44,8 +44,8 @@ from midbench._toml import tomllib
 from midbench.attacks.norms import Norm, parse_norm
 from midbench.attacks.syntax import ID_PATTERN, RELATIVE
 from midbench.attacks.threat_models import ThreatModel, check_budget, parse_threat_model
+from midbench.catalog import suggest
 from midbench.errors import UsageError
-from midbench.registry import suggest
 
 FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "frequency", "noise", "ensemble")
 ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "target", "citation", "params",

@@ -93,7 +93,7 @@ def datasets_list() -> None:
     """
     from rich.table import Table
 
-    from midbench.data.registry import DATASETS
+    from midbench.data.datasets import DATASETS
 
     table = Table(title="datasets")
     for column in ("id", "shape", "classes", "ε L∞", "ε L2", "ε L1", "source"):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from midbench.data.registry import TensorSplit
+from midbench.data.datasets import TensorSplit
 
 
 class DeviceBatches:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from midbench.data.registry import DATASETS, MNIST_EPS, NO_NORMALISATION_1, DatasetSpec, TensorSplit
+from midbench.data.datasets import DATASETS, MNIST_EPS, NO_NORMALISATION_1, DatasetSpec, TensorSplit
 from midbench.errors import ArtifactError
 
 TEST_EVERY = 5

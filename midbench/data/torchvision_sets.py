@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from midbench.data.registry import (
+from midbench.data.datasets import (
     CIFAR_EPS,
     DATASETS,
     MNIST_EPS,

@@ -1,4 +1,4 @@
-"""The defense-task interface and the method registry.
+"""The defense-task interface and the method catalogue.
 
 A method is a :class:`DefenseTask` subclass, registered in :data:`METHODS` (the built-in ones) or named by the
 user as ``--method module:Class`` (loaded like ``--model module:factory``; see "Your own defense" in the README).
@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from midbench.attacks.specs import ResolvedAttack
+from midbench.catalog import Catalog
 from midbench.config import SHARED_KEYS, TrainConfig
-from midbench.data.registry import DatasetSpec, TensorSplit
+from midbench.data.datasets import DatasetSpec, TensorSplit
 from midbench.defenses.options import as_values, build_options
 from midbench.errors import UsageError
-from midbench.registry import Registry
 from midbench.usermodel import SPEC_PATTERN, import_factory
 
 
@@ -146,7 +146,7 @@ class DefenseTask:
 
 
 TaskFactory = Callable[[TrainConfig, DatasetSpec], DefenseTask]
-METHODS: Registry[TaskFactory] = Registry("method", ("midbench.defenses.standard", "midbench.defenses.pgd_at",
+METHODS: Catalog[TaskFactory] = Catalog("method", ("midbench.defenses.standard", "midbench.defenses.pgd_at",
                                                     "midbench.defenses.trades", "midbench.defenses.mart",
                                                     "midbench.defenses.fast_at",
                                                     "midbench.defenses.multi_perturbation",

@@ -31,7 +31,7 @@ from typing import Any
 from midbench.attacks.norms import Norm
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
-from midbench.data.registry import DatasetSpec
+from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS
 from midbench.defenses.options import check_positive, option
 from midbench.defenses.pgd_at import PGDAdversarialTraining

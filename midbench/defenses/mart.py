@@ -26,7 +26,7 @@ from torch import nn
 from midbench.attacks.kl import kl_from_clean
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
-from midbench.data.registry import DatasetSpec
+from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.defenses.trades import BetaOptions
 from midbench.training_attacks import resolve_training_attack

@@ -31,7 +31,7 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.checkpoint import check_compatible, load_checkpoint
 from midbench.config import TrainConfig, parse_betas
 from midbench.data.batches import DeviceBatches
-from midbench.data.registry import DatasetSpec, TensorSplit
+from midbench.data.datasets import DatasetSpec, TensorSplit
 from midbench.defenses.base import METHODS, DefenseTask, SetupContext, epoch_seed
 from midbench.defenses.options import check_non_negative, check_positive, option
 from midbench.errors import ArtifactError, UsageError

@@ -39,7 +39,7 @@ from midbench.attacks.l1 import sparse_l1_direction
 from midbench.attacks.norms import Norm, project
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
-from midbench.data.registry import DatasetSpec
+from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.defenses.options import option
 from midbench.errors import UsageError

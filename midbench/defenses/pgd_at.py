@@ -17,7 +17,7 @@ from torch import nn
 
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
-from midbench.data.registry import DatasetSpec
+from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.training_attacks import resolve_training_attack
 

@@ -31,7 +31,7 @@ from midbench.attacks.kl import TradesKL, kl_from_clean
 from midbench.attacks.norms import Norm
 from midbench.attacks.specs import ResolvedAttack
 from midbench.config import TrainConfig
-from midbench.data.registry import DatasetSpec
+from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.defenses.options import check_non_negative, option
 from midbench.errors import UsageError

@@ -23,7 +23,7 @@ from midbench.attacks.randomness import per_example_generators
 from midbench.attacks.specs import ResolvedAttack
 from midbench.attacks.threat_models import ThreatModelPlan
 from midbench.data.batches import DeviceBatches
-from midbench.data.registry import TensorSplit
+from midbench.data.datasets import TensorSplit
 from midbench.errors import NumericalError
 from midbench.evaluation.counting import PassCounter
 from midbench.evaluation.profile import ThreatModelCurve, climb

@@ -14,7 +14,7 @@ from torch import nn
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.attacks.threat_models import profile_plan, seen_threat_models
 from midbench.checkpoint import check_compatible
-from midbench.data.registry import TensorSplit, get_dataset, load_split
+from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
 from midbench.errors import UsageError
 from midbench.evaluation import sanity

@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from midbench.attacks.base import frozen_eval_mode
 from midbench.attacks.specs import AttackSpec, ResolvedAttack
-from midbench.data.registry import TensorSplit
+from midbench.data.datasets import TensorSplit
 from midbench.evaluation.engine import Evaluation, evaluate
 
 Flag = dict[str, str]

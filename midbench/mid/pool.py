@@ -16,7 +16,7 @@ from torch import nn
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, evaluate_passes, load_registry
 from midbench.config import TrainConfig
 from midbench.data.batches import DeviceBatches
-from midbench.data.registry import DatasetSpec, TensorSplit
+from midbench.data.datasets import DatasetSpec, TensorSplit
 from midbench.errors import UsageError
 from midbench.training_attacks import resolve_training_attack, training_registry
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from midbench.attacks.specs import load_registry
 from midbench.checkpoint import check_compatible
-from midbench.data.registry import DATASETS, get_dataset, load_split
+from midbench.data.datasets import DATASETS, get_dataset, load_split
 from midbench.device import resolve_device
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_bytes, ensure_writable_dir

@@ -1,4 +1,4 @@
-"""The model registry and :func:`build_model`."""
+"""The architecture catalogue and :func:`build_model`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from midbench.registry import Registry
+from midbench.catalog import Catalog
 
 #: ``factory(num_classes, input_shape) -> nn.Module`` taking normalised inputs.
 Factory = Callable[[int, tuple[int, int, int]], nn.Module]
@@ -34,7 +34,7 @@ class ModelInfo:
 
 
 _MODEL_MODULES = ("lenet", "preact_resnet", "mid_resnet18", "small", "wide_resnet")
-MODELS: Registry[ModelInfo] = Registry("architecture", tuple(f"midbench.models.{name}" for name in _MODEL_MODULES))
+MODELS: Catalog[ModelInfo] = Catalog("architecture", tuple(f"midbench.models.{name}" for name in _MODEL_MODULES))
 
 
 class Normalize(nn.Module):

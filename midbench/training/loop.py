@@ -43,7 +43,7 @@ from midbench.attacks.norms import Norm
 from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
-from midbench.data.registry import DatasetSpec, TensorSplit, get_dataset, load_split
+from midbench.data.datasets import DatasetSpec, TensorSplit, get_dataset, load_split
 from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed, is_user_method
 from midbench.defenses.options import as_values, option_defaults
 from midbench.device import configure_for_speed, resolve_device

@@ -1,4 +1,8 @@
-"""A generic name -> component registry with "did you mean" suggestions."""
+"""A catalogue of named components — training methods, architectures, datasets — with aliases and "did you mean"
+suggestions.
+
+Called a catalogue, not a registry, so that "registry" means one thing in midbench: the attack registry (the
+TOML entries of ``attacks_registry/`` and ``--registry-dir``, :mod:`midbench.attacks.specs`)."""
 
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ def suggest(name: str, choices: list[str], kind: str) -> str:
     return f"unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(choices))}."
 
 
-class Registry(Generic[T]):
+class Catalog(Generic[T]):
     """Maps names (and aliases) to components; unknown names raise :class:`UsageError` with close matches.
 
     ``builtin_modules`` register the built-in components when imported; they are imported on the first lookup,
-    not when the registry is created, so that importing midbench (and ``midbench --help``) stays cheap.
+    not when the catalogue is created, so that importing midbench (and ``midbench --help``) stays cheap.
     """
 
     def __init__(self, kind: str, builtin_modules: tuple[str, ...] = ()) -> None:

@@ -1,4 +1,4 @@
-"""The dataset registry and the :class:`DatasetSpec` every dataset declares."""
+"""The dataset catalogue (:data:`DATASETS`) and the :class:`DatasetSpec` every dataset declares."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from midbench.catalog import Catalog
 from midbench.errors import ArtifactError, UsageError
-from midbench.registry import Registry
 
 SPLITS = ("train", "test")
 
@@ -70,7 +70,7 @@ class DatasetSpec:
     """What midbench needs to know about a dataset.
 
     Attributes:
-        name: registry id (kebab-case).
+        name: catalogue id (kebab-case).
         input_shape: (channels, height, width) of one image.
         num_classes: number of labels.
         eps: default threat budget per norm ("Linf", "L2", "L1") for inputs in [0, 1].
@@ -91,7 +91,7 @@ class DatasetSpec:
     embedded: bool = False
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset", ("midbench.data.embedded", "midbench.data.torchvision_sets"))
+DATASETS: Catalog[DatasetSpec] = Catalog("dataset", ("midbench.data.embedded", "midbench.data.torchvision_sets"))
 
 MNIST_EPS = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
