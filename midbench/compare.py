@@ -16,9 +16,10 @@ import pandas as pd
 
 from midbench.errors import UsageError
 from midbench.evaluation.documents import SUMMARY_KEYS, load_result_file
+from midbench.formats import ComparisonFormat, values
 from midbench.tables import cell_text, markdown_table, percent, plain
 
-FORMATS = ("markdown", "csv", "json")
+FORMATS = values(ComparisonFormat)
 
 
 def run_label(result: dict[str, Any]) -> str:

@@ -10,14 +10,32 @@ import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from midbench._toml import tomllib
 from midbench.errors import UsageError
 
-#: learning-rate schedules of the training loop (midbench.training.loop.build_scheduler)
-SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
+
+class Optimizer(str, Enum):
+    """``--optimizer``."""
+
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class Schedule(str, Enum):
+    """``--schedule``: learning-rate schedules of the training loop (midbench.training.loop.build_scheduler)."""
+
+    CONSTANT = "constant"
+    PIECEWISE = "piecewise"
+    COSINE = "cosine"
+    CYCLIC = "cyclic"
+
+
+OPTIMIZERS = tuple(member.value for member in Optimizer)
+SCHEDULES = tuple(member.value for member in Schedule)
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
 
 
@@ -126,10 +144,10 @@ class TrainConfig:
         if self.val_size < 0 or (self.n_train is not None and self.n_train < 1):
             raise UsageError("--val-size must be ≥ 0 and --n-train ≥ 1")
         parse_betas(self.adam_betas, "--adam-betas")
-        if self.optimizer not in ("sgd", "adam"):
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}; use constant, piecewise, cosine or cyclic")
+            raise UsageError(f"unknown schedule {self.schedule!r}; use {', '.join(SCHEDULES)}")
         if self.eps is not None:
             parse_eps(self.eps, norm="any")  # the training attack's own norm is checked when it is resolved
         return self

@@ -40,6 +40,7 @@ from midbench.evaluation.metrics import (
     unseen_full_strength,
     wilson_interval,
 )
+from midbench.formats import TableFormat, values
 from midbench.tables import (
     display_frame,
     html_table,
@@ -50,7 +51,7 @@ from midbench.tables import (
     plain,
 )
 
-FORMATS = ("markdown", "csv", "latex", "html", "json")
+FORMATS = values(TableFormat)
 #: the adversarial-training baselines among the built-in methods, for result files written before checkpoints
 #: recorded ``adversarial_training_baseline`` (a method's class attribute; midbench.defenses.base)
 LEGACY_AT_BASELINES = ("pgd-at", "trades", "mart", "fast-at", "msd", "avg", "max")

@@ -52,6 +52,15 @@ USAGE_ERRORS = [
     (["train", "--device", "cuda:abc"], "cuda"),
     (["train", "--eps", "8/0"], "divides by zero"),
     (["demo", "--quick", "--n-examples", "0"], "--n-examples"),
+    # errors of the option parser itself are one line too (closed sets are enums that Typer checks)
+    (["train", "--optimizer", "rmsprop"], "'rmsprop' is not one of 'adam', 'sgd'"),
+    (["train", "--schedule", "triangle"], "--schedule"),
+    (["train", "--method", "mid", "--attack-source", "online"], "'online' is not one of"),
+    (["train", "--epochs", "ten"], "--epochs"),
+    (["train", "--bogus-option"], "No such option: --bogus-option"),
+    (["leaderboard", "--format", "xlsx"], "'xlsx' is not one of 'markdown', 'csv'"),
+    (["compare", "a.json", "--format", "latex"], "--format"),
+    (["attacks", "list", "--format", "yaml"], "--format"),
 ]
 
 
@@ -72,7 +81,7 @@ EVAL_USAGE_ERRORS = [
     (["--eps", "8"], "8/255"),
     (["--eps", "L3=1"], "unknown norm"),
     (["--batch-size", "0"], "--batch-size"),
-    (["--protocol", "blackbox"], "unknown protocol"),
+    (["--protocol", "blackbox"], "'blackbox' is not one of 'whitebox', 'transfer'"),
     (["--protocol", "transfer"], "--source"),
     (["--dataset", "cifar-10"], "Did you mean 'cifar10'"),
     (["--attacks", "pgd-linf-t", "--eps", "0.1", "--registry-dir", "/nonexistent-registry"], "does not exist"),

@@ -178,7 +178,7 @@ def test_cli_draws_the_grid_and_prints_predictions(checkpoints: dict[str, Path],
     assert _png_size(out) == grid_size(4, 3, SHAPE[1], SHAPE[2])
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--protocol", "blackbox"], "unknown protocol"),
+@pytest.mark.parametrize(("args", "message"), [(["--protocol", "blackbox"], "'blackbox' is not one of 'whitebox', 'transfer'"),
                                                (["--n", "0"], "--n"),
                                                (["--attack", "pgd-lnf"], "Did you mean 'pgd-linf'")])
 def test_cli_usage_errors(checkpoints: dict[str, Path], tmp_path: Path, args: list[str], message: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from midbench.errors import Interrupted, MidbenchError
 
@@ -69,6 +70,33 @@ def guarded(func: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: a usage error the option parser finds (an unknown option, a value outside a
+    closed set, text for a number) is one line with exit code 2, like midbench's own errors, instead of
+    Typer's framed message (reliability.md: one line that says how to fix it)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:
+            code = getattr(error, "exit_code", None)
+            if not (isinstance(code, int) and callable(getattr(error, "format_message", None))):
+                raise  # not the parser's: a command's own errors are handled by @guarded
+            message = " ".join(str(error.format_message()).split()).rstrip(".")
+            if message:  # no message: the parser has printed the help (a command given no arguments)
+                context = getattr(error, "ctx", None)
+                hint = f"; see '{context.command_path} --help'" if context is not None else ""
+                print(f"midbench: error: {message}{hint}", file=sys.stderr)
+            sys.exit(code)
+        # without standalone mode the parser returns an exit code (e.g. 0 after --help) instead of exiting
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def console() -> Any:

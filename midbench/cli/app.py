@@ -8,10 +8,10 @@ import typer
 
 from midbench import __version__
 from midbench.cli import bench, board, compare, demo, evaluate, export, import_cmd, listing, regenerate, train
-from midbench.cli._common import DEBUG, install_signal_handlers
+from midbench.cli._common import DEBUG, OneLineErrors, install_signal_handlers
 
 app = typer.Typer(
-    name="midbench", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="midbench", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=OneLineErrors,
     help="Train and evaluate adversarial defenses against known and unknown attacks (MID, adversarial "
          "training, AutoAttack).\n\nExample: midbench demo",
 )

@@ -8,14 +8,15 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded, split_csv
+from midbench.formats import TableFormat
 
 
 @guarded
 def leaderboard_command(
     results_dir: Annotated[Path, typer.Option(help="Directory holding runs/<dataset>/*.json.")] = Path("results"),
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
-    output_format: Annotated[str, typer.Option(
-        "--format", help="markdown (default), csv, latex (booktabs), html or json.")] = "markdown",
+    output_format: Annotated[TableFormat, typer.Option(
+        "--format", help="markdown, csv, latex (booktabs), html or json.")] = TableFormat.MARKDOWN,
     columns: Annotated[list[str] | None, typer.Option(
         "--columns", help="Add a robust-accuracy column per attack: registry ids (pgd-linf) or keys "
                           "(pgd-linf@1), comma-separated.")] = None,
@@ -40,7 +41,7 @@ def leaderboard_command(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeaderboardWarning)
         try:
-            text = render(results_dir, output_format, dataset, split_csv(columns), ci)
+            text = render(results_dir, output_format.value, dataset, split_csv(columns), ci)
         finally:
             # Skipped results must be visible, as one plain line each, even when no table is left.
             for warning in caught:

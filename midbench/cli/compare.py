@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded
+from midbench.formats import ComparisonFormat
 
 
 @guarded
 def compare_command(
     results: Annotated[list[Path], typer.Argument(help="Result files (results/runs/<dataset>/<run_id>.json).")],
-    output_format: Annotated[str, typer.Option("--format", help="markdown (default), csv or json.")] = "markdown",
+    output_format: Annotated[ComparisonFormat, typer.Option("--format", help="markdown, csv or json.")] = ComparisonFormat.MARKDOWN,
     output: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of the terminal.")] = None,
 ) -> None:
     """Compare chosen runs side by side: one column per run, one row per metric (percent).
@@ -26,7 +27,7 @@ def compare_command(
     from midbench.compare import render
     from midbench.fileio import atomic_write_text
 
-    text = render(list(results), output_format)
+    text = render(list(results), output_format.value)
     if output is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:

@@ -11,6 +11,8 @@ import typer
 
 from midbench.cli._common import console, guarded, split_csv
 from midbench.cli._options import Device
+from midbench.formats import ConsoleFormat
+from midbench.protocols import Protocol
 
 
 @guarded
@@ -25,7 +27,7 @@ def eval_command(
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
     unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The unknown-attack profile: every threat model (suite unknown-profile) over its ladder of strengths, climbed nested; the ones the model was trained on are marked seen.")] = False,
     autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
-    protocol: Annotated[str, typer.Option(help="whitebox (default) or transfer.")] = "whitebox",
+    protocol: Annotated[Protocol, typer.Option(help="whitebox, or transfer (attacks crafted on --source).")] = Protocol.WHITEBOX,
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on.")] = None,
     eps: Annotated[list[str] | None, typer.Option(help="ε override: 0.1 or 8/255 (L∞), L2=1.5, L1=10; repeatable.")] = None,
     target: Annotated[str | None, typer.Option(help="Target policy of every targeted registry attack: random (the entries' default), least-likely or fixed:K (the MID release aimed at fixed:0); recorded as id@custom.")] = None,
@@ -41,7 +43,7 @@ def eval_command(
     check_eps: Annotated[bool, typer.Option("--check-eps", help="Sanity sweep: PGD-L∞ at 0.25, 0.5 and 1 × ε on up to 256 examples; flags accuracy rising with ε.")] = False,
     check_steps: Annotated[bool, typer.Option("--check-steps", help="Sanity sweep: PGD-L∞ with 10, 40 and 160 steps on up to 256 examples; flags accuracy rising with steps.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted evaluation's state (of the same --name and --protocol) instead of resuming it.")] = False,
-    output_format: Annotated[str, typer.Option("--format", help="table (default) or json (the result document).")] = "table",
+    output_format: Annotated[ConsoleFormat, typer.Option("--format", help="table, or json (the result document).")] = ConsoleFormat.TABLE,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
 ) -> None:
     """Evaluate a checkpoint (or your own model) against known and unknown attacks and write a result file.
@@ -55,10 +57,6 @@ def eval_command(
 
     Example: midbench eval --model mypackage.defense:build --weights defense.pt --dataset mnist5k --attacks pgd-linf,square-linf
     """
-    if output_format not in ("table", "json"):
-        from midbench.errors import UsageError
-
-        raise UsageError(f"unknown --format {output_format!r}; use table or json")
     from midbench.attacks.base import check_target_policy
     from midbench.evaluation.runner import EvalConfig, run_evaluation
     from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
@@ -69,14 +67,14 @@ def eval_command(
                                 target=check_target_policy(target) if target is not None else None)
     config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
                         selection=selection,
-                        protocol=protocol, source=str(source) if source else None, n_examples=n_examples,
+                        protocol=protocol.value, source=str(source) if source else None, n_examples=n_examples,
                         batch_size=batch_size, results_dir=str(results_dir), name=name, seed=seed, device=device,
                         registry_dirs=tuple(str(d) for d in registry_dir or []),
                         data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
                         weights=str(weights) if weights is not None else None, check_eps=check_eps,
                         check_steps=check_steps, restart=restart)
     show = console()
-    status = None if quiet or output_format == "json" else show.status("evaluating")
+    status = None if quiet or output_format is ConsoleFormat.JSON else show.status("evaluating")
     if status is not None:
         status.start()
 
@@ -89,7 +87,7 @@ def eval_command(
     finally:
         if status is not None:
             status.stop()
-    if output_format == "json":
+    if output_format is ConsoleFormat.JSON:
         for note in run.notes:
             print(f"note: {note}", file=sys.stderr)
         print(json.dumps(run.result, indent=2))

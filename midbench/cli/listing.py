@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import console, guarded
+from midbench.formats import ConsoleFormat
 
 attacks_app = typer.Typer(no_args_is_help=True, help="The attack registry: entries and suites.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Registered datasets.")
@@ -23,7 +24,7 @@ RegistryDirs = Annotated[list[Path] | None, typer.Option(help="Extra directory o
 def attacks_list(
     family: Annotated[str | None, typer.Option(help="Only this family (linf, l2, l1, l0, spatial, noise, ensemble).")] = None,
     suite: Annotated[str | None, typer.Option(help="Only the attacks of this suite.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table (default) or json.")] = "table",
+    output_format: Annotated[ConsoleFormat, typer.Option("--format", help="table or json.")] = ConsoleFormat.TABLE,
     registry_dir: RegistryDirs = None,
 ) -> None:
     """List attack entries (and suites).
@@ -35,13 +36,11 @@ def attacks_list(
 
     if family is not None and family not in FAMILIES:
         raise UsageError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
-    if output_format not in ("table", "json"):
-        raise UsageError(f"unknown --format {output_format!r}; use table or json")
     registry = load_registry(registry_dir or [])
     specs = registry.suite(suite) if suite else list(registry.attacks.values())
     if family:
         specs = [spec for spec in specs if spec.family == family]
-    if output_format == "json":
+    if output_format is ConsoleFormat.JSON:
         print(json.dumps([{"id": s.id, "version": s.version, "family": s.family,
                            "norm": s.norm.value if s.norm else None, "eps": s.eps, "target": s.target,
                            "implementation": s.implementation, "params": s.params, "citation": s.citation}

@@ -9,6 +9,7 @@ import typer
 
 from midbench.cli._common import console, guarded
 from midbench.cli._options import Device
+from midbench.protocols import Protocol
 
 
 @guarded
@@ -18,7 +19,7 @@ def regenerate_command(
     dataset: Annotated[str | None, typer.Option(help="Test images from this dataset (default: the checkpoint's; e.g. mnist5k for an imported MNIST model).")] = None,
     n: Annotated[int, typer.Option("--n", help="The first N test images (one column each).")] = 8,
     attack: Annotated[str | None, typer.Option(help="Add adversarial rows crafted with this attack id at the dataset's ε.")] = None,
-    protocol: Annotated[str, typer.Option(help="transfer (default: craft on the checkpoint's source model) or whitebox (on the MID classifier).")] = "transfer",
+    protocol: Annotated[Protocol, typer.Option(help="transfer (craft on the checkpoint's source model) or whitebox (on the MID classifier).")] = Protocol.TRANSFER,
     seed: Annotated[int, typer.Option(help="Attack seed.")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
     device: Device = "auto",
@@ -30,7 +31,7 @@ def regenerate_command(
     """
     from midbench.mid.regenerate import regeneration_grid
 
-    summary = regeneration_grid(checkpoint, out, dataset=dataset, n=n, attack_id=attack, protocol=protocol,
+    summary = regeneration_grid(checkpoint, out, dataset=dataset, n=n, attack_id=attack, protocol=protocol.value,
                                 seed=seed, data_dir=data_dir, device=device)
     show = console()
     if summary["attack"]:

@@ -13,6 +13,7 @@ from typer.core import TyperCommand
 
 from midbench.cli._common import console, guarded
 from midbench.cli._options import DeviceOverride
+from midbench.config import Optimizer, Schedule
 
 #: where :class:`MethodOptionsCommand` leaves the method options given on the command line
 METHOD_OPTIONS_KEY = "midbench.method_options"
@@ -84,10 +85,10 @@ def train_command(
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 5).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default 128).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam (default) or sgd.")] = None,
+    optimizer: Annotated[Optimizer | None, typer.Option(help="adam (default) or sgd.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 0).")] = None,
     adam_betas: Annotated[str | None, typer.Option(help="Adam's β1,β2 (default 0.9,0.999).")] = None,
-    schedule: Annotated[str | None, typer.Option(help="constant (default), piecewise, cosine or cyclic (up to --lr at the middle, down to 0; fast-at).")] = None,
+    schedule: Annotated[Schedule | None, typer.Option(help="constant (default), piecewise, cosine or cyclic (up to --lr at the middle, down to 0; fast-at).")] = None,
     train_attack: Annotated[str | None, typer.Option(help="Registry id of the training attack (default pgd-linf).")] = None,
     eps: Annotated[str | None, typer.Option(help="ε of the training attack, e.g. 0.3 or 8/255 (default: the dataset's).")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Override the training attack's steps (step size 2.5ε/steps).")] = None,
@@ -122,8 +123,8 @@ def train_command(
     cli_values = {"method": method, "method_options": method_option,
                   "registry_dirs": ",".join(str(d) for d in registry_dir) if registry_dir else None,
                   "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                  "optimizer": optimizer, "weight_decay": weight_decay, "adam_betas": adam_betas,
-                  "schedule": schedule, "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
+                  "optimizer": optimizer.value if optimizer else None, "weight_decay": weight_decay, "adam_betas": adam_betas,
+                  "schedule": schedule.value if schedule else None, "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
                   "attack_step_size": attack_step_size, "val_size": val_size, "n_train": n_train,
                   "device": device, "seed": seed, "bf16": bf16 or None,
                   "data_dir": str(data_dir) if data_dir else None, "download": download or None,
