@@ -39,7 +39,8 @@ import torch
 from midbench.attacks.specs import load_registry
 from midbench.config import TrainConfig
 from midbench.data import load_split
-from midbench.evaluation.runner import EvalConfig, run_evaluation
+from midbench.evaluation.config import EvalConfig
+from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text
 from midbench.loading import load_classifier

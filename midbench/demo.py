@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from midbench.config import TrainConfig
-from midbench.evaluation.runner import EvalConfig, run_evaluation
+from midbench.evaluation.config import EvalConfig
+from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text, ensure_writable_dir
 from midbench.leaderboard import render

@@ -104,7 +104,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         progress: show training progress bars.
         restart: discard interrupted evaluation states instead of resuming them (``--restart``).
     """
-    from midbench.evaluation.runner import EvalConfig, run_evaluation
+    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.runner import run_evaluation
     from midbench.training import train
     from midbench.training.loop import STATE_FILE as TRAIN_STATE
 

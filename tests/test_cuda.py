@@ -14,7 +14,8 @@ pytestmark = pytest.mark.cuda
 
 
 def test_bf16_training_and_cuda_evaluation(tmp_path: Path) -> None:
-    from midbench.evaluation.runner import EvalConfig, run_evaluation
+    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
 
     config = TrainConfig.of(method="pgd-at", arch="test-cnn", epochs=1, attack_steps=2, n_train=512, val_size=32,

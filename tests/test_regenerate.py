@@ -178,9 +178,11 @@ def test_cli_draws_the_grid_and_prints_predictions(checkpoints: dict[str, Path],
     assert _png_size(out) == grid_size(4, 3, SHAPE[1], SHAPE[2])
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--protocol", "blackbox"], "'blackbox' is not one of 'whitebox', 'transfer'"),
-                                               (["--n", "0"], "--n"),
-                                               (["--attack", "pgd-lnf"], "Did you mean 'pgd-linf'")])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--protocol", "blackbox"], "'blackbox' is not one of 'whitebox', 'transfer'"),
+    (["--n", "0"], "--n"),
+    (["--attack", "pgd-lnf"], "Did you mean 'pgd-linf'"),
+])
 def test_cli_usage_errors(checkpoints: dict[str, Path], tmp_path: Path, args: list[str], message: str) -> None:
     result = RUNNER.invoke(app, ["regenerate", str(checkpoints["mid"]), "--out", str(tmp_path / "g.png"),
                                  "--device", "cpu", *args])

@@ -58,7 +58,8 @@ def eval_command(
     Example: midbench eval --model mypackage.defense:build --weights defense.pt --dataset mnist5k --attacks pgd-linf,square-linf
     """
     from midbench.attacks.base import check_target_policy
-    from midbench.evaluation.runner import EvalConfig, run_evaluation
+    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
 
     selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,

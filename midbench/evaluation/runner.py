@@ -3,7 +3,7 @@ The library behind ``midbench eval``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
+from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.engine import Evaluation, ProgressFn, evaluate
 from midbench.evaluation.results import (
     build_result,
@@ -27,47 +28,11 @@ from midbench.evaluation.results import (
     utc_now,
     write_result,
 )
-from midbench.evaluation.selection import AttackSelection, select_attacks, with_defaults
+from midbench.evaluation.selection import select_attacks, with_defaults
 from midbench.evaluation.state import EvalState, state_path
 from midbench.fileio import ensure_writable_dir
 from midbench.loading import load_classifier, load_model, recorded_source
-from midbench.paths import DEFAULT_RESULTS_DIR
 from midbench.protocols import PROTOCOLS
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Options of one evaluation run (``midbench eval``).
-
-    Exactly one of ``checkpoint`` and ``model_spec`` names the model. ``model_spec`` (``module:factory``, see
-    :mod:`midbench.usermodel`) needs ``dataset`` and takes optional ``weights``. ``check_eps``/``check_steps`` run
-    the opt-in sanity sweeps of :mod:`midbench.evaluation.sanity` after the attacks.
-    """
-
-    checkpoint: str | None = None
-    dataset: str | None = None
-    arch: str | None = None
-    selection: AttackSelection = field(default_factory=AttackSelection)
-    protocol: str = "whitebox"
-    source: str | None = None
-    #: how tables name the transfer source (default: the name in its checkpoint); a sweep with two sources of
-    #: the same method names them by run, so their tables stay apart
-    source_name: str | None = None
-    n_examples: int | None = None
-    batch_size: int = 256
-    results_dir: str = str(DEFAULT_RESULTS_DIR)
-    name: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    registry_dirs: tuple[str, ...] = ()
-    data_dir: str | None = None
-    download: bool = False
-    model_spec: str | None = None
-    weights: str | None = None
-    check_eps: bool = False
-    check_steps: bool = False
-    #: discard the resumable state of an interrupted evaluation with other settings instead of refusing it
-    restart: bool = False
 
 
 @dataclass
