@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = load_classifier(args.checkpoint)
     model = loaded.model.eval()
-    dataset = loaded.metadata["dataset"]
+    dataset = loaded.metadata.dataset
     data = load_split(dataset, "test").subset(torch.arange(args.n))
     images, labels = data.as_float(), data.labels.clone()
     clean = (predict(model, images, 256) == labels).numpy()
     registry = load_registry()
-    train_attacks = [ResolvedAttack.from_dict(item) for item in loaded.metadata.get("train_attacks", [])]
+    train_attacks = [ResolvedAttack.from_dict(item) for item in loaded.metadata.train_attacks]
     plans = profile_plan(registry, get_dataset(dataset).eps, seen_threat_models(train_attacks, registry))
 
     def runner() -> AttackRunner:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = function()
             times[name].append(time.perf_counter() - started)
 
-    print(f"{loaded.metadata.get('name')} ({loaded.metadata.get('method')}), n={args.n}, clean {clean.mean():.3f}, "
+    print(f"{loaded.metadata.name} ({loaded.metadata.method}), n={args.n}, clean {clean.mean():.3f}, "
           f"threads={args.threads}")
     print(f"{'threat model':<12} {'seen':<5} {'nested passes':>14} {'independent':>12} {'ratio':>6}  identical")
     total_nested = total_independent = 0

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.checkpoint} names no source model (source_checkpoint); pass a MID checkpoint")
     source = freeze(load_classifier(source_path).model)
     pool = [ResolvedAttack.from_dict(attack).build(seed=0, batch_size=args.batch_size)
-            for attack in meta["train_attacks"]]
-    split = load_split(meta["dataset"], "train")
+            for attack in meta.train_attacks]
+    split = load_split(meta.dataset, "train")
     batches = []
     for _, x, y in DeviceBatches(split, args.batch_size, torch.device("cpu")).indexed_epoch(shuffle=False):
         batches.append(([x, *(attack(source, x, y).detach() for attack in pool)], y))
@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     freeze(model.net.head)
     states = {"trained": {k: v.clone() for k, v in model.net.encoder.state_dict().items()}}
     torch.manual_seed(1)  # a student as stage 2 starts it (random init)
-    fresh = build_model(meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"])).net.encoder
+    fresh = build_model(meta.arch, meta.num_classes, meta.input_shape).net.encoder
     states["fresh init"] = fresh.state_dict()
-    print(f"checkpoint {args.checkpoint} (inner_lr {meta['method_params']['inner_lr']}), "
-          f"{args.batches} batches of {args.batch_size}, pool {[a['id'] for a in meta['train_attacks']]}")
+    print(f"checkpoint {args.checkpoint} (inner_lr {meta.method_params['inner_lr']}), "
+          f"{args.batches} batches of {args.batch_size}, pool {[a['id'] for a in meta.train_attacks]}")
     print("| student | α | meta vs none ‖g_α − g_0‖/‖g_0‖ | 2nd vs 1st order ‖g_α − g_α^FO‖/‖g_α‖ |")
     print("|---|---|---|---|")
     for label, state in states.items():

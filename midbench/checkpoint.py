@@ -24,6 +24,7 @@ import torch
 from midbench import __version__
 from midbench.errors import ArtifactError
 from midbench.fileio import atomic_write_bytes
+from midbench.metadata import ModelMetadata
 
 FORMAT = "midbench.checkpoint/1"
 METADATA_KEY = "midbench"
@@ -32,7 +33,8 @@ HASH_KEY = "payload_sha256"
 
 @dataclass
 class Checkpoint:
-    """Weights (``state_dict``) plus provenance (``metadata``); ``sha256`` is that of the file's bytes."""
+    """Weights (``state_dict``) plus provenance (``metadata``, the JSON as stored; :attr:`info` reads it as a
+    :class:`~midbench.metadata.ModelMetadata`); ``sha256`` is that of the file's bytes."""
 
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -40,8 +42,17 @@ class Checkpoint:
     path: str = ""
 
     @property
+    def info(self) -> ModelMetadata:
+        """The metadata as a typed record.
+
+        Raises:
+            ArtifactError: a field needed to rebuild the model is missing or malformed.
+        """
+        return ModelMetadata.from_dict(self.metadata, f"checkpoint {self.path}")
+
+    @property
     def arch(self) -> str:
-        return str(self.metadata["arch"])
+        return self.info.arch
 
     def build_model(self) -> torch.nn.Module:
         """A fresh model of the recorded architecture, class count, input shape and normalisation (no weights).
@@ -51,13 +62,8 @@ class Checkpoint:
         """
         from midbench.models import build_model
 
-        meta = self.metadata
-        try:
-            return build_model(meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"]), meta.get("mean"),
-                               meta.get("std"))
-        except KeyError as error:
-            raise ArtifactError(f"checkpoint {self.path} lacks metadata field {error}; re-create it with "
-                                "midbench") from error
+        info = self.info
+        return build_model(info.arch, info.num_classes, info.input_shape, info.mean, info.std)
 
 
 def payload_sha256(tensors: dict[str, torch.Tensor], metadata_json: str = "") -> str:
@@ -80,9 +86,14 @@ def base_metadata() -> dict[str, Any]:
     return {"format": FORMAT, "midbench_version": __version__, "torch_version": torch.__version__}
 
 
-def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
-    """Atomically write weights and metadata to ``path``; returns the file's SHA-256."""
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: ModelMetadata | dict[str, Any]
+                    ) -> str:
+    """Atomically write weights and metadata to ``path``; returns the file's SHA-256. midbench's writers give a
+    :class:`ModelMetadata`; a plain mapping is stored as it is (the file format does not require the fields)."""
     from safetensors.torch import save
+
+    if isinstance(metadata, ModelMetadata):
+        metadata = metadata.to_dict()
 
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
     full = json.dumps({**base_metadata(), **metadata}, sort_keys=True)
@@ -234,13 +245,12 @@ def load_strictly(target: torch.nn.Module, state: dict[str, torch.Tensor], probl
         raise ArtifactError(f"{problem} ({str(error).splitlines()[0]})") from error
 
 
-def check_compatible(metadata: dict[str, Any], dataset_name: str, num_classes: int,
+def check_compatible(metadata: ModelMetadata, dataset_name: str, num_classes: int,
                      input_shape: tuple[int, ...]) -> None:
     """Refuse a checkpoint whose class count or input shape differs from the dataset's (reliability.md #1)."""
-    ckpt_classes = int(metadata.get("num_classes", num_classes))
-    ckpt_shape = tuple(metadata.get("input_shape", input_shape))
+    ckpt_classes, ckpt_shape = metadata.num_classes, tuple(metadata.input_shape)
     if ckpt_classes != num_classes or ckpt_shape != tuple(input_shape):
         raise ArtifactError(
-            f"checkpoint is for {metadata.get('dataset', '?')} ({ckpt_classes} classes, input {ckpt_shape}) but "
+            f"checkpoint is for {metadata.dataset or '?'} ({ckpt_classes} classes, input {ckpt_shape}) but "
             f"dataset {dataset_name} has {num_classes} classes, input {tuple(input_shape)}; pick a matching "
             "--dataset")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from torch import nn
 from midbench.checkpoint import load_checkpoint, load_plain_state_dict, load_weights_into
 from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
+from midbench.metadata import ModelMetadata
 from midbench.models import build_model
 from midbench.models.factory import AUX_PREFIX, MODELS
 from midbench.usermodel import load_user_model
@@ -33,7 +33,7 @@ class LoadedModel:
     """A loaded model with the provenance a result file or a run records."""
 
     model: nn.Module
-    metadata: dict[str, Any]
+    metadata: ModelMetadata
     sha256: str
     path: str | None  # None for a --model built without a weights file
 
@@ -53,15 +53,15 @@ def load_classifier(path: str | Path, arch: str | None = None, dataset: str | No
         state, sha256 = load_plain_state_dict(path)
         model = build_model(arch, spec.num_classes, spec.input_shape, spec.mean, spec.std)
         load_weights_into(model, state, str(path))
-        metadata = {"name": Path(path).stem, "arch": arch, "dataset": dataset, "num_classes": spec.num_classes,
-                    "input_shape": list(spec.input_shape), "method": "unknown", "train_attacks": []}
+        metadata = ModelMetadata(arch=arch, num_classes=spec.num_classes, input_shape=tuple(spec.input_shape),
+                                 dataset=dataset, name=Path(path).stem)
         return LoadedModel(model, metadata, sha256, str(path))
     checkpoint = load_checkpoint(path)
     model = checkpoint.build_model()
     # Companion modules (MID's teacher encoder and decoder) are stored under aux. and are not the classifier.
     classifier_state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(AUX_PREFIX)}
     load_weights_into(model, classifier_state, str(path))
-    return LoadedModel(model, checkpoint.metadata, checkpoint.sha256, str(path))
+    return LoadedModel(model, checkpoint.info, checkpoint.sha256, str(path))
 
 
 def load_with_aux(path: str | Path) -> LoadedModel:
@@ -72,9 +72,9 @@ def load_with_aux(path: str | Path) -> LoadedModel:
         ArtifactError: unreadable or corrupted file, or tensors that do not fit the recorded architecture.
     """
     checkpoint = load_checkpoint(path)
-    meta = checkpoint.metadata
+    meta = checkpoint.info
     model = checkpoint.build_model()
-    arch, num_classes, shape = meta["arch"], int(meta["num_classes"]), tuple(meta["input_shape"])
+    arch, num_classes, shape = meta.arch, meta.num_classes, meta.input_shape
     aux_names = {key.split(".")[1] for key in checkpoint.state_dict if key.startswith(AUX_PREFIX)}
     if aux_names:
         info = MODELS.get(arch)
@@ -139,6 +139,6 @@ def companion_path(recorded: str | None, checkpoint: str | Path | None) -> str |
     return str(Path(checkpoint).parent / recorded)
 
 
-def recorded_source(metadata: dict[str, Any], checkpoint: str | Path | None) -> str | None:
+def recorded_source(metadata: ModelMetadata, checkpoint: str | Path | None) -> str | None:
     """The transfer-protocol source model a checkpoint names (MID's ``source_checkpoint``), or None."""
-    return companion_path(metadata.get("source_checkpoint"), checkpoint)
+    return companion_path(metadata.source_checkpoint, checkpoint)

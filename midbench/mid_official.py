@@ -20,6 +20,7 @@ import torch
 from midbench.checkpoint import load_weights_into, save_checkpoint
 from midbench.errors import ArtifactError
 from midbench.legacy_torch import AllowList, LegacyFile, read_legacy_module
+from midbench.metadata import ModelMetadata
 
 #: role -> (file name in the release, SHA-256 of the released file), from shared/mid-official/README.md
 RELEASE_FILES: dict[str, tuple[str, str]] = {
@@ -229,25 +230,25 @@ def import_mid_official(source: str | Path, teacher: str | Path, student: str | 
     common = {"arch": "lenet", "dataset": "mnist", "num_classes": 10, "input_shape": [1, 28, 28], "mean": [0.0],
               "std": [1.0], "release": RELEASE, "evaluation_note": EVALUATION_NOTE}
 
-    save_checkpoint(paths["source"], models["source"].state_dict(), {
+    save_checkpoint(paths["source"], models["source"].state_dict(), ModelMetadata.from_dict({
         **common, "name": "mid-official-source", "method": "standard",
         "method_citation": "the MID release's source (target) model: LeNet5, cross-entropy", "train_attacks": [],
-        "imported_from": {"source": _provenance("source", files["source"], verified["source"])}})
-    save_checkpoint(paths["teacher"], models["teacher"].state_dict(), {
+        "imported_from": {"source": _provenance("source", files["source"], verified["source"])}}))
+    save_checkpoint(paths["teacher"], models["teacher"].state_dict(), ModelMetadata.from_dict({
         **common, "name": "mid-official-teacher", "method": "mid-teacher",
         "method_citation": "Zhang et al., Meta Invariance Defense, TPAMI 2024 (released MNIST teacher "
                            "autoencoder, stage 1)",
         "train_attacks": [],
         "composition": "encoder (conv1, conv2), head (linear1, linear2) and decoder (dec2, dec4) from the teacher "
                        "file",
-        "imported_from": {"teacher": _provenance("teacher", files["teacher"], verified["teacher"])}})
+        "imported_from": {"teacher": _provenance("teacher", files["teacher"], verified["teacher"])}}))
     # The MID checkpoint last: the files it refers to exist by the time it does.
-    save_checkpoint(paths["mid"], models["mid"].state_dict(), {
+    save_checkpoint(paths["mid"], models["mid"].state_dict(), ModelMetadata.from_dict({
         **common, "name": "mid-official-mid", "method": "mid",
         "method_citation": "Zhang et al., Meta Invariance Defense, TPAMI 2024 (released MNIST model)",
         "train_attacks": pool, "source_checkpoint": paths["source"].name,
         "teacher_checkpoint": paths["teacher"].name,
         "composition": "encoder (conv1, conv2) from the student file, head (linear1, linear2) from the teacher "
                        "file; aux.teacher_encoder (conv1, conv2) and aux.decoder (dec2, dec4) from the teacher file",
-        "imported_from": {role: _provenance(role, released, verified[role]) for role, released in files.items()}})
+        "imported_from": {role: _provenance(role, released, verified[role]) for role, released in files.items()}}))
     return paths

@@ -28,6 +28,7 @@ from torch import nn
 from midbench.checkpoint import load_plain_state_dict, load_strictly, payload_sha256
 from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
+from midbench.metadata import ModelMetadata
 
 #: ``package.module:attribute`` (the attribute may be dotted: ``module:Class.create``)
 SPEC_PATTERN = re.compile(r"^(?P<module>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")
@@ -50,7 +51,7 @@ class UserModel:
     """
 
     model: nn.Module
-    metadata: dict[str, Any]
+    metadata: ModelMetadata
     sha256: str
     path: str | None
 
@@ -202,8 +203,7 @@ def load_user_model(spec: str, dataset: str | None, weights: str | None = None,
     state_sha256 = payload_sha256({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
     identity = hashlib.sha256(json.dumps({"model_spec": spec, "source_sha256": source_sha256,
                                           "state_sha256": state_sha256}, sort_keys=True).encode()).hexdigest()
-    metadata = {"name": spec, "arch": type(model).__name__, "dataset": dataset,
-                "num_classes": data_spec.num_classes, "input_shape": list(data_spec.input_shape),
-                "method": "unknown", "train_attacks": [], "model_spec": spec, "weights_sha256": weights_sha256,
-                "source_sha256": source_sha256}
+    metadata = ModelMetadata(arch=type(model).__name__, num_classes=data_spec.num_classes,
+                             input_shape=tuple(data_spec.input_shape), dataset=dataset, name=spec, model_spec=spec,
+                             weights_sha256=weights_sha256, source_sha256=source_sha256)
     return UserModel(model, metadata, identity, weights)

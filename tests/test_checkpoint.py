@@ -127,3 +127,31 @@ def test_foreign_state_dict_with_wrong_keys_exits_3(standard_checkpoint: Path, t
 def test_load_checkpoint_refuses_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not found"):
         load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_model_metadata_round_trips_and_keeps_unknown_keys() -> None:
+    """One reader and one writer: what a checkpoint stores comes back unchanged, fields a newer writer added
+    included, and the typed fields are typed."""
+    from midbench.metadata import ModelMetadata
+
+    stored = {"arch": "lenet", "num_classes": 10, "input_shape": [1, 28, 28], "dataset": "mnist5k",
+              "mean": [0.1307], "std": [0.3081], "method": "mid", "method_params": {"inner_lr": 1e-4},
+              "train_attacks": [{"id": "pgd-linf"}], "source_checkpoint": "../standard/model.safetensors",
+              "adversarial_training_baseline": False, "composition": "encoder from the student file"}
+    record = ModelMetadata.from_dict(stored)
+    assert record.input_shape == (1, 28, 28) and record.mean == (0.1307,) and record.num_classes == 10
+    assert record.extra == {"composition": "encoder from the student file"}
+    assert record.to_dict() == stored
+
+
+@pytest.mark.parametrize(("stored", "message"), [
+    ({"num_classes": 10, "input_shape": [1, 28, 28]}, r"lacks metadata field\(s\) arch"),
+    ({"arch": "lenet", "num_classes": "ten", "input_shape": [1, 28, 28]}, "malformed metadata"),
+])
+def test_model_metadata_refuses_what_cannot_rebuild_a_model(stored: dict, message: str) -> None:
+    from midbench.errors import ArtifactError
+    from midbench.metadata import ModelMetadata
+
+    with pytest.raises(ArtifactError, match=message) as caught:
+        ModelMetadata.from_dict(stored, "checkpoint x.safetensors")
+    assert "\n" not in str(caught.value) and caught.value.exit_code == 3

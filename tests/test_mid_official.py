@@ -122,7 +122,7 @@ def test_teacher_checkpoint_holds_the_full_teacher(imported: dict[str, Path],
     # the training code's loader accepts it as a teacher (decoder included, strictly loaded)
     teacher = load_teacher(imported["teacher"])
     assert set(teacher.model.aux) == {"decoder"}
-    assert teacher.metadata["method"] == "mid-teacher"
+    assert teacher.metadata.method == "mid-teacher"
     # the stored decoder inverts the stored encoder: the teacher autoencoder reconstructs clean images (measured
     # MSE 7e-4 on the first 64; a wrong layer mapping gives far more)
     x = mnist5k_test.subset(torch.arange(64)).as_float()

@@ -36,6 +36,7 @@ from midbench.defenses.base import METHODS, DefenseTask, SetupContext, epoch_see
 from midbench.defenses.options import check_non_negative, check_positive, option
 from midbench.errors import ArtifactError, UsageError
 from midbench.loading import load_classifier, load_teacher
+from midbench.metadata import ModelMetadata
 from midbench.mid.losses import ConsistencyWeights
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, freeze, require_mid_architecture
@@ -218,13 +219,13 @@ class MetaInvarianceDefense(DefenseTask):
         path = Path(given)
         if not path.is_file():
             raise UsageError(f"--{role} {given}: no such checkpoint; train one or drop --{role} to train it here")
-        _check_dataset(load_checkpoint(path).metadata, self.dataset, self.config.dataset, path)
+        _check_dataset(load_checkpoint(path).info, self.dataset, self.config.dataset, path)
 
     def _load_teacher(self, path: Path, device: torch.device) -> nn.Module:
         teacher = load_teacher(path)
         meta = teacher.metadata
-        if meta.get("arch") != self.config.arch:
-            raise UsageError(f"teacher {path} is a {meta.get('arch')} but --arch is {self.config.arch}; use the "
+        if meta.arch != self.config.arch:
+            raise UsageError(f"teacher {path} is a {meta.arch} but --arch is {self.config.arch}; use the "
                              "same architecture")
         _check_dataset(meta, self.dataset, self.config.dataset, path)
         return teacher.model.to(device)
@@ -357,7 +358,7 @@ def _record_path(path: Path, run_dir: Path) -> str:
     return str(resolved)
 
 
-def _check_dataset(metadata: dict[str, Any], dataset: DatasetSpec, dataset_name: str, path: Path) -> None:
+def _check_dataset(metadata: ModelMetadata, dataset: DatasetSpec, dataset_name: str, path: Path) -> None:
     try:
         check_compatible(metadata, dataset_name, dataset.num_classes, dataset.input_shape)
     except ArtifactError as error:

@@ -61,10 +61,12 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     loaded = load_model(config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
                         weights=config.weights, device=device, seed=config.seed)
     meta = loaded.metadata
-    dataset_name = config.dataset or meta["dataset"]
+    dataset_name = config.dataset or meta.dataset
+    if dataset_name is None:
+        raise UsageError(f"{config.checkpoint} records no dataset; pass --dataset")
     spec = get_dataset(dataset_name)
     check_compatible(meta, dataset_name, spec.num_classes, spec.input_shape)
-    train_attacks = [ResolvedAttack.from_dict(item) for item in meta.get("train_attacks", [])]
+    train_attacks = [ResolvedAttack.from_dict(item) for item in meta.train_attacks]
     registry = load_registry([Path(d) for d in config.registry_dirs])
     attacks = select_attacks(config.selection, registry, spec.eps, train_attacks)
     data_eps = {**spec.eps, **config.selection.eps}
@@ -84,7 +86,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         check_compatible(source.metadata, dataset_name, spec.num_classes, spec.input_shape)
         source_model = source.model
         source_info = {"path": str(source_path), "sha256": source.sha256,
-                       "name": config.source_name or source.metadata.get("name")}
+                       "name": config.source_name or source.metadata.name}
     elif config.source:
         raise UsageError("--source only applies to --protocol transfer")
 
@@ -102,7 +104,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     indices = np.arange(count)
     data = data.subset(torch.from_numpy(indices))
 
-    name = config.name or meta.get("name") or Path(str(config.checkpoint)).stem
+    name = config.name or meta.name or Path(str(config.checkpoint)).stem
     indices_hash = indices_sha256(indices)
     fingerprint = {"checkpoint_sha256": loaded.sha256, "source_sha256": (source_info or {}).get("sha256"),
                    "protocol": config.protocol, "dataset": dataset_name, "indices_sha256": indices_hash,
@@ -129,11 +131,12 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         created = utc_now()
         run_id = make_run_id(name, config.protocol, created)
         checkpoint_info = {"path": loaded.path, "sha256": loaded.sha256, "name": name,
-                           "method": meta.get("method"), "arch": meta.get("arch"), "dataset": meta.get("dataset"),
+                           "method": meta.method, "arch": meta.arch, "dataset": meta.dataset,
                            "train_attacks": [attack.key for attack in train_attacks],
-                           "adversarial_training_baseline": meta.get("adversarial_training_baseline")}
+                           "adversarial_training_baseline": meta.adversarial_training_baseline}
         if config.model_spec:
-            checkpoint_info.update({key: meta.get(key) for key in ("model_spec", "weights_sha256", "source_sha256")})
+            checkpoint_info.update({"model_spec": meta.model_spec, "weights_sha256": meta.weights_sha256,
+                                    "source_sha256": meta.source_sha256})
         data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
                      "indices_sha256": indices_hash, "eps": data_eps}
         protocol_info = {"name": config.protocol, "source": source_info}

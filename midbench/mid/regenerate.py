@@ -70,7 +70,7 @@ def regeneration_grid(checkpoint: str | Path, out_png: str | Path, dataset: str 
     loaded = load_with_aux(checkpoint)
     _require_mid_classifier(loaded.model, checkpoint)
     meta = loaded.metadata
-    dataset_name = dataset or meta.get("dataset")
+    dataset_name = dataset or meta.dataset
     if not dataset_name:
         raise UsageError(f"{checkpoint} records no dataset; pass --dataset")
     spec = get_dataset(dataset_name)

@@ -31,7 +31,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from midbench.defenses.options import as_values, option_defaults
 from midbench.device import configure_for_speed, resolve_device
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
+from midbench.metadata import ModelMetadata
 from midbench.models import build_model
 from midbench.paths import BEST_FILE, MODEL_FILE, STATE_FILE
 
@@ -194,7 +195,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         metadata = _metadata(config, task, dataset, epoch, log, len(train_split))
         if best_key in record and (best_value is None or record[best_key] > best_value):
             best_value = record[best_key]
-            save_checkpoint(out / BEST_FILE, model.state_dict(), {**metadata, "best_by": best_key})
+            save_checkpoint(out / BEST_FILE, model.state_dict(), replace(metadata, best_by=best_key))
         _save_epoch(out, config, metadata, model, optimizer, scheduler, epoch, log)
         if reason is not None:
             _keep_best_model(out, record["stopped_early"])
@@ -213,7 +214,7 @@ def _keep_best_model(out: Path, stopped: dict[str, Any]) -> None:
     ``best.safetensors``), with ``stopped_early`` in its metadata. Idempotent, so a resume can redo it."""
     source = out / BEST_FILE if (out / BEST_FILE).exists() else out / MODEL_FILE
     checkpoint = load_checkpoint(source)
-    save_checkpoint(out / MODEL_FILE, checkpoint.state_dict, {**checkpoint.metadata, "stopped_early": stopped})
+    save_checkpoint(out / MODEL_FILE, checkpoint.state_dict, replace(checkpoint.info, stopped_early=stopped))
 
 
 def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Module, batches: DeviceBatches,
@@ -262,9 +263,10 @@ def _progress_bar(enabled: bool, description: str, total: int):  # noqa: ANN202
 
 
 def _metadata(config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, epoch: int, log: list[dict[str, Any]],
-              n_train: int) -> dict[str, Any]:
-    """The checkpoint metadata of the model after ``epoch``."""
-    return {
+              n_train: int) -> ModelMetadata:
+    """The checkpoint metadata of the model after ``epoch`` (a method's own :meth:`checkpoint_metadata` keys
+    that the record does not name are kept in its ``extra``)."""
+    return ModelMetadata.from_dict({
         "name": f"{task.name if is_user_method(config.method) else config.method}-{config.arch}-{config.dataset}",
         "arch": config.arch, "dataset": config.dataset, "num_classes": dataset.num_classes,
         "input_shape": list(dataset.input_shape), "mean": list(dataset.mean), "std": list(dataset.std),
@@ -273,10 +275,10 @@ def _metadata(config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, epoc
         "train_attacks": [attack.to_dict() for attack in task.train_attacks],
         "config": config.to_dict(), "seed": config.seed, "epoch": epoch, "epochs": config.epochs,
         "n_train": n_train, "metrics": log[-1], **task.checkpoint_metadata(),
-    }
+    })
 
 
-def _save_epoch(out: Path, config: TrainConfig, metadata: dict[str, Any], model: nn.Module,
+def _save_epoch(out: Path, config: TrainConfig, metadata: ModelMetadata, model: nn.Module,
                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
                 log: list[dict[str, Any]]) -> None:
     # Model first, state second: a crash between the two leaves a state one epoch behind the model, and the
