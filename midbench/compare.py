@@ -15,27 +15,25 @@ from typing import Any
 import pandas as pd
 
 from midbench.errors import UsageError
-from midbench.evaluation.documents import SUMMARY_KEYS, load_result_file
+from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, ResultDocument, load_result_file
 from midbench.formats import ComparisonFormat, values
 from midbench.tables import cell_text, markdown_table, percent, plain
 
 FORMATS = values(ComparisonFormat)
 
 
-def run_label(result: dict[str, Any]) -> str:
+def run_label(result: ResultDocument) -> str:
     """``name (protocol)``; a transfer run names its source when it has one."""
-    protocol = result["protocol"]
-    source = (protocol.get("source") or {}).get("name")
-    name = result["checkpoint"].get("name") or result["run_id"]
-    return f"{name} ({protocol['name']} from {source})" if source else f"{name} ({protocol['name']})"
+    protocol, source = result.protocol, result.protocol.source_name
+    name = result.checkpoint.name or result.run_id
+    return f"{name} ({protocol.name} from {source})" if source else f"{name} ({protocol.name})"
 
 
-def attack_label(row: dict[str, Any]) -> str:
+def attack_label(row: AttackRow) -> str:
     """The attack's key; a custom configuration also shows its ε (two runs may use different ones)."""
-    key = str(row.get("id"))
-    if key.endswith("@custom") and isinstance(row.get("eps"), int | float):
-        return f"{key} (ε={float(row['eps']):.6g})"
-    return key
+    if row.id.endswith("@custom") and isinstance(row.eps, int | float):
+        return f"{row.id} (ε={float(row.eps):.6g})"
+    return row.id
 
 
 def _unique(label: str, taken: Any) -> str:
@@ -47,7 +45,7 @@ def _unique(label: str, taken: Any) -> str:
     return candidate
 
 
-def comparison(results: list[dict[str, Any]]) -> pd.DataFrame:
+def comparison(results: list[ResultDocument]) -> pd.DataFrame:
     """The comparison as a frame: a ``metric`` column, then one percentage column per run."""
     if not results:
         raise UsageError("compare needs at least one RESULT.json; e.g. midbench compare results/runs/mnist5k/*.json")
@@ -55,19 +53,18 @@ def comparison(results: list[dict[str, Any]]) -> pd.DataFrame:
     for result in results:
         label = run_label(result)
         if label in labels:  # the same model and protocol twice: tell the runs apart
-            label = _unique(f"{label[:-1]}, {result['run_id']})", labels)
+            label = _unique(f"{label[:-1]}, {result.run_id})", labels)
         labels.append(label)
     values: list[dict[str, float | None]] = []
     attack_rows: list[str] = []
     for result in results:
-        column: dict[str, float | None] = {"clean": percent(result.get("clean_accuracy"))}
-        for row in result["attacks"]:
+        column: dict[str, float | None] = {"clean": percent(result.clean_accuracy)}
+        for row in result.attacks:
             label = _unique(attack_label(row), column)  # two configurations under one label: keep both
-            column[label] = percent(row.get("robust_accuracy"))
+            column[label] = percent(row.robust_accuracy)
             if label not in attack_rows:
                 attack_rows.append(label)
-        summary = result.get("summary") or {}
-        column.update({key: percent(summary.get(key)) for key in SUMMARY_KEYS})
+        column.update({key: percent(result.summary.get(key)) for key in SUMMARY_KEYS})
         values.append(column)
     metrics = ["clean", *attack_rows, *SUMMARY_KEYS]
     frame = pd.DataFrame({"metric": metrics})
@@ -86,10 +83,9 @@ def render(paths: list[str | Path], fmt: str = "markdown") -> str:
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "json":
-        runs = [{"label": label, "run_id": result["run_id"], "name": result["checkpoint"].get("name"),
-                 "dataset": result["data"]["dataset"], "protocol": result["protocol"]["name"],
-                 "source": (result["protocol"].get("source") or {}).get("name"),
-                 "n": result["data"]["n_examples"], "path": str(path)}
+        runs = [{"label": label, "run_id": result.run_id, "name": result.checkpoint.name,
+                 "dataset": result.data.dataset, "protocol": result.protocol.name,
+                 "source": result.protocol.source_name, "n": result.data.n_examples, "path": str(path)}
                 for label, result, path in zip(frame.columns[1:], results, paths, strict=True)]
         rows = [{key: plain(value) for key, value in record.items()} for record in frame.to_dict(orient="records")]
         return json.dumps({"runs": runs, "rows": rows}, indent=2, ensure_ascii=False) + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from midbench.errors import UsageError
-from midbench.evaluation.documents import is_autoattack, load_result_file
+from midbench.evaluation.documents import ResultDocument, load_result_file
 
 CARD_FIELDS = ("name", "dataset", "eps", "clean_acc", "autoattack_acc", "architecture", "number_forward_passes",
                "additional_data", "unreliable", "footnote")
@@ -32,48 +32,45 @@ def _accuracy_text(value: float) -> str:
     return f"{100.0 * float(value):.2f}"
 
 
-def robustbench_card(result: dict[str, Any], source: str | Path | None = None) -> dict[str, Any]:
+def robustbench_card(result: ResultDocument, source: str | Path | None = None) -> dict[str, Any]:
     """The RobustBench-style card of one result document (``source``: its file, for messages).
 
     Raises:
         UsageError: the result has no AutoAttack accuracy.
     """
-    autoattack = (result.get("summary") or {}).get("autoattack")
-    rows = [row for row in result["attacks"] if is_autoattack(row)]
+    autoattack = result.summary.get("autoattack")
+    rows = [row for row in result.attacks if row.is_autoattack]
     if autoattack is None or not rows:
-        where = source or result.get("run_id")
+        where = source or result.run_id
         raise UsageError(f"{where} has no AutoAttack result; run midbench eval --autoattack first "
                          "(RobustBench ranks by AutoAttack standard at the L∞ ε)")
-    if result.get("clean_accuracy") is None:
-        raise UsageError(f"{source or result.get('run_id')} has no clean accuracy (no examples); rerun "
+    if result.clean_accuracy is None:
+        raise UsageError(f"{source or result.run_id} has no clean accuracy (no examples); rerun "
                          "midbench eval with --n-examples > 0")
-    protocol = result["protocol"]
-    flags = result.get("flags") or []
-    data = result["data"]
-    eps = eps_value(rows[-1]["eps"])
-    version = (result.get("versions") or {}).get("midbench")
+    protocol, flags, data = result.protocol, result.flags, result.data
+    eps = eps_value(rows[-1].eps)
+    version = result.versions.get("midbench")
     notes = [f"Evaluated by midbench{' ' + version if version else ''} with AutoAttack standard (L∞, ε = {eps}) on "
-             f"{data['n_examples']} {data.get('split', 'test')} examples of {data['dataset']} "
-             f"(run {result['run_id']})."]
-    if protocol["name"] != "whitebox":
-        source_name = (protocol.get("source") or {}).get("name")
+             f"{data.n_examples} {data.split} examples of {data.dataset} (run {result.run_id})."]
+    if protocol.name != "whitebox":
+        source_name = protocol.source_name
         crafted = f" on the source model {source_name}" if source_name else " on another model"
-        notes.append(f"Unreliable: protocol {protocol['name']}, not white-box — the attacks were crafted{crafted}, "
+        notes.append(f"Unreliable: protocol {protocol.name}, not white-box — the attacks were crafted{crafted}, "
                      "so the robust accuracy is an upper bound.")
     if flags:
         listed = "; ".join(f"{flag.get('code')}: {flag.get('message')}" if flag.get("message") else
                            str(flag.get("code")) for flag in flags)
         notes.append(f"Unreliable: sanity checks flagged the evaluation ({listed}).")
     return {
-        "name": result["checkpoint"].get("name") or result["run_id"],
-        "dataset": data["dataset"],
+        "name": result.checkpoint.name or result.run_id,
+        "dataset": data.dataset,
         "eps": eps,
-        "clean_acc": _accuracy_text(result["clean_accuracy"]),
+        "clean_acc": _accuracy_text(result.clean_accuracy),
         "autoattack_acc": _accuracy_text(autoattack),
-        "architecture": result["checkpoint"].get("arch"),
+        "architecture": result.checkpoint.arch,
         "number_forward_passes": 1,
         "additional_data": False,
-        "unreliable": protocol["name"] != "whitebox" or bool(flags),
+        "unreliable": protocol.name != "whitebox" or bool(flags),
         "footnote": " ".join(notes),
     }
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from midbench.errors import UsageError
-from midbench.evaluation.documents import SUMMARY_KEYS, is_autoattack, read_result
+from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, EvaluatedModel, ResultDocument, read_result
 from midbench.evaluation.metrics import (
     mean_score,
     reference_normalised_scores,
@@ -74,14 +74,14 @@ class Run:
     """One complete result: the JSON document and its per-example matrix."""
 
     path: Path
-    result: dict[str, Any]
-    robust: np.ndarray  # N × k bool, columns in the order of result["attacks"]
+    result: ResultDocument
+    robust: np.ndarray  # N × k bool, columns in the order of result.attacks
     clean: np.ndarray  # N bool
     #: the unknown-attack profile: {threat model: (N × strengths nested matrix, strengths, seen)}
     curves: dict[str, tuple[np.ndarray, list[float], bool]] | None = None
 
 
-def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | None:
+def load_run(path: str | Path, result: ResultDocument | None = None) -> Run | None:
     """The result at ``path`` (``result``: its document, if already read) with its matrix; ``None`` if the JSON
     is not a complete result, and also a :class:`LeaderboardWarning` if the ``.npz`` is missing, unreadable or
     inconsistent with the JSON."""
@@ -89,14 +89,14 @@ def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | No
     result = read_result(path) if result is None else result
     if result is None:
         return None
-    matrix_path = path.parent / str(result.get("per_example") or f"{result['run_id']}.npz")
+    matrix_path = path.parent / str(result.per_example or f"{result.run_id}.npz")
     problem = None
     try:
         with np.load(matrix_path, allow_pickle=False) as matrix:
             robust = np.asarray(matrix["robust"]).astype(bool)
             clean = np.asarray(matrix["clean"]).astype(bool)
             attacks = [str(name) for name in matrix["attacks"]] if "attacks" in matrix else None
-            profile = (result.get("profile") or {}).get("threat_models") or []
+            profile = (result.profile or {}).get("threat_models") or []
             curves = {str(model["id"]): (np.asarray(matrix[f"profile_{model['id']}"]).astype(bool),
                                          [float(s) for s in model["strengths"]], bool(model.get("seen")))
                       for model in profile}
@@ -105,7 +105,7 @@ def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | No
     except Exception as error:  # noqa: BLE001 - any unreadable matrix means the row cannot be trusted
         problem = f"its per-example matrix {matrix_path.name} is unreadable ({type(error).__name__})"
     else:
-        n, ids = int(result["data"]["n_examples"]), [row.get("id") for row in result["attacks"]]
+        n, ids = int(result.data.n_examples), [row.id for row in result.attacks]
         if robust.ndim == 1 and robust.size == 0:
             robust = robust.reshape(n, 0)
         if robust.shape != (n, len(ids)) or clean.shape != (n,) or (attacks is not None and attacks != ids) \
@@ -118,18 +118,18 @@ def load_run(path: str | Path, result: dict[str, Any] | None = None) -> Run | No
     return Run(path, result, robust, clean, curves or None)
 
 
-def _attack_identity(row: dict[str, Any]) -> tuple[str, str, str]:
-    return (str(row.get("id")), json.dumps(row.get("eps")), json.dumps(row.get("params"), sort_keys=True))
+def _attack_identity(row: AttackRow) -> tuple[str, str, str]:
+    return (row.id, json.dumps(row.eps), json.dumps(row.params, sort_keys=True))
 
 
-def _group_key(result: dict[str, Any]) -> tuple[Any, ...]:
+def _group_key(result: ResultDocument) -> tuple[Any, ...]:
     """Runs with equal keys evaluated the same checkpoint on the same examples under the same protocol."""
-    checkpoint, data, protocol = result["checkpoint"], result["data"], result["protocol"]
-    source = protocol.get("source") or {}
-    if not checkpoint.get("sha256") or not data.get("indices_sha256"):
-        return ("run", result["run_id"])  # cannot prove two such runs saw the same model and data
-    return (checkpoint["sha256"], data["dataset"], json.dumps(data.get("eps"), sort_keys=True), protocol["name"],
-            source.get("sha256") or source.get("name"), data["indices_sha256"], data["n_examples"])
+    checkpoint, data, protocol = result.checkpoint, result.data, result.protocol
+    source = protocol.source or {}
+    if not checkpoint.sha256 or not data.indices_sha256:
+        return ("run", result.run_id)  # cannot prove two such runs saw the same model and data
+    return (checkpoint.sha256, data.dataset, json.dumps(data.eps, sort_keys=True), protocol.name,
+            source.get("sha256") or source.get("name"), data.indices_sha256, data.n_examples)
 
 
 def _version(key: str) -> int:
@@ -150,16 +150,16 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
     """One leaderboard row from runs of one checkpoint on the same examples (oldest first): the union of their
     attack columns (newest wins per attack), every accuracy recomputed from the united per-example matrix."""
     newest = runs[-1]
-    united: dict[tuple[str, str, str], tuple[dict[str, Any], np.ndarray]] = {}
+    united: dict[tuple[str, str, str], tuple[AttackRow, np.ndarray]] = {}
     for run in runs:
-        for index, row in enumerate(run.result["attacks"]):
+        for index, row in enumerate(run.result.attacks):
             united[_attack_identity(row)] = (row, run.robust[:, index])
     rows = [row for row, _ in united.values()]
-    n = int(newest.result["data"]["n_examples"])
+    n = int(newest.result.data.n_examples)
     robust = (np.stack([column for _, column in united.values()], axis=1) if united
               else np.zeros((n, 0), dtype=bool))
-    splits = [str(row.get("split")) for row in rows]
-    autoattack = [index for index, row in enumerate(rows) if is_autoattack(row)]
+    splits = [row.split for row in rows]
+    autoattack = [index for index, row in enumerate(rows) if row.is_autoattack]
     profiled = next((run for run in reversed(runs) if run.curves), None)  # the newest profile counts
     profile_unknown = unseen_full_strength([(matrix, seen) for matrix, _, seen in profiled.curves.values()], n) \
         if profiled is not None else np.zeros((n, 0), dtype=bool)
@@ -176,25 +176,21 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
     }
     by_key: dict[str, np.ndarray] = {}
     for row, column in united.values():
-        by_key[str(row.get("id"))] = column  # several configurations under one key: the newest
+        by_key[row.id] = column  # several configurations under one key: the newest
     for spec in columns:
         survivors[spec] = _find_attack(spec, by_key)
-    result, protocol = newest.result, newest.result["protocol"]
-    source = (protocol.get("source") or {}).get("name")
-    flags: dict[str, None] = {}
-    for run in runs:
-        for flag in run.result.get("flags") or []:
-            flags[str(flag.get("code"))] = None
-    eps = (result["data"].get("eps") or {}).get("Linf")
+    result = newest.result
+    flags = dict.fromkeys(code for run in runs for code in run.result.flag_codes)
+    eps = result.data.eps.get("Linf")
     record: dict[str, Any] = {
-        "name": result["checkpoint"].get("name"), "method": result["checkpoint"].get("method"),
-        "at_baseline": is_at_baseline(result["checkpoint"]),
-        "arch": result["checkpoint"].get("arch"), "dataset": result["data"]["dataset"],
-        "protocol": f"{protocol['name']} ({source})" if source else protocol["name"],
+        "name": result.checkpoint.name, "method": result.checkpoint.method,
+        "at_baseline": is_at_baseline(result.checkpoint),
+        "arch": result.checkpoint.arch, "dataset": result.data.dataset,
+        "protocol": result.protocol.label,
         "clean": percent(float(newest.clean.mean()) if n else None),
         **{key: percent(summary[key]) for key in SUMMARY_KEYS},
         "flags": ",".join(flags), "n": n, "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
-        "created": result["created"], "run_id": result["run_id"], "runs": [run.result["run_id"] for run in runs],
+        "created": result.created, "run_id": result.run_id, "runs": [run.result.run_id for run in runs],
         "profile": _profile_of(runs),
     }
     for spec in columns:
@@ -285,12 +281,12 @@ def collect(results_dir: str | Path, dataset: str | None = None, columns: list[s
     groups: dict[tuple[Any, ...], list[Run]] = {}
     for path in sorted(Path(results_dir).glob("runs/**/*.json")):
         result = read_result(path)
-        if result is None or (dataset is not None and result["data"]["dataset"] != dataset):
+        if result is None or (dataset is not None and result.data.dataset != dataset):
             continue
         run = load_run(path, result)
         if run is not None:
             groups.setdefault(_group_key(run.result), []).append(run)
-    rows = [merge_runs(sorted(runs, key=lambda run: (run.result["created"], run.result["run_id"])), columns)
+    rows = [merge_runs(sorted(runs, key=lambda run: (run.result.created, run.result.run_id)), columns)
             for runs in groups.values()]
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -312,11 +308,11 @@ def table_columns(columns: list[str] = (), ci: bool = False) -> list[str]:
             for part in ([name, f"{name}_lo", f"{name}_hi"] if name in with_bounds else [name])]
 
 
-def is_at_baseline(checkpoint: dict[str, Any]) -> bool:
+def is_at_baseline(checkpoint: EvaluatedModel) -> bool:
     """Whether the evaluated model was trained by an adversarial-training baseline: as its checkpoint recorded,
     or, for older result files, by the built-in method's name."""
-    recorded = checkpoint.get("adversarial_training_baseline")
-    return bool(recorded) if recorded is not None else checkpoint.get("method") in LEGACY_AT_BASELINES
+    recorded = checkpoint.adversarial_training_baseline
+    return bool(recorded) if recorded is not None else checkpoint.method in LEGACY_AT_BASELINES
 
 
 def rank_table(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:

@@ -25,8 +25,8 @@ def test_bf16_training_and_cuda_evaluation(tmp_path: Path) -> None:
     run = run_evaluation(EvalConfig(checkpoint=str(result.checkpoint), device="cuda", n_examples=64,
                                     results_dir=str(tmp_path / "results"),
                                     selection=AttackSelection(attacks=("fgsm-linf", "pgd-linf"))))
-    assert run.result["device"].startswith("cuda")
-    assert run.result["attacks"][1]["robust_accuracy"] <= run.result["clean_accuracy"]
+    assert run.result.device.startswith("cuda")
+    assert run.result.attacks[1].robust_accuracy <= run.result.clean_accuracy
 
 
 def test_cuda_device_is_refused_cleanly_without_gpu() -> None:

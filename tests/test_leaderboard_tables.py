@@ -55,8 +55,7 @@ def write_run(results: Path, attacks: dict[str, tuple[str, list[bool]]], *, clea
                     "arch": "lenet", "dataset": dataset, "train_attacks": []},
         data={"dataset": dataset, "split": "test", "n_examples": n, "indices_sha256": indices_sha256(index_array),
               "eps": dict(eps)},
-        protocol={"name": protocol, "source": source_info}, seed=0, device="cpu")
-    result["flags"] = flags or []
+        protocol={"name": protocol, "source": source_info}, seed=0, device="cpu", flags=flags)
     return write_result(result, evaluation, results, index_array)
 
 
@@ -372,3 +371,21 @@ def test_leaderboard_cli_formats_and_exit_codes(tmp_path: Path) -> None:
     assert RUNNER.invoke(app, [*base, "--columns", "pgd linf"]).exit_code == 2
     assert RUNNER.invoke(app, ["compare", "--help"]).exit_code == 0
     assert "Example" in RUNNER.invoke(app, ["export", "robustbench", "--help"]).output
+
+
+COMMITTED_RESULTS = sorted((Path(__file__).resolve().parents[1] / "results").glob("**/runs/*/*.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_RESULTS, ids=[p.name for p in COMMITTED_RESULTS])
+def test_result_documents_read_and_write_back_unchanged(path: Path) -> None:
+    """One reader and one writer for the result document: every committed result file (written by several
+    midbench versions) reads into a ResultDocument whose JSON form is the file's, key for key."""
+    import json
+
+    from midbench.evaluation.documents import ResultDocument
+
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    document = ResultDocument.from_dict(raw)
+    assert document is not None
+    assert document.to_dict() == raw
+    assert len(document.attacks) == len(raw["attacks"]) and document.data.n_examples == raw["data"]["n_examples"]

@@ -649,16 +649,16 @@ def test_mid_checkpoint_evaluates_under_both_protocols(mid_run: Path, tmp_path: 
                                     selection=AttackSelection(known=True, attacks=("fgsm-linf",)), n_examples=16,
                                     results_dir=str(tmp_path), device="cpu"))
     result = run.result
-    splits = {row["id"]: row["split"] for row in result["attacks"]}
+    splits = {row.id: row.split for row in result.attacks}
     assert splits == {"pgd-linf@custom": "known", "pgd-linf-t@custom": "known", "mim-linf@custom": "known",
                       "mim-linf-t@custom": "known", "fgsm-linf@1": "unknown"}
     if protocol == "transfer":
-        assert Path(result["protocol"]["source"]["path"]).resolve() == \
+        assert Path(result.protocol.source["path"]).resolve() == \
             (mid_run / "source" / "model.safetensors").resolve()
     else:
-        assert result["protocol"]["source"] is None
-    clean = result["clean_accuracy"]
-    assert all(row["robust_accuracy"] <= clean + 1e-9 for row in result["attacks"])
+        assert result.protocol.source is None
+    clean = result.clean_accuracy
+    assert all(row.robust_accuracy <= clean + 1e-9 for row in result.attacks)
 
 
 @pytest.mark.slow

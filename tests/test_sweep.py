@@ -141,13 +141,13 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sweep_writes_every_evaluation_and_the_leaderboard(tiny_sweep: Path) -> None:
     results = sorted((tiny_sweep / "a" / "results" / "runs" / "mnist5k").glob("*.json"))
     documents = [read_result(path) for path in results]
-    assert sorted((d["checkpoint"]["name"], d["protocol"]["name"]) for d in documents) == sorted(
+    assert sorted((d.checkpoint.name, d.protocol.name) for d in documents) == sorted(
         [("standard", "whitebox"), ("mid", "whitebox"), ("mid", "transfer"), ("pgd-at", "whitebox"),
          ("pgd-at", "transfer")])
-    standard_sha = next(d["checkpoint"]["sha256"] for d in documents if d["checkpoint"]["name"] == "standard")
+    standard_sha = next(d.checkpoint.sha256 for d in documents if d.checkpoint.name == "standard")
     for document in documents:
-        if document["protocol"]["name"] == "transfer":  # every transfer row is crafted on the same model
-            assert document["protocol"]["source"]["sha256"] == standard_sha
+        if document.protocol.name == "transfer":  # every transfer row is crafted on the same model
+            assert document.protocol.source["sha256"] == standard_sha
     board = (tiny_sweep / "a" / "results" / "leaderboard-tiny.md").read_text(encoding="utf-8")
     assert "### mnist5k — whitebox" in board and "### mnist5k — transfer" in board
     assert str(tiny_sweep / "a") not in board  # no checkpoint path of this machine in a table meant for a paper
@@ -193,7 +193,7 @@ def test_changed_eval_settings_redo_the_evaluations_but_not_the_training(tiny_sw
     assert all(path.read_bytes() == weights for path, weights in models.items())
     state = json.loads((out / "sweep-state.json").read_text())
     for record in state["evaluations"].values():
-        assert read_result(out / "results" / record["result"])["data"]["n_examples"] == 23
+        assert read_result(out / "results" / record["result"]).data.n_examples == 23
 
 
 @pytest.mark.slow
@@ -206,7 +206,7 @@ def test_a_retrained_model_replaces_its_stale_result(tiny_sweep: Path, tmp_path:
     (out / "sweep-state.json").write_text(json.dumps(state))
     run_sweep(load_sweep(tiny_sweep / "sweep.toml"), out)
     assert not (out / "results" / stale).exists()
-    names = [read_result(p)["checkpoint"]["name"] for p in (out / "results" / "runs" / "mnist5k").glob("*.json")]
+    names = [read_result(p).checkpoint.name for p in (out / "results" / "runs" / "mnist5k").glob("*.json")]
     assert names.count("pgd-at") == 2  # white-box (new) and transfer (kept)
 
 
@@ -354,8 +354,8 @@ epochs = 1
                                       str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 0, result.output
     documents = [read_result(path) for path in (tmp_path / "out" / "results").rglob("*.json")]
-    sources = {(d["checkpoint"]["name"], d["protocol"]["source"]["name"]): d["protocol"]["source"]["sha256"]
-               for d in documents if d["protocol"]["name"] == "transfer"}
+    sources = {(d.checkpoint.name, d.protocol.source_name): d.protocol.source["sha256"]
+               for d in documents if d.protocol.name == "transfer"}
     assert set(sources) == {("pgd-at", "standard-test-cnn-mnist5k"), ("pgd-at", "standard-b"),
                             ("standard-b", "standard-test-cnn-mnist5k"), ("standard", "standard-b")}
     assert sources[("pgd-at", "standard-b")] != sources[("pgd-at", "standard-test-cnn-mnist5k")]

@@ -11,6 +11,7 @@ import typer
 
 from midbench.cli._common import console, guarded, split_csv
 from midbench.cli._options import Device
+from midbench.evaluation.documents import ResultDocument
 from midbench.formats import ConsoleFormat
 from midbench.protocols import Protocol
 
@@ -91,41 +92,41 @@ def eval_command(
     if output_format is ConsoleFormat.JSON:
         for note in run.notes:
             print(f"note: {note}", file=sys.stderr)
-        print(json.dumps(run.result, indent=2))
+        print(json.dumps(run.result.to_dict(), indent=2))
         return
     for note in run.notes:
         show.print(f"note: {note}", highlight=False)
     show.print(result_table(run.result))
-    if "profile" in run.result:
+    if run.result.profile is not None:
         show.print(profile_table(run.result))
     for line in flag_lines(run.result):
         show.print(line, highlight=False, markup=False)
     show.print(f"result: {run.path}", highlight=False)
 
 
-def result_table(result: dict) -> object:
+def result_table(result: ResultDocument) -> object:
     """A rich table of one result document."""
     from rich.table import Table
 
-    table = Table(title=f"{result['checkpoint']['name']} on {result['data']['dataset']} "
-                        f"(n={result['data']['n_examples']}, {result['protocol']['name']})")
+    table = Table(title=f"{result.checkpoint.name} on {result.data.dataset} "
+                        f"(n={result.data.n_examples}, {result.protocol.name})")
     for column in ("attack", "split", "ε", "robust acc %", "95% CI", "seconds"):
         table.add_column(column, justify="left" if column in ("attack", "split") else "right")
-    table.add_row("clean", "", "", f"{100 * result['clean_accuracy']:.2f}", _ci(result["clean_ci95"]), "")
-    for row in result["attacks"]:
-        table.add_row(row["id"], row["split"], f"{row['eps']:.4g}", f"{100 * row['robust_accuracy']:.2f}",
-                      _ci(row["ci95"]), f"{row['seconds']:.1f}")
-    for key, value in result["summary"].items():
+    table.add_row("clean", "", "", f"{100 * result.clean_accuracy:.2f}", _ci(result.clean_ci95), "")
+    for row in result.attacks:
+        table.add_row(row.id, row.split, f"{row.eps:.4g}", f"{100 * row.robust_accuracy:.2f}",
+                      _ci(row.ci95), f"{row.seconds:.1f}")
+    for key, value in result.summary.items():
         if value is not None:
             table.add_row(key.replace("_", " "), "", "", f"{100 * value:.2f}", "", "")
     return table
 
 
-def profile_table(result: dict) -> object:
+def profile_table(result: ResultDocument) -> object:
     """A rich table of the result's unknown-attack profile: one row per threat model, accuracy per strength."""
     from rich.table import Table
 
-    models = result["profile"]["threat_models"]
+    models = (result.profile or {})["threat_models"]
     table = Table(title="unknown-attack profile: robust accuracy % at each strength (× full budget), nested")
     table.add_column("threat model")
     table.add_column("seen")
@@ -140,9 +141,9 @@ def profile_table(result: dict) -> object:
     return table
 
 
-def flag_lines(result: dict) -> list[str]:
+def flag_lines(result: ResultDocument) -> list[str]:
     """The result's sanity flags, one line each, with where to read about them; nothing when there are none."""
-    flags = result.get("flags") or []
+    flags = result.flags
     if not flags:
         return []
     return [f"flag {flag['code']}: {flag['message']}" for flag in flags] + [

@@ -14,7 +14,7 @@ import numpy as np
 
 from midbench import __version__
 from midbench.attacks.threat_models import PROFILE_SUITE
-from midbench.evaluation.documents import SCHEMA
+from midbench.evaluation.documents import SCHEMA, ResultDocument
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import summarise, unseen_full_strength, wilson_interval
 from midbench.evaluation.profile import curve_summary
@@ -30,7 +30,7 @@ def make_run_id(name: str, protocol: str, now: datetime) -> str:
 
 def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],
                  data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str,
-                 flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None) -> dict[str, Any]:
+                 flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None) -> ResultDocument:
     """The result document of one evaluation run.
 
     Args:
@@ -56,7 +56,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         row.update(outcome.details)
         rows.append(row)
     clean = int(evaluation.clean_correct.sum())
-    return {
+    document = ResultDocument.from_dict({
         "schema": SCHEMA, "run_id": run_id, "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "versions": software_versions(),
         "device": device, "checkpoint": checkpoint, "data": data, "protocol": protocol, "seed": seed,
@@ -70,7 +70,9 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
                         "threat_models": [curve_summary(c, evaluation.clean_correct) for c in evaluation.curves]}}
            if evaluation.curves else {}),
         "per_example": f"{run_id}.npz",
-    }
+    })
+    assert document is not None, "build_result made an incomplete document (a bug)"
+    return document
 
 
 def software_versions() -> dict[str, str | None]:
@@ -86,24 +88,24 @@ def software_versions() -> dict[str, str | None]:
     return {"midbench": __version__, "torch": torch.__version__, "pyautoattack": autoattack_version}
 
 
-def write_result(result: dict[str, Any], evaluation: Evaluation, results_dir: str | Path,
+def write_result(result: ResultDocument, evaluation: Evaluation, results_dir: str | Path,
                  indices: np.ndarray) -> Path:
     """Write ``<results_dir>/runs/<dataset>/<run_id>.{npz,json}``; the JSON last, so a visible JSON always
     has its matrix. Returns the JSON path."""
-    folder = ensure_writable_dir(Path(results_dir) / "runs" / result["data"]["dataset"])
-    run_id = result["run_id"]
+    folder = ensure_writable_dir(Path(results_dir) / "runs" / result.data.dataset)
+    run_id = result.run_id
 
     def write_npz(handle: io.BufferedWriter) -> None:
         # the profile's nested curves, one N × strengths matrix per threat model (profile_<id>)
         curves = {f"profile_{curve.plan.threat_model.id}": curve.robust for curve in evaluation.curves}
         np.savez_compressed(handle, robust=evaluation.matrix, clean=evaluation.clean_correct,
-                            attacks=np.array([row["id"] for row in result["attacks"]], dtype=str),
-                            splits=np.array([row["split"] for row in result["attacks"]], dtype=str),
+                            attacks=np.array([row.id for row in result.attacks], dtype=str),
+                            splits=np.array([row.split for row in result.attacks], dtype=str),
                             indices=indices, **curves)
 
     atomic_write_with(folder / f"{run_id}.npz", write_npz)
     json_path = folder / f"{run_id}.json"
-    atomic_write_json(json_path, result)
+    atomic_write_json(json_path, result.to_dict())
     return json_path
 
 

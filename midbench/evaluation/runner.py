@@ -19,6 +19,7 @@ from midbench.device import resolve_device
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
 from midbench.evaluation.config import EvalConfig
+from midbench.evaluation.documents import ResultDocument
 from midbench.evaluation.engine import Evaluation, ProgressFn, evaluate
 from midbench.evaluation.results import (
     build_result,
@@ -39,7 +40,7 @@ from midbench.protocols import PROTOCOLS
 class EvalRun:
     """What :func:`run_evaluation` produced."""
 
-    result: dict[str, Any]
+    result: ResultDocument
     path: Path
     evaluation: Evaluation
     notes: list[str]
