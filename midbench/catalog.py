@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -26,17 +27,24 @@ def suggest(name: str, choices: list[str], kind: str) -> str:
 class Catalog(Generic[T]):
     """Maps names (and aliases) to components; unknown names raise :class:`UsageError` with close matches.
 
-    ``builtin_modules`` register the built-in components when imported; they are imported on the first lookup,
+    ``builtin_modules`` register the built-in components when imported, and so does every module of
+    ``builtin_package`` (a new built-in component is then one new file); they are imported on the first lookup,
     not when the catalogue is created, so that importing midbench (and ``midbench --help``) stays cheap.
     """
 
-    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = (), builtin_package: str | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
         self._pending_modules = list(builtin_modules)
+        self._pending_package = builtin_package
 
     def _load_builtin(self) -> None:
+        if self._pending_package is not None:
+            package, self._pending_package = importlib.import_module(self._pending_package), None
+            self._pending_modules += [f"{package.__name__}.{module.name}"
+                                      for module in pkgutil.iter_modules(package.__path__)
+                                      if not module.name.startswith("_")]
         while self._pending_modules:
             importlib.import_module(self._pending_modules.pop(0))
 

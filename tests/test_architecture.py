@@ -42,3 +42,35 @@ def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, forbi
                       f"\n\ndef _hidden() -> None:\n    {forbidden}  # noqa: F401\n", encoding="utf-8")
     result = _lint_imports(tmp_path)
     assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_built_in_method_is_one_file_in_the_defenses_package(tmp_path: Path) -> None:
+    """A module dropped into midbench/defenses registers its method with no other change: the command line
+    offers its options, and the sweep and leaderboard learn what they need from its class."""
+    package = tmp_path / "midbench"
+    shutil.copytree(REPO / "midbench", package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "defenses" / "noise_at.py").write_text(
+        "from dataclasses import dataclass\n\n"
+        "from midbench.defenses.base import METHODS, DefenseTask\n"
+        "from midbench.defenses.options import option\n\n\n"
+        "@METHODS.register('noise-at')\n"
+        "class NoiseTraining(DefenseTask):\n"
+        "    name = 'noise-at'\n"
+        "    adversarial_training_baseline = True\n\n"
+        "    @dataclass(frozen=True)\n"
+        "    class Options:\n"
+        "        noise_sigma: float = option(0.1, 'noise-at: standard deviation of the noise.')\n\n"
+        "    def summary(self) -> str:\n"
+        "        return f'σ = {self.options.noise_sigma:g}'\n", encoding="utf-8")
+    script = ("from midbench.config import TrainConfig\n"
+              "from midbench.data import get_dataset\n"
+              "from midbench.defenses.base import METHODS, build_task\n"
+              "from midbench.cli.train import method_option_params\n"
+              "task = build_task(TrainConfig.of(method='noise-at', noise_sigma=0.3), get_dataset('mnist5k'))\n"
+              "flags = [p.opts[0] for p in method_option_params()]\n"
+              "print('noise-at' in METHODS.names(), task.summary(), '--noise-sigma' in flags)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "σ", "=", "0.3", "True"]

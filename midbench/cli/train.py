@@ -77,7 +77,7 @@ def method_option_params() -> tuple[Any, ...]:
 
 @guarded
 def train_command(
-    method: Annotated[str | None, typer.Option(help="Training method: standard, pgd-at, trades, mart, fast-at, msd, avg, max, mid, mid-teacher (see `midbench methods list`), or your own module:Class (a DefenseTask subclass; README, 'Your own defense').")] = None,
+    method: Annotated[str | None, typer.Option(help="Training method: a built-in id (`midbench methods list`: standard, pgd-at, trades, mid, ...) or your own module:Class (a DefenseTask subclass; README, 'Your own defense').")] = None,
     registry_dir: Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files (repeatable): training attacks, threat models and MID's pool may come from it.")] = None,
     method_option: Annotated[list[str] | None, typer.Option("--method-option", metavar="NAME=VALUE", help="An option of the method's own Options (repeatable), e.g. --method-option sigma=0.3.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset id (default mnist5k, embedded).")] = None,

@@ -146,11 +146,9 @@ class DefenseTask:
 
 
 TaskFactory = Callable[[TrainConfig, DatasetSpec], DefenseTask]
-METHODS: Catalog[TaskFactory] = Catalog("method", ("midbench.defenses.standard", "midbench.defenses.pgd_at",
-                                                    "midbench.defenses.trades", "midbench.defenses.mart",
-                                                    "midbench.defenses.fast_at",
-                                                    "midbench.defenses.multi_perturbation",
-                                                    "midbench.defenses.mid"))
+#: the built-in methods: every module of this package registers its tasks when imported (a new method is one
+#: new file here)
+METHODS: Catalog[TaskFactory] = Catalog("method", builtin_package="midbench.defenses")
 
 
 def is_user_method(method: str) -> bool:
