@@ -96,3 +96,20 @@ def test_a_user_defense_is_a_sweep_run(user_module: Path) -> None:
     sweep_file.write_text(sweep_file.read_text().replace("sigma=0.5", "sigma=wide"), encoding="utf-8")
     with pytest.raises(UsageError, match="run 'noise'.*--sigma must be a number"):
         load_sweep(sweep_file)
+
+
+def test_an_option_named_like_a_shared_key_is_refused() -> None:
+    """``epochs = 3`` in a file would set the run's epochs, never the option: the clash is refused."""
+    from dataclasses import dataclass
+
+    from midbench.defenses.base import DefenseTask
+
+    class Clashing(DefenseTask):
+        name = "clashing"
+
+        @dataclass(frozen=True)
+        class Options:
+            epochs: int = 3
+
+    with pytest.raises(UsageError, match="declares option.s. epochs, which every method already has"):
+        Clashing(TrainConfig(), get_dataset("mnist5k"))

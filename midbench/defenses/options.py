@@ -67,6 +67,10 @@ def build_options(options_class: type | None, method: str, values: Mapping[str, 
     """
     fields = option_fields(options_class)
     names = [field.name for field in fields]
+    clashes = sorted(set(names) & set(shared))
+    if clashes:  # a file's or the command line's value would go to the shared key, never to the option
+        raise UsageError(f"method {method} declares option(s) {', '.join(clashes)}, which every method already "
+                         "has; rename them in its Options")
     for name in values:
         if name not in names:
             known = f"its options are {', '.join(names)}" if names else "it has no options of its own"
