@@ -9,6 +9,12 @@ still-robust points are visited in the same order and in batches of the same siz
 reseeds torch's RNG from the seed before each batch just as the reference does.
 
 The reference reseeds torch's *global* RNG; midbench saves and restores it around the attack.
+
+Under ``torchrun`` (:attr:`AutoAttackStandard.shard`) each component's batches are dealt across the processes
+and the robust mask is merged after every component. Because each batch is reseeded from the seed and sees the
+same points as in a single process, every component attacks every point exactly as the single process does: the
+robust mask is identical. The adversarial images a rank returns are its own batches' (the others are left
+clean); the engine merges the masks.
 """
 
 from __future__ import annotations
@@ -78,16 +84,22 @@ class AutoAttackStandard(Attack):
                 "fab-t": lambda xb, yb: _fab_targeted(reference, xb, yb),
                 "square": lambda xb, yb: _seeded(reference.square, reference).perturb(xb, yb),
             }
+            robust = torch.ones(x.shape[0], dtype=torch.bool, device=device)
             with torch.no_grad():
-                robust = torch.cat([model(x[i:i + self.batch_size]).argmax(1) == y[i:i + self.batch_size]
-                                    for i in range(0, x.shape[0], self.batch_size)])
+                for number, start in enumerate(range(0, x.shape[0], self.batch_size)):
+                    if self.shard.owns(number):
+                        robust[start:start + self.batch_size] = \
+                            model(x[start:start + self.batch_size]).argmax(1) == y[start:start + self.batch_size]
+            robust = self.shard.all_and(robust)
             x_adv = x.clone()
             self.component_accuracy = {}
             total = max(int(x.shape[0]), 1)
             # The reference runs its loop under no_grad (each component enables gradients itself); so do we.
             for component in self.components:
                 robust_index = torch.nonzero(robust).flatten()
-                for start in range(0, int(robust_index.numel()), self.batch_size):
+                for number, start in enumerate(range(0, int(robust_index.numel()), self.batch_size)):
+                    if not self.shard.owns(number):
+                        continue
                     index = robust_index[start:start + self.batch_size]
                     x_batch, y_batch = x[index].clone(), y[index].clone()
                     with torch.no_grad():
@@ -96,6 +108,7 @@ class AutoAttackStandard(Attack):
                         fooled = model(adversarial).argmax(1) != y_batch
                     robust[index[fooled]] = False
                     x_adv[index[fooled]] = adversarial[fooled].detach()
+                robust = self.shard.all_and(robust)  # the next component attacks what every rank left robust
                 robust_count = int(robust.sum())
                 self.component_accuracy[component] = robust_count / total
                 if self.progress is not None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from midbench.attacks import randomness
 from midbench.attacks.norms import Norm, distance, project
+from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
 
 TARGET_POLICIES = ("random", "least-likely")
@@ -69,10 +70,14 @@ class Attack:
             ``fixed:K``).
 
     Subclasses implement :meth:`run` and may set ``handles_batching = True`` when they must see every
-    example at once and batch internally (AutoAttack does, so its batches match the reference code's).
+    example at once and batch internally (AutoAttack does, so its batches match the reference code's); such an
+    attack is called on every rank under torchrun and must run only the batches :attr:`shard` owns, merging what
+    later batches depend on (:mod:`midbench.distributed`).
     """
 
     handles_batching: ClassVar[bool] = False
+    #: this process's share of the batches under torchrun, for attacks that batch internally (set by the engine)
+    shard: Shard = SINGLE
     #: whether the attack follows the model's input gradient (PGD, C&W…) rather than only querying it (Square,
     #: random noise): the sanity checks compare the query attacks with the gradient ones (Carlini et al. 2019)
     uses_gradients: ClassVar[bool] = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -46,6 +47,8 @@ def eval_command(
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted evaluation's state (of the same --name and --protocol) instead of resuming it.")] = False,
     output_format: Annotated[ConsoleFormat, typer.Option("--format", help="table, or json (the result document).")] = ConsoleFormat.TABLE,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Shard the evaluation over K processes on this machine (launches torchrun; one GPU each on CUDA). The per-example results equal a single process's.", rich_help_panel="Scale")] = None,
+    master_port: Annotated[int | None, typer.Option(help="With --nproc: the rendezvous port (default: a free one).", rich_help_panel="Scale")] = None,
 ) -> None:
     """Evaluate a checkpoint (or your own model) against known and unknown attacks and write a result file.
 
@@ -57,7 +60,17 @@ def eval_command(
     Example: midbench eval runs/pgdat/model.safetensors --known-attacks --unknown-attacks --autoattack --n-examples 500
 
     Example: midbench eval --model mypackage.defense:build --weights defense.pt --dataset mnist5k --attacks pgd-linf,square-linf
+
+    Example: midbench eval runs/pgdat/model.safetensors --autoattack --nproc 2 (or: torchrun --nproc-per-node 2 -m midbench eval ...)
     """
+    if nproc is not None:
+        from midbench.cli._launch import launch_torchrun
+
+        raise typer.Exit(launch_torchrun("eval", nproc, master_port, n_examples))
+    if master_port is not None:
+        from midbench.errors import UsageError
+
+        raise UsageError("--master-port goes with --nproc (under torchrun, give torchrun its --master-port)")
     from midbench.attacks.base import check_target_policy
     from midbench.evaluation.config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
@@ -75,8 +88,11 @@ def eval_command(
                         data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
                         weights=str(weights) if weights is not None else None, check_eps=check_eps,
                         check_steps=check_steps, restart=restart)
+    from midbench.distributed import finish, launched_by_torchrun
+
+    rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
     show = console()
-    status = None if quiet or output_format is ConsoleFormat.JSON else show.status("evaluating")
+    status = None if quiet or rank != 0 or output_format is ConsoleFormat.JSON else show.status("evaluating")
     if status is not None:
         status.start()
 
@@ -89,6 +105,9 @@ def eval_command(
     finally:
         if status is not None:
             status.stop()
+        finish()
+    if run.result is None:  # a rank other than 0 of a sharded evaluation: rank 0 reports
+        return
     if output_format is ConsoleFormat.JSON:
         for note in run.notes:
             print(f"note: {note}", file=sys.stderr)

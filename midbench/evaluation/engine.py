@@ -4,6 +4,10 @@ Robust-points-only (goal P5): each attack is run only on the examples the evalua
 correctly when clean; the others are non-robust by definition and cost no attack step. Every batch of every
 attack draws its randomness from a generator seeded by (seed, attack, batch), inside ``fork_rng`` so the
 caller's RNG is untouched: results do not depend on which other attacks ran or in which order.
+
+Under ``torchrun`` the batches are dealt across the processes (:class:`midbench.distributed.Shard`): each runs
+its batches exactly as a single process would and the robust masks are merged after every attack, so the
+per-example matrix is the single process's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.attacks.threat_models import ThreatModelPlan
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import TensorSplit
+from midbench.distributed import SINGLE, Shard
 from midbench.errors import NumericalError
 from midbench.evaluation.counting import PassCounter
 from midbench.evaluation.profile import ThreatModelCurve, climb
@@ -98,11 +103,11 @@ class AttackRunner:
 
     def __init__(self, model: nn.Module, attacker: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                  device: torch.device, protocol: str, batch_size: int, seed: int, progress: ProgressFn | None,
-                 state: EvalState | None) -> None:
+                 state: EvalState | None, shard: Shard = SINGLE) -> None:
         self.model, self.images, self.labels, self.device = model, images, labels, device
         self.counted_attacker = PassCounter(attacker)
         self.protocol, self.batch_size, self.seed = protocol, batch_size, seed
-        self.progress, self.state = progress, state
+        self.progress, self.state, self.shard = progress, state, shard
 
     def run(self, spec: ResolvedAttack, split: str, start_robust: np.ndarray, *, key: str | None = None,
             per_example: bool = False) -> AttackOutcome:
@@ -116,20 +121,30 @@ class AttackRunner:
         """
         key = key or spec.key
         saved = self.state.progress(key) if self.state is not None else None
-        if saved is not None and saved.finished:
+        if saved is not None and saved.finished and not self.shard.distributed:
             return AttackOutcome(spec, split, saved.robust, saved.seconds, saved.forward_passes,
                                  saved.backward_passes, saved.details)
         attack = spec.build(seed=self.seed, batch_size=self.batch_size)
+        if self.shard.distributed:
+            saved = self._agree_on_resume(saved, attack.handles_batching)
         if saved is None:  # a fresh attack starts from the given examples, nothing spent yet
             saved = AttackProgress(start_robust.copy(), done=0)
         candidates = torch.from_numpy(np.flatnonzero(start_robust)).to(self.device)
         total = int(candidates.numel())
         robust = torch.from_numpy(saved.robust.copy()).to(self.device)
         done, forward, backward, seconds = saved.done, saved.forward_passes, saved.backward_passes, saved.seconds
+        if saved.finished:  # a rank whose share is done: it only joins the merge below
+            done = total
         self.counted_attacker.reset()
         chunk = max(1, total) if attack.handles_batching else self.batch_size
-        outcome = None
+        if attack.handles_batching:
+            attack.shard = self.shard  # it batches internally, so it deals its own batches across the ranks
+        ran, outcome = False, None
         for start in range(done, total, chunk):
+            # under torchrun a rank runs its own batches only; one that batches internally runs on every rank
+            if not (attack.handles_batching or self.shard.owns(start // chunk)):
+                continue
+            ran = True
             started = time.perf_counter()
             index = candidates[start:start + chunk]
             devices = [self.device] if self.device.type == "cuda" else []
@@ -144,24 +159,45 @@ class AttackRunner:
             forward, backward = forward + batch_forward, backward + batch_backward
             seconds += time.perf_counter() - started
             done = min(start + chunk, total)
-            # the batch is recorded before it is reported, so whatever was reported is never recomputed
-            if done == total:
-                outcome = _finished(attack, spec, split, robust, seconds, forward, backward, self.protocol, total,
-                                    self.labels.numel(), self.state, key)
+            # the batch is recorded before it is reported, so whatever was reported is never recomputed (a
+            # single process's last batch finishes the attack; a rank's share is merged after the loop)
+            if done == total and not self.shard.distributed:
+                outcome = _finished(spec, split, robust, seconds, forward, backward,
+                                    _details(attack, self.protocol, total, self.labels.numel()), total,
+                                    self.state, key)
             elif self.state is not None:
                 self.state.record(key, AttackProgress(robust.cpu().numpy(), done, forward, backward, seconds))
             if self.progress is not None:
                 self.progress(key, done, total)
-        if outcome is None:  # no example to attack
-            outcome = _finished(attack, spec, split, robust, seconds, forward, backward, self.protocol, total,
-                                self.labels.numel(), self.state, key)
-        return outcome
+        details = _details(attack, self.protocol, total, self.labels.numel()) if ran or not saved.finished \
+            else saved.details
+        if not self.shard.distributed:
+            if outcome is not None:
+                return outcome
+            return _finished(spec, split, robust, seconds, forward, backward, details, total, self.state, key)
+        # This rank's share is recorded as finished with its own column and cost; the merge (every rank's
+        # batches: the single process's column and cost) is recomputed from the shares, also on a resume.
+        _finished(spec, split, robust, seconds, forward, backward, details, total, self.state, key)
+        return AttackOutcome(spec, split, self.shard.all_and(robust).cpu().numpy(), self.shard.all_max(seconds),
+                             self.shard.all_sum(forward), self.shard.all_sum(backward), details)
 
+    def _agree_on_resume(self, saved: AttackProgress | None, handles_batching: bool) -> AttackProgress | None:
+        """Under torchrun, what this rank resumes from — decided alike on every rank, so that all of them take
+        part in the same collective operations in the same order.
+
+        A rank resumes its own share (its batches are independent of the others'). An attack that batches
+        internally merges between its stages (AutoAttack after each component), so unless every rank finished
+        it, every rank runs it again from the start, as a single process would after an interruption."""
+        finished_everywhere = self.shard.all_min(int(saved is not None and saved.finished)) == 1
+        if handles_batching and not finished_everywhere:
+            return None
+        return saved
 
 def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAttack, str]], *,
              device: torch.device, protocol: str = "whitebox", source_model: nn.Module | None = None,
              batch_size: int = 256, seed: int = 0, progress: ProgressFn | None = None,
-             state: EvalState | None = None, profile: list[ThreatModelPlan] | None = None) -> Evaluation:
+             state: EvalState | None = None, profile: list[ThreatModelPlan] | None = None,
+             shard: Shard = SINGLE) -> Evaluation:
     """Evaluate ``model`` on ``data`` against ``attacks`` (each with its split, "known" or "unknown").
 
     Args:
@@ -173,6 +209,8 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
             finished here is recorded in it (:mod:`midbench.evaluation.state`).
         profile: threat models to climb, strength by strength, after the attacks
             (:func:`midbench.evaluation.profile.climb`).
+        shard: this process's share under torchrun (every process calls ``evaluate`` with the same arguments
+            and gets the same, merged :class:`Evaluation`).
 
     Raises:
         NumericalError: NaN/Inf logits.
@@ -191,23 +229,25 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
     if state is not None:
         state.check_clean(clean_correct)
     runner = AttackRunner(model, attacker, images, labels, device=device, protocol=protocol, batch_size=batch_size,
-                          seed=seed, progress=progress, state=state)
+                          seed=seed, progress=progress, state=state, shard=shard)
     outcomes = [runner.run(spec, split, clean_correct) for spec, split in attacks]
     curves = climb(runner, profile, clean_correct) if profile else []
     return Evaluation(clean_correct, outcomes, protocol, curves)
 
 
-def _finished(attack: Any, spec: ResolvedAttack, split: str, robust: torch.Tensor, seconds: float, forward: int,
-              backward: int, protocol: str, attacked: int, n: int, state: EvalState | None,
-              key: str) -> AttackOutcome:
+def _details(attack: Any, protocol: str, attacked: int, n: int) -> dict[str, Any]:
+    """What an attack reports beyond its column: AutoAttack's accuracy after each component, over all examples
+    (meaningful only in white-box, where it describes the evaluated model)."""
+    if not (hasattr(attack, "component_accuracy") and protocol == "whitebox"):
+        return {}
+    # component accuracies were measured over the attacked points; express them over all examples
+    share = attacked / n if attacked else 1.0
+    return {"components": {k: v * share for k, v in attack.component_accuracy.items()}}
+
+
+def _finished(spec: ResolvedAttack, split: str, robust: torch.Tensor, seconds: float, forward: int, backward: int,
+              details: dict[str, Any], attacked: int, state: EvalState | None, key: str) -> AttackOutcome:
     """The outcome of a finished attack (recorded in ``state`` as finished)."""
-    # AutoAttack's per-component accuracies describe the model it attacked: meaningful only in white-box.
-    details = ({"components": dict(attack.component_accuracy)}
-               if hasattr(attack, "component_accuracy") and protocol == "whitebox" else {})
-    if details and attacked:
-        # component accuracies were measured over the attacked points; express them over all examples
-        share = attacked / n
-        details["components"] = {k: v * share for k, v in details["components"].items()}
     outcome = AttackOutcome(spec, split, robust.cpu().numpy(), seconds, forward, backward, details)
     if state is not None:
         state.record(key, AttackProgress(outcome.robust, attacked, forward, backward, seconds, True, details))

@@ -16,6 +16,7 @@ from midbench.attacks.threat_models import profile_plan, seen_threat_models
 from midbench.checkpoint import check_compatible
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
+from midbench.distributed import Shard, current_shard, rank_device
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
 from midbench.evaluation.config import EvalConfig
@@ -30,7 +31,7 @@ from midbench.evaluation.results import (
     write_result,
 )
 from midbench.evaluation.selection import select_attacks, with_defaults
-from midbench.evaluation.state import EvalState, state_path
+from midbench.evaluation.state import EvalState, state_path, states_of_other_world_sizes
 from midbench.fileio import ensure_writable_dir
 from midbench.loading import load_classifier, load_model, recorded_source
 from midbench.protocols import PROTOCOLS
@@ -40,8 +41,9 @@ from midbench.protocols import PROTOCOLS
 class EvalRun:
     """What :func:`run_evaluation` produced."""
 
-    result: ResultDocument
-    path: Path
+    #: the result document and its file; None on the ranks other than 0 of a sharded evaluation (rank 0 writes)
+    result: ResultDocument | None
+    path: Path | None
     evaluation: Evaluation
     notes: list[str]
 
@@ -58,7 +60,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.n_examples is not None and config.n_examples < 1:
         raise UsageError(f"--n-examples must be at least 1, got {config.n_examples}")
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device))
+    shard = current_shard(device)  # under torchrun: this process's share of the batches
     loaded = load_model(config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
                         weights=config.weights, device=device, seed=config.seed)
     meta = loaded.metadata
@@ -102,6 +105,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         notes.append(f"--n-examples {config.n_examples} is larger than the test split; using all {count}")
     elif config.n_examples is not None:
         count = config.n_examples
+    if shard.world_size > count:
+        raise UsageError(f"{shard.world_size} processes for {count} examples: each process needs at least one; use "
+                         f"at most {count} (--nproc)")
     indices = np.arange(count)
     data = data.subset(torch.from_numpy(indices))
 
@@ -114,7 +120,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
                                for plan in profile for rung in plan.rungs],
                    "seed": config.seed, "batch_size": config.batch_size, "device": device.type,
                    "versions": software_versions()}
-    state = EvalState.open(state_path(config.results_dir, dataset_name, name, config.protocol), fingerprint,
+    _refuse_other_world_sizes(config, dataset_name, name, shard)
+    state = EvalState.open(state_path(config.results_dir, dataset_name, name, config.protocol, shard), fingerprint,
                            restart=config.restart)
     if state.resumed:
         finished = sum(1 for progress_record in state.attacks.values() if progress_record.finished)
@@ -126,9 +133,12 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     try:
         evaluation = evaluate(loaded.model, data, attacks, device=device, protocol=config.protocol,
                               source_model=source_model, batch_size=config.batch_size, seed=config.seed,
-                              progress=progress, state=state, profile=profile)
+                              progress=progress, state=state, profile=profile, shard=shard)
         flags, sanity_info = _sanity_checks(config, loaded.model, data, evaluation, registry, linf_eps, device,
                                             progress)
+        if not shard.is_writer:  # rank 0 writes the one result file
+            state.finish()
+            return EvalRun(None, None, evaluation, notes)
         created = utc_now()
         run_id = make_run_id(name, config.protocol, created)
         checkpoint_info = {"path": loaded.path, "sha256": loaded.sha256, "name": name,
@@ -150,6 +160,28 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise
     state.finish()
     return EvalRun(result, path, evaluation, notes)
+
+
+def _refuse_other_world_sizes(config: EvalConfig, dataset: str, name: str, shard: Shard) -> None:
+    """An interrupted evaluation left by another number of processes is resumed only by that number (its batches
+    were dealt otherwise); ``--restart`` discards it.
+
+    Raises:
+        UsageError: such a state exists and ``--restart`` was not given.
+    """
+    others = states_of_other_world_sizes(config.results_dir, dataset, name, config.protocol, shard)
+    if not others:
+        return
+    if config.restart:
+        shard.barrier()  # every rank has looked before rank 0 removes anything
+        if shard.is_writer:
+            for path in (path for paths in others.values() for path in paths):
+                path.unlink(missing_ok=True)
+        return
+    world = max(others)
+    how = "a single process" if world == 1 else f"{world} processes (--nproc {world})"
+    raise UsageError(f"an interrupted evaluation of {name} ({config.protocol}) with {how} is in "
+                     f"{Path(config.results_dir)}; resume it with {how}, or pass --restart to start over")
 
 
 def _sanity_checks(config: EvalConfig, model: nn.Module, data: TensorSplit, evaluation: Evaluation,

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_with, ensure_writable_dir
 
@@ -47,10 +48,31 @@ class AttackProgress:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def state_path(results_dir: str | Path, dataset: str, name: str, protocol: str) -> Path:
-    """Where the state of evaluation ``name`` under ``protocol`` lives (a hidden file beside the results)."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
-    return Path(results_dir) / "runs" / dataset / f".{safe}__{protocol}{STATE_SUFFIX}"
+def state_path(results_dir: str | Path, dataset: str, name: str, protocol: str, shard: Shard = SINGLE) -> Path:
+    """Where the state of evaluation ``name`` under ``protocol`` lives (a hidden file beside the results); under
+    torchrun each rank keeps its own (``….rank1of2.evalstate.npz``), since each holds its own batches."""
+    ranks = f".rank{shard.rank}of{shard.world_size}" if shard.distributed else ""
+    return Path(results_dir) / "runs" / dataset / f".{_safe(name)}__{protocol}{ranks}{STATE_SUFFIX}"
+
+
+def states_of_other_world_sizes(results_dir: str | Path, dataset: str, name: str, protocol: str,
+                                shard: Shard) -> dict[int, list[Path]]:
+    """The interrupted states of this evaluation left by a run with another number of processes, by that
+    number (1: a single process). Such a state cannot be continued here: its batches were dealt otherwise."""
+    folder = Path(results_dir) / "runs" / dataset
+    found: dict[int, list[Path]] = {}
+    single = folder / f".{_safe(name)}__{protocol}{STATE_SUFFIX}"
+    if shard.distributed and single.exists():
+        found[1] = [single]
+    for path in sorted(folder.glob(f".{_safe(name)}__{protocol}.rank*of*{STATE_SUFFIX}")):
+        world = int(path.name[: -len(STATE_SUFFIX)].rpartition("of")[2] or 0)
+        if world != shard.world_size:
+            found.setdefault(world, []).append(path)
+    return found
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
 
 
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
