@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from midbench.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that `--nproc`'s launcher starts without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Shard:
         """The element-wise AND of every rank's boolean ``mask`` (the merged robust mask)."""
         if not self.distributed:
             return mask
+        import torch
         import torch.distributed as dist
 
         merged = mask.to(torch.uint8)  # gloo and NCCL reduce integers, not booleans
@@ -68,6 +71,7 @@ class Shard:
     def _reduce(self, value: float, op: str) -> float:
         if not self.distributed:
             return value
+        import torch
         import torch.distributed as dist
 
         tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
@@ -113,6 +117,8 @@ def rank_device(device: torch.device) -> torch.device:
     """A CUDA device of this process's own under torchrun (``cuda:LOCAL_RANK``); other devices as they are."""
     if device.type != "cuda" or not launched_by_torchrun():
         return device
+    import torch
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
@@ -127,6 +133,7 @@ def finish() -> None:
 
 
 def _collective_device() -> torch.device:
+    import torch
     import torch.distributed as dist
 
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
