@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +94,28 @@ def describe_plan(sweep: Sweep) -> list[str]:
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None = None, *,
               config_label: str = "sweep.toml", say: Callable[[str], None] = lambda line: None,
-              progress: bool = False, restart: bool = False) -> SweepOutcome:
+              progress: bool = False, restart: bool = False, workers: int = 1,
+              devices: tuple[str, ...] = ()) -> SweepOutcome:
     """Train every run, evaluate it under every protocol, and write ``leaderboard-<name>.md`` and ``.csv`` into
     ``results_dir`` (default ``<out_dir>/results``). A rerun continues where a crash stopped.
 
     Args:
         config_label: how the sweep file is named in the leaderboard's header (the command that made it).
         say: receives one line per step (the CLI prints them).
-        progress: show training progress bars.
+        progress: show training progress bars (serial runs only).
         restart: discard interrupted evaluation states instead of resuming them (``--restart``).
+        workers: run up to this many independent steps at once (:func:`_run_parallel`), each in a process of its
+            own; 1 runs them one after the other in this process.
+        devices: with ``workers``, the device of each worker slot (e.g. ``cuda:0``, ``cuda:1``); default: every
+            slot on the sweep's device.
     """
-    from midbench.evaluation.config import EvalConfig
-    from midbench.evaluation.runner import run_evaluation
-    from midbench.training import train
-    from midbench.training.loop import STATE_FILE as TRAIN_STATE
-
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if devices and len(devices) != workers:
+        raise UsageError(f"--devices names {len(devices)} device(s) for {workers} worker(s); give one per worker")
+    if workers > 1:
+        return _run_parallel(sweep, out_dir, results_dir, config_label=config_label, say=say, restart=restart,
+                             slots=devices or (sweep.device,) * workers)
     if sweep.threads is not None:
         import torch
 
@@ -122,58 +129,212 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
     for run in sweep.runs:
         folder = out / run.name
         say(f"[bench] training {run.name} ({run.config.method}, {run.config.epochs} epochs) -> {folder}")
-        clock = time.perf_counter()
-        result = train(_resolved(run, out), folder, resume=(folder / TRAIN_STATE).exists(), progress=progress)
+        epochs, seconds = _train(_resolved(run, out), folder, progress)
         record = state["training"].setdefault(run.name, {"seconds": 0.0})
-        record["seconds"] = round(record["seconds"] + time.perf_counter() - clock, 1)
-        record["epochs"] = len(result.log)
+        record["seconds"] = round(record["seconds"] + seconds, 1)
+        record["epochs"] = epochs
         atomic_write_json(state_path, state)
 
-    from midbench.evaluation.results import software_versions
-
-    shared_settings = {"n_examples": sweep.n_examples, "batch_size": sweep.eval_batch_size, "seed": sweep.seed,
-                       "selection": repr(sweep.selection), "device": sweep.device, "versions": software_versions(),
-                       "registry": registry_digest()}
+    shared = _shared_settings(sweep)
     # each model's hash, read once: an evaluation is redone only when its model (or source) changed
     hashes = {run.name: _checkpoint_sha(model_path(out, run.name)) for run in sweep.runs}
-    for name, protocol, source_run in evaluation_plan(sweep):
-        checkpoint = model_path(out, name)
-        sha256 = hashes[name]
+    for step in evaluation_plan(sweep):
+        job = _EvaluationJob.of(sweep, step, out, results, hashes, shared, restart)
+        if job.already_done(state, results, say):
+            continue
+        say(f"[bench] evaluating {job.key}")
+        result_path, seconds = _evaluate(job.config)
+        job.record(state, result_path, seconds, results)
+        atomic_write_json(state_path, state)
+        say(f"[bench]   result: {result_path}")
+    return _finish(sweep, state, state_path, results, config_label, started)
+
+
+def _shared_settings(sweep: Sweep) -> dict[str, Any]:
+    """What every evaluation of the sweep shares; a change of it redoes the evaluations."""
+    from midbench.evaluation.results import software_versions
+
+    return {"n_examples": sweep.n_examples, "batch_size": sweep.eval_batch_size, "seed": sweep.seed,
+            "selection": repr(sweep.selection), "device": sweep.device, "versions": software_versions(),
+            "registry": registry_digest()}
+
+
+@dataclass
+class _EvaluationJob:
+    """One evaluation of the plan: its key in the state file, what must match for a recorded result to stand,
+    and the evaluation's config."""
+
+    key: str
+    sha256: str
+    settings: dict[str, Any]
+    config: Any  # EvalConfig
+
+    @classmethod
+    def of(cls, sweep: Sweep, step: tuple[str, str, str | None], out: Path, results: Path,
+           hashes: dict[str, str], shared: dict[str, Any], restart: bool, device: str | None = None
+           ) -> _EvaluationJob:
+        from midbench.evaluation.config import EvalConfig
+
+        name, protocol, source_run = step
         # a transfer row depends on the source model too: a retrained source makes it stale
-        source_sha = hashes[source_run] if source_run else None
-        settings = {**shared_settings, "source_sha256": source_sha}
+        settings = {**shared, "source_sha256": hashes[source_run] if source_run else None}
         extra = source_run is not None and source_run != sweep.transfer_source
         key = f"{name}/{protocol}" + (f"@{source_run}" if extra else "")
-        done = state["evaluations"].get(key)
-        if done and done["checkpoint_sha256"] == sha256 and done["settings"] == settings and \
-                (results / done["result"]).exists():
-            say(f"[bench] {key}: already evaluated ({done['result']})")
-            continue
-        if done:  # a stale result of a since-retrained model must not share the table with the new one
-            for suffix in (".json", ".npz"):
-                (results / done["result"]).with_suffix(suffix).unlink(missing_ok=True)
-        say(f"[bench] evaluating {key}")
-        clock = time.perf_counter()
-        source = str(model_path(out, source_run)) if source_run else None
-        evaluated = run_evaluation(EvalConfig(
-            checkpoint=str(checkpoint), selection=sweep.selection, protocol=protocol, source=source,
+        config = EvalConfig(
+            checkpoint=str(model_path(out, name)), selection=sweep.selection, protocol=protocol,
+            source=str(model_path(out, source_run)) if source_run else None,
             # the extra sources are named by run, so their tables stay apart from the main source's
             source_name=source_run if extra else None,
             n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
-            seed=sweep.seed, device=sweep.device, restart=restart, data_dir=sweep.data_dir,
-            download=sweep.download))
-        state["evaluations"][key] = {"checkpoint_sha256": sha256, "settings": settings,
-                                     "result": str(evaluated.path.relative_to(results)),
-                                     "seconds": round(time.perf_counter() - clock, 1)}
-        atomic_write_json(state_path, state)
-        say(f"[bench]   result: {evaluated.path}")
+            seed=sweep.seed, device=device or sweep.device, restart=restart, data_dir=sweep.data_dir,
+            download=sweep.download)
+        return cls(key, hashes[name], settings, config)
 
+    def already_done(self, state: dict[str, Any], results: Path, say: Callable[[str], None]) -> bool:
+        """Whether the state records this evaluation of this very model; a stale result is deleted, so that it
+        does not share the table with the new one."""
+        done = state["evaluations"].get(self.key)
+        if done and done["checkpoint_sha256"] == self.sha256 and done["settings"] == self.settings and \
+                (results / done["result"]).exists():
+            say(f"[bench] {self.key}: already evaluated ({done['result']})")
+            return True
+        if done:
+            for suffix in (".json", ".npz"):
+                (results / done["result"]).with_suffix(suffix).unlink(missing_ok=True)
+        return False
+
+    def record(self, state: dict[str, Any], result_path: Path, seconds: float, results: Path) -> None:
+        state["evaluations"][self.key] = {"checkpoint_sha256": self.sha256, "settings": self.settings,
+                                          "result": str(result_path.relative_to(results)),
+                                          "seconds": round(seconds, 1)}
+
+
+def _train(config: TrainConfig, folder: Path, progress: bool, threads: int | None = None) -> tuple[int, float]:
+    """Train (or resume) one run; returns its epochs and the seconds spent. Also the job of a worker process."""
+    from midbench.training import train
+    from midbench.training.loop import STATE_FILE as TRAIN_STATE
+
+    _use_threads(threads)
+    clock = time.perf_counter()
+    result = train(config, folder, resume=(folder / TRAIN_STATE).exists(), progress=progress)
+    return len(result.log), time.perf_counter() - clock
+
+
+def _evaluate(config: Any, threads: int | None = None) -> tuple[Path, float]:
+    """Run one evaluation; returns its result file and the seconds spent. Also the job of a worker process."""
+    from midbench.evaluation.runner import run_evaluation
+
+    _use_threads(threads)
+    clock = time.perf_counter()
+    evaluated = run_evaluation(config)
+    assert evaluated.path is not None  # a single process always writes its result
+    return evaluated.path, time.perf_counter() - clock
+
+
+def _use_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _finish(sweep: Sweep, state: dict[str, Any], state_path: Path, results: Path, config_label: str,
+            started: float) -> SweepOutcome:
     board, paths = write_leaderboards(sweep, results, config_label)
     seconds = {f"train {name}": record["seconds"] for name, record in state["training"].items()}
     seconds.update({f"eval {key}": record["seconds"] for key, record in state["evaluations"].items()})
     state["last_run_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_json(state_path, state)
     return SweepOutcome(board, paths, results, seconds)
+
+
+def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None, *, config_label: str,
+                  say: Callable[[str], None], restart: bool, slots: tuple[str, ...]) -> SweepOutcome:
+    """The sweep with up to ``len(slots)`` steps at once, each in a worker process on its slot's device.
+
+    A step starts once its inputs exist: a run once the runs it names (MID's source and teacher) are trained, an
+    evaluation once its model and its transfer source are. Each step is the serial run's step — same config,
+    same seeds — so the result files and tables are the serial run's. Threads: the sweep's pinned ``threads``
+    per worker, else the CPUs divided among the workers. The parent alone writes the state file, after each
+    finished step; on an error, the running steps finish (their progress is kept) and the error is raised.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    out = ensure_writable_dir(out_dir)
+    results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
+    state_path = out / STATE_FILE
+    state = _load_state(state_path, sweep.fingerprint)
+    started = time.perf_counter()
+    threads = sweep.threads or max(1, (os.cpu_count() or 1) // len(slots))
+    if sweep.threads is None:
+        say(f"[bench] note: the sweep pins no threads, so each of the {len(slots)} workers uses {threads} where a "
+            "serial run uses torch's default; trained weights may then differ in the last bits — pin `threads` in "
+            "[sweep] for tables identical to a serial run's")
+    shared = _shared_settings(sweep)
+    to_train = [run for run in sweep.runs]
+    to_evaluate = evaluation_plan(sweep)
+    trained: set[str] = set()
+    hashes: dict[str, str] = {}
+    free = list(slots)
+    running: dict[Future[Any], tuple[str, Any, str]] = {}
+    failure: BaseException | None = None
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
+    with ProcessPoolExecutor(max_workers=len(slots), mp_context=context) as pool:
+        while (to_train or to_evaluate or running) and not (failure and not running):
+            while free and failure is None:
+                ready_run = next((run for run in to_train if set(run_references(run.config).values()) <= trained),
+                                 None)
+                if ready_run is not None:
+                    to_train.remove(ready_run)
+                    device = free.pop(0)
+                    folder = out / ready_run.name
+                    config = replace(_resolved(ready_run, out), device=device)
+                    say(f"[bench] training {ready_run.name} ({ready_run.config.method}, {ready_run.config.epochs} "
+                        f"epochs) on {device} -> {folder}")
+                    running[pool.submit(_train, config, folder, False, threads)] = ("train", ready_run.name, device)
+                    continue
+                step = next((step for step in to_evaluate if step[0] in trained and (step[2] in trained or
+                                                                                     step[2] is None)), None)
+                if step is None:
+                    break
+                to_evaluate.remove(step)
+                for name in (step[0], step[2]):
+                    if name is not None and name not in hashes:
+                        hashes[name] = _checkpoint_sha(model_path(out, name))
+                device = free[0]
+                job = _EvaluationJob.of(sweep, step, out, results, hashes, shared, restart, device)
+                if job.already_done(state, results, say):
+                    continue
+                free.pop(0)
+                say(f"[bench] evaluating {job.key} on {device}")
+                running[pool.submit(_evaluate, job.config, threads)] = ("eval", job, device)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                kind, subject, device = running.pop(future)
+                free.append(device)
+                try:
+                    value = future.result()
+                except BaseException as error:  # noqa: BLE001 - the first error stops new steps; raised below
+                    failure = failure or error
+                    continue
+                if kind == "train":
+                    epochs, seconds = value
+                    record = state["training"].setdefault(subject, {"seconds": 0.0})
+                    record["seconds"] = round(record["seconds"] + seconds, 1)
+                    record["epochs"] = epochs
+                    trained.add(subject)
+                else:
+                    result_path, seconds = value
+                    subject.record(state, result_path, seconds, results)
+                    say(f"[bench]   result: {result_path}")
+                atomic_write_json(state_path, state)
+    if failure is not None:
+        raise failure
+    return _finish(sweep, state, state_path, results, config_label, started)
 
 
 def registry_digest() -> str:

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -361,3 +362,43 @@ epochs = 1
     assert sources[("pgd-at", "standard-b")] != sources[("pgd-at", "standard-test-cnn-mnist5k")]
     board = (tmp_path / "out" / "results" / "leaderboard-two-sources.md").read_text(encoding="utf-8")
     assert "— transfer (standard-b)" in board and "— transfer (standard-test-cnn-mnist5k)" in board
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_serial_result_files_and_tables(tmp_path: Path) -> None:
+    """``--workers 2``: the same steps in two processes, each started once its inputs exist (MID after its
+    source), with one thread each as in the serial run; the matrices and the leaderboard are the serial run's."""
+    pinned = TINY.replace('device = "cpu"', 'device = "cpu"\nthreads = 1')
+    config = write(tmp_path, pinned)
+    serial = CliRunner().invoke(app, ["bench", "--config", str(config), "--out", str(tmp_path / "serial"), "--quiet"])
+    assert serial.exit_code == 0, serial.output
+    parallel = CliRunner().invoke(app, ["bench", "--config", str(config), "--out", str(tmp_path / "parallel"),
+                                        "--quiet", "--workers", "2"])
+    assert parallel.exit_code == 0, parallel.output
+    board = "leaderboard-tiny.md"
+    serial_board = (tmp_path / "serial" / "results" / board).read_text(encoding="utf-8")
+    assert (tmp_path / "parallel" / "results" / board).read_text(encoding="utf-8") == serial_board
+
+    def matrices(folder: Path) -> dict[str, np.ndarray]:
+        found = {}
+        for path in (folder / "results" / "runs" / "mnist5k").glob("*.json"):
+            document = read_result(path)
+            with np.load(path.with_suffix(".npz")) as saved:
+                found[f"{document.checkpoint.name}/{document.protocol.label}"] = saved["robust"]
+        return found
+
+    serial_matrices, parallel_matrices = matrices(tmp_path / "serial"), matrices(tmp_path / "parallel")
+    assert sorted(parallel_matrices) == sorted(serial_matrices) and len(serial_matrices) == 5
+    for key, matrix in serial_matrices.items():
+        np.testing.assert_array_equal(parallel_matrices[key], matrix, err_msg=key)
+    # the steps ran in separate processes, so the state file records every one of them
+    state = json.loads((tmp_path / "parallel" / "sweep-state.json").read_text())
+    assert sorted(state["training"]) == ["mid", "pgd-at", "standard"] and len(state["evaluations"]) == 5
+
+
+def test_bad_worker_settings_are_usage_errors(tmp_path: Path) -> None:
+    config = write(tmp_path, TINY)
+    for extra, message in ((["--workers", "0"], "--workers must be at least 1"),
+                           (["--workers", "2", "--devices", "cpu"], "1 device(s) for 2 worker(s)")):
+        result = CliRunner().invoke(app, ["bench", "--config", str(config), "--out", str(tmp_path / "o"), *extra])
+        assert result.exit_code == 2 and message in result.output, result.output

@@ -22,12 +22,16 @@ def bench_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit; nothing is trained.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard interrupted evaluation states of the sweep instead of resuming them.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    workers: Annotated[int, typer.Option(help="Run up to K independent steps (runs, evaluations whose inputs are ready) at once, each in its own process; the CPUs are divided among them. Same result files and tables as one at a time.", rich_help_panel="Scale")] = 1,
+    devices: Annotated[str | None, typer.Option(help="With --workers K: K comma-separated devices, one per worker (e.g. cuda:0,cuda:1).", rich_help_panel="Scale")] = None,
 ) -> None:
     """Train every run of a sweep file, evaluate each under its protocols and write the leaderboard.
 
     Rerunning the same command continues after a crash: finished epochs and evaluations are kept.
 
     Example: midbench bench --config results/mnist5k/sweep.toml --results-dir results/mnist5k
+
+    Example: midbench bench --config results/cifar10-mid/sweep.toml --workers 2 --devices cuda:0,cuda:1
     """
     from midbench.sweep import config_label, describe_plan, load_sweep, run_sweep
 
@@ -38,8 +42,9 @@ def bench_command(
         for line in describe_plan(sweep):
             print(line)
         return
+    slots = tuple(device.strip() for device in devices.split(",") if device.strip()) if devices else ()
     outcome = run_sweep(sweep, out_dir, results_dir, config_label=config_label(config), say=print,
-                        progress=not quiet, restart=restart)
+                        progress=not quiet and workers == 1, restart=restart, workers=workers, devices=slots)
     print(outcome.board)
     total = sum(outcome.seconds.values())
     print(f"[bench] {len(outcome.seconds)} steps, {total / 60:.1f} min of compute in all (see "
