@@ -53,6 +53,15 @@ def _resolved(run: SweepRun, out: Path) -> TrainConfig:
     return run.config.with_options({**run.config.options, **paths})
 
 
+def _open_folders(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None
+                  ) -> tuple[Path, Path, Path, dict[str, Any]]:
+    """The sweep folder, the results folder (default ``<out>/results``), the state file and its content."""
+    out = ensure_writable_dir(out_dir)
+    results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
+    state_path = out / STATE_FILE
+    return out, results, state_path, _load_state(state_path, sweep.fingerprint)
+
+
 def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
     if not path.exists():
         return {"fingerprint": fingerprint, "training": {}, "evaluations": {}}
@@ -120,10 +129,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         import torch
 
         torch.set_num_threads(sweep.threads)
-    out = ensure_writable_dir(out_dir)
-    results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
-    state_path = out / STATE_FILE
-    state = _load_state(state_path, sweep.fingerprint)
+    out, results, state_path, state = _open_folders(sweep, out_dir, results_dir)
     started = time.perf_counter()
 
     for run in sweep.runs:
@@ -262,10 +268,7 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     import os
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    out = ensure_writable_dir(out_dir)
-    results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
-    state_path = out / STATE_FILE
-    state = _load_state(state_path, sweep.fingerprint)
+    out, results, state_path, state = _open_folders(sweep, out_dir, results_dir)
     started = time.perf_counter()
     threads = sweep.threads or max(1, (os.cpu_count() or 1) // len(slots))
     if sweep.threads is None:
@@ -273,7 +276,7 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
             "serial run uses torch's default; trained weights may then differ in the last bits — pin `threads` in "
             "[sweep] for tables identical to a serial run's")
     shared = _shared_settings(sweep)
-    to_train = [run for run in sweep.runs]
+    to_train = list(sweep.runs)
     to_evaluate = evaluation_plan(sweep)
     trained: set[str] = set()
     hashes: dict[str, str] = {}
