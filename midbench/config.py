@@ -9,6 +9,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
@@ -250,10 +251,12 @@ def merge_config(defaults: TrainConfig, file_values: dict[str, Any], cli_values:
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def check_types(values: dict[str, Any], config_class: type) -> None:
+def check_types(values: dict[str, Any], config_class: type,
+                label: Callable[[str], str] = lambda key: f"config key {key!r}") -> None:
     """Refuse values of the wrong type in a config file (``epochs = "10"``) with a usage error, instead of a
     crash later. An int is accepted where a float is expected; a bool is never taken for a number; a
-    ``list[str]`` field takes a list of strings.
+    ``list[str]`` field takes a list of strings. ``label`` names a key in the message (a method's options are
+    named by their flag, ``--beta``).
 
     Raises:
         UsageError: names the key, the expected type and the value.
@@ -265,8 +268,8 @@ def check_types(values: dict[str, Any], config_class: type) -> None:
             continue
         expected = tuple(kind for kind in kinds if kind is not type(None))
         if not any(_matches(value, kind) for kind in expected):
-            names = " or ".join(_type_name(kind) for kind in expected)
-            raise UsageError(f"config key {key!r} must be {names}, got {value!r}")
+            names = " or ".join(type_name(kind) for kind in expected)
+            raise UsageError(f"{label(key)} must be {names}, got {value!r}")
 
 
 def _alternatives(hint: Any) -> tuple[Any, ...]:
@@ -284,9 +287,10 @@ def _matches(value: Any, kind: Any) -> bool:
     return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
-def _type_name(kind: Any) -> str:
+def type_name(kind: Any) -> str:
+    """How a message names a type: ``an integer``, ``a number``, ``a list of strings``."""
     if typing.get_origin(kind) is list:
-        return "a list of " + " or ".join(_type_name(k).split(" ", 1)[-1] + "s" for k in
+        return "a list of " + " or ".join(type_name(k).split(" ", 1)[-1] + "s" for k in
                                           _alternatives(typing.get_args(kind)[0]))
     return _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
 

@@ -17,13 +17,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from midbench.config import OptionText
+from midbench.config import OptionText, check_types, type_name
 from midbench.errors import UsageError
 
 #: metadata keys of an option field
 HELP, CHOICES, RUN_REFERENCE = "help", "choices", "run_reference"
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002 - argparse's name
@@ -85,10 +83,10 @@ def build_options(options_class: type | None, method: str, values: Mapping[str, 
         if field.name not in values:
             continue
         value = values[field.name]
-        flag = "--" + field.name.replace("_", "-")
+        flag = _flag(field.name)
         if isinstance(value, OptionText) and str not in types[field.name]:
             value = _from_text(value, types[field.name], flag)
-        _check_type(value, types[field.name], field.default, flag)
+        check_types({field.name: value}, options_class, label=_flag)
         choices = field.metadata.get(CHOICES)
         if choices and value not in choices:
             raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
@@ -106,17 +104,11 @@ def _from_text(raw: str, kinds: tuple[type, ...], flag: str) -> Any:
             return kind(raw)
         except (TypeError, ValueError):
             continue
-    raise UsageError(f"{flag} must be {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in kinds)}, got {raw!r}")
+    raise UsageError(f"{flag} must be {' or '.join(type_name(kind) for kind in kinds)}, got {raw!r}")
 
 
-def _check_type(value: Any, kinds: tuple[type, ...], default: Any, flag: str) -> None:
-    if value is None and default is None:
-        return
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return
-    if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
-        raise UsageError(f"{flag} must be {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in kinds)}, "
-                         f"got {value!r}")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def as_values(options: Any) -> dict[str, Any]:
@@ -129,7 +121,7 @@ def check_non_negative(options: Any, *names: str) -> None:
     for name in names:
         value = getattr(options, name)
         if not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+            raise UsageError(f"{_flag(name)} must be a non-negative number, got {value}")
 
 
 def check_positive(options: Any, *names: str, allow_none: bool = True) -> None:
@@ -139,4 +131,4 @@ def check_positive(options: Any, *names: str, allow_none: bool = True) -> None:
         if value is None and allow_none:
             continue
         if value is None or not (math.isfinite(value) and value > 0):
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            raise UsageError(f"{_flag(name)} must be positive, got {value}")
