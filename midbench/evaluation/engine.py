@@ -193,6 +193,7 @@ class AttackRunner:
             return None
         return saved
 
+
 def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAttack, str]], *,
              device: torch.device, protocol: str = "whitebox", source_model: nn.Module | None = None,
              batch_size: int = 256, seed: int = 0, progress: ProgressFn | None = None,
