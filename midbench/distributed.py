@@ -74,9 +74,16 @@ class Shard:
         import torch
         import torch.distributed as dist
 
-        tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+        tensor = torch.tensor([value], dtype=torch.float64, device=collective_device())
         dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
         return float(tensor.item())
+
+    def broadcast_(self, tensor: torch.Tensor, source: int) -> None:
+        """Overwrite ``tensor`` on every rank with rank ``source``'s (same shape and dtype everywhere)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.broadcast(tensor, src=source)
 
     def barrier(self) -> None:
         if self.distributed:
@@ -132,7 +139,8 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-def _collective_device() -> torch.device:
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: the process's GPU under NCCL, the CPU under gloo."""
     import torch
     import torch.distributed as dist
 

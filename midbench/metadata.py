@@ -59,6 +59,9 @@ class ModelMetadata:
     #: the log key that chose ``best.safetensors``, and an early stop's record
     best_by: str | None = None
     stopped_early: dict[str, Any] | None = None
+    #: a run trained by several processes (torchrun): ``processes`` and ``batch_norm`` ("synchronised" with
+    #: SyncBatchNorm, "per-process" where PyTorch cannot synchronise it, "none" without BatchNorm); None: one
+    data_parallel: dict[str, Any] | None = None
     # --- a user's --model module:factory
     model_spec: str | None = None
     weights_sha256: str | None = None

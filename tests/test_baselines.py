@@ -362,7 +362,7 @@ def test_fast_at_stops_on_catastrophic_overfitting_and_keeps_the_best_epoch(
     scripted = iter([0.5, 0.7, 0.45, 0.9])
     snapshots: list[dict[str, torch.Tensor]] = []
 
-    def fake_evaluate(model: nn.Module, data: Any, dataset: Any, steps: int, device: Any, batch_size: int = 500
+    def fake_evaluate(model: nn.Module, data: Any, dataset: Any, steps: int, device: Any, **_: Any
                       ) -> dict[str, float]:
         snapshots.append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
         return {"val_clean_acc": 1.0, f"val_pgd{steps}_acc": next(scripted)}
@@ -397,7 +397,7 @@ def test_fast_at_stops_on_catastrophic_overfitting_and_keeps_the_best_epoch(
 def test_best_checkpoint_follows_the_best_held_out_pgd_accuracy(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scripted = iter([0.3, 0.6, 0.5])
-    monkeypatch.setattr(loop, "evaluate_slice", lambda model, data, dataset, steps, device, batch_size=500:
+    monkeypatch.setattr(loop, "evaluate_slice", lambda model, data, dataset, steps, device, **_:
                         {f"val_pgd{steps}_acc": next(scripted)})
     train(_config("standard", arch="test-mlp", epochs=3, n_train=32, val_size=4), tmp_path, progress=False)
     assert load_checkpoint(tmp_path / "best.safetensors").metadata["epoch"] == 2

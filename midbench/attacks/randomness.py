@@ -36,6 +36,12 @@ def per_example_generators(seeds: Sequence[int]) -> Iterator[None]:
         _GENERATORS.reset(token)
 
 
+def example_seeds(seed: int, indices: Sequence[int]) -> list[int]:
+    """One generator seed per example from a step's ``seed`` and the examples' indices in their split (a fixed
+    mix, so an example draws the same numbers in whichever batch, slice or process it lands)."""
+    return [(seed * 1_000_003 + int(index) * 104_729 + 1) % (2**63 - 1) for index in indices]
+
+
 def _per_row(n: int, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype,
              draw: Callable[[tuple[int, ...], torch.Generator], torch.Tensor]) -> torch.Tensor | None:
     """``n`` draws of ``shape``, one from each per-example generator, stacked and moved to ``like``'s device as

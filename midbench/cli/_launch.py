@@ -19,6 +19,10 @@ from midbench.cli._common import ERROR_DIR_VARIABLE
 from midbench.distributed import launched_by_torchrun
 from midbench.errors import UsageError
 
+#: what a rerun does after a killed or crashed process, per command
+RESUME_HINTS = {"eval": "finished batches are kept: rerun the same command to resume",
+                "train": "finished epochs are kept: rerun the same command with --resume to continue"}
+
 
 def launch_torchrun(command: str, nproc: int, port: int | None, n_examples: int | None = None) -> int:
     """Run ``midbench <command> <the same options, without --nproc/--master-port>`` under torchrun with
@@ -53,7 +57,7 @@ def launch_torchrun(command: str, nproc: int, port: int | None, n_examples: int 
     if reported is None:  # no process reported one: a crash or a kill; torchrun's report says which
         sys.stderr.write(completed.stderr)
         print(f"midbench: error: a process of the {nproc}-process run ended without a midbench error (killed or "
-              f"crashed; torchrun's report is above); finished batches are kept: rerun the same command to resume",
+              f"crashed; torchrun's report is above); {RESUME_HINTS[command]}",
               file=sys.stderr)
         return completed.returncode
     code, message = reported

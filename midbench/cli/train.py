@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -104,6 +105,8 @@ def train_command(
     data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Train data-parallel over K processes on this machine (launches torchrun; one GPU each on CUDA). --batch-size stays the global batch.", rich_help_panel="Scale")] = None,
+    master_port: Annotated[int | None, typer.Option(help="With --nproc: the rendezvous port (default: a free one).", rich_help_panel="Scale")] = None,
     ctx: typer.Context = None,  # type: ignore[assignment] - given by Typer
 ) -> None:
     """Train a model with one method and write checkpoints each epoch.
@@ -115,8 +118,20 @@ def train_command(
 
     Baselines: midbench train --method trades --beta 6 --attack-steps 10 --out runs/trades;
     midbench train --method fast-at --optimizer sgd --schedule cyclic --lr 0.2 --out runs/fastat
+
+    Data-parallel: midbench train --method pgd-at --nproc 2 --out runs/pgdat (or: torchrun --nproc-per-node 2 -m
+    midbench train ...)
     """
+    if nproc is not None:
+        from midbench.cli._launch import launch_torchrun
+
+        raise typer.Exit(launch_torchrun("train", nproc, master_port))
+    if master_port is not None:
+        from midbench.errors import UsageError
+
+        raise UsageError("--master-port goes with --nproc (under torchrun, give torchrun its --master-port)")
     from midbench.config import TrainConfig, load_config_file, merge_config
+    from midbench.distributed import finish
     from midbench.training import train
 
     file_values = load_config_file(config, "train") if config else {}
@@ -131,7 +146,12 @@ def train_command(
                   "options": ctx.meta.get(METHOD_OPTIONS_KEY, {})}
     resolved = merge_config(TrainConfig(), file_values, cli_values).validate()
     out_dir = out or Path("runs") / f"{resolved.method}-{resolved.arch}-{resolved.dataset}"
-    result = train(resolved, out_dir, resume=resume, progress=not quiet)
+    try:
+        result = train(resolved, out_dir, resume=resume, progress=not quiet)
+    finally:
+        finish()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     show = console()
     for record in result.log:
         metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()

@@ -24,6 +24,7 @@ from midbench.catalog import Catalog
 from midbench.config import SHARED_KEYS, TrainConfig
 from midbench.data.datasets import DatasetSpec, TensorSplit
 from midbench.defenses.options import as_values, build_options
+from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
 from midbench.usermodel import SPEC_PATTERN, import_factory
 
@@ -39,15 +40,17 @@ StageTrainer = Callable[[TrainConfig, Path], Path]
 
 @dataclass(frozen=True)
 class SetupContext:
-    """What :meth:`DefenseTask.setup` may use: the run's folder, its training split and device, and
-    ``train_stage`` to train a prerequisite run (MID's source model and teacher) with the same training loop —
-    given by the loop, so that the methods never import it."""
+    """What :meth:`DefenseTask.setup` may use: the run's folder, its training split and device, ``train_stage``
+    to train a prerequisite run (MID's source model and teacher) with the same training loop — given by the loop,
+    so that the methods never import it — and this process's place under torchrun (``shard``), for work done
+    once for the whole split that the processes can share (MID's pool cache)."""
 
     out_dir: Path
     train_split: TensorSplit
     device: torch.device
     progress: bool
     train_stage: StageTrainer
+    shard: Shard = SINGLE
 
 
 class DefenseTask:
@@ -94,7 +97,12 @@ class DefenseTask:
         """Write this batch's gradients into the parameters' ``.grad`` (zeroed by the caller) and return the
         outputs of :meth:`loss`. ``index`` holds the examples' positions in the training split; ``autocast``
         wraps the forward pass only (bf16 training), as PyTorch recommends. Methods whose gradient is not the
-        gradient of one loss (MID's meta step) override this."""
+        gradient of one loss (MID's meta step) override this.
+
+        Under torchrun the batch is this process's slice of the global batch, and the gradient written must be
+        that of the **mean** loss over the slice: the loop combines the slices weighted by their sizes
+        (:mod:`midbench.data_parallel`). A step that needs a quantity of the whole global batch forms it with
+        :func:`midbench.data_parallel.mean_over_slices` (MID's inner update does)."""
         with autocast if autocast is not None else contextlib.nullcontext():
             outputs = self.loss(model, x, y)
         if torch.isfinite(outputs["loss"]):

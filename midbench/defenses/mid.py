@@ -252,7 +252,7 @@ class MetaInvarianceDefense(DefenseTask):
             return  # online: crafted against the current MID classifier every step
         self.attacked_model = freeze(teacher) if self.options.attack_source == "teacher" else self.source_model
         self.cache = PoolCache(self.pool, context.train_split, max(self.config.batch_size, 256), context.device,
-                               self.options.refresh_every)
+                               self.options.refresh_every, context.shard)
 
     # --- stage 2 ----------------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from midbench.data_parallel import mean_over_slices
 from midbench.mid.losses import (
     ConsistencyWeights,
     StudentEncode,
@@ -130,7 +131,12 @@ def meta_step(modules: MidModules, tasks: Sequence[torch.Tensor], y: torch.Tenso
     inner = torch.autograd.grad(meta_train, list(named.values()), create_graph=not settings.first_order,
                                 allow_unused=True)
     inner = [torch.zeros_like(p) if g is None else g for p, g in zip(named.values(), inner, strict=True)]
-    fast = {name: p - settings.inner_lr * g for (name, p), g in zip(named.items(), inner, strict=True)}
+    # θ' is one point for the whole global batch: under torchrun the slices' inner gradients are averaged,
+    # weighted by slice size and differentiably for the second-order term, in one collective for all parameters
+    # (so that every process runs the same collectives in the same order)
+    flat = mean_over_slices(torch.cat([g.reshape(-1) for g in inner]))
+    step = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in inner]), inner, strict=True)]
+    fast = {name: p - settings.inner_lr * g for (name, p), g in zip(named.items(), step, strict=True)}
     test_loss = losses_at(fast, [held_out], weights.meta_test())[0]
     meta_test = test_loss.weighted(weights.meta_test())
     outer = torch.autograd.grad(meta_test, list(named.values()), allow_unused=True)

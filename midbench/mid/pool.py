@@ -13,10 +13,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from midbench.attacks.randomness import example_seeds, per_example_generators
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, evaluate_passes, load_registry
 from midbench.config import TrainConfig
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import DatasetSpec, TensorSplit
+from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
 from midbench.training_attacks import resolve_training_attack, training_registry
 
@@ -75,16 +77,20 @@ class PoolCache:
     """The pool's adversarial examples of a whole training split, regenerated every ``refresh_every`` epochs.
 
     Memory: ``n_attacks × N`` images in float32 on the training device (MNIST 3,800 × 4: 48 MB; CIFAR-10
-    50,000 × 4: 2.5 GB). Each block is crafted under its own seed inside a forked RNG, so a run resumed in the
-    middle of a block rebuilds the identical cache and leaves the epoch's random stream untouched.
+    50,000 × 4: 2.5 GB). Each block is crafted under its own seed, every example drawing its random start and
+    target from a generator of its own (seeded with the block's seed and its index) inside a forked RNG: a run
+    resumed in the middle of a block rebuilds the identical cache and leaves the epoch's random stream
+    untouched, and under torchrun the processes can share the work — batch *b* is crafted by rank ``b mod K``
+    and broadcast to the others — with the single process's cache as the result.
     """
 
     def __init__(self, pool: AttackerPool, split: TensorSplit, batch_size: int, device: torch.device,
-                 refresh_every: int) -> None:
+                 refresh_every: int, shard: Shard = SINGLE) -> None:
         self.pool = pool
         self.batches = DeviceBatches(split, batch_size, device)
         self.refresh_every = refresh_every
         self.device = device
+        self.shard = shard
         self.block: int | None = None
         self.examples: torch.Tensor | None = None  # (n_attacks, N, C, H, W)
 
@@ -97,11 +103,18 @@ class PoolCache:
         if block == self.block and self.examples is not None:
             return False
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            parts = []
-            for _, x, y in self.batches.indexed_epoch(shuffle=False):
-                parts.append(torch.stack(self.pool.craft(model, x, y)))
+        parts = []
+        for number, (index, x, y) in enumerate(self.batches.indexed_epoch(shuffle=False)):
+            owner = number % self.shard.world_size
+            if owner == self.shard.rank:
+                seeds = example_seeds(seed, index.tolist())
+                with torch.random.fork_rng(devices=devices), per_example_generators(seeds):
+                    torch.manual_seed(seed + number)  # an attack that still draws from the global stream
+                    crafted = torch.stack(self.pool.craft(model, x, y))
+            else:
+                crafted = torch.empty((len(self.pool.attacks), *x.shape), dtype=x.dtype, device=x.device)
+            self.shard.broadcast_(crafted, owner)
+            parts.append(crafted)
         self.examples = torch.cat(parts, dim=1)
         self.block = block
         return True

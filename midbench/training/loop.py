@@ -40,13 +40,16 @@ from torch import nn
 
 from midbench.attacks.gradient import PGD
 from midbench.attacks.norms import Norm
+from midbench.attacks.randomness import example_seeds, per_example_generators
 from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import DatasetSpec, TensorSplit, get_dataset, load_split
+from midbench.data_parallel import SliceWeights, training_slice
 from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed, is_user_method
 from midbench.defenses.options import as_values, option_defaults
 from midbench.device import configure_for_speed, resolve_device
+from midbench.distributed import SINGLE, Shard, current_shard, rank_device
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
 from midbench.metadata import ModelMetadata
@@ -114,18 +117,57 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps
 
 
 def evaluate_slice(model: nn.Module, data: TensorSplit, dataset: DatasetSpec, steps: int,
-                   device: torch.device, batch_size: int = 500) -> dict[str, float]:
-    """Clean and PGD-``steps`` (L∞, dataset ε, step 2.5ε/steps) accuracy on a held-out slice."""
+                   device: torch.device, batch_size: int = 500, seed: int = 0, shard: Shard = SINGLE
+                   ) -> dict[str, float]:
+    """Clean and PGD-``steps`` (L∞, dataset ε, step 2.5ε/steps) accuracy on a held-out slice.
+
+    Each example's random start comes from its own generator (``seed`` and its index), so under torchrun the
+    batches can be dealt to the processes (batch *b* to rank ``b mod K``) and the counts summed, with the
+    single process's result."""
     if len(data) == 0:
         return {}
     eps = dataset.eps["Linf"]
     attack = PGD(eps, Norm.LINF, steps=steps, step_size=2.5 * eps / steps)
     clean = robust = 0
-    for x, y in DeviceBatches(data, batch_size, device).epoch(shuffle=False):
+    for number, (index, x, y) in enumerate(DeviceBatches(data, batch_size, device).indexed_epoch(shuffle=False)):
+        if not shard.owns(number):
+            continue
         with torch.no_grad():
             clean += int((model(x).argmax(1) == y).sum())
-        robust += int((model(attack(model, x, y)).argmax(1) == y).sum())
+        with per_example_generators(example_seeds(seed, index.tolist())):
+            x_adv = attack(model, x, y)
+        robust += int((model(x_adv).argmax(1) == y).sum())
+    clean, robust = shard.all_sum(clean), shard.all_sum(robust)
     return {"val_clean_acc": clean / len(data), f"val_pgd{steps}_acc": robust / len(data)}
+
+
+def check_slices(n_train: int, batch_size: int, shard: Shard) -> None:
+    """Refuse a global batch that cannot give every process at least one example (the last batch included):
+    a process without examples has no mean loss to differentiate."""
+    if not shard.distributed:
+        return
+    if min(batch_size, n_train) < shard.world_size:
+        raise UsageError(f"--batch-size {batch_size} over {shard.world_size} processes leaves some without "
+                         f"examples; use a batch of at least {shard.world_size} or fewer processes")
+    last = n_train % batch_size
+    if 0 < last < shard.world_size:
+        raise UsageError(f"the last batch of each epoch has {last} example(s) ({n_train} training examples, batch "
+                         f"{batch_size}), fewer than the {shard.world_size} processes; change --batch-size or "
+                         "--n-train by a few")
+
+
+def prepare_batch_norm(model: nn.Module, shard: Shard, device: torch.device) -> tuple[nn.Module, str | None]:
+    """Under torchrun, BatchNorm layers become ``SyncBatchNorm`` (statistics over the global batch) where PyTorch
+    supports it (CUDA); on the CPU it does not, and each process normalises with its own slice's statistics
+    (the loop then keeps the running statistics equal across processes). Returns the model and what was done:
+    None for one process, else "synchronised", "per-process" or "none" (recorded in the checkpoint)."""
+    if not shard.distributed:
+        return model, None
+    if not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        return model, "none"
+    if device.type != "cuda":
+        return model, "per-process"
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), "synchronised"
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -150,7 +192,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if resume and not state_path.exists() and (out / MODEL_FILE).exists():
         raise UsageError(f"{out} has a model but no {STATE_FILE} to resume from; choose another --out")
 
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device))
+    shard = current_shard(device)  # under torchrun: this process's slice of every batch
+    progress = progress and shard.is_writer
     configure_for_speed(device)
     if config.bf16 and device.type != "cuda":
         raise UsageError("--bf16 needs a CUDA device; drop it to train in float32 on the CPU")
@@ -159,47 +203,61 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     config = config.with_options(as_values(task.options))  # recorded complete: every option at its value
     train_split, val_split = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
                                              config.val_size, config.n_train)
+    check_slices(len(train_split), config.batch_size, shard)
 
     torch.manual_seed(config.seed)
     model = build_model(config.arch, dataset.num_classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
     def train_stage(stage: TrainConfig, stage_dir: Path) -> Path:
         return train(stage, stage_dir, resume=True, progress=progress).checkpoint
 
-    task.setup(model, SetupContext(out, train_split, device, progress, train_stage))
+    task.setup(model, SetupContext(out, train_split, device, progress, train_stage, shard))
+    model, batch_norm = prepare_batch_norm(model, shard, device)
+    data_parallel = None if batch_norm is None else {"processes": shard.world_size, "batch_norm": batch_norm}
     batches = DeviceBatches(train_split, config.batch_size, device)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, len(batches))
     start_epoch, log = 1, []
     if resume and state_path.exists():
         start_epoch, log = _restore(state_path, config, option_defaults(task.Options), model, optimizer,
-                                    scheduler, device)
-        # a crash between the state and the log write leaves the log one epoch short: rewrite it from the state
-        atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
-    atomic_write_text(out / CONFIG_FILE, config_to_toml(config.to_dict()))
+                                    scheduler, device, shard)
+        if shard.is_writer:  # a crash between the state and the log write leaves the log short: rewrite it
+            atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
+    if shard.is_writer:
+        atomic_write_text(out / CONFIG_FILE, config_to_toml(config.to_dict()))
     if log and "stopped_early" in log[-1]:  # a stopped run stays stopped; finish its model if a crash cut in
-        _keep_best_model(out, log[-1]["stopped_early"])
+        if shard.is_writer:
+            _keep_best_model(out, log[-1]["stopped_early"])
+        shard.barrier()
         return TrainResult(out, out / MODEL_FILE, log)
 
     best_key = task.selection_key(f"val_pgd{config.val_pgd_steps}_acc")
     best_value = max((record[best_key] for record in log if best_key in record), default=None)
     for epoch in range(start_epoch, config.epochs + 1):
-        record = _run_epoch(epoch, config, task, model, batches, optimizer, scheduler, device, progress, on_batch)
+        record = _run_epoch(epoch, config, task, model, batches, optimizer, scheduler, device, progress, on_batch,
+                            shard, sync_buffers=batch_norm == "per-process")
         model.eval()
-        record.update(evaluate_slice(model, val_split, dataset, config.val_pgd_steps, device))
+        record.update(evaluate_slice(model, val_split, dataset, config.val_pgd_steps, device,
+                                     seed=epoch_seed(config.seed, epoch) + 1, shard=shard))
         if len(val_split):
             record.update(task.validation_metrics(model, val_split, device))
         log.append(record)
         reason = task.should_stop(log)
         if reason is not None:
             record["stopped_early"] = {"epoch": epoch, "reason": reason, "best_epoch": _best_epoch(log, best_key)}
-        metadata = _metadata(config, task, dataset, epoch, log, len(train_split))
-        if best_key in record and (best_value is None or record[best_key] > best_value):
+        metadata = replace(_metadata(config, task, dataset, epoch, log, len(train_split)),
+                           data_parallel=data_parallel)
+        improved = best_key in record and (best_value is None or record[best_key] > best_value)
+        if improved:
             best_value = record[best_key]
-            save_checkpoint(out / BEST_FILE, model.state_dict(), replace(metadata, best_by=best_key))
-        _save_epoch(out, config, metadata, model, optimizer, scheduler, epoch, log)
+        if shard.is_writer:  # rank 0 alone writes; every rank holds the same weights and log
+            if improved:
+                save_checkpoint(out / BEST_FILE, model.state_dict(), replace(metadata, best_by=best_key))
+            _save_epoch(out, config, metadata, model, optimizer, scheduler, epoch, log, shard.world_size)
+            if reason is not None:
+                _keep_best_model(out, record["stopped_early"])
         if reason is not None:
-            _keep_best_model(out, record["stopped_early"])
             break
+    shard.barrier()  # the files are written before any rank goes on to read them (MID reads its stages')
     return TrainResult(out, out / MODEL_FILE, log)
 
 
@@ -219,33 +277,56 @@ def _keep_best_model(out: Path, stopped: dict[str, Any]) -> None:
 
 def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Module, batches: DeviceBatches,
                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-               device: torch.device, progress: bool, on_batch: BatchCallback | None) -> dict[str, Any]:
+               device: torch.device, progress: bool, on_batch: BatchCallback | None, shard: Shard = SINGLE,
+               sync_buffers: bool = False) -> dict[str, Any]:
+    """One epoch. Each process takes its slice of every global batch (:class:`SliceWeights`); the random starts
+    and targets of the training attacks come from per-example generators seeded with (epoch seed, example
+    index), so an example draws the same numbers in whichever slice it lands, and K processes compute the
+    single process's step up to the order of floating-point sums."""
     seed = epoch_seed(config.seed, epoch)
-    torch.manual_seed(seed)  # random starts and targets of the training attack
+    torch.manual_seed(seed)  # anything that still draws from the global stream
     generator = torch.Generator().manual_seed(seed)  # the shuffle
     model.train()
     task.on_epoch_start(epoch, model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen = 0.0, 0.0, 0
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
     with _progress_bar(progress, f"epoch {epoch}/{config.epochs}", len(batches)) as advance:
         for index, (example_index, x, y) in enumerate(batches.indexed_epoch(generator)):
+            share = SliceWeights.of(shard, int(y.shape[0]))
+            example_index, x, y = share.take(example_index, x, y)
             optimizer.zero_grad(set_to_none=True)
-            outputs = task.step(model, x, y, example_index, autocast)
-            loss = outputs["loss"]
-            if not torch.isfinite(loss):
-                raise NumericalError(f"the training loss became {float(loss.detach())} in epoch {epoch}; the last good "
-                                     "checkpoint is kept — lower --lr or check the data")
+            with training_slice(share), per_example_generators(example_seeds(seed, example_index.tolist())):
+                outputs = task.step(model, x, y, example_index, autocast)
+            share.combine_gradients(trainable)
+            batch_loss, batch_correct = share.sum_statistics([
+                float(outputs["loss"].detach()) * share.size, float((outputs["logits"].argmax(1) == y).sum())])
+            if not math.isfinite(batch_loss):
+                raise NumericalError(f"the training loss became {batch_loss / share.global_size} in epoch {epoch}; "
+                                     "the last good checkpoint is kept — lower --lr or check the data")
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss.detach()) * y.shape[0]
-            correct += int((outputs["logits"].argmax(1) == y).sum())
-            seen += int(y.shape[0])
+            if sync_buffers:
+                _broadcast_buffers(model, shard)
+            total_loss += batch_loss
+            correct += batch_correct
+            seen += share.global_size
             advance(total_loss / seen)
             if on_batch is not None:
                 on_batch(epoch, index, len(batches), total_loss / seen)
+    seconds = shard.all_max(time.perf_counter() - started)
     return {"epoch": epoch, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3)}
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+
+
+def _broadcast_buffers(model: nn.Module, shard: Shard) -> None:
+    """Rank 0's floating-point buffers (BatchNorm running statistics) to every rank, as PyTorch's
+    DistributedDataParallel does before each forward: the processes' attacks and evaluations then see the same
+    model."""
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            shard.broadcast_(buffer, 0)
 
 
 @contextlib.contextmanager
@@ -280,20 +361,20 @@ def _metadata(config: TrainConfig, task: DefenseTask, dataset: DatasetSpec, epoc
 
 def _save_epoch(out: Path, config: TrainConfig, metadata: ModelMetadata, model: nn.Module,
                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
-                log: list[dict[str, Any]]) -> None:
+                log: list[dict[str, Any]], world_size: int) -> None:
     # Model first, state second: a crash between the two leaves a state one epoch behind the model, and the
     # resume then redoes that epoch and rewrites both — never a state ahead of its model.
     save_checkpoint(out / MODEL_FILE, model.state_dict(), metadata)
     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "fingerprint": json.dumps(config.fingerprint(), sort_keys=True),
-             "log": json.dumps(log)}
+             "log": json.dumps(log), "world_size": world_size}
     atomic_write_with(out / STATE_FILE, lambda handle: torch.save(state, handle))
     atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
 
 
 def _restore(state_path: Path, config: TrainConfig, defaults: dict[str, Any], model: nn.Module,
              optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device
+             scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, shard: Shard = SINGLE
              ) -> tuple[int, list[dict[str, Any]]]:
     try:
         state = torch.load(state_path, map_location=device, weights_only=True)
@@ -306,6 +387,11 @@ def _restore(state_path: Path, config: TrainConfig, defaults: dict[str, Any], mo
     if not isinstance(stored, dict) or not config.may_resume(stored, defaults):
         raise UsageError(f"cannot resume: {state_path} was written with a different configuration; use the "
                          "same options (only --epochs and --device may change) or another --out")
+    written_by = int(state.get("world_size", 1))
+    if written_by != shard.world_size:
+        raise UsageError(f"cannot resume: {state_path} was trained by {written_by} process(es) and this run has "
+                         f"{shard.world_size}; resume with torchrun --nproc-per-node {written_by} (another count sums "
+                         "the gradients in another order), or use another --out")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
