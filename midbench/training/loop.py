@@ -12,10 +12,15 @@ Output directory (``--out DIR``):
 - ``state.pt``: what ``--resume`` needs (model, optimiser and scheduler state, epoch, log), saved with
   ``torch.save`` and read back with ``weights_only=True``.
 
-Exact resume: all randomness of epoch *e* (shuffling, random starts, random targets) is drawn from generators
-seeded with (seed, e), and the state is written only at epoch boundaries, atomically. A run killed anywhere
+Exact resume: all randomness of epoch *e* is drawn from generators seeded with (seed, e) — the shuffle from
+one, each example's random start and target from its own (seeded with the example's index too) — and the state
+is written only at epoch boundaries, atomically. A run killed anywhere
 and resumed therefore repeats the interrupted epoch bit for bit and ends with the same weights as an
 uninterrupted run on the same machine.
+
+Data-parallel (``torchrun``): every process runs this loop on its slice of each global batch
+(:mod:`midbench.data_parallel` combines the gradients), the held-out evaluation is dealt out by batch, and rank 0
+alone writes; the state records the number of processes, and a resume with another number is refused.
 
 Early stop: a method may end training after an epoch (:meth:`DefenseTask.should_stop`, e.g. fast-at's
 catastrophic-overfitting guard). The epoch's log record then carries ``stopped_early`` (``epoch``, ``reason``,
