@@ -19,6 +19,7 @@ from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text, ensure_writable_dir
 from midbench.leaderboard import render
+from midbench.report import REPORT_FILE, write_report
 from midbench.training import train
 from midbench.training.loop import MODEL_FILE, STATE_FILE
 
@@ -104,4 +105,6 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # no
     board = render(results_dir, "markdown")
     atomic_write_text(out / "leaderboard.md", board)
     atomic_write_text(out / "leaderboard.csv", render(results_dir, "csv"))
+    report, _ = write_report(results_dir, out / REPORT_FILE, title="midbench demo")
+    say(f"[demo] report (figures, per-model details; opens offline): {report}")
     return board

@@ -191,7 +191,12 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
         **{key: percent(summary[key]) for key in SUMMARY_KEYS},
         "flags": ",".join(flags), "n": n, "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
         "created": result.created, "run_id": result.run_id, "runs": [run.result.run_id for run in runs],
+        "paths": [str(run.path) for run in runs],
         "profile": _profile_of(runs),
+        # for the figures and the report: every attack of the united matrix, and the newest sanity measurements
+        "attack_results": [{"id": row.id, "split": row.split, "robust": int(column.sum()),
+                            "autoattack": row.is_autoattack} for row, column in united.values()],
+        "sanity": next((run.result.sanity for run in reversed(runs) if run.result.sanity), None),
     }
     for spec in columns:
         column = survivors[spec]

@@ -22,6 +22,7 @@ from typing import Any
 from midbench.config import TrainConfig
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from midbench.report import REPORT_FILE, write_report
 from midbench.sweep_file import Sweep, SweepRun, config_label, load_sweep, run_references
 
 __all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "describe_plan", "evaluation_plan",
@@ -247,6 +248,8 @@ def _use_threads(threads: int | None) -> None:
 def _finish(sweep: Sweep, state: dict[str, Any], state_path: Path, results: Path, config_label: str,
             started: float) -> SweepOutcome:
     board, paths = write_leaderboards(sweep, results, config_label)
+    report, _ = write_report(results, results / REPORT_FILE, title=f"midbench report — {sweep.name}")
+    paths = [*paths, report]
     seconds = {f"train {name}": record["seconds"] for name, record in state["training"].items()}
     seconds.update({f"eval {key}": record["seconds"] for key, record in state["evaluations"].items()})
     state["last_run_seconds"] = round(time.perf_counter() - started, 1)

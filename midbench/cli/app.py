@@ -7,7 +7,20 @@ from typing import Annotated
 import typer
 
 from midbench import __version__
-from midbench.cli import bench, board, compare, demo, evaluate, export, import_cmd, listing, regenerate, train
+from midbench.cli import (
+    bench,
+    board,
+    compare,
+    demo,
+    evaluate,
+    export,
+    import_cmd,
+    listing,
+    plot,
+    regenerate,
+    report_cmd,
+    train,
+)
 from midbench.cli._common import DEBUG, OneLineErrors, install_signal_handlers
 
 app = typer.Typer(
@@ -36,6 +49,8 @@ def root(
 app.command("train", no_args_is_help=False, cls=train.MethodOptionsCommand)(train.train_command)
 app.command("eval")(evaluate.eval_command)
 app.command("leaderboard")(board.leaderboard_command)
+app.command("plot")(plot.plot_command)
+app.command("report")(report_cmd.report_command)
 app.command("compare")(compare.compare_command)
 app.command("demo")(demo.demo_command)
 app.command("bench")(bench.bench_command)

@@ -160,6 +160,9 @@ class ResultDocument:
     profile: dict[str, Any] | None = None
     #: the per-example matrix file, beside the JSON
     per_example: str | None = None
+    #: the command line that ran the evaluation (``midbench eval ...``, or the ``bench``/``demo`` that ran it);
+    #: absent for evaluations run from Python and in files of earlier versions
+    command: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -198,6 +201,8 @@ class ResultDocument:
             document["sanity"] = self.sanity
         if self.profile is not None:
             document["profile"] = self.profile
+        if self.command is not None:
+            document["command"] = self.command
         return {**document, "per_example": self.per_example, **self.extra}
 
     @property

@@ -30,13 +30,15 @@ def make_run_id(name: str, protocol: str, now: datetime) -> str:
 
 def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],
                  data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str,
-                 flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None) -> ResultDocument:
+                 flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None,
+                 command: str | None = None) -> ResultDocument:
     """The result document of one evaluation run.
 
     Args:
         flags: the sanity flags (``{"code", "message"}``, :mod:`midbench.evaluation.sanity`), stored as given.
         sanity: what the sanity checks measured (probe size, zero-gradient share, sweep points); stored under
             ``"sanity"`` when given, so a reader can see why a flag was or was not raised.
+        command: the command line that ran the evaluation, recorded when given.
     """
     n = int(evaluation.clean_correct.shape[0])
     rows, autoattack_columns = [], []
@@ -66,6 +68,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
                              unseen_full_strength([(c.robust, c.plan.seen) for c in evaluation.curves], n)),
         "flags": [{"code": str(flag["code"]), "message": str(flag["message"])} for flag in flags or []],
         **({"sanity": sanity} if sanity else {}),
+        **({"command": command} if command else {}),
         **({"profile": {"suite": PROFILE_SUITE,
                         "threat_models": [curve_summary(c, evaluation.clean_correct) for c in evaluation.curves]}}
            if evaluation.curves else {}),

@@ -3,6 +3,8 @@ The library behind ``midbench eval``."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,13 +155,22 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         protocol_info = {"name": config.protocol, "source": source_info}
         result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
-                              flags=flags, sanity=sanity_info)
+                              flags=flags, sanity=sanity_info, command=command_line())
         path = write_result(result, evaluation, config.results_dir, indices)
     except BaseException:
         state.finish(keep=True)  # interrupted or failed: what is finished stays resumable
         raise
     state.finish()
     return EvalRun(result, path, evaluation, notes)
+
+
+def command_line() -> str | None:
+    """This process's command line as ``midbench ...`` when it was started as midbench (the console script,
+    ``python -m midbench`` or torchrun's ``-m midbench``), else None (an evaluation run from Python)."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is None or not (program.name == "midbench" or program.parent.name == "midbench"):
+        return None
+    return shlex.join(["midbench", *sys.argv[1:]])
 
 
 def _refuse_other_world_sizes(config: EvalConfig, dataset: str, name: str, shard: Shard) -> None:

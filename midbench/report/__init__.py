@@ -1,0 +1,310 @@
+"""``midbench report``: one self-contained HTML page of a results directory.
+
+The page holds, per dataset and protocol, the leaderboard (the same numbers as ``midbench leaderboard --ci``,
+sortable by clicking a header), the flags with their explanations, and the figures of :mod:`midbench.plots`
+inlined as SVG; then one section per evaluated model (its provenance, every attack with its 95% interval, the
+AutoAttack components) and the command lines that produced the results. Nothing is fetched from the network:
+style, script and figures are in the file, so it opens offline and can be archived with a paper.
+
+A result whose per-example matrix is missing or damaged is left out and named in a "skipped" list at the top.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from midbench.errors import UsageError
+from midbench.evaluation.documents import ResultDocument, read_result
+from midbench.fileio import atomic_write_text
+from midbench.leaderboard import LeaderboardWarning, profile_notes, tables
+from midbench.plots import DrawnFigure, figures
+from midbench.plots.data import Table, load_tables
+from midbench.plots.draw import svg_text
+from midbench.report.assets import CSS, SCRIPT
+from midbench.tables import TEXT_COLUMNS, display_frame, header, plain
+
+REPORT_FILE = "report.html"
+SWEEP_FILE = "sweep.toml"
+
+
+def build_report(results_dir: str | Path, title: str | None = None) -> tuple[str, list[str]]:
+    """The report page of ``results_dir`` and the results it skipped (one line each).
+
+    Raises:
+        UsageError: the directory is missing or holds no complete result.
+    """
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise UsageError(f"--results-dir {results} does not exist; run `midbench eval` or `midbench demo` first")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LeaderboardWarning)
+        ranked = tables(results, ci=True)
+        plotted = load_tables(results) if ranked else []
+    skipped = list(dict.fromkeys(str(warning.message) for warning in caught
+                                 if issubclass(warning.category, LeaderboardWarning)))
+    if not ranked:
+        raise UsageError(f"no complete result files under {results / 'runs'}; run `midbench eval` first"
+                         + (f" ({len(skipped)} skipped: {skipped[0]})" if skipped else ""))
+    drawn = figures(plotted)
+    page = _Page(title or f"midbench report — {results.name or results.resolve().name}")
+    page.header(results, plotted, skipped)
+    for (dataset, protocol), table in ranked.items():
+        plotted_table = next(t for t in plotted if (t.dataset, t.protocol) == (dataset, protocol))
+        page.table_section(dataset, protocol, table, plotted_table,
+                           [item for item in drawn if (item.dataset, item.protocol) == (dataset, protocol)])
+    for dataset in sorted({dataset for dataset, _ in ranked}):
+        page.figures([item for item in drawn if item.dataset == dataset and not item.protocol],
+                     f"{dataset}: white-box against transfer", f"protocols-{dataset}")
+    page.models(plotted)
+    page.commands(results, plotted)
+    return page.render(), skipped
+
+
+def write_report(results_dir: str | Path, out: str | Path | None = None, title: str | None = None
+                 ) -> tuple[Path, list[str]]:
+    """Write the report (default ``<results_dir>/report.html``) atomically; returns its path and what was
+    skipped."""
+    text, skipped = build_report(results_dir, title)
+    path = Path(out) if out is not None else Path(results_dir) / REPORT_FILE
+    atomic_write_text(path, text)
+    return path, skipped
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _anchor(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def _sort_key(value: Any) -> str | None:
+    """A cell's ``data-sort``: the number of a numeric cell ("" when missing), None for text cells."""
+    value = plain(value)
+    if isinstance(value, bool) or isinstance(value, str):
+        return None
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return "" if isinstance(value, float) and math.isnan(value) else repr(float(value))
+    return None
+
+
+class _Page:
+    """The page under construction: a table of contents and the sections, in order."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.contents: list[tuple[str, str]] = []
+        self.parts: list[str] = []
+
+    def section(self, anchor: str, heading: str, level: int = 2) -> None:
+        if level == 2:
+            self.contents.append((anchor, heading))
+        self.parts.append(f'<h{level} id="{_e(anchor)}">{_e(heading)}</h{level}>')
+
+    def header(self, results: Path, plotted: list[Table], skipped: list[str]) -> None:
+        rows = [row for table in plotted for row in table.rows]
+        newest = max((str(row.get("created") or "") for row in rows), default="")
+        self.parts.append(f"<p class=\"muted\">{len(rows)} evaluated models in {len(plotted)} tables from "
+                          f"<code>{_e(results)}</code>; newest result {_e(newest)}. Every accuracy is recomputed "
+                          "from the per-example matrices; intervals are 95% Wilson intervals.</p>")
+        if skipped:
+            items = "".join(f"<li>{_e(line)}</li>" for line in skipped)
+            self.parts.append(f'<div class="skipped"><p><strong>Skipped {len(skipped)} result(s)</strong> — not '
+                              f'in any table or figure:</p><ul>{items}</ul></div>')
+
+    def table_section(self, dataset: str, protocol: str, table: pd.DataFrame, plotted: Table,
+                      drawn: list[DrawnFigure]) -> None:
+        anchor = _anchor("table", dataset, protocol)
+        self.section(anchor, f"{dataset} — {protocol}")
+        self.parts.append(_leaderboard_html(table, f"Leaderboard: {dataset}, {protocol}"))
+        for note in profile_notes(table):
+            self.parts.append(f'<p class="note">{_e(note)}</p>')
+        self.parts.append(_flags_html(plotted))
+        self.figures(drawn, None, anchor)
+
+    def figures(self, drawn: list[DrawnFigure], heading: str | None, anchor: str) -> None:
+        if not drawn:
+            return
+        if heading:
+            self.section(anchor, heading)
+        for item in drawn:
+            self.parts.append(f'<figure id="{_e(_anchor("figure", item.file_stem()))}" class="plot" '
+                              f'data-kind="{_e(item.kind)}">{_inline_svg(svg_text(item.figure))}'
+                              f"<figcaption>{_e(_CAPTIONS[item.kind])}</figcaption></figure>")
+
+    def models(self, plotted: list[Table]) -> None:
+        self.section("models", "Models")
+        for table in plotted:
+            for row in table.rows:
+                documents = [document for path in row.get("paths") or []
+                             if (document := read_result(path)) is not None]
+                if documents:
+                    self.parts.append(_model_html(table, row, documents))
+
+    def commands(self, results: Path, plotted: list[Table]) -> None:
+        self.section("commands", "How these results were made")
+        commands = {}
+        for table in plotted:
+            for row in table.rows:
+                for path in row.get("paths") or []:
+                    document = read_result(path)
+                    if document is not None:
+                        commands[document.run_id] = document.command
+        recorded = [f"<li><code>{_e(command)}</code></li>" for command in dict.fromkeys(commands.values())
+                    if command]
+        if recorded:
+            self.parts.append(f"<p>The commands that wrote the result files:</p><ul>{''.join(recorded)}</ul>")
+        missing = sorted(run_id for run_id, command in commands.items() if not command)
+        if missing:
+            self.parts.append(f'<p class="note">{len(missing)} result file(s) do not record their command line '
+                              "(written by a version of midbench before 0.2, or from Python).</p>")
+        sweep = results / SWEEP_FILE
+        if sweep.is_file():
+            self.parts.append(f"<p>This folder is the output of a sweep: <code>midbench bench --config "
+                              f"{_e(sweep)} --results-dir {_e(results)}</code>, with this file:</p>"
+                              f"<pre>{_e(sweep.read_text(encoding='utf-8'))}</pre>")
+
+    def render(self) -> str:
+        contents = "".join(f'<li><a href="#{_e(anchor)}">{_e(heading)}</a></li>' for anchor, heading in self.contents)
+        return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+                f"<title>{_e(self.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+                f"<h1>{_e(self.title)}</h1>\n<nav><ul>{contents}</ul></nav>\n" + "\n".join(self.parts)
+                + f"\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
+
+
+_CAPTIONS = {
+    "curves": "Robust accuracy against the strength of each threat model (fraction of its full budget); nested "
+              "worst case per example, 95% bands; dashed with hollow markers where the model was trained against "
+              "the threat model.",
+    "heatmap": "Robust accuracy per model and attack: the model's own training attacks (known) on the left, the "
+               "others (unknown) on the right; blank where the model was not evaluated so.",
+    "tradeoff": "Clean accuracy against robustness to unknown attacks; bars are 95% intervals of the clean "
+                "accuracy.",
+    "sweeps": "PGD accuracy along ε and along the number of steps; it must not rise (a rise means a weak attack "
+              "or masked gradients).",
+    "protocols": "Each model's accuracy when the attacks are crafted on the model itself (white-box) and on the "
+                 "transfer source, 95% intervals.",
+}
+
+
+def _inline_svg(svg: str) -> str:
+    """matplotlib's SVG made fit for inlining in HTML: no RDF metadata block (it names external vocabularies) and
+    no namespace declarations (the HTML parser supplies the SVG and XLink namespaces)."""
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.DOTALL)
+    return re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+
+
+def _leaderboard_html(table: pd.DataFrame, caption: str) -> str:
+    shown = display_frame(table.drop(columns=[c for c in table.columns if c.startswith("curve_")]), ci=True)
+    flagged = [bool(plain(value)) for value in table["flags"]]
+    head = "".join(f'<th scope="col" class="{"text" if name in TEXT_COLUMNS else "number"}">{_e(header(name))}</th>'
+                   for name in shown.columns)
+    body = []
+    for index, row in enumerate(shown.itertuples(index=False)):
+        cells = []
+        for name, text in zip(shown.columns, row, strict=True):
+            key = _sort_key(table[name].iloc[index])
+            sort = "" if key is None else f' data-sort="{_e(key)}"'
+            css = "text" if name in TEXT_COLUMNS or key is None else "number"
+            cells.append(f'<td class="{css}"{sort}>{_e(text)}</td>')
+        row_class = ' class="flagged"' if flagged[index] else ""
+        body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    return (f'<div class="scroll"><table class="sortable leaderboard"><caption>{_e(caption)} — click a header '
+            f'to sort</caption><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _flags_html(table: Table) -> str:
+    """Every flag raised on the table's results, with the message that explains it, per model."""
+    items = []
+    for row in table.rows:
+        for path in row.get("paths") or []:
+            document = read_result(path)
+            for flag in (document.flags if document is not None else ()):
+                items.append(f"<li><strong>{_e(row['name'])}</strong>: <code>{_e(flag.get('code'))}</code> — "
+                             f"{_e(flag.get('message'))}</li>")
+    if not items:
+        return '<p class="note">No sanity flag was raised on these results.</p>'
+    return (f'<p>Flags (highlighted rows; a flag never changes a number, it says why one may be too high):</p>'
+            f'<ul class="flag-list">{"".join(dict.fromkeys(items))}</ul>')
+
+
+def _model_html(table: Table, row: dict[str, Any], documents: list[ResultDocument]) -> str:
+    newest = documents[-1]
+    checkpoint, data = newest.checkpoint, newest.data
+    anchor = _anchor("model", table.dataset, table.protocol, str(row["name"]))
+    provenance = {
+        "protocol": newest.protocol.label,
+        "checkpoint": checkpoint.path, "sha256": checkpoint.sha256, "method": checkpoint.method,
+        "architecture": checkpoint.arch, "training attacks": ", ".join(checkpoint.train_attacks) or "none",
+        "source (transfer)": json.dumps(newest.protocol.source) if newest.protocol.source else None,
+        "examples": f"{data.n_examples} of {data.dataset} ({data.split}), indices sha256 {data.indices_sha256}",
+        "ε": ", ".join(f"{norm} {value:g}" for norm, value in data.eps.items()),
+        "seed / device": f"{newest.seed} / {newest.device}",
+        "software": ", ".join(f"{name} {version}" for name, version in newest.versions.items() if version),
+        "result files": ", ".join(Path(path).name for path in row.get("paths") or []),
+    }
+    facts = "".join(f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in provenance.items() if value)
+    attack_rows = []
+    for document in documents:
+        for attack in document.attacks:
+            interval = f"[{100 * attack.ci95[0]:.2f}, {100 * attack.ci95[1]:.2f}]" if attack.ci95 else ""
+            value = "" if attack.robust_accuracy is None else f"{100 * attack.robust_accuracy:.2f}"
+            eps = "" if attack.eps is None else f"{attack.eps:g}"
+            seconds = "" if attack.seconds is None else f"{attack.seconds:.1f}"
+            attack_rows.append(
+                f'<tr><td class="text">{_e(attack.id)}</td><td class="text">{_e(attack.split)}</td>'
+                f'<td class="text">{_e(attack.norm or "")}</td><td data-sort="{_e(eps)}">{_e(eps)}</td>'
+                f'<td data-sort="{_e(value)}">{_e(value)} {_e(interval)}</td>'
+                f'<td data-sort="{_e(seconds)}">{_e(seconds)}</td>'
+                f"<td>{_e(attack.forward_passes or '')}</td><td>{_e(attack.backward_passes or '')}</td></tr>")
+    components = _components_html(documents)
+    clean = row.get("clean")
+    return (f'<section class="model" id="{_e(anchor)}"><h3>{_e(row["name"])} — {_e(table.protocol)} '
+            f'<span class="muted">({_e(table.dataset)})</span></h3>'
+            f'<p>Clean accuracy {_e(clean)}%, rank {_e(row.get("rank"))} of {len(table.rows)}.</p>'
+            f'<dl class="provenance">{facts}</dl>'
+            '<div class="scroll"><table class="sortable attacks"><caption>Attacks (robust accuracy %, 95% '
+            'interval)</caption><thead><tr><th class="text">attack</th><th class="text">split</th>'
+            '<th class="text">norm</th><th>ε</th><th>robust %</th><th>seconds</th><th>forward</th>'
+            f'<th>backward</th></tr></thead><tbody>{"".join(attack_rows)}</tbody></table></div>'
+            f"{components}</section>")
+
+
+def _components_html(documents: Iterable[ResultDocument]) -> str:
+    """AutoAttack's components: how many examples each one took (robust accuracy after it)."""
+    parts = []
+    for document in documents:
+        for attack in document.attacks:
+            components = attack.extra.get("components")
+            if not isinstance(components, dict) or not components:
+                continue
+            cells = "".join(f"<tr><td class=\"text\">{_e(name)}</td><td>{_e(_component_text(value))}</td></tr>"
+                            for name, value in components.items())
+            parts.append(f'<table class="components"><caption>{_e(attack.id)}: robust accuracy after each '
+                         f'component</caption><thead><tr><th class="text">component</th><th>after it</th></tr>'
+                         f"</thead><tbody>{cells}</tbody></table>")
+    return "".join(parts)
+
+
+def _component_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {number:.4g}" if isinstance(number, float) else f"{key} {number}"
+                         for key, number in value.items())
+    if isinstance(value, float):
+        return f"{100 * value:.2f}%"
+    return str(value)
+
+
+__all__ = ["REPORT_FILE", "build_report", "write_report"]
