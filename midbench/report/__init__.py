@@ -115,7 +115,9 @@ class _Page:
     def header(self, results: Path, plotted: list[Table], skipped: list[str]) -> None:
         rows = [row for table in plotted for row in table.rows]
         newest = max((str(row.get("created") or "") for row in rows), default="")
-        self.parts.append(f"<p class=\"muted\">{len(rows)} evaluated models in {len(plotted)} tables from "
+        models = len({row.get("name") for row in rows})
+        self.parts.append(f"<p class=\"muted\">{models} models, {len(rows)} rows in {len(plotted)} tables (one "
+                          f"per dataset and protocol) from "
                           f"<code>{_e(results)}</code>; newest result {_e(newest)}. Every accuracy is recomputed "
                           "from the per-example matrices; intervals are 95% Wilson intervals.</p>")
         if skipped:
