@@ -105,6 +105,5 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # no
     board = render(results_dir, "markdown")
     atomic_write_text(out / "leaderboard.md", board)
     atomic_write_text(out / "leaderboard.csv", render(results_dir, "csv"))
-    report, _ = write_report(results_dir, out / REPORT_FILE, title="midbench demo")
-    say(f"[demo] report (figures, per-model details; opens offline): {report}")
+    write_report(results_dir, out / REPORT_FILE, title="midbench demo")
     return board

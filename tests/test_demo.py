@@ -16,6 +16,8 @@ def test_demo_trains_evaluates_and_ranks(tmp_path: Path) -> None:
     messages: list[str] = []
     board = run_demo(tmp_path, settings, say=messages.append, progress=False)
     assert (tmp_path / "leaderboard.md").read_text() == board
+    report = (tmp_path / "report.html").read_text(encoding="utf-8")  # the one-page report, every model in it
+    assert all(f">{method}-lenet — " in report for method in DEMO_METHODS)
     for method in DEMO_METHODS:
         assert (tmp_path / method / "model.safetensors").exists()
         assert f"| {method}-lenet" in board

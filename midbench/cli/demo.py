@@ -37,3 +37,4 @@ def demo_command(
     board = run_demo(out, settings, progress=not quiet)
     print(board)
     print(f"[demo] leaderboard written to {out / 'leaderboard.md'} and {out / 'leaderboard.csv'}")
+    print(f"[demo] report (tables, figures, every model's attacks; opens offline): {out / 'report.html'}")
