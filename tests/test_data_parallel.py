@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from worker_processes import process_with
 
 from midbench.data_parallel import SliceWeights
 from midbench.distributed import Shard
@@ -110,21 +111,6 @@ def _safetensors_metadata(path: Path) -> str:
     return json.dumps(load_checkpoint(path).metadata)
 
 
-def _process_with(tag: str, rank: int) -> int | None:
-    """The pid of the worker of rank ``rank`` whose environment carries ``tag`` (Linux /proc)."""
-    wanted = {f"MIDBENCH_TEST_TAG={tag}".encode(), f"RANK={rank}".encode()}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            variables = set((entry / "environ").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if wanted <= variables:
-            return int(entry.name)
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
 def test_a_killed_rank_stops_training_and_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
@@ -146,7 +132,7 @@ def test_a_killed_rank_stops_training_and_resume_ends_with_the_uninterrupted_wei
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline, "no epoch finished within 240 s"
         time.sleep(0.01)
-    victim = _process_with(tag, 1)
+    victim = process_with(tag, 1)
     assert victim is not None
     os.kill(victim, 9)
     _, stderr = process.communicate(timeout=240)

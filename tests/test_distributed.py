@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_processes import process_with
 
 ATTACKS = "fgsm-linf,pgd-linf,noise-uniform-linf,pgd-l2"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -95,21 +96,6 @@ def test_two_torchrun_nodes_on_localhost_equal_a_single_process(standard_checkpo
     assert_same_result(tmp_path / "single", tmp_path / "nodes")
 
 
-def _process_with(tag: str, rank: int) -> int | None:
-    """The pid of the worker of rank ``rank`` whose environment carries ``tag`` (Linux /proc)."""
-    wanted = {f"MIDBENCH_TEST_TAG={tag}".encode(), f"RANK={rank}".encode()}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            variables = set((entry / "environ").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if wanted <= variables:
-            return int(entry.name)
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
 def test_a_killed_rank_stops_the_run_and_the_same_command_resumes_every_shard(standard_checkpoint: Path,
@@ -127,7 +113,7 @@ def test_a_killed_rank_stops_the_run_and_the_same_command_resumes_every_shard(st
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline, "rank 1 saved no batch within 240 s"
         time.sleep(0.01)
-    victim = _process_with(tag, 1)
+    victim = process_with(tag, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
     _, stderr = process.communicate(timeout=120)

@@ -16,7 +16,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,10 @@ def build_report(results_dir: str | Path, title: str | None = None) -> tuple[str
         raise UsageError(f"no complete result files under {results / 'runs'}; run `midbench eval` first"
                          + (f" ({len(skipped)} skipped: {skipped[0]})" if skipped else ""))
     drawn = figures(plotted)
-    page = _Page(title or f"midbench report — {results.name or results.resolve().name}")
+    # every result document read once: the flags, the model sections and the commands all come from them
+    documents = {path: document for table in plotted for row in table.rows for path in row.get("paths") or []
+                 if (document := read_result(path)) is not None}
+    page = _Page(title or f"midbench report — {results.name or results.resolve().name}", documents)
     page.header(results, plotted, skipped)
     for (dataset, protocol), table in ranked.items():
         plotted_table = next(t for t in plotted if (t.dataset, t.protocol) == (dataset, protocol))
@@ -65,7 +68,7 @@ def build_report(results_dir: str | Path, title: str | None = None) -> tuple[str
         page.figures([item for item in drawn if item.dataset == dataset and not item.protocol],
                      f"{dataset}: white-box against transfer", f"protocols-{dataset}")
     page.models(plotted)
-    page.commands(results, plotted)
+    page.commands(results)
     return page.render(), skipped
 
 
@@ -102,8 +105,9 @@ def _sort_key(value: Any) -> str | None:
 class _Page:
     """The page under construction: a table of contents and the sections, in order."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, documents: dict[str, ResultDocument]) -> None:
         self.title = title
+        self.documents = documents
         self.contents: list[tuple[str, str]] = []
         self.parts: list[str] = []
 
@@ -132,7 +136,7 @@ class _Page:
         self.parts.append(_leaderboard_html(table, f"Leaderboard: {dataset}, {protocol}"))
         for note in profile_notes(table):
             self.parts.append(f'<p class="note">{_e(note)}</p>')
-        self.parts.append(_flags_html(plotted))
+        self.parts.append(_flags_html(plotted, self.documents_of))
         self.figures(drawn, None, anchor)
 
     def figures(self, drawn: list[DrawnFigure], heading: str | None, anchor: str) -> None:
@@ -145,24 +149,20 @@ class _Page:
                               f'data-kind="{_e(item.kind)}">{_inline_svg(svg_text(item.figure))}'
                               f"<figcaption>{_e(_CAPTIONS[item.kind])}</figcaption></figure>")
 
+    def documents_of(self, row: dict[str, Any]) -> list[ResultDocument]:
+        """The result documents united into a leaderboard row, oldest first."""
+        return [self.documents[path] for path in row.get("paths") or [] if path in self.documents]
+
     def models(self, plotted: list[Table]) -> None:
         self.section("models", "Models")
         for table in plotted:
             for row in table.rows:
-                documents = [document for path in row.get("paths") or []
-                             if (document := read_result(path)) is not None]
-                if documents:
+                if documents := self.documents_of(row):
                     self.parts.append(_model_html(table, row, documents))
 
-    def commands(self, results: Path, plotted: list[Table]) -> None:
+    def commands(self, results: Path) -> None:
         self.section("commands", "How these results were made")
-        commands = {}
-        for table in plotted:
-            for row in table.rows:
-                for path in row.get("paths") or []:
-                    document = read_result(path)
-                    if document is not None:
-                        commands[document.run_id] = document.command
+        commands = {document.run_id: document.command for document in self.documents.values()}
         recorded = [f"<li><code>{_e(command)}</code></li>" for command in dict.fromkeys(commands.values())
                     if command]
         if recorded:
@@ -227,13 +227,12 @@ def _leaderboard_html(table: pd.DataFrame, caption: str) -> str:
             f'to sort</caption><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
-def _flags_html(table: Table) -> str:
+def _flags_html(table: Table, documents_of: Callable[[dict[str, Any]], list[ResultDocument]]) -> str:
     """Every flag raised on the table's results, with the message that explains it, per model."""
     items = []
     for row in table.rows:
-        for path in row.get("paths") or []:
-            document = read_result(path)
-            for flag in (document.flags if document is not None else ()):
+        for document in documents_of(row):
+            for flag in document.flags:
                 items.append(f"<li><strong>{_e(row['name'])}</strong>: <code>{_e(flag.get('code'))}</code> — "
                              f"{_e(flag.get('message'))}</li>")
     if not items:
