@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from midbench.distributed import SINGLE, Shard, collective_device
+from midbench.distributed import Shard, collective_device
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,3 @@ def mean_over_slices(tensor: torch.Tensor) -> torch.Tensor:
     if weights is None or not weights.shard.distributed:
         return tensor
     return _WeightedAllReduce.apply(tensor, weights.weight)
-
-
-def single_slice(global_size: int) -> SliceWeights:
-    """The whole batch as the one slice of a single process."""
-    return SliceWeights.of(SINGLE, global_size)

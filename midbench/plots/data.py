@@ -19,8 +19,9 @@ import numpy as np
 from midbench.errors import UsageError
 from midbench.evaluation.metrics import wilson_interval
 from midbench.leaderboard import collect, rank_table
+from midbench.protocols import Protocol
 
-WHITEBOX = "whitebox"
+WHITEBOX = Protocol.WHITEBOX.value
 
 
 @dataclass(frozen=True)
