@@ -265,12 +265,37 @@ TORCHVISION_SWEEPS = [path for path in COMMITTED_SWEEPS if load_sweep(path).data
 
 def test_every_committed_sweep_file_has_a_plan() -> None:
     """Each committed sweep file parses and plans (every run's method and options checked) with `--dry-run`."""
-    assert {path.parent.name for path in TORCHVISION_SWEEPS} >= {"mnist-mid-release", "cifar10-mid"}
+    assert {path.parent.name for path in TORCHVISION_SWEEPS} >= {"mnist-mid-release", "cifar10-mid", "cifar10-resnet18",
+                                                             "cifar10-wrn-34-10"}
     assert {path.parent.name for path in COMMITTED_SWEEPS} >= {"mnist5k", "mnist5k-mid-ablation"}
     for path in COMMITTED_SWEEPS:
         result = CliRunner().invoke(app, ["bench", "--config", str(path), "--data-dir", "unused", "--dry-run"])
         assert result.exit_code == 0, (path, result.output)
         assert "train " in result.output and "evaluate " in result.output
+
+
+@pytest.mark.parametrize(("folder", "arch"), [("cifar10-resnet18", "preact-resnet18"),
+                                             ("cifar10-wrn-34-10", "wrn-34-10")])
+def test_the_cost_estimates_quote_the_measured_flops_of_a_pass(folder: str, arch: str) -> None:
+    """The GPU-hour estimate in a CIFAR-10 sweep's header rests on the FLOPs of one forward and backward pass of
+    its architecture; they are measured here (torch.utils.flop_counter), so the header cannot drift from the
+    model."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from midbench.models import build_model
+
+    model = build_model(arch, 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    with FlopCounterMode(display=False) as forward:
+        logits = model(x)
+    with FlopCounterMode(display=False) as backward:
+        logits.sum().backward()
+    header = (REPO / "results" / folder / "sweep.toml").read_text(encoding="utf-8")
+    text = " ".join(line.lstrip("# ") for line in header.splitlines() if line.startswith("#"))
+    digits = 2 if forward.get_total_flops() < 1e10 else 1
+    assert f"{forward.get_total_flops() / 1e9:.{digits}f} GFLOP forward" in text
+    assert f"{backward.get_total_flops() / 1e9:.{digits}f} GFLOP backward" in text
 
 
 @pytest.mark.slow
