@@ -26,6 +26,7 @@ from midbench.metadata import ModelMetadata
 from midbench.models import build_model
 from midbench.models.factory import AUX_PREFIX, MODELS
 from midbench.usermodel import load_user_model
+from midbench.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
 
 
 @dataclass
@@ -102,9 +103,11 @@ def load_teacher(path: str | Path) -> LoadedModel:
 
 def load_model(checkpoint: str | Path | None, *, arch: str | None = None, dataset: str | None = None,
                model_spec: str | None = None, weights: str | None = None, device: torch.device | None = None,
-               seed: int = 0) -> LoadedModel:
-    """The classifier of a command line: a checkpoint (or plain state dict with ``arch``) or a user's
-    ``model_spec`` (``module:factory``, with optional ``weights``).
+               seed: int = 0, threat_model: str = "Linf", model_dir: str | None = None,
+               download: bool = False) -> LoadedModel:
+    """The classifier of a command line: a checkpoint (or plain state dict with ``arch``), a user's
+    ``model_spec`` (``module:factory``, with optional ``weights``), or a RobustBench zoo entry
+    (``robustbench:NAME``, its weights under ``model_dir``; :mod:`midbench.zoo`).
 
     Raises:
         UsageError: neither or both of a checkpoint and a ``model_spec``; options that do not go together.
@@ -123,6 +126,14 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
         raise UsageError("--arch applies to a plain state dict checkpoint, not to --model (its factory builds the "
                          "architecture)")
     device = device or torch.device("cpu")
+    if is_zoo_spec(model_spec):
+        if weights is not None:
+            raise UsageError("--weights goes with --model module:factory; a zoo entry's weights are read from "
+                             "--model-dir")
+        zoo = load_zoo_model(model_spec, dataset, threat_model, model_dir or DEFAULT_MODEL_DIR, download, device)
+        return LoadedModel(zoo.model, zoo.metadata, zoo.sha256, zoo.path)
+    if model_dir is not None:
+        raise UsageError("--model-dir goes with --model robustbench:NAME")
     # A factory that initialises weights draws from torch's RNG: seed it, so the same command builds the same
     # model (and an interrupted evaluation of it can resume) without touching the caller's RNG.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

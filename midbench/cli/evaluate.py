@@ -24,6 +24,8 @@ def eval_command(
     arch: Annotated[str | None, typer.Option(help="Architecture of a plain PyTorch state dict.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Your own classifier: module:factory returning an nn.Module (inputs in [0,1], logits out); needs --dataset. Imports and runs that module's code.")] = None,
     weights: Annotated[Path | None, typer.Option(help="With --model: a state dict to load into it (torch.save, loaded with weights_only=True, or .safetensors).")] = None,
+    threat_model: Annotated[str, typer.Option(help="With --model robustbench:NAME: the zoo's threat model (Linf, L2, corruptions).")] = "Linf",
+    model_dir: Annotated[Path | None, typer.Option(help="With --model robustbench:NAME: RobustBench's weights folder, <model-dir>/<dataset>/<threat model>/<NAME>.pt (default ./models); --download fetches missing ones.")] = None,
     attacks: Annotated[list[str] | None, typer.Option(help="Attack ids, comma-separated or repeated.")] = None,
     suite: Annotated[str | None, typer.Option(help="A suite of the attack registry (see `midbench attacks list`).")] = None,
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
@@ -61,6 +63,8 @@ def eval_command(
 
     Example: midbench eval --model mypackage.defense:build --weights defense.pt --dataset mnist5k --attacks pgd-linf,square-linf
 
+    Example: midbench eval --model robustbench:Wong2020Fast --dataset cifar10 --model-dir models --autoattack --unknown-attacks
+
     Example: midbench eval runs/pgdat/model.safetensors --autoattack --nproc 2 (or: torchrun --nproc-per-node 2 -m midbench eval ...)
     """
     if nproc is not None:
@@ -86,7 +90,8 @@ def eval_command(
                         batch_size=batch_size, results_dir=str(results_dir), name=name, seed=seed, device=device,
                         registry_dirs=tuple(str(d) for d in registry_dir or []),
                         data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
-                        weights=str(weights) if weights is not None else None, check_eps=check_eps,
+                        weights=str(weights) if weights is not None else None, threat_model=threat_model,
+                        model_dir=str(model_dir) if model_dir is not None else None, check_eps=check_eps,
                         check_steps=check_steps, restart=restart)
     from midbench.distributed import finish, launched_by_torchrun
 

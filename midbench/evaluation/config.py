@@ -37,6 +37,9 @@ class EvalConfig:
     download: bool = False
     model_spec: str | None = None
     weights: str | None = None
+    #: with ``model_spec`` ``robustbench:NAME``: the zoo's threat model and its local weights folder
+    threat_model: str = "Linf"
+    model_dir: str | None = None
     check_eps: bool = False
     check_steps: bool = False
     #: discard the resumable state of an interrupted evaluation with other settings instead of refusing it

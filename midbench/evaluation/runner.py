@@ -65,7 +65,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     device = rank_device(resolve_device(config.device))
     shard = current_shard(device)  # under torchrun: this process's share of the batches
     loaded = load_model(config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
-                        weights=config.weights, device=device, seed=config.seed)
+                        weights=config.weights, device=device, seed=config.seed, threat_model=config.threat_model,
+                        model_dir=config.model_dir, download=config.download)
     meta = loaded.metadata
     dataset_name = config.dataset or meta.dataset
     if dataset_name is None:
@@ -150,6 +151,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         if config.model_spec:
             checkpoint_info.update({"model_spec": meta.model_spec, "weights_sha256": meta.weights_sha256,
                                     "source_sha256": meta.source_sha256})
+        if "zoo" in meta.extra:  # a RobustBench entry: its name, dataset, threat model and architecture
+            checkpoint_info["zoo"] = meta.extra["zoo"]
         data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
                      "indices_sha256": indices_hash, "eps": data_eps}
         protocol_info = {"name": config.protocol, "source": source_info}
