@@ -131,11 +131,13 @@ def _download(name: str, dataset: str, threat_model: str, model_dir: str | Path)
     itself, safely."""
     from robustbench.utils import load_model
 
+    path = weights_path(name, dataset, threat_model, model_dir)
     try:
         load_model(model_name=name, model_dir=str(model_dir), dataset=DATASETS[dataset], threat_model=threat_model)
     except Exception as error:  # noqa: BLE001 - any failure of the download is reported the same way
-        path = weights_path(name, dataset, threat_model, model_dir)
-        if path.is_file() and _is_html(path):
+        if path.is_file() and not _is_html(path):
+            return  # downloaded; only RobustBench's own loading failed, and midbench loads the file itself
+        if path.is_file():
             raise ArtifactError(f"{path} is an HTML page, not weights (a failed Google Drive download): delete it "
                                 "and retry later, or fetch the file by hand") from error
         raise ArtifactError(f"downloading RobustBench model {name} failed ({type(error).__name__}: {error})") from error
