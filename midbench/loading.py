@@ -113,6 +113,8 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
         UsageError: neither or both of a checkpoint and a ``model_spec``; options that do not go together.
         ArtifactError: an unreadable, unsafe or incompatible checkpoint or weights file.
     """
+    if not is_zoo_spec(model_spec) and (model_dir is not None or threat_model != "Linf"):
+        raise UsageError("--model-dir and --threat-model go with --model robustbench:NAME")
     if model_spec is None:
         if checkpoint is None:
             raise UsageError("name the model to evaluate: a CHECKPOINT, or --model module:factory --dataset NAME")
@@ -132,8 +134,6 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
                              "--model-dir")
         zoo = load_zoo_model(model_spec, dataset, threat_model, model_dir or DEFAULT_MODEL_DIR, download, device)
         return LoadedModel(zoo.model, zoo.metadata, zoo.sha256, zoo.path)
-    if model_dir is not None:
-        raise UsageError("--model-dir goes with --model robustbench:NAME")
     # A factory that initialises weights draws from torch's RNG: seed it, so the same command builds the same
     # model (and an interrupted evaluation of it can resume) without touching the caller's RNG.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -107,7 +107,10 @@ def test_bad_zoo_input_is_one_line_with_its_exit_code(case: str, code: int, mess
     assert len(lines) == 1 and message in lines[0], outcome.output
 
 
-def test_model_dir_without_a_zoo_entry_is_refused(tmp_path: Path) -> None:
-    outcome = RUNNER.invoke(app, ["eval", "--model", "user_models:honest_cnn", "--dataset", "mnist5k", "--model-dir",
-                                  str(tmp_path), "--attacks", "fgsm-linf"])
-    assert outcome.exit_code == 2 and "--model-dir goes with --model robustbench:NAME" in outcome.output
+@pytest.mark.parametrize("model", [["--model", "user_models:honest_cnn"], []])
+@pytest.mark.parametrize("option", [["--model-dir", "models"], ["--threat-model", "L2"]])
+def test_zoo_options_without_a_zoo_entry_are_refused(model: list[str], option: list[str],
+                                                     pgd_at_checkpoint: Path) -> None:
+    named = model or [str(pgd_at_checkpoint)]
+    outcome = RUNNER.invoke(app, ["eval", *named, "--dataset", "mnist5k", *option, "--attacks", "fgsm-linf"])
+    assert outcome.exit_code == 2 and "go with --model robustbench:NAME" in outcome.output
