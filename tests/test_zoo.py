@@ -45,6 +45,7 @@ def evaluate(zoo: dict, *extra: str, name: str = ENTRY) -> object:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*differs from the published release")  # the test's own CIFAR files
 def test_a_zoo_entry_is_evaluated_with_its_weights_and_recorded(zoo: dict) -> None:
     outcome = evaluate(zoo, "--autoattack")
     assert outcome.exit_code == 0, outcome.output
