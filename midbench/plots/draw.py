@@ -90,7 +90,7 @@ def heatmap_figure(table: Table, data: Heatmap) -> Figure:
     """Robust accuracy of each model under each attack: the attacks known to the model (its training attacks)
     in the left block, the unknown ones in the right; blank where a model was not evaluated so."""
     widths = [max(1, len(attacks)) for attacks, _ in data.blocks.values()]
-    figure = _figure(max(4.5, 0.34 * sum(widths) + 3.0), max(2.2, 0.35 * len(data.models) + 2.0))
+    figure = _figure(max(4.5, 0.34 * sum(widths) + 3.0), max(3.0, 0.35 * len(data.models) + 2.0))
     with _rc():
         axes = figure.subplots(1, len(data.blocks), squeeze=False, sharey=True,
                                gridspec_kw={"width_ratios": widths})[0]
