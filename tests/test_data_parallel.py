@@ -100,15 +100,16 @@ def test_one_data_parallel_step_equals_one_process_on_the_global_batch(method: s
     assert sharded_log["loss"] == pytest.approx(single_log["loss"], rel=1e-5)
     for key in [key for key in single_log if key.startswith("val_")]:  # held-out scores: dealt, then summed
         assert sharded_log[key] == pytest.approx(single_log[key], abs=1 / 10 + 1e-9), key
-    checkpoint = json.loads(_safetensors_metadata(tmp_path / "sharded" / "model.safetensors"))
+    checkpoint = checkpoint_metadata(tmp_path / "sharded" / "model.safetensors")
     assert checkpoint["data_parallel"] == {"processes": 2, "batch_norm": "none"}
-    assert "data_parallel" not in json.loads(_safetensors_metadata(tmp_path / "single" / "model.safetensors"))
+    assert "data_parallel" not in checkpoint_metadata(tmp_path / "single" / "model.safetensors")
 
 
-def _safetensors_metadata(path: Path) -> str:
+def checkpoint_metadata(path: Path) -> dict:
+    """The metadata midbench wrote into a checkpoint."""
     from midbench.checkpoint import load_checkpoint
 
-    return json.dumps(load_checkpoint(path).metadata)
+    return load_checkpoint(path).metadata
 
 
 @pytest.mark.slow
@@ -172,7 +173,7 @@ def test_batchnorm_on_the_cpu_is_per_process_and_recorded(tmp_path: Path) -> Non
     result = run(train_command(tmp_path / "run", "--method", "standard", "--arch", "test-resnet", "--n-train", "32",
                                "--batch-size", "16", "--nproc", "2"))
     assert result.returncode == 0, result.stderr
-    recorded = json.loads(_safetensors_metadata(tmp_path / "run" / "model.safetensors"))["data_parallel"]
+    recorded = checkpoint_metadata(tmp_path / "run" / "model.safetensors")["data_parallel"]
     assert recorded == {"processes": 2, "batch_norm": "per-process"}
 
 
@@ -188,7 +189,7 @@ def test_batchnorm_on_two_gpus_is_synchronised_and_equals_one_gpu(tmp_path: Path
     assert single.returncode == 0, single.stderr
     sharded = run([*base, "--out", str(tmp_path / "sharded"), "--nproc", "2"])
     assert sharded.returncode == 0, sharded.stderr
-    recorded = json.loads(_safetensors_metadata(tmp_path / "sharded" / "model.safetensors"))["data_parallel"]
+    recorded = checkpoint_metadata(tmp_path / "sharded" / "model.safetensors")["data_parallel"]
     assert recorded == {"processes": 2, "batch_norm": "synchronised"}
     expected = weights(tmp_path / "single" / "model.safetensors")
     actual = weights(tmp_path / "sharded" / "model.safetensors")

@@ -93,7 +93,7 @@ def _anchor(*parts: str) -> str:
 def _sort_key(value: Any) -> str | None:
     """A cell's ``data-sort``: the number of a numeric cell ("" when missing), None for text cells."""
     value = plain(value)
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, bool | str):
         return None
     if value is None:
         return ""
