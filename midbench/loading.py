@@ -25,7 +25,7 @@ from midbench.errors import ArtifactError, UsageError
 from midbench.metadata import ModelMetadata
 from midbench.models import build_model
 from midbench.models.factory import AUX_PREFIX, MODELS
-from midbench.usermodel import load_user_model
+from midbench.usermodel import import_factory, load_user_model
 from midbench.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
 
 
@@ -135,7 +135,10 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
         zoo = load_zoo_model(model_spec, dataset, threat_model, model_dir or DEFAULT_MODEL_DIR, download, device)
         return LoadedModel(zoo.model, zoo.metadata, zoo.sha256, zoo.path)
     # A factory that initialises weights draws from torch's RNG: seed it, so the same command builds the same
-    # model (and an interrupted evaluation of it can resume) without touching the caller's RNG.
+    # model (and an interrupted evaluation of it can resume) without touching the caller's RNG. The module is
+    # imported first: an import that draws from the RNG would otherwise make the first build of a process differ
+    # from every later one (a sweep's second evaluation of the same factory).
+    import_factory(model_spec)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         user = load_user_model(model_spec, dataset, weights, device)

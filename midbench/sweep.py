@@ -1,5 +1,6 @@
-"""``midbench bench``: train a list of methods on one dataset, evaluate each under the chosen protocols and write
-the leaderboard — the one command that produces a paper table. The file format is :mod:`midbench.sweep_file`.
+"""``midbench bench``: train a list of methods on one dataset, evaluate each (and any evaluate-only models: zoo
+entries, checkpoints, factories) under the chosen protocols and write the leaderboard — the one command that
+produces a paper table. The file format is :mod:`midbench.sweep_file`.
 
 Every model is attacked white-box; under ``transfer`` every model but the source itself is attacked through the
 same source model, so the rows of the transfer table are comparable (the MID paper's protocol, evaluation.md).
@@ -23,7 +24,7 @@ from midbench.config import TrainConfig
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from midbench.report import REPORT_FILE, write_report
-from midbench.sweep_file import Sweep, SweepRun, config_label, load_sweep, run_references
+from midbench.sweep_file import Sweep, SweepModel, SweepRun, config_label, load_sweep, run_references
 
 __all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "describe_plan", "evaluation_plan",
            "write_leaderboards", "leaderboard_header", "model_path"]
@@ -77,17 +78,18 @@ def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
 
 
 def evaluation_plan(sweep: Sweep) -> list[tuple[str, str, str | None]]:
-    """(run, protocol, transfer source) in order: every run white-box (source None); under transfer, every run but
-    the source itself, once per source (``transfer_source``, then each of ``extra_transfer_sources``)."""
+    """(run or model, protocol, transfer source) in order: every run, then every evaluate-only model, white-box
+    (source None); under transfer, each but the source itself, once per source (``transfer_source``, then each of
+    ``extra_transfer_sources``)."""
     sources = (sweep.transfer_source, *sweep.extra_transfer_sources)
     plan: list[tuple[str, str, str | None]] = []
-    for run in sweep.runs:
+    for name in sweep.names:
         for protocol in sweep.protocols:
             if protocol == "whitebox":
-                plan.append((run.name, protocol, None))
+                plan.append((name, protocol, None))
                 continue
             # attacking a source through itself is its white-box row
-            plan.extend((run.name, protocol, source) for source in sources if source != run.name)
+            plan.extend((name, protocol, source) for source in sources if source != name)
     return plan
 
 
@@ -95,6 +97,8 @@ def describe_plan(sweep: Sweep) -> list[str]:
     """One line per step, for ``--dry-run`` and the log."""
     lines = [f"train {run.name}: {run.config.method}, {run.config.arch}, {run.config.epochs} epochs" +
              (f", {run.config.attack_steps} attack steps" if run.config.attack_steps else "") for run in sweep.runs]
+    lines += [f"load {model.name}: {model.describe()}" +
+              (f" from {model.files(sweep.dataset)[0]}" if model.is_zoo else "") for model in sweep.models]
     n = sweep.n_examples if sweep.n_examples is not None else "all"
     for name, protocol, source in evaluation_plan(sweep):
         via = f" (attacks crafted on {source})" if source else ""
@@ -144,7 +148,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
 
     shared = _shared_settings(sweep)
     # each model's hash, read once: an evaluation is redone only when its model (or source) changed
-    hashes = {run.name: _checkpoint_sha(model_path(out, run.name)) for run in sweep.runs}
+    hashes = {name: _model_sha(sweep, out, name) for name in sweep.names}
     for step in evaluation_plan(sweep):
         job = _EvaluationJob.of(sweep, step, out, results, hashes, shared, restart)
         if job.already_done(state, results, say):
@@ -172,37 +176,49 @@ class _EvaluationJob:
     and the evaluation's config."""
 
     key: str
-    sha256: str
+    #: the evaluated model's hash; None for a zoo entry whose weights are yet to be downloaded (hashed afterwards)
+    sha256: str | None
     settings: dict[str, Any]
     config: Any  # EvalConfig
+    model: SweepModel | None = None
+    dataset: str = ""
 
     @classmethod
     def of(cls, sweep: Sweep, step: tuple[str, str, str | None], out: Path, results: Path,
-           hashes: dict[str, str], shared: dict[str, Any], restart: bool, device: str | None = None
+           hashes: dict[str, str | None], shared: dict[str, Any], restart: bool, device: str | None = None
            ) -> _EvaluationJob:
         from midbench.evaluation.config import EvalConfig
 
         name, protocol, source_run = step
-        # a transfer row depends on the source model too: a retrained source makes it stale
-        settings = {**shared, "source_sha256": hashes[source_run] if source_run else None}
+        model = sweep.model(name)
+        # a transfer row depends on the source model too: a retrained source makes it stale; an evaluate-only
+        # model's row depends on how it is named (zoo entry, threat model, factory) as well as on its files
+        settings = {**shared, "source_sha256": hashes[source_run] if source_run else None,
+                    **({"model": model.describe()} if model else {})}
         extra = source_run is not None and source_run != sweep.transfer_source
         key = f"{name}/{protocol}" + (f"@{source_run}" if extra else "")
+        if model is None:
+            loaded = {"checkpoint": str(model_path(out, name))}
+        else:
+            loaded = {"checkpoint": model.checkpoint, "arch": model.arch, "model_spec": model.model,
+                      "weights": model.weights, "threat_model": model.threat_model, "model_dir": model.model_dir,
+                      "dataset": sweep.dataset}
         config = EvalConfig(
-            checkpoint=str(model_path(out, name)), selection=sweep.selection, protocol=protocol,
-            source=str(model_path(out, source_run)) if source_run else None,
+            **loaded, selection=sweep.selection, protocol=protocol,
+            source=_source_path(sweep, out, source_run) if source_run else None,
             # the extra sources are named by run, so their tables stay apart from the main source's
             source_name=source_run if extra else None,
             n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
             seed=sweep.seed, device=device or sweep.device, restart=restart, data_dir=sweep.data_dir,
             download=sweep.download)
-        return cls(key, hashes[name], settings, config)
+        return cls(key, hashes[name], settings, config, model, sweep.dataset)
 
     def already_done(self, state: dict[str, Any], results: Path, say: Callable[[str], None]) -> bool:
         """Whether the state records this evaluation of this very model; a stale result is deleted, so that it
         does not share the table with the new one."""
         done = state["evaluations"].get(self.key)
-        if done and done["checkpoint_sha256"] == self.sha256 and done["settings"] == self.settings and \
-                (results / done["result"]).exists():
+        if done and self.sha256 is not None and done["checkpoint_sha256"] == self.sha256 and \
+                done["settings"] == self.settings and (results / done["result"]).exists():
             say(f"[bench] {self.key}: already evaluated ({done['result']})")
             return True
         if done:
@@ -211,9 +227,39 @@ class _EvaluationJob:
         return False
 
     def record(self, state: dict[str, Any], result_path: Path, seconds: float, results: Path) -> None:
-        state["evaluations"][self.key] = {"checkpoint_sha256": self.sha256, "settings": self.settings,
+        # a zoo entry downloaded by its evaluation is hashed now that its file is there
+        sha = self.sha256 if self.sha256 is not None or self.model is None else _files_sha(self.model, self.dataset)
+        state["evaluations"][self.key] = {"checkpoint_sha256": sha, "settings": self.settings,
                                           "result": str(result_path.relative_to(results)),
                                           "seconds": round(seconds, 1)}
+
+
+def _source_path(sweep: Sweep, out: Path, name: str) -> str:
+    """The checkpoint file of a transfer source: a run's model, or an evaluate-only model's checkpoint."""
+    model = sweep.model(name)
+    if model is None:
+        return str(model_path(out, name))
+    assert model.checkpoint is not None  # load_sweep admits checkpoint models only as sources
+    return model.checkpoint
+
+
+def _model_sha(sweep: Sweep, out: Path, name: str) -> str | None:
+    """What identifies the model ``name`` in the state file: a trained run's checkpoint hash, or the hash of an
+    evaluate-only model's files (None while a zoo entry's weights are not downloaded)."""
+    model = sweep.model(name)
+    return _checkpoint_sha(model_path(out, name)) if model is None else _files_sha(model, sweep.dataset)
+
+
+def _files_sha(model: SweepModel, dataset: str) -> str | None:
+    """SHA-256 over an evaluate-only model's description and the bytes of its files; None when one is missing."""
+    digest = hashlib.sha256(model.describe().encode())
+    for path in model.files(dataset):
+        if not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _train(config: TrainConfig, folder: Path, progress: bool, threads: int | None = None) -> tuple[int, float]:
@@ -281,8 +327,8 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     shared = _shared_settings(sweep)
     to_train = list(sweep.runs)
     to_evaluate = evaluation_plan(sweep)
-    trained: set[str] = set()
-    hashes: dict[str, str] = {}
+    trained: set[str] = {model.name for model in sweep.models}  # evaluate-only models are ready from the start
+    hashes: dict[str, str | None] = {}
     free = list(slots)
     running: dict[Future[Any], tuple[str, Any, str]] = {}
     failure: BaseException | None = None
@@ -308,7 +354,7 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                 to_evaluate.remove(step)
                 for name in (step[0], step[2]):
                     if name is not None and name not in hashes:
-                        hashes[name] = _checkpoint_sha(model_path(out, name))
+                        hashes[name] = _model_sha(sweep, out, name)
                 device = free[0]
                 job = _EvaluationJob.of(sweep, step, out, results, hashes, shared, restart, device)
                 if job.already_done(state, results, say):
@@ -377,20 +423,27 @@ def leaderboard_header(sweep: Sweep, config_label: str) -> str:
              f"`{sweep.dataset}` against {', '.join(attacks) or 'the default attacks'}; worst cases are per "
              "example. Columns: `results/README.md`.", ""]
     if "transfer" in sweep.protocols:
-        lines += [f"Transfer protocol: every attack is crafted on the `{sweep.transfer_source}` run's model and "
-                  "classified by the evaluated model."]
+        source = (f"`{sweep.transfer_source}` run's model" if sweep.model(str(sweep.transfer_source)) is None
+                  else f"`{sweep.transfer_source}` model")
+        lines += [f"Transfer protocol: every attack is crafted on the {source} and classified by the evaluated "
+                  "model."]
         if sweep.extra_transfer_sources:
             extra = ", ".join(f"`{source}`" for source in sweep.extra_transfer_sources)
             lines += [f"Also under transfer from {extra} (a model no defense was trained against; tables named "
                       "after the run)."]
         lines += [""]
-    lines += ["| run | method | arch | epochs | batch | training attack steps | notes |",
-              "|---|---|---|---|---|---|---|"]
+    if sweep.runs:
+        lines += ["| run | method | arch | epochs | batch | training attack steps | notes |",
+                  "|---|---|---|---|---|---|---|"]
     for run in sweep.runs:
         c = run.config
         task = build_task(c, get_dataset(c.dataset))
         lines.append(f"| {run.name} | {c.method} | {c.arch} | {c.epochs} | {c.batch_size} | "
                      f"{task.training_steps()} | {task.summary()} |")
+    if sweep.models:
+        lines += ([""] if sweep.runs else []) + ["Evaluated as given, not trained by the sweep:", "",
+                                                 "| model | loaded from |", "|---|---|"]
+        lines += [f"| {model.name} | {model.describe()} |" for model in sweep.models]
     return "\n".join(lines) + "\n\n"
 
 

@@ -27,10 +27,19 @@ A sweep is a TOML file::
     [runs.pgd-at]
     epochs = 5
 
+    [models.Wong2020Fast]             # evaluate-only: a model the sweep does not train
+    model = "robustbench:Wong2020Fast"  # a zoo entry (weights under [sweep] model_dir), or module:factory,
+    threat_model = "Linf"             # or checkpoint = "FILE" (arch = "..." for a plain state dict)
+
 Every model is attacked white-box; under ``transfer`` every model but the source itself is attacked through the
 same source model, so the rows of the transfer table are comparable (the MID paper's protocol, evaluation.md).
 A MID run's ``source`` (and ``teacher``) may name another run of the sweep; when omitted, MID's source model is
 the transfer source, so its Attacker Pool and the transfer protocol use the same model, as in the paper.
+
+A ``[models.NAME]`` table adds a model that is evaluated but not trained — a RobustBench zoo entry
+(:mod:`midbench.zoo`), a user's ``module:factory`` or a checkpoint file — under the same protocols and attacks,
+so a sweep may hold no runs at all: a list of zoo entries profiled against unknown attacks in one command (the
+MultiRobustBench use case). Such a model may be the transfer source only when it is a checkpoint file.
 
 A run's keys are those of ``midbench train --config`` (the shared keys and its method's own options, checked by
 the method); an option a method marks as a run reference (MID's ``source`` and ``teacher``) may name another run.
@@ -67,6 +76,19 @@ class SweepSection:
     extra_transfer_sources: list[str] | None = None
     data_dir: str | None = None
     download: bool | None = None
+    model_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The keys of ``[models.NAME]`` (the model options of ``midbench eval``) and their TOML types."""
+
+    checkpoint: str | None = None
+    arch: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    threat_model: str | None = None
+    model_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,47 @@ class SweepRun:
 
 
 @dataclass(frozen=True)
+class SweepModel:
+    """One evaluate-only model of the sweep (``[models.NAME]``): exactly one of ``checkpoint`` (a file; ``arch``
+    for a plain state dict) and ``model`` (``robustbench:NAME`` with ``threat_model`` and ``model_dir``, or a
+    user's ``module:factory`` with optional ``weights``), as ``midbench eval`` takes them."""
+
+    name: str
+    checkpoint: str | None = None
+    arch: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    threat_model: str = "Linf"
+    model_dir: str | None = None
+
+    @property
+    def is_zoo(self) -> bool:
+        from midbench.zoo import is_zoo_spec
+
+        return is_zoo_spec(self.model)
+
+    def describe(self) -> str:
+        """How the plan and the leaderboard's header name it."""
+        if self.checkpoint is not None:
+            return f"checkpoint {self.checkpoint}" + (f" ({self.arch})" if self.arch else "")
+        if self.is_zoo:
+            return f"RobustBench {str(self.model).split(':', 1)[1]} ({self.threat_model})"
+        return f"{self.model}" + (f" with weights {self.weights}" if self.weights else "")
+
+    def files(self, dataset: str) -> list[Path]:
+        """The files whose bytes are this model (a zoo entry's weights may not be downloaded yet)."""
+        from midbench.zoo import DEFAULT_MODEL_DIR, weights_path
+
+        if self.checkpoint is not None:
+            return [Path(self.checkpoint)]
+        if self.is_zoo:
+            assert self.model is not None
+            return [weights_path(self.model.split(":", 1)[1].strip(), dataset, self.threat_model,
+                                 self.model_dir or DEFAULT_MODEL_DIR)]
+        return [Path(self.weights)] if self.weights else []
+
+
+@dataclass(frozen=True)
 class Sweep:
     """A parsed sweep file."""
 
@@ -119,29 +182,42 @@ class Sweep:
     #: root of a torchvision dataset (relative to the working directory), and whether to download it there
     data_dir: str | None = None
     download: bool = False
+    #: the evaluate-only models (``[models.NAME]``), after the runs in the plan and the tables
+    models: tuple[SweepModel, ...] = ()
 
     def run(self, name: str) -> SweepRun:
         """The run called ``name``."""
         return next(run for run in self.runs if run.name == name)
 
+    def model(self, name: str) -> SweepModel | None:
+        """The evaluate-only model called ``name``; None when ``name`` is a training run."""
+        return next((model for model in self.models if model.name == name), None)
 
-def _table(document: dict[str, Any], key: str, section: type | None, path: Path) -> dict[str, Any]:
+    @property
+    def names(self) -> list[str]:
+        """Every run and model, in plan order."""
+        return [run.name for run in self.runs] + [model.name for model in self.models]
+
+
+def _table(document: dict[str, Any], key: str, section: type | None, path: Path, label: str | None = None
+           ) -> dict[str, Any]:
     """Table ``[key]`` with kebab-case keys normalised, its keys and value types checked against the dataclass
-    ``section`` (None: any keys, checked later)."""
+    ``section`` (None: any keys, checked later). Errors name it ``[label]`` (default ``[key]``)."""
+    label = label or key
     table = document.get(key, {})
     if not isinstance(table, dict):
-        raise UsageError(f"{path}: [{key}] must be a table")
+        raise UsageError(f"{path}: [{label}] must be a table")
     table = {name.replace("-", "_"): value for name, value in table.items()}
     if section is None:
         return table
     known = [field.name for field in fields(section)]
     if set(table) - set(known):
-        raise UsageError(f"{path}: unknown key(s) {sorted(set(table) - set(known))} in [{key}]; known: "
+        raise UsageError(f"{path}: unknown key(s) {sorted(set(table) - set(known))} in [{label}]; known: "
                          f"{', '.join(sorted(known))}")
     try:
         check_types(table, section)
     except UsageError as error:
-        raise UsageError(f"{path}: [{key}]: {error}") from error
+        raise UsageError(f"{path}: [{label}]: {error}") from error
     return table
 
 
@@ -153,16 +229,18 @@ def _check_name(name: str, what: str, path: Path) -> str:
 
 
 def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None = None,
-               download: bool | None = None) -> Sweep:
+               download: bool | None = None, model_dir: str | None = None) -> Sweep:
     """Parse and check a sweep file, before anything is trained.
 
     Args:
         device: overrides ``[sweep] device``.
         data_dir: overrides ``[sweep] data_dir`` (where a torchvision dataset lies).
         download: overrides ``[sweep] download``.
+        model_dir: overrides ``[sweep] model_dir`` (where the zoo entries' weights lie).
 
     Raises:
-        UsageError: missing file, invalid TOML, unknown keys, unknown methods or run references, bad values.
+        UsageError: missing file, invalid TOML, unknown keys, unknown methods, run references or zoo entries,
+            bad values.
     """
     path = Path(path)
     try:
@@ -173,16 +251,17 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{path}: not valid TOML ({error})") from error
-    unknown_tables = set(document) - {"sweep", "eval", "train", "runs"}
+    unknown_tables = set(document) - {"sweep", "eval", "train", "runs", "models"}
     if unknown_tables:
-        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [sweep], [eval], [train] and "
-                         "[runs.NAME]")
+        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [sweep], [eval], [train], "
+                         "[runs.NAME] and [models.NAME]")
     head = _table(document, "sweep", SweepSection, path)
     evaluation = _table(document, "eval", EvalSection, path)
     train_defaults = _table(document, "train", None, path)
-    runs_table = document.get("runs")
-    if not isinstance(runs_table, dict) or not runs_table:
-        raise UsageError(f"{path}: no runs; add at least one [runs.NAME] table (e.g. [runs.standard])")
+    runs_table = document.get("runs", {})
+    if not isinstance(runs_table, dict) or not (runs_table or document.get("models")):
+        raise UsageError(f"{path}: nothing to evaluate; add a [runs.NAME] table (e.g. [runs.standard]) or a "
+                         "[models.NAME] table (e.g. model = \"robustbench:Standard\")")
 
     shared = {**train_defaults,
               **{key: head[key] for key in ("dataset", "seed", "device", "data_dir", "download") if key in head}}
@@ -213,7 +292,12 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         except UsageError as error:
             raise UsageError(f"{path}: run {name!r}: {error}") from error
         runs.append(SweepRun(str(name), _checked(config.validate(), str(name), path)))
-    names = [run.name for run in runs]
+    models = _models(document, path, dataset, model_dir if model_dir is not None else head.get("model_dir"))
+    clash = {run.name for run in runs} & {model.name for model in models}
+    if clash:
+        raise UsageError(f"{path}: {sorted(clash)} name both a run and a model; give each its own name")
+    names = [run.name for run in runs] + [model.name for model in models]
+    run_names = [run.name for run in runs]
 
     protocols = tuple(head.get("protocols", ["whitebox"]))
     if not protocols or any(protocol not in PROTOCOLS for protocol in protocols):
@@ -223,17 +307,20 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     if "transfer" in protocols and transfer_source is None:
         raise UsageError(f"{path}: the transfer protocol needs transfer_source = \"RUN\" in [sweep] (the run whose "
                          "model the attacks are crafted on, e.g. \"standard\")")
-    if transfer_source is not None and transfer_source not in names:
-        raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep ({', '.join(names)})")
+    sources = [name for name in names if name in run_names or next(
+        model for model in models if model.name == name).checkpoint is not None]
+    if transfer_source is not None and transfer_source not in sources:
+        raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep or a model given "
+                         f"by its checkpoint file ({', '.join(sources) or 'there is none'})")
     extra_sources = tuple(head.get("extra_transfer_sources", ()))
     for extra in extra_sources:
-        if extra not in names or extra == transfer_source:
-            raise UsageError(f"{path}: extra_transfer_sources names {extra!r}, which is not another run of the "
-                             f"sweep ({', '.join(names)})")
+        if extra not in sources or extra == transfer_source:
+            raise UsageError(f"{path}: extra_transfer_sources names {extra!r}, which is not another run or "
+                             f"checkpoint model of the sweep ({', '.join(sources)})")
     if extra_sources and "transfer" not in protocols:
         raise UsageError(f"{path}: extra_transfer_sources needs \"transfer\" in protocols")
 
-    runs = [_with_references(run, names, transfer_source) for run in runs]
+    runs = [_with_references(run, run_names, transfer_source) for run in runs]
     selection = AttackSelection(attacks=tuple(evaluation.get("attacks", ())), suite=evaluation.get("suite"),
                                 known=evaluation.get("known_attacks", False),
                                 unknown=evaluation.get("unknown_attacks", False),
@@ -247,14 +334,63 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     threads = head.get("threads")
     if threads is not None and threads < 1:
         raise UsageError(f"{path}: threads must be at least 1, got {threads}")
-    # The state file guards the training runs, so [eval] stays out of it: a changed evaluation redoes the
-    # evaluations (each is checked against its own settings) without retraining a model.
-    training = {key: value for key, value in document.items() if key != "eval"}
+    # The state file guards the training runs, so [eval] and [models] stay out of it: a changed evaluation redoes
+    # the evaluations (each is checked against its own settings and model) without retraining a model, and a model
+    # added to the list is evaluated next to the finished ones.
+    training = {key: value for key, value in document.items() if key not in ("eval", "models")}
+    training["sweep"] = {key: value for key, value in head.items() if key != "model_dir"}
     fingerprint = hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()
     return Sweep(name=sweep_name, dataset=dataset, runs=tuple(_ordered(runs)), protocols=protocols,
                  transfer_source=transfer_source, selection=selection, n_examples=n_examples,
                  eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads,
-                 data_dir=defaults.data_dir, download=defaults.download, extra_transfer_sources=extra_sources)
+                 data_dir=defaults.data_dir, download=defaults.download, extra_transfer_sources=extra_sources,
+                 models=tuple(models))
+
+
+def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str | None) -> list[SweepModel]:
+    """The ``[models.NAME]`` tables, each checked as ``midbench eval`` checks its options, and a zoo entry's name
+    looked up in the zoo now (with close matches), so a typo is refused before anything runs."""
+    from midbench.usermodel import parse_model_spec
+    from midbench.zoo import THREAT_MODELS, check_zoo_name, is_zoo_spec
+
+    table = document.get("models", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [models] must hold one [models.NAME] table per model")
+    models = []
+    for name, values in table.items():
+        _check_name(name, "model name", path)
+        if not isinstance(values, dict):
+            raise UsageError(f"{path}: models.{name} must be a table (e.g. model = \"robustbench:Standard\")")
+        where = f"{path}: models.{name}"
+        values = _table({"model": values}, "model", ModelSection, path, f"models.{name}")
+        checkpoint, spec = values.get("checkpoint"), values.get("model")
+        if (checkpoint is None) == (spec is None):
+            raise UsageError(f"{where}: give exactly one of checkpoint = \"FILE\" and model = \"robustbench:NAME\" "
+                             "(or \"module:factory\")")
+        zoo = is_zoo_spec(spec)
+        if not zoo and ("threat_model" in values or "model_dir" in values):
+            raise UsageError(f"{where}: threat_model and model_dir go with model = \"robustbench:NAME\"")
+        if values.get("weights") is not None and (checkpoint is not None or zoo):
+            raise UsageError(f"{where}: weights goes with model = \"module:factory\"; a checkpoint is its own "
+                             "weights and a zoo entry's lie under model_dir")
+        if values.get("arch") is not None and checkpoint is None:
+            raise UsageError(f"{where}: arch applies to a plain state dict checkpoint; a factory builds its own")
+        model = SweepModel(str(name), checkpoint=checkpoint, arch=values.get("arch"), model=spec,
+                           weights=values.get("weights"), threat_model=values.get("threat_model", "Linf"),
+                           model_dir=(values.get("model_dir") or model_dir) if zoo else None)
+        try:
+            if zoo:
+                if model.threat_model not in THREAT_MODELS:
+                    raise UsageError(f"threat_model {model.threat_model!r}: use one of {', '.join(THREAT_MODELS)}")
+                check_zoo_name(str(spec), dataset, model.threat_model)
+            elif spec is not None:
+                parse_model_spec(spec, "model")
+            if checkpoint is not None and not Path(checkpoint).is_file():
+                raise UsageError(f"checkpoint {checkpoint} not found (relative to the working directory)")
+        except UsageError as error:
+            raise UsageError(f"{where}: {error}") from error
+        models.append(model)
+    return models
 
 
 def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None:

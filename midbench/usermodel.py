@@ -64,9 +64,10 @@ def parse_model_spec(spec: str, option: str = "--model") -> tuple[str, str]:
     """
     match = SPEC_PATTERN.match(spec.strip())
     if not match:
-        what = ("the factory returns an nn.Module taking images in [0, 1] and returning logits" if option == "--model"
+        model = option != "--method"  # a model factory (``--model``, a sweep's ``model``) or a defense class
+        what = ("the factory returns an nn.Module taking images in [0, 1] and returning logits" if model
                 else "the class is a midbench.defenses.DefenseTask subclass")
-        form = "module:factory" if option == "--model" else "module:Class"
+        form = "module:factory" if model else "module:Class"
         raise UsageError(f"{option} {spec!r} is not of the form {form} (e.g. mypackage.models:build); {what}")
     return match["module"], match["attr"]
 

@@ -9,6 +9,10 @@ is downloaded unless ``--download`` is given, and then through RobustBench's own
 midbench with ``torch.load(weights_only=True)`` — never the full unpickler — and refused when it is an HTML page
 (what a failed Google Drive download leaves behind; RobustBench issues 68, 158, 174, 177).
 
+An entry counts as trained against its threat model (``TRAINED_AGAINST``; not ``Standard``, the zoo's undefended
+reference): its L∞ or L2 PGD is its known attack, and in the unknown-attack profile that threat model is *seen*,
+so a Linf entry is ranked on the threat models it was not made robust to (the MultiRobustBench question).
+
 Two shims make the PyPI package importable here, both documented in the README: its ``__init__`` imports
 ``autoattack`` (the reference AutoAttack under its GitHub name), which the PyPI packaging ``pyautoattack``
 provides under another name, so midbench registers it under the old one before importing; and it imports
@@ -37,6 +41,12 @@ THREAT_MODELS = ("Linf", "L2", "corruptions")
 #: midbench's dataset ids → RobustBench's
 DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"}
 DEFAULT_MODEL_DIR = "models"
+#: the registry attack that stands for a threat model the zoo's entries were trained against, at the dataset's ε
+#: (RobustBench's CIFAR budgets, L∞ 8/255 and L2 0.5, are midbench's): a Linf entry's ``linf`` curve is then
+#: *seen*, not counted among its unknown threat models. ``corruptions`` are not an attack.
+TRAINED_AGAINST = {"Linf": "pgd-linf", "L2": "pgd-l2"}
+#: the zoo's undefended reference, listed under every threat model
+UNDEFENDED = "Standard"
 #: what a file starts with when a download saved a web page instead of the weights
 HTML_STARTS = (b"<!doctype html", b"<html", b"<!--", b"<head")
 
@@ -91,6 +101,22 @@ def weights_path(name: str, dataset: str, threat_model: str, model_dir: str | Pa
     return Path(model_dir) / DATASETS[dataset] / threat_model / f"{name}.pt"
 
 
+def check_zoo_name(spec: str, dataset: str, threat_model: str) -> str:
+    """The entry name of ``robustbench:NAME``, checked against the zoo.
+
+    Raises:
+        UsageError: the extra missing, a dataset or threat model the zoo lacks, an unknown name (with close
+            matches).
+    """
+    name = spec[len(PREFIX):].strip()
+    entries = zoo_entries(dataset, threat_model)
+    if name not in entries:
+        close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f" (the zoo has {len(entries)} entries there)"
+        raise UsageError(f"no RobustBench model {name!r} for {dataset} under {threat_model}{hint}")
+    return name
+
+
 def load_zoo_model(spec: str, dataset: str | None, threat_model: str = "Linf",
                    model_dir: str | Path = DEFAULT_MODEL_DIR, download: bool = False,
                    device: torch.device | None = None) -> ZooModel:
@@ -100,14 +126,10 @@ def load_zoo_model(spec: str, dataset: str | None, threat_model: str = "Linf",
         UsageError: no ``dataset``, the extra missing, an unknown name (with close matches).
         ArtifactError: the weights file missing (without ``download``), an HTML page, unreadable, or not fitting.
     """
-    name = spec[len(PREFIX):].strip()
     if dataset is None:
         raise UsageError(f"--model {spec} needs --dataset (cifar10, cifar100 or imagenet)")
+    name = check_zoo_name(spec, dataset, threat_model)
     entries = zoo_entries(dataset, threat_model)
-    if name not in entries:
-        close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else f" (the zoo has {len(entries)} entries there)"
-        raise UsageError(f"no RobustBench model {name!r} for {dataset} under {threat_model}{hint}")
     path = weights_path(name, dataset, threat_model, model_dir)
     if not path.is_file():
         if not download:
@@ -122,8 +144,20 @@ def load_zoo_model(spec: str, dataset: str | None, threat_model: str = "Linf",
            "architecture": type(model).__name__, "citation_key": name}
     metadata = ModelMetadata(arch=type(model).__name__, num_classes=data_spec.num_classes,
                              input_shape=tuple(data_spec.input_shape), dataset=dataset, name=name, model_spec=spec,
-                             extra={"zoo": zoo})
+                             train_attacks=_trained_against(name, threat_model, data_spec.eps), extra={"zoo": zoo})
     return ZooModel(model.to(device).eval(), metadata, _sha256(path), str(path))
+
+
+def _trained_against(name: str, threat_model: str, dataset_eps: dict[str, float]) -> tuple[dict[str, Any], ...]:
+    """What the entry counts as trained against: the zoo lists it under ``threat_model`` because it was made robust
+    to that threat model (all but ``Standard``), so the threat model's PGD at the dataset's ε stands for its
+    training attacks — its known split, and the profile's seen threat model."""
+    attack_id = TRAINED_AGAINST.get(threat_model)
+    if attack_id is None or name == UNDEFENDED:
+        return ()
+    from midbench.attacks.specs import load_registry
+
+    return (load_registry([]).get(attack_id).resolve(dataset_eps).to_dict(),)
 
 
 def _download(name: str, dataset: str, threat_model: str, model_dir: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -235,10 +236,18 @@ def test_shipped_sweep_covers_the_paper_table() -> None:
     assert sweep.selection.known and sweep.selection.unknown and sweep.selection.autoattack
 
 
+def _sweep_table(path: Path) -> dict:
+    """A sweep file's ``[sweep]`` table, read without checking it (a zoo sweep's check needs the robustbench extra,
+    and collecting the tests must not)."""
+    from midbench._toml import tomllib
+
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
 def _committed_tables() -> list[Path]:
     """Every committed sweep file with its table beside it (``leaderboard-<name>.md``)."""
     return [path for path in sorted((REPO / "results").glob("*/sweep.toml"))
-            if (path.parent / f"leaderboard-{load_sweep(path).name}.md").exists()]
+            if (path.parent / f"leaderboard-{_sweep_table(path)['sweep']['name']}.md").exists()]
 
 
 def test_the_shipped_tables_are_committed() -> None:
@@ -260,18 +269,28 @@ def test_shipped_table_is_what_its_result_files_give(path: Path) -> None:
 # ---- the committed sweep files for torchvision datasets --------------------------------------------------------
 
 COMMITTED_SWEEPS = sorted((REPO / "results").glob("*/sweep.toml"))
-TORCHVISION_SWEEPS = [path for path in COMMITTED_SWEEPS if load_sweep(path).dataset != "mnist5k"]
+#: the committed sweeps that train on a torchvision dataset (a list of zoo models trains nothing)
+TORCHVISION_SWEEPS = [path for path in COMMITTED_SWEEPS if _sweep_table(path)["sweep"]["dataset"] != "mnist5k"
+                      and _sweep_table(path).get("runs")]
 
 
 def test_every_committed_sweep_file_has_a_plan() -> None:
-    """Each committed sweep file parses and plans (every run's method and options checked) with `--dry-run`."""
+    """Each committed sweep file parses and plans (every run's method and options checked, every listed model's
+    zoo entry looked up) with `--dry-run`."""
     assert {path.parent.name for path in TORCHVISION_SWEEPS} >= {"mnist-mid-release", "cifar10-mid", "cifar10-resnet18",
                                                              "cifar10-wrn-34-10"}
-    assert {path.parent.name for path in COMMITTED_SWEEPS} >= {"mnist5k", "mnist5k-mid-ablation"}
+    assert {path.parent.name for path in COMMITTED_SWEEPS} >= {"mnist5k", "mnist5k-mid-ablation",
+                                                              "cifar10-robustbench"}
     for path in COMMITTED_SWEEPS:
+        document = _sweep_table(path)
+        if document.get("models") and importlib.util.find_spec("robustbench") is None:
+            continue  # its zoo entries are checked where the extra is installed (CI installs it)
         result = CliRunner().invoke(app, ["bench", "--config", str(path), "--data-dir", "unused", "--dry-run"])
         assert result.exit_code == 0, (path, result.output)
-        assert "train " in result.output and "evaluate " in result.output
+        lines = result.output.splitlines()
+        assert sum(line.startswith("train ") for line in lines) == len(document.get("runs", {}))
+        assert sum(line.startswith("load ") for line in lines) == len(document.get("models", {}))
+        assert any(line.startswith("evaluate ") for line in lines)
 
 
 @pytest.mark.parametrize(("folder", "arch"), [("cifar10-resnet18", "preact-resnet18"),
@@ -427,3 +446,140 @@ def test_bad_worker_settings_are_usage_errors(tmp_path: Path) -> None:
                            (["--workers", "2", "--devices", "cpu"], "1 device(s) for 2 worker(s)")):
         result = CliRunner().invoke(app, ["bench", "--config", str(config), "--out", str(tmp_path / "o"), *extra])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+# ---- evaluate-only models ([models.NAME]): checkpoints and factories next to the trained runs --------------------
+
+LISTED = """
+[sweep]
+name = "listed"
+dataset = "mnist5k"
+seed = 0
+device = "cpu"
+protocols = ["whitebox", "transfer"]
+transfer_source = "standard"
+
+[eval]
+n_examples = 16
+attacks = ["fgsm-linf"]
+
+[train]
+arch = "test-cnn"
+batch_size = 64
+n_train = 64
+val_size = 16
+val_pgd_steps = 1
+
+[runs.standard]
+epochs = 1
+
+[models.factory]
+model = "user_models:honest_cnn"
+
+[models.saved]
+checkpoint = "plain.pt"
+arch = "lenet"
+"""
+
+
+def _plain_state_dict(path: Path, seed: int) -> None:
+    """A plain state dict of midbench's LeNet, as a user would save it (``torch.save(model.state_dict())``)."""
+    import torch
+
+    from midbench.models import build_model
+
+    torch.manual_seed(seed)
+    torch.save(build_model("lenet", 10, (1, 28, 28)).state_dict(), path)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (('checkpoint = "plain.pt"', 'checkpoint = "plain.pt"\nmodel = "user_models:honest_cnn"'), "exactly one of"),
+    (('checkpoint = "plain.pt"\narch = "lenet"', ""), "exactly one of"),
+    (('model = "user_models:honest_cnn"', 'model = "user_models:honest_cnn"\nthreat_model = "L2"'),
+     "threat_model and model_dir go with"),
+    (('model = "user_models:honest_cnn"', 'model = "user_models.honest_cnn"'), "module:factory"),
+    (('model = "user_models:honest_cnn"', 'model = "user_models:honest_cnn"\nbogus = 1'), "bogus"),
+    (('model = "user_models:honest_cnn"', 'model = 3'), "string"),
+    (('checkpoint = "plain.pt"', 'checkpoint = "missing.pt"'), "missing.pt not found"),
+    (('checkpoint = "plain.pt"', 'checkpoint = "plain.pt"\nweights = "w.pt"'), "weights goes with"),
+    (("[models.factory]", "[models.standard]"), "name both a run and a model"),
+    (("[models.factory]", '[models."../factory"]'), "file name"),
+    (('transfer_source = "standard"', 'transfer_source = "factory"'), "not a run of the sweep or a model given"),
+])
+def test_bad_model_tables_are_refused_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          edit: tuple[str, str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    _plain_state_dict(tmp_path / "plain.pt", 0)
+    old, new = edit
+    assert old in LISTED
+    path = write(tmp_path, LISTED.replace(old, new, 1))
+    with pytest.raises(UsageError, match=message):
+        load_sweep(path)
+    result = CliRunner().invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_sweep_of_models_alone_needs_no_runs_and_a_checkpoint_model_may_be_the_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _plain_state_dict(tmp_path / "plain.pt", 0)
+    text = LISTED.replace('transfer_source = "standard"', 'transfer_source = "saved"')
+    text = text.replace("[runs.standard]\nepochs = 1\n", "")
+    sweep = load_sweep(write(tmp_path, text))
+    assert sweep.runs == () and [model.name for model in sweep.models] == ["factory", "saved"]
+    assert evaluation_plan(sweep) == [("factory", "whitebox", None), ("factory", "transfer", "saved"),
+                                      ("saved", "whitebox", None)]
+    with pytest.raises(UsageError, match="nothing to evaluate"):
+        load_sweep(write(tmp_path, text.split("[models.factory]")[0], "empty.toml"))
+
+
+@pytest.mark.slow
+def test_models_are_evaluated_beside_the_runs_and_resume_model_by_model(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listed models are evaluated under every protocol with the runs and named in the leaderboard's header.
+    A rerun skips them; a model added to the file is evaluated alone (the training state still belongs to the
+    sweep); a changed checkpoint file redoes its own rows only."""
+    monkeypatch.chdir(tmp_path)
+    _plain_state_dict(tmp_path / "plain.pt", 0)
+    config = write(tmp_path, LISTED)
+
+    def bench() -> list[str]:
+        result = CliRunner().invoke(app, ["bench", "--config", str(config), "--out", "out", "--quiet"])
+        assert result.exit_code == 0, result.output
+        return [line.split()[2] for line in result.output.splitlines() if line.startswith("[bench] evaluating")]
+
+    assert bench() == ["standard/whitebox", "factory/whitebox", "factory/transfer", "saved/whitebox",
+                       "saved/transfer"]
+    documents = {(d.checkpoint.name, d.protocol.name): d for d in
+                 (read_result(path) for path in Path("out/results/runs/mnist5k").glob("*.json"))}
+    assert documents[("factory", "transfer")].protocol.source["sha256"] == \
+        documents[("standard", "whitebox")].checkpoint.sha256
+    assert documents[("factory", "whitebox")].checkpoint.extra["model_spec"] == "user_models:honest_cnn"
+    board = Path("out/results/leaderboard-listed.md").read_text(encoding="utf-8")
+    assert "| factory | user_models:honest_cnn |" in board and "| saved | checkpoint plain.pt (lenet) |" in board
+
+    assert bench() == []
+    config.write_text(LISTED + '\n[models.quantised]\nmodel = "user_models:quantised_cnn"\n', encoding="utf-8")
+    assert bench() == ["quantised/whitebox", "quantised/transfer"]
+    _plain_state_dict(tmp_path / "plain.pt", 1)
+    assert bench() == ["saved/whitebox", "saved/transfer"]
+    # the stale rows of the old file were replaced, not kept beside the new ones
+    assert len(list(Path("out/results/runs/mnist5k").glob("saved__*.json"))) == 2
+
+
+@pytest.mark.slow
+def test_parallel_workers_evaluate_listed_models_as_the_serial_run_does(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--workers 2`` the listed models are ready at once (nothing to train) and give the serial table."""
+    monkeypatch.chdir(tmp_path)
+    _plain_state_dict(tmp_path / "plain.pt", 0)
+    text = LISTED.replace('device = "cpu"', 'device = "cpu"\nthreads = 1')
+    config = write(tmp_path, text)
+    for out, extra in (("serial", []), ("parallel", ["--workers", "2"])):
+        result = CliRunner().invoke(app, ["bench", "--config", str(config), "--out", out, "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+    serial, parallel = (Path(out, "results", "leaderboard-listed.md").read_text(encoding="utf-8")
+                        for out in ("serial", "parallel"))
+    assert parallel == serial
+    assert len(json.loads(Path("parallel/sweep-state.json").read_text())["evaluations"]) == 5

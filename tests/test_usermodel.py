@@ -147,6 +147,23 @@ def test_without_weights_the_factory_weights_are_used(tmp_path: Path) -> None:
     assert document["checkpoint"]["path"] is None and document["checkpoint"]["weights_sha256"] is None
 
 
+def test_a_factory_builds_the_same_model_on_its_first_load_as_on_later_ones(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module that draws from torch's RNG when it is imported (here a module-level tensor) must not make the
+    first build of a process differ from the next: a sweep evaluates the same factory more than once."""
+    from midbench.loading import load_model
+
+    (tmp_path / "rng_drawing_models.py").write_text(
+        "import torch\n"
+        "from user_models import honest_cnn\n"
+        "NOISE = torch.rand(3)\n"
+        "def build(num_classes=10, input_shape=(1, 28, 28)):\n"
+        "    return honest_cnn(num_classes, input_shape)\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first, second = (load_model(None, dataset="mnist5k", model_spec="rng_drawing_models:build") for _ in range(2))
+    assert first.sha256 == second.sha256
+
+
 def test_table_output_lists_the_flags(honest_weights: Path, tmp_path: Path) -> None:
     outcome = run_eval(tmp_path, "--model", "user_models:quantised_cnn", "--weights", str(honest_weights),
                        "--dataset", "mnist5k", "--attacks", "fgsm-linf", "--n-examples", "8")

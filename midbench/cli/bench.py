@@ -13,30 +13,34 @@ from midbench.cli._options import DeviceOverride
 
 @guarded
 def bench_command(
-    config: Annotated[Path, typer.Option("--config", help="Sweep file (TOML): \\[sweep], \\[eval], \\[train] and one \\[runs.NAME] table per run.")],
+    config: Annotated[Path, typer.Option("--config", help="Sweep file (TOML): \\[sweep], \\[eval], \\[train], one \\[runs.NAME] table per run and one \\[models.NAME] table per evaluate-only model.")],
     out: Annotated[Path | None, typer.Option(help="Directory for the training runs and the sweep state (default runs/sweep-<name>).")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Where result files and leaderboard-<name>.md/.csv go (default OUT/results).")] = None,
     device: DeviceOverride = None,
     data_dir: Annotated[Path | None, typer.Option(help="Root of a torchvision dataset (overrides data_dir of the sweep file).")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into the data directory.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into the data directory, and the zoo entries' weights into the model directory.")] = False,
+    model_dir: Annotated[Path | None, typer.Option(help="RobustBench's model directory: where the \\[models.NAME] zoo entries' weights lie (overrides model_dir of the sweep file; default ./models).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit; nothing is trained.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard interrupted evaluation states of the sweep instead of resuming them.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     workers: Annotated[int, typer.Option(help="Run up to K independent steps (runs, evaluations whose inputs are ready) at once, each in its own process; the CPUs are divided among them. Same result files and tables as one at a time.", rich_help_panel="Scale")] = 1,
     devices: Annotated[str | None, typer.Option(help="With --workers K: K comma-separated devices, one per worker (e.g. cuda:0,cuda:1).", rich_help_panel="Scale")] = None,
 ) -> None:
-    """Train every run of a sweep file, evaluate each under its protocols and write the leaderboard.
+    """Train every run of a sweep file, evaluate each (and each evaluate-only model) under its protocols and write
+    the leaderboard.
 
     Rerunning the same command continues after a crash: finished epochs and evaluations are kept.
 
     Example: midbench bench --config results/mnist5k/sweep.toml --results-dir results/mnist5k
 
     Example: midbench bench --config results/cifar10-mid/sweep.toml --workers 2 --devices cuda:0,cuda:1
+
+    Example: midbench bench --config results/cifar10-robustbench-linf/sweep.toml --model-dir models
     """
     from midbench.sweep import config_label, describe_plan, load_sweep, run_sweep
 
     sweep = load_sweep(config, device=device, data_dir=str(data_dir) if data_dir is not None else None,
-                       download=download or None)
+                       download=download or None, model_dir=str(model_dir) if model_dir is not None else None)
     out_dir = out if out is not None else Path("runs") / f"sweep-{sweep.name}"
     if dry_run:
         for line in describe_plan(sweep):
