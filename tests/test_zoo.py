@@ -115,3 +115,108 @@ def test_zoo_options_without_a_zoo_entry_are_refused(model: list[str], option: l
     named = model or [str(pgd_at_checkpoint)]
     outcome = RUNNER.invoke(app, ["eval", *named, "--dataset", "mnist5k", *option, "--attacks", "fgsm-linf"])
     assert outcome.exit_code == 2 and "go with --model robustbench:NAME" in outcome.output
+
+
+def test_an_entry_counts_as_trained_against_its_threat_model_but_the_undefended_one_does_not() -> None:
+    """A Linf entry's known attack is PGD-L∞ at the dataset's ε, so its ``linf`` curve is seen and not one of its
+    unknown threat models; ``Standard`` (listed under every threat model) was trained against nothing."""
+    from midbench.attacks.specs import ResolvedAttack
+    from midbench.data.datasets import get_dataset
+    from midbench.zoo import _trained_against
+
+    eps = get_dataset("cifar10").eps
+    (linf,) = (ResolvedAttack.from_dict(item) for item in _trained_against(ENTRY, "Linf", eps))
+    (l2,) = (ResolvedAttack.from_dict(item) for item in _trained_against(ENTRY, "L2", eps))
+    assert (linf.id, linf.eps) == ("pgd-linf", eps["Linf"]) and (l2.id, l2.eps) == ("pgd-l2", eps["L2"])
+    assert _trained_against("Standard", "Linf", eps) == ()
+    assert _trained_against(ENTRY, "corruptions", eps) == ()
+
+
+ZOO_SWEEP = """
+[sweep]
+name = "zoo"
+dataset = "cifar10"
+device = "cpu"
+protocols = ["whitebox"]
+
+[eval]
+n_examples = 8
+attacks = ["fgsm-linf"]
+known_attacks = true
+
+[models.mma]
+model = "robustbench:Ding2020MMA"
+
+[models.mma-l2]
+model = "robustbench:Ding2020MMA"
+threat_model = "L2"
+"""
+
+
+def _zoo_bench(zoo: dict, folder: Path, text: str, *extra: str) -> object:
+    config = folder / "sweep.toml"
+    config.write_text(text, encoding="utf-8")
+    return RUNNER.invoke(app, ["bench", "--config", str(config), "--out", str(folder / "out"), "--data-dir",
+                               str(zoo["root"] / "data"), "--quiet", *extra])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*differs from the published release")  # the test's own CIFAR files
+def test_a_zoo_sweep_evaluates_every_entry_with_its_known_attack_and_resumes(zoo: dict, tmp_path: Path) -> None:
+    """The MultiRobustBench use case in one `midbench bench`: zoo entries from RobustBench's layout, each with its
+    own threat model's PGD as its known attack; a rerun evaluates nothing again."""
+    models = tmp_path / "models"
+    for threat_model in ("Linf", "L2"):
+        path = weights_path(ENTRY, "cifar10", threat_model, models)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(zoo["path"].read_bytes())
+    outcome = _zoo_bench(zoo, tmp_path, ZOO_SWEEP, "--model-dir", str(models))
+    assert outcome.exit_code == 0, outcome.output
+    documents = {json.loads(path.read_text())["checkpoint"]["name"]: json.loads(path.read_text())
+                 for path in (tmp_path / "out" / "results" / "runs" / "cifar10").glob("*.json")}
+    assert sorted(documents) == ["mma", "mma-l2"]
+    for name, known in (("mma", "pgd-linf"), ("mma-l2", "pgd-l2")):
+        splits = {row["id"].split("@")[0]: row["split"] for row in documents[name]["attacks"]}
+        assert splits[known] == "known" and splits["fgsm-linf"] == "unknown"  # known: the training attack itself
+        assert documents[name]["checkpoint"]["zoo"]["threat_model"] == ("Linf" if name == "mma" else "L2")
+    board = (tmp_path / "out" / "results" / "leaderboard-zoo.md").read_text(encoding="utf-8")
+    assert "| mma | RobustBench Ding2020MMA (Linf) |" in board and "| mma-l2 | RobustBench Ding2020MMA (L2) |" in board
+
+    again = _zoo_bench(zoo, tmp_path, ZOO_SWEEP, "--model-dir", str(models))
+    assert again.exit_code == 0 and "[bench] evaluating" not in again.output
+    assert again.output.count("already evaluated") == 2
+
+
+def test_a_misspelt_zoo_entry_in_a_sweep_is_refused_with_close_matches(zoo: dict, tmp_path: Path) -> None:
+    outcome = _zoo_bench(zoo, tmp_path, ZOO_SWEEP.replace("robustbench:Ding2020MMA", "robustbench:Ding2020MM", 1))
+    assert outcome.exit_code == 2, outcome.output
+    assert "models.mma: no RobustBench model 'Ding2020MM'" in outcome.output
+    assert "did you mean Ding2020MMA" in outcome.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*differs from the published release")
+def test_a_zoo_entry_downloaded_by_the_sweep_is_recorded_by_its_file(zoo: dict, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --download a missing file is fetched by the evaluation (RobustBench's downloader, stood in for by a
+    copy: the machine is offline); the state records the downloaded file's hash, so a rerun skips it."""
+    import midbench.data.torchvision_sets
+    import midbench.zoo
+
+    def fake_download(name: str, dataset: str, threat_model: str, model_dir: str | Path) -> None:
+        path = weights_path(name, dataset, threat_model, model_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(zoo["path"].read_bytes())
+
+    monkeypatch.setattr(midbench.zoo, "_download", fake_download)
+    # --download also asks torchvision for the dataset, and the test's CIFAR files are not the release's (their
+    # checksums differ), so it would fetch the release: that fetch is stood in for by nothing
+    monkeypatch.setattr(midbench.data.torchvision_sets, "_fetch", lambda name, root, fetch: None)
+    text = ZOO_SWEEP.split("[models.mma-l2]")[0]
+    models = tmp_path / "models"
+    outcome = _zoo_bench(zoo, tmp_path, text, "--model-dir", str(models), "--download")
+    assert outcome.exit_code == 0, outcome.output
+    state = json.loads((tmp_path / "out" / "sweep-state.json").read_text())
+    assert state["evaluations"]["mma/whitebox"]["checkpoint_sha256"] is not None
+    again = _zoo_bench(zoo, tmp_path, text, "--model-dir", str(models))
+    assert again.exit_code == 0 and "mma/whitebox: already evaluated" in again.output, again.output

@@ -16,6 +16,7 @@ import math
 import pickle
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,16 @@ _IDX_FLOAT_TYPES = {0x0D: ">f4", 0x0E: ">f8"}
 def _missing(name: str, root: Path, detail: str) -> ArtifactError:
     return ArtifactError(f"{name} not found under {root} ({detail}); pass --download to fetch it, "
                          "or --data-dir pointing at torchvision's layout")
+
+
+def _fetch(name: str, root: Path, fetch: Callable[[], object]) -> None:
+    """Run torchvision's download of ``name`` into ``root``; a failure (no network, a server error, a file whose
+    checksum does not match) is a one-line ArtifactError instead of a traceback."""
+    try:
+        fetch()
+    except (OSError, RuntimeError) as error:  # URLError and HTTPError are OSErrors
+        raise ArtifactError(f"downloading {name} into {root} failed ({type(error).__name__}: {error}); check the "
+                            "network and retry, or put torchvision's files there by hand") from error
 
 
 def _refuse_float_idx(path: Path) -> None:
@@ -67,8 +78,10 @@ def _load_idx(tv_class_name: str, name: str):  # noqa: ANN202 - returns a loader
         tv_class = getattr(tvd, tv_class_name)
         prefix = "train" if split == "train" else "t10k"
         _refuse_float_idx(root / tv_class_name / "raw" / f"{prefix}-images-idx3-ubyte")
+        if download:
+            _fetch(name, root, lambda: tv_class(str(root), train=(split == "train"), download=True))
         try:
-            dataset = tv_class(str(root), train=(split == "train"), download=download)
+            dataset = tv_class(str(root), train=(split == "train"), download=False)
         except RuntimeError as error:
             if "not found" in str(error).lower():
                 raise _missing(name, root, str(error).split(".")[0]) from error
@@ -134,7 +147,7 @@ def _load_cifar(tv_class_name: str, name: str, label_key: bytes):  # noqa: ANN20
         assert root is not None
         tv_class = getattr(tvd, tv_class_name)
         if download:
-            tv_class(str(root), train=(split == "train"), download=True)
+            _fetch(name, root, lambda: tv_class(str(root), train=(split == "train"), download=True))
         folder = root / tv_class.base_folder
         file_list = tv_class.train_list if split == "train" else tv_class.test_list
         images, labels = [], []
@@ -157,7 +170,7 @@ def _load_svhn(split: str, root: Path | None, download: bool) -> TensorSplit:
 
     assert root is not None
     if download:
-        tvd.SVHN(str(root), split=split, download=True)
+        _fetch("svhn", root, lambda: tvd.SVHN(str(root), split=split, download=True))
     _, file_name, md5 = tvd.SVHN.split_list[split]
     path = root / file_name
     if not path.is_file():
