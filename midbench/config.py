@@ -113,6 +113,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = False
+    #: NHWC memory layout for the model and the batches: faster convolutions on tensor-core GPUs (with bf16)
+    channels_last: bool = False
     data_dir: str | None = None
     download: bool = False
     #: the method's own options by name (fields of its ``Options`` dataclass, midbench.defenses.options), as

@@ -182,3 +182,49 @@ def test_a_run_started_before_a_config_field_existed_still_resumes(tmp_path: Pat
     resumed = RUNNER.invoke(app, [*base[:4], "2", *base[5:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert load_checkpoint(tmp_path / "model.safetensors").metadata["epoch"] == 2
+
+
+def test_channels_last_trains_the_same_model_up_to_float_rounding(tmp_path: Path) -> None:
+    """``--channels-last`` changes the memory layout, not the arithmetic: only the order of the convolutions'
+    float32 sums may differ (relative rounding ~1e-7 per operation), so after a few SGD steps the weights agree to
+    far below any training signal, and the checkpoint is saved in the usual contiguous layout. (SGD, not Adam:
+    Adam divides by the gradient's running RMS, which blows a rounding difference in a near-zero gradient up to
+    a full step of size lr. Standard training, not an adversarial method: a PGD step takes the sign of the input
+    gradient, which turns a rounding difference in a near-zero component into a different adversarial pixel.)"""
+    base = ["train", "--method", "standard", "--arch", "lenet", "--epochs", "1", "--n-train", "96", "--batch-size", "32",
+            "--optimizer", "sgd", "--lr", "0.05",
+            "--val-size", "8", "--device", "cpu", "--quiet"]
+    for folder, extra in (("nchw", []), ("nhwc", ["--channels-last"])):
+        outcome = RUNNER.invoke(app, [*base, "--out", str(tmp_path / folder), *extra])
+        assert outcome.exit_code == 0, outcome.output
+    nchw, nhwc = (load_checkpoint(tmp_path / folder / "model.safetensors") for folder in ("nchw", "nhwc"))
+    assert nhwc.metadata["config"]["channels_last"] is True
+    for name, tensor in nchw.state_dict.items():
+        assert nhwc.state_dict[name].is_contiguous()
+        torch.testing.assert_close(nhwc.state_dict[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_channels_last_reaches_the_convolutions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``channels_last`` the convolutions see NHWC weights and NHWC batches (so cuDNN can pick its tensor-core
+    kernels); without it, NCHW."""
+    import midbench.training.loop as loop
+    from midbench.training import train
+
+    seen: list[tuple[bool, bool]] = []
+
+    def recording_build_model(*args: object, **kwargs: object) -> torch.nn.Module:
+        model = build_model(*args, **kwargs)
+        # the last convolution: the first one's single input channel makes both layouts the same strides
+        conv = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)][-1]
+        conv.register_forward_pre_hook(lambda module, inputs: seen.append((
+            module.weight.is_contiguous(memory_format=torch.channels_last),
+            inputs[0].is_contiguous(memory_format=torch.channels_last))))
+        return model
+
+    monkeypatch.setattr(loop, "build_model", recording_build_model)
+    for channels_last in (False, True):
+        seen.clear()
+        config = TrainConfig(arch="lenet", epochs=1, n_train=64, batch_size=32, val_size=0, device="cpu",
+                             channels_last=channels_last)
+        train(config, tmp_path / str(channels_last), progress=False)
+        assert seen and all(layout == (channels_last, channels_last) for layout in seen), (channels_last, seen[:3])

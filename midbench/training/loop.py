@@ -217,6 +217,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
 
     task.setup(model, SetupContext(out, train_split, device, progress, train_stage, shard))
     model, batch_norm = prepare_batch_norm(model, shard, device)
+    if config.channels_last:  # NHWC weights; the batches follow in _run_epoch (checkpoints are saved contiguous)
+        model = model.to(memory_format=torch.channels_last)
     data_parallel = None if batch_norm is None else {"processes": shard.world_size, "batch_norm": batch_norm}
     batches = DeviceBatches(train_split, config.batch_size, device)
     optimizer = build_optimizer(config, model)
@@ -301,6 +303,8 @@ def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Mod
         for index, (example_index, x, y) in enumerate(batches.indexed_epoch(generator)):
             share = SliceWeights.of(shard, int(y.shape[0]))
             example_index, x, y = share.take(example_index, x, y)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with training_slice(share), per_example_generators(example_seeds(seed, example_index.tolist())):
                 outputs = task.step(model, x, y, example_index, autocast)
