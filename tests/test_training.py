@@ -191,9 +191,8 @@ def test_channels_last_trains_the_same_model_up_to_float_rounding(tmp_path: Path
     Adam divides by the gradient's running RMS, which blows a rounding difference in a near-zero gradient up to
     a full step of size lr. Standard training, not an adversarial method: a PGD step takes the sign of the input
     gradient, which turns a rounding difference in a near-zero component into a different adversarial pixel.)"""
-    base = ["train", "--method", "standard", "--arch", "lenet", "--epochs", "1", "--n-train", "96", "--batch-size", "32",
-            "--optimizer", "sgd", "--lr", "0.05",
-            "--val-size", "8", "--device", "cpu", "--quiet"]
+    base = ["train", "--method", "standard", "--arch", "lenet", "--epochs", "1", "--n-train", "96", "--batch-size",
+            "32", "--optimizer", "sgd", "--lr", "0.05", "--val-size", "8", "--device", "cpu", "--quiet"]
     for folder, extra in (("nchw", []), ("nhwc", ["--channels-last"])):
         outcome = RUNNER.invoke(app, [*base, "--out", str(tmp_path / folder), *extra])
         assert outcome.exit_code == 0, outcome.output
