@@ -25,28 +25,30 @@ from pathlib import Path
 import torch
 
 
-def robust_mask(impl: str, checkpoint: str, n: int, eps: float, batch_size: int, seed: int) -> torch.Tensor:
-    """The per-example robust mask of AutoAttack standard (L∞, ``eps``) on the first ``n`` mnist5k test images."""
+def robust_mask(impl: str, checkpoint: str, n: int, eps: float, batch_size: int, seed: int,
+                device: torch.device | None = None) -> torch.Tensor:
+    """The per-example robust mask of AutoAttack standard (L∞, ``eps``) on the first ``n`` mnist5k test images,
+    on ``device`` (default the CPU)."""
     from midbench.data import load_split
     from midbench.loading import load_classifier
 
-    model = load_classifier(checkpoint).model.eval()
+    device = device or torch.device("cpu")
+    model = load_classifier(checkpoint).model.to(device).eval()
     split = load_split("mnist5k", "test").subset(torch.arange(n))
     if impl == "midbench":
         from midbench.attacks.specs import load_registry
         from midbench.evaluation.engine import evaluate
 
         attack = load_registry().get("autoattack-linf").resolve({"Linf": eps})
-        evaluation = evaluate(model, split, [(attack, "unknown")], device=torch.device("cpu"),
-                              batch_size=batch_size, seed=seed)
+        evaluation = evaluate(model, split, [(attack, "unknown")], device=device, batch_size=batch_size, seed=seed)
         return torch.from_numpy(evaluation.matrix[:, 0])
     from pyautoattack import AutoAttack
 
-    x, y = split.as_float(), split.labels
-    reference = AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", seed=seed)
+    x, y = split.as_float().to(device), split.labels.to(device)
+    reference = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(device), seed=seed)
     x_adv, _ = reference.run_standard_evaluation(x, y, batch_size=batch_size)
     with torch.no_grad():
-        return model(x_adv).argmax(1) == y
+        return (model(x_adv).argmax(1) == y).cpu()
 
 
 def prepare(out: str) -> None:
