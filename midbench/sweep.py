@@ -251,8 +251,13 @@ def _model_sha(sweep: Sweep, out: Path, name: str) -> str | None:
 
 
 def _files_sha(model: SweepModel, dataset: str) -> str | None:
-    """SHA-256 over an evaluate-only model's description and the bytes of its files; None when one is missing."""
+    """SHA-256 over an evaluate-only model's description and the bytes of its files (a factory's module file
+    among them, so an edited factory is evaluated again); None when one is missing."""
+    from midbench.usermodel import module_source_sha256
+
     digest = hashlib.sha256(model.describe().encode())
+    if model.model is not None and not model.is_zoo:
+        digest.update((module_source_sha256(model.model) or "").encode())
     for path in model.files(dataset):
         if not path.is_file():
             return None

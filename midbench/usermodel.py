@@ -162,7 +162,7 @@ def _check_output_shape(model: nn.Module, spec: str, dataset: str, num_classes: 
                             f"of shape {expected} ({num_classes} classes)")
 
 
-def _source_sha256(spec: str) -> str | None:
+def module_source_sha256(spec: str) -> str | None:
     """SHA-256 of the file defining the factory's module (best effort: ``None`` without a source file)."""
     module_name, _ = parse_model_spec(spec)
     try:
@@ -200,7 +200,7 @@ def load_user_model(spec: str, dataset: str | None, weights: str | None = None,
     device = device if device is not None else torch.device("cpu")
     model = model.to(device)
     _check_output_shape(model, spec, dataset, data_spec.num_classes, data_spec.input_shape, device)
-    source_sha256 = _source_sha256(spec)
+    source_sha256 = module_source_sha256(spec)
     state_sha256 = payload_sha256({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
     identity = hashlib.sha256(json.dumps({"model_spec": spec, "source_sha256": source_sha256,
                                           "state_sha256": state_sha256}, sort_keys=True).encode()).hexdigest()

@@ -566,6 +566,15 @@ def test_models_are_evaluated_beside_the_runs_and_resume_model_by_model(tmp_path
     assert bench() == ["saved/whitebox", "saved/transfer"]
     # the stale rows of the old file were replaced, not kept beside the new ones
     assert len(list(Path("out/results/runs/mnist5k").glob("saved__*.json"))) == 2
+    # an edited factory module is another model
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mine = tmp_path / "my_factory.py"
+    mine.write_text("from user_models import honest_cnn as build\n", encoding="utf-8")
+    config.write_text(config.read_text(encoding="utf-8") + '\n[models.mine]\nmodel = "my_factory:build"\n',
+                      encoding="utf-8")
+    assert bench() == ["mine/whitebox", "mine/transfer"]
+    mine.write_text("from user_models import honest_cnn as build  # edited\n", encoding="utf-8")
+    assert bench() == ["mine/whitebox", "mine/transfer"]
 
 
 @pytest.mark.slow
