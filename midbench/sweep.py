@@ -150,6 +150,9 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
     # each model's hash, read once: an evaluation is redone only when its model (or source) changed
     hashes = {name: _model_sha(sweep, out, name) for name in sweep.names}
     for step in evaluation_plan(sweep):
+        for name in (step[0], step[2]):  # a zoo entry downloaded by an earlier evaluation has a hash now
+            if name is not None and hashes[name] is None:
+                hashes[name] = _model_sha(sweep, out, name)
         job = _EvaluationJob.of(sweep, step, out, results, hashes, shared, restart)
         if job.already_done(state, results, say):
             continue
@@ -204,8 +207,8 @@ class _EvaluationJob:
                       "weights": model.weights, "threat_model": model.threat_model, "model_dir": model.model_dir,
                       "dataset": sweep.dataset}
         config = EvalConfig(
-            **loaded, selection=sweep.selection, protocol=protocol,
-            source=_source_path(sweep, out, source_run) if source_run else None,
+            **loaded, **(_source_options(sweep, out, source_run) if source_run else {}), selection=sweep.selection,
+            protocol=protocol,
             # the extra sources are named by run, so their tables stay apart from the main source's
             source_name=source_run if extra else None,
             n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
@@ -234,13 +237,17 @@ class _EvaluationJob:
                                           "seconds": round(seconds, 1)}
 
 
-def _source_path(sweep: Sweep, out: Path, name: str) -> str:
-    """The checkpoint file of a transfer source: a run's model, or an evaluate-only model's checkpoint."""
+def _source_options(sweep: Sweep, out: Path, name: str) -> dict[str, Any]:
+    """The EvalConfig options naming a transfer source: a run's model file, an evaluate-only model's checkpoint,
+    or a zoo entry with its threat model list and weights folder."""
     model = sweep.model(name)
     if model is None:
-        return str(model_path(out, name))
-    assert model.checkpoint is not None  # load_sweep admits checkpoint models only as sources
-    return model.checkpoint
+        return {"source": str(model_path(out, name))}
+    if model.is_zoo:
+        return {"source": model.model, "source_threat_model": model.threat_model,
+                "source_model_dir": model.model_dir}
+    assert model.checkpoint is not None  # load_sweep admits checkpoints and zoo entries only as sources
+    return {"source": model.checkpoint}
 
 
 def _model_sha(sweep: Sweep, out: Path, name: str) -> str | None:
@@ -357,8 +364,8 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                 if step is None:
                     break
                 to_evaluate.remove(step)
-                for name in (step[0], step[2]):
-                    if name is not None and name not in hashes:
+                for name in (step[0], step[2]):  # None: a zoo entry not downloaded yet, perhaps downloaded since
+                    if name is not None and hashes.get(name) is None:
                         hashes[name] = _model_sha(sweep, out, name)
                 device = free[0]
                 job = _EvaluationJob.of(sweep, step, out, results, hashes, shared, restart, device)

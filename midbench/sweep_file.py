@@ -39,7 +39,8 @@ the transfer source, so its Attacker Pool and the transfer protocol use the same
 A ``[models.NAME]`` table adds a model that is evaluated but not trained — a RobustBench zoo entry
 (:mod:`midbench.zoo`), a user's ``module:factory`` or a checkpoint file — under the same protocols and attacks,
 so a sweep may hold no runs at all: a list of zoo entries profiled against unknown attacks in one command (the
-MultiRobustBench use case). Such a model may be the transfer source only when it is a checkpoint file.
+MultiRobustBench use case). Such a model may be the transfer source when it is a checkpoint file or a zoo entry
+(e.g. ``Standard``, the zoo's undefended model, for the MID paper's protocol).
 
 A run's keys are those of ``midbench train --config`` (the shared keys and its method's own options, checked by
 the method); an option a method marks as a run reference (MID's ``source`` and ``teacher``) may name another run.
@@ -136,6 +137,12 @@ class SweepModel:
         from midbench.zoo import is_zoo_spec
 
         return is_zoo_spec(self.model)
+
+    @property
+    def can_be_source(self) -> bool:
+        """Whether the transfer protocol can craft on it: a checkpoint or a zoo entry (a factory's module may not
+        be importable where the source is loaded, and is not a file to record)."""
+        return self.checkpoint is not None or self.is_zoo
 
     def describe(self) -> str:
         """How the plan and the leaderboard's header name it."""
@@ -308,15 +315,15 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         raise UsageError(f"{path}: the transfer protocol needs transfer_source = \"RUN\" in [sweep] (the run whose "
                          "model the attacks are crafted on, e.g. \"standard\")")
     sources = [name for name in names if name in run_names or next(
-        model for model in models if model.name == name).checkpoint is not None]
+        model for model in models if model.name == name).can_be_source]
     if transfer_source is not None and transfer_source not in sources:
-        raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep or a model given "
-                         f"by its checkpoint file ({', '.join(sources) or 'there is none'})")
+        raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep, a checkpoint model "
+                         f"or a zoo entry ({', '.join(sources) or 'there is none'})")
     extra_sources = tuple(head.get("extra_transfer_sources", ()))
     for extra in extra_sources:
         if extra not in sources or extra == transfer_source:
-            raise UsageError(f"{path}: extra_transfer_sources names {extra!r}, which is not another run or "
-                             f"checkpoint model of the sweep ({', '.join(sources)})")
+            raise UsageError(f"{path}: extra_transfer_sources names {extra!r}, which is not another run, "
+                             f"checkpoint model or zoo entry of the sweep ({', '.join(sources)})")
     if extra_sources and "transfer" not in protocols:
         raise UsageError(f"{path}: extra_transfer_sources needs \"transfer\" in protocols")
 

@@ -504,7 +504,7 @@ def _plain_state_dict(path: Path, seed: int) -> None:
     (('checkpoint = "plain.pt"', 'checkpoint = "plain.pt"\nweights = "w.pt"'), "weights goes with"),
     (("[models.factory]", "[models.standard]"), "name both a run and a model"),
     (("[models.factory]", '[models."../factory"]'), "file name"),
-    (('transfer_source = "standard"', 'transfer_source = "factory"'), "not a run of the sweep or a model given"),
+    (('transfer_source = "standard"', 'transfer_source = "factory"'), "not a run of the sweep, a checkpoint model"),
 ])
 def test_bad_model_tables_are_refused_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           edit: tuple[str, str], message: str) -> None:

@@ -220,3 +220,38 @@ def test_a_zoo_entry_downloaded_by_the_sweep_is_recorded_by_its_file(zoo: dict, 
     assert state["evaluations"]["mma/whitebox"]["checkpoint_sha256"] is not None
     again = _zoo_bench(zoo, tmp_path, text, "--model-dir", str(models))
     assert again.exit_code == 0 and "mma/whitebox: already evaluated" in again.output, again.output
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*differs from the published release")
+def test_a_zoo_entry_crafts_the_transfer_attacks_from_eval_and_from_a_sweep(zoo: dict, tmp_path: Path) -> None:
+    """The MID paper's transfer protocol with a zoo entry as the source (``--source robustbench:NAME``; in a sweep,
+    ``transfer_source`` naming a [models] entry): the result records the source's weights file and zoo entry."""
+    from midbench.zoo import _sha256
+
+    models = tmp_path / "models"
+    for threat_model in ("Linf", "L2"):
+        path = weights_path(ENTRY, "cifar10", threat_model, models)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(zoo["path"].read_bytes())
+    outcome = RUNNER.invoke(app, ["eval", "--model", "user_models:honest_cnn", "--dataset", "cifar10", "--data-dir",
+                                  str(zoo["root"] / "data"), "--protocol", "transfer", "--source",
+                                  f"robustbench:{ENTRY}", "--model-dir", str(models), "--attacks", "fgsm-linf",
+                                  "--n-examples", "8", "--results-dir", str(tmp_path / "r"), "--quiet", "--format",
+                                  "json"])
+    assert outcome.exit_code == 0, outcome.output
+    source = json.loads(outcome.stdout[outcome.stdout.index("{"):])["protocol"]["source"]
+    assert source["sha256"] == _sha256(zoo["path"]) and source["zoo"]["name"] == ENTRY
+
+    text = ZOO_SWEEP.replace('protocols = ["whitebox"]',
+                             'protocols = ["whitebox", "transfer"]\ntransfer_source = "mma"')
+    swept = _zoo_bench(zoo, tmp_path, text, "--model-dir", str(models))
+    assert swept.exit_code == 0, swept.output
+    results = tmp_path / "out" / "results" / "runs" / "cifar10"
+    documents = [json.loads(path.read_text()) for path in results.glob("*.json")]
+    transfer = [d for d in documents if d["protocol"]["name"] == "transfer"]
+    assert [d["checkpoint"]["name"] for d in transfer] == ["mma-l2"]
+    assert transfer[0]["protocol"]["source"]["zoo"] == {**transfer[0]["protocol"]["source"]["zoo"], "name": ENTRY,
+                                                        "threat_model": "Linf"}
+    board = (tmp_path / "out" / "results" / "leaderboard-zoo.md").read_text(encoding="utf-8")
+    assert "crafted on the `mma` model" in board

@@ -32,7 +32,7 @@ def eval_command(
     unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The unknown-attack profile: every threat model (suite unknown-profile) over its ladder of strengths, climbed nested; the ones the model was trained on are marked seen.")] = False,
     autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
     protocol: Annotated[Protocol, typer.Option(help="whitebox, or transfer (attacks crafted on --source).")] = Protocol.WHITEBOX,
-    source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on.")] = None,
+    source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on, or a zoo entry robustbench:NAME (its L∞ list; weights under --model-dir), e.g. robustbench:Standard.")] = None,
     eps: Annotated[list[str] | None, typer.Option(help="ε override: 0.1 or 8/255 (L∞), L2=1.5, L1=10; repeatable.")] = None,
     target: Annotated[str | None, typer.Option(help="Target policy of every targeted registry attack: random (the entries' default), least-likely or fixed:K (the MID release aimed at fixed:0); recorded as id@custom.")] = None,
     n_examples: Annotated[int | None, typer.Option(help="Evaluate the first N test examples.")] = None,

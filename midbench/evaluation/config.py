@@ -37,9 +37,13 @@ class EvalConfig:
     download: bool = False
     model_spec: str | None = None
     weights: str | None = None
-    #: with ``model_spec`` ``robustbench:NAME``: the zoo's threat model and its local weights folder
+    #: with ``model_spec`` ``robustbench:NAME``: the zoo's threat model and its local weights folder (also the
+    #: folder of a zoo ``source``, unless ``source_model_dir`` names another)
     threat_model: str = "Linf"
     model_dir: str | None = None
+    #: with ``source`` ``robustbench:NAME``: the zoo list the source is taken from and its weights folder
+    source_threat_model: str = "Linf"
+    source_model_dir: str | None = None
     check_eps: bool = False
     check_steps: bool = False
     #: discard the resumable state of an interrupted evaluation with other settings instead of refusing it

@@ -35,8 +35,9 @@ from midbench.evaluation.results import (
 from midbench.evaluation.selection import select_attacks, with_defaults
 from midbench.evaluation.state import EvalState, state_path, states_of_other_world_sizes
 from midbench.fileio import ensure_writable_dir
-from midbench.loading import load_classifier, load_model, recorded_source
+from midbench.loading import LoadedModel, load_classifier, load_model, recorded_source
 from midbench.protocols import PROTOCOLS
+from midbench.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
 
 
 @dataclass
@@ -64,9 +65,12 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise UsageError(f"--n-examples must be at least 1, got {config.n_examples}")
     device = rank_device(resolve_device(config.device))
     shard = current_shard(device)  # under torchrun: this process's share of the batches
+    zoo_source = is_zoo_spec(config.source)
+    # --model-dir may name the folder of a zoo source alone; the model's loader then must not see it
+    model_dir = config.model_dir if is_zoo_spec(config.model_spec) or not zoo_source else None
     loaded = load_model(config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
                         weights=config.weights, device=device, seed=config.seed, threat_model=config.threat_model,
-                        model_dir=config.model_dir, download=config.download)
+                        model_dir=model_dir, download=config.download)
     meta = loaded.metadata
     dataset_name = config.dataset or meta.dataset
     if dataset_name is None:
@@ -89,11 +93,12 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         source_path = config.source or recorded_source(meta, config.checkpoint)
         if not source_path:
             raise UsageError("--protocol transfer needs --source CHECKPOINT (the model the attacks are crafted on)")
-        source = load_classifier(source_path)
+        source = (load_zoo_source(config, dataset_name) if zoo_source else load_classifier(source_path))
         check_compatible(source.metadata, dataset_name, spec.num_classes, spec.input_shape)
         source_model = source.model
-        source_info = {"path": str(source_path), "sha256": source.sha256,
-                       "name": config.source_name or source.metadata.name}
+        source_info = {"path": str(source.path if zoo_source else source_path), "sha256": source.sha256,
+                       "name": config.source_name or source.metadata.name,
+                       **({"zoo": source.metadata.extra["zoo"]} if zoo_source else {})}
     elif config.source:
         raise UsageError("--source only applies to --protocol transfer")
 
@@ -165,6 +170,16 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise
     state.finish()
     return EvalRun(result, path, evaluation, notes)
+
+
+def load_zoo_source(config: EvalConfig, dataset: str) -> LoadedModel:
+    """A RobustBench zoo entry as the transfer source (``--source robustbench:NAME``, e.g. ``Standard``, the
+    undefended model the MID paper's protocol crafts on): from ``source_threat_model``'s list, its weights under
+    ``source_model_dir`` (default ``model_dir``, then RobustBench's ``./models``)."""
+    assert config.source is not None
+    folder = config.source_model_dir or config.model_dir or DEFAULT_MODEL_DIR
+    zoo = load_zoo_model(config.source, dataset, config.source_threat_model, folder, config.download)
+    return LoadedModel(zoo.model, zoo.metadata, zoo.sha256, zoo.path)
 
 
 def command_line() -> str | None:
