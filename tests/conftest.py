@@ -23,6 +23,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network for the test, whatever a library tries: name lookups and connections fail as they do on a
+    machine without one, so a test of a download path exercises its failure without reaching the network."""
+    import socket
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (the test runs offline)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(socket.socket, "connect", unreachable)
+
+
 @pytest.fixture(scope="session")
 def mnist5k_test() -> TensorSplit:
     return load_split("mnist5k", "test")

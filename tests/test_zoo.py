@@ -197,7 +197,8 @@ def test_a_misspelt_zoo_entry_in_a_sweep_is_refused_with_close_matches(zoo: dict
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*differs from the published release")
 def test_a_zoo_entry_downloaded_by_the_sweep_is_recorded_by_its_file(zoo: dict, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      offline: None) -> None:
     """With --download a missing file is fetched by the evaluation (RobustBench's downloader, stood in for by a
     copy: the machine is offline); the state records the downloaded file's hash, so a rerun skips it."""
     import midbench.data.torchvision_sets
