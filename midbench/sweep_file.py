@@ -139,6 +139,11 @@ class SweepModel:
         return is_zoo_spec(self.model)
 
     @property
+    def zoo_name(self) -> str:
+        """The entry's name in the zoo (``NAME`` of ``robustbench:NAME``)."""
+        return str(self.model).split(":", 1)[1].strip()
+
+    @property
     def can_be_source(self) -> bool:
         """Whether the transfer protocol can craft on it: a checkpoint or a zoo entry (a factory's module may not
         be importable where the source is loaded, and is not a file to record)."""
@@ -149,7 +154,7 @@ class SweepModel:
         if self.checkpoint is not None:
             return f"checkpoint {self.checkpoint}" + (f" ({self.arch})" if self.arch else "")
         if self.is_zoo:
-            return f"RobustBench {str(self.model).split(':', 1)[1]} ({self.threat_model})"
+            return f"RobustBench {self.zoo_name} ({self.threat_model})"
         return f"{self.model}" + (f" with weights {self.weights}" if self.weights else "")
 
     def files(self, dataset: str) -> list[Path]:
@@ -159,9 +164,7 @@ class SweepModel:
         if self.checkpoint is not None:
             return [Path(self.checkpoint)]
         if self.is_zoo:
-            assert self.model is not None
-            return [weights_path(self.model.split(":", 1)[1].strip(), dataset, self.threat_model,
-                                 self.model_dir or DEFAULT_MODEL_DIR)]
+            return [weights_path(self.zoo_name, dataset, self.threat_model, self.model_dir or DEFAULT_MODEL_DIR)]
         return [Path(self.weights)] if self.weights else []
 
 
@@ -303,7 +306,6 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     clash = {run.name for run in runs} & {model.name for model in models}
     if clash:
         raise UsageError(f"{path}: {sorted(clash)} name both a run and a model; give each its own name")
-    names = [run.name for run in runs] + [model.name for model in models]
     run_names = [run.name for run in runs]
 
     protocols = tuple(head.get("protocols", ["whitebox"]))
@@ -314,8 +316,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     if "transfer" in protocols and transfer_source is None:
         raise UsageError(f"{path}: the transfer protocol needs transfer_source = \"RUN\" in [sweep] (the run whose "
                          "model the attacks are crafted on, e.g. \"standard\")")
-    sources = [name for name in names if name in run_names or next(
-        model for model in models if model.name == name).can_be_source]
+    sources = run_names + [model.name for model in models if model.can_be_source]
     if transfer_source is not None and transfer_source not in sources:
         raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep, a checkpoint model "
                          f"or a zoo entry ({', '.join(sources) or 'there is none'})")
