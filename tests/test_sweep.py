@@ -592,3 +592,13 @@ def test_parallel_workers_evaluate_listed_models_as_the_serial_run_does(tmp_path
                         for out in ("serial", "parallel"))
     assert parallel == serial
     assert len(json.loads(Path("parallel/sweep-state.json").read_text())["evaluations"]) == 5
+
+
+def test_the_sweep_files_in_the_help_examples_exist() -> None:
+    """Every ``--config FILE`` of `midbench bench --help`'s examples is a committed sweep file."""
+    import re
+
+    from midbench.cli.bench import bench_command
+
+    named = re.findall(r"--config (\S+)", bench_command.__doc__ or "")
+    assert named and all((REPO / path).is_file() for path in named), named

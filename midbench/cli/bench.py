@@ -35,7 +35,7 @@ def bench_command(
 
     Example: midbench bench --config results/cifar10-mid/sweep.toml --workers 2 --devices cuda:0,cuda:1
 
-    Example: midbench bench --config results/cifar10-robustbench-linf/sweep.toml --model-dir models
+    Example: midbench bench --config results/cifar10-robustbench/sweep.toml --model-dir models
     """
     from midbench.sweep import config_label, describe_plan, load_sweep, run_sweep
 
