@@ -101,8 +101,9 @@ def weights_path(name: str, dataset: str, threat_model: str, model_dir: str | Pa
     return Path(model_dir) / DATASETS[dataset] / threat_model / f"{name}.pt"
 
 
-def check_zoo_name(spec: str, dataset: str, threat_model: str) -> str:
-    """The entry name of ``robustbench:NAME``, checked against the zoo.
+def check_zoo_name(spec: str, dataset: str, threat_model: str) -> tuple[str, dict[str, Any]]:
+    """The entry name of ``robustbench:NAME``, checked against the zoo, and its zoo record (its ``model``
+    builds the network).
 
     Raises:
         UsageError: the extra missing, a dataset or threat model the zoo lacks, an unknown name (with close
@@ -114,7 +115,7 @@ def check_zoo_name(spec: str, dataset: str, threat_model: str) -> str:
         close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else f" (the zoo has {len(entries)} entries there)"
         raise UsageError(f"no RobustBench model {name!r} for {dataset} under {threat_model}{hint}")
-    return name
+    return name, entries[name]
 
 
 def load_zoo_model(spec: str, dataset: str | None, threat_model: str = "Linf",
@@ -128,15 +129,14 @@ def load_zoo_model(spec: str, dataset: str | None, threat_model: str = "Linf",
     """
     if dataset is None:
         raise UsageError(f"--model {spec} needs --dataset (cifar10, cifar100 or imagenet)")
-    name = check_zoo_name(spec, dataset, threat_model)
-    entries = zoo_entries(dataset, threat_model)
+    name, entry = check_zoo_name(spec, dataset, threat_model)
     path = weights_path(name, dataset, threat_model, model_dir)
     if not path.is_file():
         if not download:
             raise ArtifactError(f"{path} not found: put the zoo's weights there (RobustBench's layout under "
                                 f"--model-dir {model_dir}) or pass --download to fetch them")
         _download(name, dataset, threat_model, model_dir)
-    model = entries[name]["model"]()
+    model = entry["model"]()
     _load_weights(model, path)
     device = device if device is not None else torch.device("cpu")
     data_spec = get_dataset(dataset)

@@ -450,16 +450,8 @@ def test_bad_worker_settings_are_usage_errors(tmp_path: Path) -> None:
 
 # ---- evaluate-only models ([models.NAME]): checkpoints and factories next to the trained runs --------------------
 
-LISTED = """
-[sweep]
-name = "listed"
-dataset = "mnist5k"
-seed = 0
-device = "cpu"
-protocols = ["whitebox", "transfer"]
-transfer_source = "standard"
-
-[eval]
+#: TINY's [sweep] table under another name, a standard run and two models
+LISTED = TINY.split("[eval]")[0].replace('name = "tiny"', 'name = "listed"') + """[eval]
 n_examples = 16
 attacks = ["fgsm-linf"]
 
