@@ -33,16 +33,19 @@ import pandas as pd
 
 from midbench.errors import UsageError
 from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, EvaluatedModel, ResultDocument, read_result
+from midbench.evaluation import scoring
 from midbench.evaluation.metrics import (
-    mean_score,
-    reference_normalised_scores,
+    CATASTROPHIC_OVERFITTING,
+    catastrophic_overfitting,
     summarise,
     unseen_full_strength,
     wilson_interval,
 )
 from midbench.formats import TableFormat, values
+from midbench.references import ReferenceSet, check_reference_set, reference_for, reference_sets
 from midbench.tables import (
     display_frame,
+    header,
     html_table,
     latex_table,
     markdown_table,
@@ -79,6 +82,8 @@ class Run:
     clean: np.ndarray  # N bool
     #: the unknown-attack profile: {threat model: (N × strengths nested matrix, strengths, seen)}
     curves: dict[str, tuple[np.ndarray, list[float], bool]] | None = None
+    #: per threat model of the profile: the attacks climbed (``id@version``) and whether it is ranked
+    curve_info: dict[str, dict[str, Any]] | None = None
 
 
 def load_run(path: str | Path, result: ResultDocument | None = None) -> Run | None:
@@ -115,7 +120,11 @@ def load_run(path: str | Path, result: ResultDocument | None = None) -> Run | No
         warnings.warn(f"skipped {path}: {problem} (an interrupted or damaged evaluation; rerun `midbench eval`)",
                       LeaderboardWarning, stacklevel=2)
         return None
-    return Run(path, result, robust, clean, curves or None)
+    info = {str(model["id"]): {"attacks": [str(a) for a in model.get("attacks", [])],
+                               # result files written before threat models had `ranked`: noise was the only floor
+                               "ranked": bool(model.get("ranked", model["id"] != "noise"))}
+            for model in (result.profile or {}).get("threat_models") or []}
+    return Run(path, result, robust, clean, curves or None, info or None)
 
 
 def _attack_identity(row: AttackRow) -> tuple[str, str, str]:
@@ -181,6 +190,9 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
         survivors[spec] = _find_attack(spec, by_key)
     result = newest.result
     flags = dict.fromkeys(code for run in runs for code in run.result.flag_codes)
+    # recomputed on the united row: the known attacks and AutoAttack may come from different runs
+    if catastrophic_overfitting(summary["known_worst"], summary["autoattack"], newest.result.protocol.name):
+        flags[CATASTROPHIC_OVERFITTING] = None
     eps = result.data.eps.get("Linf")
     record: dict[str, Any] = {
         "name": result.checkpoint.name, "method": result.checkpoint.method,
@@ -189,7 +201,7 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
         "protocol": result.protocol.label,
         "clean": percent(float(newest.clean.mean()) if n else None),
         **{key: percent(summary[key]) for key in SUMMARY_KEYS},
-        "flags": ",".join(flags), "n": n, "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
+        "flags": ",".join(flags), "n": n, "indices_sha256": result.data.indices_sha256, "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
         "created": result.created, "run_id": result.run_id, "runs": [run.result.run_id for run in runs],
         "paths": [str(run.path) for run in runs],
         "profile": _profile_of(runs),
@@ -212,41 +224,90 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
 
 def _profile_of(runs: list[Run]) -> dict[str, dict[str, Any]] | None:
     """The newest run's profile, its accuracies recomputed from the nested matrices:
-    {threat model: {"points": {strength: accuracy}, "survivors": {strength: count}, "n": N, "seen": bool}}."""
+    {threat model: {"points": {strength: accuracy}, "survivors": {strength: count}, "n": N, "seen": bool,
+    "matrix": N × strengths, "attacks": [id@version], "ranked": bool}}."""
     for run in reversed(runs):
         if run.curves:
+            info = run.curve_info or {}
             return {model: {"points": dict(zip(strengths, (float(a) for a in matrix.mean(axis=0)), strict=True)),
                             "survivors": dict(zip(strengths, (int(c) for c in matrix.sum(axis=0)), strict=True)),
-                            "n": int(matrix.shape[0]), "seen": seen}
+                            "n": int(matrix.shape[0]), "seen": seen, "matrix": matrix,
+                            "attacks": info.get(model, {}).get("attacks", []),
+                            "ranked": info.get(model, {}).get("ranked", model != "noise")}
                     for model, (matrix, strengths, seen) in run.curves.items()}
     return None
 
 
-def profile_columns(table: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
-    """A copy of one table with the profile's columns (evaluation.md, "Unknown-attack profile"); rows without a
-    profile get empty cells. The columns: ``score_<threat model>`` (reference-normalised, %), ``unknown_score``
-    (mean over the threat models the row has not seen), ``common_unknown_score`` (mean over those no model of
-    the table has seen), ``pct_seen``, ``seen``, and ``curve_<threat model>`` (``strength:accuracy%`` pairs; with
-    ``ci`` each point carries its 95% Wilson interval, ``0.5:41.2[36.9,45.6]``). The scores are ratios of sums
-    of accuracies, not proportions of examples, so they have no Wilson interval.
-    The references are recorded in ``table.attrs["profile_references"]``."""
+def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceSet] | None = None) -> pd.DataFrame:
+    """A copy of one table with the profile's columns (docs/scoring.md); rows without a profile get empty cells.
+
+    Every row is scored against the fixed reference set of its dataset and architecture (``sets``, user sets
+    first, then the shipped ones), never against the other rows, so adding or removing a row changes no other
+    row's scores. The columns: ``score_<threat model>`` (Σ acc / Σ ATA over the ladder, %), ``unknown_score``
+    (mean over the ranked threat models the row has not seen) and ``common_unknown_score`` (mean over the ranked
+    ones no row of the table has seen), each with a 95% bootstrap interval (``_lo``/``_hi``); ``ua_mean`` (plain
+    mean accuracy over the common-unknown threat models at their middle rung, with its interval); ``pct_seen``,
+    ``seen``, ``reference`` (the set used) and ``curve_<threat model>`` (``strength:accuracy%`` pairs; with ``ci``
+    each point carries its 95% Wilson interval, ``0.5:41.2[36.9,45.6]``). A row without a matching reference set,
+    or a threat model measured at another ladder or with other attacks than the reference, gets no score: the
+    table notes why (``table.attrs["score_notes"]``).
+    """
+    sets = reference_sets() if sets is None else sets
     profiles = [value if isinstance(value, dict) else {} for value in table["profile"]]
     curves = [{model: entry["points"] for model, entry in profile.items()} for profile in profiles]
     seen = [{model for model, entry in profile.items() if entry["seen"]} for profile in profiles]
-    scores, references = reference_normalised_scores(curves, seen)
     models = sorted({model for curve in curves for model in curve})
+    ranked = {model for profile in profiles for model, entry in profile.items() if entry["ranked"]}
     seen_anywhere = set().union(*seen) if seen else set()
     common = {model for model in models if all(model in curve for curve in curves if curve)} - seen_anywhere
+    common_ranked = common & ranked
+    notes: dict[str, None] = {}
+    contributions: list[dict[str, np.ndarray]] = []
+    used: list[str | None] = []
+    for profile, dataset, arch in zip(profiles, table["dataset"], table["arch"], strict=True):
+        reference = reference_for(sets, str(dataset), None if pd.isna(arch) else str(arch)) if profile else None
+        used.append(reference.name if reference is not None else None)
+        row: dict[str, np.ndarray] = {}
+        if profile and reference is None:
+            notes[f"no reference set for {dataset} / {arch}: its rows show curves, not scores (`midbench calibrate`)"] \
+                = None
+        for model, entry in profile.items() if reference is not None else ():
+            curve = reference.curves.get(model)
+            why = (f"{model}: the reference set {reference.name} has no curve for it" if curve is None
+                   else curve.matches(list(entry["points"]), entry["attacks"]))
+            if why is not None:
+                notes[f"{model} not scored against {reference.name}: {why}" if curve is not None else why] = None
+                continue
+            values = scoring.contributions(entry["matrix"], curve.ata)
+            if values is not None:
+                row[model] = values
+        contributions.append(row)
     table = table.copy()
     for model in models:
-        table[f"score_{model}"] = [percent(row.get(model)) for row in scores]
-    table["unknown_score"] = [percent(mean_score(row, set(curve) - own)) if curve else None
-                              for row, curve, own in zip(scores, curves, seen, strict=True)]
-    table["common_unknown_score"] = [percent(mean_score(row, common)) if curve else None
-                                     for row, curve in zip(scores, curves, strict=True)]
+        table[f"score_{model}"] = [percent(float(row[model].mean())) if model in row else None
+                                   for row in contributions]
+
+    def with_interval(column: str, values: list[np.ndarray | None]) -> None:
+        table[column] = [percent(float(v.mean())) if v is not None and v.size else None for v in values]
+        bounds = [scoring.bootstrap_interval(v) if v is not None and v.size else (None, None) for v in values]
+        table[f"{column}_lo"] = [percent(low) for low, _ in bounds]
+        table[f"{column}_hi"] = [percent(high) for _, high in bounds]
+
+    unknown = [scoring.mean_contributions(row, (set(curve) - own) & ranked) if curve else None
+               for row, curve, own in zip(contributions, curves, seen, strict=True)]
+    common_values = [scoring.mean_contributions(row, common_ranked) if curve else None
+                     for row, curve in zip(contributions, curves, strict=True)]
+    with_interval("unknown_score", unknown)
+    with_interval("common_unknown_score", common_values)
+    with_interval("ua_mean", [
+        np.mean(np.stack([scoring.middle_rung_accuracy(profile[model]["matrix"]) for model in sorted(common_ranked)]),
+                axis=0) if profile and common_ranked else None for profile in profiles])
     table["pct_seen"] = [round(100 * len(own) / len(curve), 2) if curve else None
                          for curve, own in zip(curves, seen, strict=True)]
     table["seen"] = [",".join(sorted(own)) if curve else None for curve, own in zip(curves, seen, strict=True)]
+    table["reference"] = used
+    table["_common_values"] = common_values  # the per-example contributions, for ties (not shown)
+
     def point(profile: dict[str, Any], model: str, strength: float, accuracy: float) -> str:
         text = f"{number_text(strength)}:{number_text(percent(accuracy))}"
         if not ci:
@@ -257,12 +318,10 @@ def profile_columns(table: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     for model in models:
         table[f"curve_{model}"] = [" ".join(point(profile, model, s, a) for s, a in curve[model].items())
                                    if model in curve else None for profile, curve in zip(profiles, curves, strict=True)]
-    names = list(table["name"])
-    table.attrs["profile_references"] = {
-        model: ("best of the models trained against it: " + ", ".join(sorted(str(names[i]) for i in chosen))
-                if chosen else "best of every model in the table (none was trained against it)")
-        for model, chosen in references.items()}
-    table.attrs["common_unknown"] = sorted(common)
+    table.attrs["score_notes"] = list(notes)
+    table.attrs["reference_sets"] = sorted({name for name in used if name})
+    table.attrs["common_unknown"] = sorted(common_ranked)
+    table.attrs["unranked"] = sorted(set(models) - ranked)
     return table
 
 
@@ -320,77 +379,159 @@ def is_at_baseline(checkpoint: EvaluatedModel) -> bool:
     return bool(recorded) if recorded is not None else checkpoint.method in LEGACY_AT_BASELINES
 
 
-def rank_table(frame: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
+#: flags that keep a model out of "best AT" (the Δ column's baseline) and out of any reference (docs/flags.md)
+PROTECTING_FLAGS = ("catastrophic-overfitting", "training-overfitting", "gradient-free-beats-gradient")
+
+
+def is_flagged(flags: Any) -> bool:
+    """Whether a row's flags include one that protects the ranking (:data:`PROTECTING_FLAGS`)."""
+    return bool(flags) and any(code in PROTECTING_FLAGS for code in str(flags).split(","))
+
+
+def rank_table(frame: pd.DataFrame, ci: bool = False, sets: list[ReferenceSet] | None = None) -> pd.DataFrame:
     """Sort one (dataset, protocol) table, number its rows and add the Δ column.
 
-    Without profiles, rows are sorted by unknown worst (then AutoAttack, clean, name). When a row has the
-    unknown-attack profile, the table gains its columns (:func:`profile_columns`) and is sorted by the
-    common-unknown score instead (then AutoAttack, clean, name): the defenses are compared on the same threat
-    models, none of which any of them trained against.
+    Without scores (no profile, or no reference set for the rows), rows are sorted by unknown worst (then
+    AutoAttack, clean, name). With the unknown-attack profile and a reference set, the table gains the profile's
+    columns (:func:`profile_columns`) and is sorted by the common-unknown score (then AutoAttack, clean, name):
+    the defenses are compared on the same ranked threat models, none of which any of them trained against. Ranks
+    have ties: a row whose paired-bootstrap difference with the first row of its group is not significant shares
+    its rank (:func:`midbench.evaluation.scoring.ranks_with_ties`). The Δ column compares with the best
+    adversarial-training baseline that carries no protecting flag (:data:`PROTECTING_FLAGS`).
     """
     has_profile = "profile" in frame and any(isinstance(value, dict) for value in frame["profile"])
     if has_profile:
-        frame = profile_columns(frame, ci)
-    order = ["common_unknown_score" if has_profile else "unknown_worst", "autoattack", "clean", "name"]
+        frame = profile_columns(frame, ci, sets)
+    scored = has_profile and frame["common_unknown_score"].notna().any()
+    metric = "common_unknown_score" if scored else "unknown_worst"
+    order = [metric, "autoattack", "clean", "name"]
     table = frame.sort_values(order, ascending=[False, False, False, True], na_position="last", kind="stable")
     table = table.reset_index(drop=True)
-    table.insert(0, "rank", range(1, len(table) + 1))
-    # Δ: the ranking metric minus the best adversarial-training baseline's (with profiles the unknown worst case
-    # is usually 0 for every model, so the common-unknown score is what separates them)
-    metric = "common_unknown_score" if has_profile else "unknown_worst"
+    if scored:
+        ranks = scoring.ranks_with_ties(list(table["_common_values"]), [str(h) for h in table["indices_sha256"]])
+    else:
+        ranks = list(range(1, len(table) + 1))
+    table.insert(0, "rank", ranks)
     delta = DELTA_COLUMN[metric]
-    baselines = table[table["at_baseline"].astype(bool)][metric].dropna()
+    eligible = table["at_baseline"].astype(bool) & ~table["flags"].map(is_flagged)
+    baselines = table[eligible][metric].dropna()
     best = baselines.max() if not baselines.empty else None
     table[delta] = [None if best is None or pd.isna(value) else round(value - best, 2) for value in table[metric]]
     table[delta] = table[delta].astype(float)
+    excluded = sorted(str(name) for name, at, flags in zip(table["name"], table["at_baseline"], table["flags"],
+                                                            strict=True) if bool(at) and is_flagged(flags))
+    table.attrs["excluded_from_best_at"] = excluded
     return table
 
 
+#: the profile's columns of a ranked table, after AutoAttack (scores with their bootstrap bounds)
+SCORE_COLUMNS = ["unknown_score", "unknown_score_lo", "unknown_score_hi", "common_unknown_score",
+                 "common_unknown_score_lo", "common_unknown_score_hi", "ua_mean", "ua_mean_lo", "ua_mean_hi",
+                 "pct_seen", "seen", "reference"]
+#: the headline table of each protocol (docs/scoring.md): what a paper quotes; the detail table has the rest
+HEADLINE_COLUMNS = ["rank", "name", "clean", "autoattack", "common_unknown_score", "ua_mean", "flags"]
+
+
+def _reference_sets(frame: pd.DataFrame, references: list[str | Path] | tuple[str | Path, ...]) -> list[ReferenceSet]:
+    """The user's reference sets, each checked against the rows it should score, then the shipped ones.
+
+    Raises:
+        UsageError: a user's set that covers no row of the results (another dataset or architecture family).
+    """
+    sets = reference_sets(references)
+    rows = list(zip(frame["dataset"], frame["arch"], strict=True))
+    for reference in sets[:len(references)]:
+        if not any(reference.covers(str(ds), None if pd.isna(arch) else str(arch)) for ds, arch in rows):
+            ds, arch = next(((d, a) for d, a in rows if str(d) in reference.datasets), rows[0])
+            check_reference_set(reference, str(ds), None if pd.isna(arch) else str(arch))
+    return sets
+
+
 def tables(results_dir: str | Path, dataset: str | None = None, columns: list[str] | None = None,
-           ci: bool = False) -> dict[tuple[str, str], pd.DataFrame]:
-    """The ranked tables, keyed by (dataset, protocol); mixed protocols never share a table."""
+           ci: bool = False, references: list[str | Path] | tuple[str | Path, ...] = ()
+           ) -> dict[tuple[str, str], pd.DataFrame]:
+    """The ranked tables, keyed by (dataset, protocol); mixed protocols never share a table. Each table's
+    headline (:data:`HEADLINE_COLUMNS`, with every interval) is in ``table.attrs["headline"]``.
+
+    Args:
+        references: reference sets (folders written by ``midbench calibrate``) to score with, before the shipped
+            ones.
+    """
     columns = parse_columns(columns)
     frame = collect(results_dir, dataset, columns)
     if frame.empty:
         return {}
+    sets = _reference_sets(frame, references)
     chosen = table_columns(columns, ci)
     ranked = {}
     for (ds, protocol), group in frame.groupby(["dataset", "protocol"], sort=True):
-        table = rank_table(group, ci)
+        table = rank_table(group, ci, sets)
         # the profile's columns, when the table has them: scores after AutoAttack (and its bounds), curves last
         scores = [name for name in table.columns if name.startswith("score_")]
         if scores:
-            scores += ["unknown_score", "common_unknown_score", "pct_seen", "seen"]
+            scores += SCORE_COLUMNS
         after = chosen.index("autoattack") + (3 if ci else 1)
         curves = [name for name in table.columns if name.startswith("curve_")]
-        rest = [DELTA_COLUMN["common_unknown_score"] if scores and name == DELTA_COLUMN["unknown_worst"] else name
+        scored_delta = DELTA_COLUMN["common_unknown_score"]
+        rest = [scored_delta if scored_delta in table.columns and name == DELTA_COLUMN["unknown_worst"] else name
                 for name in chosen[after:]]
-        ranked[(str(ds), str(protocol))] = table[[*chosen[:after], *scores, *rest, *curves]]
+        selected = table[[*chosen[:after], *scores, *rest, *curves]]
+        headline = [name for name in HEADLINE_COLUMNS if name in table.columns]
+        # records, not a frame: pandas compares attrs when tables are concatenated
+        selected.attrs["headline"] = table[[part for name in headline for part in
+                                            ([name, f"{name}_lo", f"{name}_hi"] if f"{name}_lo" in table.columns
+                                             else [name])]].to_dict(orient="records")
+        ranked[(str(ds), str(protocol))] = selected
     return ranked
 
 
 def profile_notes(table: pd.DataFrame) -> list[str]:
     """What a table's profile scores are measured against (empty without a profile)."""
-    references = table.attrs.get("profile_references")
-    if not references:
+    if "reference_sets" not in table.attrs:
         return []
+    sets = table.attrs["reference_sets"]
     common = ", ".join(table.attrs.get("common_unknown") or []) or "none"
-    return ["Profile scores: Σ accuracy / Σ reference accuracy over each threat model's ladder (nested worst case "
-            "per example). Reference per threat model: "
-            + "; ".join(f"{model} — {text}" for model, text in references.items()) + ".",
-            f"Common-unknown threat models (seen by no model of this table): {common}. Ranked by the "
-            "common-unknown score, then AutoAttack, then clean."]
+    notes = []
+    if sets:
+        notes.append("Scores: Σ accuracy / Σ ATA over each threat model's ladder (nested worst case per example), "
+                     "ATA being the fixed reference set " + ", ".join(sets) + " (models adversarially trained "
+                     "against each threat model; `midbench calibrate`), never another row of this table. Intervals: "
+                     "95% bootstrap over examples. Rows share a rank where their paired difference with the first "
+                     "row of the group is not significant.")
+    else:
+        notes.append("No reference set matches these rows, so they have no scores: the curves are raw accuracies "
+                     "(calibrate references with `midbench calibrate`).")
+    notes += table.attrs.get("score_notes") or []
+    unranked = ", ".join(table.attrs.get("unranked") or [])
+    notes.append(f"Common-unknown threat models (ranked, seen by no model of this table): {common}."
+                 + (f" Reported but never ranked (a floor, not an adversary): {unranked}." if unranked else "")
+                 + (" Ranked by the common-unknown score, then AutoAttack, then clean." if sets else ""))
+    excluded = table.attrs.get("excluded_from_best_at") or []
+    if excluded:
+        notes.append("Excluded from best AT (flagged, docs/flags.md): " + ", ".join(excluded) + ".")
+    return notes
+
+
+def headline_headers(table: pd.DataFrame, protocol: str) -> dict[str, str]:
+    """The headline's column headers; under transfer the AutoAttack column names the model it was crafted on."""
+    headers = {name: header(name) for name in table.columns}
+    source = protocol.partition("(")[2].rstrip(")") if protocol.startswith("transfer") else ""
+    if source:
+        headers["autoattack"] = f"AutoAttack crafted on {source} %"
+    return headers
 
 
 def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None = None,
-           columns: list[str] | None = None, ci: bool = False) -> str:
+           columns: list[str] | None = None, ci: bool = False,
+           references: list[str | Path] | tuple[str | Path, ...] = ()) -> str:
     """The leaderboard as text in ``fmt``: markdown, LaTeX and HTML hold one table per dataset and protocol;
     CSV is one file with ``dataset`` and ``protocol`` columns (ranks within each table); JSON is a list of
     tables, each ``{"dataset", "protocol", "rows": [records]}`` with numbers as numbers and ``null`` for
-    missing values."""
+    missing values. With the unknown-attack profile, markdown shows each table's headline (rank, name, clean,
+    AutoAttack, common-unknown score, UA mean, flags, every cell with its interval) above the detail table."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
-    ranked = tables(results_dir, dataset, columns, ci)
+    ranked = tables(results_dir, dataset, columns, ci, references)
     if not ranked:
         where = Path(results_dir) / "runs"
         only = f" for dataset {dataset!r}" if dataset else ""
@@ -409,9 +550,15 @@ def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None =
         notes = profile_notes(table)
         # the full curves are for machines (CSV, JSON); a table for people shows their scores
         shown = display_frame(table.drop(columns=[c for c in table.columns if c.startswith("curve_")]), ci)
+        headline = pd.DataFrame(table.attrs.get("headline") or [])
         caption = f"{ds} — {protocol}"
         if fmt == "markdown":
-            blocks.append(f"### {caption}\n\n" + markdown_table(shown) + "\n" + "".join(f"\n{n}\n" for n in notes))
+            top = ""
+            if "common_unknown_score" in headline:
+                top = (markdown_table(display_frame(headline, ci=True), headline_headers(headline, protocol))
+                       + "\n\nDetail:\n\n")
+            blocks.append(f"### {caption}\n\n" + top + markdown_table(shown) + "\n"
+                          + "".join(f"\n{n}\n" for n in notes))
         elif fmt == "latex":
             blocks.append(latex_table(shown, caption))
         else:

@@ -20,6 +20,18 @@ def shipped_registry_dir() -> Path:
     return Path(str(resources.files("midbench.attacks_registry")))
 
 
+def shipped_references_dir() -> Path:
+    """The reference sets shipped inside the installed package (``results/references`` of the repository)."""
+    return Path(str(resources.files("midbench.reference_sets")))
+
+
+def shipped_reference_dirs() -> list[Path]:
+    """One folder per shipped reference set (``<dataset>-<arch family>``), sorted by name."""
+    root = shipped_references_dir()
+    return sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith(("_", "."))) \
+        if root.is_dir() else []
+
+
 def cache_dir() -> Path:
     """A per-user cache (``$MIDBENCH_CACHE`` or ``$XDG_CACHE_HOME/midbench``) for derived, re-creatable files."""
     explicit = os.environ.get("MIDBENCH_CACHE")

@@ -13,7 +13,7 @@ import pandas as pd
 #: the text of a missing value
 MISSING = "—"
 #: columns of text (left-aligned); the others are numbers (right-aligned)
-TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric", "seen"}
+TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric", "seen", "reference"}
 #: the displayed header of each column (others: the column name with " %")
 HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "protocol": "protocol",
            "clean": "clean %", "known_mean": "known mean %", "known_worst": "known worst %",
@@ -21,7 +21,8 @@ HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "
            "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT",
            "delta_common_unknown_vs_at": "Δ common-unknown score vs best AT", "flags": "flags", "n": "n",
            "eps_linf": "ε (L∞)", "unknown_score": "unknown score %",
-           "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen"}
+           "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen",
+           "ua_mean": "UA mean %", "reference": "reference set"}
 
 
 def percent(value: float | None) -> float | None:

@@ -26,6 +26,7 @@ from midbench.data.datasets import TensorSplit, get_dataset
 from midbench.errors import UsageError
 from midbench.evaluation.engine import AttackRunner, predict
 from midbench.evaluation.profile import climb, independent_curves, normalised_area
+from reference_sets import write_profiled_run, write_reference_set
 
 REGISTRY = load_registry()
 MNIST_EPS = get_dataset("mnist5k").eps
@@ -349,49 +350,29 @@ TABLE = {
     "msd-c": ({"linf": [.8, .8, .6, .4, .2], "l2": [.7, .6, .4, .3, .2], "l1": [.5, .5, .2, .1, .1]},
               {"linf", "l2"}),
 }
-# linf: reference = best of a and c (trained on it) = .9 .8 .6 .5 .4, Σ 3.2 → a 3.2/3.2 = 100, b 0.8/3.2 = 25,
-#       c 2.8/3.2 = 87.5; l2: reference = c alone (b's better 0.8 at the smallest strength does not count: b was
-#       not trained against l2), Σ 2.2 → a 1.2/2.2, b 1.9/2.2, c 1; l1: nobody trained on it, so the reference is
-#       the best of all three = .6 .5 .2 .1 .1, Σ 1.5 → a 0.8/1.5, b 1.2/1.5, c 1.4/1.5. Unknown: a's unseen l2 and
-#       l1 → (54.55 + 53.33)/2; b's all three → (25 + 86.36 + 80)/3; c's l1 alone. Common unknown: l1.
+#: the fixed reference set (ATA per threat model at the same five strengths), whatever models the table holds
+ATA = {"linf": [.9, .8, .6, .5, .4], "l2": [.7, .6, .4, .3, .2], "l1": [.6, .5, .2, .1, .1]}
+# linf: Σ ATA 3.2 → a 3.2/3.2 = 100, b 0.8/3.2 = 25, c 2.8/3.2 = 87.5; l2: Σ 2.2 → a 1.2/2.2, b 1.9/2.2, c 1;
+# l1: Σ 1.5 → a 0.8/1.5, b 1.2/1.5, c 1.4/1.5. Unknown: a's unseen l2 and l1 → (54.55 + 53.33)/2; b's all three
+# → (25 + 86.36 + 80)/3; c's l1 alone. Common unknown: l1.
 EXPECTED = {"pgd-at-a": {"linf": 100.0, "l2": 54.55, "l1": 53.33, "unknown": 53.94, "common": 53.33, "seen": 33.33},
             "standard-b": {"linf": 25.0, "l2": 86.36, "l1": 80.0, "unknown": 63.79, "common": 80.0, "seen": 0.0},
             "msd-c": {"linf": 87.5, "l2": 100.0, "l1": 93.33, "unknown": 93.33, "common": 93.33, "seen": 66.67}}
 
 
-def _write_profiled_run(results: Path, name: str, accuracies: dict[str, list[float]], seen: set[str],
-                        minutes: int) -> None:
-    from datetime import datetime, timedelta, timezone
-
-    from midbench.evaluation.engine import Evaluation
-    from midbench.evaluation.profile import ThreatModelCurve
-    from midbench.evaluation.results import build_result, indices_sha256, make_run_id, write_result
-
-    n = 10
-    plans = {plan.threat_model.id: plan for plan in profile_plan(REGISTRY, MNIST_EPS, seen)}
-    curves = []
-    for model_id, accuracy in accuracies.items():
-        robust = np.array([[i < round(10 * a) for a in accuracy] for i in range(n)], dtype=bool)
-        curves.append(ThreatModelCurve(plans[model_id], robust, 1.0, n, n))
-    evaluation = Evaluation(np.ones(n, dtype=bool), [], "whitebox", curves)
-    created = datetime(2026, 11, 30, tzinfo=timezone.utc) + timedelta(minutes=minutes)
-    indices = np.arange(n)
-    result = build_result(
-        evaluation, run_id=make_run_id(name, "whitebox", created), created=created,
-        checkpoint={"path": f"{name}.safetensors", "sha256": name.ljust(64, "0"), "name": name,
-                    "method": name.rpartition("-")[0], "arch": "lenet", "dataset": "mnist5k", "train_attacks": []},
-        data={"dataset": "mnist5k", "split": "test", "n_examples": n, "indices_sha256": indices_sha256(indices),
-              "eps": dict(MNIST_EPS)},
-        protocol={"name": "whitebox", "source": None}, seed=0, device="cpu")
-    write_result(result, evaluation, results, indices)
+def _profiled_table(tmp_path: Path) -> Path:
+    """The three models of TABLE under tmp_path/results and the reference set ATA under tmp_path/reference."""
+    for minutes, (name, (accuracies, seen)) in enumerate(TABLE.items()):
+        write_profiled_run(tmp_path / "results", name, accuracies, seen, minutes)
+    return write_reference_set(tmp_path / "reference", ATA)
 
 
 def test_leaderboard_normalises_each_threat_model_by_its_reference_and_ranks_by_common_unknown(tmp_path: Path) -> None:
     from midbench.leaderboard import render, tables
 
-    for minutes, (name, (accuracies, seen)) in enumerate(TABLE.items()):
-        _write_profiled_run(tmp_path, name, accuracies, seen, minutes)
-    (table,) = tables(tmp_path).values()
+    reference = _profiled_table(tmp_path)
+    results = tmp_path / "results"
+    (table,) = tables(results, references=[reference]).values()
     assert list(table["name"]) == ["msd-c", "standard-b", "pgd-at-a"]  # by common-unknown score
     for _, row in table.iterrows():
         expected = EXPECTED[row["name"]]
@@ -401,11 +382,11 @@ def test_leaderboard_normalises_each_threat_model_by_its_reference_and_ranks_by_
         assert row["common_unknown_score"] == pytest.approx(expected["common"], abs=0.01)
         assert row["pct_seen"] == pytest.approx(expected["seen"], abs=0.01)
     assert table.attrs["common_unknown"] == ["l1"]
-    assert "l1 — best of every model in the table" in render(tmp_path, "markdown")
-    assert "linf — best of the models trained against it: msd-c, pgd-at-a" in render(tmp_path, "markdown")
-    csv = render(tmp_path, "csv")
+    markdown = render(results, "markdown", references=[reference])
+    assert "ATA being the fixed reference set reference" in markdown
+    csv = render(results, "csv", references=[reference])
     assert "0.1:90 0.25:80 0.5:60 0.75:50 1:40" in csv  # pgd-at-a's full L∞ curve
-    assert "curve" not in render(tmp_path, "markdown")
+    assert "curve" not in markdown
     # the unknown summary comes from the unseen threat models at full strength: msd-c has only l1 unseen (its
     # full-strength accuracy .1, the first example); pgd-at-a's unseen l2 and l1 both end at 0
     unknown_worst = dict(zip(table["name"], table["unknown_worst"], strict=True))
@@ -416,12 +397,11 @@ def test_ci_puts_a_wilson_interval_on_every_curve_point(tmp_path: Path) -> None:
     from midbench.evaluation.metrics import wilson_interval
     from midbench.leaderboard import number_text, render
 
-    for minutes, (name, (accuracies, seen)) in enumerate(TABLE.items()):
-        _write_profiled_run(tmp_path, name, accuracies, seen, minutes)
+    _profiled_table(tmp_path)
     low, high = wilson_interval(9, 10)  # pgd-at-a keeps 9 of 10 examples at L∞ strength 0.1
     expected = f"0.1:90[{number_text(round(100 * low, 2))},{number_text(round(100 * high, 2))}]"
-    assert expected in render(tmp_path, "csv", ci=True)
-    assert expected not in render(tmp_path, "csv")
+    assert expected in render(tmp_path / "results", "csv", ci=True)
+    assert expected not in render(tmp_path / "results", "csv")
 
 
 def test_profiled_tables_measure_delta_on_the_common_unknown_score(tmp_path: Path) -> None:
@@ -429,9 +409,8 @@ def test_profiled_tables_measure_delta_on_the_common_unknown_score(tmp_path: Pat
     common-unknown scores is msd-c's 93.33, so Δ = score − 93.33 (hand-computed from EXPECTED)."""
     from midbench.leaderboard import tables
 
-    for minutes, (name, (accuracies, seen)) in enumerate(TABLE.items()):
-        _write_profiled_run(tmp_path, name, accuracies, seen, minutes)
-    (table,) = tables(tmp_path).values()
+    reference = _profiled_table(tmp_path)
+    (table,) = tables(tmp_path / "results", references=[reference]).values()
     assert "delta_unknown_worst_vs_at" not in table.columns
     delta = dict(zip(table["name"], table["delta_common_unknown_vs_at"], strict=True))
     assert delta == {"msd-c": pytest.approx(0.0, abs=0.01), "standard-b": pytest.approx(80.0 - 93.33, abs=0.02),

@@ -43,7 +43,7 @@ from typing import Any
 from midbench._toml import tomllib
 from midbench.attacks.norms import Norm, parse_norm
 from midbench.attacks.syntax import ID_PATTERN, RELATIVE
-from midbench.attacks.threat_models import ThreatModel, check_budget, parse_threat_model
+from midbench.attacks.threat_models import Ladder, ThreatModel, check_budget, parse_ladder, parse_threat_model
 from midbench.catalog import suggest
 from midbench.errors import UsageError
 
@@ -54,6 +54,8 @@ ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "targ
 DEFAULT_THREAT_MODEL = {"linf": "linf", "l2": "l2", "l1": "l1", "noise": "noise"}
 REQUIRED_KEYS = {"id", "version", "family", "implementation", "citation"}
 SUITE_KEYS = {"name", "description", "attacks"}
+#: the file of a reference set's folder that holds its calibrated ladders (``midbench calibrate``)
+LADDER_FILE = "ladders.toml"
 
 
 def evaluate_passes(expression: int | str, params: dict[str, Any]) -> int:
@@ -217,6 +219,8 @@ class AttackRegistry:
     suite_descriptions: dict[str, str] = field(default_factory=dict)
     suite_sources: dict[str, str] = field(default_factory=dict)
     threat_models: dict[str, ThreatModel] = field(default_factory=dict)
+    #: calibrated ladders by (threat model, dataset); a later registry folder's ladder replaces an earlier one's
+    ladders: dict[tuple[str, str], Ladder] = field(default_factory=dict)
 
     def get(self, attack_id: str) -> AttackSpec:
         """The entry with ``attack_id`` (``id`` or ``id@version``)."""
@@ -236,24 +240,37 @@ class AttackRegistry:
 
 
 def load_registry(extra_dirs: list[Path] | None = None) -> AttackRegistry:
-    """Load the shipped registry, then each of ``extra_dirs`` (whose ids must not clash).
+    """Load the shipped registry, the calibrated ladders of the shipped reference sets, then each of
+    ``extra_dirs`` (whose ids must not clash; their ladders replace shipped ones for the same threat model and
+    dataset).
 
     Raises:
         UsageError: a one-line message naming the file and entry of the first problem found.
     """
-    from midbench.paths import shipped_registry_dir
+    from midbench.paths import shipped_reference_dirs, shipped_registry_dir
 
     registry = AttackRegistry()
+    files: list[Path] = []
     for directory in [shipped_registry_dir(), *(extra_dirs or [])]:
         directory = Path(directory)
         if not directory.is_dir():
             raise UsageError(f"registry directory {directory} does not exist")
-        for path in sorted(directory.glob("*.toml")):
+        files += sorted(directory.glob("*.toml"))
+        if directory == shipped_registry_dir():
+            files += [folder / LADDER_FILE for folder in shipped_reference_dirs() if (folder / LADDER_FILE).is_file()]
+    seen: set[Path] = set()
+    for path in files:
+        if path.resolve() not in seen:  # a reference folder also named with --registry-dir is read once
+            seen.add(path.resolve())
             _load_file(path, registry)
     for spec in registry.attacks.values():
         if spec.threat_model is not None and spec.threat_model not in registry.threat_models:
             raise UsageError(f"{spec.source}: attack {spec.id!r} names an "
                              + suggest(spec.threat_model, list(registry.threat_models), "threat model"))
+    for ladder in registry.ladders.values():
+        if ladder.threat_model not in registry.threat_models:
+            raise UsageError(f"{ladder.source}: a [[ladder]] names an "
+                             + suggest(ladder.threat_model, list(registry.threat_models), "threat model"))
     for name, ids in registry.suites.items():
         for attack_id in ids:
             if attack_id.partition("@")[0] not in registry.attacks:
@@ -267,10 +284,14 @@ def _load_file(path: Path, registry: AttackRegistry) -> None:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: not valid TOML ({error})") from error
-    unknown_tables = set(document) - {"attack", "suite", "threat_model"}
+    unknown_tables = set(document) - {"attack", "suite", "threat_model", "ladder"}
     if unknown_tables:
-        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [[attack]], [[suite]] and "
-                         "[[threat_model]]")
+        raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [[attack]], [[suite]], "
+                         "[[threat_model]] and [[ladder]]")
+    for index, entry in enumerate(document.get("ladder", [])):
+        ladder = parse_ladder(entry, f"{path} [[ladder]] #{index + 1} ({entry.get('threat_model', '?')})", str(path))
+        for dataset in ladder.datasets:
+            registry.ladders[(ladder.threat_model, dataset)] = ladder
     for index, entry in enumerate(document.get("threat_model", [])):
         model = parse_threat_model(entry, f"{path} [[threat_model]] #{index + 1} ({entry.get('id', '?')})", str(path))
         if model.id in registry.threat_models:

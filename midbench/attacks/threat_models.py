@@ -2,10 +2,15 @@
 
 A *threat model* (L∞, L2, L1, a flow field, rotation/translation, noise, ...) groups registry entries. Each entry
 names its *budget*: the parameters that bound the perturbation (``eps`` for Lp entries; ``max_flow``;
-``max_angle`` and ``max_shift`` together). A *ladder* is a list of relative strengths in (0, 1] ending at 1, the
-entry's full budget; strength s scales every budget parameter by s (for ``eps``, the dataset's ε — and the step
-sizes written relative to it — become s·ε). Budgets are nested: what is allowed at a smaller strength is allowed at
-every larger one, which is what lets the evaluation climb a ladder (:mod:`midbench.evaluation.profile`).
+``max_angle`` and ``max_shift`` together). A *ladder* is a strictly increasing list of relative strengths in
+(0, 1], 1 being the entry's full budget; strength s scales every budget parameter by s (for ``eps``, the dataset's
+ε — and the step sizes written relative to it — become s·ε). Budgets are nested: what is allowed at a smaller
+strength is allowed at every larger one, which is what lets the evaluation climb a ladder
+(:mod:`midbench.evaluation.profile`).
+
+A threat model's ``ladder`` is its default. A calibrated ``[[ladder]]`` (written by ``midbench calibrate``, which
+picks the strengths where a model adversarially trained against the threat model meets fixed accuracy targets,
+docs/scoring.md) replaces it on the datasets it names.
 
 Measuring each threat model over a range of strengths and normalising by the best accuracy at each strength
 follows Kang et al., "Testing Robustness Against Unforeseen Adversaries" (2019, UAR) and Dai et al.,
@@ -19,6 +24,14 @@ Format (``[[threat_model]]`` tables of any registry file; entries refer to them 
     description = "L∞-bounded additive perturbations"
     norm = "Linf"                          # optional: training attacks of this norm outside the registry count
     ladder = [0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+    ranked = true                          # false: reported, but outside every score (random noise)
+
+    [[ladder]]                             # written by `midbench calibrate`
+    threat_model = "linf"
+    datasets = ["mnist5k"]
+    strengths = [0.3, 0.5, 0.7, 0.9]
+    targets = [0.9, 0.7, 0.5, 0.3]
+    made_by = "midbench calibrate --config ..."
 """
 
 from __future__ import annotations
@@ -34,7 +47,8 @@ from midbench.errors import UsageError
 if TYPE_CHECKING:
     from midbench.attacks.specs import AttackRegistry, AttackSpec, ResolvedAttack
 
-THREAT_MODEL_KEYS = {"id", "description", "norm", "ladder"}
+THREAT_MODEL_KEYS = {"id", "description", "norm", "ladder", "ranked"}
+LADDER_KEYS = {"threat_model", "datasets", "strengths", "targets", "made_by"}
 #: the suite ``midbench eval --unknown-attacks`` climbs (attacks_registry/suites.toml)
 PROFILE_SUITE = "unknown-profile"
 
@@ -48,39 +62,94 @@ class ThreatModel:
     ladder: tuple[float, ...]
     norm: Norm | None = None
     source: str = ""
+    #: whether the threat model's score enters the unknown and common-unknown scores; random noise is a floor a
+    #: defense must clear, not an adversary, so it is reported but never ranked (docs/scoring.md)
+    ranked: bool = True
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """A calibrated ladder (``[[ladder]]`` table): the strengths of ``threat_model`` on ``datasets``, chosen by
+    ``midbench calibrate`` so that the reference model's accuracy meets ``targets`` (docs/scoring.md).
+
+    It replaces the threat model's default ladder when the evaluated dataset is one of ``datasets``."""
+
+    threat_model: str
+    datasets: tuple[str, ...]
+    strengths: tuple[float, ...]
+    targets: tuple[float, ...]
+    made_by: str
+    source: str = ""
+
+
+def check_strengths(ladder: Any, where: str, name: str = "ladder") -> tuple[float, ...]:
+    """A ladder as numbers.
+
+    Raises:
+        UsageError: naming ``where``: not a non-empty list, a strength that is not a number, ≤ 0 or > 1, or a
+            ladder that is not strictly increasing.
+    """
+    if not isinstance(ladder, list) or not ladder:
+        raise UsageError(f"{where}: {name} must be a non-empty list of strengths in (0, 1], e.g. [0.25, 0.5, 1.0]")
+    for value in ladder:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UsageError(f"{where}: {name} strengths must be numbers, got {value!r}")
+        if not 0 < value <= 1:
+            raise UsageError(f"{where}: {name} strength {value} is outside (0, 1] (1 = the full budget)")
+    if any(b <= a for a, b in zip(ladder, ladder[1:], strict=False)):
+        raise UsageError(f"{where}: {name} {ladder} must be strictly increasing")
+    return tuple(float(v) for v in ladder)
 
 
 def parse_threat_model(entry: dict[str, Any], where: str, source: str) -> ThreatModel:
     """One ``[[threat_model]]`` table.
 
     Raises:
-        UsageError: naming ``where`` (file and entry): unknown keys, a bad id, or a ladder that is empty, not
-            strictly increasing, has a strength ≤ 0 or > 1, or does not end at the full budget 1.
+        UsageError: naming ``where`` (file and entry): unknown keys, a bad id, a ``ranked`` that is not a
+            boolean, or a ladder that is empty, not strictly increasing, has a strength ≤ 0 or > 1, or does not
+            end at the full budget 1.
     """
     extra = set(entry) - THREAT_MODEL_KEYS
     if extra:
         raise UsageError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(THREAT_MODEL_KEYS))}")
     if not ID_PATTERN.match(str(entry.get("id", ""))):
         raise UsageError(f"{where}: id must be kebab-case like linf or rot-trans, got {entry.get('id')!r}")
-    ladder = entry.get("ladder")
-    if not isinstance(ladder, list) or not ladder:
-        raise UsageError(f"{where}: ladder must be a non-empty list of strengths in (0, 1], e.g. [0.25, 0.5, 1.0]")
-    for value in ladder:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise UsageError(f"{where}: ladder strengths must be numbers, got {value!r}")
-        if not 0 < value <= 1:
-            raise UsageError(f"{where}: ladder strength {value} is outside (0, 1] (1 = the full budget)")
-    if any(b <= a for a, b in zip(ladder, ladder[1:], strict=False)):
-        raise UsageError(f"{where}: ladder {ladder} must be strictly increasing")
+    ladder = check_strengths(entry.get("ladder"), where)
     if ladder[-1] != 1:
-        raise UsageError(f"{where}: ladder {ladder} must end at 1, the full budget (its accuracy is the "
-                         "full-strength point of the curve)")
+        raise UsageError(f"{where}: ladder {list(ladder)} must end at 1, the full budget (a calibrated [[ladder]] "
+                         "may stop below it)")
+    ranked = entry.get("ranked", True)
+    if not isinstance(ranked, bool):
+        raise UsageError(f"{where}: ranked must be true or false, got {ranked!r}")
     try:
         norm = parse_norm(entry["norm"]) if "norm" in entry else None
     except ValueError as error:
         raise UsageError(f"{where}: {error}") from error
-    return ThreatModel(str(entry["id"]), str(entry.get("description", "")), tuple(float(v) for v in ladder), norm,
-                       source)
+    return ThreatModel(str(entry["id"]), str(entry.get("description", "")), ladder, norm, source, ranked)
+
+
+def parse_ladder(entry: dict[str, Any], where: str, source: str) -> Ladder:
+    """One ``[[ladder]]`` table (written by ``midbench calibrate``; format in docs/scoring.md).
+
+    Raises:
+        UsageError: naming ``where``: unknown or missing keys, datasets that are not a list of names, a ladder
+            that is not strictly increasing in (0, 1], or targets that are not numbers in (0, 1].
+    """
+    extra = set(entry) - LADDER_KEYS
+    if extra:
+        raise UsageError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(LADDER_KEYS))}")
+    if not isinstance(entry.get("threat_model"), str):
+        raise UsageError(f"{where}: threat_model must name a [[threat_model]], got {entry.get('threat_model')!r}")
+    datasets = entry.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
+        raise UsageError(f"{where}: datasets must be a non-empty list of dataset ids, e.g. [\"mnist5k\"]")
+    strengths = check_strengths(entry.get("strengths"), where, "strengths")
+    targets = entry.get("targets", [])
+    if not isinstance(targets, list) or not all(
+            isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1 for t in targets):
+        raise UsageError(f"{where}: targets must be a list of numbers in (0, 1], got {targets!r}")
+    return Ladder(entry["threat_model"], tuple(datasets), strengths, tuple(float(t) for t in targets),
+                  str(entry.get("made_by", "")), source)
 
 
 def check_budget(entry: dict[str, Any], params: dict[str, Any], norm: Norm | None, where: str) -> tuple[str, ...]:
@@ -165,13 +234,25 @@ class ThreatModelPlan:
     seen: bool
 
 
+def ladder_of(registry: AttackRegistry, threat_model: ThreatModel, dataset: str | None) -> tuple[float, ...]:
+    """The strengths ``threat_model`` is measured at on ``dataset``: its calibrated ladder there, else its default."""
+    calibrated = registry.ladders.get((threat_model.id, dataset)) if dataset is not None else None
+    return calibrated.strengths if calibrated is not None else threat_model.ladder
+
+
 def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: set[str],
-                 suite: str = PROFILE_SUITE) -> list[ThreatModelPlan]:
+                 suite: str = PROFILE_SUITE, dataset: str | None = None, only: tuple[str, ...] = (),
+                 ladders: dict[str, tuple[float, ...]] | None = None) -> list[ThreatModelPlan]:
     """The nested evaluation plan of ``suite``: its attacks grouped by threat model (in the suite's order),
-    each resolved at every strength of its threat model's ladder.
+    each resolved at every strength of its threat model's ladder on ``dataset`` (:func:`ladder_of`).
+
+    Args:
+        only: climb just these threat models (``eval --threat-models``); empty: all of the suite's.
+        ladders: strengths that replace the registry's for some threat models (calibration's candidate grid).
 
     Raises:
-        UsageError: a suite attack without a threat model or a budget, or whose norm has no ε on this dataset.
+        UsageError: a suite attack without a threat model or a budget, or whose norm has no ε on this dataset;
+            a threat model in ``only`` that the suite does not climb.
     """
     grouped: dict[str, list[AttackSpec]] = {}
     for spec in registry.suite(suite):
@@ -182,11 +263,18 @@ def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: 
             raise UsageError(f"suite {suite!r}: attack {spec.id} needs an {spec.norm.value} ε, which this dataset "
                              "does not define; pass --eps")
         grouped.setdefault(spec.threat_model, []).append(spec)
+    missing = [name for name in only if name not in grouped]
+    if missing:
+        raise UsageError(f"threat model(s) {', '.join(missing)} not climbed by suite {suite!r}; choose among "
+                         f"{', '.join(grouped)}")
     plans = []
     for model_id, specs in grouped.items():
+        if only and model_id not in only:
+            continue
         model = registry.threat_models[model_id]
         rungs = []
-        for strength in model.ladder:
+        strengths = (ladders or {}).get(model_id) or ladder_of(registry, model, dataset)
+        for strength in strengths:
             resolved = [at_strength(spec, dataset_eps, strength) for spec in specs]
             rungs.append(ProfileRung(strength, tuple(resolved),
                                      tuple(budget_values(s, r) for s, r in zip(specs, resolved, strict=True))))

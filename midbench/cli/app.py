@@ -10,6 +10,7 @@ from midbench import __version__
 from midbench.cli import (
     bench,
     board,
+    calibrate,
     compare,
     demo,
     evaluate,
@@ -54,6 +55,7 @@ app.command("report")(report_cmd.report_command)
 app.command("compare")(compare.compare_command)
 app.command("demo")(demo.demo_command)
 app.command("bench")(bench.bench_command)
+app.command("calibrate")(calibrate.calibrate_command)
 app.command("regenerate")(regenerate.regenerate_command)
 app.add_typer(listing.attacks_app, name="attacks")
 app.add_typer(import_cmd.import_app, name="import")

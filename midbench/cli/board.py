@@ -23,6 +23,9 @@ def leaderboard_command(
     ci: Annotated[bool, typer.Option(
         "--ci", help="Show 95% Wilson intervals: '12.3 [10.1, 14.8]', or <column>_lo/_hi columns in csv and "
                      "json.")] = False,
+    references: Annotated[list[Path] | None, typer.Option(
+        "--references", help="A reference set (folder or reference.json written by `midbench calibrate`) to score "
+                             "the profile with, before the shipped ones; repeatable.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of the terminal.")] = None,
 ) -> None:
     """Rank every evaluated model: one table per dataset and protocol.
@@ -41,7 +44,7 @@ def leaderboard_command(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeaderboardWarning)
         try:
-            text = render(results_dir, output_format.value, dataset, split_csv(columns), ci)
+            text = render(results_dir, output_format.value, dataset, split_csv(columns), ci, tuple(references or []))
         finally:
             # Skipped results must be visible, as one plain line each, even when no table is left.
             for warning in caught:

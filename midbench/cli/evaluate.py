@@ -30,6 +30,7 @@ def eval_command(
     suite: Annotated[str | None, typer.Option(help="A suite of the attack registry (see `midbench attacks list`).")] = None,
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
     unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The unknown-attack profile: every threat model (suite unknown-profile) over its ladder of strengths, climbed nested; the ones the model was trained on are marked seen.")] = False,
+    threat_models: Annotated[list[str] | None, typer.Option("--threat-models", help="With --unknown-attacks: climb only these threat models (comma-separated or repeated; see `midbench attacks list`).")] = None,
     autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
     protocol: Annotated[Protocol, typer.Option(help="whitebox, or transfer (attacks crafted on --source).")] = Protocol.WHITEBOX,
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on, or a zoo entry robustbench:NAME (its L∞ list; weights under --model-dir), e.g. robustbench:Standard.")] = None,
@@ -92,7 +93,7 @@ def eval_command(
                         data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
                         weights=str(weights) if weights is not None else None, threat_model=threat_model,
                         model_dir=str(model_dir) if model_dir is not None else None, check_eps=check_eps,
-                        check_steps=check_steps, restart=restart)
+                        check_steps=check_steps, restart=restart, threat_models=tuple(split_csv(threat_models)))
     from midbench.distributed import finish, launched_by_torchrun
 
     rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0

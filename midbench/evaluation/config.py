@@ -46,5 +46,7 @@ class EvalConfig:
     source_model_dir: str | None = None
     check_eps: bool = False
     check_steps: bool = False
+    #: climb only these threat models of the unknown-attack profile (``--threat-models``); empty: all
+    threat_models: tuple[str, ...] = ()
     #: discard the resumable state of an interrupted evaluation with other settings instead of refusing it
     restart: bool = False

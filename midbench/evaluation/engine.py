@@ -106,11 +106,12 @@ class AttackRunner:
                  state: EvalState | None, shard: Shard = SINGLE) -> None:
         self.model, self.images, self.labels, self.device = model, images, labels, device
         self.counted_attacker = PassCounter(attacker)
+        self.counted_model = self.counted_attacker if attacker is model else PassCounter(model)
         self.protocol, self.batch_size, self.seed = protocol, batch_size, seed
         self.progress, self.state, self.shard = progress, state, shard
 
     def run(self, spec: ResolvedAttack, split: str, start_robust: np.ndarray, *, key: str | None = None,
-            per_example: bool = False) -> AttackOutcome:
+            per_example: bool = False, query_evaluated: bool = False) -> AttackOutcome:
         """Attack the examples where ``start_robust`` holds; the others stay non-robust.
 
         Args:
@@ -118,6 +119,9 @@ class AttackRunner:
             per_example: draw each example's randomness from its own generator, seeded by (seed, key, example
                 index), so an example's attack does not depend on which others share its batch
                 (:mod:`midbench.attacks.randomness`); otherwise every batch is seeded by (seed, key, position).
+            query_evaluated: the attack queries the evaluated model even under ``transfer`` (the profile's
+                gradient-free attacks: a grid or random search needs no gradient, so nothing stops an attacker
+                from running it against the deployed model itself).
         """
         key = key or spec.key
         saved = self.state.progress(key) if self.state is not None else None
@@ -135,7 +139,8 @@ class AttackRunner:
         done, forward, backward, seconds = saved.done, saved.forward_passes, saved.backward_passes, saved.seconds
         if saved.finished:  # a rank whose share is done: it only joins the merge below
             done = total
-        self.counted_attacker.reset()
+        target = self.counted_model if query_evaluated else self.counted_attacker
+        target.reset()
         chunk = max(1, total) if attack.handles_batching else self.batch_size
         if attack.handles_batching:
             attack.shard = self.shard  # it batches internally, so it deals its own batches across the ranks
@@ -153,9 +158,9 @@ class AttackRunner:
                 if per_example:
                     scope.enter_context(per_example_generators(
                         [example_seed(self.seed, key, int(i)) for i in index.tolist()]))
-                x_adv = attack(self.counted_attacker, self.images[index], self.labels[index])
+                x_adv = attack(target, self.images[index], self.labels[index])
             robust[index] = predict(self.model, x_adv, self.batch_size) == self.labels[index]
-            batch_forward, batch_backward = self.counted_attacker.reset()
+            batch_forward, batch_backward = target.reset()
             forward, backward = forward + batch_forward, backward + batch_backward
             seconds += time.perf_counter() - started
             done = min(start + chunk, total)

@@ -114,3 +114,23 @@ def mean_score(scores: dict[str, float | None], threat_models: set[str]) -> floa
     if not values or any(value is None for value in values):
         return None
     return float(sum(values) / len(values))  # type: ignore[arg-type]
+
+
+#: AutoAttack this far (absolute) below the model's own known-attack accuracy flags catastrophic overfitting
+#: (docs/flags.md): a model that is not masking loses a few points from its training attack to AutoAttack (Croce &
+#: Hein 2020), while an overfitted one (Wong, Rice & Kolter 2020) loses tens of points
+OVERFITTING_GAP = 0.2
+CATASTROPHIC_OVERFITTING = "catastrophic-overfitting"
+
+
+def catastrophic_overfitting(known_worst: float | None, autoattack: float | None, protocol: str) -> str | None:
+    """The message of the ``catastrophic-overfitting`` flag, or None: white-box AutoAttack accuracy at least
+    :data:`OVERFITTING_GAP` below the worst case over the model's own training attacks. Under transfer both are
+    crafted on the source model and say nothing about this model's gradients."""
+    if protocol != "whitebox" or known_worst is None or autoattack is None:
+        return None
+    if known_worst - autoattack < OVERFITTING_GAP:
+        return None
+    return (f"AutoAttack leaves {100 * autoattack:.1f}% against {100 * known_worst:.1f}% under the model's own "
+            "training attacks: it resists what it was trained on and little else (catastrophic overfitting, Wong "
+            "et al. 2020); it is kept out of best AT and of any reference")

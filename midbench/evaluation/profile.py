@@ -6,6 +6,10 @@ other, on the examples still robust — an example broken at one strength, by an
 larger ones and is never attacked again. The accuracy at strength s is therefore the per-example worst case over
 every attack of the threat model at every strength up to s: curves are monotone by construction.
 
+Under the transfer protocol the gradient attacks are crafted on the source model, but the gradient-free ones (grid
+and random search) query the evaluated model itself, as any attacker could; the result lists them per threat model
+(``queried_evaluated_model``).
+
 Each example draws its randomness from a generator seeded by (seed, threat model, strength, attack, example
 index) (:mod:`midbench.attacks.randomness`), and the profile's attacks treat examples independently, so an
 example's attack does not depend on which others share its batch: the nested curve equals, example by example,
@@ -43,6 +47,8 @@ class ThreatModelCurve:
     seconds: float
     forward_passes: int
     backward_passes: int
+    #: the attacks that queried the evaluated model rather than the transfer source (gradient-free ones)
+    queried_evaluated: tuple[str, ...] = ()
 
 
 def step_key(threat_model: str, strength: float, attack: ResolvedAttack) -> str:
@@ -69,19 +75,23 @@ def _curves(runner: AttackRunner, plans: list[ThreatModelPlan], clean_correct: n
     """Each attack of each rung starts from the examples still robust (``nested``) or from every clean-correct
     one; either way an example counts as robust at a strength only if it survived everything up to it."""
     curves = []
+    transfer = runner.protocol == "transfer"
     for plan in plans:
         survived = clean_correct.copy()
         columns, seconds, forward, backward = [], 0.0, 0, 0
         for rung in plan.rungs:
             for attack in rung.attacks:
                 outcome = runner.run(attack, PROFILE_SPLIT, survived if nested else clean_correct,
-                                     key=step_key(plan.threat_model.id, rung.strength, attack), per_example=True)
+                                     key=step_key(plan.threat_model.id, rung.strength, attack), per_example=True,
+                                     query_evaluated=transfer and not attack.uses_gradients)
                 survived &= outcome.robust
                 seconds += outcome.seconds
                 forward += outcome.forward_passes
                 backward += outcome.backward_passes
             columns.append(survived.copy())
-        curves.append(ThreatModelCurve(plan, _stack(columns, clean_correct), seconds, forward, backward))
+        queried = tuple(dict.fromkeys(a.key for rung in plan.rungs for a in rung.attacks if not a.uses_gradients)) \
+            if transfer else ()
+        curves.append(ThreatModelCurve(plan, _stack(columns, clean_correct), seconds, forward, backward, queried))
     return curves
 
 
@@ -106,7 +116,8 @@ def curve_summary(curve: ThreatModelCurve, clean_correct: np.ndarray) -> dict[st
     clean = float(clean_correct.mean()) if n else 0.0
     strengths = [rung.strength for rung in plan.rungs]
     return {
-        "id": plan.threat_model.id, "seen": plan.seen, "description": plan.threat_model.description,
+        "id": plan.threat_model.id, "seen": plan.seen, "ranked": plan.threat_model.ranked,
+        "description": plan.threat_model.description,
         "attacks": [attack.key for attack in plan.rungs[0].attacks] if plan.rungs else [],
         "strengths": strengths,
         "budgets": [list(rung.budgets) for rung in plan.rungs],
@@ -117,4 +128,5 @@ def curve_summary(curve: ThreatModelCurve, clean_correct: np.ndarray) -> dict[st
         "area": normalised_area(strengths, accuracies, clean) if accuracies else None,
         "seconds": round(curve.seconds, 3), "forward_passes": curve.forward_passes,
         "backward_passes": curve.backward_passes,
+        **({"queried_evaluated_model": list(curve.queried_evaluated)} if curve.queried_evaluated else {}),
     }

@@ -81,8 +81,11 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     registry = load_registry([Path(d) for d in config.registry_dirs])
     attacks = select_attacks(config.selection, registry, spec.eps, train_attacks)
     data_eps = {**spec.eps, **config.selection.eps}
-    profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry))
+    profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry), dataset=dataset_name,
+                            only=config.threat_models)
                if with_defaults(config.selection).unknown else [])
+    if config.threat_models and not with_defaults(config.selection).unknown:
+        raise UsageError("--threat-models chooses which threat models the profile climbs; add --unknown-attacks")
     linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
@@ -142,8 +145,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         evaluation = evaluate(loaded.model, data, attacks, device=device, protocol=config.protocol,
                               source_model=source_model, batch_size=config.batch_size, seed=config.seed,
                               progress=progress, state=state, profile=profile, shard=shard)
-        flags, sanity_info = _sanity_checks(config, loaded.model, data, evaluation, registry, linf_eps, device,
-                                            progress)
+        flags, sanity_info = _sanity_checks(config, loaded.model, data, evaluation, registry, data_eps, device,
+                                            progress, meta.metrics)
         if not shard.is_writer:  # rank 0 writes the one result file
             state.finish()
             return EvalRun(None, None, evaluation, notes)
@@ -214,8 +217,9 @@ def _refuse_other_world_sizes(config: EvalConfig, dataset: str, name: str, shard
 
 
 def _sanity_checks(config: EvalConfig, model: nn.Module, data: TensorSplit, evaluation: Evaluation,
-                   registry: AttackRegistry, linf_eps: float | None, device: torch.device,
-                   progress: ProgressFn | None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+                   registry: AttackRegistry, data_eps: dict[str, float], device: torch.device,
+                   progress: ProgressFn | None, metrics: dict[str, Any] | None = None
+                   ) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """The flags of :mod:`midbench.evaluation.sanity` and what they were computed from.
 
     The model probes and the ε/steps sweeps concern the evaluated model itself, so they are white-box under
@@ -230,6 +234,14 @@ def _sanity_checks(config: EvalConfig, model: nn.Module, data: TensorSplit, eval
     probe, info["probes"] = sanity.probe_flags(model, probed.as_float().to(device), probed.labels.to(device))
     flags += probe
     flags += sanity.square_flags(evaluation)
+    flags += sanity.overfitting_flags(evaluation)
+    flags += sanity.training_flags(metrics)
+    gradient_free, info["gradient_free"] = sanity.gradient_free_flags(model, data, evaluation, registry, data_eps,
+                                                                      device, config.seed, config.batch_size)
+    flags += gradient_free
+    if not info["gradient_free"]:
+        del info["gradient_free"]
+    linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is not None:
         subset = data.subset(torch.from_numpy(sanity.first_correct(evaluation.clean_correct,
                                                                    sanity.SWEEP_EXAMPLES)))

@@ -28,15 +28,21 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from midbench.attacks.base import frozen_eval_mode
-from midbench.attacks.specs import AttackSpec, ResolvedAttack
+from midbench.attacks.randomness import example_seeds, per_example_generators
+from midbench.attacks.specs import AttackRegistry, AttackSpec, ResolvedAttack
 from midbench.data.datasets import TensorSplit
 from midbench.evaluation.engine import Evaluation, evaluate
+from midbench.evaluation.metrics import CATASTROPHIC_OVERFITTING, catastrophic_overfitting, summarise
 
 Flag = dict[str, str]
 
 #: every flag code, in the order flags are reported
 CODES = ("probability-outputs", "random-outputs", "zero-gradients", "autograd-in-forward", "square-beats-whitebox",
+         "gradient-free-beats-gradient", "catastrophic-overfitting", "training-overfitting",
          "accuracy-rises-with-eps", "accuracy-rises-with-steps")
+#: held-out accuracy under the run's single-step training attack this far (absolute) above its held-out PGD
+#: accuracy, in the last epoch's log, flags the checkpoint (``training-overfitting``)
+TRAINING_GAP = 0.3
 #: examples the model probes run on (the first clean-correct ones): enough to see a systematic symptom, cheap
 PROBE_EXAMPLES = 64
 #: examples the opt-in ε and step sweeps attack (the first clean-correct ones)
@@ -363,3 +369,89 @@ def steps_sweep(model: nn.Module, data: TensorSplit, base: AttackSpec, eps: floa
     attacks = [replace(resolved, version=0, params={**resolved.params, "steps": count}) for count in steps]
     accuracies = _sweep(model, data, attacks, device, seed, batch_size)
     return [(count, accuracy) for count, accuracy in zip(steps, accuracies, strict=True)]
+
+
+def overfitting_flags(evaluation: Evaluation) -> list[Flag]:
+    """``catastrophic-overfitting`` (:func:`midbench.evaluation.metrics.catastrophic_overfitting`) from the
+    evaluation's own matrix: the worst case over its known attacks against its AutoAttack column."""
+    splits = [outcome.split for outcome in evaluation.outcomes]
+    autoattack = [index for index, outcome in enumerate(evaluation.outcomes)
+                  if outcome.attack.implementation == "autoattack:standard"
+                  and outcome.attack.norm is not None and outcome.attack.norm.value == "Linf"]
+    summary = summarise(evaluation.matrix, splits, autoattack)
+    message = catastrophic_overfitting(summary["known_worst"], summary["autoattack"], evaluation.protocol)
+    return [make_flag(CATASTROPHIC_OVERFITTING, message)] if message else []
+
+
+def training_flags(metrics: dict[str, Any] | None) -> list[Flag]:
+    """``training-overfitting``: the checkpoint's last logged epoch kept far more held-out examples under its
+    single-step training attack than under PGD (:data:`TRAINING_GAP`; ``midbench.training.loop.evaluate_slice``)."""
+    metrics = metrics or {}
+    own = metrics.get("val_train_attack_acc")
+    pgd = next((value for key, value in metrics.items() if key.startswith("val_pgd") and key.endswith("_acc")), None)
+    if not isinstance(own, int | float) or not isinstance(pgd, int | float) or own - pgd < TRAINING_GAP:
+        return []
+    return [make_flag("training-overfitting",
+                      f"in its last training epoch the model kept {100 * own:.1f}% of held-out examples under its "
+                      f"single-step training attack but {100 * pgd:.1f}% under PGD: it overfitted to its training "
+                      "attack (Wong et al. 2020); it is kept out of best AT and of any reference")]
+
+
+#: a gradient-free attack breaking this share of the examples (and more than one) that survived the gradient
+#: attacks at the same budget is flagged (AutoAttack's 0.2 points, as for Square)
+GRADIENT_FREE_MARGIN = 0.002
+
+
+def gradient_free_flags(model: nn.Module, data: TensorSplit, evaluation: Evaluation, registry: AttackRegistry,
+                        dataset_eps: dict[str, float], device: torch.device, seed: int, batch_size: int
+                        ) -> tuple[list[Flag], list[dict[str, Any]]]:
+    """``gradient-free-beats-gradient``: at the top rung of each Lp threat model of the profile, the registry's
+    random-noise attacks of the same norm and budget (gradient-free; Carlini et al. 2019) run on the examples
+    the gradient attacks left robust. Breaking more than :data:`GRADIENT_FREE_MARGIN` of the examples there means
+    the gradient attacks were misled (gradient masking). White-box only; it never changes a number.
+
+    Returns the flags and what was measured (``sanity.gradient_free``)."""
+    if evaluation.protocol != "whitebox" or not evaluation.curves:
+        return [], []
+    n = int(evaluation.clean_correct.shape[0])
+    noise = [spec for spec in registry.attacks.values()
+             if spec.family == "noise" and spec.norm is not None and spec.budget == ("eps",)]
+    flags, measured = [], []
+    for curve in evaluation.curves:
+        top = curve.plan.rungs[-1] if curve.plan.rungs else None
+        gradient = [a for a in (top.attacks if top else ()) if a.uses_gradients and a.norm is not None]
+        if not gradient or curve.plan.threat_model.id in {spec.threat_model for spec in noise}:
+            continue
+        norm, eps = gradient[0].norm, min(a.eps for a in gradient)
+        survivors = np.flatnonzero(curve.robust[:, -1])
+        for spec in (spec for spec in noise if spec.norm is norm):
+            attack = spec.resolve(dataset_eps, eps_override=eps)
+            broken = _broken(model, data, survivors, attack, device, seed, batch_size)
+            measured.append({"threat_model": curve.plan.threat_model.id, "strength": top.strength,
+                             "attack": attack.key, "eps": eps, "survivors": int(survivors.size), "broken": broken})
+            if broken > max(1, GRADIENT_FREE_MARGIN * n):
+                flags.append(make_flag("gradient-free-beats-gradient",
+                                       f"{attack.id} (random, ε {eps:g}) broke {broken} of the {survivors.size} "
+                                       f"examples that {', '.join(a.id for a in gradient)} left robust at the top "
+                                       f"of the {curve.plan.threat_model.id} ladder: the gradient attacks are "
+                                       "misled (gradient masking)"))
+    return flags, measured
+
+
+def _broken(model: nn.Module, data: TensorSplit, indices: np.ndarray, attack: ResolvedAttack, device: torch.device,
+            seed: int, batch_size: int) -> int:
+    """How many of ``indices`` ``attack`` misclassifies (per-example randomness; the global RNG left as it was)."""
+    if not indices.size:
+        return 0
+    built = attack.build(seed=seed, batch_size=batch_size)
+    broken = 0
+    with _isolated_rng(device):
+        for start in range(0, indices.size, batch_size):
+            chunk = indices[start:start + batch_size]
+            subset = data.subset(torch.from_numpy(chunk))
+            x, y = subset.as_float().to(device), subset.labels.to(device)
+            with per_example_generators(example_seeds(seed + 7_919, chunk.tolist())):
+                x_adv = built(model, x, y)
+            with torch.no_grad():
+                broken += int((model(x_adv).argmax(1) != y).sum())
+    return broken

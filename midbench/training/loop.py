@@ -46,6 +46,7 @@ from torch import nn
 from midbench.attacks.gradient import PGD
 from midbench.attacks.norms import Norm
 from midbench.attacks.randomness import example_seeds, per_example_generators
+from midbench.attacks.specs import ResolvedAttack
 from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
@@ -121,10 +122,19 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+#: the log key of the held-out accuracy under the run's own training attack (see :func:`evaluate_slice`)
+VAL_TRAIN_ATTACK_KEY = "val_train_attack_acc"
+
+
 def evaluate_slice(model: nn.Module, data: TensorSplit, dataset: DatasetSpec, steps: int,
-                   device: torch.device, batch_size: int = 500, seed: int = 0, shard: Shard = SINGLE
-                   ) -> dict[str, float]:
-    """Clean and PGD-``steps`` (L∞, dataset ε, step 2.5ε/steps) accuracy on a held-out slice.
+                   device: torch.device, batch_size: int = 500, seed: int = 0, shard: Shard = SINGLE,
+                   train_attack: ResolvedAttack | None = None) -> dict[str, float]:
+    """Clean and PGD-``steps`` (L∞, dataset ε, step 2.5ε/steps) accuracy on a held-out slice, and with
+    ``train_attack`` the accuracy under the run's own training attack (``val_train_attack_acc``).
+
+    The last two side by side are the overfitting check of Wong, Rice & Kolter 2020 and Rice et al. 2020: a model
+    that resists its training attack (FGSM) on held-out data but not multi-step PGD has overfitted to it
+    (catastrophic overfitting); the evaluation flags such a checkpoint (docs/flags.md, ``training-overfitting``).
 
     Each example's random start comes from its own generator (``seed`` and its index), so under torchrun the
     batches can be dealt to the processes (batch *b* to rank ``b mod K``) and the counts summed, with the
@@ -133,7 +143,8 @@ def evaluate_slice(model: nn.Module, data: TensorSplit, dataset: DatasetSpec, st
         return {}
     eps = dataset.eps["Linf"]
     attack = PGD(eps, Norm.LINF, steps=steps, step_size=2.5 * eps / steps)
-    clean = robust = 0
+    own = train_attack.build(seed=seed, batch_size=batch_size) if train_attack is not None else None
+    clean = robust = robust_own = 0
     for number, (index, x, y) in enumerate(DeviceBatches(data, batch_size, device).indexed_epoch(shuffle=False)):
         if not shard.owns(number):
             continue
@@ -142,8 +153,26 @@ def evaluate_slice(model: nn.Module, data: TensorSplit, dataset: DatasetSpec, st
         with per_example_generators(example_seeds(seed, index.tolist())):
             x_adv = attack(model, x, y)
         robust += int((model(x_adv).argmax(1) == y).sum())
-    clean, robust = shard.all_sum(clean), shard.all_sum(robust)
-    return {"val_clean_acc": clean / len(data), f"val_pgd{steps}_acc": robust / len(data)}
+        if own is not None:
+            with per_example_generators(example_seeds(seed + 1, index.tolist())):
+                x_own = own(model, x, y)
+            with torch.no_grad():
+                robust_own += int((model(x_own).argmax(1) == y).sum())
+    clean, robust, robust_own = shard.all_sum(clean), shard.all_sum(robust), shard.all_sum(robust_own)
+    metrics = {"val_clean_acc": clean / len(data), f"val_pgd{steps}_acc": robust / len(data)}
+    if own is not None:
+        metrics[VAL_TRAIN_ATTACK_KEY] = robust_own / len(data)
+    return metrics
+
+
+def _single_step_training_attack(task: DefenseTask) -> ResolvedAttack | None:
+    """The training attack to check on held-out data each epoch: a method's single-step L∞ training attack
+    (FGSM and FGSM with a random start, fast-AT's), the one that can overfit catastrophically (Wong et al. 2020).
+    Multi-step attacks are what the held-out PGD already measures, so they cost nothing extra."""
+    attacks = task.train_attacks
+    if len(attacks) != 1 or attacks[0].norm is not Norm.LINF or int(attacks[0].params.get("steps", 1)) != 1:
+        return None
+    return attacks[0]
 
 
 def check_slices(n_train: int, batch_size: int, shard: Shard) -> None:
@@ -244,7 +273,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                             shard, sync_buffers=batch_norm == "per-process")
         model.eval()
         record.update(evaluate_slice(model, val_split, dataset, config.val_pgd_steps, device,
-                                     seed=epoch_seed(config.seed, epoch) + 1, shard=shard))
+                                     seed=epoch_seed(config.seed, epoch) + 1, shard=shard,
+                                     train_attack=_single_step_training_attack(task)))
         if len(val_split):
             record.update(task.validation_metrics(model, val_split, device))
         log.append(record)

@@ -1,0 +1,462 @@
+"""``midbench calibrate``: train the fixed references of a dataset and architecture family, calibrate the ladders
+of the unknown-attack profile on them, and write the reference table that scores are normalised by
+(docs/scoring.md).
+
+One command, resumable at every stage (a rerun of the same command continues where it stopped):
+
+1. **Train** one reference per ranked threat model: a model adversarially trained against that threat model at its
+   full budget (by default PGD-AT with a training attack of the threat model: Madry et al. 2018's objective, the
+   inner maximisation done by whatever attack the registry entry names, so rotation/translation, flow, elastic and
+   JPEG work like L∞). Runs resume from their last finished epoch; ``workers`` trains several side by side.
+2. **Calibrate** each threat model's ladder on the reference's held-out validation slice (never on the test
+   images): climb a candidate grid of strengths (nested, so the grid costs little more than its top rung), and for
+   every target τ take the smallest grid strength at which the reference keeps at most τ × its clean accuracy.
+   This is UAR's idea (Kang et al. 2019: sizes chosen so that ATA accuracies match across attacks) with targets
+   shared by every threat model. A target the grid cannot reach ends the ladder at the top of the grid.
+3. **Measure** every reference on the first ``n_examples`` test images at its calibrated ladder (an ordinary
+   ``midbench eval --unknown-attacks --threat-models T`` whose result files stay in the folder as provenance), and
+   write ``reference.json`` (the ATA curves), ``ladders.toml`` (a registry file of ``[[ladder]]`` tables),
+   ``calibration.json`` (the grid curves and the choice) and ``reference.md`` (the table for people).
+
+The file format (``calibrate.toml``)::
+
+    [calibrate]
+    name = "mnist5k-lenet"
+    dataset = "mnist5k"
+    arch_family = "lenet"            # archs = ["lenet"] by default: [train] arch
+    grid = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    targets = [0.9, 0.7, 0.5, 0.3]   # fractions of the reference's held-out clean accuracy
+    n_examples = 1000
+    seed = 0
+    workers = 2                      # references trained side by side (one CPU thread each)
+
+    [train]                          # shared by every reference (any `midbench train` key)
+    method = "pgd-at"
+    epochs = 20
+
+    [references.linf]                # one table per threat model: its own training keys
+    train_attack = "pgd-linf"
+    attack_steps = 10
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midbench._toml import tomllib
+from midbench.attacks.specs import LADDER_FILE
+from midbench.config import TrainConfig, merge_config
+from midbench.errors import UsageError
+from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from midbench.references import REFERENCE_FILE, SCHEMA, load_reference_set
+
+CALIBRATION_FILE = "calibration.json"
+TABLE_FILE = "reference.md"
+SECTION_KEYS = {"name", "dataset", "datasets", "arch_family", "archs", "grid", "targets", "n_examples", "seed",
+                "device", "threads", "workers", "suite", "batch_size"}
+#: the profile suite the ladders and references are measured with (attacks_registry/suites.toml)
+DEFAULT_SUITE = "unknown-profile"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A parsed ``calibrate.toml``."""
+
+    path: Path
+    name: str
+    dataset: str
+    datasets: tuple[str, ...]
+    arch_family: str
+    archs: tuple[str, ...]
+    grid: tuple[float, ...]
+    targets: tuple[float, ...]
+    n_examples: int
+    seed: int
+    device: str
+    threads: int | None
+    workers: int
+    suite: str
+    batch_size: int
+    #: threat model → the training config of its reference
+    references: dict[str, TrainConfig] = field(default_factory=dict)
+
+
+def _require(value: Any, kind: type | tuple[type, ...], key: str, path: Path, what: str) -> Any:
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise UsageError(f"{path}: [calibrate] {key} must be {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise UsageError(f"{path}: [calibrate] {key} must be {what}, got {value!r}")
+    return value
+
+
+def load_calibration(path: str | Path, device: str | None = None) -> Calibration:
+    """Read and check a calibration file; every reference's training task is built once so that a bad method,
+    attack or option is refused before anything is trained.
+
+    Raises:
+        UsageError: a missing file, bad TOML, unknown keys, values of the wrong type, a grid that is not strictly
+            increasing in (0, 1], targets that are not decreasing in (0, 1), a threat model that is not in the
+            registry or not climbed by the suite, a training attack of another threat model.
+    """
+    from midbench.attacks.specs import load_registry
+    from midbench.attacks.threat_models import check_strengths, threat_model_of
+    from midbench.data.datasets import get_dataset
+    from midbench.defenses.base import build_task
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"calibration file {path} does not exist")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not valid TOML ({error})") from error
+    unknown = set(document) - {"calibrate", "train", "references"}
+    if unknown:
+        raise UsageError(f"{path}: unknown table(s) {sorted(unknown)}; use [calibrate], [train] and [references.T]")
+    section = document.get("calibrate")
+    if not isinstance(section, dict):
+        raise UsageError(f"{path}: a [calibrate] table is required (name, dataset, grid, targets, ...)")
+    extra = set(section) - SECTION_KEYS
+    if extra:
+        raise UsageError(f"{path}: [calibrate] unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(SECTION_KEYS))}")
+    shared = document.get("train", {})
+    references = document.get("references", {})
+    if not isinstance(shared, dict) or not isinstance(references, dict) or not references:
+        raise UsageError(f"{path}: [train] must be a table and [references.T] needs at least one threat model T")
+    dataset = str(_require(section.get("dataset"), str, "dataset", path, "a dataset id"))
+    spec = get_dataset(dataset)
+    name = str(_require(section.get("name", f"{dataset}-{shared.get('arch', 'lenet')}"), str, "name", path, "a name"))
+    grid = check_strengths(section.get("grid"), f"{path}: [calibrate]", "grid")
+    targets = section.get("targets")
+    if (not isinstance(targets, list) or not targets
+            or not all(isinstance(t, int | float) and not isinstance(t, bool) and 0 < t < 1 for t in targets)
+            or any(b >= a for a, b in zip(targets, targets[1:], strict=False))):
+        raise UsageError(f"{path}: [calibrate] targets must be a strictly decreasing list of fractions in (0, 1), "
+                         f"e.g. [0.9, 0.7, 0.5, 0.3], got {targets!r}")
+    integers = {key: _require(section.get(key, default), int, key, path, "an integer")
+                for key, default in (("n_examples", 1000), ("seed", 0), ("workers", 1), ("batch_size", 256))}
+    threads = section.get("threads")
+    if threads is not None:
+        _require(threads, int, "threads", path, "an integer")
+    if integers["n_examples"] < 1 or integers["workers"] < 1 or integers["batch_size"] < 1:
+        raise UsageError(f"{path}: [calibrate] n_examples, workers and batch_size must be at least 1")
+    registry = load_registry()
+    suite = str(section.get("suite", DEFAULT_SUITE))
+    climbed = {entry.threat_model for entry in registry.suite(suite)}
+    configs: dict[str, TrainConfig] = {}
+    for model, values in references.items():
+        if model not in registry.threat_models or model not in climbed:
+            raise UsageError(f"{path}: [references.{model}]: not a threat model climbed by suite {suite!r} "
+                             f"(choose among {', '.join(sorted(climbed))})")
+        if not isinstance(values, dict):
+            raise UsageError(f"{path}: [references.{model}] must be a table of training keys")
+        merged = {"dataset": dataset, "seed": integers["seed"], "method": "pgd-at", **shared, **values}
+        try:
+            config = merge_config(TrainConfig(), merged, {"device": device or section.get("device")}).validate()
+            task = build_task(config, spec)
+        except UsageError as error:
+            raise UsageError(f"{path}: [references.{model}]: {error}") from error
+        trained = {threat_model_of(attack, registry) for attack in task.train_attacks}
+        if model not in trained:
+            raise UsageError(f"{path}: [references.{model}]: its training attacks belong to "
+                             f"{', '.join(sorted(str(t) for t in trained)) or 'no threat model'}, not {model}; "
+                             f"choose a train_attack of threat model {model}")
+        configs[model] = config
+    archs = section.get("archs", [configs[next(iter(configs))].arch])
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise UsageError(f"{path}: [calibrate] archs must be a list of architecture ids")
+    datasets = section.get("datasets", [dataset])
+    if not isinstance(datasets, list) or dataset not in datasets or not all(isinstance(d, str) for d in datasets):
+        raise UsageError(f"{path}: [calibrate] datasets must be a list of dataset ids that includes {dataset}")
+    return Calibration(path, name, dataset, tuple(datasets), str(section.get("arch_family", archs[0])),
+                       tuple(archs), grid, tuple(float(t) for t in targets), integers["n_examples"],
+                       integers["seed"], str(device or section.get("device", "auto")), threads, integers["workers"],
+                       suite, integers["batch_size"], configs)
+
+
+def choose_ladder(grid: tuple[float, ...], accuracies: list[float], clean: float, targets: tuple[float, ...]
+                  ) -> tuple[float, ...]:
+    """The calibrated ladder: for each target τ (decreasing), the smallest grid strength whose accuracy is at most
+    τ × ``clean``; a target the grid does not reach ends the ladder at the top of the grid.
+
+    ``accuracies`` is the reference's nested (so non-increasing) curve over ``grid``."""
+    rungs: list[float] = []
+    for target in targets:
+        reached = next((s for s, a in zip(grid, accuracies, strict=True) if a <= target * clean), None)
+        rung = grid[-1] if reached is None else reached
+        if not rungs or rung > rungs[-1]:
+            rungs.append(rung)
+        if reached is None:
+            break
+    return tuple(rungs)
+
+
+@dataclass
+class CalibrationOutcome:
+    """What :func:`run_calibration` wrote, and how long each stage took."""
+
+    out_dir: Path
+    files: list[Path]
+    seconds: dict[str, float]
+
+
+ProgressFn = Callable[[str], None]
+
+
+def run_calibration(calibration: Calibration, out_dir: str | Path, work_dir: str | Path,
+                    progress: ProgressFn | None = None, show_bars: bool = False, command: str = "") -> CalibrationOutcome:
+    """Run the three stages (module docstring); each skips what an earlier run of the same command finished.
+
+    Args:
+        out_dir: the reference set's folder (committed: tables, ladders, result files).
+        work_dir: where the references' training runs go (checkpoints; not committed).
+        command: the command line recorded as ``made_by``.
+    """
+    say = progress or (lambda _message: None)
+    out = ensure_writable_dir(out_dir)
+    work = ensure_writable_dir(work_dir)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    _train_references(calibration, work, say, show_bars)
+    seconds["train"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    grid_curves = _grid_curves(calibration, out, work, say)
+    ladders = {model: choose_ladder(calibration.grid, entry["accuracy"], entry["clean_accuracy"],
+                                    calibration.targets)
+               for model, entry in grid_curves.items()}
+    made_by = command or f"midbench calibrate --config {calibration.path.as_posix()}"
+    atomic_write_json(out / CALIBRATION_FILE, {
+        "schema": "midbench.calibration/1", "name": calibration.name, "made_by": made_by,
+        "grid": list(calibration.grid), "targets": list(calibration.targets),
+        "split": "validation slice of the training split (the training loop's held-out examples)",
+        "threat_models": {model: {**entry, "ladder": list(ladders[model])} for model, entry in grid_curves.items()}})
+    atomic_write_text(out / LADDER_FILE, ladder_toml(calibration, ladders, made_by))
+    seconds["calibrate"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    measured = _measure(calibration, out, work, say)
+    document = reference_document(calibration, ladders, measured, out, made_by)
+    atomic_write_json(out / REFERENCE_FILE, document)
+    atomic_write_text(out / TABLE_FILE, reference_table(load_reference_set(out)))
+    seconds["measure"] = time.perf_counter() - clock
+    return CalibrationOutcome(out, [out / CALIBRATION_FILE, out / LADDER_FILE, out / REFERENCE_FILE, out / TABLE_FILE],
+                              seconds)
+
+
+def _train_one(config: TrainConfig, folder: str, threads: int | None, show_bars: bool) -> int:
+    """Train (or resume) one reference; returns its epochs. Also the job of a worker process."""
+    import torch
+
+    from midbench.training import train
+    from midbench.training.loop import STATE_FILE as TRAIN_STATE
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return len(train(config, folder, resume=(Path(folder) / TRAIN_STATE).exists(), progress=show_bars).log)
+
+
+def _finished(folder: Path, epochs: int) -> bool:
+    from midbench.paths import MODEL_FILE
+
+    log = folder / "log.jsonl"
+    if not (folder / MODEL_FILE).is_file() or not log.is_file():
+        return False
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return len(records) >= epochs or any("stopped_early" in record for record in records)
+
+
+def _train_references(calibration: Calibration, work: Path, say: ProgressFn, show_bars: bool) -> None:
+    pending = [(model, config) for model, config in calibration.references.items()
+               if not _finished(work / model, config.epochs)]
+    for model in calibration.references:
+        if all(model != name for name, _ in pending):
+            say(f"train {model}: finished earlier ({work / model})")
+    if calibration.workers <= 1 or len(pending) <= 1:
+        for model, config in pending:
+            say(f"train {model}: {config.method}, {config.train_attack}, {config.epochs} epochs")
+            _train_one(config, str(work / model), calibration.threads, show_bars)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe); one thread each
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=calibration.workers, mp_context=context) as pool:
+        futures = {pool.submit(_train_one, config, str(work / model), calibration.threads or 1, False): model
+                   for model, config in pending}
+        for future in futures:
+            future.result()  # re-raises a worker's error; what finished before it stays resumable
+            say(f"train {futures[future]}: done")
+
+
+def _grid_curves(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -> dict[str, dict[str, Any]]:
+    """Each reference's nested curve over the candidate grid on its validation slice, cached in
+    ``calibration.json`` by checkpoint hash, grid and attacks."""
+    import torch
+
+    from midbench.attacks.specs import load_registry
+    from midbench.attacks.threat_models import profile_plan
+    from midbench.data.datasets import get_dataset, load_split
+    from midbench.device import resolve_device
+    from midbench.evaluation.engine import evaluate
+    from midbench.loading import load_classifier
+    from midbench.paths import MODEL_FILE
+    from midbench.training.loop import split_train_val
+
+    if calibration.threads is not None:
+        torch.set_num_threads(calibration.threads)
+    cached = {}
+    if (out / CALIBRATION_FILE).is_file():
+        cached = json.loads((out / CALIBRATION_FILE).read_text(encoding="utf-8")).get("threat_models", {})
+    registry = load_registry()
+    spec = get_dataset(calibration.dataset)
+    device = resolve_device(calibration.device)
+    curves: dict[str, dict[str, Any]] = {}
+    for model, config in calibration.references.items():
+        checkpoint = work / model / MODEL_FILE
+        loaded = load_classifier(str(checkpoint))
+        sha = loaded.sha256
+        plan = profile_plan(registry, spec.eps, {model}, calibration.suite, only=(model,),
+                            ladders={model: calibration.grid})
+        attacks = [attack.key for attack in plan[0].rungs[0].attacks]
+        entry = cached.get(model, {})
+        if (entry.get("checkpoint_sha256") == sha and entry.get("grid") == list(calibration.grid)
+                and entry.get("attacks") == attacks):
+            say(f"calibrate {model}: grid curve from {CALIBRATION_FILE}")
+            curves[model] = {key: value for key, value in entry.items() if key != "ladder"}
+            continue
+        say(f"calibrate {model}: climbing {len(calibration.grid)} strengths on the validation slice")
+        _, validation = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
+                                        config.val_size, config.n_train)
+        evaluation = evaluate(loaded.model, validation, [], device=device, batch_size=calibration.batch_size,
+                              seed=calibration.seed, profile=plan)
+        robust = evaluation.curves[0].robust
+        n = int(robust.shape[0])
+        curves[model] = {"checkpoint_sha256": sha, "grid": list(calibration.grid), "attacks": attacks,
+                         "n_examples": n, "clean_accuracy": float(evaluation.clean_correct.mean()),
+                         "accuracy": [float(value) for value in robust.mean(axis=0)],
+                         "forward_passes": evaluation.curves[0].forward_passes,
+                         "backward_passes": evaluation.curves[0].backward_passes}
+    return curves
+
+
+def ladder_toml(calibration: Calibration, ladders: dict[str, tuple[float, ...]], made_by: str) -> str:
+    """``ladders.toml``: one ``[[ladder]]`` table per threat model (a registry file, threat_models.py)."""
+    def numbers(values: tuple[float, ...]) -> str:
+        return "[" + ", ".join(f"{value:g}" for value in values) + "]"
+
+    lines = [f"# Calibrated ladders of the {calibration.name} reference set, written by `{made_by}`.",
+             "# Each is where the threat model's reference keeps the targets' fractions of its clean accuracy on",
+             "# the validation slice (docs/scoring.md). Do not edit: rerun the command.", ""]
+    for model, strengths in ladders.items():
+        lines += ["[[ladder]]", f'threat_model = "{model}"',
+                  "datasets = [" + ", ".join(f'"{d}"' for d in calibration.datasets) + "]",
+                  f"strengths = {numbers(strengths)}", f"targets = {numbers(calibration.targets)}",
+                  f"made_by = {json.dumps(made_by)}", ""]
+    return "\n".join(lines)
+
+
+def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -> dict[str, Path]:
+    """Each reference's result file at its calibrated ladder (an existing one of the same checkpoint and ladder
+    is kept: a rerun measures only what is missing)."""
+    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.documents import read_result
+    from midbench.evaluation.runner import run_evaluation
+    from midbench.evaluation.selection import AttackSelection
+    from midbench.loading import load_classifier
+    from midbench.paths import MODEL_FILE
+
+    ladders = _read_ladders(out)
+    found: dict[str, Path] = {}
+    for model in calibration.references:
+        checkpoint = work / model / MODEL_FILE
+        sha = load_classifier(str(checkpoint)).sha256
+        name = reference_name(model)
+        existing = None
+        for path in sorted((out / "runs" / calibration.dataset).glob(f"{name}__whitebox__*.json")):
+            result = read_result(path)
+            curves = (result.profile or {}).get("threat_models", []) if result is not None else []
+            if (result is not None and result.checkpoint.sha256 == sha and len(curves) == 1
+                    and tuple(curves[0]["strengths"]) == ladders[model]
+                    and result.data.n_examples == calibration.n_examples):
+                existing = path
+        if existing is not None:
+            say(f"measure {model}: {existing.name} (measured earlier)")
+            found[model] = existing
+            continue
+        say(f"measure {model}: its ladder on the first {calibration.n_examples} test examples")
+        config = EvalConfig(checkpoint=str(checkpoint), selection=AttackSelection(unknown=True),
+                            threat_models=(model,), n_examples=calibration.n_examples, results_dir=str(out),
+                            name=name, seed=calibration.seed, device=calibration.device,
+                            registry_dirs=(str(out),), batch_size=calibration.batch_size)
+        if calibration.threads is not None:
+            import torch
+
+            torch.set_num_threads(calibration.threads)
+        evaluated = run_evaluation(config)
+        assert evaluated.path is not None  # one process always writes its result
+        found[model] = evaluated.path
+    return found
+
+
+def _read_ladders(out: Path) -> dict[str, tuple[float, ...]]:
+    document = tomllib.loads((out / LADDER_FILE).read_text(encoding="utf-8"))
+    return {entry["threat_model"]: tuple(float(s) for s in entry["strengths"]) for entry in document["ladder"]}
+
+
+def reference_name(threat_model: str) -> str:
+    """The name of a threat model's reference in result files and tables."""
+    return f"reference-{threat_model}"
+
+
+def reference_document(calibration: Calibration, ladders: dict[str, tuple[float, ...]],
+                       measured: dict[str, Path], out: Path, made_by: str) -> dict[str, Any]:
+    """``reference.json`` from the references' result files (recomputable from them: a test does)."""
+    from midbench.evaluation.documents import read_result
+
+    curves: dict[str, Any] = {}
+    n_examples = calibration.n_examples
+    for model, path in measured.items():
+        result = read_result(path)
+        assert result is not None and result.profile is not None
+        curve = result.profile["threat_models"][0]
+        config = calibration.references[model]
+        curves[model] = {
+            "strengths": [float(s) for s in curve["strengths"]], "attacks": list(curve["attacks"]),
+            "ata": [float(a) for a in curve["accuracy"]], "budgets": curve["budgets"],
+            "clean_accuracy": result.clean_accuracy,
+            "models": [{"name": result.checkpoint.name, "method": config.method,
+                        "train_attack": result.checkpoint.train_attacks, "epochs": config.epochs,
+                        "checkpoint_sha256": result.checkpoint.sha256,
+                        "result": path.relative_to(out).as_posix()}]}
+        if not math.isclose(tuple(curve["strengths"])[-1], ladders[model][-1]):
+            raise UsageError(f"{path}: measured at another ladder than {LADDER_FILE}; rerun the command")
+    return {"schema": SCHEMA, "name": calibration.name, "dataset": calibration.dataset,
+            "datasets": list(calibration.datasets), "arch_family": calibration.arch_family,
+            "archs": list(calibration.archs), "made_by": made_by, "n_examples": n_examples,
+            "targets": list(calibration.targets), "threat_models": curves}
+
+
+def reference_table(reference: Any) -> str:
+    """``reference.md``: the reference table for people (one row per threat model)."""
+    lines = [f"# Reference set {reference.name}", "",
+             f"Made by `{reference.made_by}`. Datasets: {', '.join(reference.datasets)}; architectures: "
+             f"{', '.join(reference.archs)} ({reference.arch_family} family). ATA = accuracy of the model "
+             f"adversarially trained against the threat model, on the first {reference.n_examples} test examples, "
+             "at each rung of the calibrated ladder (docs/scoring.md).", "",
+             "| threat model | reference | training attack | clean % | ladder (strengths) | ATA % per rung | attacks |",
+             "|---|---|---|---:|---|---|---|"]
+    for model, curve in reference.curves.items():
+        entry = reference.document["threat_models"][model]
+        info = curve.models[0] if curve.models else {}
+        lines.append(f"| {model} | {info.get('name', '')} | {', '.join(info.get('train_attack', []))} | "
+                     f"{100 * entry['clean_accuracy']:.1f} | {' '.join(f'{s:g}' for s in curve.strengths)} | "
+                     f"{' '.join(f'{100 * a:.1f}' for a in curve.ata)} | {', '.join(curve.attacks)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""``midbench calibrate``: the fixed references and calibrated ladders behind the unknown-attack score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from midbench.cli._common import guarded
+from midbench.cli._options import DeviceOverride
+
+
+@guarded
+def calibrate_command(
+    config: Annotated[Path, typer.Option("--config", help="Calibration file (TOML): \\[calibrate] (dataset, grid, targets, n_examples, ...), \\[train] and one \\[references.THREAT_MODEL] table per threat model.")],
+    out: Annotated[Path | None, typer.Option(help="The reference set's folder: reference.json, ladders.toml, calibration.json, reference.md and the references' result files (default: the calibration file's folder).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where the references are trained (checkpoints; default runs/references-NAME).")] = None,
+    device: DeviceOverride = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+) -> None:
+    """Train one reference per threat model (adversarial training against it), calibrate each threat model's ladder
+    on the reference's validation slice, and measure the references' curves: the fixed table that unknown-attack
+    scores are normalised by (docs/scoring.md).
+
+    Rerunning the same command continues after a crash: finished epochs, grid curves and measurements are kept.
+    Use the result with `midbench eval --registry-dir OUT` (the ladders) and `midbench leaderboard --references OUT`.
+
+    Example: midbench calibrate --config results/references/mnist5k-lenet/calibrate.toml
+    """
+    import shlex
+    import sys
+    import time
+
+    from midbench.calibration import load_calibration, run_calibration
+
+    calibration = load_calibration(config, device=device)
+    out_dir = out if out is not None else config.parent
+    work = work_dir if work_dir is not None else Path("runs") / f"references-{calibration.name}"
+    started = time.perf_counter()
+    command = shlex.join(["midbench", "calibrate", *sys.argv[2:]]) if len(sys.argv) > 1 else ""
+    outcome = run_calibration(calibration, out_dir, work, progress=None if quiet else print, show_bars=not quiet,
+                              command=command if "calibrate" in sys.argv[1:2] else "")
+    print((out_dir / "reference.md").read_text(encoding="utf-8"))
+    stages = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in outcome.seconds.items())
+    print(f"[calibrate] {(time.perf_counter() - started) / 60:.1f} min ({stages})")
+    for path in outcome.files:
+        print(f"[calibrate] written: {path}")
