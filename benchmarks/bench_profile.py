@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     clean = (predict(model, images, 256) == labels).numpy()
     registry = load_registry()
     train_attacks = [ResolvedAttack.from_dict(item) for item in loaded.metadata.train_attacks]
-    plans = profile_plan(registry, get_dataset(dataset).eps, seen_threat_models(train_attacks, registry))
+    plans = profile_plan(registry, get_dataset(dataset).eps, seen_threat_models(train_attacks, registry),
+                         dataset=dataset)
 
     def runner() -> AttackRunner:
         return AttackRunner(model, model, images, labels, device=torch.device("cpu"), protocol="whitebox",

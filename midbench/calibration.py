@@ -242,7 +242,11 @@ def run_calibration(calibration: Calibration, out_dir: str | Path, work_dir: str
 
     clock = time.perf_counter()
     measured = _measure(calibration, out, work, say)
-    document = reference_document(calibration, ladders, measured, out, made_by)
+    document = reference_document(calibration, ladders, measured, out, made_by, work)
+    for model, entry in document["threat_models"].items():
+        if entry["models"][0]["flags"]:
+            say(f"warning: the {model} reference is flagged ({', '.join(entry['models'][0]['flags'])}); a flagged "
+                "model should not serve as a reference (docs/flags.md): change its recipe and rerun")
     atomic_write_json(out / REFERENCE_FILE, document)
     atomic_write_text(out / TABLE_FILE, reference_table(load_reference_set(out)))
     seconds["measure"] = time.perf_counter() - clock
@@ -373,9 +377,17 @@ def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -
     from midbench.loading import load_classifier
     from midbench.paths import MODEL_FILE
 
+    from midbench.attacks.specs import load_registry
+    from midbench.attacks.threat_models import profile_plan
+    from midbench.data.datasets import get_dataset
+
     ladders = _read_ladders(out)
+    registry = load_registry([out])
     found: dict[str, Path] = {}
     for model in calibration.references:
+        (plan,) = profile_plan(registry, get_dataset(calibration.dataset).eps, {model}, calibration.suite,
+                               dataset=calibration.dataset, only=(model,))
+        attacks = [attack.key for attack in plan.rungs[0].attacks]
         checkpoint = work / model / MODEL_FILE
         sha = load_classifier(str(checkpoint)).sha256
         name = reference_name(model)
@@ -384,7 +396,7 @@ def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -
             result = read_result(path)
             curves = (result.profile or {}).get("threat_models", []) if result is not None else []
             if (result is not None and result.checkpoint.sha256 == sha and len(curves) == 1
-                    and tuple(curves[0]["strengths"]) == ladders[model]
+                    and tuple(curves[0]["strengths"]) == ladders[model] and curves[0]["attacks"] == attacks
                     and result.data.n_examples == calibration.n_examples):
                 existing = path
         if existing is not None:
@@ -417,8 +429,10 @@ def reference_name(threat_model: str) -> str:
 
 
 def reference_document(calibration: Calibration, ladders: dict[str, tuple[float, ...]],
-                       measured: dict[str, Path], out: Path, made_by: str) -> dict[str, Any]:
-    """``reference.json`` from the references' result files (recomputable from them: a test does)."""
+                       measured: dict[str, Path], out: Path, made_by: str, work: Path | None = None
+                       ) -> dict[str, Any]:
+    """``reference.json`` from the references' result files (recomputable from them: a test does), with each
+    reference's training cost (median seconds per epoch, from its ``log.jsonl`` in ``work``) when available."""
     from midbench.evaluation.documents import read_result
 
     curves: dict[str, Any] = {}
@@ -434,7 +448,8 @@ def reference_document(calibration: Calibration, ladders: dict[str, tuple[float,
             "clean_accuracy": result.clean_accuracy,
             "models": [{"name": result.checkpoint.name, "method": config.method,
                         "train_attack": result.checkpoint.train_attacks, "epochs": config.epochs,
-                        "checkpoint_sha256": result.checkpoint.sha256,
+                        "checkpoint_sha256": result.checkpoint.sha256, "flags": result.flag_codes,
+                        "train_seconds_per_epoch": _seconds_per_epoch(work / model if work else None),
                         "result": path.relative_to(out).as_posix()}]}
         if not math.isclose(tuple(curve["strengths"])[-1], ladders[model][-1]):
             raise UsageError(f"{path}: measured at another ladder than {LADDER_FILE}; rerun the command")
@@ -444,6 +459,16 @@ def reference_document(calibration: Calibration, ladders: dict[str, tuple[float,
             "targets": list(calibration.targets), "threat_models": curves}
 
 
+def _seconds_per_epoch(folder: Path | None) -> float | None:
+    """The median seconds of a training run's epochs (its ``log.jsonl``), or None."""
+    log = folder / "log.jsonl" if folder is not None else None
+    if log is None or not log.is_file():
+        return None
+    seconds = sorted(float(json.loads(line)["seconds"]) for line in log.read_text(encoding="utf-8").splitlines()
+                     if line.strip())
+    return round(seconds[len(seconds) // 2], 1) if seconds else None
+
+
 def reference_table(reference: Any) -> str:
     """``reference.md``: the reference table for people (one row per threat model)."""
     lines = [f"# Reference set {reference.name}", "",
@@ -451,12 +476,18 @@ def reference_table(reference: Any) -> str:
              f"{', '.join(reference.archs)} ({reference.arch_family} family). ATA = accuracy of the model "
              f"adversarially trained against the threat model, on the first {reference.n_examples} test examples, "
              "at each rung of the calibrated ladder (docs/scoring.md).", "",
-             "| threat model | reference | training attack | clean % | ladder (strengths) | ATA % per rung | attacks |",
-             "|---|---|---|---:|---|---|---|"]
+             "| threat model | reference | training attack | train s/epoch | clean % | ladder (strengths) | "
+             "ATA % per rung | attacks | flags |",
+             "|---|---|---|---:|---:|---|---|---|---|"]
     for model, curve in reference.curves.items():
         entry = reference.document["threat_models"][model]
         info = curve.models[0] if curve.models else {}
+        cost = info.get("train_seconds_per_epoch")
         lines.append(f"| {model} | {info.get('name', '')} | {', '.join(info.get('train_attack', []))} | "
-                     f"{100 * entry['clean_accuracy']:.1f} | {' '.join(f'{s:g}' for s in curve.strengths)} | "
-                     f"{' '.join(f'{100 * a:.1f}' for a in curve.ata)} | {', '.join(curve.attacks)} |")
+                     f"{'—' if cost is None else f'{cost:g}'} | {100 * entry['clean_accuracy']:.1f} | "
+                     f"{' '.join(f'{s:g}' for s in curve.strengths)} | "
+                     f"{' '.join(f'{100 * a:.1f}' for a in curve.ata)} | {', '.join(curve.attacks)} | "
+                     f"{', '.join(info.get('flags', [])) or '—'} |")
+    lines += ["", "Train s/epoch: the median seconds per epoch of the reference's training run (its log.jsonl), "
+              "on the machine and threads that trained it."]
     return "\n".join(lines) + "\n"

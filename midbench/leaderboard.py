@@ -283,7 +283,7 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
                 row[model] = values
         contributions.append(row)
     table = table.copy()
-    for model in models:
+    for model in (model for model in models if model in ranked):  # a floor gets a curve, never a score
         table[f"score_{model}"] = [percent(float(row[model].mean())) if model in row else None
                                    for row in contributions]
 

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Are the profile's attacks saturated, and what do they cost against AutoAttack? (docs/scoring.md)
+
+On one checkpoint and the first ``--n`` test images, at the ladders the evaluation would use (calibrated where a
+reference set gives them):
+
+1. **Saturation.** The profile is climbed as shipped, then again with every attack's budget of effort doubled
+   (``steps``, ``restarts``, ``samples`` × 2; the rotation/translation grid twice as dense) under two different
+   seeds (two more random restarts). Per rung, the accuracy of the shipped climb minus the worst case over all
+   three is what more effort would still remove: the goal is at most 1 point everywhere.
+2. **AutoAttack.** AutoAttack standard at the L∞ ε of the top rung of the ``linf`` ladder against the climb's
+   accuracy there (goal: the climb within 1 point of AutoAttack, or below it), and the passes (forward +
+   backward, counted exactly) of the whole shipped profile against those of AutoAttack at the dataset's ε on the
+   same model (goal ≤ 1.5×).
+
+Run from the repository root, e.g. on the L∞ reference of the shipped set::
+
+    python benchmarks/bench_saturation.py runs/references-mnist5k-lenet/linf/model.safetensors --n 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from midbench.attacks.specs import ResolvedAttack, load_registry
+from midbench.attacks.threat_models import ProfileRung, ThreatModelPlan, profile_plan, seen_threat_models
+from midbench.data.datasets import get_dataset, load_split
+from midbench.evaluation.engine import AttackRunner, predict
+from midbench.evaluation.profile import climb
+from midbench.loading import load_classifier
+from midbench.protocols import AUTOATTACK_ENTRY
+
+#: parameters that measure an attack's effort, doubled for the saturation check
+EFFORT = ("steps", "restarts", "samples")
+
+
+def doubled(attack: ResolvedAttack) -> ResolvedAttack:
+    """``attack`` with twice the effort: more steps, restarts and samples; a grid search twice as dense."""
+    params = dict(attack.params)
+    for name in EFFORT:
+        if isinstance(params.get(name), int):
+            params[name] = 2 * params[name]
+    for name in ("angle_steps", "shift_steps"):
+        if isinstance(params.get(name), int):
+            params[name] = 2 * params[name] - 1  # keeps every point of the shipped grid
+    return replace(attack, params=params, version=0)
+
+
+def harder(plans: list[ThreatModelPlan]) -> list[ThreatModelPlan]:
+    return [replace(plan, rungs=tuple(ProfileRung(rung.strength, tuple(doubled(a) for a in rung.attacks),
+                                                  rung.budgets) for rung in plan.rungs)) for plan in plans]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--n", type=int, default=300, help="test images")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-autoattack", action="store_true", help="skip part 2")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    loaded = load_classifier(args.checkpoint)
+    model = loaded.model.eval()
+    dataset = str(loaded.metadata.dataset)
+    eps = get_dataset(dataset).eps
+    data = load_split(dataset, "test").subset(torch.arange(args.n))
+    images, labels = data.as_float(), data.labels.clone()
+    clean = (predict(model, images, 256) == labels).numpy()
+    registry = load_registry()
+    train_attacks = [ResolvedAttack.from_dict(item) for item in loaded.metadata.train_attacks]
+    plans = profile_plan(registry, eps, seen_threat_models(train_attacks, registry), dataset=dataset)
+
+    def runner(seed: int) -> AttackRunner:
+        return AttackRunner(model, model, images, labels, device=torch.device("cpu"), protocol="whitebox",
+                            batch_size=256, seed=seed, progress=None, state=None)
+
+    started = time.perf_counter()
+    shipped = {c.plan.threat_model.id: c for c in climb(runner(0), plans, clean)}
+    shipped_seconds = time.perf_counter() - started
+    stronger = [{c.plan.threat_model.id: c.robust for c in climb(runner(seed), harder(plans), clean)}
+                for seed in (1, 2)]
+    print(f"{loaded.metadata.name} ({loaded.metadata.method}), n={args.n}, clean {100 * clean.mean():.1f}%, "
+          f"threads={args.threads}; shipped profile {shipped_seconds:.0f} s")
+    print(f"{'threat model':<12} {'strengths':<24} {'shipped %':<30} {'doubled x2 seeds %':<30} max Δ (points)")
+    worst_gap, profile_passes = 0.0, 0
+    for model_id, curve in shipped.items():
+        union = curve.robust & stronger[0][model_id] & stronger[1][model_id]
+        gap = 100 * (curve.robust.mean(axis=0) - union.mean(axis=0))
+        worst_gap = max(worst_gap, float(gap.max()))
+        profile_passes += curve.forward_passes + curve.backward_passes
+        strengths = " ".join(f"{rung.strength:g}" for rung in curve.plan.rungs)
+        print(f"{model_id:<12} {strengths:<24} {' '.join(f'{100 * a:.1f}' for a in curve.robust.mean(axis=0)):<30} "
+              f"{' '.join(f'{100 * a:.1f}' for a in union.mean(axis=0)):<30} {gap.max():.1f}")
+    print(f"saturation: the largest rung change with doubled effort and two more restarts is {worst_gap:.1f} "
+          f"points (goal ≤ 1)")
+    if args.no_autoattack:
+        return 0
+    linf = shipped.get("linf")
+    autoattack = registry.get(AUTOATTACK_ENTRY)
+    if linf is not None:
+        top = linf.plan.rungs[-1]
+        attack = autoattack.resolve(eps, eps_override=top.attacks[0].eps)
+        outcome = runner(0).run(attack, "unknown", clean)
+        climb_top, aa_top = 100 * linf.robust[:, -1].mean(), 100 * outcome.robust.mean()
+        print(f"linf top rung (ε {top.attacks[0].eps:g}): climb {climb_top:.1f}%, AutoAttack {aa_top:.1f}%, "
+              f"climb − AutoAttack {climb_top - aa_top:+.1f} points (goal ≤ +1)")
+    full = runner(0).run(autoattack.resolve(eps), "unknown", clean)
+    aa_passes = full.forward_passes + full.backward_passes
+    print(f"passes: profile {profile_passes:,}, AutoAttack at ε {autoattack.resolve(eps).eps:g} {aa_passes:,}, "
+          f"ratio {profile_passes / max(aa_passes, 1):.2f} (goal ≤ 1.5); AutoAttack {100 * full.robust.mean():.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
