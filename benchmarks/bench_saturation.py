@@ -24,7 +24,6 @@ import argparse
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from midbench.attacks.specs import ResolvedAttack, load_registry

@@ -124,7 +124,8 @@ def load_calibration(path: str | Path, device: str | None = None) -> Calibration
         raise UsageError(f"{path}: a [calibrate] table is required (name, dataset, grid, targets, ...)")
     extra = set(section) - SECTION_KEYS
     if extra:
-        raise UsageError(f"{path}: [calibrate] unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(SECTION_KEYS))}")
+        raise UsageError(f"{path}: [calibrate] unknown key(s) {sorted(extra)}; allowed: "
+                         f"{', '.join(sorted(SECTION_KEYS))}")
     shared = document.get("train", {})
     references = document.get("references", {})
     if not isinstance(shared, dict) or not isinstance(references, dict) or not references:
@@ -210,7 +211,8 @@ ProgressFn = Callable[[str], None]
 
 
 def run_calibration(calibration: Calibration, out_dir: str | Path, work_dir: str | Path,
-                    progress: ProgressFn | None = None, show_bars: bool = False, command: str = "") -> CalibrationOutcome:
+                    progress: ProgressFn | None = None, show_bars: bool = False, command: str = ""
+                    ) -> CalibrationOutcome:
     """Run the three stages (module docstring); each skips what an earlier run of the same command finished.
 
     Args:
@@ -370,16 +372,15 @@ def ladder_toml(calibration: Calibration, ladders: dict[str, tuple[float, ...]],
 def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -> dict[str, Path]:
     """Each reference's result file at its calibrated ladder (an existing one of the same checkpoint and ladder
     is kept: a rerun measures only what is missing)."""
+    from midbench.attacks.specs import load_registry
+    from midbench.attacks.threat_models import profile_plan
+    from midbench.data.datasets import get_dataset
     from midbench.evaluation.config import EvalConfig
     from midbench.evaluation.documents import read_result
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
     from midbench.loading import load_classifier
     from midbench.paths import MODEL_FILE
-
-    from midbench.attacks.specs import load_registry
-    from midbench.attacks.threat_models import profile_plan
-    from midbench.data.datasets import get_dataset
 
     ladders = _read_ladders(out)
     registry = load_registry([out])

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from midbench.errors import UsageError
-from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, EvaluatedModel, ResultDocument, read_result
 from midbench.evaluation import scoring
+from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, EvaluatedModel, ResultDocument, read_result
 from midbench.evaluation.metrics import (
     CATASTROPHIC_OVERFITTING,
     catastrophic_overfitting,
@@ -201,7 +201,8 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
         "protocol": result.protocol.label,
         "clean": percent(float(newest.clean.mean()) if n else None),
         **{key: percent(summary[key]) for key in SUMMARY_KEYS},
-        "flags": ",".join(flags), "n": n, "indices_sha256": result.data.indices_sha256, "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
+        "flags": ",".join(flags), "n": n, "indices_sha256": result.data.indices_sha256,
+        "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
         "created": result.created, "run_id": result.run_id, "runs": [run.result.run_id for run in runs],
         "paths": [str(run.path) for run in runs],
         "profile": _profile_of(runs),

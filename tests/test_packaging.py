@@ -20,11 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _package_modules() -> dict[str, str]:
-    """Every module of the checkout's ``midbench/`` and ``attacks_registry/``: {wheel path: module name}."""
+    """Every module of the checkout's ``midbench/``, ``attacks_registry/`` and ``results/references/``: {wheel
+    path: module name}."""
     modules = {}
-    for folder, package in (("midbench", "midbench"), ("attacks_registry", "midbench.attacks_registry")):
+    for folder, package in (("midbench", "midbench"), ("attacks_registry", "midbench.attacks_registry"),
+                            ("results/references", "midbench.reference_sets")):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            if "__pycache__" in path.parts:
+            if "__pycache__" in path.parts or "runs" in path.relative_to(ROOT / folder).parts:
                 continue
             relative = path.relative_to(ROOT / folder)
             parts = [package, *relative.with_suffix("").parts]
@@ -35,9 +37,15 @@ def _package_modules() -> dict[str, str]:
 
 
 def _registry_files() -> set[str]:
-    """Every registry file of the checkout, as its path inside the wheel."""
-    return {"midbench/attacks_registry/" + path.relative_to(ROOT / "attacks_registry").as_posix()
-            for path in (ROOT / "attacks_registry").rglob("*.toml")}
+    """Every registry file of the checkout, and the files of every reference set that ship (docs/scoring.md:
+    calibrated ladders, reference table, calibration curves and config), as their paths inside the wheel."""
+    registry = {"midbench/attacks_registry/" + path.relative_to(ROOT / "attacks_registry").as_posix()
+                for path in (ROOT / "attacks_registry").rglob("*.toml")}
+    references = ROOT / "results" / "references"
+    shipped = {"midbench/reference_sets/" + path.relative_to(references).as_posix()
+               for name in ("ladders.toml", "reference.json", "calibration.json", "calibrate.toml")
+               for path in references.glob(f"*/{name}")}
+    return registry | shipped
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +58,8 @@ def unpacked_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[set[str], 
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for folder in ("midbench", "attacks_registry"):
-        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("midbench", "attacks_registry", "results/references"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "runs"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                             str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr

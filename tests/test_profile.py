@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference_sets import write_profiled_run, write_reference_set
 from typer.testing import CliRunner
 
 from midbench.attacks import randomness
@@ -26,7 +27,6 @@ from midbench.data.datasets import TensorSplit, get_dataset
 from midbench.errors import UsageError
 from midbench.evaluation.engine import AttackRunner, predict
 from midbench.evaluation.profile import climb, independent_curves, normalised_area
-from reference_sets import write_profiled_run, write_reference_set
 
 REGISTRY = load_registry()
 MNIST_EPS = get_dataset("mnist5k").eps

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from reference_sets import REGISTRY, default_plans, write_profiled_run, write_reference_set
 from typer.testing import CliRunner
 
@@ -384,3 +385,45 @@ def test_fast_at_at_a_catastrophic_step_size_is_flagged(tmp_path: Path) -> None:
     assert {"training-overfitting", "catastrophic-overfitting"} <= codes
     (table,) = tables(tmp_path / "results").values()
     assert "catastrophic-overfitting" in table["flags"].iloc[0]
+
+
+class _Masked(torch.nn.Module):
+    """A planted masking defense around an undefended model: its input gradient is exactly zero (every gradient
+    step goes nowhere), and a perturbed input (over 40% of pixels above 0.02, where clean MNIST has about 20%)
+    is misclassified when a fixed pseudo-random hash of it exceeds 0.7, i.e. by about one random draw in three.
+    Clean inputs keep the inner model's predictions. A gradient attack is thus no better than its random starts,
+    and ten random draws beat it."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.weights = torch.rand(784, generator=torch.Generator().manual_seed(0)) * 1000
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().flatten(1)
+        logits = self.inner(x.detach())
+        perturbed = (flat > 0.02).float().mean(dim=1) > 0.4
+        fooled = perturbed & (torch.frac(flat @ self.weights) > 0.7)
+        demoted = logits - 100.0 * torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1])
+        return torch.where(fooled[:, None], demoted, logits) + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+def test_random_noise_beating_the_gradient_attacks_is_flagged(standard_model: torch.nn.Module,
+                                                              mnist5k_test: object) -> None:
+    """The same undefended model, honest and behind a planted masking defense (:class:`_Masked`): APGD on the
+    second is left with its random starts, the 10 random draws of noise-uniform-linf in the same L∞ ball break
+    more, and the flag says so; on the honest model APGD leaves nothing for noise to break."""
+    from midbench.attacks.threat_models import profile_plan
+    from midbench.data.datasets import get_dataset
+    from midbench.evaluation.engine import evaluate
+    from midbench.evaluation.sanity import gradient_free_flags
+
+    eps = get_dataset("mnist5k").eps
+    data = mnist5k_test.subset(torch.arange(100))
+    plans = profile_plan(REGISTRY, eps, set(), only=("linf",), ladders={"linf": (1.0,)})
+    device = torch.device("cpu")
+    for model, flagged in ((standard_model, False), (_Masked(standard_model).eval(), True)):
+        evaluation = evaluate(model, data, [], device=device, profile=plans)
+        flags, measured = gradient_free_flags(model, data, evaluation, REGISTRY, eps, device, 0, 256)
+        assert [flag["code"] for flag in flags] == (["gradient-free-beats-gradient"] if flagged else []), measured
+        assert measured and measured[0]["eps"] == pytest.approx(eps["Linf"])
