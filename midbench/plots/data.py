@@ -212,9 +212,12 @@ def protocol_bars(tables: list[Table]) -> list[ProtocolBars]:
 
 def tradeoff_metric(table: Table) -> tuple[str, str]:
     """The row key and axis name of the robustness side of the trade-off: the common-unknown score when the
-    table has profiles (what it is ranked by), else the unknown worst case."""
-    if table.has_profile:
+    table has scored profiles (what it is ranked by), the UA mean when its profiles have no reference set
+    (docs/scoring.md), else the unknown worst case."""
+    if table.has_profile and any(row.get("common_unknown_score") is not None for row in table.rows):
         return "common_unknown_score", "common-unknown score (% of the reference)"
+    if table.has_profile:
+        return "ua_mean", "UA mean: accuracy at the middle rung, common-unknown threat models (%)"
     return "unknown_worst", "unknown-attack worst case (%)"
 
 

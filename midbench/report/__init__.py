@@ -133,6 +133,9 @@ class _Page:
                       drawn: list[DrawnFigure]) -> None:
         anchor = _anchor("table", dataset, protocol)
         self.section(anchor, f"{dataset} — {protocol}")
+        headline = pd.DataFrame(table.attrs.get("headline") or [])
+        if "common_unknown_score" in headline:  # what a paper quotes first; the detail table has the rest
+            self.parts.append(_leaderboard_html(headline, f"Headline: {dataset}, {protocol}"))
         self.parts.append(_leaderboard_html(table, f"Leaderboard: {dataset}, {protocol}"))
         for note in profile_notes(table):
             self.parts.append(f'<p class="note">{_e(note)}</p>')
