@@ -147,6 +147,19 @@ def check_reference_set(reference: ReferenceSet, dataset: str, arch: str | None)
                          "it out")
 
 
+def check_threat_models(reference: ReferenceSet, known: set[str] | list[str]) -> None:
+    """Refuse a reference set naming a threat model that the attack registry does not define.
+
+    Raises:
+        UsageError: names the first unknown threat model and the registry's.
+    """
+    for model in reference.curves:
+        if model not in known:
+            raise UsageError(f"reference set {reference.label()} has a curve for threat model {model!r}, which the "
+                             f"attack registry does not define (it has {', '.join(sorted(known))}); add its "
+                             "[[threat_model]] with --registry-dir or recalibrate")
+
+
 def reference_for(sets: list[ReferenceSet], dataset: str, arch: str | None) -> ReferenceSet | None:
     """The first set that covers ``dataset`` and ``arch`` (user sets before shipped ones), or None."""
     return next((reference for reference in sets if reference.covers(dataset, arch)), None)

@@ -427,3 +427,43 @@ def test_random_noise_beating_the_gradient_attacks_is_flagged(standard_model: to
         flags, measured = gradient_free_flags(model, data, evaluation, REGISTRY, eps, device, 0, 256)
         assert [flag["code"] for flag in flags] == (["gradient-free-beats-gradient"] if flagged else []), measured
         assert measured and measured[0]["eps"] == pytest.approx(eps["Linf"])
+
+
+def test_a_reference_for_a_threat_model_the_registry_lacks_is_refused(tmp_path: Path) -> None:
+    _write_table(tmp_path / "results", ["pgd-at-a"])
+    reference = write_reference_set(tmp_path / "ref", ATA)
+    document = json.loads((reference / "reference.json").read_text(encoding="utf-8"))
+    document["threat_models"]["blur"] = document["threat_models"]["linf"]
+    (reference / "reference.json").write_text(json.dumps(document), encoding="utf-8")
+    result = CliRunner().invoke(app, ["leaderboard", "--results-dir", str(tmp_path / "results"), "--references",
+                                      str(reference), "--output", str(tmp_path / "board.md")])
+    assert result.exit_code == 2, result.output
+    assert "'blur'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "board.md").exists()
+
+
+def test_gradient_free_profile_attacks_query_the_evaluated_model_under_transfer(standard_model: torch.nn.Module,
+                                                                              mnist5k_test: object) -> None:
+    """Under transfer, the grid search (rotation/translation) and random noise need no gradient, so they attack
+    the evaluated model itself: their curves equal the white-box ones, whatever the source; the result says which
+    attacks did."""
+    from midbench.attacks.threat_models import profile_plan
+    from midbench.data.datasets import get_dataset
+    from midbench.evaluation.engine import evaluate
+    from midbench.evaluation.profile import curve_summary
+    from midbench.models.factory import build_model
+
+    spec = get_dataset("mnist5k")
+    data = mnist5k_test.subset(torch.arange(40))
+    torch.manual_seed(0)
+    source = build_model("test-cnn", 10, spec.input_shape, spec.mean, spec.std).eval()  # untrained: a poor source
+    plans = profile_plan(REGISTRY, spec.eps, set(), only=("rot-trans", "noise"))
+    device = torch.device("cpu")
+    whitebox = evaluate(standard_model, data, [], device=device, profile=plans)
+    transfer = evaluate(standard_model, data, [], device=device, protocol="transfer", source_model=source,
+                        profile=plans)
+    for white, moved in zip(whitebox.curves, transfer.curves, strict=True):
+        assert np.array_equal(white.robust, moved.robust), white.plan.threat_model.id
+        queried = curve_summary(moved, transfer.clean_correct)["queried_evaluated_model"]
+        assert queried == [attack.key for attack in moved.plan.rungs[0].attacks]
+        assert "queried_evaluated_model" not in curve_summary(white, whitebox.clean_correct)

@@ -26,6 +26,8 @@ def leaderboard_command(
     references: Annotated[list[Path] | None, typer.Option(
         "--references", help="A reference set (folder or reference.json written by `midbench calibrate`) to score "
                              "the profile with, before the shipped ones; repeatable.")] = None,
+    registry_dir: Annotated[list[Path] | None, typer.Option(
+        help="Extra attack-registry folder defining the threat models of --references sets; repeatable.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of the terminal.")] = None,
 ) -> None:
     """Rank every evaluated model: one table per dataset and protocol.
@@ -40,6 +42,14 @@ def leaderboard_command(
 
     from midbench.fileio import atomic_write_text
     from midbench.leaderboard import LeaderboardWarning, render
+
+    if references:  # every threat model of a user's set must be one the registry defines
+        from midbench.attacks.specs import load_registry
+        from midbench.references import check_threat_models, load_reference_set
+
+        known = set(load_registry(list(registry_dir or [])).threat_models)
+        for folder in references:
+            check_threat_models(load_reference_set(folder), known)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeaderboardWarning)
