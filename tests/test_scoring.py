@@ -323,10 +323,11 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
     from midbench.calibration import load_calibration, reference_document
     from midbench.references import load_reference_set
 
-    config = tmp_path / "calibrate.toml"
-    config.write_text(TINY, encoding="utf-8")
     out, work = tmp_path / "ref", tmp_path / "work"
-    arguments = ["calibrate", "--config", str(config), "--work-dir", str(work), "--out", str(out), "--quiet"]
+    out.mkdir()
+    config = out / "calibrate.toml"  # as shipped: the calibration file in its set's folder (the default --out)
+    config.write_text(TINY, encoding="utf-8")
+    arguments = ["calibrate", "--config", str(config), "--work-dir", str(work), "--quiet"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     reference = load_reference_set(out)

@@ -284,6 +284,8 @@ def _load_file(path: Path, registry: AttackRegistry) -> None:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: not valid TOML ({error})") from error
+    if "calibrate" in document:
+        return  # a calibration file (`midbench calibrate`) kept in its reference set's folder, not registry data
     unknown_tables = set(document) - {"attack", "suite", "threat_model", "ladder"}
     if unknown_tables:
         raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [[attack]], [[suite]], "
