@@ -273,6 +273,8 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
             notes[f"no reference set for {dataset} / {arch}: its rows show curves, not scores (`midbench calibrate`)"] \
                 = None
         for model, entry in profile.items() if reference is not None else ():
+            if not entry["ranked"]:
+                continue  # a floor has no reference and needs none
             curve = reference.curves.get(model)
             why = (f"{model}: the reference set {reference.name} has no curve for it" if curve is None
                    else curve.matches(list(entry["points"]), entry["attacks"]))

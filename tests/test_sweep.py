@@ -594,3 +594,11 @@ def test_the_sweep_files_in_the_help_examples_exist() -> None:
 
     named = re.findall(r"--config (\S+)", bench_command.__doc__ or "")
     assert named and all((REPO / path).is_file() for path in named), named
+
+
+def test_the_committed_demo_table_is_what_its_result_files_give() -> None:
+    """``results/demo-mnist5k`` is ``midbench demo``'s table (scored against the shipped reference set), kept so
+    that ``results/README.md`` can work a scored row from committed files; recomputed byte for byte."""
+    folder = REPO / "results" / "demo-mnist5k"
+    assert render(folder, "markdown") == (folder / "leaderboard.md").read_text(encoding="utf-8")
+    assert render(folder, "csv") == (folder / "leaderboard.csv").read_text(encoding="utf-8")
