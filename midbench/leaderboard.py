@@ -285,6 +285,8 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
             if values is not None:
                 row[model] = values
         contributions.append(row)
+        if not row:  # a set that scored nothing for this row is not the row's reference
+            used[-1] = None
     table = table.copy()
     for model in (model for model in models if model in ranked):  # a floor gets a curve, never a score
         table[f"score_{model}"] = [percent(float(row[model].mean())) if model in row else None
@@ -502,8 +504,8 @@ def profile_notes(table: pd.DataFrame) -> list[str]:
                      "95% bootstrap over examples. Rows share a rank where their paired difference with the first "
                      "row of the group is not significant.")
     else:
-        notes.append("No reference set matches these rows, so they have no scores: the curves are raw accuracies "
-                     "(calibrate references with `midbench calibrate`).")
+        notes.append("No reference set matches these rows (dataset, architecture, ladders and attacks), so they have "
+                     "no scores: the curves are raw accuracies (calibrate references with `midbench calibrate`).")
     notes += table.attrs.get("score_notes") or []
     unranked = ", ".join(table.attrs.get("unranked") or [])
     notes.append(f"Common-unknown threat models (ranked, seen by no model of this table): {common}."
