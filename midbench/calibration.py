@@ -25,7 +25,7 @@ The file format (``calibrate.toml``)::
     dataset = "mnist5k"
     arch_family = "lenet"            # archs = ["lenet"] by default: [train] arch
     grid = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    targets = [0.9, 0.7, 0.5, 0.3]   # fractions of the reference's held-out clean accuracy
+    targets = [0.98, 0.95, 0.9, 0.8] # fractions of the reference's held-out clean accuracy
     n_examples = 1000
     seed = 0
     workers = 2                      # references trained side by side (one CPU thread each)
@@ -54,7 +54,7 @@ from midbench.attacks.specs import LADDER_FILE
 from midbench.config import TrainConfig, merge_config
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
-from midbench.references import REFERENCE_FILE, SCHEMA, load_reference_set
+from midbench.references import REFERENCE_FILE, SCHEMA, ReferenceSet, load_reference_set
 
 CALIBRATION_FILE = "calibration.json"
 TABLE_FILE = "reference.md"
@@ -87,10 +87,9 @@ class Calibration:
     references: dict[str, TrainConfig] = field(default_factory=dict)
 
 
-def _require(value: Any, kind: type | tuple[type, ...], key: str, path: Path, what: str) -> Any:
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise UsageError(f"{path}: [calibrate] {key} must be {what}, got {value!r}")
-    if not isinstance(value, kind):
+def _require(value: Any, kind: type, key: str, path: Path, what: str) -> Any:
+    """``value`` when it is a ``kind`` (a boolean is never taken for a number or a name)."""
+    if isinstance(value, bool) or not isinstance(value, kind):
         raise UsageError(f"{path}: [calibrate] {key} must be {what}, got {value!r}")
     return value
 
@@ -470,7 +469,7 @@ def _seconds_per_epoch(folder: Path | None) -> float | None:
     return round(seconds[len(seconds) // 2], 1) if seconds else None
 
 
-def reference_table(reference: Any) -> str:
+def reference_table(reference: ReferenceSet) -> str:
     """``reference.md``: the reference table for people (one row per threat model)."""
     lines = [f"# Reference set {reference.name}", "",
              f"Made by `{reference.made_by}`. Datasets: {', '.join(reference.datasets)}; architectures: "

@@ -38,9 +38,10 @@ def calibrate_command(
     out_dir = out if out is not None else config.parent
     work = work_dir if work_dir is not None else Path("runs") / f"references-{calibration.name}"
     started = time.perf_counter()
-    command = shlex.join(["midbench", "calibrate", *sys.argv[2:]]) if len(sys.argv) > 1 else ""
+    # recorded as the set's made_by; "" (the config's path then) when not run as `midbench calibrate ...`
+    command = shlex.join(["midbench", *sys.argv[1:]]) if sys.argv[1:2] == ["calibrate"] else ""
     outcome = run_calibration(calibration, out_dir, work, progress=None if quiet else print, show_bars=not quiet,
-                              command=command if "calibrate" in sys.argv[1:2] else "")
+                              command=command)
     print((out_dir / "reference.md").read_text(encoding="utf-8"))
     stages = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in outcome.seconds.items())
     print(f"[calibrate] {(time.perf_counter() - started) / 60:.1f} min ({stages})")
