@@ -1,4 +1,4 @@
-"""Errors that reach the user, each with the exit code of ``shared/design/reliability.md``.
+"""Errors that reach the user, each with its exit code (README, "Exit codes").
 
 Library code raises these with a message that says how to fix the problem; the CLI prints that one line
 and exits with ``exit_code``.
