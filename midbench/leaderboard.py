@@ -210,6 +210,8 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
         "attack_results": [{"id": row.id, "split": row.split, "robust": int(column.sum()),
                             "autoattack": row.is_autoattack} for row, column in united.values()],
         "sanity": next((run.result.sanity for run in reversed(runs) if run.result.sanity), None),
+        # per-example survival behind the headline's proportions, for intervals across seeds (not shown)
+        "_survivors": {key: survivors[key] for key in ("clean", "autoattack")},
     }
     for spec in columns:
         column = survivors[spec]
@@ -304,14 +306,17 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
                      for row, curve in zip(contributions, curves, strict=True)]
     with_interval("unknown_score", unknown)
     with_interval("common_unknown_score", common_values)
-    with_interval("ua_mean", [
-        np.mean(np.stack([scoring.middle_rung_accuracy(profile[model]["matrix"]) for model in sorted(common_ranked)]),
-                axis=0) if profile and common_ranked else None for profile in profiles])
+    ua_values = [np.mean(np.stack([scoring.middle_rung_accuracy(profile[model]["matrix"])
+                                   for model in sorted(common_ranked)]), axis=0) if profile and common_ranked else None
+                 for profile in profiles]
+    with_interval("ua_mean", ua_values)
     table["pct_seen"] = [round(100 * len(own) / len(curve), 2) if curve else None
                          for curve, own in zip(curves, seen, strict=True)]
     table["seen"] = [",".join(sorted(own)) if curve else None for curve, own in zip(curves, seen, strict=True)]
     table["reference"] = used
-    table["_common_values"] = common_values  # the per-example contributions, for ties (not shown)
+    # the per-example values, for ties and for intervals across seeds (not shown)
+    table["_common_values"] = common_values
+    table["_ua_values"] = ua_values
 
     def point(profile: dict[str, Any], model: str, strength: float, accuracy: float) -> str:
         text = f"{number_text(strength)}:{number_text(percent(accuracy))}"
@@ -452,6 +457,20 @@ def _reference_sets(frame: pd.DataFrame, references: list[str | Path] | tuple[st
     return sets
 
 
+def ranked_frames(results_dir: str | Path, dataset: str | None = None, columns: list[str] | None = None,
+                  ci: bool = False, references: list[str | Path] | tuple[str | Path, ...] = ()
+                  ) -> dict[tuple[str, str], pd.DataFrame]:
+    """Every (dataset, protocol) table ranked by :func:`rank_table`, with all its columns — the per-example values
+    behind the scores (``_common_values``, ``_ua_values``, ``_survivors``) included; :func:`tables` selects what a
+    reader sees, :mod:`midbench.seeds` combines them across seeds."""
+    frame = collect(results_dir, dataset, parse_columns(columns))
+    if frame.empty:
+        return {}
+    sets = _reference_sets(frame, references)
+    return {(str(ds), str(protocol)): rank_table(group, ci, sets)
+            for (ds, protocol), group in frame.groupby(["dataset", "protocol"], sort=True)}
+
+
 def tables(results_dir: str | Path, dataset: str | None = None, columns: list[str] | None = None,
            ci: bool = False, references: list[str | Path] | tuple[str | Path, ...] = ()
            ) -> dict[tuple[str, str], pd.DataFrame]:
@@ -463,14 +482,9 @@ def tables(results_dir: str | Path, dataset: str | None = None, columns: list[st
             ones.
     """
     columns = parse_columns(columns)
-    frame = collect(results_dir, dataset, columns)
-    if frame.empty:
-        return {}
-    sets = _reference_sets(frame, references)
     chosen = table_columns(columns, ci)
     ranked = {}
-    for (ds, protocol), group in frame.groupby(["dataset", "protocol"], sort=True):
-        table = rank_table(group, ci, sets)
+    for (ds, protocol), table in ranked_frames(results_dir, dataset, columns, ci, references).items():
         # the profile's columns, when the table has them: scores after AutoAttack (and its bounds), curves last
         scores = [name for name in table.columns if name.startswith("score_")]
         if scores:
@@ -486,12 +500,13 @@ def tables(results_dir: str | Path, dataset: str | None = None, columns: list[st
         selected.attrs["headline"] = table[[part for name in headline for part in
                                             ([name, f"{name}_lo", f"{name}_hi"] if f"{name}_lo" in table.columns
                                              else [name])]].to_dict(orient="records")
-        ranked[(str(ds), str(protocol))] = selected
+        ranked[(ds, protocol)] = selected
     return ranked
 
 
-def profile_notes(table: pd.DataFrame) -> list[str]:
-    """What a table's profile scores are measured against (empty without a profile)."""
+def profile_notes(table: pd.DataFrame, intervals: bool = True) -> list[str]:
+    """What a table's profile scores are measured against (empty without a profile); ``intervals``: with the
+    sentence on a single seed's intervals and ties (a table across seeds says its own)."""
     if "reference_sets" not in table.attrs:
         return []
     sets = table.attrs["reference_sets"]
@@ -500,9 +515,9 @@ def profile_notes(table: pd.DataFrame) -> list[str]:
     if sets:
         notes.append("Scores: Σ accuracy / Σ ATA over each threat model's ladder (nested worst case per example), "
                      "ATA being the fixed reference set " + ", ".join(sets) + " (models adversarially trained "
-                     "against each threat model; `midbench calibrate`), never another row of this table. Intervals: "
-                     "95% bootstrap over examples. Rows share a rank where their paired difference with the first "
-                     "row of the group is not significant.")
+                     "against each threat model; `midbench calibrate`), never another row of this table."
+                     + (" Intervals: 95% bootstrap over examples. Rows share a rank where their paired difference "
+                        "with the first row of the group is not significant." if intervals else ""))
     else:
         notes.append("No reference set matches these rows (dataset, architecture, ladders and attacks), so they have "
                      "no scores: the curves are raw accuracies (calibrate references with `midbench calibrate`).")

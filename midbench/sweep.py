@@ -95,6 +95,8 @@ def evaluation_plan(sweep: Sweep) -> list[tuple[str, str, str | None]]:
 
 def describe_plan(sweep: Sweep) -> list[str]:
     """One line per step, for ``--dry-run`` and the log."""
+    if sweep.seeds:
+        return [f"seed {seed}: {line}" for seed in sweep.seeds for line in describe_plan(sweep.replicate(seed))]
     lines = [f"train {run.name}: {run.config.method}, {run.config.arch}, {run.config.epochs} epochs" +
              (f", {run.config.attack_steps} attack steps" if run.config.attack_steps else "") for run in sweep.runs]
     lines += [f"load {model.name}: {model.describe()}" +
@@ -127,6 +129,9 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if devices and len(devices) != workers:
         raise UsageError(f"--devices names {len(devices)} device(s) for {workers} worker(s); give one per worker")
+    if sweep.seeds:
+        return _run_replicates(sweep, out_dir, results_dir, config_label=config_label, say=say, progress=progress,
+                               restart=restart, workers=workers, devices=devices)
     if workers > 1:
         return _run_parallel(sweep, out_dir, results_dir, config_label=config_label, say=say, restart=restart,
                              slots=devices or (sweep.device,) * workers)
@@ -162,6 +167,29 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         atomic_write_json(state_path, state)
         say(f"[bench]   result: {result_path}")
     return _finish(sweep, state, state_path, results, config_label, started)
+
+
+def _run_replicates(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None, *, config_label: str,
+                    say: Callable[[str], None], **options: Any) -> SweepOutcome:
+    """A sweep with ``seeds``: each replicate (:meth:`Sweep.replicate`) is a complete sweep of its own in
+    ``<out>/seed-<s>/`` (results in ``<results>/seed-<s>/``, resumable and with its own tables), then the
+    leaderboard across seeds (:mod:`midbench.seeds`) is written into the results folder."""
+    from midbench.seeds import seed_folder
+
+    out = ensure_writable_dir(out_dir)
+    results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    paths: list[Path] = []
+    for seed in sweep.seeds:
+        say(f"[bench] seed {seed}: {out / seed_folder(seed)}")
+        outcome = run_sweep(sweep.replicate(seed), out / seed_folder(seed), results / seed_folder(seed),
+                            config_label=config_label, say=say, **options)
+        seconds.update({f"seed {seed}: {step}": value for step, value in outcome.seconds.items()})
+        paths += outcome.board_paths
+    board, board_paths = write_leaderboards(sweep, results, config_label)
+    say(f"[bench] {len(sweep.seeds)} seeds in {time.perf_counter() - started:.0f} s")
+    return SweepOutcome(board, [*board_paths, *paths], results, seconds)
 
 
 def _shared_settings(sweep: Sweep) -> dict[str, Any]:
@@ -429,8 +457,10 @@ def leaderboard_header(sweep: Sweep, config_label: str) -> str:
     attacks = [label for flag, label in labels if flag]
     attacks += list(selection.attacks) + ([f"suite {selection.suite}"] if selection.suite else [])
     pinned = f", {sweep.threads} CPU thread{'s' if sweep.threads > 1 else ''}" if sweep.threads else ""
+    seeds = (f"seeds {', '.join(str(seed) for seed in sweep.seeds)}, each a complete replicate in seed-<s>/"
+             if sweep.seeds else f"seed {sweep.seed}")
     lines = [f"# {sweep.name}: leaderboard of the sweep", "",
-             f"Made by `midbench bench --config {config_label}` (seed {sweep.seed}{pinned}). Every model is "
+             f"Made by `midbench bench --config {config_label}` ({seeds}{pinned}). Every model is "
              f"evaluated on the first {sweep.n_examples if sweep.n_examples is not None else 'all'} test examples of "
              f"`{sweep.dataset}` against {', '.join(attacks) or 'the default attacks'}; worst cases are per "
              "example. Columns: `results/README.md`.", ""]
@@ -464,12 +494,24 @@ def write_leaderboards(sweep: Sweep, results: Path, config_label: str, write: bo
     """``leaderboard-<name>.md`` (header + one table per protocol) and ``.csv`` in ``results``, from every result
     file there; with ``write=False`` only returns the markdown (to check a committed table)."""
     from midbench.leaderboard import render
+    from midbench.seeds import render_seeds, seed_dirs
 
-    board = leaderboard_header(sweep, config_label) + render(results, "markdown", dataset=sweep.dataset)
+    if sweep.seeds:  # the table across seeds, from every replicate's results
+
+        def text(fmt: str) -> str:
+            # the sweep's seeds only: a replicate dropped from the list stays on disk but out of the table
+            dirs = {seed: folder for seed, folder in seed_dirs(results).items() if seed in sweep.seeds}
+            return render_seeds(dirs, fmt, dataset=sweep.dataset)
+    else:
+
+        def text(fmt: str) -> str:
+            return render(results, fmt, dataset=sweep.dataset)
+
+    board = leaderboard_header(sweep, config_label) + text("markdown")
     markdown, csv = results / f"leaderboard-{sweep.name}.md", results / f"leaderboard-{sweep.name}.csv"
     if write:
         atomic_write_text(markdown, board)
-        atomic_write_text(csv, render(results, "csv", dataset=sweep.dataset))
+        atomic_write_text(csv, text("csv"))
     return board, [markdown, csv]
 
 

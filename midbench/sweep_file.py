@@ -7,6 +7,7 @@ A sweep is a TOML file::
     name = "mnist5k"                  # names the leaderboard files
     dataset = "mnist5k"
     seed = 0                          # training and evaluation seed of every run
+    # seeds = [0, 1, 2]               # or: the whole sweep once per seed, tables with mean and spread
     protocols = ["whitebox", "transfer"]
     transfer_source = "standard"      # the run whose model the transfer attacks are crafted on
     data_dir = "data"                 # torchvision datasets only: their root (`--data-dir` overrides it)
@@ -42,6 +43,12 @@ so a sweep may hold no runs at all: a list of zoo entries profiled against unkno
 MultiRobustBench use case). Such a model may be the transfer source when it is a checkpoint file or a zoo entry
 (e.g. ``Standard``, the zoo's undefended model, for the MID paper's protocol).
 
+With ``seeds = [..]`` instead of ``seed``, the sweep is replicated once per seed — every run trained, every model
+evaluated, a MID run against its source of the same seed, transfer attacks crafted on that seed's source — each
+replicate in ``<out>/seed-<s>/`` with its own results and tables, and the leaderboard reports each model's mean,
+spread and 95% interval across seeds (:mod:`midbench.seeds`). Adding a seed to the list keeps the finished
+replicates.
+
 A run's keys are those of ``midbench train --config`` (the shared keys and its method's own options, checked by
 the method); an option a method marks as a run reference (MID's ``source`` and ``teacher``) may name another run.
 """
@@ -52,7 +59,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +77,7 @@ class SweepSection:
     name: str | None = None
     dataset: str | None = None
     seed: int | None = None
+    seeds: list[int] | None = None
     device: str | None = None
     threads: int | None = None
     protocols: list[str] | None = None
@@ -194,6 +202,15 @@ class Sweep:
     download: bool = False
     #: the evaluate-only models (``[models.NAME]``), after the runs in the plan and the tables
     models: tuple[SweepModel, ...] = ()
+    #: ``seeds = [..]``: the seeds of the replicates (:meth:`replicate`); empty for a sweep of one seed
+    seeds: tuple[int, ...] = ()
+
+    def replicate(self, seed: int) -> Sweep:
+        """The sweep of one seed of ``seeds``: every run trained and every model evaluated with ``seed``. Its
+        fingerprint is the sweep's and the seed's, so adding a seed to the list keeps the finished replicates."""
+        fingerprint = hashlib.sha256(f"{self.fingerprint}:seed={seed}".encode()).hexdigest()
+        runs = tuple(SweepRun(run.name, replace(run.config, seed=seed)) for run in self.runs)
+        return replace(self, seed=seed, runs=runs, fingerprint=fingerprint, seeds=())
 
     def run(self, name: str) -> SweepRun:
         """The run called ``name``."""
@@ -273,6 +290,9 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         raise UsageError(f"{path}: nothing to evaluate; add a [runs.NAME] table (e.g. [runs.standard]) or a "
                          "[models.NAME] table (e.g. model = \"robustbench:Standard\")")
 
+    seeds = _seeds(head, path)
+    if seeds:  # parsed with the first seed; each replicate replaces it (Sweep.replicate)
+        head["seed"] = seeds[0]
     shared = {**train_defaults,
               **{key: head[key] for key in ("dataset", "seed", "device", "data_dir", "download") if key in head}}
     if device is not None:
@@ -346,13 +366,28 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     # the evaluations (each is checked against its own settings and model) without retraining a model, and a model
     # added to the list is evaluated next to the finished ones.
     training = {key: value for key, value in document.items() if key not in ("eval", "models")}
-    training["sweep"] = {key: value for key, value in head.items() if key != "model_dir"}
+    # the seeds stay out too: each replicate's fingerprint adds its own seed (Sweep.replicate)
+    left_out = {"model_dir", "seeds", "seed"} if seeds else {"model_dir"}
+    training["sweep"] = {key: value for key, value in head.items() if key not in left_out}
     fingerprint = hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()
     return Sweep(name=sweep_name, dataset=dataset, runs=tuple(_ordered(runs)), protocols=protocols,
                  transfer_source=transfer_source, selection=selection, n_examples=n_examples,
                  eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads,
                  data_dir=defaults.data_dir, download=defaults.download, extra_transfer_sources=extra_sources,
-                 models=tuple(models))
+                 models=tuple(models), seeds=tuple(seeds))
+
+
+def _seeds(head: dict[str, Any], path: Path) -> list[int]:
+    """``[sweep] seeds``: distinct non-negative integers, not given with ``seed`` (its type is checked already)."""
+    seeds = head.get("seeds")
+    if seeds is None:
+        return []
+    if "seed" in head:
+        raise UsageError(f"{path}: [sweep] sets both seed and seeds; keep seeds = [..] (one seed: seeds = [0])")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"{path}: [sweep] seeds must be distinct non-negative integers, e.g. seeds = [0, 1, 2]; "
+                         f"got {seeds}")
+    return list(seeds)
 
 
 def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str | None) -> list[SweepModel]:

@@ -22,7 +22,7 @@ HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "
            "delta_common_unknown_vs_at": "Δ common-unknown score vs best AT", "flags": "flags", "n": "n",
            "eps_linf": "ε (L∞)", "unknown_score": "unknown score %",
            "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen",
-           "ua_mean": "UA mean %", "reference": "reference set"}
+           "ua_mean": "UA mean %", "reference": "reference set", "seeds": "seeds"}
 
 
 def percent(value: float | None) -> float | None:
@@ -64,12 +64,16 @@ def cell_text(value: Any) -> str:
 
 
 def display_frame(table: pd.DataFrame, ci: bool) -> pd.DataFrame:
-    """All cells as text; with ``ci`` each proportion becomes ``value [low, high]`` and the bound columns go."""
+    """All cells as text; a mean with a spread column (``<name>_sd``, across seeds) becomes ``mean ± sd``; with
+    ``ci`` each proportion becomes ``value [low, high]``; the spread and bound columns go."""
     shown: dict[str, list[str]] = {}
     for name in table.columns:
-        if name.endswith(("_lo", "_hi")) and name[:-3] in table.columns:
+        if name.endswith(("_lo", "_hi", "_sd")) and name[:-3] in table.columns:
             continue
         cells = [cell_text(value) for value in table[name]]
+        if f"{name}_sd" in table.columns:
+            cells = [text if text == MISSING or plain(sd) is None else f"{text} ± {cell_text(sd)}"
+                     for text, sd in zip(cells, table[f"{name}_sd"], strict=True)]
         if ci and f"{name}_lo" in table.columns:
             cells = [text if text == MISSING or plain(low) is None else
                      f"{text} [{cell_text(low)}, {cell_text(high)}]"

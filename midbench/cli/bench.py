@@ -51,7 +51,7 @@ def bench_command(
                         progress=not quiet and workers == 1, restart=restart, workers=workers, devices=slots)
     print(outcome.board)
     total = sum(outcome.seconds.values())
-    print(f"[bench] {len(outcome.seconds)} steps, {total / 60:.1f} min of compute in all (see "
-          f"{out_dir / 'sweep-state.json'})")
+    states = out_dir / "seed-<s>" / "sweep-state.json" if sweep.seeds else out_dir / "sweep-state.json"
+    print(f"[bench] {len(outcome.seconds)} steps, {total / 60:.1f} min of compute in all (see {states})")
     for path in outcome.board_paths:
         print(f"[bench] written: {path}")

@@ -35,13 +35,18 @@ def leaderboard_command(
     Runs of one checkpoint on the same examples are united into one row (per-example worst case over all their
     attacks); a result without its per-example matrix (.npz) is skipped with a warning.
 
+    A sweep's results folder with seed-<s>/ replicates (`seeds = [..]`) gives one table across seeds: mean ± spread
+    [95% interval] per model.
+
     Example: midbench leaderboard --format latex --columns pgd-linf,cw-l2 --ci --output results/leaderboard.tex
     """
     import sys
     import warnings
 
+    from midbench.errors import UsageError
     from midbench.fileio import atomic_write_text
     from midbench.leaderboard import LeaderboardWarning, render
+    from midbench.seeds import render_seeds, seed_dirs
 
     if references:  # every threat model of a user's set must be one the registry defines
         from midbench.attacks.specs import load_registry
@@ -54,7 +59,15 @@ def leaderboard_command(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeaderboardWarning)
         try:
-            text = render(results_dir, output_format.value, dataset, split_csv(columns), ci, tuple(references or []))
+            replicates = seed_dirs(results_dir) if not (results_dir / "runs").is_dir() else {}
+            if replicates:
+                if columns:
+                    raise UsageError("--columns is not available across seeds; give one replicate's folder "
+                                     f"({next(iter(replicates.values()))}) for per-attack columns")
+                text = render_seeds(replicates, output_format.value, dataset, tuple(references or []))
+            else:
+                text = render(results_dir, output_format.value, dataset, split_csv(columns), ci,
+                              tuple(references or []))
         finally:
             # Skipped results must be visible, as one plain line each, even when no table is left.
             for warning in caught:

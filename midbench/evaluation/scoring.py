@@ -16,6 +16,11 @@ examples counting as broken. ATA_t(s_k) is the fixed reference accuracy at that 
   reproducible byte for byte. The references are fixed constants, not resampled.
 - **Ties**: two models evaluated on the same examples are tied when the 95% paired-bootstrap interval of their
   score difference contains 0 (the same resampled examples for both models).
+- **Several training seeds**: a model's values form a seeds × examples matrix, the same test images under every
+  seed, so seeds and examples are crossed factors. Its interval resamples both at once — seeds with replacement
+  and examples with replacement, the mean over the chosen rows and columns — the pigeonhole bootstrap of Owen
+  (2007), which is conservative for crossed designs. Paired differences resample the same seeds and examples for
+  both models. With one seed it is the example bootstrap above, draw for draw.
 """
 
 from __future__ import annotations
@@ -85,9 +90,33 @@ def paired_difference_interval(first: np.ndarray, second: np.ndarray, samples: i
     return bootstrap_interval(np.asarray(first, dtype=float) - np.asarray(second, dtype=float), samples, seed)
 
 
+def crossed_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+                     ) -> tuple[float, float]:
+    """95% pigeonhole-bootstrap interval (Owen 2007) of the mean of a seeds × examples matrix: every draw picks
+    seeds and examples with replacement, independently, and averages the chosen rows over the chosen columns.
+    One seed (a 1 × N matrix, or a vector) gives :func:`bootstrap_interval` exactly."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 1 or values.shape[0] == 1:
+        return bootstrap_interval(values.reshape(-1), samples, seed)
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    n_seeds, n_examples = values.shape
+    rng = np.random.default_rng(seed)
+    # how often each seed and each example is drawn, per resample: the mean over the chosen cells is then
+    # Σ_s Σ_i a_s b_i v_si / (S N), without building the resampled matrices
+    seed_counts = rng.multinomial(n_seeds, [1 / n_seeds] * n_seeds, size=samples).astype(float)
+    example_counts = rng.multinomial(n_examples, [1 / n_examples] * n_examples, size=samples).astype(float)
+    means = np.einsum("bs,si,bi->b", seed_counts, values, example_counts) / (n_seeds * n_examples)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def significantly_different(first: np.ndarray, second: np.ndarray) -> bool:
-    """Whether the paired 95% interval of the difference excludes 0."""
-    low, high = paired_difference_interval(first, second)
+    """Whether the paired 95% interval of the difference excludes 0: per-example vectors (one seed), or
+    seeds × examples matrices paired by seed and example (:func:`crossed_interval`)."""
+    if np.shape(first) != np.shape(second):
+        raise ValueError("a paired difference needs both models measured on the same seeds and examples")
+    low, high = crossed_interval(np.asarray(first, dtype=float) - np.asarray(second, dtype=float))
     return low > 0 or high < 0
 
 
@@ -95,8 +124,10 @@ def ranks_with_ties(ordered: list[np.ndarray | None], examples: list[str] | None
     """Competition ranks for rows already sorted best first, with ties.
 
     Rows form groups in order: a row joins the current group when its paired difference with the group's first
-    row is not significant. A row without per-example values (``None``), or measured on other examples than the
-    leader (``examples``: an identifier of each row's example set, e.g. the indices' hash), is never tied. Every
+    row is not significant. A row's values are per-example (a vector), or seeds × examples (a matrix, rows paired
+    by seed). A row without values (``None``), measured on other examples than the leader (``examples``: an
+    identifier of each row's example set, e.g. the indices' hash; for seeds, also the seeds), or of another
+    shape, is never tied. Every
     row of a group takes the rank of the group's first row; the next group's rank is its position (1-based).
     """
     keys = examples if examples is not None else [""] * len(ordered)
