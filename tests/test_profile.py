@@ -25,7 +25,7 @@ from midbench.attacks.threat_models import (
 from midbench.cli.app import app
 from midbench.data.datasets import TensorSplit, get_dataset
 from midbench.errors import UsageError
-from midbench.evaluation.engine import AttackRunner, predict
+from midbench.evaluation.engine import AttackRunner, evaluate, predict
 from midbench.evaluation.profile import climb, independent_curves, normalised_area
 
 REGISTRY = load_registry()
@@ -415,3 +415,43 @@ def test_profiled_tables_measure_delta_on_the_common_unknown_score(tmp_path: Pat
     delta = dict(zip(table["name"], table["delta_common_unknown_vs_at"], strict=True))
     assert delta == {"msd-c": pytest.approx(0.0, abs=0.01), "standard-b": pytest.approx(80.0 - 93.33, abs=0.02),
                      "pgd-at-a": pytest.approx(53.33 - 93.33, abs=0.02)}
+
+
+# ------------------------------------------------------------------------------------- strength of the climb
+
+
+@pytest.fixture(scope="module")
+def robust_at_eps_01(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    """A test-cnn adversarially trained (PGD-AT, 5 steps) at ε = 0.1 on 2,000 images for 2 epochs (seconds on a
+    CPU): robust enough at ε ≤ 0.1 that a weaker attack would show (a model at 0% everywhere could not)."""
+    from midbench.config import TrainConfig
+    from midbench.loading import load_classifier
+    from midbench.training import train
+
+    config = TrainConfig.of(method="pgd-at", arch="test-cnn", epochs=2, batch_size=64, val_size=50, lr=3e-3,
+                            device="cpu", attack_steps=5, n_train=2000, eps=0.1)
+    checkpoint = train(config, tmp_path_factory.mktemp("pgd-at-0.1"), progress=False).checkpoint
+    return load_classifier(checkpoint).model.eval()
+
+
+@pytest.mark.slow
+def test_the_linf_climb_at_its_top_rung_is_within_one_point_of_autoattack(robust_at_eps_01: torch.nn.Module,
+                                                                           mnist5k_test: TensorSplit) -> None:
+    """The profile's L∞ attacks, climbed nested over a ladder whose top rung is the fixture's training ε (0.1 =
+    strength 1/3 of mnist5k's 0.3, where it is robust; at 0.3 every attack leaves 0%), leave at most one point more
+    robust accuracy than AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) at that ε, on 100 test images."""
+    data = mnist5k_test.subset(torch.arange(100))
+    images, labels = data.as_float(), data.labels.clone()
+    model = robust_at_eps_01
+    clean = (predict(model, images, 100) == labels).numpy()
+    runner = AttackRunner(model, model, images, labels, device=torch.device("cpu"), protocol="whitebox",
+                          batch_size=100, seed=0, progress=None, state=None)
+    plans = profile_plan(REGISTRY, MNIST_EPS, set(), only=("linf",), ladders={"linf": (1 / 3,)})
+    (curve,) = climb(runner, plans, clean)
+    top = plans[0].rungs[-1].attacks[0].eps
+    assert top == pytest.approx(0.1)
+    autoattack = evaluate(model, data, [(REGISTRY.get("autoattack-linf").resolve({"Linf": top}), "unknown")],
+                          device=torch.device("cpu"), seed=0)
+    climbed, reference = 100 * curve.robust[:, -1].mean(), 100 * autoattack.matrix[:, 0].mean()
+    assert reference >= 20, f"the fixture is not robust at ε 0.1 ({reference:.0f}%): the comparison says nothing"
+    assert climbed <= reference + 1, f"climb {climbed:.0f}% vs AutoAttack {reference:.0f}%"
