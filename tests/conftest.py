@@ -14,6 +14,16 @@ from midbench.data.datasets import TensorSplit
 from midbench.training import train
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``, pyproject's addopts) every worker is one process per core: one torch thread
+    each, for the worker and the processes its tests start, so the workers do not fight over the cores."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
