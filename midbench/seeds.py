@@ -123,7 +123,9 @@ def seed_tables(dirs: dict[int, Path], dataset: str | None = None,
             if key not in frames:
                 continue
             frame = frames[key]
-            notes.update(dict.fromkeys(profile_notes(frame, intervals=False)))
+            # the table across seeds names its own exclusions from best AT
+            notes.update(dict.fromkeys(note for note in profile_notes(frame, intervals=False)
+                                       if not note.startswith("Excluded from best AT")))
             commons.add(tuple(frame.attrs.get("common_unknown") or ()))
             for _, row in frame.iterrows():
                 rows, seeds = by_name.setdefault(str(row["name"]), ([], []))
