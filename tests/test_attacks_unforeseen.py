@@ -127,7 +127,10 @@ def test_full_strength_breaks_an_undefended_model(make, standard_model: nn.Modul
 
 
 @pytest.mark.parametrize("make", [lambda: JpegAttack(quant_steps=0.5, steps=4),
-                                  lambda: ElasticAttack(max_flow=1.0, steps=4)], ids=["jpeg", "elastic"])
+                                  lambda: ElasticAttack(max_flow=1.0, steps=4),
+                                  lambda: JpegAttack(quant_steps=0.5, steps=4, restarts=3, losses="ce,margin"),
+                                  lambda: ElasticAttack(max_flow=1.0, steps=4, restarts=3, losses=["margin"])],
+                         ids=["jpeg", "elastic", "jpeg-restarts", "elastic-restarts"])
 def test_an_example_attack_does_not_depend_on_its_batch(make, standard_model: nn.Module,  # noqa: ANN001
                                                         small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     """With per-example generators (what the profile uses), attacking examples 0–7 together or 0–3 alone gives
@@ -140,9 +143,47 @@ def test_an_example_attack_does_not_depend_on_its_batch(make, standard_model: nn
     assert torch.allclose(together[:4], alone, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [lambda: JpegAttack(quant_steps=0.1, steps=5),
+                                  lambda: ElasticAttack(max_flow=0.2, steps=5)], ids=["jpeg", "elastic"])
+def test_restarts_run_while_an_example_stands_and_never_lose_a_broken_one(
+        make, standard_model: nn.Module, small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:  # noqa: ANN001
+    """The first restart is the single run itself (the same random start from each example's generator), and an
+    example keeps its first fooling iterate, so restarts only add broken examples. At a tenth of the budget most
+    examples stand, so every restart runs: four restarts cost four times the passes of one run."""
+    from midbench.evaluation.counting import PassCounter
+
+    x, y = small_batch
+    seeds = list(range(len(y)))
+
+    def fooled(attack: JpegAttack | ElasticAttack) -> tuple[torch.Tensor, int]:
+        counter = PassCounter(standard_model)
+        with randomness.per_example_generators(seeds):
+            x_adv = attack(counter, x, y)
+        with torch.no_grad():
+            return standard_model(x_adv).argmax(1) != y, counter.forward_passes
+
+    once, again = make(), make()
+    again.restarts, again.losses = 4, ("ce", "margin")
+    (single, single_passes), (restarted, restarted_passes) = fooled(once), fooled(again)
+    assert bool((single <= restarted).all())
+    assert not bool(restarted.all())
+    assert restarted_passes == 4 * single_passes
+
+
+def test_the_margin_loss_is_negative_exactly_on_correct_predictions() -> None:
+    from midbench.attacks.parametric import attack_loss
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    per_example = [float(attack_loss(logits[i:i + 1], labels[i:i + 1], "margin", False)) for i in range(2)]
+    assert per_example == [-2.0, 2.0]  # max_{j≠y} z_j − z_y
+    assert float(attack_loss(logits[:1], torch.tensor([1]), "margin", True)) == -2.0  # z_t − max_{j≠t} z_j
+
+
 @pytest.mark.parametrize("make", [lambda: JpegAttack(quant_steps=-1.0), lambda: JpegAttack(steps=0),
                                   lambda: ElasticAttack(max_flow=-1.0), lambda: ElasticAttack(sigma=-0.5),
-                                  lambda: ElasticAttack(relative_step=-0.1)])
+                                  lambda: ElasticAttack(relative_step=-0.1), lambda: JpegAttack(restarts=0),
+                                  lambda: ElasticAttack(losses="hinge"), lambda: JpegAttack(losses=[])])
 def test_bad_parameters_are_refused(make) -> None:  # noqa: ANN001
     with pytest.raises(UsageError):
         make()

@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import signed_pgd
+from midbench.attacks.parametric import check_losses, signed_pgd
 from midbench.attacks.spatial import flow_warp
 from midbench.errors import UsageError
 
@@ -62,20 +62,27 @@ class ElasticAttack(Attack):
         sigma: standard deviation of the smoothing kernel, in pixels (≥ 0; 0 means no smoothing).
         steps: PGD steps (≥ 1).
         relative_step: step size as a fraction of ``max_flow``.
+        restarts: runs of the attack while an example is unbroken, each from a new random start (≥ 1;
+            :func:`midbench.attacks.parametric.signed_pgd`).
+        losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner).
         random_start: start from a uniformly random flow inside the budget.
         target: ``None`` (untargeted) or a target policy.
 
-    Cost per example: ``steps + 1`` forward and ``steps`` backward passes (one more forward when targeted).
+    Cost per example: ``steps + 1`` forward and ``steps`` backward passes per restart, at most (one more forward
+    when targeted).
     """
 
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, max_flow: float = 2.0, sigma: float = 2.0,
                  steps: int = 20, relative_step: float = 0.125, random_start: bool = True,
+                 restarts: int = 1, losses: str | list[str] = "ce",
                  target: str | None = None) -> None:
         super().__init__(eps, norm, target)
         if norm is not None:
             raise UsageError(f"the Elastic attack is bounded by max_flow pixels; give it no norm (got {norm})")
         require_at_least("Elastic", {"max_flow": (max_flow, 0), "sigma": (sigma, 0), "steps": (steps, 1),
-                                     "relative_step": (relative_step, 0)})
+                                     "relative_step": (relative_step, 0), "restarts": (restarts, 1)})
+        self.restarts = int(restarts)
+        self.losses = check_losses(losses, "Elastic")
         self.max_flow = float(max_flow)
         self.sigma = float(sigma)
         self.steps = int(steps)
@@ -93,7 +100,8 @@ class ElasticAttack(Attack):
             return flow_warp(x, smooth_flow(flow, kernel))
 
         result = signed_pgd(model, render, (n, 2, height, width), labels, self.targeted, self.max_flow,
-                            self.steps, self.relative_step * self.max_flow, self.random_start, x)
+                            self.steps, self.relative_step * self.max_flow, self.random_start, x,
+                            restarts=self.restarts, losses=self.losses)
         with torch.no_grad():
             self.last_flow = smooth_flow(result.variables, kernel)
         self.last_success = result.success
@@ -101,4 +109,5 @@ class ElasticAttack(Attack):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "max_flow": self.max_flow, "sigma": self.sigma, "steps": self.steps,
-                "relative_step": self.relative_step, "random_start": self.random_start}
+                "relative_step": self.relative_step, "random_start": self.random_start, "restarts": self.restarts,
+                "losses": list(self.losses)}

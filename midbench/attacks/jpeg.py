@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import signed_pgd
+from midbench.attacks.parametric import check_losses, signed_pgd
 from midbench.errors import UsageError
 
 BLOCK = 8
@@ -103,20 +103,27 @@ class JpegAttack(Attack):
         quant_steps: largest change of a coefficient, in steps of its quantisation table entry (≥ 0).
         steps: PGD steps (≥ 1).
         relative_step: step size as a fraction of ``quant_steps`` (so scaling the budget scales the steps).
+        restarts: runs of the attack while an example is unbroken, each from a new random start (≥ 1;
+            :func:`midbench.attacks.parametric.signed_pgd`).
+        losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner).
         random_start: start from a uniformly random change inside the budget.
         target: ``None`` (untargeted) or a target policy.
 
-    Cost per example: ``steps + 1`` forward and ``steps`` backward passes (one more forward when targeted).
+    Cost per example: ``steps + 1`` forward and ``steps`` backward passes per restart, at most (one more forward
+    when targeted).
     """
 
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, quant_steps: float = 1.0, steps: int = 20,
-                 relative_step: float = 0.125, random_start: bool = True, target: str | None = None) -> None:
+                 relative_step: float = 0.125, random_start: bool = True, restarts: int = 1,
+                 losses: str | list[str] = "ce", target: str | None = None) -> None:
         super().__init__(eps, norm, target)
         if norm is not None:
             raise UsageError(f"the JPEG attack is bounded in JPEG coefficients by quant_steps; give it no norm "
                              f"(got {norm})")
         require_at_least("JPEG", {"quant_steps": (quant_steps, 0), "steps": (steps, 1),
-                                  "relative_step": (relative_step, 0)})
+                                  "relative_step": (relative_step, 0), "restarts": (restarts, 1)})
+        self.restarts = int(restarts)
+        self.losses = check_losses(losses, "JPEG")
         self.quant_steps = float(quant_steps)
         self.steps = int(steps)
         self.relative_step = float(relative_step)
@@ -134,10 +141,12 @@ class JpegAttack(Attack):
             return codec.decode(coefficients + change * steps).clamp(0.0, 1.0)
 
         result = signed_pgd(model, render, tuple(coefficients.shape), labels, self.targeted, self.quant_steps,
-                            self.steps, self.relative_step * self.quant_steps, self.random_start, x)
+                            self.steps, self.relative_step * self.quant_steps, self.random_start, x,
+                            restarts=self.restarts, losses=self.losses)
         self.last_change, self.last_success = result.variables, result.success
         return result.images
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "quant_steps": self.quant_steps, "steps": self.steps,
-                "relative_step": self.relative_step, "random_start": self.random_start}
+                "relative_step": self.relative_step, "random_start": self.random_start, "restarts": self.restarts,
+                "losses": list(self.losses)}

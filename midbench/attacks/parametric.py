@@ -9,6 +9,12 @@ Per example the result is the first iterate that fools the model (an evaluation 
 as any iterate breaks it, so later iterates that drift back across the boundary must not undo it), else the last
 iterate. Examples are independent: the loss is summed, the step is element-wise, and the random start is drawn
 through :mod:`midbench.attacks.randomness`, so an example's attack does not depend on its batch.
+
+**Restarts.** One run of sign-PGD on the cross-entropy is not the strongest attack at its budget: further random
+starts, and the margin loss of Carlini & Wagner (2017) in place of the cross-entropy (whose gradient vanishes on
+confidently classified examples), break more examples — the diversity AutoAttack relies on (Croce & Hein 2020).
+With ``restarts`` > 1 the loop runs again from a new random start while an example is still unbroken, restart
+``r`` maximising ``losses[r % len(losses)]``; a broken example keeps its first fooling iterate.
 """
 
 from __future__ import annotations
@@ -32,23 +38,50 @@ class ParametricResult:
     success: torch.Tensor
 
 
+#: the losses a restart may maximise (module docstring)
+LOSSES = ("ce", "margin")
+
+
+def check_losses(losses: str | tuple[str, ...] | list[str], attack: str) -> tuple[str, ...]:
+    """``losses`` as a tuple of known names (a comma-separated string is accepted, as the registry may give)."""
+    from midbench.errors import UsageError
+
+    names = tuple(part.strip() for part in losses.split(",")) if isinstance(losses, str) else tuple(losses)
+    if not names or any(name not in LOSSES for name in names):
+        raise UsageError(f"{attack}: losses must name some of {', '.join(LOSSES)}, got {losses!r}")
+    return names
+
+
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str, targeted: bool) -> torch.Tensor:
+    """The summed loss a step ascends: the cross-entropy, or the margin max_{j≠y} z_j − z_y (Carlini & Wagner
+    2017); targeted, the negative cross-entropy of the target, or the margin z_t − max_{j≠t} z_j."""
+    if loss == "ce":
+        value = functional.cross_entropy(logits, labels, reduction="sum")
+        return -value if targeted else value
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return (own - others).sum() if targeted else (others - own).sum()
+
+
 def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
                labels: torch.Tensor, targeted: bool, bound: float, steps: int, step_size: float,
-               random_start: bool, like: torch.Tensor) -> ParametricResult:
-    """Maximise the cross-entropy of ``render(v)`` (targeted: minimise that of ``labels``) over ``‖v‖∞ ≤ bound``.
+               random_start: bool, like: torch.Tensor, restarts: int = 1,
+               losses: tuple[str, ...] = ("ce",)) -> ParametricResult:
+    """Maximise the cross-entropy of ``render(v)`` (targeted: minimise that of ``labels``) over ``‖v‖∞ ≤ bound``;
+    with ``restarts`` > 1, again from new random starts while some example is unbroken, restart ``r`` on
+    ``losses[r % len(losses)]`` (module docstring).
 
     Args:
         render: the variables (``shape``, first dimension the batch) to images in [0, 1].
         like: a tensor whose dtype and device the variables take.
 
-    Cost per example: ``steps`` forward and backward passes, plus one forward for the final iterate.
+    Cost per example: per restart run, ``steps`` forward and backward passes plus one forward for the final
+    iterate; a restart runs on the whole batch (``render`` may tie the examples to their batch), and not at all
+    once every example is broken — so ``restarts × (steps + 1)`` forward passes at most.
     """
-    variables = torch.zeros(shape, dtype=like.dtype, device=like.device)
-    if random_start and bound > 0:
-        variables = randomness.uniform_like(variables, -bound, bound)
     n = shape[0]
     best_images: torch.Tensor | None = None
-    best_variables = variables.clone()
+    best_variables = torch.zeros(shape, dtype=like.dtype, device=like.device)
     fooled = torch.zeros(n, dtype=torch.bool, device=like.device)
 
     def keep(candidate: torch.Tensor, images: torch.Tensor, logits: torch.Tensor) -> None:
@@ -62,17 +95,24 @@ def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor],
         best_variables[replace] = candidate.detach()[replace]
         fooled.logical_or_(success)
 
-    for _ in range(steps):
-        current = variables.detach().requires_grad_(True)
-        images = render(current)
-        logits = model(images)
-        keep(current, images, logits.detach())
-        loss = functional.cross_entropy(logits, labels, reduction="sum")
-        (gradient,) = torch.autograd.grad(-loss if targeted else loss, current)
+    for restart in range(max(1, restarts)):
+        if restart and bool(fooled.all()):
+            break
+        loss_name = losses[restart % len(losses)]
+        variables = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if random_start and bound > 0:
+            variables = randomness.uniform_like(variables, -bound, bound)
+        for _ in range(steps):
+            current = variables.detach().requires_grad_(True)
+            images = render(current)
+            logits = model(images)
+            keep(current, images, logits.detach())
+            loss = attack_loss(logits, labels, loss_name, targeted)
+            (gradient,) = torch.autograd.grad(loss, current)
+            with torch.no_grad():
+                variables = (variables + step_size * gradient.sign()).clamp(-bound, bound)
         with torch.no_grad():
-            variables = (variables + step_size * gradient.sign()).clamp(-bound, bound)
-    with torch.no_grad():
-        images = render(variables)
-        keep(variables, images, model(images))
+            images = render(variables)
+            keep(variables, images, model(images))
     assert best_images is not None
     return ParametricResult(best_images, best_variables, fooled)
