@@ -55,12 +55,41 @@ def harder(plans: list[ThreatModelPlan]) -> list[ThreatModelPlan]:
                                                   rung.budgets) for rung in plan.rungs)) for plan in plans]
 
 
+def overridden(plans: list[ThreatModelPlan], settings: list[str]) -> list[ThreatModelPlan]:
+    """``plans`` with ``ATTACK.PARAM=VALUE`` overrides (an int, a float, or a comma-separated list of strings):
+    to try a stronger configuration of a profile attack before changing its registry entry."""
+    changes: dict[str, dict[str, object]] = {}
+    for setting in settings:
+        target, _, text = setting.partition("=")
+        attack_id, _, name = target.rpartition(".")
+        value: object = text.split(",") if "," in text else text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        changes.setdefault(attack_id, {})[name] = value
+
+    def changed(attack: ResolvedAttack) -> ResolvedAttack:
+        extra = changes.get(attack.id)
+        return replace(attack, params={**attack.params, **extra}, version=0) if extra else attack
+
+    return [replace(plan, rungs=tuple(ProfileRung(rung.strength, tuple(changed(a) for a in rung.attacks),
+                                                  rung.budgets) for rung in plan.rungs)) for plan in plans]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--n", type=int, default=300, help="test images")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-autoattack", action="store_true", help="skip part 2")
+    parser.add_argument("--threat-models", default="", help="climb only these (comma-separated ids; part 2 then "
+                                                           "needs linf among them)")
+    parser.add_argument("--set", action="append", default=[], metavar="ATTACK.PARAM=VALUE",
+                        help="override a profile attack's parameter before anything runs (e.g. "
+                             "jpeg-linf.restarts=4, elastic.losses=ce,margin); repeatable")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -73,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     clean = (predict(model, images, 256) == labels).numpy()
     registry = load_registry()
     train_attacks = [ResolvedAttack.from_dict(item) for item in loaded.metadata.train_attacks]
-    plans = profile_plan(registry, eps, seen_threat_models(train_attacks, registry), dataset=dataset)
+    only = tuple(name.strip() for name in args.threat_models.split(",") if name.strip())
+    plans = profile_plan(registry, eps, seen_threat_models(train_attacks, registry), dataset=dataset, only=only)
+    plans = overridden(plans, args.set)
 
     def runner(seed: int) -> AttackRunner:
         return AttackRunner(model, model, images, labels, device=torch.device("cpu"), protocol="whitebox",
