@@ -316,6 +316,7 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
     table["reference"] = used
     # the per-example values, for ties and for intervals across seeds (not shown)
     table["_common_values"] = common_values
+    table["_unknown_values"] = unknown
     table["_ua_values"] = ua_values
 
     def point(profile: dict[str, Any], model: str, strength: float, accuracy: float) -> str:
@@ -461,8 +462,8 @@ def ranked_frames(results_dir: str | Path, dataset: str | None = None, columns: 
                   ci: bool = False, references: list[str | Path] | tuple[str | Path, ...] = ()
                   ) -> dict[tuple[str, str], pd.DataFrame]:
     """Every (dataset, protocol) table ranked by :func:`rank_table`, with all its columns — the per-example values
-    behind the scores (``_common_values``, ``_ua_values``, ``_survivors``) included; :func:`tables` selects what a
-    reader sees, :mod:`midbench.seeds` combines them across seeds."""
+    behind the scores (``_common_values``, ``_unknown_values``, ``_ua_values``, ``_survivors``) included;
+    :func:`tables` selects what a reader sees, :mod:`midbench.seeds` combines them across seeds."""
     frame = collect(results_dir, dataset, parse_columns(columns))
     if frame.empty:
         return {}

@@ -39,7 +39,9 @@ SEED_FOLDER = "seed-{seed}"
 _SEED_FOLDER = re.compile(r"^seed-(\d+)$")
 #: cells combined across seeds: the per-example values behind each (None: a mean of percentages only)
 COMBINED = {"clean": "clean", "autoattack": "autoattack", "common_unknown_score": "_common_values",
-            "ua_mean": "_ua_values", "unknown_score": None, "known_worst": None, "unknown_worst": None}
+            "ua_mean": "_ua_values", "unknown_score": "_unknown_values", "known_worst": None, "unknown_worst": None}
+#: the seeds of a sweep's replicates, written beside them, so a reader of the folder uses the sweep's seeds only
+SEEDS_FILE = "seeds.json"
 #: the headline across seeds (each number with its spread and interval)
 HEADLINE = ["rank", "name", "seeds", "clean", "autoattack", "common_unknown_score", "ua_mean", "flags"]
 
@@ -50,13 +52,28 @@ def seed_folder(seed: int) -> str:
 
 
 def seed_dirs(results_dir: str | Path) -> dict[int, Path]:
-    """The replicates under ``results_dir``: ``{seed: folder}`` for every ``seed-<s>/`` holding result files."""
+    """The replicates under ``results_dir``: ``{seed: folder}`` for every ``seed-<s>/`` holding result files —
+    only the seeds :data:`SEEDS_FILE` lists where the sweep wrote one (a seed dropped from the sweep's list keeps
+    its folder, but leaves the table)."""
+    listed: set[int] | None
+    try:
+        listed = {int(seed) for seed in json.loads((Path(results_dir) / SEEDS_FILE).read_text("utf-8"))["seeds"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
     found = {}
     for folder in sorted(Path(results_dir).glob("seed-*")):
         match = _SEED_FOLDER.match(folder.name)
-        if match and folder.is_dir() and (folder / "runs").is_dir():
+        if match and folder.is_dir() and (folder / "runs").is_dir() and (listed is None or
+                                                                          int(match.group(1)) in listed):
             found[int(match.group(1))] = folder
     return dict(sorted(found.items()))
+
+
+def row_key(row: pd.Series) -> tuple[str, str, int, str]:
+    """What makes rows of two replicates the same model's: name, test examples and ε."""
+    eps = row.get("eps_linf")
+    return (str(row["name"]), str(row.get("indices_sha256")), int(row.get("n") or 0),
+            "" if eps is None or pd.isna(eps) else f"{float(eps):g}")
 
 
 def _per_example(row: pd.Series, source: str) -> np.ndarray | None:
@@ -77,6 +94,7 @@ def _combine(rows: list[pd.Series], seeds: list[int]) -> dict[str, Any]:
     record["at_baseline"] = bool(first.get("at_baseline"))
     record["seeds"] = len(rows)
     record["_seed_list"] = tuple(seeds)
+    record["_hashes"] = tuple(str(row.get("indices_sha256")) for row in rows)
     for column, source in COMBINED.items():
         present = [row.get(column) for row in rows]
         if column not in first or any(value is None or pd.isna(value) for value in present):
@@ -100,7 +118,8 @@ def _combine(rows: list[pd.Series], seeds: list[int]) -> dict[str, Any]:
         record[f"{name}_sd"] = round(float(np.std(known, ddof=1)), 2) if len(known) == len(rows) > 1 else None
     counts: dict[str, int] = {}
     for row in rows:
-        for code in filter(None, str(row.get("flags") or "").split(",")):
+        flags = row.get("flags")
+        for code in filter(None, (flags if isinstance(flags, str) else "").split(",")):
             counts[code] = counts.get(code, 0) + 1
     record["_flag_codes"] = ",".join(counts)
     record["flags"] = ", ".join(code if count == len(rows) else f"{code} ({count} of {len(rows)} seeds)"
@@ -116,9 +135,10 @@ def seed_tables(dirs: dict[int, Path], dataset: str | None = None,
     keys = sorted({key for frames in per_seed.values() for key in frames})
     combined = {}
     for key in keys:
-        by_name: dict[str, tuple[list[pd.Series], list[int]]] = {}
+        by_model: dict[tuple[str, str, int, str], tuple[list[pd.Series], list[int]]] = {}
         notes: dict[str, None] = {}
         commons = set()
+        unscored = []
         for seed, frames in per_seed.items():
             if key not in frames:
                 continue
@@ -127,15 +147,23 @@ def seed_tables(dirs: dict[int, Path], dataset: str | None = None,
             notes.update(dict.fromkeys(note for note in profile_notes(frame, intervals=False)
                                        if not note.startswith("Excluded from best AT")))
             commons.add(tuple(frame.attrs.get("common_unknown") or ()))
+            if "common_unknown_score" not in frame or frame["common_unknown_score"].isna().all():
+                unscored.append(seed)
             for _, row in frame.iterrows():
-                rows, seeds = by_name.setdefault(str(row["name"]), ([], []))
+                rows, seeds = by_model.setdefault(row_key(row), ([], []))
+                if seed in seeds:
+                    raise UsageError(f"{dirs[seed]}: model {row['name']!r} has two rows on the same test examples "
+                                     f"in the {key[1]} table; give each evaluation its own name")
                 rows.append(row)
                 seeds.append(seed)
+        if unscored and len(unscored) < len(per_seed):
+            notes[f"Seeds {', '.join(map(str, unscored))} have no common-unknown scores (an unfinished evaluation, "
+                  "or no reference set): no model of this table is scored across seeds."] = None
         if len(commons) > 1:
             notes["The replicates rank different common-unknown threat models (" + "; ".join(
                 ", ".join(common) or "none" for common in sorted(commons)) + "): their scores are not comparable."] \
                 = None
-        table = _rank(pd.DataFrame([_combine(rows, seeds) for rows, seeds in by_name.values()]))
+        table = _rank(pd.DataFrame([_combine(rows, seeds) for rows, seeds in by_model.values()]))
         table.attrs["notes"] = [f"Across seeds {', '.join(str(s) for s in dirs)}: mean ± sample standard deviation "
                                 "over seeds [95% pigeonhole bootstrap over seeds and examples]; ties where the paired "
                                 "interval of a difference contains 0.", *notes]
@@ -151,7 +179,7 @@ def _rank(frame: pd.DataFrame) -> pd.DataFrame:
                               na_position="last", kind="stable").reset_index(drop=True)
     if scored and "_common_unknown_score_matrix" in table:
         matrices = [None if not isinstance(m, np.ndarray) else m for m in table["_common_unknown_score_matrix"]]
-        keys = [f"{sha}|{seeds}" for sha, seeds in zip(table["indices_sha256"], table["_seed_list"], strict=True)]
+        keys = [f"{sha}|{seeds}" for sha, seeds in zip(table["_hashes"], table["_seed_list"], strict=True)]
         ranks = scoring.ranks_with_ties(matrices, keys)
     else:
         ranks = list(range(1, len(table) + 1))

@@ -174,13 +174,15 @@ def _run_replicates(sweep: Sweep, out_dir: str | Path, results_dir: str | Path |
     """A sweep with ``seeds``: each replicate (:meth:`Sweep.replicate`) is a complete sweep of its own in
     ``<out>/seed-<s>/`` (results in ``<results>/seed-<s>/``, resumable and with its own tables), then the
     leaderboard across seeds (:mod:`midbench.seeds`) is written into the results folder."""
-    from midbench.seeds import seed_folder
+    from midbench.seeds import SEEDS_FILE, seed_folder
 
     out = ensure_writable_dir(out_dir)
     results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     paths: list[Path] = []
+    # which replicates the table holds: `midbench leaderboard` on this folder reads the same list
+    atomic_write_json(results / SEEDS_FILE, {"seeds": list(sweep.seeds)})
     for seed in sweep.seeds:
         say(f"[bench] seed {seed}: {out / seed_folder(seed)}")
         outcome = run_sweep(sweep.replicate(seed), out / seed_folder(seed), results / seed_folder(seed),

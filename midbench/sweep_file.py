@@ -291,6 +291,12 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
                          "[models.NAME] table (e.g. model = \"robustbench:Standard\")")
 
     seeds = _seeds(head, path)
+    # each replicate trains every run with its own seed: a seed of a run's would be silently overridden
+    seeded = ["[train]"] * ("seed" in train_defaults) + [
+        f"[runs.{name}]" for name, values in runs_table.items() if isinstance(values, dict) and "seed" in values]
+    if seeds and seeded:
+        raise UsageError(f"{path}: {', '.join(seeded)} set seed, but [sweep] seeds = [..] gives every run each seed "
+                         "in turn; remove it there")
     if seeds:  # parsed with the first seed; each replicate replaces it (Sweep.replicate)
         head["seed"] = seeds[0]
     shared = {**train_defaults,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -118,8 +119,62 @@ def test_ties_across_seeds_are_paired_by_seed_and_example() -> None:
     base = rng.random((3, 100))
     noise = rng.normal(0, 0.01, (3, 100))
     assert scoring.ranks_with_ties([base + 0.5, base, base + noise]) == [1, 2, 2]
+    # a small offset on every cell is far inside the spread of the examples (unpaired, the means differ by 0.02
+    # against a standard error near 0.024) but is the whole of the paired difference: significant only if paired
+    assert scoring.ranks_with_ties([base + 0.02 + rng.normal(0, 0.002, (3, 100)), base]) == [1, 2]
     # the same matrices but one model measured on two seeds only: never tied with a three-seed leader
     assert scoring.ranks_with_ties([base, base[:2]]) == [1, 2]
+
+
+def test_a_seed_set_in_a_run_or_in_train_is_refused_beside_seeds(tmp_path: Path) -> None:
+    for edit in (("[runs.standard]\nepochs = 1", "[runs.standard]\nepochs = 1\nseed = 3"),
+                 ("[train]\n", "[train]\nseed = 3\n")):
+        path = write(tmp_path, SEEDED.replace(*edit))
+        with pytest.raises(UsageError, match="remove it there"):
+            load_sweep(path)
+
+
+def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """A ranked table as :func:`midbench.leaderboard.ranked_frames` gives it, with the columns seeds reads."""
+    base = {"method": "pgd-at", "arch": "lenet", "protocol": "whitebox", "n": 4, "reference": "set",
+            "indices_sha256": "abc", "eps_linf": 0.3, "at_baseline": True, "flags": "", "known_worst": 50.0,
+            "unknown_worst": 10.0, "autoattack": 40.0, "_survivors": None}
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def test_flags_count_per_seed_and_a_model_of_some_seeds_is_shown_with_them(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import midbench.seeds as seeds_module
+
+    values = np.linspace(0.2, 0.8, 4)
+    frames = {
+        0: _frame([{"name": "a", "clean": 90.0, "common_unknown_score": 60.0, "_common_values": values,
+                    "flags": "catastrophic-overfitting"},
+                   {"name": "b", "clean": 80.0, "common_unknown_score": 50.0, "_common_values": values - 0.1},
+                   {"name": "only-0", "clean": 70.0, "common_unknown_score": 40.0, "_common_values": values}]),
+        1: _frame([{"name": "a", "clean": 92.0, "common_unknown_score": 62.0, "_common_values": values + 0.02},
+                   {"name": "b", "clean": 82.0, "common_unknown_score": 52.0, "_common_values": values - 0.08}]),
+    }
+    monkeypatch.setattr(seeds_module, "ranked_frames",
+                        lambda folder, dataset=None, references=(): {("mnist5k", "whitebox"): frames[int(str(folder))]})
+    table = seed_tables({0: Path("0"), 1: Path("1")})[("mnist5k", "whitebox")].set_index("name")
+    assert table.loc["a", "flags"] == "catastrophic-overfitting (1 of 2 seeds)"
+    assert table.loc["a", "clean"] == 91.0 and table.loc["a", "clean_sd"] == pytest.approx(np.std([90, 92], ddof=1),
+                                                                                              abs=0.01)
+    assert table.loc["only-0", "seeds"] == 1 and table.loc["a", "seeds"] == 2
+    # flagged in one seed: never the best AT, so the Δ column is measured from b
+    assert table.loc["b", "delta_common_unknown_vs_at"] == 0.0
+    frames[1] = pd.concat([frames[1], frames[1].iloc[[0]]], ignore_index=True)  # a model twice in one replicate
+    with pytest.raises(UsageError, match="two rows"):
+        seed_tables({0: Path("0"), 1: Path("1")})
+
+
+def test_the_listed_seeds_alone_make_the_table(tmp_path: Path) -> None:
+    for seed in (0, 1, 2):
+        (tmp_path / f"seed-{seed}" / "runs").mkdir(parents=True)
+    assert list(seed_dirs(tmp_path)) == [0, 1, 2]
+    (tmp_path / "seeds.json").write_text('{"seeds": [0, 2]}', encoding="utf-8")
+    assert list(seed_dirs(tmp_path)) == [0, 2]
 
 
 @pytest.fixture(scope="module")

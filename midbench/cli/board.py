@@ -59,7 +59,11 @@ def leaderboard_command(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeaderboardWarning)
         try:
-            replicates = seed_dirs(results_dir) if not (results_dir / "runs").is_dir() else {}
+            replicates = seed_dirs(results_dir)
+            if replicates and (results_dir / "runs").is_dir():
+                print(f"midbench: warning: {results_dir} holds runs/ and seed-<s>/ replicates; ranking runs/ (give "
+                      "the replicates a results folder of their own for the table across seeds)", file=sys.stderr)
+                replicates = {}
             if replicates:
                 if columns:
                     raise UsageError("--columns is not available across seeds; give one replicate's folder "

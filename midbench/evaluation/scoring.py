@@ -19,8 +19,9 @@ examples counting as broken. ATA_t(s_k) is the fixed reference accuracy at that 
 - **Several training seeds**: a model's values form a seeds × examples matrix, the same test images under every
   seed, so seeds and examples are crossed factors. Its interval resamples both at once — seeds with replacement
   and examples with replacement, the mean over the chosen rows and columns — the pigeonhole bootstrap of Owen
-  (2007), which is conservative for crossed designs. Paired differences resample the same seeds and examples for
-  both models. With one seed it is the example bootstrap above, draw for draw.
+  (2007). Paired differences resample the same seeds and examples for both models. With one seed it is the
+  example bootstrap above, draw for draw. With few seeds it is too narrow when seeds vary more than the test set
+  does: resampling S seeds sees (S − 1)/S of their variance and no small-sample correction is made (docs/scoring.md).
 """
 
 from __future__ import annotations
@@ -102,11 +103,11 @@ def crossed_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed:
         return (float("nan"), float("nan"))
     n_seeds, n_examples = values.shape
     rng = np.random.default_rng(seed)
-    # how often each seed and each example is drawn, per resample: the mean over the chosen cells is then
-    # Σ_s Σ_i a_s b_i v_si / (S N), without building the resampled matrices
-    seed_counts = rng.multinomial(n_seeds, [1 / n_seeds] * n_seeds, size=samples).astype(float)
-    example_counts = rng.multinomial(n_examples, [1 / n_examples] * n_examples, size=samples).astype(float)
-    means = np.einsum("bs,si,bi->b", seed_counts, values, example_counts) / (n_seeds * n_examples)
+    chosen_seeds = rng.integers(0, n_seeds, size=(samples, n_seeds))
+    chosen_examples = rng.integers(0, n_examples, size=(samples, n_examples))
+    # each seed's mean over every draw's examples (S × samples), then each draw's mean over its seeds
+    row_means = np.stack([row[chosen_examples].mean(axis=1) for row in values])
+    means = np.take_along_axis(row_means.T, chosen_seeds, axis=1).mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
 
