@@ -170,6 +170,15 @@ def test_restarts_run_while_an_example_stands_and_never_lose_a_broken_one(
     assert restarted_passes == 4 * single_passes
 
 
+def test_the_cosine_schedule_starts_at_the_step_size_and_decays_towards_zero() -> None:
+    from midbench.attacks.parametric import step_sizes
+
+    assert step_sizes(0.5, 4, "constant") == [0.5] * 4
+    cosine = step_sizes(0.5, 20, "cosine")
+    assert cosine[0] == 0.5 and all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
+    assert 0 < cosine[-1] < 0.01  # the last step refines; it is never a step backwards
+
+
 def test_the_margin_loss_is_negative_exactly_on_correct_predictions() -> None:
     from midbench.attacks.parametric import attack_loss
 
@@ -183,7 +192,8 @@ def test_the_margin_loss_is_negative_exactly_on_correct_predictions() -> None:
 @pytest.mark.parametrize("make", [lambda: JpegAttack(quant_steps=-1.0), lambda: JpegAttack(steps=0),
                                   lambda: ElasticAttack(max_flow=-1.0), lambda: ElasticAttack(sigma=-0.5),
                                   lambda: ElasticAttack(relative_step=-0.1), lambda: JpegAttack(restarts=0),
-                                  lambda: ElasticAttack(losses="hinge"), lambda: JpegAttack(losses=[])])
+                                  lambda: ElasticAttack(losses="hinge"), lambda: JpegAttack(losses=[]),
+                                  lambda: JpegAttack(schedule="linear"), lambda: ElasticAttack(schedule="")])
 def test_bad_parameters_are_refused(make) -> None:  # noqa: ANN001
     with pytest.raises(UsageError):
         make()

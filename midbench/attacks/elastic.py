@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import check_losses, signed_pgd
+from midbench.attacks.parametric import SCHEDULES, check_losses, signed_pgd
 from midbench.attacks.spatial import flow_warp
 from midbench.errors import UsageError
 
@@ -65,6 +65,7 @@ class ElasticAttack(Attack):
         restarts: runs of the attack while an example is unbroken, each from a new random start (≥ 1;
             :func:`midbench.attacks.parametric.signed_pgd`).
         losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner).
+        schedule: ``constant`` step, or ``cosine`` (from the step size down to 0 over each run).
         random_start: start from a uniformly random flow inside the budget.
         target: ``None`` (untargeted) or a target policy.
 
@@ -74,7 +75,7 @@ class ElasticAttack(Attack):
 
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, max_flow: float = 2.0, sigma: float = 2.0,
                  steps: int = 20, relative_step: float = 0.125, random_start: bool = True,
-                 restarts: int = 1, losses: str | list[str] = "ce",
+                 restarts: int = 1, losses: str | list[str] = "ce", schedule: str = "constant",
                  target: str | None = None) -> None:
         super().__init__(eps, norm, target)
         if norm is not None:
@@ -83,6 +84,9 @@ class ElasticAttack(Attack):
                                      "relative_step": (relative_step, 0), "restarts": (restarts, 1)})
         self.restarts = int(restarts)
         self.losses = check_losses(losses, "Elastic")
+        if schedule not in SCHEDULES:
+            raise UsageError(f"Elastic: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        self.schedule = schedule
         self.max_flow = float(max_flow)
         self.sigma = float(sigma)
         self.steps = int(steps)
@@ -101,7 +105,7 @@ class ElasticAttack(Attack):
 
         result = signed_pgd(model, render, (n, 2, height, width), labels, self.targeted, self.max_flow,
                             self.steps, self.relative_step * self.max_flow, self.random_start, x,
-                            restarts=self.restarts, losses=self.losses)
+                            restarts=self.restarts, losses=self.losses, schedule=self.schedule)
         with torch.no_grad():
             self.last_flow = smooth_flow(result.variables, kernel)
         self.last_success = result.success
@@ -110,4 +114,4 @@ class ElasticAttack(Attack):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "max_flow": self.max_flow, "sigma": self.sigma, "steps": self.steps,
                 "relative_step": self.relative_step, "random_start": self.random_start, "restarts": self.restarts,
-                "losses": list(self.losses)}
+                "losses": list(self.losses), "schedule": self.schedule}

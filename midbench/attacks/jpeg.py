@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import check_losses, signed_pgd
+from midbench.attacks.parametric import SCHEDULES, check_losses, signed_pgd
 from midbench.errors import UsageError
 
 BLOCK = 8
@@ -106,6 +106,7 @@ class JpegAttack(Attack):
         restarts: runs of the attack while an example is unbroken, each from a new random start (≥ 1;
             :func:`midbench.attacks.parametric.signed_pgd`).
         losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner).
+        schedule: ``constant`` step, or ``cosine`` (from the step size down to 0 over each run).
         random_start: start from a uniformly random change inside the budget.
         target: ``None`` (untargeted) or a target policy.
 
@@ -115,7 +116,7 @@ class JpegAttack(Attack):
 
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, quant_steps: float = 1.0, steps: int = 20,
                  relative_step: float = 0.125, random_start: bool = True, restarts: int = 1,
-                 losses: str | list[str] = "ce", target: str | None = None) -> None:
+                 losses: str | list[str] = "ce", schedule: str = "constant", target: str | None = None) -> None:
         super().__init__(eps, norm, target)
         if norm is not None:
             raise UsageError(f"the JPEG attack is bounded in JPEG coefficients by quant_steps; give it no norm "
@@ -124,6 +125,9 @@ class JpegAttack(Attack):
                                   "relative_step": (relative_step, 0), "restarts": (restarts, 1)})
         self.restarts = int(restarts)
         self.losses = check_losses(losses, "JPEG")
+        if schedule not in SCHEDULES:
+            raise UsageError(f"JPEG: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        self.schedule = schedule
         self.quant_steps = float(quant_steps)
         self.steps = int(steps)
         self.relative_step = float(relative_step)
@@ -142,11 +146,11 @@ class JpegAttack(Attack):
 
         result = signed_pgd(model, render, tuple(coefficients.shape), labels, self.targeted, self.quant_steps,
                             self.steps, self.relative_step * self.quant_steps, self.random_start, x,
-                            restarts=self.restarts, losses=self.losses)
+                            restarts=self.restarts, losses=self.losses, schedule=self.schedule)
         self.last_change, self.last_success = result.variables, result.success
         return result.images
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "quant_steps": self.quant_steps, "steps": self.steps,
                 "relative_step": self.relative_step, "random_start": self.random_start, "restarts": self.restarts,
-                "losses": list(self.losses)}
+                "losses": list(self.losses), "schedule": self.schedule}

@@ -19,6 +19,7 @@ With ``restarts`` > 1 the loop runs again from a new random start while an examp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,16 @@ class ParametricResult:
 
 #: the losses a restart may maximise (module docstring)
 LOSSES = ("ce", "margin")
+#: step-size schedules: ``constant``, or ``cosine`` (from the step size down to 0 over the run, so the last steps
+#: refine instead of bouncing across the optimum by a fixed sign step)
+SCHEDULES = ("constant", "cosine")
+
+
+def step_sizes(step_size: float, steps: int, schedule: str) -> list[float]:
+    """The step of each iteration under ``schedule`` (:data:`SCHEDULES`)."""
+    if schedule == "constant":
+        return [step_size] * steps
+    return [step_size * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
 
 
 def check_losses(losses: str | tuple[str, ...] | list[str], attack: str) -> tuple[str, ...]:
@@ -66,7 +77,7 @@ def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str, targeted:
 def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
                labels: torch.Tensor, targeted: bool, bound: float, steps: int, step_size: float,
                random_start: bool, like: torch.Tensor, restarts: int = 1,
-               losses: tuple[str, ...] = ("ce",)) -> ParametricResult:
+               losses: tuple[str, ...] = ("ce",), schedule: str = "constant") -> ParametricResult:
     """Maximise the cross-entropy of ``render(v)`` (targeted: minimise that of ``labels``) over ``‖v‖∞ ≤ bound``;
     with ``restarts`` > 1, again from new random starts while some example is unbroken, restart ``r`` on
     ``losses[r % len(losses)]`` (module docstring).
@@ -102,7 +113,7 @@ def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor],
         variables = torch.zeros(shape, dtype=like.dtype, device=like.device)
         if random_start and bound > 0:
             variables = randomness.uniform_like(variables, -bound, bound)
-        for _ in range(steps):
+        for size in step_sizes(step_size, steps, schedule):
             current = variables.detach().requires_grad_(True)
             images = render(current)
             logits = model(images)
@@ -110,7 +121,7 @@ def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor],
             loss = attack_loss(logits, labels, loss_name, targeted)
             (gradient,) = torch.autograd.grad(loss, current)
             with torch.no_grad():
-                variables = (variables + step_size * gradient.sign()).clamp(-bound, bound)
+                variables = (variables + size * gradient.sign()).clamp(-bound, bound)
         with torch.no_grad():
             images = render(variables)
             keep(variables, images, model(images))
