@@ -5,10 +5,11 @@
 ``--impl midbench`` runs the evaluation engine (``midbench.evaluation.engine.evaluate`` with the registry's
 ``autoattack-linf`` entry: clean prediction, then AutoAttack on the clean-correct points, component by
 component); ``--impl reference`` runs ``run_standard_evaluation`` (which also attacks only the clean-correct
-points). Each prints the robust count and exits, so ``abbench.py`` can time the two as whole processes::
+points). Each prints the robust count and exits, so ``abbench`` (the
+interleaved A/B timer of docs/performance.md) can time the two as whole processes::
 
     python benchmarks/bench_autoattack.py --prepare runs/p4      # a briefly trained LeNet (once)
-    python ../shared/tools/abbench.py -n 7 \\
+    abbench -n 7 \\
         -a "python benchmarks/bench_autoattack.py --impl midbench --checkpoint runs/p4/model.safetensors" \\
         -b "python benchmarks/bench_autoattack.py --impl reference --checkpoint runs/p4/model.safetensors"
 

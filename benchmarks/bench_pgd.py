@@ -13,10 +13,11 @@ Modes:
     of one clean step; exits non-zero unless they are exactly K+1 / K+1 and 1 / 1.
 ``--mode attack --impl native|torchattacks``
     Runs PGD-40 L∞ (ε 0.3, step 0.01, random start) once on N mnist5k test images against a fixed,
-    seeded, briefly trained LeNet, then exits. This is the command ``abbench.py`` times (run from the
+    seeded, briefly trained LeNet, then exits. This is the command ``abbench``
+    (the interleaved A/B timer of docs/performance.md) times (run from the
     repository root)::
 
-        python ../shared/tools/abbench.py -n 7 \\
+        abbench -n 7 \\
             -a "python benchmarks/bench_pgd.py --mode attack --impl native" \\
             -b "python benchmarks/bench_pgd.py --mode attack --impl torchattacks"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-parallel training (docs/performance.md): the same training run over 2 processes × 1 thread (`--nproc 2`,
-# torchrun, gloo) against 1 process × 2 threads, interleaved by ../shared/tools/abbench.py; then the largest
+# torchrun, gloo) against 1 process × 2 threads, interleaved by the A/B timer (docs/performance.md; its path in $ABBENCH); then the largest
 # difference between the two models' parameters (they differ only in the order of floating-point sums).
 #
 #   bash benchmarks/ddp_train.sh [METHOD] [N_TRAIN] [PAIRS] [EXTRA TRAIN OPTIONS]
@@ -13,7 +13,7 @@ extra=${4:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 here=$(cd "$(dirname "$0")/.." && pwd)
-abbench="$here/../shared/tools/abbench.py"
+abbench="${ABBENCH:?set ABBENCH to the A/B timer (docs/performance.md)}"
 
 training="midbench train --method $method --epochs 1 --n-train $n --batch-size 128 --val-size 0 --attack-steps 10 \
 --device cpu --quiet $extra"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # P13 (docs/performance.md): `midbench bench --workers 2` against the serial sweep, interleaved by
-# ../shared/tools/abbench.py, on a small sweep of four runs (standard, PGD-AT, TRADES and MID, whose source is
+# the A/B timer (docs/performance.md; its path in $ABBENCH), on a small sweep of four runs (standard, PGD-AT, TRADES and MID, whose source is
 # the standard run) evaluated white-box and under transfer; then checks that both leaderboards are identical.
 #
 #   bash benchmarks/parallel_sweep.sh [PAIRS] [THREADS]     # default 3 pairs; THREADS pins [sweep] threads
@@ -53,7 +53,7 @@ if [ -n "$threads" ]; then
 else
     sed -i "/^THREADS_LINE$/d" "$work/sweep.toml"
 fi
-python3 "$here/../shared/tools/abbench.py" -n "$pairs" \
+python3 "${ABBENCH:?set ABBENCH to the A/B timer (docs/performance.md)}" -n "$pairs" \
     -a "rm -rf $work/a && midbench bench --config $work/sweep.toml --out $work/a --quiet --workers 2 > /dev/null" \
     -b "rm -rf $work/b && midbench bench --config $work/sweep.toml --out $work/b --quiet > /dev/null"
 if cmp -s "$work/a/results/leaderboard-p13.md" "$work/b/results/leaderboard-p13.md"; then

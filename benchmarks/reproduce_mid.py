@@ -20,7 +20,7 @@ images, worst case per example; clean accuracy of source model, teacher and MID 
     python benchmarks/reproduce_mid.py --out runs/reproduce-mid --n 100
 
 The released models were trained on MNIST's training set, from which the ``mnist5k`` images probably come;
-their numbers on it are inflated (see ``../shared/mid-official/README.md``). The midbench-trained model never
+their numbers on it are inflated (docs/reproduce-mid.md). The midbench-trained model never
 sees the test split.
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # P12 (docs/performance.md): the same evaluation sharded over 2 processes × 1 thread (`--nproc 2`, torchrun,
-# gloo) against 1 process × 2 threads, interleaved by ../shared/tools/abbench.py; then checks that the two
+# gloo) against 1 process × 2 threads, interleaved by the A/B timer (docs/performance.md; its path in $ABBENCH); then checks that the two
 # per-example matrices (attacks and profile curves) are identical.
 #
 #   bash benchmarks/sharded_eval.sh [N_EXAMPLES] [PAIRS] [ATTACK OPTIONS]
@@ -12,7 +12,7 @@ attacks=${3:---unknown-attacks}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 here=$(cd "$(dirname "$0")/.." && pwd)
-abbench="$here/../shared/tools/abbench.py"
+abbench="${ABBENCH:?set ABBENCH to the A/B timer (docs/performance.md)}"
 
 midbench train --method pgd-at --epochs 1 --n-train 512 --val-size 32 --attack-steps 3 --device cpu --quiet \
     --out "$work/model" > /dev/null
