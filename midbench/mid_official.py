@@ -3,7 +3,7 @@
 The release (Zhang et al., "Meta Invariance Defense Towards Generalizable Robustness to Unknown Adversarial
 Attacks", TPAMI 2024; repository ``mln66/MID``, folder ``saving_models/``) ships three *whole modules* saved with
 ``torch.save(model)`` under PyTorch 0.4.1: the source model, the teacher autoencoder and the MID student encoder
-(``shared/mid-official/README.md``). They are read by the restricted legacy reader
+(docs/reproduce-mid.md). They are read by the restricted legacy reader
 (:mod:`midbench.legacy_torch`), allowed only the authors' LeNet classes and the ``torch.nn`` layers they use;
 this module checks that each file holds exactly the released architecture and maps its tensors onto midbench's
 ``lenet`` and MID parts.
@@ -22,7 +22,7 @@ from midbench.errors import ArtifactError
 from midbench.legacy_torch import AllowList, LegacyFile, read_legacy_module
 from midbench.metadata import ModelMetadata
 
-#: role -> (file name in the release, SHA-256 of the released file), from shared/mid-official/README.md
+#: role -> (file name in the release, SHA-256 of the released file, as the authors published them)
 RELEASE_FILES: dict[str, tuple[str, str]] = {
     "source": ("MNIST_LeNet5.pkl", "8a0cae94edc0dc80cf0f083aac1721173a9ac514487d875345be5b8288e8bcbf"),
     "teacher": ("LeNet5_MNIST_AE.pkl", "b83c9891c0f736598c07d02bd165fa653dbe363d8eea0334486de7c9c05a1ce9"),
