@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""P4 of design/performance.md: AutoAttack standard through midbench against the reference
+"""P4 of docs/performance.md: AutoAttack standard through midbench against the reference
 ``pyautoattack.AutoAttack.run_standard_evaluation``, on the same model, images, batch size and seed.
 
 ``--impl midbench`` runs the evaluation engine (``midbench.evaluation.engine.evaluate`` with the registry's

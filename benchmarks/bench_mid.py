@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Goal P6 of design/performance.md: a MID epoch (paper protocol, fixed source model) costs no more than a
+"""Goal P6 of docs/performance.md: a MID epoch (paper protocol, fixed source model) costs no more than a
 PGD-AT epoch with the same attack budget.
 
 "Same attack budget" means the same attack steps per training example and epoch: MID's pool of ``A`` attacks

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""P6 of design/performance.md, the change on its own: one MID meta step with the meta-train tasks batched
+"""P6 of docs/performance.md, the change on its own: one MID meta step with the meta-train tasks batched
 through each module (``MetaSettings(batch_tasks=True)``, the default) against one forward per task
 (``batch_tasks=False``, the release's way), on the same LeNet MID model, batch and tasks, interleaved::
 

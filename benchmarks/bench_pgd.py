@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PGD benchmarks for goals P1 and P3 of design/performance.md.
+"""PGD benchmarks for goals P1 and P3 of docs/performance.md.
 
 - P1: native PGD-K L∞ per-example time vs torchattacks ``PGD`` (same run, interleaved): median ratio ≤ 1.0.
 - P3: a PGD-K adversarial-training step costs exactly K+1 forwards and K+1 backwards per example, and its wall

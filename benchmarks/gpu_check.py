@@ -19,7 +19,7 @@ as one ``RESULT {json}`` line, which the script gathers into its summary table. 
 
 ``pgd``
     Native PGD-10 L∞ (ε 8/255) against torchattacks' ``PGD`` on the same model and images, timed interleaved in
-    one process (median ratio native / torchattacks, design/performance.md P1 on the device), with both robust
+    one process (median ratio native / torchattacks, docs/performance.md P1 on the device), with both robust
     accuracies.
 
 ``autoattack CHECKPOINT``

@@ -1,5 +1,5 @@
 """Meta Invariance Defense (Zhang et al., "Meta Invariance Defense Towards Generalizable Robustness to Unknown
-Adversarial Attacks", TPAMI 2024, arXiv:2404.03340), as fixed by the design page ``mid.md``.
+Adversarial Attacks", TPAMI 2024, arXiv:2404.03340), as described in docs/mid.md.
 
 Two training methods:
 
@@ -64,7 +64,7 @@ class TeacherOptions:
 
 @dataclass(frozen=True)
 class MidOptions:
-    """MID's options (design page ``mid.md``): the pool, the meta step, the consistency weights, and the
+    """MID's options (docs/mid.md): the pool, the meta step, the consistency weights, and the
     source and teacher stages. Defaults are the paper's; the release's settings are in
     ``results/mnist-mid-release/sweep.toml``."""
 

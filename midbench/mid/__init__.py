@@ -1,5 +1,5 @@
 """Meta Invariance Defense (Zhang et al., "Meta Invariance Defense Towards Generalizable Robustness to Unknown
-Adversarial Attacks", TPAMI 2024, arXiv:2404.03340), as specified in the design page ``mid.md``.
+Adversarial Attacks", TPAMI 2024, arXiv:2404.03340), as described in docs/mid.md.
 
 - :mod:`midbench.mid.parts`: the teacher autoencoder and the MID classifier as checkpointable modules;
 - :mod:`midbench.mid.losses`: the adversarial, cyclic and label consistencies;

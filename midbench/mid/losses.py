@@ -1,5 +1,5 @@
-"""MID's multi-consistency distillation losses (Zhang et al., TPAMI 2024, arXiv:2404.03340, Sec. 3; design
-page ``mid.md``, "Stage 2").
+"""MID's multi-consistency distillation losses (Zhang et al., TPAMI 2024, arXiv:2404.03340, Sec. 3; docs/mid.md,
+"Stage 2").
 
 ``p(f)`` is the softmax of a feature map over its channel axis at every spatial position, and ``KL(P‖Q)`` is
 averaged over *every element* (batch × channels × positions), the reduction of the release's ``nn.KLDivLoss()``
@@ -14,7 +14,7 @@ balance AC : CC : LC. With the clean teacher feature ``f_t = E_t(x)`` (no gradie
 
 The target distribution is given as log-probabilities and exponentiated here, never passed as the "input"
 side: the release gave ``kl_div`` log-probabilities as its *target*, which is 0 with no gradient in PyTorch
-0.4 and NaN today (fault 3 of ``mid.md``).
+0.4 and NaN today (fault 3 of docs/mid.md).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def task_losses(encode: StudentEncode, x_tasks: Sequence[torch.Tensor], y: torch
     values equal the per-task ones up to floating-point summation order — provided no module couples the rows of
     a batch (BatchNorm in training mode does: the caller must then pass one task at a time, see
     :func:`couples_batch_rows`). One large forward instead of several small ones saves the per-call overhead of
-    every module and of autograd (goal P6 of ``design/performance.md``).
+    every module and of autograd (goal P6 of docs/performance.md).
     """
     x = x_tasks[0] if len(x_tasks) == 1 else torch.cat(list(x_tasks))
     feature, context = encode(normalize(x))

@@ -1,4 +1,4 @@
-"""One MID meta-learning step (Zhang et al., TPAMI 2024, arXiv:2404.03340, Alg. 1; design page ``mid.md``).
+"""One MID meta-learning step (Zhang et al., TPAMI 2024, arXiv:2404.03340, Alg. 1; docs/mid.md).
 
 Given the task inputs ``X = [x, a_1(x), …, a_n(x)]`` (task 0 clean) and a held-out adversarial task ``v``:
 

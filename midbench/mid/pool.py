@@ -1,9 +1,9 @@
-"""MID's Attacker Pool and its cache (Zhang et al., TPAMI 2024, arXiv:2404.03340; design page ``mid.md``).
+"""MID's Attacker Pool and its cache (Zhang et al., TPAMI 2024, arXiv:2404.03340; docs/mid.md).
 
 The pool is a list of registry attacks (default the ``mid-mnist-known`` suite: PGD and MI-FGSM, untargeted and
 targeted, at the dataset's L∞ ε). In the paper's protocol the pool attacks a *fixed* source model, so its
 adversarial examples do not depend on the student: :class:`PoolCache` crafts them for the whole training split
-once per block of ``refresh_every`` epochs instead of once per batch (goal P6 of ``performance.md``).
+once per block of ``refresh_every`` epochs instead of once per batch (goal P6 of docs/performance.md).
 """
 
 from __future__ import annotations
