@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import SCHEDULES, check_losses, signed_pgd
+from midbench.attacks.parametric import check_restarts, signed_pgd
 from midbench.attacks.spatial import flow_warp
 from midbench.errors import UsageError
 
@@ -81,12 +81,8 @@ class ElasticAttack(Attack):
         if norm is not None:
             raise UsageError(f"the Elastic attack is bounded by max_flow pixels; give it no norm (got {norm})")
         require_at_least("Elastic", {"max_flow": (max_flow, 0), "sigma": (sigma, 0), "steps": (steps, 1),
-                                     "relative_step": (relative_step, 0), "restarts": (restarts, 1)})
-        self.restarts = int(restarts)
-        self.losses = check_losses(losses, "Elastic")
-        if schedule not in SCHEDULES:
-            raise UsageError(f"Elastic: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        self.schedule = schedule
+                                     "relative_step": (relative_step, 0)})
+        self.restarts, self.losses, self.schedule = check_restarts(restarts, losses, schedule, "Elastic")
         self.max_flow = float(max_flow)
         self.sigma = float(sigma)
         self.steps = int(steps)

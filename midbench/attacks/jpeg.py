@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import SCHEDULES, check_losses, signed_pgd
+from midbench.attacks.parametric import check_restarts, signed_pgd
 from midbench.errors import UsageError
 
 BLOCK = 8
@@ -122,12 +122,8 @@ class JpegAttack(Attack):
             raise UsageError(f"the JPEG attack is bounded in JPEG coefficients by quant_steps; give it no norm "
                              f"(got {norm})")
         require_at_least("JPEG", {"quant_steps": (quant_steps, 0), "steps": (steps, 1),
-                                  "relative_step": (relative_step, 0), "restarts": (restarts, 1)})
-        self.restarts = int(restarts)
-        self.losses = check_losses(losses, "JPEG")
-        if schedule not in SCHEDULES:
-            raise UsageError(f"JPEG: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        self.schedule = schedule
+                                  "relative_step": (relative_step, 0)})
+        self.restarts, self.losses, self.schedule = check_restarts(restarts, losses, schedule, "JPEG")
         self.quant_steps = float(quant_steps)
         self.steps = int(steps)
         self.relative_step = float(relative_step)

@@ -53,14 +53,20 @@ def step_sizes(step_size: float, steps: int, schedule: str) -> list[float]:
     return [step_size * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
 
 
-def check_losses(losses: str | tuple[str, ...] | list[str], attack: str) -> tuple[str, ...]:
-    """``losses`` as a tuple of known names (a comma-separated string is accepted, as the registry may give)."""
+def check_restarts(restarts: int, losses: str | tuple[str, ...] | list[str], schedule: str, attack: str
+                   ) -> tuple[int, tuple[str, ...], str]:
+    """The restart options of a :func:`signed_pgd` attack, checked: ``restarts`` ≥ 1, ``losses`` known names (a
+    comma-separated string is accepted, as the registry may give) and ``schedule`` one of :data:`SCHEDULES`."""
     from midbench.errors import UsageError
 
     names = tuple(part.strip() for part in losses.split(",")) if isinstance(losses, str) else tuple(losses)
     if not names or any(name not in LOSSES for name in names):
         raise UsageError(f"{attack}: losses must name some of {', '.join(LOSSES)}, got {losses!r}")
-    return names
+    if schedule not in SCHEDULES:
+        raise UsageError(f"{attack}: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if isinstance(restarts, bool) or int(restarts) < 1:
+        raise UsageError(f"{attack}: restarts must be at least 1, got {restarts!r}")
+    return int(restarts), names, schedule
 
 
 def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str, targeted: bool) -> torch.Tensor:
