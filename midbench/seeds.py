@@ -9,13 +9,14 @@ name and protocol:
   deviation (none with one seed);
 - its **interval** (``_lo``/``_hi``) is the pigeonhole bootstrap over seeds and examples of the per-example values
   behind it (:func:`midbench.evaluation.scoring.crossed_interval`): it covers the variation between training runs
-  and the finite test set together;
+  and the finite test set together, and is too narrow with 2–3 seeds when seeds vary a lot (docs/scoring.md);
 - **ranks** have ties: two models are tied when the paired crossed-bootstrap interval of their difference contains
   0 (same seeds, same examples), as in a single-seed table;
 - **flags** are the union over seeds, each with the number of seeds it was raised in; a model flagged in any seed is
   kept out of "best AT".
 
-A model present in only some replicates is shown with the seeds it has (the ``seeds`` column) and is never tied.
+Rows are the same model's when name, test examples and ε agree (:func:`row_key`). A model present in only some
+replicates is shown with the number of seeds it has (the ``seeds`` column) and is never tied.
 """
 
 from __future__ import annotations
