@@ -16,6 +16,7 @@ from torch import nn
 from midbench.attacks import randomness
 from midbench.attacks.elastic import ElasticAttack, gaussian_kernel, smooth_flow
 from midbench.attacks.jpeg import BLOCK, JpegAttack, JpegCodec, dct_matrix, quantisation_steps
+from midbench.attacks.parametric import OPTIMIZERS
 from midbench.attacks.spatial import flow_warp
 from midbench.errors import UsageError
 
@@ -71,11 +72,12 @@ def test_gaussian_kernel_is_normalised_so_smoothing_keeps_the_bound() -> None:
 # --- the attacks -------------------------------------------------------------------------------------------------
 
 
-def test_jpeg_respects_its_budget_and_returns_the_decoded_change(standard_model: nn.Module,
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_jpeg_respects_its_budget_and_returns_the_decoded_change(optimizer: str, standard_model: nn.Module,
                                                                   small_batch: tuple[torch.Tensor, torch.Tensor]
                                                                   ) -> None:
     x, y = small_batch[0][:16], small_batch[1][:16]
-    attack = JpegAttack(quant_steps=0.5, steps=5)
+    attack = JpegAttack(quant_steps=0.5, steps=5, optimizer=optimizer)
     x_adv = attack(standard_model, x, y)
     assert attack.last_change is not None
     assert float(attack.last_change.abs().max()) <= 0.5 + 1e-6
@@ -85,11 +87,12 @@ def test_jpeg_respects_its_budget_and_returns_the_decoded_change(standard_model:
     assert torch.allclose(x_adv, expected, atol=1e-5)
 
 
-def test_elastic_respects_its_budget_and_returns_the_warped_image(standard_model: nn.Module,
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_elastic_respects_its_budget_and_returns_the_warped_image(optimizer: str, standard_model: nn.Module,
                                                                  small_batch: tuple[torch.Tensor, torch.Tensor]
                                                                  ) -> None:
     x, y = small_batch[0][:16], small_batch[1][:16]
-    attack = ElasticAttack(max_flow=1.5, sigma=2.0, steps=5)
+    attack = ElasticAttack(max_flow=1.5, sigma=2.0, steps=5, optimizer=optimizer)
     x_adv = attack(standard_model, x, y)
     assert attack.last_flow is not None and attack.last_flow.shape == (16, 2, 28, 28)
     assert float(attack.last_flow.abs().max()) <= 1.5 + 1e-6
@@ -129,8 +132,12 @@ def test_full_strength_breaks_an_undefended_model(make, standard_model: nn.Modul
 @pytest.mark.parametrize("make", [lambda: JpegAttack(quant_steps=0.5, steps=4),
                                   lambda: ElasticAttack(max_flow=1.0, steps=4),
                                   lambda: JpegAttack(quant_steps=0.5, steps=4, restarts=3, losses="ce,margin"),
-                                  lambda: ElasticAttack(max_flow=1.0, steps=4, restarts=3, losses=["margin"])],
-                         ids=["jpeg", "elastic", "jpeg-restarts", "elastic-restarts"])
+                                  lambda: ElasticAttack(max_flow=1.0, steps=4, restarts=3, losses=["margin"]),
+                                  lambda: JpegAttack(quant_steps=0.5, steps=4, restarts=2, optimizer="apgd",
+                                                     losses="ce,dlr-targeted", n_targets=2),
+                                  lambda: ElasticAttack(max_flow=1.0, steps=4, restarts=2, optimizer="apgd",
+                                                        losses="margin,dlr-targeted", n_targets=2)],
+                         ids=["jpeg", "elastic", "jpeg-restarts", "elastic-restarts", "jpeg-apgd", "elastic-apgd"])
 def test_an_example_attack_does_not_depend_on_its_batch(make, standard_model: nn.Module,  # noqa: ANN001
                                                         small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     """With per-example generators (what the profile uses), attacking examples 0–7 together or 0–3 alone gives
@@ -170,6 +177,33 @@ def test_restarts_run_while_an_example_stands_and_never_lose_a_broken_one(
     assert restarted_passes == 4 * single_passes
 
 
+@pytest.mark.parametrize("make", [lambda: JpegAttack(quant_steps=0.1, steps=5, optimizer="apgd"),
+                                  lambda: ElasticAttack(max_flow=0.2, steps=5, optimizer="apgd")],
+                         ids=["jpeg", "elastic"])
+def test_apgd_on_the_variables_only_adds_broken_examples_with_more_runs(
+        make, standard_model: nn.Module, small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:  # noqa: ANN001
+    """Under APGD the first run of the cross-entropy is the same with or without more stages and restarts (each
+    example's first random start comes from its own generator), and later runs attack only the examples still
+    standing and keep every break: the broken set can only grow, and a broken example's reported success is
+    the model's verdict on the returned image."""
+    x, y = small_batch
+    seeds = list(range(len(y)))
+
+    def fooled(attack: JpegAttack | ElasticAttack) -> torch.Tensor:
+        with randomness.per_example_generators(seeds):
+            x_adv = attack(standard_model, x, y)
+        with torch.no_grad():
+            wrong = standard_model(x_adv).argmax(1) != y
+        assert torch.equal(wrong, attack.last_success)
+        return wrong
+
+    once, more = make(), make()
+    more.restarts, more.losses, more.n_targets = 3, ("ce", "dlr-targeted"), 2
+    single, several = fooled(once), fooled(more)
+    assert bool((single <= several).all())
+    assert not bool(several.all())  # at a tenth of the budget most examples stand: the runs all ran
+
+
 def test_the_cosine_schedule_starts_at_the_step_size_and_decays_towards_zero() -> None:
     from midbench.attacks.parametric import step_sizes
 
@@ -193,7 +227,13 @@ def test_the_margin_loss_is_negative_exactly_on_correct_predictions() -> None:
                                   lambda: ElasticAttack(max_flow=-1.0), lambda: ElasticAttack(sigma=-0.5),
                                   lambda: ElasticAttack(relative_step=-0.1), lambda: JpegAttack(restarts=0),
                                   lambda: ElasticAttack(losses="hinge"), lambda: JpegAttack(losses=[]),
-                                  lambda: JpegAttack(schedule="linear"), lambda: ElasticAttack(schedule="")])
+                                  lambda: JpegAttack(schedule="linear"), lambda: ElasticAttack(schedule=""),
+                                  lambda: ElasticAttack(optimizer="adam"),
+                                  lambda: JpegAttack(optimizer="apgd", schedule="cosine"),
+                                  lambda: ElasticAttack(optimizer="apgd", losses="hinge"),
+                                  lambda: JpegAttack(optimizer="pgd", losses="dlr-targeted"),
+                                  lambda: ElasticAttack(optimizer="apgd", target="least-likely"),
+                                  lambda: JpegAttack(optimizer="apgd", n_targets=0)])
 def test_bad_parameters_are_refused(make) -> None:  # noqa: ANN001
     with pytest.raises(UsageError):
         make()

@@ -21,7 +21,7 @@ the unknown-attack profile relies on.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -73,26 +73,181 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch.
     return -(true_logit - target_logit) / (ranked[:, 0] - (ranked[:, 2] + ranked[:, 3]) / 2 + 1e-12)
 
 
-def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None,
-                      need_gradient: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-example loss, logits and ∂(Σ loss)/∂x at ``x``: one forward and, if ``need_gradient``, one backward.
+#: (points, rows) → logits: the classifier's output at ``points`` of the examples ``rows`` of the attacked batch
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: (points, rows) → the points moved into the feasible set of those examples (ball ∩ box, or a latent's box)
+Projection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def loss_and_gradient(forward: Forward, points: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, loss: str,
+                      target: torch.Tensor | None, need_gradient: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-example loss, logits and ∂(Σ loss)/∂points: one forward and, if ``need_gradient``, one backward.
 
     The gradient of the *summed* loss with respect to example i is that of example i's own loss.
     """
     if not need_gradient:
         with torch.no_grad():
-            logits = model(x)
+            logits = forward(points, rows)
         return attack_loss(logits, y, loss, target), logits, None
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
+    points = points.detach().requires_grad_(True)
+    logits = forward(points, rows)
     values = attack_loss(logits, y, loss, target)
-    (gradient,) = torch.autograd.grad(values.sum(), x)
+    (gradient,) = torch.autograd.grad(values.sum(), points)
     return values.detach(), logits.detach(), gradient
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-example mask shaped to broadcast over ``like``'s (N, ...)."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def check_losses(losses: tuple[str, ...], num_classes: int, attack: str = "APGD") -> None:
+    """Refuse a loss the model has too few classes for (:data:`MIN_CLASSES`)."""
+    for loss in losses:
+        if num_classes < MIN_CLASSES[loss]:
+            raise UsageError(f"{attack}: loss {loss} needs at least {MIN_CLASSES[loss]} classes, "
+                             f"the model has {num_classes}")
+
+
+def stages(losses: tuple[str, ...], clean_logits: torch.Tensor, y: torch.Tensor, n_targets: int
+           ) -> list[tuple[str, torch.Tensor | None]]:
+    """The runs of an APGD attack in order: one per loss, and one per target of ``dlr-targeted`` — the
+    ``n_targets`` wrong classes of highest clean logit, most likely first."""
+    ranked_wrong = clean_logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+    runs: list[tuple[str, torch.Tensor | None]] = []
+    for loss in losses:
+        if loss == "dlr-targeted":
+            runs += [(loss, ranked_wrong[:, k]) for k in range(min(n_targets, clean_logits.shape[1] - 1))]
+        else:
+            runs.append((loss, None))
+    return runs
+
+
+def search(forward: Forward, project: Projection, norm: Norm, radius: float, start: torch.Tensor,
+           y: torch.Tensor, loss: str, target: torch.Tensor | None, steps: int, rho: float = 0.75,
+           momentum: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
+    """One run of Algorithm 1 from ``start`` over the points ``project`` keeps, with steepest-ascent steps for
+    ``norm`` starting at 2 × ``radius`` (the feasible set's radius).
+
+    The points are images for :class:`APGD`, and the latent variables of a parametric attack for
+    :func:`midbench.attacks.parametric.latent_apgd`: ``forward`` maps them to logits.
+
+    Returns:
+        (misclassified, points): per example, whether a misclassified point was found and the first one
+        found, or else the point of highest loss.
+    """
+    alpha = momentum
+    n = start.shape[0]
+    points = start.clone()
+    found = torch.zeros(n, dtype=torch.bool, device=start.device)
+    marks = checkpoints(steps)
+    windows = {w: w - previous for previous, w in zip(marks, marks[1:], strict=False)}
+
+    every = torch.arange(n, device=start.device)
+    value, logits, gradient = loss_and_gradient(forward, start, every, y, loss, target, need_gradient=True)
+    assert gradient is not None
+    # The state of the examples still attacked; rows leave together as soon as they are misclassified.
+    state: dict[str, torch.Tensor] = {
+        "rows": every, "y": y, "x": start, "x_prev": start,
+        "value": value, "gradient": gradient, "best_x": start, "best_value": value, "best_gradient": gradient,
+        "step": torch.full((n,), 2 * radius, dtype=start.dtype, device=start.device),
+        "best_at_check": value, "halved_at_check": torch.zeros(n, dtype=torch.bool, device=start.device),
+        "rises": torch.zeros(n, dtype=torch.long, device=start.device)}
+    if target is not None:
+        state["target"] = target
+    state = _retire(state, logits, points, found)
+
+    for k in range(steps):
+        if state["rows"].numel() == 0:
+            break
+        s = state
+        here = s["x"]
+        z = project(here + _rows(s["step"], here) * steepest_step(s["gradient"], norm), s["rows"])
+        if k == 0:
+            new = z
+        else:  # momentum: a step towards z plus a share of the previous displacement
+            new = project(here + alpha * (z - here) + (1 - alpha) * (here - s["x_prev"]), s["rows"])
+        last = k == steps - 1  # the final point is only scored: its gradient would never be used
+        value, logits, gradient = loss_and_gradient(forward, new, s["rows"], s["y"], loss, s.get("target"),
+                                                    need_gradient=not last)
+        if gradient is None:
+            gradient = s["gradient"]
+        rose = value > s["value"]
+        better = value > s["best_value"]
+        s["best_x"] = torch.where(_rows(better, new), new, s["best_x"])
+        s["best_gradient"] = torch.where(_rows(better, new), gradient, s["best_gradient"])
+        s["best_value"] = torch.where(better, value, s["best_value"])
+        s["x_prev"], s["x"], s["value"], s["gradient"] = here, new, value, gradient
+        if k == 0:
+            # w_0 = 0: f_max starts as max(f(x⁽⁰⁾), f(x⁽¹⁾)); the comparison f(x⁽¹⁾) > f(x⁽⁰⁾) opens the window
+            s["best_at_check"] = s["best_value"]
+            s["rises"] = rose.long()
+        elif k in windows:
+            # s["rises"] counts the rises f(x⁽ⁱ⁺¹⁾) > f(x⁽ⁱ⁾) for i = w_{j−1}, …, w_j − 1
+            stalled = s["rises"].to(start.dtype) < rho * windows[k]
+            unimproved = ~s["halved_at_check"] & (s["best_value"] <= s["best_at_check"])
+            halve = stalled | unimproved
+            s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+            # restart from the best point, with its gradient and loss (no extra pass)
+            s["x"] = torch.where(_rows(halve, new), s["best_x"], s["x"])
+            s["gradient"] = torch.where(_rows(halve, new), s["best_gradient"], s["gradient"])
+            s["value"] = torch.where(halve, s["best_value"], s["value"])
+            s["halved_at_check"] = halve
+            s["best_at_check"] = s["best_value"]
+            s["rises"] = rose.long()  # i = w_j opens the next window
+        else:
+            s["rises"] = s["rises"] + rose.long()
+        state = _retire(s, logits, points, found, new)
+    points[state["rows"]] = state["best_x"]
+    return found, points
+
+
+def _retire(state: dict[str, torch.Tensor], logits: torch.Tensor, points: torch.Tensor, found: torch.Tensor,
+            scored: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Record the examples misclassified at the point just scored and drop them from ``state``."""
+    wrong = logits.argmax(dim=1) != state["y"]
+    if not bool(wrong.any()):
+        return state
+    rows = state["rows"][wrong]
+    points[rows] = (state["x"] if scored is None else scored)[wrong]
+    found[rows] = True
+    return {name: value[~wrong] for name, value in state.items()}
+
+
+def attack(forward: Forward, project: Projection, norm: Norm, radius: float,
+           random_start: Callable[[], torch.Tensor], clean: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor,
+           losses: tuple[str, ...], n_targets: int, restarts: int, steps: int, rho: float, momentum: float
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every run of an APGD attack (:func:`stages` × ``restarts``), each only on the examples not yet
+    misclassified, from a fresh ``random_start()`` (drawn for the whole batch).
+
+    Returns:
+        (misclassified, points): a clean misclassification keeps ``clean``, its own first misclassified point.
+    """
+    check_losses(losses, clean_logits.shape[1])
+    points = clean.clone()
+    fooled = clean_logits.argmax(dim=1) != y
+    for loss, target in stages(losses, clean_logits, y, n_targets):
+        for _ in range(restarts):
+            if bool(fooled.all()):
+                return fooled, points
+            # drawn for every row: per-example generators need one row per example, and an example's draws
+            # must not depend on which others are still being attacked
+            start = random_start()
+            active = (~fooled).nonzero().squeeze(1)
+
+            def forward_active(p: torch.Tensor, rows: torch.Tensor, active: torch.Tensor = active) -> torch.Tensor:
+                return forward(p, active[rows])
+
+            def project_active(p: torch.Tensor, rows: torch.Tensor, active: torch.Tensor = active) -> torch.Tensor:
+                return project(p, active[rows])
+
+            found, run_points = search(forward_active, project_active, norm, radius, start[active], y[active],
+                                       loss, None if target is None else target[active], steps, rho, momentum)
+            points[active] = run_points
+            fooled[active] = found
+    return fooled, points
 
 
 class APGD(Attack):
@@ -131,35 +286,19 @@ class APGD(Attack):
         self.momentum = float(momentum)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert self.norm is not None
+        norm, eps = self.norm, self.eps
         with torch.no_grad():
             logits = model(x)
-        num_classes = logits.shape[1]
-        for loss in self.losses:
-            if num_classes < MIN_CLASSES[loss]:
-                raise UsageError(f"APGD: loss {loss} needs at least {MIN_CLASSES[loss]} classes, "
-                                 f"the model has {num_classes}")
-        x_adv = x.clone()
-        fooled = logits.argmax(dim=1) != y  # a clean misclassification is its own first misclassified point
-        # targets: wrong classes by decreasing clean logit
-        ranked_wrong = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-        stages: list[tuple[str, torch.Tensor | None]] = []
-        for loss in self.losses:
-            if loss == "dlr-targeted":
-                stages += [(loss, ranked_wrong[:, k]) for k in range(min(self.n_targets, num_classes - 1))]
-            else:
-                stages.append((loss, None))
-        for loss, target in stages:
-            for _ in range(self.restarts):
-                if bool(fooled.all()):
-                    return x_adv
-                # drawn for every row: per-example generators need one row per example, and an example's draws
-                # must not depend on which others are still being attacked
-                start = self._random_start(x)
-                active = (~fooled).nonzero().squeeze(1)
-                found, x_run = self._single_run(model, x[active], y[active], start[active],
-                                                loss, None if target is None else target[active])
-                x_adv[active] = x_run
-                fooled[active] = found
+
+        def forward(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return model(points)
+
+        def within(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return project(points, x[rows], eps, norm)
+
+        _, x_adv = attack(forward, within, norm, eps, lambda: self._random_start(x), x, y, logits, self.losses,
+                          self.n_targets, self.restarts, self.steps, self.rho, self.momentum)
         return x_adv
 
     def _random_start(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,91 +309,6 @@ class APGD(Attack):
             direction = randomness.randn_like(x)
             delta = direction / _rows(distance(direction, Norm.L2).clamp_min(1e-12), x) * self.eps
         return (x + delta).clamp(0.0, 1.0)
-
-    def _single_run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, loss: str,
-                    target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One run of Algorithm 1 from ``start``.
-
-        Returns:
-            (misclassified, points): per example, whether a misclassified point was found and the first one
-            found, or else the point of highest loss.
-        """
-        assert self.norm is not None
-        norm, eps, alpha = self.norm, self.eps, self.momentum
-        n = x.shape[0]
-        points = start.clone()
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        marks = checkpoints(self.steps)
-        windows = {w: w - previous for previous, w in zip(marks, marks[1:], strict=False)}
-
-        value, logits, gradient = loss_and_gradient(model, start, y, loss, target, need_gradient=True)
-        assert gradient is not None
-        # The state of the examples still attacked; rows leave together as soon as they are misclassified.
-        state: dict[str, torch.Tensor] = {
-            "rows": torch.arange(n, device=x.device), "x0": x, "y": y, "x": start, "x_prev": start,
-            "value": value, "gradient": gradient, "best_x": start, "best_value": value, "best_gradient": gradient,
-            "step": torch.full((n,), 2 * eps, dtype=x.dtype, device=x.device),
-            "best_at_check": value, "halved_at_check": torch.zeros(n, dtype=torch.bool, device=x.device),
-            "rises": torch.zeros(n, dtype=torch.long, device=x.device)}
-        if target is not None:
-            state["target"] = target
-        state = self._retire(state, logits, points, found)
-
-        for k in range(self.steps):
-            if state["rows"].numel() == 0:
-                break
-            s = state
-            here = s["x"]
-            z = project(here + _rows(s["step"], here) * steepest_step(s["gradient"], norm), s["x0"], eps, norm)
-            if k == 0:
-                new = z
-            else:  # momentum: a step towards z plus a share of the previous displacement
-                new = project(here + alpha * (z - here) + (1 - alpha) * (here - s["x_prev"]), s["x0"], eps, norm)
-            last = k == self.steps - 1  # the final point is only scored: its gradient would never be used
-            value, logits, gradient = loss_and_gradient(model, new, s["y"], loss, s.get("target"),
-                                                        need_gradient=not last)
-            if gradient is None:
-                gradient = s["gradient"]
-            rose = value > s["value"]
-            better = value > s["best_value"]
-            s["best_x"] = torch.where(_rows(better, new), new, s["best_x"])
-            s["best_gradient"] = torch.where(_rows(better, new), gradient, s["best_gradient"])
-            s["best_value"] = torch.where(better, value, s["best_value"])
-            s["x_prev"], s["x"], s["value"], s["gradient"] = here, new, value, gradient
-            if k == 0:
-                # w_0 = 0: f_max starts as max(f(x⁽⁰⁾), f(x⁽¹⁾)); the comparison f(x⁽¹⁾) > f(x⁽⁰⁾) opens the window
-                s["best_at_check"] = s["best_value"]
-                s["rises"] = rose.long()
-            elif k in windows:
-                # s["rises"] counts the rises f(x⁽ⁱ⁺¹⁾) > f(x⁽ⁱ⁾) for i = w_{j−1}, …, w_j − 1
-                stalled = s["rises"].to(x.dtype) < self.rho * windows[k]
-                unimproved = ~s["halved_at_check"] & (s["best_value"] <= s["best_at_check"])
-                halve = stalled | unimproved
-                s["step"] = torch.where(halve, s["step"] / 2, s["step"])
-                # restart from the best point, with its gradient and loss (no extra pass)
-                s["x"] = torch.where(_rows(halve, new), s["best_x"], s["x"])
-                s["gradient"] = torch.where(_rows(halve, new), s["best_gradient"], s["gradient"])
-                s["value"] = torch.where(halve, s["best_value"], s["value"])
-                s["halved_at_check"] = halve
-                s["best_at_check"] = s["best_value"]
-                s["rises"] = rose.long()  # i = w_j opens the next window
-            else:
-                s["rises"] = s["rises"] + rose.long()
-            state = self._retire(s, logits, points, found, new)
-        points[state["rows"]] = state["best_x"]
-        return found, points
-
-    @staticmethod
-    def _retire(state: dict[str, torch.Tensor], logits: torch.Tensor, points: torch.Tensor, found: torch.Tensor,
-                scored: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Record the examples misclassified at the point just scored and drop them from ``state``."""
-        wrong = logits.argmax(dim=1) != state["y"]
-        if not bool(wrong.any()):
-            return state
-        rows = state["rows"][wrong]
-        points[rows] = (state["x"] if scored is None else scored)[wrong]
-        found[rows] = True
-        return {name: value[~wrong] for name, value in state.items()}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "steps": self.steps, "restarts": self.restarts, "losses": list(self.losses),

@@ -7,7 +7,7 @@ normalised Gaussian kernel of standard deviation ``sigma`` pixels, truncated at 
 (edges repeated). The kernel's weights are non-negative and sum to one, so the smoothed flow obeys the same
 bound: no pixel moves more than ``max_flow`` pixels along either axis. Smoothing makes the deformation local
 and rubbery (Simard et al. 2003's elastic distortions) rather than stAdv's per-pixel flow, which is penalised,
-not smoothed. PGD with sign steps optimises ``V`` (:func:`midbench.attacks.parametric.signed_pgd`).
+not smoothed. PGD with sign steps optimises ``V`` (:func:`midbench.attacks.parametric.optimise`).
 
 The budget is ``max_flow``; the registry's strength ladder scales it (``sigma`` stays: it is the shape of the
 deformation, not its size).
@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import check_restarts, signed_pgd
+from midbench.attacks.parametric import check_restarts, optimise
 from midbench.attacks.spatial import flow_warp
 from midbench.errors import UsageError
 
@@ -63,9 +63,13 @@ class ElasticAttack(Attack):
         steps: PGD steps (≥ 1).
         relative_step: step size as a fraction of ``max_flow``.
         restarts: runs of the attack while an example is unbroken, each from a new random start (≥ 1;
-            :func:`midbench.attacks.parametric.signed_pgd`).
-        losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner).
+            :func:`midbench.attacks.parametric.optimise`).
+        losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner);
+            under ``apgd``, the losses run in sequence, each ``restarts`` times (:data:`midbench.attacks.apgd.LOSSES`).
         schedule: ``constant`` step, or ``cosine`` (from the step size down to 0 over each run).
+        optimizer: ``pgd`` (sign steps of ``relative_step``, as Kang et al.) or ``apgd`` (Auto-PGD on the
+            variables, which sets its own steps; untargeted; :func:`midbench.attacks.parametric.latent_apgd`).
+        n_targets: under ``apgd``, the targets of the ``dlr-targeted`` loss.
         random_start: start from a uniformly random flow inside the budget.
         target: ``None`` (untargeted) or a target policy.
 
@@ -76,13 +80,16 @@ class ElasticAttack(Attack):
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, max_flow: float = 2.0, sigma: float = 2.0,
                  steps: int = 20, relative_step: float = 0.125, random_start: bool = True,
                  restarts: int = 1, losses: str | list[str] = "ce", schedule: str = "constant",
-                 target: str | None = None) -> None:
+                 optimizer: str = "pgd", n_targets: int = 3, target: str | None = None) -> None:
         super().__init__(eps, norm, target)
         if norm is not None:
             raise UsageError(f"the Elastic attack is bounded by max_flow pixels; give it no norm (got {norm})")
         require_at_least("Elastic", {"max_flow": (max_flow, 0), "sigma": (sigma, 0), "steps": (steps, 1),
-                                     "relative_step": (relative_step, 0)})
-        self.restarts, self.losses, self.schedule = check_restarts(restarts, losses, schedule, "Elastic")
+                                     "relative_step": (relative_step, 0), "n_targets": (n_targets, 1)})
+        self.restarts, self.losses, self.schedule = check_restarts(restarts, losses, schedule, "Elastic",
+                                                                    optimizer, target is not None)
+        self.optimizer = optimizer
+        self.n_targets = int(n_targets)
         self.max_flow = float(max_flow)
         self.sigma = float(sigma)
         self.steps = int(steps)
@@ -96,12 +103,12 @@ class ElasticAttack(Attack):
         kernel = gaussian_kernel(self.sigma, x)
         n, _, height, width = x.shape
 
-        def render(flow: torch.Tensor) -> torch.Tensor:
-            return flow_warp(x, smooth_flow(flow, kernel))
+        def render(flow: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return flow_warp(x[rows], smooth_flow(flow, kernel))
 
-        result = signed_pgd(model, render, (n, 2, height, width), labels, self.targeted, self.max_flow,
-                            self.steps, self.relative_step * self.max_flow, self.random_start, x,
-                            restarts=self.restarts, losses=self.losses, schedule=self.schedule)
+        result = optimise(model, render, (n, 2, height, width), labels, self.targeted, self.max_flow, self.steps,
+                          self.relative_step * self.max_flow, self.random_start, x, self.restarts, self.losses,
+                          self.schedule, self.optimizer, self.n_targets)
         with torch.no_grad():
             self.last_flow = smooth_flow(result.variables, kernel)
         self.last_success = result.success
@@ -110,4 +117,5 @@ class ElasticAttack(Attack):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "max_flow": self.max_flow, "sigma": self.sigma, "steps": self.steps,
                 "relative_step": self.relative_step, "random_start": self.random_start, "restarts": self.restarts,
-                "losses": list(self.losses), "schedule": self.schedule}
+                "losses": list(self.losses), "schedule": self.schedule,
+                "optimizer": self.optimizer, "n_targets": self.n_targets}

@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from midbench.attacks.base import Attack, require_at_least
 from midbench.attacks.norms import Norm
-from midbench.attacks.parametric import check_restarts, signed_pgd
+from midbench.attacks.parametric import check_restarts, optimise
 from midbench.errors import UsageError
 
 BLOCK = 8
@@ -104,9 +104,13 @@ class JpegAttack(Attack):
         steps: PGD steps (≥ 1).
         relative_step: step size as a fraction of ``quant_steps`` (so scaling the budget scales the steps).
         restarts: runs of the attack while an example is unbroken, each from a new random start (≥ 1;
-            :func:`midbench.attacks.parametric.signed_pgd`).
-        losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner).
+            :func:`midbench.attacks.parametric.optimise`).
+        losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner);
+            under ``apgd``, the losses run in sequence, each ``restarts`` times (:data:`midbench.attacks.apgd.LOSSES`).
         schedule: ``constant`` step, or ``cosine`` (from the step size down to 0 over each run).
+        optimizer: ``pgd`` (sign steps of ``relative_step``, as Kang et al.) or ``apgd`` (Auto-PGD on the
+            variables, which sets its own steps; untargeted; :func:`midbench.attacks.parametric.latent_apgd`).
+        n_targets: under ``apgd``, the targets of the ``dlr-targeted`` loss.
         random_start: start from a uniformly random change inside the budget.
         target: ``None`` (untargeted) or a target policy.
 
@@ -116,14 +120,18 @@ class JpegAttack(Attack):
 
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, quant_steps: float = 1.0, steps: int = 20,
                  relative_step: float = 0.125, random_start: bool = True, restarts: int = 1,
-                 losses: str | list[str] = "ce", schedule: str = "constant", target: str | None = None) -> None:
+                 losses: str | list[str] = "ce", schedule: str = "constant", optimizer: str = "pgd",
+                 n_targets: int = 3, target: str | None = None) -> None:
         super().__init__(eps, norm, target)
         if norm is not None:
             raise UsageError(f"the JPEG attack is bounded in JPEG coefficients by quant_steps; give it no norm "
                              f"(got {norm})")
         require_at_least("JPEG", {"quant_steps": (quant_steps, 0), "steps": (steps, 1),
-                                  "relative_step": (relative_step, 0)})
-        self.restarts, self.losses, self.schedule = check_restarts(restarts, losses, schedule, "JPEG")
+                                  "relative_step": (relative_step, 0), "n_targets": (n_targets, 1)})
+        self.restarts, self.losses, self.schedule = check_restarts(restarts, losses, schedule, "JPEG",
+                                                                    optimizer, target is not None)
+        self.optimizer = optimizer
+        self.n_targets = int(n_targets)
         self.quant_steps = float(quant_steps)
         self.steps = int(steps)
         self.relative_step = float(relative_step)
@@ -137,16 +145,17 @@ class JpegAttack(Attack):
         coefficients = codec.encode(x)
         steps = quantisation_steps(codec.channels, x).view(1, codec.channels, 1, 1, BLOCK, BLOCK)
 
-        def render(change: torch.Tensor) -> torch.Tensor:
-            return codec.decode(coefficients + change * steps).clamp(0.0, 1.0)
+        def render(change: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return codec.decode(coefficients[rows] + change * steps).clamp(0.0, 1.0)
 
-        result = signed_pgd(model, render, tuple(coefficients.shape), labels, self.targeted, self.quant_steps,
-                            self.steps, self.relative_step * self.quant_steps, self.random_start, x,
-                            restarts=self.restarts, losses=self.losses, schedule=self.schedule)
+        result = optimise(model, render, tuple(coefficients.shape), labels, self.targeted, self.quant_steps,
+                          self.steps, self.relative_step * self.quant_steps, self.random_start, x, self.restarts,
+                          self.losses, self.schedule, self.optimizer, self.n_targets)
         self.last_change, self.last_success = result.variables, result.success
         return result.images
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "quant_steps": self.quant_steps, "steps": self.steps,
                 "relative_step": self.relative_step, "random_start": self.random_start, "restarts": self.restarts,
-                "losses": list(self.losses), "schedule": self.schedule}
+                "losses": list(self.losses), "schedule": self.schedule,
+                "optimizer": self.optimizer, "n_targets": self.n_targets}

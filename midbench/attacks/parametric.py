@@ -15,6 +15,14 @@ starts, and the margin loss of Carlini & Wagner (2017) in place of the cross-ent
 confidently classified examples), break more examples — the diversity AutoAttack relies on (Croce & Hein 2020).
 With ``restarts`` > 1 the loop runs again from a new random start while an example is still unbroken, restart
 ``r`` maximising ``losses[r % len(losses)]``; a broken example keeps its first fooling iterate.
+
+**APGD on the variables.** Even with restarts, sign-PGD with a fixed step converges slowly on these variables:
+on an L2-trained LeNet of ``mnist5k``, one run of 80 steps breaks as many examples as the union of eight runs of
+20 (docs/performance.md, P14). With ``optimizer = "apgd"`` the variables are optimised instead by Auto-PGD
+(Croce & Hein 2020, :mod:`midbench.attacks.apgd`): momentum, a step that starts at twice the bound and is halved
+where the loss stalls, returning to the best point, and its loss schedule (cross-entropy, margin, DLR, targeted
+DLR on the most likely wrong classes), each run only on the examples still unbroken. The search is the one
+:class:`~midbench.attacks.apgd.APGD` runs on pixels, with the bound's box as the feasible set.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from midbench.attacks import randomness
+from midbench.attacks import apgd, randomness
+from midbench.attacks.norms import Norm
 
 
 @dataclass
@@ -41,6 +50,11 @@ class ParametricResult:
 
 #: the losses a restart may maximise (module docstring)
 LOSSES = ("ce", "margin")
+#: how the variables are optimised: Kang et al.'s sign-PGD (:func:`signed_pgd`) or Auto-PGD (:func:`latent_apgd`)
+OPTIMIZERS = ("pgd", "apgd")
+#: (variables, rows) → the images of those examples of the batch (rows index the batch; a render may close over
+#: per-example data such as the clean images)
+Render = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: step-size schedules: ``constant``, or ``cosine`` (from the step size down to 0 over the run, so the last steps
 #: refine instead of bouncing across the optimum by a fixed sign step)
 SCHEDULES = ("constant", "cosine")
@@ -53,17 +67,27 @@ def step_sizes(step_size: float, steps: int, schedule: str) -> list[float]:
     return [step_size * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
 
 
-def check_restarts(restarts: int, losses: str | tuple[str, ...] | list[str], schedule: str, attack: str
-                   ) -> tuple[int, tuple[str, ...], str]:
-    """The restart options of a :func:`signed_pgd` attack, checked: ``restarts`` ≥ 1, ``losses`` known names (a
-    comma-separated string is accepted, as the registry may give) and ``schedule`` one of :data:`SCHEDULES`."""
+def check_restarts(restarts: int, losses: str | tuple[str, ...] | list[str], schedule: str, attack: str,
+                   optimizer: str = "pgd", targeted: bool = False) -> tuple[int, tuple[str, ...], str]:
+    """The restart options of a parametric attack, checked: ``restarts`` ≥ 1, ``optimizer`` one of
+    :data:`OPTIMIZERS`, ``losses`` known to it (:data:`LOSSES` for ``pgd``, :data:`midbench.attacks.apgd.LOSSES`
+    for ``apgd``; a comma-separated string is accepted, as the registry may give) and ``schedule`` one of
+    :data:`SCHEDULES` (``constant`` under ``apgd``, which sets its own steps). ``apgd`` is untargeted."""
     from midbench.errors import UsageError
 
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"{attack}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    known = apgd.LOSSES if optimizer == "apgd" else LOSSES
     names = tuple(part.strip() for part in losses.split(",")) if isinstance(losses, str) else tuple(losses)
-    if not names or any(name not in LOSSES for name in names):
-        raise UsageError(f"{attack}: losses must name some of {', '.join(LOSSES)}, got {losses!r}")
+    if not names or any(name not in known for name in names):
+        raise UsageError(f"{attack}: losses must name some of {', '.join(known)} under optimizer {optimizer}, "
+                         f"got {losses!r}")
     if schedule not in SCHEDULES:
         raise UsageError(f"{attack}: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if optimizer == "apgd" and schedule != "constant":
+        raise UsageError(f"{attack}: optimizer apgd sets its own step sizes; leave schedule at constant")
+    if optimizer == "apgd" and targeted:
+        raise UsageError(f"{attack}: optimizer apgd is untargeted; use optimizer pgd with a target")
     if isinstance(restarts, bool) or int(restarts) < 1:
         raise UsageError(f"{attack}: restarts must be at least 1, got {restarts!r}")
     return int(restarts), names, schedule
@@ -80,7 +104,7 @@ def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str, targeted:
     return (own - others).sum() if targeted else (others - own).sum()
 
 
-def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+def signed_pgd(model: nn.Module, render: Render, shape: tuple[int, ...],
                labels: torch.Tensor, targeted: bool, bound: float, steps: int, step_size: float,
                random_start: bool, like: torch.Tensor, restarts: int = 1,
                losses: tuple[str, ...] = ("ce",), schedule: str = "constant") -> ParametricResult:
@@ -89,7 +113,8 @@ def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor],
     ``losses[r % len(losses)]`` (module docstring).
 
     Args:
-        render: the variables (``shape``, first dimension the batch) to images in [0, 1].
+        render: the variables (``shape``, first dimension the batch) of some rows of the batch to their images
+            in [0, 1].
         like: a tensor whose dtype and device the variables take.
 
     Cost per example: per restart run, ``steps`` forward and backward passes plus one forward for the final
@@ -97,6 +122,7 @@ def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor],
     once every example is broken — so ``restarts × (steps + 1)`` forward passes at most.
     """
     n = shape[0]
+    every = torch.arange(n, device=like.device)
     best_images: torch.Tensor | None = None
     best_variables = torch.zeros(shape, dtype=like.dtype, device=like.device)
     fooled = torch.zeros(n, dtype=torch.bool, device=like.device)
@@ -121,7 +147,7 @@ def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor],
             variables = randomness.uniform_like(variables, -bound, bound)
         for size in step_sizes(step_size, steps, schedule):
             current = variables.detach().requires_grad_(True)
-            images = render(current)
+            images = render(current, every)
             logits = model(images)
             keep(current, images, logits.detach())
             loss = attack_loss(logits, labels, loss_name, targeted)
@@ -129,7 +155,49 @@ def signed_pgd(model: nn.Module, render: Callable[[torch.Tensor], torch.Tensor],
             with torch.no_grad():
                 variables = (variables + size * gradient.sign()).clamp(-bound, bound)
         with torch.no_grad():
-            images = render(variables)
+            images = render(variables, every)
             keep(variables, images, model(images))
     assert best_images is not None
     return ParametricResult(best_images, best_variables, fooled)
+
+
+def latent_apgd(model: nn.Module, render: Render, shape: tuple[int, ...], labels: torch.Tensor, bound: float,
+                steps: int, random_start: bool, like: torch.Tensor, restarts: int = 1,
+                losses: tuple[str, ...] = ("ce",), n_targets: int = 3) -> ParametricResult:
+    """Maximise each loss of ``losses`` in turn over ``‖v‖∞ ≤ bound`` by Auto-PGD on the variables (module
+    docstring), ``restarts`` runs per loss (and per target of ``dlr-targeted``), untargeted.
+
+    Cost per example: one forward pass at v = 0 (the clean logits APGD's targets need), then per run at most
+    ``steps + 1`` forward and ``steps`` backward passes; an example costs nothing more once broken.
+    """
+    every = torch.arange(shape[0], device=like.device)
+    zero = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    with torch.no_grad():
+        clean_logits = model(render(zero, every))
+
+    def forward(variables: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return model(render(variables, rows))
+
+    def inside(variables: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return variables.clamp(-bound, bound)
+
+    def start() -> torch.Tensor:
+        return randomness.uniform_like(zero, -bound, bound) if random_start and bound > 0 else zero.clone()
+
+    fooled, variables = apgd.attack(forward, inside, Norm.LINF, bound, start, zero, labels, clean_logits,
+                                    losses, n_targets, restarts, steps, rho=0.75, momentum=0.75)
+    with torch.no_grad():
+        images = render(variables, every)
+    return ParametricResult(images, variables, fooled)
+
+
+def optimise(model: nn.Module, render: Render, shape: tuple[int, ...], labels: torch.Tensor, targeted: bool,
+             bound: float, steps: int, step_size: float, random_start: bool, like: torch.Tensor, restarts: int,
+             losses: tuple[str, ...], schedule: str, optimizer: str, n_targets: int) -> ParametricResult:
+    """The variables of a parametric attack optimised by ``optimizer`` (:data:`OPTIMIZERS`; ``step_size`` and
+    ``schedule`` are sign-PGD's, ``n_targets`` APGD's)."""
+    if optimizer == "apgd":
+        return latent_apgd(model, render, shape, labels, bound, steps, random_start, like, restarts, losses,
+                           n_targets)
+    return signed_pgd(model, render, shape, labels, targeted, bound, steps, step_size, random_start, like,
+                      restarts=restarts, losses=losses, schedule=schedule)
