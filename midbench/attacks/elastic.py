@@ -74,7 +74,8 @@ class ElasticAttack(Attack):
         target: ``None`` (untargeted) or a target policy.
 
     Cost per example: ``steps + 1`` forward and ``steps`` backward passes per restart, at most (one more forward
-    when targeted).
+    when targeted); under ``apgd``, per run (``restarts`` per loss, and per target of ``dlr-targeted``), plus one
+    clean forward.
     """
 
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, max_flow: float = 2.0, sigma: float = 2.0,
