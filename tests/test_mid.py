@@ -76,7 +76,7 @@ def test_kl_terms_stay_finite_for_extreme_features() -> None:
 
 def _independent_consistency(model: nn.Module, x_clean: torch.Tensor, x_adv: torch.Tensor
                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """AC and CC of the LeNet MID classifier written out with functional ops from the design page: the
+    """AC and CC of the LeNet MID classifier written out with functional ops from docs/mid.md: the
     student's own pooling indices unpool its feature through the teacher's decoder, and both KLs use the
     release's ``nn.KLDivLoss()`` reduction (element mean)."""
     f = nn.functional

@@ -103,14 +103,8 @@ class JpegAttack(Attack):
         quant_steps: largest change of a coefficient, in steps of its quantisation table entry (≥ 0).
         steps: PGD steps (≥ 1).
         relative_step: step size as a fraction of ``quant_steps`` (so scaling the budget scales the steps).
-        restarts: runs of the attack while an example is unbroken, each from a new random start (≥ 1;
-            :func:`midbench.attacks.parametric.optimise`).
-        losses: the loss of each restart in turn: ``ce`` (cross-entropy) and ``margin`` (Carlini & Wagner);
-            under ``apgd``, the losses run in sequence, each ``restarts`` times (:data:`midbench.attacks.apgd.LOSSES`).
-        schedule: ``constant`` step, or ``cosine`` (from the step size down to 0 over each run).
-        optimizer: ``pgd`` (sign steps of ``relative_step``, as Kang et al.) or ``apgd`` (Auto-PGD on the
-            variables, which sets its own steps; untargeted; :func:`midbench.attacks.parametric.latent_apgd`).
-        n_targets: under ``apgd``, the targets of the ``dlr-targeted`` loss.
+        restarts, losses, schedule, optimizer, n_targets: how the change is optimised, as for
+            :class:`midbench.attacks.elastic.ElasticAttack` (:func:`midbench.attacks.parametric.optimise`).
         random_start: start from a uniformly random change inside the budget.
         target: ``None`` (untargeted) or a target policy.
 
