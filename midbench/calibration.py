@@ -7,7 +7,7 @@ One command, resumable at every stage (a rerun of the same command continues whe
 1. **Train** one reference per ranked threat model: a model adversarially trained against that threat model at its
    full budget (by default PGD-AT with a training attack of the threat model: Madry et al. 2018's objective, the
    inner maximisation done by whatever attack the registry entry names, so rotation/translation, flow, elastic and
-   JPEG work like L∞). Runs resume from their last finished epoch; ``workers`` trains several side by side.
+   JPEG work like L∞). Runs resume from their last finished epoch.
 2. **Calibrate** each threat model's ladder on the reference's held-out validation slice (never on the test
    images): climb a candidate grid of strengths (nested, so the grid costs little more than its top rung), and for
    every target τ take the smallest grid strength at which the reference keeps at most τ × its clean accuracy.
@@ -17,6 +17,10 @@ One command, resumable at every stage (a rerun of the same command continues whe
    ``midbench eval --unknown-attacks --threat-models T`` whose result files stay in the folder as provenance), and
    write ``reference.json`` (the ATA curves), ``ladders.toml`` (a registry file of ``[[ladder]]`` tables),
    ``calibration.json`` (the grid curves and the choice) and ``reference.md`` (the table for people).
+
+With ``workers`` > 1 every stage runs that many references side by side, each in its own process with
+``threads`` CPU threads (one by default): the references are independent, and with pinned threads a reference's
+numbers are the same bits whichever process computes them.
 
 The file format (``calibrate.toml``)::
 
@@ -28,7 +32,7 @@ The file format (``calibrate.toml``)::
     targets = [0.98, 0.95, 0.9, 0.8] # fractions of the reference's held-out clean accuracy
     n_examples = 1000
     seed = 0
-    workers = 2                      # references trained side by side (one CPU thread each)
+    workers = 2                      # references trained and measured side by side (one CPU thread each)
 
     [train]                          # shared by every reference (any `midbench train` key)
     method = "pgd-at"
@@ -277,79 +281,108 @@ def _finished(folder: Path, epochs: int) -> bool:
     return len(records) >= epochs or any("stopped_early" in record for record in records)
 
 
-def _train_references(calibration: Calibration, work: Path, say: ProgressFn, show_bars: bool) -> None:
-    pending = [(model, config) for model, config in calibration.references.items()
-               if not _finished(work / model, config.epochs)]
-    for model in calibration.references:
-        if all(model != name for name, _ in pending):
-            say(f"train {model}: finished earlier ({work / model})")
-    if calibration.workers <= 1 or len(pending) <= 1:
-        for model, config in pending:
-            say(f"train {model}: {config.method}, {config.train_attack}, {config.epochs} epochs")
-            _train_one(config, str(work / model), calibration.threads, show_bars)
-        return
+def _side_by_side(calibration: Calibration, job: Callable[..., Any], arguments: dict[str, tuple[Any, ...]],
+                  say: ProgressFn, stage: str) -> dict[str, Any]:
+    """``job(*arguments[model])`` for every model: one after the other, or ``calibration.workers`` at once in
+    processes of their own. A worker's error is raised here; what finished before it stays on disk (resumable)."""
+    if calibration.workers <= 1 or len(arguments) <= 1:
+        return {model: job(*args) for model, args in arguments.items()}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe); one thread each
+    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=calibration.workers, mp_context=context) as pool:
-        futures = {pool.submit(_train_one, config, str(work / model), calibration.threads or 1, False): model
-                   for model, config in pending}
-        for future in futures:
-            future.result()  # re-raises a worker's error; what finished before it stays resumable
-            say(f"train {futures[future]}: done")
+        futures = {model: pool.submit(job, *args) for model, args in arguments.items()}
+        results = {}
+        for model, future in futures.items():
+            results[model] = future.result()
+            say(f"{stage} {model}: done")
+    return results
+
+
+def _train_references(calibration: Calibration, work: Path, say: ProgressFn, show_bars: bool) -> None:
+    pending = {model: config for model, config in calibration.references.items()
+               if not _finished(work / model, config.epochs)}
+    for model in calibration.references:
+        if model not in pending:
+            say(f"train {model}: finished earlier ({work / model})")
+    parallel = calibration.workers > 1 and len(pending) > 1
+    for model, config in pending.items():
+        say(f"train {model}: {config.method}, {config.train_attack}, {config.epochs} epochs")
+    # side by side: one thread each unless set, and no progress bars (they would interleave)
+    threads = (calibration.threads or 1) if parallel else calibration.threads
+    _side_by_side(calibration, _train_one, {model: (config, str(work / model), threads, show_bars and not parallel)
+                                            for model, config in pending.items()}, say, "train")
 
 
 def _grid_curves(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -> dict[str, dict[str, Any]]:
     """Each reference's nested curve over the candidate grid on its validation slice, cached in
     ``calibration.json`` by checkpoint hash, grid and attacks."""
-    import torch
-
-    from midbench.attacks.specs import load_registry
-    from midbench.attacks.threat_models import profile_plan
-    from midbench.data.datasets import get_dataset, load_split
-    from midbench.device import resolve_device
-    from midbench.evaluation.engine import evaluate
     from midbench.loading import load_classifier
     from midbench.paths import MODEL_FILE
-    from midbench.training.loop import split_train_val
 
-    if calibration.threads is not None:
-        torch.set_num_threads(calibration.threads)
     cached = {}
     if (out / CALIBRATION_FILE).is_file():
         cached = json.loads((out / CALIBRATION_FILE).read_text(encoding="utf-8")).get("threat_models", {})
-    registry = load_registry()
-    spec = get_dataset(calibration.dataset)
-    device = resolve_device(calibration.device)
     curves: dict[str, dict[str, Any]] = {}
-    for model, config in calibration.references.items():
+    pending: dict[str, tuple[Any, ...]] = {}
+    for model in calibration.references:
         checkpoint = work / model / MODEL_FILE
-        loaded = load_classifier(str(checkpoint))
-        sha = loaded.sha256
-        plan = profile_plan(registry, spec.eps, {model}, calibration.suite, only=(model,),
-                            ladders={model: calibration.grid})
-        attacks = [attack.key for attack in plan[0].rungs[0].attacks]
+        sha = load_classifier(str(checkpoint)).sha256
         entry = cached.get(model, {})
         if (entry.get("checkpoint_sha256") == sha and entry.get("grid") == list(calibration.grid)
-                and entry.get("attacks") == attacks):
+                and entry.get("attacks") == _grid_attacks(calibration, model)):
             say(f"calibrate {model}: grid curve from {CALIBRATION_FILE}")
             curves[model] = {key: value for key, value in entry.items() if key != "ladder"}
-            continue
-        say(f"calibrate {model}: climbing {len(calibration.grid)} strengths on the validation slice")
-        _, validation = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
-                                        config.val_size, config.n_train)
-        evaluation = evaluate(loaded.model, validation, [], device=device, batch_size=calibration.batch_size,
-                              seed=calibration.seed, profile=plan)
-        robust = evaluation.curves[0].robust
-        n = int(robust.shape[0])
-        curves[model] = {"checkpoint_sha256": sha, "grid": list(calibration.grid), "attacks": attacks,
-                         "n_examples": n, "clean_accuracy": float(evaluation.clean_correct.mean()),
-                         "accuracy": [float(value) for value in robust.mean(axis=0)],
-                         "forward_passes": evaluation.curves[0].forward_passes,
-                         "backward_passes": evaluation.curves[0].backward_passes}
-    return curves
+        else:
+            say(f"calibrate {model}: climbing {len(calibration.grid)} strengths on the validation slice")
+            pending[model] = (calibration, model, str(checkpoint))
+    curves.update(_side_by_side(calibration, _grid_curve, pending, say, "calibrate"))
+    return {model: curves[model] for model in calibration.references}
+
+
+def _grid_plan(calibration: Calibration, model: str) -> Any:
+    """The profile plan of ``model``'s threat model alone, climbed over the candidate grid."""
+    from midbench.attacks.specs import load_registry
+    from midbench.attacks.threat_models import profile_plan
+    from midbench.data.datasets import get_dataset
+
+    (plan,) = profile_plan(load_registry(), get_dataset(calibration.dataset).eps, {model}, calibration.suite,
+                           only=(model,), ladders={model: calibration.grid})
+    return plan
+
+
+def _grid_attacks(calibration: Calibration, model: str) -> list[str]:
+    return [attack.key for attack in _grid_plan(calibration, model).rungs[0].attacks]
+
+
+def _grid_curve(calibration: Calibration, model: str, checkpoint: str) -> dict[str, Any]:
+    """Climb the grid on the validation slice of ``model``'s reference. Also the job of a worker process."""
+    import torch
+
+    from midbench.data.datasets import load_split
+    from midbench.device import resolve_device
+    from midbench.evaluation.engine import evaluate
+    from midbench.loading import load_classifier
+    from midbench.training.loop import split_train_val
+
+    if calibration.threads is not None or calibration.workers > 1:
+        torch.set_num_threads(calibration.threads or 1)
+    config = calibration.references[model]
+    loaded = load_classifier(checkpoint)
+    plan = _grid_plan(calibration, model)
+    _, validation = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
+                                    config.val_size, config.n_train)
+    evaluation = evaluate(loaded.model, validation, [], device=resolve_device(calibration.device),
+                          batch_size=calibration.batch_size, seed=calibration.seed, profile=[plan])
+    robust = evaluation.curves[0].robust
+    return {"checkpoint_sha256": loaded.sha256, "grid": list(calibration.grid),
+            "attacks": [attack.key for attack in plan.rungs[0].attacks], "n_examples": int(robust.shape[0]),
+            "clean_accuracy": float(evaluation.clean_correct.mean()),
+            "accuracy": [float(value) for value in robust.mean(axis=0)],
+            "forward_passes": evaluation.curves[0].forward_passes,
+            "backward_passes": evaluation.curves[0].backward_passes}
 
 
 def ladder_toml(calibration: Calibration, ladders: dict[str, tuple[float, ...]], made_by: str) -> str:
@@ -374,25 +407,22 @@ def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -
     from midbench.attacks.specs import load_registry
     from midbench.attacks.threat_models import profile_plan
     from midbench.data.datasets import get_dataset
-    from midbench.evaluation.config import EvalConfig
     from midbench.evaluation.documents import read_result
-    from midbench.evaluation.runner import run_evaluation
-    from midbench.evaluation.selection import AttackSelection
     from midbench.loading import load_classifier
     from midbench.paths import MODEL_FILE
 
     ladders = _read_ladders(out)
     registry = load_registry([out])
     found: dict[str, Path] = {}
+    pending: dict[str, tuple[Any, ...]] = {}
     for model in calibration.references:
         (plan,) = profile_plan(registry, get_dataset(calibration.dataset).eps, {model}, calibration.suite,
                                dataset=calibration.dataset, only=(model,))
         attacks = [attack.key for attack in plan.rungs[0].attacks]
         checkpoint = work / model / MODEL_FILE
         sha = load_classifier(str(checkpoint)).sha256
-        name = reference_name(model)
         existing = None
-        for path in sorted((out / "runs" / calibration.dataset).glob(f"{name}__whitebox__*.json")):
+        for path in sorted((out / "runs" / calibration.dataset).glob(f"{reference_name(model)}__whitebox__*.json")):
             result = read_result(path)
             curves = (result.profile or {}).get("threat_models", []) if result is not None else []
             if (result is not None and result.checkpoint.sha256 == sha and len(curves) == 1
@@ -402,20 +432,31 @@ def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -
         if existing is not None:
             say(f"measure {model}: {existing.name} (measured earlier)")
             found[model] = existing
-            continue
-        say(f"measure {model}: its ladder on the first {calibration.n_examples} test examples")
-        config = EvalConfig(checkpoint=str(checkpoint), selection=AttackSelection(unknown=True),
-                            threat_models=(model,), n_examples=calibration.n_examples, results_dir=str(out),
-                            name=name, seed=calibration.seed, device=calibration.device,
-                            registry_dirs=(str(out),), batch_size=calibration.batch_size)
-        if calibration.threads is not None:
-            import torch
+        else:
+            say(f"measure {model}: its ladder on the first {calibration.n_examples} test examples")
+            pending[model] = (calibration, model, str(checkpoint), str(out))
+    found.update(_side_by_side(calibration, _measure_one, pending, say, "measure"))
+    return {model: found[model] for model in calibration.references}
 
-            torch.set_num_threads(calibration.threads)
-        evaluated = run_evaluation(config)
-        assert evaluated.path is not None  # one process always writes its result
-        found[model] = evaluated.path
-    return found
+
+def _measure_one(calibration: Calibration, model: str, checkpoint: str, out: str) -> Path:
+    """``midbench eval --unknown-attacks --threat-models <model>`` of one reference, its result file in ``out``.
+    Also the job of a worker process."""
+    import torch
+
+    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.runner import run_evaluation
+    from midbench.evaluation.selection import AttackSelection
+
+    if calibration.threads is not None or calibration.workers > 1:
+        torch.set_num_threads(calibration.threads or 1)
+    config = EvalConfig(checkpoint=checkpoint, selection=AttackSelection(unknown=True), threat_models=(model,),
+                        n_examples=calibration.n_examples, results_dir=out, name=reference_name(model),
+                        seed=calibration.seed, device=calibration.device, registry_dirs=(out,),
+                        batch_size=calibration.batch_size)
+    evaluated = run_evaluation(config)
+    assert evaluated.path is not None  # one process always writes its result
+    return evaluated.path
 
 
 def _read_ladders(out: Path) -> dict[str, tuple[float, ...]]:

@@ -358,6 +358,33 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
     shutil.rmtree(results)
 
 
+@pytest.mark.slow
+def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
+    """workers = 2 trains, climbs and measures the references in two processes of one thread each: the ladders,
+    grid curves and reference curves are those of one process on one thread, to the last bit."""
+    from midbench.references import load_reference_set
+
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"ref{workers}"
+        out.mkdir()
+        config = out / "calibrate.toml"
+        config.write_text(TINY.replace("batch_size = 64\n\n[train]", f"batch_size = 64\nthreads = 1\nworkers = "
+                                       f"{workers}\n\n[train]"), encoding="utf-8")
+        assert f"workers = {workers}" in config.read_text(encoding="utf-8")
+        result = CliRunner().invoke(app, ["calibrate", "--config", str(config), "--work-dir",
+                                          str(tmp_path / f"work{workers}"), "--quiet"])
+        assert result.exit_code == 0, result.output
+        calibration = json.loads((out / "calibration.json").read_text(encoding="utf-8"))
+        reference = load_reference_set(out)
+        # a checkpoint's hash covers its metadata (folder, times) and ladders.toml names the command, so the runs
+        # are compared by what they measured (the grid curves with the ladders chosen, the reference curves)
+        grid_curves = {model: {key: value for key, value in entry.items() if key != "checkpoint_sha256"}
+                       for model, entry in calibration["threat_models"].items()}
+        outputs[workers] = (grid_curves, {model: (curve.strengths, curve.ata) for model, curve in reference.curves.items()})
+    assert outputs[1] == outputs[2]
+
+
 def test_training_overfitting_needs_a_large_gap_in_the_last_epoch() -> None:
     from midbench.evaluation.sanity import training_flags
 
