@@ -42,8 +42,8 @@ def test_golden_attack_ids() -> None:
 
     registry = load_registry()
     assert sorted(registry.attacks) == [
-        "apgd-ce-linf", "apgd-l2", "apgd-linf", "apgd-t-linf", "autoattack-l2", "autoattack-linf", "bim-linf",
-        "bim-linf-t", "cw-l2", "cw-l2-t", "ddn-l2", "deepfool-l2", "deepfool-linf", "ead-l1", "elastic",
+        "apgd-ce-linf", "apgd-l1", "apgd-l2", "apgd-linf", "apgd-t-linf", "autoattack-l2", "autoattack-linf",
+        "bim-linf", "bim-linf-t", "cw-l2", "cw-l2-t", "ddn-l2", "deepfool-l2", "deepfool-linf", "ead-l1", "elastic",
         "elastic-apgd", "fab-t-linf", "fgsm-l2", "fgsm-linf", "fgsm-linf-t", "jitter-linf", "jpeg-apgd", "jpeg-linf",
         "jsma-l0-t", "mim-l2", "mim-linf", "mim-linf-t", "noise-gaussian-l2", "noise-uniform-linf", "onepixel-l0",
         "pgd-l1", "pgd-l1-fast", "pgd-l2", "pgd-linf", "pgd-linf-t", "pixle-l0", "rot-trans", "rot-trans-coarse",

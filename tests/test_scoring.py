@@ -381,7 +381,8 @@ def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
         # are compared by what they measured (the grid curves with the ladders chosen, the reference curves)
         grid_curves = {model: {key: value for key, value in entry.items() if key != "checkpoint_sha256"}
                        for model, entry in calibration["threat_models"].items()}
-        outputs[workers] = (grid_curves, {model: (curve.strengths, curve.ata) for model, curve in reference.curves.items()})
+        ata = {model: (curve.strengths, curve.ata) for model, curve in reference.curves.items()}
+        outputs[workers] = (grid_curves, ata)
     assert outputs[1] == outputs[2]
 
 

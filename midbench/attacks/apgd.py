@@ -156,7 +156,7 @@ def search(forward: Forward, project: Projection, norm: Norm, radius: float, sta
         "rises": torch.zeros(n, dtype=torch.long, device=start.device)}
     if target is not None:
         state["target"] = target
-    state = _retire(state, logits, points, found)
+    state = retire(state, logits, points, found)
 
     for k in range(steps):
         if state["rows"].numel() == 0:
@@ -198,12 +198,12 @@ def search(forward: Forward, project: Projection, norm: Norm, radius: float, sta
             s["rises"] = rose.long()  # i = w_j opens the next window
         else:
             s["rises"] = s["rises"] + rose.long()
-        state = _retire(s, logits, points, found, new)
+        state = retire(s, logits, points, found, new)
     points[state["rows"]] = state["best_x"]
     return found, points
 
 
-def _retire(state: dict[str, torch.Tensor], logits: torch.Tensor, points: torch.Tensor, found: torch.Tensor,
+def retire(state: dict[str, torch.Tensor], logits: torch.Tensor, points: torch.Tensor, found: torch.Tensor,
             scored: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Record the examples misclassified at the point just scored and drop them from ``state``."""
     wrong = logits.argmax(dim=1) != state["y"]
@@ -215,12 +215,29 @@ def _retire(state: dict[str, torch.Tensor], logits: torch.Tensor, points: torch.
     return {name: value[~wrong] for name, value in state.items()}
 
 
-def attack(forward: Forward, project: Projection, norm: Norm, radius: float,
-           random_start: Callable[[], torch.Tensor], clean: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor,
-           losses: tuple[str, ...], n_targets: int, restarts: int, steps: int, rho: float, momentum: float
+#: one run of a search on some examples of the attacked batch: (rows, start, y, loss, target) → (misclassified,
+#: points), ``rows`` indexing the batch and the other tensors holding those rows' own values
+Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str, torch.Tensor | None],
+               tuple[torch.Tensor, torch.Tensor]]
+
+
+def restricted(forward: Forward, project: Projection, active: torch.Tensor) -> tuple[Forward, Projection]:
+    """``forward`` and ``project`` for a search on the examples ``active`` of the batch, whose rows index them."""
+    def forward_active(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return forward(points, active[rows])
+
+    def project_active(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return project(points, active[rows])
+
+    return forward_active, project_active
+
+
+def attack(run: Run, random_start: Callable[[], torch.Tensor], clean: torch.Tensor, y: torch.Tensor,
+           clean_logits: torch.Tensor, losses: tuple[str, ...], n_targets: int, restarts: int
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every run of an APGD attack (:func:`stages` × ``restarts``), each only on the examples not yet
-    misclassified, from a fresh ``random_start()`` (drawn for the whole batch).
+    misclassified, from a fresh ``random_start()`` (drawn for the whole batch); ``run`` is one search
+    (:func:`search`, or :func:`midbench.attacks.apgd_l1.search`).
 
     Returns:
         (misclassified, points): a clean misclassification keeps ``clean``, its own first misclassified point.
@@ -236,15 +253,8 @@ def attack(forward: Forward, project: Projection, norm: Norm, radius: float,
             # must not depend on which others are still being attacked
             start = random_start()
             active = (~fooled).nonzero().squeeze(1)
-
-            def forward_active(p: torch.Tensor, rows: torch.Tensor, active: torch.Tensor = active) -> torch.Tensor:
-                return forward(p, active[rows])
-
-            def project_active(p: torch.Tensor, rows: torch.Tensor, active: torch.Tensor = active) -> torch.Tensor:
-                return project(p, active[rows])
-
-            found, run_points = search(forward_active, project_active, norm, radius, start[active], y[active],
-                                       loss, None if target is None else target[active], steps, rho, momentum)
+            found, run_points = run(active, start[active], y[active], loss,
+                                    None if target is None else target[active])
             points[active] = run_points
             fooled[active] = found
     return fooled, points
@@ -273,7 +283,8 @@ class APGD(Attack):
                  momentum: float = 0.75) -> None:
         super().__init__(eps, norm)
         if norm not in (Norm.LINF, Norm.L2):
-            raise UsageError(f"APGD is implemented for Linf and L2, not {norm.value if norm else norm}")
+            raise UsageError(f"APGD is implemented for Linf and L2, not {norm.value if norm else norm}; for L1 use "
+                             "APGDL1 (registry entry apgd-l1)")
         require_at_least("APGD", {"steps": (steps, 1), "restarts": (restarts, 1), "n_targets": (n_targets, 1),
                                   "rho": (rho, 0), "momentum": (momentum, 0)})
         if momentum > 1:
@@ -297,8 +308,13 @@ class APGD(Attack):
         def within(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return project(points, x[rows], eps, norm)
 
-        _, x_adv = attack(forward, within, norm, eps, lambda: self._random_start(x), x, y, logits, self.losses,
-                          self.n_targets, self.restarts, self.steps, self.rho, self.momentum)
+        def run(active: torch.Tensor, start: torch.Tensor, labels: torch.Tensor, loss: str,
+                target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            return search(*restricted(forward, within, active), norm, eps, start, labels, loss, target, self.steps,
+                          self.rho, self.momentum)
+
+        _, x_adv = attack(run, lambda: self._random_start(x), x, y, logits, self.losses, self.n_targets,
+                          self.restarts)
         return x_adv
 
     def _random_start(self, x: torch.Tensor) -> torch.Tensor:

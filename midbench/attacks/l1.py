@@ -38,6 +38,15 @@ def coordinates_per_step(num_coordinates: int, sparsity: float) -> int:
     return max(1, math.ceil((100.0 - sparsity) * num_coordinates / 100.0 - 1e-9))
 
 
+def movable_magnitude(gradient: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """|gradient| per coordinate, flattened to (N, d), and 0 where the coordinate cannot move in its gradient's
+    direction: at 0 with a negative gradient, or at 1 with a positive one (the box would clip the move back)."""
+    flat = gradient.flatten(1)
+    position = x_adv.flatten(1)
+    blocked = ((position <= 0.0) & (flat < 0)) | ((position >= 1.0) & (flat > 0))
+    return flat.abs().masked_fill(blocked, 0.0)
+
+
 def sparse_l1_direction(gradient: torch.Tensor, x_adv: torch.Tensor, sparsity: float) -> torch.Tensor:
     """SLIDE's step direction with unit L1 norm per example (zero where no coordinate can move).
 
@@ -47,11 +56,7 @@ def sparse_l1_direction(gradient: torch.Tensor, x_adv: torch.Tensor, sparsity: f
         sparsity: percentile q in [0, 100); the top ``100 − q`` percent of coordinates by |gradient| move.
     """
     flat = gradient.flatten(1)
-    position = x_adv.flatten(1)
-    # A coordinate at 0 with a negative gradient (or at 1 with a positive one) would be pushed out of [0, 1]
-    # and clipped back: mask it so it cannot take a share of the step.
-    blocked = ((position <= 0.0) & (flat < 0)) | ((position >= 1.0) & (flat > 0))
-    magnitude = flat.abs().masked_fill(blocked, 0.0)
+    magnitude = movable_magnitude(gradient, x_adv)
     count = coordinates_per_step(flat.shape[1], sparsity)
     # topk picks exactly `count` coordinates; the paper's "|g_i| ≥ P_q" may pick more on ties, which would
     # break the sparsity guarantee (MNIST gradients have many exact zeros).

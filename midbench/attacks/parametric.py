@@ -184,8 +184,12 @@ def latent_apgd(model: nn.Module, render: Render, shape: tuple[int, ...], labels
     def start() -> torch.Tensor:
         return randomness.uniform_like(zero, -bound, bound) if random_start and bound > 0 else zero.clone()
 
-    fooled, variables = apgd.attack(forward, inside, Norm.LINF, bound, start, zero, labels, clean_logits,
-                                    losses, n_targets, restarts, steps, rho=0.75, momentum=0.75)
+    def run(active: torch.Tensor, begin: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        return apgd.search(*apgd.restricted(forward, inside, active), Norm.LINF, bound, begin, y, loss, target,
+                           steps, rho=0.75, momentum=0.75)
+
+    fooled, variables = apgd.attack(run, start, zero, labels, clean_logits, losses, n_targets, restarts)
     with torch.no_grad():
         images = render(variables, every)
     return ParametricResult(images, variables, fooled)
