@@ -214,6 +214,15 @@ citation = "test"
 params = { steps = 4, step_size = "eps/3", sparsity = 99, random_start = true }
 
 [[attack]]
+id = "t-apgd-l1"
+version = 1
+family = "l1"
+norm = "L1"
+implementation = "midbench.attacks.apgd_l1:APGDL1"
+citation = "test"
+params = { steps = 5, losses = ["ce", "dlr-targeted"], n_targets = 2 }
+
+[[attack]]
 id = "t-stadv"
 version = 1
 family = "spatial"
@@ -273,8 +282,8 @@ params = { sigma = "eps", samples = 3 }
 
 [[suite]]
 name = "test-profile"
-attacks = ["t-pgd-linf", "t-pgd-linf-t", "t-pgd-l2", "t-pgd-l1", "t-stadv", "t-rot-trans", "t-elastic", "t-jpeg",
-           "t-noise-l1", "t-noise-gaussian"]
+attacks = ["t-pgd-linf", "t-pgd-linf-t", "t-pgd-l2", "t-pgd-l1", "t-apgd-l1", "t-stadv", "t-rot-trans", "t-elastic",
+           "t-jpeg", "t-noise-l1", "t-noise-gaussian"]
 """
 
 
