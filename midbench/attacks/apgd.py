@@ -97,8 +97,8 @@ def loss_and_gradient(forward: Forward, points: torch.Tensor, rows: torch.Tensor
     return values.detach(), logits.detach(), gradient
 
 
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-example mask shaped to broadcast over ``like``'s (N, ...)."""
+def per_row(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example tensor (N,), a mask or a step size, shaped to broadcast over ``like``'s (N, ...)."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -163,7 +163,7 @@ def search(forward: Forward, project: Projection, norm: Norm, radius: float, sta
             break
         s = state
         here = s["x"]
-        z = project(here + _rows(s["step"], here) * steepest_step(s["gradient"], norm), s["rows"])
+        z = project(here + per_row(s["step"], here) * steepest_step(s["gradient"], norm), s["rows"])
         if k == 0:
             new = z
         else:  # momentum: a step towards z plus a share of the previous displacement
@@ -175,8 +175,8 @@ def search(forward: Forward, project: Projection, norm: Norm, radius: float, sta
             gradient = s["gradient"]
         rose = value > s["value"]
         better = value > s["best_value"]
-        s["best_x"] = torch.where(_rows(better, new), new, s["best_x"])
-        s["best_gradient"] = torch.where(_rows(better, new), gradient, s["best_gradient"])
+        s["best_x"] = torch.where(per_row(better, new), new, s["best_x"])
+        s["best_gradient"] = torch.where(per_row(better, new), gradient, s["best_gradient"])
         s["best_value"] = torch.where(better, value, s["best_value"])
         s["x_prev"], s["x"], s["value"], s["gradient"] = here, new, value, gradient
         if k == 0:
@@ -190,8 +190,8 @@ def search(forward: Forward, project: Projection, norm: Norm, radius: float, sta
             halve = stalled | unimproved
             s["step"] = torch.where(halve, s["step"] / 2, s["step"])
             # restart from the best point, with its gradient and loss (no extra pass)
-            s["x"] = torch.where(_rows(halve, new), s["best_x"], s["x"])
-            s["gradient"] = torch.where(_rows(halve, new), s["best_gradient"], s["gradient"])
+            s["x"] = torch.where(per_row(halve, new), s["best_x"], s["x"])
+            s["gradient"] = torch.where(per_row(halve, new), s["best_gradient"], s["gradient"])
             s["value"] = torch.where(halve, s["best_value"], s["value"])
             s["halved_at_check"] = halve
             s["best_at_check"] = s["best_value"]
@@ -323,7 +323,7 @@ class APGD(Attack):
             delta = randomness.uniform_like(x, -self.eps, self.eps)
         else:
             direction = randomness.randn_like(x)
-            delta = direction / _rows(distance(direction, Norm.L2).clamp_min(1e-12), x) * self.eps
+            delta = direction / per_row(distance(direction, Norm.L2).clamp_min(1e-12), x) * self.eps
         return (x + delta).clamp(0.0, 1.0)
 
     def describe(self) -> dict[str, Any]:

@@ -157,8 +157,8 @@ def search(forward: apgd.Forward, clean: torch.Tensor, eps: float, start: torch.
         for k in range(length):
             if s["rows"].numel() == 0:
                 break
-            step = s["step"].view(-1, *([1] * (start.dim() - 1)))
-            moved = s["x"] + step * sparse_direction(s["gradient"], s["x"], s["count"]) - s["clean"]
+            direction = sparse_direction(s["gradient"], s["x"], s["count"])
+            moved = s["x"] + apgd.per_row(s["step"], start) * direction - s["clean"]
             new = s["clean"] + project_l1_box(moved, s["clean"], radius)
             last = final_phase and k == length - 1  # the final point is only scored
             value, logits, gradient = apgd.loss_and_gradient(forward, new, s["rows"], s["y"], loss, s.get("target"),
@@ -166,8 +166,8 @@ def search(forward: apgd.Forward, clean: torch.Tensor, eps: float, start: torch.
             if gradient is None:
                 gradient = s["gradient"]
             better = value > s["best_value"]
-            s["best_x"] = torch.where(_rows(better, new), new, s["best_x"])
-            s["best_gradient"] = torch.where(_rows(better, new), gradient, s["best_gradient"])
+            s["best_x"] = torch.where(apgd.per_row(better, new), new, s["best_x"])
+            s["best_gradient"] = torch.where(apgd.per_row(better, new), gradient, s["best_gradient"])
             s["best_value"] = torch.where(better, value, s["best_value"])
             s["x"], s["value"], s["gradient"] = new, value, gradient
             if (k + 1) % period == 0:
@@ -176,8 +176,8 @@ def search(forward: apgd.Forward, clean: torch.Tensor, eps: float, start: torch.
                 shrank = changed < 0.95 * s["support"]
                 s["step"] = torch.where(shrank, torch.full_like(s["step"], radius), s["step"] / 1.5)
                 s["step"] = s["step"].clamp(radius / 10, radius)
-                s["x"] = torch.where(_rows(shrank, new), s["best_x"], s["x"])
-                s["gradient"] = torch.where(_rows(shrank, new), s["best_gradient"], s["gradient"])
+                s["x"] = torch.where(apgd.per_row(shrank, new), s["best_x"], s["x"])
+                s["gradient"] = torch.where(apgd.per_row(shrank, new), s["best_gradient"], s["gradient"])
                 s["value"] = torch.where(shrank, s["best_value"], s["value"])
                 s["support"] = changed
             if final_phase:
@@ -186,10 +186,6 @@ def search(forward: apgd.Forward, clean: torch.Tensor, eps: float, start: torch.
         state = s
     points[state["rows"]] = state["best_x"]
     return found, points
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
 class APGDL1(Attack):
