@@ -49,7 +49,7 @@ class DemoSettings:
     @classmethod
     def quick(cls, device: str = "auto") -> DemoSettings:
         """``midbench demo --quick``: every stage of the demo (MID's teacher and student included, both
-        protocols, AutoAttack, the leaderboard) on a few dozen images, in well under a minute on 2 CPU cores.
+        protocols, AutoAttack, the leaderboard) on a few dozen images, in about 3 minutes on 2 CPU cores.
 
         The numbers it prints are real attacks on real data, but from models trained for one or two epochs on 512
         images and evaluated on 32: it checks that an installation works end to end, it measures nothing about
