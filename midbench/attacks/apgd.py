@@ -1,5 +1,6 @@
 """Auto-PGD, a native implementation of Algorithm 1 of Croce & Hein, "Reliable evaluation of adversarial
-robustness with an ensemble of diverse parameter-free attacks", ICML 2020, for L∞ and L2.
+robustness with an ensemble of diverse parameter-free attacks", ICML 2020, for L∞ and L2 (for L1, where the box
+changes the step and the projection, see :mod:`midbench.attacks.apgd_l1`).
 
 PGD with momentum (α = 0.75) whose step size starts at 2ε and is halved, per example, at checkpoints
 w_j = ⌈p_j·N⌉ (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)) when
@@ -204,7 +205,7 @@ def search(forward: Forward, project: Projection, norm: Norm, radius: float, sta
 
 
 def retire(state: dict[str, torch.Tensor], logits: torch.Tensor, points: torch.Tensor, found: torch.Tensor,
-            scored: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+           scored: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Record the examples misclassified at the point just scored and drop them from ``state``."""
     wrong = logits.argmax(dim=1) != state["y"]
     if not bool(wrong.any()):
