@@ -36,7 +36,7 @@ from torch import nn
 
 from midbench.attacks import apgd, randomness
 from midbench.attacks.base import Attack, require_at_least
-from midbench.attacks.l1 import movable_magnitude
+from midbench.attacks.l1 import top_coordinates_direction
 from midbench.attacks.norms import Norm
 from midbench.errors import UsageError
 
@@ -89,18 +89,6 @@ def project_l1_box(delta: torch.Tensor, clean: torch.Tensor, eps: float) -> torc
     norm = projected.abs().sum(dim=1, keepdim=True)
     projected = torch.where(norm > eps, projected * (eps / norm), projected)
     return projected.view_as(delta)
-
-
-def sparse_direction(gradient: torch.Tensor, x_adv: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """sign(gradient) on the ``counts[i]`` coordinates of example i with largest |gradient| that can move (ties
-    by position, so the choice is the example's own), scaled to an L1 norm of 1 (0 where none can move)."""
-    magnitude = movable_magnitude(gradient, x_adv)
-    order = magnitude.argsort(dim=1, descending=True, stable=True)
-    positions = torch.arange(magnitude.shape[1], device=gradient.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, positions)
-    chosen = (rank < counts[:, None]) & (magnitude > 0)
-    direction = gradient.flatten(1).sign() * chosen
-    return (direction / direction.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).view_as(gradient)
 
 
 def phases(steps: int, large_radii: bool) -> list[tuple[float, int]]:
@@ -157,7 +145,7 @@ def search(forward: apgd.Forward, clean: torch.Tensor, eps: float, start: torch.
         for k in range(length):
             if s["rows"].numel() == 0:
                 break
-            direction = sparse_direction(s["gradient"], s["x"], s["count"])
+            direction = top_coordinates_direction(s["gradient"], s["x"], s["count"])
             moved = s["x"] + apgd.per_row(s["step"], start) * direction - s["clean"]
             new = s["clean"] + project_l1_box(moved, s["clean"], radius)
             last = final_phase and k == length - 1  # the final point is only scored

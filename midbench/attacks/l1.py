@@ -55,17 +55,27 @@ def sparse_l1_direction(gradient: torch.Tensor, x_adv: torch.Tensor, sparsity: f
         x_adv: the current iterate in [0, 1] (to know which coordinates sit at the box bound).
         sparsity: percentile q in [0, 100); the top ``100 − q`` percent of coordinates by |gradient| move.
     """
-    flat = gradient.flatten(1)
+    count = coordinates_per_step(gradient[0].numel(), sparsity)
+    counts = torch.full((gradient.shape[0],), count, dtype=torch.long, device=gradient.device)
+    return top_coordinates_direction(gradient, x_adv, counts)
+
+
+def top_coordinates_direction(gradient: torch.Tensor, x_adv: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """sign(gradient) on the ``counts[i]`` coordinates of example i with the largest |gradient| among those that
+    can move (:func:`movable_magnitude`), scaled to an L1 norm of 1 (0 where none can move).
+
+    Exactly ``counts[i]`` coordinates at most: SLIDE's "|g_i| ≥ P_q" may pick more on ties, which would break the
+    sparsity (MNIST gradients have many exact zeros). Ties are broken by position, so the choice depends on the
+    example alone, never on its batch (the nested profile relies on that).
+    """
     magnitude = movable_magnitude(gradient, x_adv)
-    count = coordinates_per_step(flat.shape[1], sparsity)
-    # topk picks exactly `count` coordinates; the paper's "|g_i| ≥ P_q" may pick more on ties, which would
-    # break the sparsity guarantee (MNIST gradients have many exact zeros).
-    _, index = magnitude.topk(count, dim=1)
-    chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, index, True) & (magnitude > 0)
-    direction = flat.sign() * chosen
+    order = magnitude.argsort(dim=1, descending=True, stable=True)
+    positions = torch.arange(magnitude.shape[1], device=gradient.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    chosen = (rank < counts[:, None]) & (magnitude > 0)
+    direction = gradient.flatten(1).sign() * chosen
     # Normalising by the number of moved coordinates gives the step an L1 norm of exactly 1.
-    direction = direction / direction.abs().sum(dim=1, keepdim=True).clamp_min(1.0)
-    return direction.view_as(gradient)
+    return (direction / direction.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).view_as(gradient)
 
 
 class SparseL1Descent(Attack):
