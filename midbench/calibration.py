@@ -319,9 +319,11 @@ def _train_references(calibration: Calibration, work: Path, say: ProgressFn, sho
 def _grid_curves(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -> dict[str, dict[str, Any]]:
     """Each reference's nested curve over the candidate grid on its validation slice, cached in
     ``calibration.json`` by checkpoint hash, grid and attacks."""
+    from midbench.attacks.specs import load_registry
     from midbench.loading import load_classifier
     from midbench.paths import MODEL_FILE
 
+    registry = load_registry()
     cached = {}
     if (out / CALIBRATION_FILE).is_file():
         cached = json.loads((out / CALIBRATION_FILE).read_text(encoding="utf-8")).get("threat_models", {})
@@ -332,7 +334,7 @@ def _grid_curves(calibration: Calibration, out: Path, work: Path, say: ProgressF
         sha = load_classifier(str(checkpoint)).sha256
         entry = cached.get(model, {})
         if (entry.get("checkpoint_sha256") == sha and entry.get("grid") == list(calibration.grid)
-                and entry.get("attacks") == _grid_attacks(calibration, model)):
+                and entry.get("attacks") == _attack_keys(_grid_plan(calibration, model, registry))):
             say(f"calibrate {model}: grid curve from {CALIBRATION_FILE}")
             curves[model] = {key: value for key, value in entry.items() if key != "ladder"}
         else:
@@ -342,25 +344,26 @@ def _grid_curves(calibration: Calibration, out: Path, work: Path, say: ProgressF
     return {model: curves[model] for model in calibration.references}
 
 
-def _grid_plan(calibration: Calibration, model: str) -> Any:
+def _grid_plan(calibration: Calibration, model: str, registry: Any) -> Any:
     """The profile plan of ``model``'s threat model alone, climbed over the candidate grid."""
-    from midbench.attacks.specs import load_registry
     from midbench.attacks.threat_models import profile_plan
     from midbench.data.datasets import get_dataset
 
-    (plan,) = profile_plan(load_registry(), get_dataset(calibration.dataset).eps, {model}, calibration.suite,
+    (plan,) = profile_plan(registry, get_dataset(calibration.dataset).eps, {model}, calibration.suite,
                            only=(model,), ladders={model: calibration.grid})
     return plan
 
 
-def _grid_attacks(calibration: Calibration, model: str) -> list[str]:
-    return [attack.key for attack in _grid_plan(calibration, model).rungs[0].attacks]
+def _attack_keys(plan: Any) -> list[str]:
+    """The ``id@version`` of a plan's attacks, as result files and ``calibration.json`` record them."""
+    return [attack.key for attack in plan.rungs[0].attacks]
 
 
 def _grid_curve(calibration: Calibration, model: str, checkpoint: str) -> dict[str, Any]:
     """Climb the grid on the validation slice of ``model``'s reference. Also the job of a worker process."""
     import torch
 
+    from midbench.attacks.specs import load_registry
     from midbench.data.datasets import load_split
     from midbench.device import resolve_device
     from midbench.evaluation.engine import evaluate
@@ -371,14 +374,14 @@ def _grid_curve(calibration: Calibration, model: str, checkpoint: str) -> dict[s
         torch.set_num_threads(calibration.threads or 1)
     config = calibration.references[model]
     loaded = load_classifier(checkpoint)
-    plan = _grid_plan(calibration, model)
+    plan = _grid_plan(calibration, model, load_registry())
     _, validation = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
                                     config.val_size, config.n_train)
     evaluation = evaluate(loaded.model, validation, [], device=resolve_device(calibration.device),
                           batch_size=calibration.batch_size, seed=calibration.seed, profile=[plan])
     robust = evaluation.curves[0].robust
     return {"checkpoint_sha256": loaded.sha256, "grid": list(calibration.grid),
-            "attacks": [attack.key for attack in plan.rungs[0].attacks], "n_examples": int(robust.shape[0]),
+            "attacks": _attack_keys(plan), "n_examples": int(robust.shape[0]),
             "clean_accuracy": float(evaluation.clean_correct.mean()),
             "accuracy": [float(value) for value in robust.mean(axis=0)],
             "forward_passes": evaluation.curves[0].forward_passes,
@@ -418,7 +421,7 @@ def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -
     for model in calibration.references:
         (plan,) = profile_plan(registry, get_dataset(calibration.dataset).eps, {model}, calibration.suite,
                                dataset=calibration.dataset, only=(model,))
-        attacks = [attack.key for attack in plan.rungs[0].attacks]
+        attacks = _attack_keys(plan)
         checkpoint = work / model / MODEL_FILE
         sha = load_classifier(str(checkpoint)).sha256
         existing = None
