@@ -91,3 +91,17 @@ def standard_model(standard_checkpoint: Path) -> nn.Module:
     from midbench.loading import load_classifier
 
     return load_classifier(standard_checkpoint).model.eval()
+
+
+@pytest.fixture(scope="session")
+def colour_model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small random convolutional net on 3 × 32 × 32 inputs, 24 random colour images and the net's own labels
+    (so clean accuracy is 100%): what the attacks that need colour are checked on."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10)).eval()
+    x = torch.rand(24, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
+from attack_inputs import model_and_batch
 
 from midbench.attacks.specs import load_registry
 from midbench.data import get_dataset
@@ -24,15 +24,15 @@ DECLARED = sorted(a for a, spec in REGISTRY.attacks.items() if spec.passes)
 
 
 @pytest.mark.parametrize("attack_id", DECLARED)
-def test_declared_passes_match_counted_passes(attack_id: str, standard_model: nn.Module,
-                                              small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_declared_passes_match_counted_passes(attack_id: str, request: pytest.FixtureRequest) -> None:
     spec = REGISTRY.get(attack_id)
     spec = replace(spec, params={k: (SMALL.get(k, v) if isinstance(v, int) and not isinstance(v, bool) else v)
                                  for k, v in spec.params.items()})
-    x, y = small_batch[0][:8], small_batch[1][:8]
-    counter = PassCounter(standard_model)
-    torch.manual_seed(0)
     resolved = spec.resolve(get_dataset("mnist5k").eps)
+    model, x, y = model_and_batch(resolved, request)
+    x, y = x[:8], y[:8]
+    counter = PassCounter(model)
+    torch.manual_seed(0)
     resolved.build()(counter, x, y)
     counted = {"forward": counter.forward_passes / 8, "backward": counter.backward_passes / 8}
     # an attack that says it follows gradients must take some, and one that only queries must take none

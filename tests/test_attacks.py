@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from attack_inputs import model_and_batch
 from torch import nn
 
 from midbench.attacks.norms import Norm, distance, project, project_l1
@@ -63,11 +64,9 @@ def changed_pixels(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("attack_id", ATTACK_IDS)
-def test_attack_contract(attack_id: str, standard_model: nn.Module,
-                         small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_attack_contract(attack_id: str, request: pytest.FixtureRequest) -> None:
     spec = _resolved(attack_id)
-    x, y = small_batch[0][:24], small_batch[1][:24]
-    model = standard_model
+    model, x, y = model_and_batch(spec, request)
     model.train()  # the attack must switch to eval and back
     flags_before = [p.requires_grad for p in model.parameters()]
 

@@ -33,7 +33,7 @@ MNIST_EPS = get_dataset("mnist5k").eps
 
 # ---------------------------------------------------------------------------------------------- registry data
 
-GOOD_MODEL = '[[threat_model]]\nid = "blur"\ndescription = "x"\nladder = [0.25, 0.5, 1.0]\n'
+GOOD_MODEL = '[[threat_model]]\nid = "my-blur"\ndescription = "x"\nladder = [0.25, 0.5, 1.0]\n'
 GOOD_ATTACK = ('[[attack]]\nid = "my-noise"\nversion = 1\nfamily = "noise"\nnorm = "Linf"\n'
                'implementation = "midbench.attacks.noise:UniformNoise"\ncitation = "x"\nparams = { samples = 2 }\n')
 BAD_REGISTRIES = {
@@ -47,8 +47,8 @@ BAD_REGISTRIES = {
     "ladder-text": (GOOD_MODEL.replace("[0.25, 0.5, 1.0]", '["a", 1.0]'), "must be numbers"),
     "ladder-missing": (GOOD_MODEL.replace("ladder = [0.25, 0.5, 1.0]\n", ""), "non-empty list"),
     "model-unknown-key": (GOOD_MODEL + 'colour = "red"\n', "unknown key"),
-    "model-duplicate": (GOOD_MODEL.replace('"blur"', '"linf"'), "duplicate threat model id 'linf'"),
-    "attack-unknown-threat-model": (GOOD_ATTACK + 'threat_model = "blurr"\n', "unknown threat model 'blurr'"),
+    "model-duplicate": (GOOD_MODEL.replace('"my-blur"', '"linf"'), "duplicate threat model id 'linf'"),
+    "attack-unknown-threat-model": (GOOD_ATTACK + 'threat_model = "my-blurr"\n', "unknown threat model 'my-blurr'"),
     "attack-unknown-budget": (GOOD_ATTACK + 'budget = ["radius"]\n', "budget parameter 'radius'"),
     "attack-boolean-budget": (GOOD_ATTACK.replace("noise:UniformNoise", "gradient:PGD").replace(
         "samples = 2", "steps = 2, step_size = 0.1, random_start = true") + 'budget = ["random_start"]\n',
@@ -70,14 +70,14 @@ def test_a_bad_ladder_exits_2_with_one_line_from_the_cli(tmp_path: Path) -> None
     (tmp_path / "mine.toml").write_text(BAD_REGISTRIES["ladder-above-one"][0])
     result = CliRunner().invoke(app, ["attacks", "list", "--registry-dir", str(tmp_path)])
     assert result.exit_code == 2
-    assert "mine.toml [[threat_model]] #1 (blur): ladder strength 1.5 is outside (0, 1]" in result.output
+    assert "mine.toml [[threat_model]] #1 (my-blur): ladder strength 1.5 is outside (0, 1]" in result.output
 
 
 def test_a_user_registry_adds_a_threat_model_and_an_entry_of_it(tmp_path: Path) -> None:
-    (tmp_path / "mine.toml").write_text(GOOD_MODEL + GOOD_ATTACK + 'threat_model = "blur"\n')
+    (tmp_path / "mine.toml").write_text(GOOD_MODEL + GOOD_ATTACK + 'threat_model = "my-blur"\n')
     registry = load_registry([tmp_path])
-    assert registry.threat_models["blur"].ladder == (0.25, 0.5, 1.0)
-    assert registry.attacks["my-noise"].threat_model == "blur" and registry.attacks["my-noise"].budget == ("eps",)
+    assert registry.threat_models["my-blur"].ladder == (0.25, 0.5, 1.0)
+    assert registry.attacks["my-noise"].threat_model == "my-blur" and registry.attacks["my-noise"].budget == ("eps",)
 
 
 def test_every_shipped_entry_has_a_threat_model_and_profile_ladders_have_five_strengths() -> None:

@@ -37,20 +37,26 @@ def test_golden_component_names() -> None:
                               "trades"]
 
 
+#: the optimised corruptions of attacks_registry/corruptions.toml: each is an attack and a threat model of that id
+CORRUPTIONS = ["affine", "blur", "brightness-contrast", "fog", "gabor", "glitch", "hsv", "kaleidoscope",
+               "perspective", "pixel", "snow", "wood"]
+
+
 def test_golden_attack_ids() -> None:
     from midbench.attacks.specs import load_registry
 
     registry = load_registry()
-    assert sorted(registry.attacks) == [
+    assert sorted(registry.attacks) == sorted([
         "apgd-ce-linf", "apgd-l1", "apgd-l2", "apgd-linf", "apgd-t-linf", "autoattack-l2", "autoattack-linf",
         "bim-linf", "bim-linf-t", "cw-l2", "cw-l2-t", "ddn-l2", "deepfool-l2", "deepfool-linf", "ead-l1", "elastic",
         "elastic-apgd", "fab-t-linf", "fgsm-l2", "fgsm-linf", "fgsm-linf-t", "jitter-linf", "jpeg-apgd", "jpeg-linf",
         "jsma-l0-t", "mim-l2", "mim-linf", "mim-linf-t", "noise-gaussian-l2", "noise-uniform-linf", "onepixel-l0",
         "pgd-l1", "pgd-l1-fast", "pgd-l2", "pgd-linf", "pgd-linf-t", "pixle-l0", "rot-trans", "rot-trans-coarse",
-        "spsa-linf", "square-linf", "stadv", "stadv-fast"]
+        "spsa-linf", "square-linf", "stadv", "stadv-fast", *CORRUPTIONS])
     assert sorted(registry.suites) == ["autoattack", "default-unknown", "lp-union", "mid-mnist-known",
-                                       "mid-mnist-unknown", "smoke", "unforeseen", "unknown-profile"]
-    assert sorted(registry.threat_models) == ["elastic", "flow", "jpeg", "l0", "l1", "l2", "linf", "noise",
-                                               "rot-trans"]
+                                       "mid-mnist-unknown", "smoke", "unforeseen", "unforeseen-ua",
+                                       "unknown-profile"]
+    assert sorted(registry.threat_models) == sorted(["elastic", "flow", "jpeg", "l0", "l1", "l2", "linf", "noise",
+                                                      "rot-trans", *CORRUPTIONS])
     families = {spec.family for spec in registry.attacks.values()}
     assert {"linf", "l2", "l1", "l0", "spatial", "frequency", "noise"} <= families

@@ -11,7 +11,7 @@ Format of a registry file::
     [[attack]]
     id = "pgd-linf"              # kebab-case <algorithm>-<norm>[-t]
     version = 1                  # bump when a hyper-parameter changes; results record id@version
-    family = "linf"              # threat family: linf, l2, l1, l0, spatial, frequency, noise, ensemble
+    family = "linf"              # threat family: linf, l2, l1, l0, spatial, frequency, corruption, noise, ensemble
     norm = "Linf"                # Linf, L2, L1, or omitted for non-Lp threats
     implementation = "midbench.attacks.gradient:PGD"   # or "autoattack:standard", "torchattacks:JSMA"
     eps = "eps"                  # the dataset's ε for this norm (default), a number, or a multiple of it
@@ -47,7 +47,7 @@ from midbench.attacks.threat_models import Ladder, ThreatModel, check_budget, pa
 from midbench.catalog import suggest
 from midbench.errors import UsageError
 
-FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "frequency", "noise", "ensemble")
+FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "frequency", "corruption", "noise", "ensemble")
 ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "target", "citation", "params",
                "passes", "description", "threat_model", "budget"}
 #: the threat model of an entry that names none, by family (other families must name theirs to have one)
@@ -151,6 +151,11 @@ class ResolvedAttack:
         """Whether the implementation follows the model's input gradient (:attr:`Attack.uses_gradients`)."""
         attack_class, preset = load_implementation(self.implementation)
         return bool(attack_class.gradient_based(preset))
+
+    @property
+    def needs_colour(self) -> bool:
+        """Whether the implementation only applies to colour images (:func:`needs_colour`)."""
+        return needs_colour(self.implementation)
 
     def build(self, seed: int = 0, batch_size: int = 256) -> Any:
         """Instantiate the attack object (an :class:`midbench.attacks.base.Attack`)."""
@@ -386,6 +391,14 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
         except UsageError as error:
             raise UsageError(f"{where}: {error}") from error
     return spec
+
+
+def needs_colour(implementation: str) -> bool:
+    """Whether the attack ``implementation`` only applies to colour (3-channel) images
+    (:attr:`midbench.attacks.latent.LatentAttack.NEEDS_COLOUR`: hue, saturation). Such an attack is refused on
+    grey data and its threat model is left out of the profile there (docs/unforeseen.md)."""
+    attack_class, _ = load_implementation(implementation)
+    return bool(getattr(attack_class, "NEEDS_COLOUR", False))
 
 
 def load_implementation(target: str) -> tuple[type, dict[str, Any]]:

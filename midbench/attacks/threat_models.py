@@ -240,20 +240,38 @@ def ladder_of(registry: AttackRegistry, threat_model: ThreatModel, dataset: str 
     return calibrated.strengths if calibrated is not None else threat_model.ladder
 
 
+def colour_only(registry: AttackRegistry, suite: str = PROFILE_SUITE) -> list[str]:
+    """The threat models of ``suite`` with an attack that needs colour images: the profile leaves them out on
+    grey data (:func:`midbench.attacks.specs.needs_colour`)."""
+    from midbench.attacks.specs import needs_colour
+
+    return list(dict.fromkeys(spec.threat_model for spec in registry.suite(suite)
+                              if spec.threat_model is not None and needs_colour(spec.implementation)))
+
+
 def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: set[str],
                  suite: str = PROFILE_SUITE, dataset: str | None = None, only: tuple[str, ...] = (),
-                 ladders: dict[str, tuple[float, ...]] | None = None) -> list[ThreatModelPlan]:
+                 ladders: dict[str, tuple[float, ...]] | None = None,
+                 channels: int | None = None) -> list[ThreatModelPlan]:
     """The nested evaluation plan of ``suite``: its attacks grouped by threat model (in the suite's order),
     each resolved at every strength of its threat model's ladder on ``dataset`` (:func:`ladder_of`).
 
     Args:
         only: climb just these threat models (``eval --threat-models``); empty: all of the suite's.
         ladders: strengths that replace the registry's for some threat models (calibration's candidate grid).
+        channels: the images' channels; on grey data (not 3) the threat models of :func:`colour_only` are left
+            out (the result says so), unless ``only`` names one, which is an error.
 
     Raises:
         UsageError: a suite attack without a threat model or a budget, or whose norm has no ε on this dataset;
-            a threat model in ``only`` that the suite does not climb.
+            a threat model in ``only`` that the suite does not climb, or that needs colour on grey data.
     """
+    grey = channels is not None and channels != 3
+    colour = set(colour_only(registry, suite)) if grey else set()
+    forced = [name for name in only if name in colour]
+    if forced:
+        raise UsageError(f"threat model(s) {', '.join(forced)} need colour images, and these have {channels} "
+                         "channel(s); leave them out of --threat-models")
     grouped: dict[str, list[AttackSpec]] = {}
     for spec in registry.suite(suite):
         if spec.threat_model is None:
@@ -269,7 +287,7 @@ def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: 
                          f"{', '.join(grouped)}")
     plans = []
     for model_id, specs in grouped.items():
-        if only and model_id not in only:
+        if (only and model_id not in only) or model_id in colour:
             continue
         model = registry.threat_models[model_id]
         rungs = []

@@ -69,18 +69,53 @@ def attacks_list(
 @attacks_app.command("show")
 @guarded
 def attacks_show(attack_id: Annotated[str, typer.Argument(help="An attack id, e.g. pgd-linf.")],
+                 image: Annotated[Path | None, typer.Option(
+                     help="Also draw the attack along its threat model's ladder into this PNG/SVG/PDF: rows are "
+                          "strengths, columns test images.")] = None,
+                 dataset: Annotated[str, typer.Option(help="Dataset of the picture's test images.")] = "mnist5k",
+                 model: Annotated[Path | None, typer.Option(
+                     help="Checkpoint to draw worst-case examples on; without one, an optimised corruption is "
+                          "drawn at random latents.")] = None,
+                 n_images: Annotated[int, typer.Option(help="Test images (columns) in the picture.")] = 6,
+                 seed: Annotated[int, typer.Option(help="Seed of the picture's random latents and starts.")] = 0,
+                 data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (non-embedded datasets).")] = None,
                  registry_dir: RegistryDirs = None) -> None:
-    """Show one attack entry in full.
+    """Show one attack entry in full, and optionally draw what it does (docs/unforeseen.md).
 
-    Example: midbench attacks show pgd-linf
+    Example: midbench attacks show fog --image fog.png
     """
     from midbench.attacks.specs import load_registry
+    from midbench.errors import UsageError
 
-    spec = load_registry(registry_dir or []).get(attack_id)
+    registry = load_registry(registry_dir or [])
+    spec = registry.get(attack_id)
     for field in ("id", "version", "family", "norm", "implementation", "eps", "target", "params", "passes",
-                  "citation", "description", "source"):
+                  "citation", "description", "source", "threat_model", "budget"):
         value = getattr(spec, field)
         print(f"{field:15} {value.value if hasattr(value, 'value') else value}")
+    if image is None:
+        return
+    if n_images < 1:
+        raise UsageError(f"--n-images must be at least 1, got {n_images}")
+    import torch
+
+    from midbench.data import get_dataset, load_split
+    from midbench.evaluation.examples import example_grid
+    from midbench.loading import load_classifier
+    from midbench.plots.draw import examples_figure, save
+
+    loaded = load_classifier(model, dataset=dataset) if model is not None else None
+    net = loaded.model.eval() if loaded is not None else None
+    split = load_split(dataset, "test", data_dir)
+    data = split.subset(torch.arange(min(n_images, len(split))))
+    grid = example_grid(registry, attack_id, dataset, get_dataset(dataset).eps, data, net, seed)
+    rows = ["clean"] + [f"strength {s:g}" for s in grid.strengths]
+    captions = ([[f"{p} (label {y})" if p != y else str(p) for p, y in zip(row, grid.labels, strict=True)]
+                 for row in grid.predictions.tolist()] if grid.predictions is not None else None)
+    how = f"worst case on {loaded.metadata.name or model.stem}" if loaded is not None else "random latents"
+    written = save(examples_figure(grid.images, rows, captions,
+                                   f"{attack_id} ({grid.threat_model}) on {dataset}, {how}"), image)
+    print(f"picture: {written}")
 
 
 @datasets_app.command("list")

@@ -31,7 +31,7 @@ def make_run_id(name: str, protocol: str, now: datetime) -> str:
 def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],
                  data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str,
                  flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None,
-                 command: str | None = None) -> ResultDocument:
+                 command: str | None = None, profile_skipped: list[dict[str, str]] | None = None) -> ResultDocument:
     """The result document of one evaluation run.
 
     Args:
@@ -39,6 +39,8 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         sanity: what the sanity checks measured (probe size, zero-gradient share, sweep points); stored under
             ``"sanity"`` when given, so a reader can see why a flag was or was not raised.
         command: the command line that ran the evaluation, recorded when given.
+        profile_skipped: threat models the profile left out (``{"id", "reason"}``: colour ones on grey data),
+            stored under ``profile.skipped``.
     """
     n = int(evaluation.clean_correct.shape[0])
     rows, autoattack_columns = [], []
@@ -70,7 +72,8 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         **({"sanity": sanity} if sanity else {}),
         **({"command": command} if command else {}),
         **({"profile": {"suite": PROFILE_SUITE,
-                        "threat_models": [curve_summary(c, evaluation.clean_correct) for c in evaluation.curves]}}
+                        "threat_models": [curve_summary(c, evaluation.clean_correct) for c in evaluation.curves],
+                        **({"skipped": profile_skipped} if profile_skipped else {})}}
            if evaluation.curves else {}),
         "per_example": f"{run_id}.npz",
     })

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
-from midbench.attacks.threat_models import profile_plan, seen_threat_models
+from midbench.attacks.threat_models import colour_only, profile_plan, seen_threat_models
 from midbench.checkpoint import check_compatible
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.device import resolve_device
@@ -81,9 +81,17 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     registry = load_registry([Path(d) for d in config.registry_dirs])
     attacks = select_attacks(config.selection, registry, spec.eps, train_attacks)
     data_eps = {**spec.eps, **config.selection.eps}
+    channels = spec.input_shape[0]
+    grey_data = [attack.id for attack, _ in attacks if channels != 3 and attack.needs_colour]
+    if grey_data:
+        raise UsageError(f"attack(s) {', '.join(grey_data)} need colour images, and {dataset_name} has {channels} "
+                         "channel(s); leave them out")
+    profiled = with_defaults(config.selection).unknown
     profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry), dataset=dataset_name,
-                            only=config.threat_models)
-               if with_defaults(config.selection).unknown else [])
+                            only=config.threat_models, channels=channels) if profiled else [])
+    # threat models the profile leaves out on grey data, recorded in the result
+    skipped = [{"id": model, "reason": f"needs colour images; {dataset_name} has {channels} channel(s)"}
+               for model in (colour_only(registry) if profiled and channels != 3 else [])]
     if config.threat_models and not with_defaults(config.selection).unknown:
         raise UsageError("--threat-models chooses which threat models the profile climbs; add --unknown-attacks")
     linf_eps = data_eps.get("Linf")
@@ -166,7 +174,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         protocol_info = {"name": config.protocol, "source": source_info}
         result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
-                              flags=flags, sanity=sanity_info, command=command_line())
+                              flags=flags, sanity=sanity_info, command=command_line(), profile_skipped=skipped)
         path = write_result(result, evaluation, config.results_dir, indices)
     except BaseException:
         state.finish(keep=True)  # interrupted or failed: what is finished stays resumable

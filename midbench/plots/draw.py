@@ -244,3 +244,28 @@ def _reproducible_metadata(suffix: str) -> dict[str, object] | None:
     if suffix == "pdf":
         return {"CreationDate": None, "ModDate": None}
     return None
+
+
+def examples_figure(images: np.ndarray, row_labels: list[str], column_labels: list[list[str]] | None,
+                    title: str) -> Figure:
+    """A grid of images (rows × columns × H × W × C in [0, 1]): one row per strength, one column per test image;
+    ``column_labels[r][c]`` captions a cell (the model's prediction), when given."""
+    rows, columns = images.shape[:2]
+    figure = _figure(0.9 * columns + 0.9, 0.95 * rows + 0.4)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for r in range(rows):
+        for c in range(columns):
+            axis = axes[r][c]
+            picture = images[r, c]
+            grey = picture.shape[-1] == 1
+            axis.imshow(picture[..., 0] if grey else picture, cmap="gray" if grey else None, vmin=0.0, vmax=1.0,
+                        interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.grid(False)
+            if column_labels is not None:
+                axis.set_title(column_labels[r][c], fontsize=7, pad=2)
+            if c == 0:
+                axis.set_ylabel(row_labels[r], fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    return figure

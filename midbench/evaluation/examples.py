@@ -1,0 +1,76 @@
+"""What an attack does to a few test images along its threat model's ladder: the data of ``midbench attacks show
+ID --image OUT.png`` (drawn by :func:`midbench.plots.draw.examples_figure`; docs/unforeseen.md has the pictures).
+
+With a model, every rung is the attack's worst case on that model (the images a table's numbers count); without
+one, an optimised corruption (:class:`midbench.attacks.latent.LatentAttack`) is drawn at random latents in its
+box, which shows what its threat model allows without any model behind it. Each image draws its random structure
+and start from its own generator (:mod:`midbench.attacks.randomness`), so a picture is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from midbench.attacks import randomness
+from midbench.attacks.latent import LatentAttack
+from midbench.attacks.specs import AttackRegistry
+from midbench.attacks.threat_models import at_strength, ladder_of
+from midbench.data import TensorSplit
+from midbench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ExampleGrid:
+    """Rows: the clean images, then one row per strength; columns: the test images."""
+
+    attack: str
+    threat_model: str
+    strengths: tuple[float, ...]
+    #: (1 + strengths, images, H, W, C) in [0, 1]
+    images: np.ndarray
+    labels: tuple[int, ...]
+    #: the model's prediction on each cell, when a model was given
+    predictions: np.ndarray | None
+
+
+def example_grid(registry: AttackRegistry, attack_id: str, dataset: str, dataset_eps: dict[str, float],
+                 data: TensorSplit, model: nn.Module | None = None, seed: int = 0) -> ExampleGrid:
+    """The grid of ``attack_id`` on ``data`` (a few test images) over its threat model's ladder on ``dataset``.
+
+    Raises:
+        UsageError: the entry belongs to no threat model or declares no budget; no model is given for an attack
+            that is not a latent corruption; the attack needs colour and the images are grey.
+    """
+    spec = registry.get(attack_id)
+    if spec.threat_model is None or not spec.budget:
+        raise UsageError(f"attack {attack_id} has no threat model with a budget, so it has no ladder to draw")
+    strengths = ladder_of(registry, registry.threat_models[spec.threat_model], dataset)
+    x, y = data.as_float(), data.labels.clone()
+    seeds = randomness.example_seeds(seed, range(len(y)))
+    rows, predictions = [x], []
+    for strength in strengths:
+        resolved = at_strength(spec, dataset_eps, strength)
+        if resolved.needs_colour and x.shape[1] != 3:
+            raise UsageError(f"attack {attack_id} needs colour images, and {dataset} has {x.shape[1]} channel(s)")
+        attack = resolved.build(seed=seed)
+        with randomness.per_example_generators(seeds):
+            if model is not None:
+                rows.append(attack(model, x, y))
+            elif isinstance(attack, LatentAttack):
+                render = attack.renderer(x)
+                latent = randomness.uniform_like(torch.zeros(attack.latent_shape(x), dtype=x.dtype), -1.0, 1.0)
+                with torch.no_grad():
+                    rows.append(render(latent, torch.arange(len(y))))
+            else:
+                raise UsageError(f"attack {attack_id} is not a corruption with latents to draw at random; "
+                                 "give --model CHECKPOINT to draw its worst case on that model")
+    if model is not None:
+        with torch.no_grad():
+            predictions = [model(row).argmax(1).numpy() for row in rows]
+    images = torch.stack(rows).permute(0, 1, 3, 4, 2).detach().numpy()
+    return ExampleGrid(attack_id, spec.threat_model, tuple(strengths), images, tuple(int(v) for v in y),
+                       np.stack(predictions) if predictions else None)

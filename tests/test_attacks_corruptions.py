@@ -1,0 +1,156 @@
+"""The optimised corruptions (midbench.attacks.latent and its subclasses), parametrised over every registry entry
+whose implementation is a latent attack, so a new one is tested as soon as it is registered.
+
+Each must keep its latents inside their box and its images in [0, 1] and be exactly the render of the latents it
+reports, be the identity at budget 0, not depend on its batch, and, climbed nested over its ladder on an undefended
+model, lower accuracy from the smallest strength to the full one. The registry-wide contract and pass-count
+tests (test_attacks.py, test_attack_passes.py) cover them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from attack_inputs import model_and_batch
+from torch import nn
+
+from midbench.attacks import randomness
+from midbench.attacks.latent import LatentAttack
+from midbench.attacks.specs import load_implementation, load_registry
+from midbench.attacks.threat_models import colour_only, profile_plan
+from midbench.data import get_dataset
+from midbench.data.datasets import TensorSplit
+from midbench.errors import UsageError
+from midbench.evaluation.profile import climb, independent_curves
+
+REGISTRY = load_registry()
+MNIST_EPS = get_dataset("mnist5k").eps
+LATENT_IDS = sorted(attack_id for attack_id, spec in REGISTRY.attacks.items()
+                    if issubclass(load_implementation(spec.implementation)[0], LatentAttack))
+GREY_IDS = [attack_id for attack_id in LATENT_IDS if not REGISTRY.get(attack_id).resolve(MNIST_EPS).needs_colour]
+
+
+def _resolved(attack_id: str, scale: float = 1.0, steps: int = 4):  # noqa: ANN202
+    """The entry with its budget scaled by ``scale`` and ``steps`` PGD steps."""
+    spec = REGISTRY.get(attack_id)
+    params = {**spec.params, "steps": steps}
+    params.update({name: params[name] * scale for name in spec.budget})
+    return replace(spec, params=params).resolve(MNIST_EPS)
+
+
+def test_the_registry_has_the_corruptions_of_the_breadth_issue() -> None:
+    """At least twelve optimised corruptions, each its own threat model, and at least 20 threat models in all."""
+    assert len(LATENT_IDS) >= 12 and len(REGISTRY.threat_models) >= 20
+    assert all(REGISTRY.get(attack_id).threat_model == attack_id for attack_id in LATENT_IDS)
+
+
+@pytest.mark.parametrize("attack_id", LATENT_IDS)
+def test_latents_stay_in_their_box_and_the_image_is_their_render(attack_id: str,
+                                                                  request: pytest.FixtureRequest) -> None:
+    resolved = _resolved(attack_id)
+    model, x, y = model_and_batch(resolved, request)
+    x, y = x[:12], y[:12]
+    seeds = list(range(12))
+    attack = resolved.build()
+    with randomness.per_example_generators(seeds):
+        images = attack(model, x, y)
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    assert attack.last_latent is not None and float(attack.last_latent.abs().max()) <= 1.0
+    with randomness.per_example_generators(seeds):  # the same random structure (flakes, shapes) as the attack drew
+        render = resolved.build().renderer(x)
+    with torch.no_grad():
+        rendered = render(attack.last_latent, torch.arange(12))
+    assert torch.allclose(images, rendered, atol=1e-6)
+
+
+@pytest.mark.parametrize("attack_id", LATENT_IDS)
+def test_zero_budget_is_the_identity(attack_id: str, request: pytest.FixtureRequest) -> None:
+    """Up to float rounding of the resampling warps (kornia's grids)."""
+    resolved = _resolved(attack_id, scale=0.0)
+    model, x, y = model_and_batch(resolved, request)
+    assert torch.allclose(resolved.build()(model, x, y), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("attack_id", LATENT_IDS)
+def test_an_example_attack_does_not_depend_on_its_batch(attack_id: str, request: pytest.FixtureRequest) -> None:
+    """Per-example generators (what the profile uses): examples 0–3 attacked alone or with 4–7 give the same
+    images, random structure included."""
+    resolved = _resolved(attack_id)
+    model, x, y = model_and_batch(resolved, request)
+    with randomness.per_example_generators(list(range(8))):
+        together = resolved.build()(model, x[:8], y[:8])
+    with randomness.per_example_generators(list(range(4))):
+        alone = resolved.build()(model, x[:4], y[:4])
+    assert torch.allclose(together[:4], alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("attack_id", LATENT_IDS)
+def test_bad_parameters_are_one_line_usage_errors(attack_id: str) -> None:
+    attack_class = load_implementation(REGISTRY.get(attack_id).implementation)[0]
+    budget = next(iter(attack_class.BUDGET))
+    for bad in ({budget: "large"}, {budget: -1.0}, {"steps": 0}, {"no_such_parameter": 1}):
+        with pytest.raises(UsageError) as error:
+            attack_class(**bad)
+        assert "\n" not in str(error.value)
+
+
+def test_a_colour_attack_refuses_grey_images_and_the_profile_leaves_it_out(standard_model: nn.Module,
+                                                                          small_batch: tuple[torch.Tensor,
+                                                                                             torch.Tensor]) -> None:
+    colour = [attack_id for attack_id in LATENT_IDS if attack_id not in GREY_IDS]
+    assert colour, "the registry has a colour corruption (hsv)"
+    with pytest.raises(UsageError, match="colour"):
+        _resolved(colour[0]).build()(standard_model, *small_batch)
+    plans = profile_plan(REGISTRY, MNIST_EPS, set(), suite="unforeseen-ua", channels=1)
+    assert {plan.threat_model.id for plan in plans} == set(GREY_IDS)
+    assert set(colour_only(REGISTRY, "unforeseen-ua")) == set(colour)
+    on_colour = profile_plan(REGISTRY, MNIST_EPS, set(), suite="unforeseen-ua", channels=3)
+    assert {plan.threat_model.id for plan in on_colour} == set(LATENT_IDS)
+    with pytest.raises(UsageError, match="colour"):
+        profile_plan(REGISTRY, MNIST_EPS, set(), suite="unforeseen-ua", channels=1, only=(colour[0],))
+
+
+def _cheap_copies() -> str:
+    """Every grey latent entry again as ``t-<id>`` with 4 steps, and a suite climbing them."""
+    lines = []
+    for attack_id in GREY_IDS:
+        spec = REGISTRY.get(attack_id)
+        params = ", ".join(f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
+                           for key, value in {**spec.params, "steps": 4}.items())
+        budget = ", ".join(f'"{name}"' for name in spec.budget)
+        lines.append(f'[[attack]]\nid = "t-{attack_id}"\nversion = 1\nfamily = "{spec.family}"\n'
+                     f'threat_model = "{spec.threat_model}"\nbudget = [{budget}]\n'
+                     f'implementation = "{spec.implementation}"\ncitation = "test"\nparams = {{ {params} }}\n')
+    suite = ", ".join(f'"t-{attack_id}"' for attack_id in GREY_IDS)
+    return "\n".join(lines) + f'\n[[suite]]\nname = "test-corruptions"\nattacks = [{suite}]\n'
+
+
+@pytest.mark.slow
+def test_nested_climb_lowers_accuracy_along_every_ladder_and_equals_independent_runs(
+        standard_model: nn.Module, mnist5k_test: TensorSplit, tmp_path: Path) -> None:
+    """Climbed nested over the default ladder, each example's robustness at strength k equals the AND of
+    independent evaluations at every strength up to k, run with another batch size (exact: per-example
+    generators). The curve cannot rise; and the undefended model must lose accuracy from the smallest strength
+    (a tenth of the budget, a barely visible change) to the full one, where each corruption was sized to break
+    most of an undefended LeNet's predictions."""
+    from test_profile import _runner
+
+    (tmp_path / "corruptions.toml").write_text(_cheap_copies())
+    registry = load_registry([tmp_path])
+    data = mnist5k_test.subset(torch.arange(32))
+    plans = profile_plan(registry, MNIST_EPS, set(), suite="test-corruptions", channels=1)
+    assert {plan.threat_model.id for plan in plans} == set(GREY_IDS)
+    nested_runner, clean = _runner(standard_model, data, batch_size=7)
+    curves = climb(nested_runner, plans, clean)
+    independent_runner, _ = _runner(standard_model, data, batch_size=32)
+    independent = independent_curves(independent_runner, plans, clean)
+    for plan, curve, reference in zip(plans, curves, independent, strict=True):
+        for k, rung in enumerate(plan.rungs):
+            assert np.array_equal(curve.robust[:, k], reference.robust[:, k]), (plan.threat_model.id, rung.strength)
+        accuracy = curve.robust.mean(axis=0)
+        assert np.all(np.diff(accuracy) <= 0) and accuracy[0] <= clean.mean()
+        assert accuracy[0] > accuracy[-1], plan.threat_model.id
