@@ -139,7 +139,7 @@ def test_nested_climb_lowers_accuracy_along_every_ladder_and_equals_independent_
     most of an undefended LeNet's predictions."""
     from test_profile import _runner
 
-    (tmp_path / "corruptions.toml").write_text(_cheap_copies())
+    (tmp_path / "unforeseen_ua.toml").write_text(_cheap_copies())
     registry = load_registry([tmp_path])
     data = mnist5k_test.subset(torch.arange(32))
     plans = profile_plan(registry, MNIST_EPS, set(), suite="test-corruptions", channels=1)
@@ -154,3 +154,44 @@ def test_nested_climb_lowers_accuracy_along_every_ladder_and_equals_independent_
         accuracy = curve.robust.mean(axis=0)
         assert np.all(np.diff(accuracy) <= 0) and accuracy[0] <= clean.mean()
         assert accuracy[0] > accuracy[-1], plan.threat_model.id
+
+
+def test_attacks_show_draws_the_ladder_at_random_latents_and_on_a_model(standard_checkpoint: Path,
+                                                                        tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from midbench.cli.app import app
+
+    attack_id = GREY_IDS[0]
+    plain = CliRunner().invoke(app, ["attacks", "show", attack_id, "--image", str(tmp_path / "plain.png"),
+                                     "--n-images", "3"])
+    assert plain.exit_code == 0, plain.output
+    on_model = CliRunner().invoke(app, ["attacks", "show", attack_id, "--image", str(tmp_path / "model.svg"),
+                                        "--n-images", "2", "--model", str(standard_checkpoint)])
+    assert on_model.exit_code == 0, on_model.output
+    assert (tmp_path / "plain.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "model.svg").read_text().count("<image") == 2 * (1 + len(REGISTRY.threat_models[
+        attack_id].ladder))  # one picture per cell: clean and every rung, for each test image
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["attacks", "show", "pgd-linf", "--image", "{out}/x.png"], "give --model"),
+    (["attacks", "show", "hsv", "--image", "{out}/x.png"], "needs colour"),
+    (["attacks", "show", "fog", "--image", "{out}/x.png", "--n-images", "0"], "--n-images"),
+    (["eval", "{checkpoint}", "--attacks", "hsv", "--results-dir", "{out}"], "need colour"),
+    (["eval", "{checkpoint}", "--unknown-attacks", "--threat-models", "no-such-threat",
+      "--results-dir", "{out}"], "no-such-threat"),
+], ids=["show-needs-a-model", "show-colour-on-grey", "show-no-images", "eval-colour-on-grey",
+        "eval-unknown-threat-model"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments: list[str], message: str,
+                                                          standard_checkpoint: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from midbench.cli.app import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [a.format(out=out, checkpoint=standard_checkpoint) for a in arguments])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("midbench: error")]
+    assert len(error) == 1 and message in error[0], result.output
+    assert not out.exists() or not any(out.rglob("*"))

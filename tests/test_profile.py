@@ -23,6 +23,7 @@ from midbench.attacks.threat_models import (
     threat_model_of,
 )
 from midbench.cli.app import app
+from midbench.data import load_split
 from midbench.data.datasets import TensorSplit, get_dataset
 from midbench.errors import UsageError
 from midbench.evaluation.engine import AttackRunner, evaluate, predict
@@ -347,6 +348,16 @@ def test_unknown_attacks_write_curves_to_the_result_and_its_matrix(pgd_at_checkp
     unseen = np.stack([matrices[f"profile_{m}"][:, -1] for m in models if not models[m]["seen"]], axis=1)
     assert document["summary"]["unknown_worst"] == pytest.approx(unseen.all(axis=1).mean())
     assert document["summary"]["unknown_mean"] == pytest.approx(unseen.mean(axis=0).mean())
+    # a few attacked test images per threat model, clean first, one row per rung: the report draws them
+    from midbench.evaluation.examples import PROFILE_EXAMPLES
+    from midbench.report import build_report
+
+    for model_id, model in models.items():
+        images = matrices[f"examples_{model_id}"]
+        assert images.dtype == np.uint8 and images.shape == (1 + len(model["strengths"]), PROFILE_EXAMPLES, 28, 28, 1)
+        assert np.array_equal(images[0, ..., 0], load_split("mnist5k", "test").images[:PROFILE_EXAMPLES, 0].numpy())
+    page, _ = build_report(tmp_path)
+    assert all(f'data-threat-model="{model_id}"' in page for model_id in models)
 
 
 # ------------------------------------------------------------------------ leaderboard: reference-normalised scores

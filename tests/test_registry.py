@@ -37,7 +37,7 @@ def test_golden_component_names() -> None:
                               "trades"]
 
 
-#: the optimised corruptions of attacks_registry/corruptions.toml: each is an attack and a threat model of that id
+#: the optimised corruptions of attacks_registry/unforeseen_ua.toml: each is an attack and a threat model of that id
 CORRUPTIONS = ["affine", "blur", "brightness-contrast", "fog", "gabor", "glitch", "hsv", "kaleidoscope",
                "perspective", "pixel", "snow", "wood"]
 

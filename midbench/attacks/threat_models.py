@@ -240,12 +240,13 @@ def ladder_of(registry: AttackRegistry, threat_model: ThreatModel, dataset: str 
     return calibrated.strengths if calibrated is not None else threat_model.ladder
 
 
-def colour_only(registry: AttackRegistry, suite: str = PROFILE_SUITE) -> list[str]:
-    """The threat models of ``suite`` with an attack that needs colour images: the profile leaves them out on
-    grey data (:func:`midbench.attacks.specs.needs_colour`)."""
+def colour_only(registry: AttackRegistry, suite: str | None = PROFILE_SUITE) -> list[str]:
+    """The threat models of ``suite`` (``None``: of the whole registry) with an attack that needs colour images:
+    the profile leaves them out on grey data (:func:`midbench.attacks.specs.needs_colour`)."""
     from midbench.attacks.specs import needs_colour
 
-    return list(dict.fromkeys(spec.threat_model for spec in registry.suite(suite)
+    specs = registry.suite(suite) if suite is not None else list(registry.attacks.values())
+    return list(dict.fromkeys(spec.threat_model for spec in specs
                               if spec.threat_model is not None and needs_colour(spec.implementation)))
 
 

@@ -64,6 +64,17 @@ def attacks_list(
         for name, ids in registry.suites.items():
             suites.add_row(name, ", ".join(ids))
         show.print(suites)
+        from midbench.attacks.threat_models import colour_only, ladder_of
+
+        colour = set(colour_only(registry, None))
+        models = Table(title=f"threat models ({len(registry.threat_models)})")
+        for column in ("threat model", "ladder (mnist5k)", "ranked", "description"):
+            models.add_column(column)
+        for model in registry.threat_models.values():
+            ladder = " ".join(f"{s:g}" for s in ladder_of(registry, model, "mnist5k"))
+            models.add_row(model.id, ladder, "yes" if model.ranked else "no (a floor)",
+                           model.description + (" [colour images only]" if model.id in colour else ""))
+        show.print(models)
 
 
 @attacks_app.command("show")

@@ -17,10 +17,14 @@ from torch import nn
 
 from midbench.attacks import randomness
 from midbench.attacks.latent import LatentAttack
-from midbench.attacks.specs import AttackRegistry
-from midbench.attacks.threat_models import at_strength, ladder_of
+from midbench.attacks.specs import AttackRegistry, ResolvedAttack
+from midbench.attacks.threat_models import ThreatModelPlan, at_strength, ladder_of
 from midbench.data import TensorSplit
 from midbench.errors import UsageError
+
+#: test images per threat model whose attacked versions an evaluation with a profile keeps in its per-example file
+#: (``examples_<threat model>``), for the report's pictures
+PROFILE_EXAMPLES = 4
 
 
 @dataclass(frozen=True)
@@ -37,40 +41,62 @@ class ExampleGrid:
     predictions: np.ndarray | None
 
 
-def example_grid(registry: AttackRegistry, attack_id: str, dataset: str, dataset_eps: dict[str, float],
-                 data: TensorSplit, model: nn.Module | None = None, seed: int = 0) -> ExampleGrid:
-    """The grid of ``attack_id`` on ``data`` (a few test images) over its threat model's ladder on ``dataset``.
+def attacked_rows(attacks: list[ResolvedAttack], x: torch.Tensor, y: torch.Tensor, model: nn.Module | None,
+                  seed: int) -> torch.Tensor:
+    """``x`` and, for each attack (one per strength), its images: (1 + attacks, N, C, H, W). With a model, each
+    attack's worst case on it; without one, an optimised corruption at random latents in its box.
 
     Raises:
-        UsageError: the entry belongs to no threat model or declares no budget; no model is given for an attack
-            that is not a latent corruption; the attack needs colour and the images are grey.
+        UsageError: no model for an attack that is not a latent corruption, or a colour attack on grey images.
     """
-    spec = registry.get(attack_id)
-    if spec.threat_model is None or not spec.budget:
-        raise UsageError(f"attack {attack_id} has no threat model with a budget, so it has no ladder to draw")
-    strengths = ladder_of(registry, registry.threat_models[spec.threat_model], dataset)
-    x, y = data.as_float(), data.labels.clone()
     seeds = randomness.example_seeds(seed, range(len(y)))
-    rows, predictions = [x], []
-    for strength in strengths:
-        resolved = at_strength(spec, dataset_eps, strength)
+    rows = [x]
+    for resolved in attacks:
         if resolved.needs_colour and x.shape[1] != 3:
-            raise UsageError(f"attack {attack_id} needs colour images, and {dataset} has {x.shape[1]} channel(s)")
+            raise UsageError(f"attack {resolved.id} needs colour images, and these have {x.shape[1]} channel(s)")
         attack = resolved.build(seed=seed)
         with randomness.per_example_generators(seeds):
             if model is not None:
                 rows.append(attack(model, x, y))
             elif isinstance(attack, LatentAttack):
                 render = attack.renderer(x)
-                latent = randomness.uniform_like(torch.zeros(attack.latent_shape(x), dtype=x.dtype), -1.0, 1.0)
+                latent = randomness.uniform_like(torch.zeros(attack.latent_shape(x), dtype=x.dtype,
+                                                             device=x.device), -1.0, 1.0)
                 with torch.no_grad():
-                    rows.append(render(latent, torch.arange(len(y))))
+                    rows.append(render(latent, torch.arange(len(y), device=x.device)))
             else:
-                raise UsageError(f"attack {attack_id} is not a corruption with latents to draw at random; "
+                raise UsageError(f"attack {resolved.id} is not a corruption with latents to draw at random; "
                                  "give --model CHECKPOINT to draw its worst case on that model")
+    return torch.stack(rows).detach()
+
+
+def example_grid(registry: AttackRegistry, attack_id: str, dataset: str, dataset_eps: dict[str, float],
+                 data: TensorSplit, model: nn.Module | None = None, seed: int = 0) -> ExampleGrid:
+    """The grid of ``attack_id`` on ``data`` (a few test images) over its threat model's ladder on ``dataset``.
+
+    Raises:
+        UsageError: the entry belongs to no threat model or declares no budget, and :func:`attacked_rows`'s.
+    """
+    spec = registry.get(attack_id)
+    if spec.threat_model is None or not spec.budget:
+        raise UsageError(f"attack {attack_id} has no threat model with a budget, so it has no ladder to draw")
+    strengths = ladder_of(registry, registry.threat_models[spec.threat_model], dataset)
+    x, y = data.as_float(), data.labels.clone()
+    rows = attacked_rows([at_strength(spec, dataset_eps, s) for s in strengths], x, y, model, seed)
+    predictions = None
     if model is not None:
         with torch.no_grad():
-            predictions = [model(row).argmax(1).numpy() for row in rows]
-    images = torch.stack(rows).permute(0, 1, 3, 4, 2).detach().numpy()
-    return ExampleGrid(attack_id, spec.threat_model, tuple(strengths), images, tuple(int(v) for v in y),
-                       np.stack(predictions) if predictions else None)
+            predictions = np.stack([model(row).argmax(1).numpy() for row in rows])
+    return ExampleGrid(attack_id, spec.threat_model, tuple(strengths), rows.permute(0, 1, 3, 4, 2).numpy(),
+                       tuple(int(v) for v in y), predictions)
+
+
+def profile_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plans: list[ThreatModelPlan],
+                     seed: int) -> dict[str, np.ndarray]:
+    """Per threat model of the profile, what its first attack does to ``x`` at every rung, as 8-bit images
+    (1 + rungs, N, H, W, C): the pictures the report shows beside the curves."""
+    examples = {}
+    for plan in plans:
+        rows = attacked_rows([rung.attacks[0] for rung in plan.rungs], x, y, model, seed)
+        examples[plan.threat_model.id] = (rows.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)
+    return examples

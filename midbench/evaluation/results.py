@@ -95,9 +95,14 @@ def software_versions() -> dict[str, str | None]:
 
 
 def write_result(result: ResultDocument, evaluation: Evaluation, results_dir: str | Path,
-                 indices: np.ndarray) -> Path:
+                 indices: np.ndarray, examples: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``<results_dir>/runs/<dataset>/<run_id>.{npz,json}``; the JSON last, so a visible JSON always
-    has its matrix. Returns the JSON path."""
+    has its matrix. Returns the JSON path.
+
+    Args:
+        examples: per threat model of the profile, a few attacked test images (8-bit, rungs × images × H × W × C;
+            :func:`midbench.evaluation.examples.profile_examples`), stored as ``examples_<id>``.
+    """
     folder = ensure_writable_dir(Path(results_dir) / "runs" / result.data.dataset)
     run_id = result.run_id
 
@@ -107,7 +112,8 @@ def write_result(result: ResultDocument, evaluation: Evaluation, results_dir: st
         np.savez_compressed(handle, robust=evaluation.matrix, clean=evaluation.clean_correct,
                             attacks=np.array([row.id for row in result.attacks], dtype=str),
                             splits=np.array([row.split for row in result.attacks], dtype=str),
-                            indices=indices, **curves)
+                            indices=indices, **curves,
+                            **{f"examples_{model}": images for model, images in (examples or {}).items()})
 
     atomic_write_with(folder / f"{run_id}.npz", write_npz)
     json_path = folder / f"{run_id}.json"

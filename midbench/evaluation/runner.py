@@ -24,6 +24,7 @@ from midbench.evaluation import sanity
 from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.documents import ResultDocument
 from midbench.evaluation.engine import Evaluation, ProgressFn, evaluate
+from midbench.evaluation.examples import PROFILE_EXAMPLES, profile_examples
 from midbench.evaluation.results import (
     build_result,
     indices_sha256,
@@ -175,7 +176,11 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
                               flags=flags, sanity=sanity_info, command=command_line(), profile_skipped=skipped)
-        path = write_result(result, evaluation, config.results_dir, indices)
+        # what each threat model's attack does to a few test images, crafted on the model the protocol attacks
+        shown = data.subset(torch.arange(min(PROFILE_EXAMPLES, count)))
+        examples = profile_examples(source_model if source_model is not None else loaded.model,
+                                    shown.as_float().to(device), shown.labels.to(device), profile, config.seed)
+        path = write_result(result, evaluation, config.results_dir, indices, examples)
     except BaseException:
         state.finish(keep=True)  # interrupted or failed: what is finished stays resumable
         raise

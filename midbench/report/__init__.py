@@ -161,7 +161,7 @@ class _Page:
         for table in plotted:
             for row in table.rows:
                 if documents := self.documents_of(row):
-                    self.parts.append(_model_html(table, row, documents))
+                    self.parts.append(_model_html(table, row, documents, _examples_html(row, documents)))
 
     def commands(self, results: Path) -> None:
         self.section("commands", "How these results were made")
@@ -244,7 +244,37 @@ def _flags_html(table: Table, documents_of: Callable[[dict[str, Any]], list[Resu
             f'<ul class="flag-list">{"".join(dict.fromkeys(items))}</ul>')
 
 
-def _model_html(table: Table, row: dict[str, Any], documents: list[ResultDocument]) -> str:
+def _examples_html(row: dict[str, Any], documents: list[ResultDocument]) -> str:
+    """The pictures of what each threat model of the profile did to a few test images, from the newest result
+    file that kept them (``examples_<id>`` in its per-example file; older files have none)."""
+    import numpy as np
+
+    from midbench.plots.draw import examples_figure
+
+    for path, document in reversed(list(zip(row.get("paths") or [], documents, strict=False))):
+        if not document.profile or not document.per_example:
+            continue
+        try:
+            with np.load(Path(path).with_name(document.per_example)) as stored:
+                examples = {key.removeprefix("examples_"): stored[key] for key in stored.files
+                            if key.startswith("examples_")}
+        except (OSError, ValueError):
+            continue
+        strengths = {entry["id"]: entry.get("strengths", []) for entry in document.profile.get("threat_models", [])}
+        figures = []
+        for model, images in examples.items():
+            labels = ["clean"] + [f"{s:g}" for s in strengths.get(model, [])][:images.shape[0] - 1]
+            figure = examples_figure(images.astype(np.float32) / 255, labels, None, model)
+            figures.append(f'<figure class="examples" data-threat-model="{_e(model)}">'
+                           f"{_inline_svg(svg_text(figure))}</figure>")
+        if figures:
+            return ('<details class="examples"><summary>What each threat model of the profile did to the first '
+                    f"{next(iter(examples.values())).shape[1]} test images, by strength</summary>"
+                    f'{"".join(figures)}</details>')
+    return ""
+
+
+def _model_html(table: Table, row: dict[str, Any], documents: list[ResultDocument], examples: str = "") -> str:
     newest = documents[-1]
     checkpoint, data = newest.checkpoint, newest.data
     anchor = _anchor("model", table.dataset, table.protocol, str(row["name"]))
@@ -283,7 +313,7 @@ def _model_html(table: Table, row: dict[str, Any], documents: list[ResultDocumen
             'interval)</caption><thead><tr><th class="text">attack</th><th class="text">split</th>'
             '<th class="text">norm</th><th>ε</th><th>robust %</th><th>seconds</th><th>forward</th>'
             f'<th>backward</th></tr></thead><tbody>{"".join(attack_rows)}</tbody></table></div>'
-            f"{components}</section>")
+            f"{components}{examples}</section>")
 
 
 def _components_html(documents: Iterable[ResultDocument]) -> str:
