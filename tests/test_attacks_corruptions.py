@@ -195,3 +195,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments: list[str], m
     error = [line for line in result.output.splitlines() if line.startswith("midbench: error")]
     assert len(error) == 1 and message in error[0], result.output
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_on_colour_data_every_corruption_runs_hsv_included(tmp_path: Path) -> None:
+    """CIFAR-format files (the torchvision layout, written by the data tests) and a user model: the whole
+    ``unforeseen-ua`` suite runs, the colour-only threat model too, each at most as accurate as clean."""
+    import json
+
+    from test_data_torchvision import write_cifar10
+    from typer.testing import CliRunner
+
+    from midbench.cli.app import app
+
+    write_cifar10(tmp_path / "data")
+    outcome = CliRunner().invoke(app, ["eval", "--model", "user_models:honest_cnn", "--dataset", "cifar10",
+                                       "--data-dir", str(tmp_path / "data"), "--suite", "unforeseen-ua",
+                                       "--n-examples", "4", "--results-dir", str(tmp_path / "r"), "--quiet",
+                                       "--format", "json"])
+    assert outcome.exit_code == 0, outcome.output
+    document = json.loads(outcome.stdout[outcome.stdout.index("{"):])
+    ran = {row["id"].split("@")[0]: row["robust_accuracy"] for row in document["attacks"]}
+    assert set(ran) == set(LATENT_IDS) and "hsv" in ran
+    assert all(accuracy <= document["clean_accuracy"] for accuracy in ran.values())
