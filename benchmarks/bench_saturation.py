@@ -16,6 +16,8 @@ reference set gives them):
 Run from the repository root, e.g. on the L∞ reference of the shipped set::
 
     python benchmarks/bench_saturation.py runs/references-mnist5k-lenet/linf/model.safetensors --n 300
+
+``--suite unforeseen-ua --no-autoattack`` checks the optimised corruptions of docs/unforeseen.md the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from dataclasses import replace
 import torch
 
 from midbench.attacks.specs import ResolvedAttack, load_registry
-from midbench.attacks.threat_models import ProfileRung, ThreatModelPlan, profile_plan, seen_threat_models
+from midbench.attacks.threat_models import (
+    PROFILE_SUITE,
+    ProfileRung,
+    ThreatModelPlan,
+    profile_plan,
+    seen_threat_models,
+)
 from midbench.data.datasets import get_dataset, load_split
 from midbench.evaluation.engine import AttackRunner, predict
 from midbench.evaluation.profile import climb
@@ -89,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the doubled climbs of part 1 (the shipped climb still runs, for part 2)")
     parser.add_argument("--threat-models", default="", help="climb only these (comma-separated ids; part 2 then "
                                                            "needs linf among them)")
+    parser.add_argument("--suite", default=PROFILE_SUITE,
+                        help="climb this suite's threat models (default the profile's; e.g. unforeseen-ua)")
     parser.add_argument("--set", action="append", default=[], metavar="ATTACK.PARAM=VALUE",
                         help="override a profile attack's parameter before anything runs (e.g. "
                              "jpeg-linf.restarts=4, elastic.losses=ce,margin); repeatable")
@@ -105,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_registry()
     train_attacks = [ResolvedAttack.from_dict(item) for item in loaded.metadata.train_attacks]
     only = tuple(name.strip() for name in args.threat_models.split(",") if name.strip())
-    plans = profile_plan(registry, eps, seen_threat_models(train_attacks, registry), dataset=dataset, only=only)
+    plans = profile_plan(registry, eps, seen_threat_models(train_attacks, registry), suite=args.suite,
+                         dataset=dataset, only=only, channels=int(images.shape[1]))
     plans = overridden(plans, args.set)
 
     def runner(seed: int) -> AttackRunner:

@@ -23,6 +23,8 @@ from torch.nn import functional
 from midbench.attacks.latent import LatentAttack
 from midbench.attacks.parametric import Render
 
+# kornia is imported where a render is made (see midbench.attacks.warps)
+
 
 class BrightnessContrast(LatentAttack):
     """An optimised brightness offset and contrast factor per image (module docstring).
@@ -54,11 +56,11 @@ class HueSaturationValue(LatentAttack):
 
     NAME: ClassVar[str] = "hsv"
     BUDGET: ClassVar[dict[str, float]] = {"max_hue": 0.1, "max_saturation": 0.3, "max_value": 0.2}
-    SHAPE: ClassVar[dict[str, float]] = {"grid": 4}
+    FIXED: ClassVar[dict[str, float]] = {"grid": 4}
     NEEDS_COLOUR: ClassVar[bool] = True
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        size = max(int(self.shape["grid"]), 1)
+        size = max(int(self.fixed["grid"]), 1)
         return (x.shape[0], 3, size, size)
 
     def renderer(self, x: torch.Tensor) -> Render:

@@ -27,14 +27,14 @@ class Pixel(LatentAttack):
 
     NAME: ClassVar[str] = "pixel"
     BUDGET: ClassVar[dict[str, float]] = {"max_mix": 1.0}
-    SHAPE: ClassVar[dict[str, float]] = {"block": 7}
+    FIXED: ClassVar[dict[str, float]] = {"block": 7}
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        block = max(int(self.shape["block"]), 1)
+        block = max(int(self.fixed["block"]), 1)
         return (*x.shape[:2], -(-x.shape[2] // block), -(-x.shape[3] // block))
 
     def renderer(self, x: torch.Tensor) -> Render:
-        block = max(int(self.shape["block"]), 1)
+        block = max(int(self.fixed["block"]), 1)
         height, width = x.shape[-2:]
         rows, cols = -(-height // block), -(-width // block)
         # blocks cut by the border average what they hold: repeat the last row and column to fill them
@@ -55,14 +55,14 @@ class Blur(LatentAttack):
 
     NAME: ClassVar[str] = "blur"
     BUDGET: ClassVar[dict[str, float]] = {"max_blur": 1.0}
-    SHAPE: ClassVar[dict[str, float]] = {"sigma": 3.0, "smoothing": 1.5}
+    FIXED: ClassVar[dict[str, float]] = {"sigma": 3.0, "smoothing": 1.5}
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         return (x.shape[0], 1, *x.shape[2:])
 
     def renderer(self, x: torch.Tensor) -> Render:
-        blurred = smooth_flow(x, gaussian_kernel(self.shape["sigma"], x))
-        kernel = gaussian_kernel(self.shape["smoothing"], x)
+        blurred = smooth_flow(x, gaussian_kernel(self.fixed["sigma"], x))
+        kernel = gaussian_kernel(self.fixed["smoothing"], x)
 
         def render(latent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             weight = smooth_flow(self.budget["max_blur"] * latent.abs(), kernel).clamp(max=1.0)

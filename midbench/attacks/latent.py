@@ -15,8 +15,8 @@ of corruptions are nested: the corruption allowed at a smaller budget is allowed
 (flake or shape positions), which, like a random start, is part of the attack's randomness
 (:mod:`midbench.attacks.randomness`: the same for an example whatever its batch).
 
-A subclass names its budget (:attr:`LatentAttack.BUDGET`) and shape parameters (:attr:`LatentAttack.SHAPE`, e.g.
-a kernel's width, not scaled by the ladder) with their defaults, the latent's shape, and the render. It sets
+A subclass names its budget parameters (:attr:`LatentAttack.BUDGET`) and its fixed ones (:attr:`LatentAttack.FIXED`,
+e.g. a kernel's width, which the ladder does not scale) with their defaults, the latent's shape, and the render. It sets
 :attr:`LatentAttack.NEEDS_COLOUR` when the corruption is meaningless on a single-channel image (hue); such an
 attack refuses a grey image with a usage error, and the unknown-attack profile skips its threat model on grey
 datasets with a note (docs/unforeseen.md).
@@ -24,7 +24,6 @@ datasets with a note (docs/unforeseen.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -49,7 +48,7 @@ class LatentAttack(Attack):
             :attr:`BUDGET` parameters.
         norm: must be ``None``.
         target: ``None`` (untargeted) or a target policy.
-        params: the subclass's :attr:`BUDGET` and :attr:`SHAPE` parameters (numbers ≥ 0) and the optimiser's
+        params: the subclass's :attr:`BUDGET` and :attr:`FIXED` parameters (numbers ≥ 0) and the optimiser's
             :data:`OPTIONS`: ``steps`` (≥ 1), ``relative_step`` (the sign step as a fraction of the latent bound),
             ``random_start``, ``restarts``, ``losses``, ``schedule``, ``optimizer`` (``pgd`` or ``apgd``) and
             ``n_targets``, as for :class:`midbench.attacks.elastic.ElasticAttack`.
@@ -67,14 +66,14 @@ class LatentAttack(Attack):
     #: the parameters the ladder scales, with their defaults: the size of the corruption at |v| = 1
     BUDGET: ClassVar[dict[str, float]] = {}
     #: parameters that shape the corruption but are not scaled by the ladder, with their defaults
-    SHAPE: ClassVar[dict[str, float]] = {}
+    FIXED: ClassVar[dict[str, float]] = {}
     #: whether the corruption needs a colour (3-channel) image
     NEEDS_COLOUR: ClassVar[bool] = False
 
     @classmethod
     def accepted_parameters(cls) -> set[str]:
         """The hyper-parameter names the registry may give (:func:`midbench.attacks.specs.accepted_parameters`)."""
-        return set(cls.BUDGET) | set(cls.SHAPE) | set(OPTIONS)
+        return set(cls.BUDGET) | set(cls.FIXED) | set(OPTIONS)
 
     def __init__(self, eps: float = 0.0, norm: Norm | None = None, target: str | None = None,
                  **params: Any) -> None:
@@ -86,11 +85,11 @@ class LatentAttack(Attack):
         if unknown:
             raise UsageError(f"the {self.NAME} attack takes no parameter {', '.join(sorted(unknown))}; it takes "
                              f"{', '.join(sorted(self.accepted_parameters()))}")
-        values = {**OPTIONS, **self.BUDGET, **self.SHAPE, **params}
-        for name in (*self.BUDGET, *self.SHAPE, "steps", "relative_step", "restarts", "n_targets"):
+        values = {**OPTIONS, **self.BUDGET, **self.FIXED, **params}
+        for name in (*self.BUDGET, *self.FIXED, "steps", "relative_step", "restarts", "n_targets"):
             if isinstance(values[name], bool) or not isinstance(values[name], int | float):
                 raise UsageError(f"the {self.NAME} attack's {name} must be a number, got {values[name]!r}")
-        require_at_least(self.NAME, {**{name: (values[name], 0) for name in (*self.BUDGET, *self.SHAPE)},
+        require_at_least(self.NAME, {**{name: (values[name], 0) for name in (*self.BUDGET, *self.FIXED)},
                                      "steps": (values["steps"], 1), "relative_step": (values["relative_step"], 0),
                                      "n_targets": (values["n_targets"], 1)})
         self.restarts, self.losses, self.schedule = check_restarts(
@@ -102,7 +101,7 @@ class LatentAttack(Attack):
         self.random_start = bool(values["random_start"])
         self.n_targets = int(values["n_targets"])
         self.budget = {name: float(values[name]) for name in self.BUDGET}
-        self.shape = {name: float(values[name]) for name in self.SHAPE}
+        self.fixed = {name: float(values[name]) for name in self.FIXED}
         self.last_latent: torch.Tensor | None = None
         self.last_success: torch.Tensor | None = None
 
@@ -132,12 +131,7 @@ class LatentAttack(Attack):
         return result.images
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.budget, **self.shape, "steps": self.steps,
+        return {**super().describe(), **self.budget, **self.fixed, "steps": self.steps,
                 "relative_step": self.relative_step, "random_start": self.random_start, "restarts": self.restarts,
                 "losses": list(self.losses), "schedule": self.schedule, "optimizer": self.optimizer,
                 "n_targets": self.n_targets}
-
-
-def blend(x: torch.Tensor, overlay: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``x`` with ``overlay(x)`` added, clipped to [0, 1] (the additive corruptions' last step)."""
-    return (x + overlay(x)).clamp(0.0, 1.0)

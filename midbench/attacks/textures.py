@@ -64,7 +64,7 @@ class Gabor(LatentAttack):
 
     NAME: ClassVar[str] = "gabor"
     BUDGET: ClassVar[dict[str, float]] = {"amplitude": 0.3}
-    SHAPE: ClassVar[dict[str, float]] = {"kernel": 11, "sigma": 3.0, "wavelength": 4.0, "density": 0.1,
+    FIXED: ClassVar[dict[str, float]] = {"kernel": 11, "sigma": 3.0, "wavelength": 4.0, "density": 0.1,
                                          "orientations": 3}
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
@@ -72,20 +72,20 @@ class Gabor(LatentAttack):
 
     def kernels(self, theta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per example (θ of shape (N,)), the summed Gabor kernel (N, k, k)."""
-        rows, cols = _centred_grid(int(self.shape["kernel"]) | 1, like)
-        envelope = torch.exp(-(rows**2 + cols**2) / (2 * self.shape["sigma"] ** 2))
-        count = max(int(self.shape["orientations"]), 1)
+        rows, cols = _centred_grid(int(self.fixed["kernel"]) | 1, like)
+        envelope = torch.exp(-(rows**2 + cols**2) / (2 * self.fixed["sigma"] ** 2))
+        count = max(int(self.fixed["orientations"]), 1)
         total = torch.zeros((theta.shape[0], *rows.shape), dtype=like.dtype, device=like.device)
         for i in range(count):
             angle = (theta + math.pi * i / count).view(-1, 1, 1)
             along = cols * torch.cos(angle) + rows * torch.sin(angle)
             total = total + (1.0 if i == 0 else 1.0 / count) * envelope * torch.cos(
-                2 * math.pi * along / self.shape["wavelength"])
+                2 * math.pi * along / self.fixed["wavelength"])
         return total
 
     def renderer(self, x: torch.Tensor) -> Render:
         n, channels = x.shape[:2]
-        points = (_draw(n, tuple(x.shape[1:]), 0.0, 1.0, x) < self.shape["density"]).to(x.dtype)
+        points = (_draw(n, tuple(x.shape[1:]), 0.0, 1.0, x) < self.fixed["density"]).to(x.dtype)
         kernels = self.kernels(_draw(n, (), 0.0, math.pi, x), x).unsqueeze(1).expand(-1, channels, -1, -1)
 
         def render(latent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -110,16 +110,16 @@ class Snow(LatentAttack):
 
     NAME: ClassVar[str] = "snow"
     BUDGET: ClassVar[dict[str, float]] = {"max_flake": 0.6}
-    SHAPE: ClassVar[dict[str, float]] = {"layers": 4, "density": 0.03, "length": 7}
+    FIXED: ClassVar[dict[str, float]] = {"layers": 4, "density": 0.03, "length": 7}
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        return (x.shape[0], max(int(self.shape["layers"]), 1), *x.shape[2:])
+        return (x.shape[0], max(int(self.fixed["layers"]), 1), *x.shape[2:])
 
     def renderer(self, x: torch.Tensor) -> Render:
         n, _, height, width = x.shape
-        layers = max(int(self.shape["layers"]), 1)
-        flakes = (_draw(n, (layers, height, width), 0.0, 1.0, x) < self.shape["density"]).to(x.dtype)
-        kernels = line_kernels(_draw(n, (layers,), 0.0, math.pi, x), int(self.shape["length"]) | 1, x)
+        layers = max(int(self.fixed["layers"]), 1)
+        flakes = (_draw(n, (layers, height, width), 0.0, 1.0, x) < self.fixed["density"]).to(x.dtype)
+        kernels = line_kernels(_draw(n, (layers,), 0.0, math.pi, x), int(self.fixed["length"]) | 1, x)
 
         def render(latent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             brightness = self.budget["max_flake"] * latent**2 * flakes[rows]
@@ -158,7 +158,7 @@ class Fog(LatentAttack):
 
     NAME: ClassVar[str] = "fog"
     BUDGET: ClassVar[dict[str, float]] = {"max_fog": 0.6}
-    SHAPE: ClassVar[dict[str, float]] = {"decay": 2.0, "grey": 0.5}
+    FIXED: ClassVar[dict[str, float]] = {"decay": 2.0, "grey": 0.5}
 
     @staticmethod
     def levels(x: torch.Tensor) -> int:
@@ -179,8 +179,8 @@ class Fog(LatentAttack):
                 size = 3 * 4**i
                 parts.append(scaled[:, start:start + size].view(-1, 3, 2**i, 2**i))
                 start += size
-            fog = diamond_square(parts, self.shape["decay"]).abs().clamp(max=1.0)[:, :, :height, :width]
-            return ((1 - fog) * x[rows] + fog * self.shape["grey"]).clamp(0.0, 1.0)
+            fog = diamond_square(parts, self.fixed["decay"]).abs().clamp(max=1.0)[:, :, :height, :width]
+            return ((1 - fog) * x[rows] + fog * self.fixed["grey"]).clamp(0.0, 1.0)
 
         return render
 
@@ -191,14 +191,14 @@ class Wood(LatentAttack):
 
     NAME: ClassVar[str] = "wood"
     BUDGET: ClassVar[dict[str, float]] = {"max_blend": 1.0, "max_warp": 0.5}
-    SHAPE: ClassVar[dict[str, float]] = {"rings": 4, "grid": 7, "sharpness": 1.0}
+    FIXED: ClassVar[dict[str, float]] = {"rings": 4, "grid": 7, "sharpness": 1.0}
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        return (x.shape[0], 1 + max(int(self.shape["grid"]), 1) ** 2)
+        return (x.shape[0], 1 + max(int(self.fixed["grid"]), 1) ** 2)
 
     def renderer(self, x: torch.Tensor) -> Render:
         height, width = x.shape[-2:]
-        size = max(int(self.shape["grid"]), 1)
+        size = max(int(self.fixed["grid"]), 1)
         rows = (torch.arange(height, dtype=x.dtype, device=x.device) - height / 2) * 2 / height
         cols = (torch.arange(width, dtype=x.dtype, device=x.device) - width / 2) * 2 / width
         radius = torch.sqrt(rows.view(-1, 1) ** 2 + cols.view(1, -1) ** 2)
@@ -206,9 +206,9 @@ class Wood(LatentAttack):
         def render(latent: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
             warp = functional.interpolate(latent[:, 1:].view(-1, 1, size, size), size=(height, width),
                                           mode="bilinear", align_corners=True)
-            grain = torch.sin(math.pi * self.shape["rings"] * (radius + self.budget["max_warp"] * warp))
+            grain = torch.sin(math.pi * self.fixed["rings"] * (radius + self.budget["max_warp"] * warp))
             # |s|^p has an infinite slope at s = 0 for p < 1; the small floor keeps its gradient finite
-            rings = (grain**2 + 1e-6) ** (self.shape["sharpness"] / 2)
+            rings = (grain**2 + 1e-6) ** (self.fixed["sharpness"] / 2)
             blend = self.budget["max_blend"] * latent[:, :1].view(-1, 1, 1, 1)
             image = x[chosen]
             # rings drawn dark (blend < 0, the paper's) or light (blend > 0: dark rings vanish on a black background)
@@ -243,18 +243,18 @@ class Kaleidoscope(LatentAttack):
 
     NAME: ClassVar[str] = "kaleidoscope"
     BUDGET: ClassVar[dict[str, float]] = {"max_opacity": 1.0}
-    SHAPE: ClassVar[dict[str, float]] = {"shapes": 8, "size": 8.0}
+    FIXED: ClassVar[dict[str, float]] = {"shapes": 8, "size": 8.0}
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        return (x.shape[0], max(int(self.shape["shapes"]), 1), 1 + x.shape[1])
+        return (x.shape[0], max(int(self.fixed["shapes"]), 1), 1 + x.shape[1])
 
     def renderer(self, x: torch.Tensor) -> Render:
         n, channels, height, width = x.shape
-        count = max(int(self.shape["shapes"]), 1)
+        count = max(int(self.fixed["shapes"]), 1)
         kinds = _draw(n, (count,), 0.0, 3.0, x).floor().clamp(max=2)
         centres = _draw(n, (count, 2), 0.0, 1.0, x) * torch.tensor([height - 1, width - 1], dtype=x.dtype,
                                                                    device=x.device)
-        masks = shape_masks(kinds, centres, _draw(n, (count,), 0.0, 2 * math.pi, x), self.shape["size"], height,
+        masks = shape_masks(kinds, centres, _draw(n, (count,), 0.0, 2 * math.pi, x), self.fixed["size"], height,
                             width, x)
         colours = _draw(n, (count, channels), 0.0, 1.0, x)
 

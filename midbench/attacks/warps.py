@@ -19,9 +19,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from torch.nn import functional
 
 from midbench.attacks.latent import LatentAttack
 from midbench.attacks.parametric import Render
+from midbench.attacks.spatial import identity_grid
+
+# kornia is imported where a render is made, not here: listing the registry loads every attack class (to know
+# which need colour) and should not pay for kornia's import.
 
 
 def _corners(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -97,18 +102,14 @@ class Glitch(LatentAttack):
 
     NAME: ClassVar[str] = "glitch"
     BUDGET: ClassVar[dict[str, float]] = {"max_shift": 4.0}
-    SHAPE: ClassVar[dict[str, float]] = {"band": 2}
+    FIXED: ClassVar[dict[str, float]] = {"band": 2}
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        return (*x.shape[:2], -(-x.shape[2] // max(int(self.shape["band"]), 1)))
+        return (*x.shape[:2], -(-x.shape[2] // max(int(self.fixed["band"]), 1)))
 
     def renderer(self, x: torch.Tensor) -> Render:
-        from torch.nn import functional
-
-        from midbench.attacks.spatial import identity_grid
-
-        n, channels, height, width = x.shape
-        band = max(int(self.shape["band"]), 1)
+        _, channels, height, width = x.shape
+        band = max(int(self.fixed["band"]), 1)
         base = identity_grid(height, width, x)  # (H, W, 2), align_corners=True coordinates
         pixel = 2.0 / max(width - 1, 1)
 
