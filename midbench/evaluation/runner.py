@@ -93,7 +93,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     # threat models the profile leaves out on grey data, recorded in the result
     skipped = [{"id": model, "reason": f"needs colour images; {dataset_name} has {channels} channel(s)"}
                for model in (colour_only(registry) if profiled and channels != 3 else [])]
-    if config.threat_models and not with_defaults(config.selection).unknown:
+    if config.threat_models and not profiled:
         raise UsageError("--threat-models chooses which threat models the profile climbs; add --unknown-attacks")
     linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
