@@ -217,3 +217,14 @@ def test_on_colour_data_every_corruption_runs_hsv_included(tmp_path: Path) -> No
     ran = {row["id"].split("@")[0]: row["robust_accuracy"] for row in document["attacks"]}
     assert set(ran) == set(LATENT_IDS) and "hsv" in ran
     assert all(accuracy <= document["clean_accuracy"] for accuracy in ran.values())
+
+
+def test_attacks_list_shows_every_threat_model() -> None:
+    from typer.testing import CliRunner
+
+    from midbench.cli.app import app
+
+    listed = CliRunner().invoke(app, ["attacks", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert f"threat models ({len(REGISTRY.threat_models)})" in listed.output
+    assert all(f"│ {model_id} " in listed.output for model_id in REGISTRY.threat_models)
