@@ -92,7 +92,8 @@ def test_an_example_attack_does_not_depend_on_its_batch(attack_id: str, request:
 def test_bad_parameters_are_one_line_usage_errors(attack_id: str) -> None:
     attack_class = load_implementation(REGISTRY.get(attack_id).implementation)[0]
     budget = next(iter(attack_class.BUDGET))
-    for bad in ({budget: "large"}, {budget: -1.0}, {"steps": 0}, {"no_such_parameter": 1}):
+    positive = [{name: 0.0} for name in attack_class.POSITIVE]
+    for bad in ({budget: "large"}, {budget: -1.0}, {"steps": 0}, {"no_such_parameter": 1}, *positive):
         with pytest.raises(UsageError) as error:
             attack_class(**bad)
         assert "\n" not in str(error.value)

@@ -67,6 +67,8 @@ class LatentAttack(Attack):
     BUDGET: ClassVar[dict[str, float]] = {}
     #: parameters that shape the corruption but are not scaled by the ladder, with their defaults
     FIXED: ClassVar[dict[str, float]] = {}
+    #: fixed parameters that must be strictly positive (a kernel's width, a divisor)
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
     #: whether the corruption needs a colour (3-channel) image
     NEEDS_COLOUR: ClassVar[bool] = False
 
@@ -92,6 +94,9 @@ class LatentAttack(Attack):
         require_at_least(self.NAME, {**{name: (values[name], 0) for name in (*self.BUDGET, *self.FIXED)},
                                      "steps": (values["steps"], 1), "relative_step": (values["relative_step"], 0),
                                      "n_targets": (values["n_targets"], 1)})
+        for name in self.POSITIVE:
+            if values[name] <= 0:
+                raise UsageError(f"the {self.NAME} attack's {name} must be positive, got {values[name]!r}")
         self.restarts, self.losses, self.schedule = check_restarts(
             values["restarts"], values["losses"], values["schedule"], self.NAME, values["optimizer"],
             target is not None)

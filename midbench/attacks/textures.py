@@ -66,6 +66,7 @@ class Gabor(LatentAttack):
     BUDGET: ClassVar[dict[str, float]] = {"amplitude": 0.3}
     FIXED: ClassVar[dict[str, float]] = {"kernel": 11, "sigma": 3.0, "wavelength": 4.0, "density": 0.1,
                                          "orientations": 3}
+    POSITIVE: ClassVar[tuple[str, ...]] = ("sigma", "wavelength")
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         return tuple(x.shape)
@@ -159,6 +160,7 @@ class Fog(LatentAttack):
     NAME: ClassVar[str] = "fog"
     BUDGET: ClassVar[dict[str, float]] = {"max_fog": 0.6}
     FIXED: ClassVar[dict[str, float]] = {"decay": 2.0, "grey": 0.5}
+    POSITIVE: ClassVar[tuple[str, ...]] = ("decay",)
 
     @staticmethod
     def levels(x: torch.Tensor) -> int:
