@@ -261,7 +261,7 @@ class Kaleidoscope(LatentAttack):
         colours = _draw(n, (count, channels), 0.0, 1.0, x)
 
         def render(latent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            opacity = self.budget["max_opacity"] * latent[..., 0].abs()
+            opacity = (self.budget["max_opacity"] * latent[..., 0].abs()).clamp(max=1.0)  # a paint, not more
             colour = (colours[rows] + 0.5 * latent[..., 1:]).clamp(0.0, 1.0)
             out = x[rows]
             for s in range(count):
