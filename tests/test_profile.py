@@ -475,3 +475,27 @@ def test_the_linf_climb_at_its_top_rung_is_within_one_point_of_autoattack(robust
     climbed, reference = 100 * curve.robust[:, -1].mean(), 100 * autoattack.matrix[:, 0].mean()
     assert reference >= 20, f"the fixture is not robust at ε 0.1 ({reference:.0f}%): the comparison says nothing"
     assert climbed <= reference + 1, f"climb {climbed:.0f}% vs AutoAttack {reference:.0f}%"
+
+
+def test_illustrations_cap_the_effort_and_keep_an_image_once_it_fools(standard_model: torch.nn.Module,
+                                                                      small_batch: tuple[torch.Tensor,
+                                                                                         torch.Tensor]) -> None:
+    """The report's pictures: the clean row first, then one row per rung; an image the model gets wrong at a
+    rung is shown unchanged at every stronger one (the climb's semantics), and the attack's effort is capped."""
+    from midbench.evaluation.examples import ILLUSTRATION_EFFORT, illustrative, profile_examples
+
+    (plan,) = profile_plan(REGISTRY, MNIST_EPS, set(), dataset="mnist5k", channels=1, only=("linf",))
+    capped = illustrative(plan.rungs[0].attacks[0])
+    assert capped.params["steps"] <= ILLUSTRATION_EFFORT["steps"] and capped.params["restarts"] == 1
+    assert len(capped.params["losses"]) == 1
+    x, y = small_batch[0][:6], small_batch[1][:6]
+    images = profile_examples(standard_model, x, y, [plan], seed=0)["linf"]
+    assert images.shape == (1 + len(plan.rungs), 6, 28, 28, 1) and images.dtype == np.uint8
+    assert np.array_equal(images[0], (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    with torch.no_grad():
+        wrong = np.stack([(standard_model(torch.from_numpy(row).permute(0, 3, 1, 2).float() / 255).argmax(1)
+                           != y).numpy() for row in images[1:]])
+    assert wrong[-1].any(), "the full L-infinity budget breaks some of an undefended model's images"
+    for k in range(len(plan.rungs) - 1):
+        for i in np.flatnonzero(wrong[k]):
+            assert np.array_equal(images[k + 2, i], images[k + 1, i])

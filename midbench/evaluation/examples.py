@@ -9,7 +9,7 @@ and start from its own generator (:mod:`midbench.attacks.randomness`), so a pict
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -91,12 +91,45 @@ def example_grid(registry: AttackRegistry, attack_id: str, dataset: str, dataset
                        tuple(int(v) for v in y), predictions)
 
 
+#: the effort of the report's illustrations: enough to show what a rung allows, a small share of the evaluation's
+ILLUSTRATION_EFFORT = {"steps": 10, "restarts": 1}
+
+
+def illustrative(attack: ResolvedAttack) -> ResolvedAttack:
+    """``attack`` with its effort capped (:data:`ILLUSTRATION_EFFORT`, and only its first loss): the pictures of a
+    result illustrate its threat models; its numbers come from the full attacks."""
+    params = dict(attack.params)
+    for name, cap in ILLUSTRATION_EFFORT.items():
+        if isinstance(params.get(name), int) and not isinstance(params[name], bool):
+            params[name] = min(params[name], cap)
+    if isinstance(params.get("losses"), list) and params["losses"]:
+        params["losses"] = params["losses"][:1]
+    return replace(attack, params=params)
+
+
 def profile_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plans: list[ThreatModelPlan],
                      seed: int) -> dict[str, np.ndarray]:
-    """Per threat model of the profile, what its first attack does to ``x`` at every rung, as 8-bit images
-    (1 + rungs, N, H, W, C): the pictures the report shows beside the curves."""
+    """Per threat model of the profile, what its first attack (:func:`illustrative`: effort capped) does to ``x``
+    at every rung, climbed as the profile climbs: an image the model already gets wrong keeps its fooling version
+    at the stronger rungs (which allow it too) and is not attacked again. 8-bit images (1 + rungs, N, H, W, C):
+    the pictures the report shows beside the curves."""
     examples = {}
+    seeds = randomness.example_seeds(seed, range(len(y)))
     for plan in plans:
-        rows = attacked_rows([rung.attacks[0] for rung in plan.rungs], x, y, model, seed)
-        examples[plan.threat_model.id] = (rows.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)
+        current = x.clone()
+        with torch.no_grad():
+            standing = model(x).argmax(1) == y
+        rows = [x]
+        for rung in plan.rungs:
+            chosen = standing.nonzero().flatten()
+            if chosen.numel():
+                attack = illustrative(rung.attacks[0]).build(seed=seed)
+                with randomness.per_example_generators([seeds[i] for i in chosen.tolist()]):
+                    attacked = attack(model, x[chosen], y[chosen]).detach()
+                current[chosen] = attacked
+                with torch.no_grad():
+                    standing[chosen] = model(attacked).argmax(1) == y[chosen]
+            rows.append(current.clone())
+        images = torch.stack(rows).permute(0, 1, 3, 4, 2).cpu().numpy()
+        examples[plan.threat_model.id] = (images * 255).round().astype(np.uint8)
     return examples

@@ -268,8 +268,11 @@ def _examples_html(row: dict[str, Any], documents: list[ResultDocument]) -> str:
             figures.append(f'<figure class="examples" data-threat-model="{_e(model)}">'
                            f"{_inline_svg(svg_text(figure))}</figure>")
         if figures:
-            return ('<details class="examples"><summary>What each threat model of the profile did to the first '
-                    f"{next(iter(examples.values())).shape[1]} test images, by strength</summary>"
+            return ('<details class="examples"><summary>Illustrations: each threat model of the profile on the '
+                    f"first {next(iter(examples.values())).shape[1]} test images, by strength</summary>"
+                    "<p>Made by each threat model's first profile attack with its effort capped (10 steps, one "
+                    "run), crafted on the model the protocol attacks; an image already misclassified keeps its "
+                    "fooling version at the stronger rungs. The curves come from the full attacks.</p>"
                     f'{"".join(figures)}</details>')
     return ""
 
