@@ -462,12 +462,12 @@ def test_a_reference_for_a_threat_model_the_registry_lacks_is_refused(tmp_path: 
     _write_table(tmp_path / "results", ["pgd-at-a"])
     reference = write_reference_set(tmp_path / "ref", ATA)
     document = json.loads((reference / "reference.json").read_text(encoding="utf-8"))
-    document["threat_models"]["blur"] = document["threat_models"]["linf"]
+    document["threat_models"]["no-such-blur"] = document["threat_models"]["linf"]
     (reference / "reference.json").write_text(json.dumps(document), encoding="utf-8")
     result = CliRunner().invoke(app, ["leaderboard", "--results-dir", str(tmp_path / "results"), "--references",
                                       str(reference), "--output", str(tmp_path / "board.md")])
     assert result.exit_code == 2, result.output
-    assert "'blur'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "'no-such-blur'" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "board.md").exists()
 
 

@@ -92,7 +92,7 @@ def example_grid(registry: AttackRegistry, attack_id: str, dataset: str, dataset
 
 
 #: the effort of the report's illustrations: enough to show what a rung allows, a small share of the evaluation's
-ILLUSTRATION_EFFORT = {"steps": 10, "restarts": 1}
+ILLUSTRATION_EFFORT = {"steps": 5, "restarts": 1}
 
 
 def illustrative(attack: ResolvedAttack) -> ResolvedAttack:

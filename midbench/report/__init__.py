@@ -270,7 +270,7 @@ def _examples_html(row: dict[str, Any], documents: list[ResultDocument]) -> str:
         if figures:
             return ('<details class="examples"><summary>Illustrations: each threat model of the profile on the '
                     f"first {next(iter(examples.values())).shape[1]} test images, by strength</summary>"
-                    "<p>Made by each threat model's first profile attack with its effort capped (10 steps, one "
+                    "<p>Made by each threat model's first profile attack with its effort capped (a few steps, one "
                     "run), crafted on the model the protocol attacks; an image already misclassified keeps its "
                     "fooling version at the stronger rungs. The curves come from the full attacks.</p>"
                     f'{"".join(figures)}</details>')
