@@ -288,6 +288,24 @@ attacks = ["t-pgd-linf", "t-pgd-linf-t", "t-pgd-l2", "t-pgd-l1", "t-apgd-l1", "t
 """
 
 
+def assert_nested_climb_equals_independent_runs(model: torch.nn.Module, data: TensorSplit,
+                                               plans: list) -> tuple[list, np.ndarray]:
+    """Climb ``plans`` nested in batches of 7 and evaluate every rung independently in batches of 32: every
+    example's robustness at rung k must be the same (per-example generators), the climb may not cost more, and
+    the curve may not rise nor start above clean accuracy. Returns the nested curves and clean correctness."""
+    nested_runner, clean = _runner(model, data, batch_size=7)
+    curves = climb(nested_runner, plans, clean)
+    independent_runner, _ = _runner(model, data, batch_size=32)
+    independent = independent_curves(independent_runner, plans, clean)
+    for plan, curve, reference in zip(plans, curves, independent, strict=True):
+        for k, rung in enumerate(plan.rungs):
+            assert np.array_equal(curve.robust[:, k], reference.robust[:, k]), (plan.threat_model.id, rung.strength)
+        assert curve.forward_passes + curve.backward_passes <= reference.forward_passes + reference.backward_passes
+        accuracy = curve.robust.mean(axis=0)
+        assert np.all(np.diff(accuracy) <= 0) and accuracy[0] <= clean.mean()
+    return curves, clean
+
+
 @pytest.mark.slow
 def test_nested_climb_equals_the_worst_case_over_independent_evaluations(standard_model: torch.nn.Module,
                                                                         mnist5k_test: TensorSplit,
@@ -302,16 +320,9 @@ def test_nested_climb_equals_the_worst_case_over_independent_evaluations(standar
     plans = profile_plan(registry, MNIST_EPS, set(), suite="test-profile")
     assert {plan.threat_model.id for plan in plans} == {"linf", "l2", "l1", "flow", "rot-trans", "elastic", "jpeg",
                                                           "noise"}
-    nested_runner, clean = _runner(standard_model, data, batch_size=7)
-    curves = climb(nested_runner, plans, clean)
-    independent_runner, _ = _runner(standard_model, data, batch_size=32)
-    independent = independent_curves(independent_runner, plans, clean)
-    for plan, curve, reference in zip(plans, curves, independent, strict=True):
-        for k, rung in enumerate(plan.rungs):
-            assert np.array_equal(curve.robust[:, k], reference.robust[:, k]), (plan.threat_model.id, rung.strength)
-        assert curve.forward_passes + curve.backward_passes <= reference.forward_passes + reference.backward_passes
+    curves, _ = assert_nested_climb_equals_independent_runs(standard_model, data, plans)
+    for plan, curve in zip(plans, curves, strict=True):
         accuracy = curve.robust.mean(axis=0)
-        assert np.all(np.diff(accuracy) <= 0) and accuracy[0] <= clean.mean()
         # the ladder matters: the undefended model loses accuracy from the smallest strength to the full one
         if plan.threat_model.id != "noise":
             assert accuracy[0] > accuracy[-1], plan.threat_model.id
