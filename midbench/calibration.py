@@ -18,9 +18,11 @@ One command, resumable at every stage (a rerun of the same command continues whe
    write ``reference.json`` (the ATA curves), ``ladders.toml`` (a registry file of ``[[ladder]]`` tables),
    ``calibration.json`` (the grid curves and the choice) and ``reference.md`` (the table for people).
 
-With ``workers`` > 1 every stage runs that many references side by side, each in its own process with
-``threads`` CPU threads (one by default): the references are independent, and with pinned threads a reference's
-numbers are the same bits whichever process computes them.
+The three stages of one reference form a chain that no other reference waits for: with ``workers`` > 1, that
+many chains run side by side, each in its own process with ``threads`` CPU threads (one by default), taken in the
+file's order as workers come free (so list the costliest references first: a long chain started last would finish
+alone). The references are independent, and with pinned threads a reference's numbers are the same bits whichever
+process computes them. The set's files list the threat models in the file's order.
 
 The file format (``calibrate.toml``)::
 
@@ -61,6 +63,8 @@ from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writabl
 from midbench.references import REFERENCE_FILE, SCHEMA, ReferenceSet, load_reference_set
 
 CALIBRATION_FILE = "calibration.json"
+#: a reference's grid curve, kept in its training folder as soon as it is climbed (resumable)
+GRID_FILE = "grid.json"
 TABLE_FILE = "reference.md"
 SECTION_KEYS = {"name", "dataset", "datasets", "arch_family", "archs", "grid", "targets", "n_examples", "seed",
                 "device", "threads", "workers", "suite", "batch_size"}
@@ -216,58 +220,144 @@ ProgressFn = Callable[[str], None]
 def run_calibration(calibration: Calibration, out_dir: str | Path, work_dir: str | Path,
                     progress: ProgressFn | None = None, show_bars: bool = False, command: str = ""
                     ) -> CalibrationOutcome:
-    """Run the three stages (module docstring); each skips what an earlier run of the same command finished.
+    """Train, calibrate and measure every reference (module docstring), then write the set's files. Each reference
+    is one chain of the three stages; ``calibration.workers`` chains run at once, taken in the file's order. Every
+    stage skips what an earlier run of the same command finished.
 
     Args:
         out_dir: the reference set's folder (committed: tables, ladders, result files).
         work_dir: where the references' training runs go (checkpoints; not committed).
         command: the command line recorded as ``made_by``.
+
+    Returns: the files written and, in ``seconds``, the wall time and each stage's compute summed over references.
     """
     say = progress or (lambda _message: None)
     out = ensure_writable_dir(out_dir)
     work = ensure_writable_dir(work_dir)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-    _train_references(calibration, work, say, show_bars)
-    seconds["train"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    grid_curves = _grid_curves(calibration, out, work, say)
-    ladders = {model: choose_ladder(calibration.grid, entry["accuracy"], entry["clean_accuracy"],
-                                    calibration.targets)
-               for model, entry in grid_curves.items()}
     made_by = command or f"midbench calibrate --config {calibration.path.as_posix()}"
+    cached = {}
+    if (out / CALIBRATION_FILE).is_file():
+        cached = json.loads((out / CALIBRATION_FILE).read_text(encoding="utf-8")).get("threat_models", {})
+    clock = time.perf_counter()
+    # side by side: one thread each unless set, and no progress bars (they would interleave)
+    parallel = calibration.workers > 1 and len(calibration.references) > 1
+    threads = (calibration.threads or 1) if parallel else calibration.threads
+    chains = {model: (calibration, model, str(work), str(out), cached.get(model, {}), made_by, threads,
+                      show_bars and not parallel, progress is not None)
+              for model in calibration.references}
+    done = _side_by_side(calibration.workers, _reference_chain, chains)
+    # the set's files list the threat models in the file's order, whichever chain finished first
+    order = list(calibration.references)
+    ladders = {model: tuple(done[model]["ladder"]) for model in order}
     atomic_write_json(out / CALIBRATION_FILE, {
         "schema": "midbench.calibration/1", "name": calibration.name, "made_by": made_by,
         "grid": list(calibration.grid), "targets": list(calibration.targets),
         "split": "validation slice of the training split (the training loop's held-out examples)",
-        "threat_models": {model: {**entry, "ladder": list(ladders[model])} for model, entry in grid_curves.items()}})
+        "threat_models": {model: {**done[model]["grid"], "ladder": list(ladders[model])} for model in order}})
     atomic_write_text(out / LADDER_FILE, ladder_toml(calibration, ladders, made_by))
-    seconds["calibrate"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    measured = _measure(calibration, out, work, say)
-    document = reference_document(calibration, ladders, measured, out, made_by, work)
+    document = reference_document(calibration, ladders, {model: Path(done[model]["result"]) for model in order},
+                                  out, made_by, work)
     for model, entry in document["threat_models"].items():
         if entry["models"][0]["flags"]:
             say(f"warning: the {model} reference is flagged ({', '.join(entry['models'][0]['flags'])}); a flagged "
                 "model should not serve as a reference (docs/flags.md): change its recipe and rerun")
     atomic_write_json(out / REFERENCE_FILE, document)
     atomic_write_text(out / TABLE_FILE, reference_table(load_reference_set(out)))
-    seconds["measure"] = time.perf_counter() - clock
+    seconds = {"wall": time.perf_counter() - clock}
+    for stage in ("train", "calibrate", "measure"):
+        seconds[f"{stage} (compute)"] = sum(done[model]["seconds"][stage] for model in order)
     return CalibrationOutcome(out, [out / CALIBRATION_FILE, out / LADDER_FILE, out / REFERENCE_FILE, out / TABLE_FILE],
                               seconds)
 
 
-def _train_one(config: TrainConfig, folder: str, threads: int | None, show_bars: bool) -> int:
-    """Train (or resume) one reference; returns its epochs. Also the job of a worker process."""
+def _side_by_side(workers: int, job: Callable[..., Any], arguments: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """``job(*arguments[model])`` for every model: one after the other, or ``workers`` at once in processes of
+    their own, started in the order given. A worker's error is raised here; what finished before it stays on disk
+    (resumable)."""
+    if workers <= 1 or len(arguments) <= 1:
+        return {model: job(*args) for model, args in arguments.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(job, *args): model for model, args in arguments.items()}
+        results = {}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+    return results
+
+
+def _reference_chain(calibration: Calibration, model: str, work_dir: str, out_dir: str, cached: dict[str, Any],
+                     made_by: str, threads: int | None, show_bars: bool, verbose: bool) -> dict[str, Any]:
+    """One reference from start to finish: train it, climb its grid, choose its ladder, measure it at that ladder
+    on the test images. Each stage reuses what an earlier run finished. Also the job of a worker process.
+
+    Returns: its grid curve (``calibration.json``'s entry), ladder, result file and each stage's seconds."""
     import torch
 
-    from midbench.training import train
-    from midbench.training.loop import STATE_FILE as TRAIN_STATE
+    from midbench.attacks.specs import load_registry
+    from midbench.loading import load_classifier
+    from midbench.paths import MODEL_FILE
+
+    def say(message: str) -> None:
+        if verbose:  # printed by the worker itself: a line each, prefixed by the threat model
+            print(f"[calibrate] {model}: {message}", flush=True)
 
     if threads is not None:
         torch.set_num_threads(threads)
+    work, out = Path(work_dir), Path(out_dir)
+    folder = work / model
+    config = calibration.references[model]
+    seconds = {"train": 0.0, "calibrate": 0.0, "measure": 0.0}
+    clock = time.perf_counter()
+    if _finished(folder, config.epochs):
+        say(f"trained earlier ({folder})")
+    else:
+        say(f"training: {config.method}, {config.train_attack}, {config.epochs} epochs")
+        _train_one(config, str(folder), show_bars)
+    seconds["train"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    checkpoint = folder / MODEL_FILE
+    sha = load_classifier(str(checkpoint)).sha256
+    grid_cache = folder / GRID_FILE
+    plan = _grid_plan(calibration, model, load_registry())
+    for entry in (cached, json.loads(grid_cache.read_text(encoding="utf-8")) if grid_cache.is_file() else {}):
+        if (entry.get("checkpoint_sha256") == sha and entry.get("grid") == list(calibration.grid)
+                and entry.get("attacks") == _attack_keys(plan)):
+            say(f"grid curve climbed earlier ({grid_cache.name if entry is not cached else CALIBRATION_FILE})")
+            grid = {key: value for key, value in entry.items() if key != "ladder"}
+            break
+    else:
+        say(f"climbing {len(calibration.grid)} strengths on the validation slice")
+        grid = _grid_curve(calibration, model, str(checkpoint))
+        atomic_write_json(grid_cache, grid)
+    ladder = choose_ladder(calibration.grid, grid["accuracy"], grid["clean_accuracy"], calibration.targets)
+    seconds["calibrate"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    # the measurement reads this reference's ladder as a registry file of its own (the set's ladders.toml is
+    # written once every chain has finished)
+    ladder_dir = ensure_writable_dir(folder / "ladder")
+    atomic_write_text(ladder_dir / LADDER_FILE, ladder_toml(calibration, {model: ladder}, made_by))
+    result = _measured(calibration, model, sha, ladder, load_registry([ladder_dir]), out)
+    if result is not None:
+        say(f"measured earlier ({result.name})")
+    else:
+        say(f"measuring its ladder on the first {calibration.n_examples} test examples")
+        result = _measure_one(calibration, model, str(checkpoint), str(out), str(ladder_dir))
+    seconds["measure"] = time.perf_counter() - clock
+    say("done")
+    return {"grid": grid, "ladder": list(ladder), "result": str(result), "seconds": seconds}
+
+
+def _train_one(config: TrainConfig, folder: str, show_bars: bool) -> int:
+    """Train (or resume) one reference; returns its epochs."""
+    from midbench.training import train
+    from midbench.training.loop import STATE_FILE as TRAIN_STATE
+
     return len(train(config, folder, resume=(Path(folder) / TRAIN_STATE).exists(), progress=show_bars).log)
 
 
@@ -279,69 +369,6 @@ def _finished(folder: Path, epochs: int) -> bool:
         return False
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
     return len(records) >= epochs or any("stopped_early" in record for record in records)
-
-
-def _side_by_side(calibration: Calibration, job: Callable[..., Any], arguments: dict[str, tuple[Any, ...]],
-                  say: ProgressFn, stage: str) -> dict[str, Any]:
-    """``job(*arguments[model])`` for every model: one after the other, or ``calibration.workers`` at once in
-    processes of their own. A worker's error is raised here; what finished before it stays on disk (resumable)."""
-    if calibration.workers <= 1 or len(arguments) <= 1:
-        return {model: job(*args) for model, args in arguments.items()}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=calibration.workers, mp_context=context) as pool:
-        futures = {model: pool.submit(job, *args) for model, args in arguments.items()}
-        results = {}
-        for model, future in futures.items():
-            results[model] = future.result()
-            say(f"{stage} {model}: done")
-    return results
-
-
-def _train_references(calibration: Calibration, work: Path, say: ProgressFn, show_bars: bool) -> None:
-    pending = {model: config for model, config in calibration.references.items()
-               if not _finished(work / model, config.epochs)}
-    for model in calibration.references:
-        if model not in pending:
-            say(f"train {model}: finished earlier ({work / model})")
-    parallel = calibration.workers > 1 and len(pending) > 1
-    for model, config in pending.items():
-        say(f"train {model}: {config.method}, {config.train_attack}, {config.epochs} epochs")
-    # side by side: one thread each unless set, and no progress bars (they would interleave)
-    threads = (calibration.threads or 1) if parallel else calibration.threads
-    _side_by_side(calibration, _train_one, {model: (config, str(work / model), threads, show_bars and not parallel)
-                                            for model, config in pending.items()}, say, "train")
-
-
-def _grid_curves(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -> dict[str, dict[str, Any]]:
-    """Each reference's nested curve over the candidate grid on its validation slice, cached in
-    ``calibration.json`` by checkpoint hash, grid and attacks."""
-    from midbench.attacks.specs import load_registry
-    from midbench.loading import load_classifier
-    from midbench.paths import MODEL_FILE
-
-    registry = load_registry()
-    cached = {}
-    if (out / CALIBRATION_FILE).is_file():
-        cached = json.loads((out / CALIBRATION_FILE).read_text(encoding="utf-8")).get("threat_models", {})
-    curves: dict[str, dict[str, Any]] = {}
-    pending: dict[str, tuple[Any, ...]] = {}
-    for model in calibration.references:
-        checkpoint = work / model / MODEL_FILE
-        sha = load_classifier(str(checkpoint)).sha256
-        entry = cached.get(model, {})
-        if (entry.get("checkpoint_sha256") == sha and entry.get("grid") == list(calibration.grid)
-                and entry.get("attacks") == _attack_keys(_grid_plan(calibration, model, registry))):
-            say(f"calibrate {model}: grid curve from {CALIBRATION_FILE}")
-            curves[model] = {key: value for key, value in entry.items() if key != "ladder"}
-        else:
-            say(f"calibrate {model}: climbing {len(calibration.grid)} strengths on the validation slice")
-            pending[model] = (calibration, model, str(checkpoint))
-    curves.update(_side_by_side(calibration, _grid_curve, pending, say, "calibrate"))
-    return {model: curves[model] for model in calibration.references}
 
 
 def _grid_plan(calibration: Calibration, model: str, registry: Any) -> Any:
@@ -360,9 +387,7 @@ def _attack_keys(plan: Any) -> list[str]:
 
 
 def _grid_curve(calibration: Calibration, model: str, checkpoint: str) -> dict[str, Any]:
-    """Climb the grid on the validation slice of ``model``'s reference. Also the job of a worker process."""
-    import torch
-
+    """Climb the grid on the validation slice of ``model``'s reference (and time it)."""
     from midbench.attacks.specs import load_registry
     from midbench.data.datasets import load_split
     from midbench.device import resolve_device
@@ -370,10 +395,9 @@ def _grid_curve(calibration: Calibration, model: str, checkpoint: str) -> dict[s
     from midbench.loading import load_classifier
     from midbench.training.loop import split_train_val
 
-    if calibration.threads is not None or calibration.workers > 1:
-        torch.set_num_threads(calibration.threads or 1)
     config = calibration.references[model]
     loaded = load_classifier(checkpoint)
+    clock = time.perf_counter()
     plan = _grid_plan(calibration, model, load_registry())
     _, validation = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
                                     config.val_size, config.n_train)
@@ -385,7 +409,8 @@ def _grid_curve(calibration: Calibration, model: str, checkpoint: str) -> dict[s
             "clean_accuracy": float(evaluation.clean_correct.mean()),
             "accuracy": [float(value) for value in robust.mean(axis=0)],
             "forward_passes": evaluation.curves[0].forward_passes,
-            "backward_passes": evaluation.curves[0].backward_passes}
+            "backward_passes": evaluation.curves[0].backward_passes,
+            "seconds": round(time.perf_counter() - clock, 1)}
 
 
 def ladder_toml(calibration: Calibration, ladders: dict[str, tuple[float, ...]], made_by: str) -> str:
@@ -404,67 +429,41 @@ def ladder_toml(calibration: Calibration, ladders: dict[str, tuple[float, ...]],
     return "\n".join(lines)
 
 
-def _measure(calibration: Calibration, out: Path, work: Path, say: ProgressFn) -> dict[str, Path]:
-    """Each reference's result file at its calibrated ladder (an existing one of the same checkpoint and ladder
-    is kept: a rerun measures only what is missing)."""
-    from midbench.attacks.specs import load_registry
+def _measured(calibration: Calibration, model: str, sha: str, ladder: tuple[float, ...], registry: Any,
+              out: Path) -> Path | None:
+    """An earlier result file of this reference (same checkpoint, ladder, attacks and examples), or None."""
     from midbench.attacks.threat_models import profile_plan
     from midbench.data.datasets import get_dataset
     from midbench.evaluation.documents import read_result
-    from midbench.loading import load_classifier
-    from midbench.paths import MODEL_FILE
 
-    ladders = _read_ladders(out)
-    registry = load_registry([out])
-    found: dict[str, Path] = {}
-    pending: dict[str, tuple[Any, ...]] = {}
-    for model in calibration.references:
-        (plan,) = profile_plan(registry, get_dataset(calibration.dataset).eps, {model}, calibration.suite,
-                               dataset=calibration.dataset, only=(model,))
-        attacks = _attack_keys(plan)
-        checkpoint = work / model / MODEL_FILE
-        sha = load_classifier(str(checkpoint)).sha256
-        existing = None
-        for path in sorted((out / "runs" / calibration.dataset).glob(f"{reference_name(model)}__whitebox__*.json")):
-            result = read_result(path)
-            curves = (result.profile or {}).get("threat_models", []) if result is not None else []
-            if (result is not None and result.checkpoint.sha256 == sha and len(curves) == 1
-                    and tuple(curves[0]["strengths"]) == ladders[model] and curves[0]["attacks"] == attacks
-                    and result.data.n_examples == calibration.n_examples):
-                existing = path
-        if existing is not None:
-            say(f"measure {model}: {existing.name} (measured earlier)")
-            found[model] = existing
-        else:
-            say(f"measure {model}: its ladder on the first {calibration.n_examples} test examples")
-            pending[model] = (calibration, model, str(checkpoint), str(out))
-    found.update(_side_by_side(calibration, _measure_one, pending, say, "measure"))
-    return {model: found[model] for model in calibration.references}
+    (plan,) = profile_plan(registry, get_dataset(calibration.dataset).eps, {model}, calibration.suite,
+                           dataset=calibration.dataset, only=(model,))
+    attacks = _attack_keys(plan)
+    existing = None
+    for path in sorted((out / "runs" / calibration.dataset).glob(f"{reference_name(model)}__whitebox__*.json")):
+        result = read_result(path)
+        curves = (result.profile or {}).get("threat_models", []) if result is not None else []
+        if (result is not None and result.checkpoint.sha256 == sha and len(curves) == 1
+                and tuple(curves[0]["strengths"]) == ladder and curves[0]["attacks"] == attacks
+                and result.data.n_examples == calibration.n_examples):
+            existing = path
+    return existing
 
 
-def _measure_one(calibration: Calibration, model: str, checkpoint: str, out: str) -> Path:
-    """``midbench eval --unknown-attacks --threat-models <model>`` of one reference, its result file in ``out``.
-    Also the job of a worker process."""
-    import torch
-
+def _measure_one(calibration: Calibration, model: str, checkpoint: str, out: str, ladder_dir: str) -> Path:
+    """``midbench eval --unknown-attacks --threat-models <model>`` of one reference at the ladder of
+    ``ladder_dir``, its result file in ``out``."""
     from midbench.evaluation.config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
 
-    if calibration.threads is not None or calibration.workers > 1:
-        torch.set_num_threads(calibration.threads or 1)
     config = EvalConfig(checkpoint=checkpoint, selection=AttackSelection(unknown=True), threat_models=(model,),
                         n_examples=calibration.n_examples, results_dir=out, name=reference_name(model),
-                        seed=calibration.seed, device=calibration.device, registry_dirs=(out,),
+                        seed=calibration.seed, device=calibration.device, registry_dirs=(ladder_dir,),
                         batch_size=calibration.batch_size)
     evaluated = run_evaluation(config)
     assert evaluated.path is not None  # one process always writes its result
     return evaluated.path
-
-
-def _read_ladders(out: Path) -> dict[str, tuple[float, ...]]:
-    document = tomllib.loads((out / LADDER_FILE).read_text(encoding="utf-8"))
-    return {entry["threat_model"]: tuple(float(s) for s in entry["strengths"]) for entry in document["ladder"]}
 
 
 def reference_name(threat_model: str) -> str:

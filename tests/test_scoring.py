@@ -341,6 +341,15 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
     again = CliRunner().invoke(app, arguments)
     assert again.exit_code == 0, again.output
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    # a run stopped before the set's files were written resumes from each reference's own grid curve and result
+    for name in before:
+        if name != "calibrate.toml":
+            (out / name).unlink()
+    resumed = CliRunner().invoke(app, arguments[:-1])
+    assert resumed.exit_code == 0, resumed.output
+    assert "climbing" not in resumed.output and "training:" not in resumed.output, resumed.output
+    assert "grid curve climbed earlier (grid.json)" in resumed.output
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
     # byte for byte from the committed result files
     measured = {model: out / entry["models"][0]["result"]
                 for model, entry in reference.document["threat_models"].items()}
@@ -379,8 +388,11 @@ def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
         reference = load_reference_set(out)
         # a checkpoint's hash covers its metadata (folder, times) and ladders.toml names the command, so the runs
         # are compared by what they measured (the grid curves with the ladders chosen, the reference curves)
-        grid_curves = {model: {key: value for key, value in entry.items() if key != "checkpoint_sha256"}
+        # (and the seconds each grid took)
+        grid_curves = {model: {key: value for key, value in entry.items()
+                               if key not in ("checkpoint_sha256", "seconds")}
                        for model, entry in calibration["threat_models"].items()}
+        assert list(grid_curves) == list(reference.curves) == ["linf", "rot-trans"]  # the file's order
         ata = {model: (curve.strengths, curve.ata) for model, curve in reference.curves.items()}
         outputs[workers] = (grid_curves, ata)
     assert outputs[1] == outputs[2]

@@ -43,7 +43,8 @@ def calibrate_command(
     outcome = run_calibration(calibration, out_dir, work, progress=None if quiet else print, show_bars=not quiet,
                               command=command)
     print((out_dir / "reference.md").read_text(encoding="utf-8"))
-    stages = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in outcome.seconds.items())
-    print(f"[calibrate] {(time.perf_counter() - started) / 60:.1f} min ({stages})")
+    stages = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in outcome.seconds.items()
+                       if stage != "wall")
+    print(f"[calibrate] {(time.perf_counter() - started) / 60:.1f} min of wall time ({stages})")
     for path in outcome.files:
         print(f"[calibrate] written: {path}")
