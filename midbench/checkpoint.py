@@ -3,7 +3,7 @@
 The metadata (JSON under the ``midbench`` key of the safetensors header) records the provenance a result
 needs: format version, midbench and torch versions, architecture, dataset, class count, input shape,
 normalisation, method, training attacks (fully resolved), config, seed, epoch and metrics. It also records the
-SHA-256 of the tensor payload, which is verified on load, so a single flipped bit is caught (reliability.md,
+SHA-256 of the tensor payload, which is verified on load, so a single flipped bit is caught (docs/reliability.md,
 bad input 8).
 
 Foreign checkpoints (a plain state dict saved with ``torch.save``) load only through
@@ -247,7 +247,8 @@ def load_strictly(target: torch.nn.Module, state: dict[str, torch.Tensor], probl
 
 def check_compatible(metadata: ModelMetadata, dataset_name: str, num_classes: int,
                      input_shape: tuple[int, ...]) -> None:
-    """Refuse a checkpoint whose class count or input shape differs from the dataset's (reliability.md #1)."""
+    """Refuse a checkpoint whose class count or input shape differs from the dataset's (docs/reliability.md, bad
+    input 1)."""
     ckpt_classes, ckpt_shape = metadata.num_classes, tuple(metadata.input_shape)
     if ckpt_classes != num_classes or ckpt_shape != tuple(input_shape):
         raise ArtifactError(

@@ -1,4 +1,4 @@
-"""Export results in other projects' formats: RobustBench-style model cards (evaluation.md, "Leaderboard").
+"""Export results in other projects' formats: RobustBench-style model cards (docs/evaluation.md, "Leaderboards").
 
 A card has RobustBench's model-info fields ``name, dataset, eps, clean_acc, autoattack_acc, architecture,
 number_forward_passes, additional_data, unreliable, footnote``. As in RobustBench, accuracies are percentages

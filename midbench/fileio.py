@@ -1,7 +1,8 @@
 """Atomic file writes: a crash leaves either the old file or the new one, never a torn file.
 
 Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target, then fsync the
-directory so the rename itself survives a power loss (reliability.md, "All writes are atomic").
+directory so the rename itself survives a power loss (docs/reliability.md, "Faults that lose nothing": every write
+is atomic).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def ensure_writable_dir(directory: str | os.PathLike[str]) -> Path:
     """Create ``directory`` if needed and check it is writable, before any compute is spent.
 
     Raises:
-        UsageError: it cannot be created or is not writable (reliability.md, bad input 11).
+        UsageError: it cannot be created or is not writable (docs/reliability.md, bad input 11).
     """
     folder = Path(directory)
     try:

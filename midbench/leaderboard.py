@@ -1,6 +1,6 @@
 """Leaderboards: every result file under a results directory → one table per dataset and protocol.
 
-Columns (evaluation.md, "Leaderboard"): rank, name, method, arch, protocol, clean, known mean, known worst,
+Columns (docs/evaluation.md, "Leaderboards"): rank, name, method, arch, protocol, clean, known mean, known worst,
 unknown mean, unknown worst, AutoAttack, Δ unknown-worst vs the best adversarial-training baseline of the same
 table, flags, n, ε; optionally one robust-accuracy column per requested attack (``columns``). Accuracies are
 percentages rounded to two decimals, identical in every format (markdown, CSV, LaTeX, HTML, JSON). Rows are sorted

@@ -1,7 +1,7 @@
 """A restricted reader of whole modules saved by ``torch.save`` in PyTorch 0.4's legacy format.
 
 ``torch.load(weights_only=True)`` refuses such files and full unpickling would run whatever the pickle names, so
-this module reads them with its own restricted unpickler (reliability.md, "Security"): nothing but tensors,
+this module reads them with its own restricted unpickler (docs/reliability.md, "Security"): nothing but tensors,
 storages, ``collections.OrderedDict`` and placeholders for the module classes of an :class:`AllowList` is ever
 built, and no constructor of a real module is called. :mod:`midbench.mid_official` uses it for the MID authors'
 release.

@@ -3,7 +3,7 @@ entries, checkpoints, factories) under the chosen protocols and write the leader
 produces a paper table. The file format is :mod:`midbench.sweep_file`.
 
 Every model is attacked white-box; under ``transfer`` every model but the source itself is attacked through the
-same source model, so the rows of the transfer table are comparable (the MID paper's protocol, evaluation.md).
+same source model, so the rows of the transfer table are comparable (the MID paper's protocol, docs/evaluation.md).
 
 Nothing is lost on a crash: training runs resume from their last finished epoch, and finished evaluations are
 recorded in ``<out>/sweep-state.json`` with the checkpoint hash and evaluation settings, so a rerun of the same

@@ -33,7 +33,7 @@ A sweep is a TOML file::
     threat_model = "Linf"             # or checkpoint = "FILE" (arch = "..." for a plain state dict)
 
 Every model is attacked white-box; under ``transfer`` every model but the source itself is attacked through the
-same source model, so the rows of the transfer table are comparable (the MID paper's protocol, evaluation.md).
+same source model, so the rows of the transfer table are comparable (the MID paper's protocol, docs/evaluation.md).
 A MID run's ``source`` (and ``teacher``) may name another run of the sweep; when omitted, MID's source model is
 the transfer source, so its Attacker Pool and the transfer protocol use the same model, as in the paper.
 

@@ -6,7 +6,7 @@ defenses can be checked with the same attacks and sanity flags. The contract: th
 logits, one row per image.
 
 Importing runs the named module's code. That is allowed because the user named it on the command line
-(reliability.md, "Security": ``module:attr`` targets in a package the user named); nothing in a config or
+(docs/reliability.md, "Security": ``module:attr`` targets in a package the user named); nothing in a config or
 registry file can name such a target, and weights still load only through ``torch.load(weights_only=True)`` or
 safetensors, so a weights file cannot run code.
 """
@@ -142,7 +142,7 @@ def _check_output_shape(model: nn.Module, spec: str, dataset: str, num_classes: 
     here do not shift the evaluation's).
 
     Raises:
-        ArtifactError: the forward fails or returns another shape (reliability.md, bad input 1: exit 3).
+        ArtifactError: the forward fails or returns another shape (docs/reliability.md, bad input 1: exit 3).
     """
     probe = torch.full((SHAPE_CHECK_BATCH, *input_shape), 0.5, device=device)
     was_training = model.training

@@ -1,4 +1,4 @@
-"""Every bad input of reliability.md (items 1–11): refused early, with its exit code and a one-line message
+"""Every bad input of docs/reliability.md (items 1–11): refused early, with its exit code and a one-line message
 that names the problem.
 
 One table, one test body: each case is the command line, the files it needs, the exit code and the words the
@@ -396,7 +396,7 @@ def test_bad_input(case: Case, untrained_checkpoint: Path, tmp_path: Path, monke
 
 
 def test_every_bad_input_item_has_a_case() -> None:
-    """Items 1–11 of reliability.md's list each have at least one row."""
+    """Items 1–11 of docs/reliability.md's list each have at least one row."""
     assert sorted({case.item for case in CASES}) == list(range(1, 12))
     assert len({case.name for case in CASES}) == len(CASES)
 

@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, integrity hash, foreign state dicts, and every bad file of reliability.md.
+"""Checkpoints: round trip, integrity hash, foreign state dicts, and every bad file of docs/reliability.md.
 
 Each bad input is exercised through the CLI (``midbench eval``) so the exit code and one-line message are
 checked, not just the exception.

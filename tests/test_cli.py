@@ -1,4 +1,4 @@
-"""The command-line contract: help without torch, one-line errors with reliability.md's exit codes."""
+"""The command-line contract: help without torch, one-line errors with docs/reliability.md's exit codes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Resumable evaluation (reliability.md): an interrupted evaluation continues where it stopped, computes nothing
+"""Resumable evaluation (docs/reliability.md): an interrupted evaluation continues where it stopped, computes nothing
 twice, ends with the uninterrupted run's matrix, and refuses a state written with other settings."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Faults that must lose nothing (reliability.md): SIGKILL in the middle of a checkpoint write, a full disk,
+"""Faults that must lose nothing (docs/reliability.md): SIGKILL in the middle of a checkpoint write, a full disk,
 two evaluations writing one results directory at once, and NaN logits.
 
 Processes are stopped at exact points, not after a guessed delay: a small hook script (``HOOK``) runs the
@@ -268,7 +268,7 @@ def uninterrupted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sigkill_mid_checkpoint_write_in_training_then_resume(file_name: str, hooked: Spawn, tmp_path: Path,
                                                               uninterrupted_run: Path) -> None:
     """Killed half-way through writing epoch 2's model or resume state: both files stay loadable, and
-    ``--resume`` ends with the weights of the uninterrupted run (reliability.md, kill -9 during training)."""
+    ``--resume`` ends with the weights of the uninterrupted run (docs/reliability.md, SIGKILL during training)."""
     out = tmp_path / "run"
     child = hooked("mid-write", file_name, 2, *TRAIN, "--out", str(out))
     child.wait_for("BLOCKED mid-write")

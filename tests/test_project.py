@@ -23,3 +23,45 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_changelog_has_an_unreleased_section() -> None:
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+#: where the repository explains itself: the package, its registry, benchmarks, docs and shipped results
+EXPLAINED = ("midbench", "attacks_registry", "benchmarks", "docs", "results", "README.md", "CHANGELOG.md",
+             "pyproject.toml", ".ci")
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".sh", ".txt", ".json", ".csv", ".html", ""}
+#: Markdown files midbench *writes* (tables, reference sets), which a docstring may name without their being docs
+OUTPUT_NAMES = re.compile(r"(leaderboard[\w-]*|reference|board|report|README|CHANGELOG)")
+
+
+def _explained_files() -> list[Path]:
+    files: list[Path] = []
+    for name in EXPLAINED:
+        path = ROOT / name
+        candidates = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        files += [p for p in candidates if p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts]
+    return files
+
+
+def test_every_doc_the_repository_cites_is_in_it() -> None:
+    """A docstring, comment or page that cites ``docs/NAME.md`` (or a bare ``NAME.md`` that is not a file midbench
+    writes) must find that page under docs/: nothing may lean on design pages a user of the repository lacks."""
+    docs = {path.name for path in (ROOT / "docs").glob("*.md")}
+    missing = []
+    for path in _explained_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for match in re.finditer(r"(?<![\w./-])(docs/)?([\w-]+)\.md\b", text):
+            prefixed, stem = match.group(1), match.group(2)
+            if f"{stem}.md" not in docs and (prefixed or not OUTPUT_NAMES.fullmatch(stem)):
+                missing.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
+    assert not missing, f"cited but not under docs/: {sorted(set(missing))}"
+
+
+def test_no_file_points_outside_the_repository() -> None:
+    """The repository explains itself: no path of the team's workspace (the spec folder beside the checkout) and
+    no absolute path of a machine in the package, its registry, benchmarks, docs or shipped results."""
+    outside = re.compile(r"\.\./shared|\bshared/(design|tools|mid-official)|(?<![\w.])/(work|home|root|tmp/bash)/")
+    hits = [f"{path.relative_to(ROOT)}:{number}"
+            for path in _explained_files()
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+            if outside.search(line)]
+    assert not hits, f"paths outside the repository: {hits}"

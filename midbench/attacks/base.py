@@ -1,4 +1,4 @@
-"""The attack contract every attack in midbench follows (architecture.md, "The attack contract").
+"""The attack contract every attack in midbench follows (docs/architecture.md, "The attack contract").
 
 ``Attack.__call__(model, x, y) -> x_adv`` is final. It validates the inputs, puts the model in eval mode and
 freezes its parameters for the duration, calls the subclass's :meth:`Attack.run`, then projects the result onto

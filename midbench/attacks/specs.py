@@ -120,7 +120,7 @@ class ResolvedAttack:
         return self.target is not None
 
     def equivalence(self) -> str:
-        """What makes two attacks "the same attack" (evaluation.md): family, norm, target policy, ε and
+        """What makes two attacks "the same attack" (docs/evaluation.md): family, norm, target policy, ε and
         hyper-parameters, with floats rounded to 6 significant digits so 8/255 equals 0.0313725."""
         def canon(value: Any) -> Any:
             if isinstance(value, float):
@@ -407,7 +407,7 @@ def load_implementation(target: str) -> tuple[type, dict[str, Any]]:
     Accepted forms: ``midbench.attacks.<module>:<Class>``; ``autoattack:standard`` or ``autoattack:<component>``
     (apgd-ce, apgd-t, fab-t, square) for the reference AutoAttack code; ``torchattacks:<Class>`` for the
     optional torchattacks backend. Nothing else can be imported: a registry file cannot make midbench run
-    arbitrary code (reliability.md, "Security").
+    arbitrary code (docs/reliability.md, "Security").
     """
     from midbench.attacks.base import Attack
 

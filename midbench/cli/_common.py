@@ -88,7 +88,7 @@ def guarded(func: F) -> F:
 class OneLineErrors(TyperGroup):
     """The root command group: a usage error the option parser finds (an unknown option, a value outside a
     closed set, text for a number) is one line with exit code 2, like midbench's own errors, instead of
-    Typer's framed message (reliability.md: one line that says how to fix it)."""
+    Typer's framed message (docs/reliability.md: one line that says how to fix it)."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:

@@ -1,7 +1,7 @@
 """Minibatches from tensors held on the training device: no DataLoader workers, no per-item Python.
 
 For datasets that fit in memory (all of midbench's) this is several times faster on CPU than a DataLoader
-over the same tensors (goal P9 in performance.md), and on a GPU it avoids host-to-device copies every step.
+over the same tensors (goal P9 of docs/performance.md), and on a GPU it avoids host-to-device copies every step.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class TensorSplit:
 
 def refuse_float_pixels(images: torch.Tensor | np.ndarray, source: str) -> None:
     """Refuse float pixels: midbench stores uint8 grey levels 0–255 and scales them to [0, 1] itself, so float
-    data is either scaled already (it would be divided by 255 again) or normalised (reliability.md, bad input 2).
+    data is either scaled already (it would be divided by 255 again) or normalised (docs/reliability.md, bad input 2).
 
     Raises:
         UsageError: ``images`` has a floating-point dtype; the message gives its range and what to do.

@@ -1,4 +1,5 @@
-"""Training methods as defense tasks sharing one training loop (architecture.md, "Defenses and training")."""
+"""Training methods as defense tasks sharing one training loop (docs/architecture.md, "A training method is one
+class")."""
 
 from midbench.defenses.base import METHODS, DefenseTask, build_task
 

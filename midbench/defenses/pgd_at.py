@@ -5,7 +5,7 @@ ICLR 2018): minimise the cross-entropy on PGD adversarial examples,
 The training attack is a registry entry (default ``pgd-linf``: 40 steps of ε/30 from a random start, Madry's
 MNIST setting), optionally with ``--attack-steps``/``--attack-step-size``/``--eps`` overrides; the resolved
 attack is recorded in the checkpoint as the model's known attack. Cost per step: K forwards + K backwards for
-the attack, 1 + 1 for the update — exactly K + 1 each (goal P3 in performance.md).
+the attack, 1 + 1 for the update — exactly K + 1 each (goal P3 of docs/performance.md).
 """
 
 from __future__ import annotations

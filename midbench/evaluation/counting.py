@@ -1,4 +1,5 @@
-"""Counting forward and backward passes per example with module hooks (performance.md: "count work exactly")."""
+"""Counting forward and backward passes per example with module hooks (docs/performance.md, "How we measure, and
+the goals")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Accuracy metrics from the per-example robustness matrix (evaluation.md, "Metrics")."""
+"""Accuracy metrics from the per-example robustness matrix (docs/evaluation.md, "Metrics")."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
     for column, outcome in enumerate(evaluation.outcomes):
         survivors = int(outcome.robust.sum())
         attack = outcome.attack
-        # The AutoAttack figure is AutoAttack standard at the L∞ ε (evaluation.md); an L2 run is its own row.
+        # The AutoAttack figure is AutoAttack standard at the L∞ ε (docs/evaluation.md); an L2 run is its own row.
         if is_autoattack_figure(attack.implementation, attack.norm.value if attack.norm else None):
             autoattack_columns.append(column)
         row = {"id": attack.key, "split": outcome.split, "family": attack.family,

@@ -1,4 +1,4 @@
-"""Which attacks an evaluation runs, and whether each is *known* or *unknown* to the model (evaluation.md).
+"""Which attacks an evaluation runs, and whether each is *known* or *unknown* to the model (docs/evaluation.md).
 
 A checkpoint records the attacks it was trained with, fully resolved. An attack is *known* when it equals one
 of them by specification (implementation, family, norm, target policy, ε and hyper-parameters), whatever its

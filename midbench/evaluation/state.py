@@ -1,5 +1,5 @@
-"""Resumable evaluation: the state file of an unfinished ``midbench eval`` run (reliability.md, "kill -9 during
-evaluation").
+"""Resumable evaluation: the state file of an unfinished ``midbench eval`` run (docs/reliability.md, "Faults that
+lose nothing": SIGKILL during an evaluation).
 
 The state lies beside the future result, ``<results>/runs/<dataset>/.<name>__<protocol>.evalstate.npz``, so that
 rerunning *the same command* finds it. It holds the clean-correctness vector, and per attack the robust column
