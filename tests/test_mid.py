@@ -229,6 +229,24 @@ def _meta_train_gradient(parts: MidModules, tasks: list[torch.Tensor], y: torch.
     return torch.cat([g.flatten() for g in grads])
 
 
+def test_the_inner_step_is_reported_relative_to_the_parameters() -> None:
+    """MetaStepResult.inner_step is ‖θ' − θ‖ / ‖θ‖ = α ‖∇L_tr(θ)‖ / ‖θ‖: the meta-train gradient, computed by hand,
+    times α, so it is proportional to α at a fixed θ; no inner step, no figure, without meta."""
+    model = _mid_classifier(dtype=torch.float64)
+    parts = MidModules.of(model)
+    tasks, y = _tasks(3, 2, torch.float64)
+    theta = torch.cat([p.detach().flatten() for p in parts.student_encoder.parameters()])
+    gradient = _meta_train_gradient(parts, tasks, y, 2)
+    steps = {}
+    for alpha in (1e-4, 1e-1):
+        for parameter in parts.student_encoder.parameters():
+            parameter.grad = None
+        steps[alpha] = meta_step(parts, tasks, y, held_out=2, settings=MetaSettings(inner_lr=alpha)).inner_step
+        assert steps[alpha] == pytest.approx(alpha * float(gradient.norm() / theta.norm()), rel=1e-9)
+    assert steps[1e-1] == pytest.approx(1e3 * steps[1e-4], rel=1e-9)
+    assert meta_step(parts, tasks, y, held_out=None, settings=MetaSettings(meta=False)).inner_step is None
+
+
 @pytest.mark.parametrize("held_out", [1, 2, 3])
 def test_meta_test_uses_the_held_out_task(held_out: int) -> None:
     """Fault 2 of the release (the meta-test ran on the last attack): L_te is the held-out task's loss at θ'."""
@@ -428,6 +446,8 @@ def test_mid_run_writes_the_stages_and_a_mid_checkpoint(mid_run: Path) -> None:
     assert params["weights"] == {"label": 1.0, "adversarial": 1.5, "cyclic": 0.8}
     for record in (json.loads(line) for line in (mid_run / "log.jsonl").read_text().splitlines()):
         assert math.isfinite(record["loss"])
+        # the epoch's mean ‖θ' − θ‖ / ‖θ‖: positive (θ has a gradient) and tiny at the release's α = 1e-4
+        assert 0 < record["inner_step_relative"] < 1
 
 
 def test_best_mid_epoch_is_chosen_by_pool_accuracy_under_transfer(mid_run: Path) -> None:

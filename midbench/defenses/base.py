@@ -122,6 +122,11 @@ class DefenseTask:
         The decision must depend on the log only, so that ``--resume`` repeats it exactly."""
         return None
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Method-specific statistics of the epoch just trained, for its log record (default none): e.g. MID's
+        relative inner step. Called after every epoch, with or without a validation slice."""
+        return {}
+
     def validation_metrics(self, model: nn.Module, val_split: TensorSplit, device: torch.device
                            ) -> dict[str, float]:
         """Method-specific held-out metrics for this epoch's log record (default none), computed after the

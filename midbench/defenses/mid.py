@@ -46,6 +46,8 @@ from midbench.training_attacks import training_registry
 
 #: the log key of MID's held-out selection score, and the seed offset of the held-out pool's random starts
 VALIDATION_KEY = "val_pool_transfer_acc"
+#: the log key of the epoch's mean relative inner step ‖θ' − θ‖ / ‖θ‖
+INNER_STEP_KEY = "inner_step_relative"
 VALIDATION_SEED_OFFSET = 7919
 
 CITATION = "Zhang et al., Meta Invariance Defense Towards Generalizable Robustness to Unknown Adversarial " \
@@ -190,6 +192,8 @@ class MetaInvarianceDefense(DefenseTask):
         self.modules: MidModules | None = None
         self.cache: PoolCache | None = None
         self.validation_pool: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] | None = None
+        #: this epoch's relative inner steps ‖θ' − θ‖ / ‖θ‖, one per meta step (epoch_metrics)
+        self.inner_steps: list[float] = []
 
     # --- stages 0 and 1 ---------------------------------------------------------------------------------------
 
@@ -259,6 +263,7 @@ class MetaInvarianceDefense(DefenseTask):
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         seed = epoch_seed(self.config.seed, epoch)
         self.held_out_generator = torch.Generator().manual_seed(seed + 1)
+        self.inner_steps = []
         if self.cache is not None:
             block_start = self.cache.block_of(epoch) * self.options.refresh_every + 1
             self.cache.ensure(epoch, self.attacked_model, epoch_seed(self.config.seed, block_start) + 2)
@@ -275,7 +280,16 @@ class MetaInvarianceDefense(DefenseTask):
         if self.settings.meta:
             held_out = self.settings.draw_held_out(1 + len(adversarial), self.held_out_generator)
         result = meta_step(self.modules, [x, *adversarial], y, held_out, self.settings)
+        if result.inner_step is not None:
+            self.inner_steps.append(result.inner_step)
         return {"loss": result.objective, "logits": result.clean_logits}
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """``inner_step_relative``: the epoch's mean ‖θ' − θ‖ / ‖θ‖ of the inner step (absent under ``--no-meta``),
+        which says whether an α moves θ at all (an ablation of the meta step is only informative where it does)."""
+        if not self.inner_steps:
+            return {}
+        return {INNER_STEP_KEY: sum(self.inner_steps) / len(self.inner_steps)}
 
     def validation_metrics(self, model: nn.Module, val_split: TensorSplit, device: torch.device
                            ) -> dict[str, float]:

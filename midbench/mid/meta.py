@@ -79,6 +79,9 @@ class MetaStepResult:
     held_out: int | None
     clean_logits: torch.Tensor
     terms: dict[str, float]
+    #: ‖θ' − θ‖ / ‖θ‖ of the inner step (None without meta): how far the meta-test point is from θ — at a
+    #: small α the meta-test loss is evaluated almost at θ and meta-learning differs little from multi-tasking
+    inner_step: float | None = None
 
 
 def _encoder_at(encoder: torch.nn.Module, params: dict[str, torch.Tensor],
@@ -137,13 +140,16 @@ def meta_step(modules: MidModules, tasks: Sequence[torch.Tensor], y: torch.Tenso
     flat = mean_over_slices(torch.cat([g.reshape(-1) for g in inner]))
     step = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in inner]), inner, strict=True)]
     fast = {name: p - settings.inner_lr * g for (name, p), g in zip(named.items(), step, strict=True)}
+    with torch.no_grad():
+        theta = torch.cat([p.reshape(-1) for p in named.values()])
+        inner_step = float(settings.inner_lr * flat.norm() / theta.norm().clamp_min(torch.finfo(theta.dtype).tiny))
     test_loss = losses_at(fast, [held_out], weights.meta_test())[0]
     meta_test = test_loss.weighted(weights.meta_test())
     outer = torch.autograd.grad(meta_test, list(named.values()), allow_unused=True)
     _accumulate(named, [g.detach() + (0 if o is None else o) for g, o in zip(inner, outer, strict=True)])
     clean_logits = test_loss.logits if held_out == 0 else train_losses[0].logits
     return _result(meta_train + meta_test, meta_train, meta_test, held_out, train_losses + [test_loss],
-                   clean_logits)
+                   clean_logits, inner_step)
 
 
 def _accumulate(named: dict[str, torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
@@ -155,8 +161,8 @@ def _accumulate(named: dict[str, torch.Tensor], grads: Sequence[torch.Tensor | N
 
 
 def _result(objective: torch.Tensor, meta_train: torch.Tensor, meta_test: torch.Tensor, held_out: int | None,
-            losses: list[TaskLoss], clean_logits: torch.Tensor) -> MetaStepResult:
+            losses: list[TaskLoss], clean_logits: torch.Tensor, inner_step: float | None = None) -> MetaStepResult:
     terms = {name: float(sum(getattr(loss, name).detach() for loss in losses)) / len(losses)
              for name in ("label", "adversarial", "cyclic")}
     return MetaStepResult(objective.detach(), meta_train.detach(), meta_test.detach(), held_out,
-                          clean_logits.detach(), terms)
+                          clean_logits.detach(), terms, inner_step)

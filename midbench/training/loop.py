@@ -271,6 +271,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     for epoch in range(start_epoch, config.epochs + 1):
         record = _run_epoch(epoch, config, task, model, batches, optimizer, scheduler, device, progress, on_batch,
                             shard, sync_buffers=batch_norm == "per-process")
+        record.update(task.epoch_metrics())
         model.eval()
         record.update(evaluate_slice(model, val_split, dataset, config.val_pgd_steps, device,
                                      seed=epoch_seed(config.seed, epoch) + 1, shard=shard,
