@@ -60,6 +60,7 @@ from midbench.attacks.specs import LADDER_FILE
 from midbench.config import TrainConfig, merge_config
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from midbench.processes import run_side_by_side
 from midbench.references import REFERENCE_FILE, SCHEMA, ReferenceSet, load_reference_set
 
 CALIBRATION_FILE = "calibration.json"
@@ -245,7 +246,7 @@ def run_calibration(calibration: Calibration, out_dir: str | Path, work_dir: str
     chains = {model: (calibration, model, str(work), str(out), cached.get(model, {}), made_by, threads,
                       show_bars and not parallel, progress is not None)
               for model in calibration.references}
-    done = _side_by_side(calibration.workers, _reference_chain, chains)
+    done = run_side_by_side(calibration.workers, _reference_chain, chains)
     # the set's files list the threat models in the file's order, whichever chain finished first
     order = list(calibration.references)
     ladders = {model: tuple(done[model]["ladder"]) for model in order}
@@ -268,25 +269,6 @@ def run_calibration(calibration: Calibration, out_dir: str | Path, work_dir: str
         seconds[f"{stage} (compute)"] = sum(done[model]["seconds"][stage] for model in order)
     return CalibrationOutcome(out, [out / CALIBRATION_FILE, out / LADDER_FILE, out / REFERENCE_FILE, out / TABLE_FILE],
                               seconds)
-
-
-def _side_by_side(workers: int, job: Callable[..., Any], arguments: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
-    """``job(*arguments[model])`` for every model: one after the other, or ``workers`` at once in processes of
-    their own, started in the order given. A worker's error is raised here; what finished before it stays on disk
-    (resumable)."""
-    if workers <= 1 or len(arguments) <= 1:
-        return {model: job(*args) for model, args in arguments.items()}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(job, *args): model for model, args in arguments.items()}
-        results = {}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-    return results
 
 
 def _reference_chain(calibration: Calibration, model: str, work_dir: str, out_dir: str, cached: dict[str, Any],

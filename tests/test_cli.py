@@ -28,7 +28,8 @@ def test_help_does_not_import_torch() -> None:
 @pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["eval", "--help"], ["leaderboard", "--help"],
                                      ["demo", "--help"], ["attacks", "list", "--help"], ["attacks", "show", "--help"],
                                      ["datasets", "list", "--help"], ["models", "list", "--help"],
-                                     ["plot", "--help"], ["report", "--help"]])
+                                     ["plot", "--help"], ["report", "--help"], ["calibrate", "--help"],
+                                     ["tune", "--help"]])
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = RUNNER.invoke(app, command)
     assert result.exit_code == 0

@@ -30,7 +30,7 @@ EXPLAINED = ("midbench", "attacks_registry", "benchmarks", "docs", "results", "R
              "pyproject.toml", ".ci")
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".sh", ".txt", ".json", ".csv", ".html", ""}
 #: Markdown files midbench *writes* (tables, reference sets), which a docstring may name without their being docs
-OUTPUT_NAMES = re.compile(r"(leaderboard[\w-]*|reference|board|report|README|CHANGELOG)")
+OUTPUT_NAMES = re.compile(r"(leaderboard[\w-]*|reference|tuning|board|report|README|CHANGELOG)")
 
 
 def _explained_files() -> list[Path]:

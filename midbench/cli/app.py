@@ -21,6 +21,7 @@ from midbench.cli import (
     regenerate,
     report_cmd,
     train,
+    tune,
 )
 from midbench.cli._common import DEBUG, OneLineErrors, install_signal_handlers
 
@@ -56,6 +57,7 @@ app.command("compare")(compare.compare_command)
 app.command("demo")(demo.demo_command)
 app.command("bench")(bench.bench_command)
 app.command("calibrate")(calibrate.calibrate_command)
+app.command("tune")(tune.tune_command)
 app.command("regenerate")(regenerate.regenerate_command)
 app.add_typer(listing.attacks_app, name="attacks")
 app.add_typer(import_cmd.import_app, name="import")
