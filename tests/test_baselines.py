@@ -231,8 +231,36 @@ def test_mart_costs_k_plus_2_each(steps: int) -> None:
 
 
 def test_fast_at_costs_exactly_2_forwards_and_2_backwards() -> None:
-    """One FGSM step from the random start (1 + 1), then the update on its example (1 + 1)."""
+    """One FGSM step from the random start (1 + 1), then the update on its example (1 + 1); N-FGSM alike."""
     assert _count("fast-at", None) == (2, 2)
+    assert _count("fast-at", None, fast_at_noise=2.0) == (2, 2)
+
+
+def test_n_fgsm_is_recorded_with_its_whole_reach_and_moves_as_the_paper_says(
+        small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """--fast-at-noise K: noise K·ε, step ε, ε of the recorded attack (K + 1)·ε so the contract does not project
+    (de Jorge et al. 2022). Every pixel moves by at most noise + step, and with no noise N-FGSM is FGSM with ε =
+    its step (the same gradient at x, the same signed step)."""
+    from midbench.attacks.gradient import FGSM, NoisyFGSM
+
+    (attack,) = build_task(TrainConfig.of(method="fast-at", fast_at_noise=2.0), MNIST).train_attacks
+    assert (attack.id, attack.version, attack.implementation) == ("n-fgsm-linf", 0,
+                                                                  "midbench.attacks.gradient:NoisyFGSM")
+    assert attack.eps == pytest.approx(0.9) and attack.params == {"noise": pytest.approx(0.6),
+                                                                  "step_size": pytest.approx(0.3)}
+    assert split_of(load_registry().get("fgsm-linf").resolve(MNIST.eps), [attack]) == "unknown"
+    x, y = small_batch[0][:16], small_batch[1][:16]
+    torch.manual_seed(0)
+    model = build_model("test-cnn", 10, (1, 28, 28)).eval()
+    torch.manual_seed(1)
+    x_adv = attack.build()(model, x, y)
+    moved = (x_adv - x).abs()
+    assert float(moved.max()) <= 0.9 + 1e-6 and float(moved.max()) > 0.3  # beyond ε: no projection onto it
+    assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+    plain = NoisyFGSM(0.1, Norm.LINF, noise=0.0, step_size=0.1)(model, x, y)
+    assert torch.equal(plain, FGSM(0.1, Norm.LINF)(model, x, y))
+    with pytest.raises(UsageError, match="beyond its ε"):
+        NoisyFGSM(0.3, Norm.LINF, noise=0.6, step_size=0.3)
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -265,6 +293,7 @@ def test_msd_takes_the_largest_step_count_of_its_threat_models() -> None:
     ({"method": "mart", "beta": float("nan")}, "--beta"),
     ({"method": "fast-at", "overfit_drop": 0.0}, "--overfit-drop"),
     ({"method": "fast-at", "fast_at_step": 0.0}, "--fast-at-step"),
+    ({"method": "fast-at", "fast_at_noise": -1.0}, "--fast-at-noise"),
     ({"method": "msd", "threat_models": " , "}, "--threat-models"),
     ({"method": "pgd-at", "beta": 6.0}, "method pgd-at has no option 'beta'"),
     ({"method": "trades", "bta": 6.0}, "did you mean beta"),
@@ -279,6 +308,7 @@ def test_bad_baseline_options_are_refused(overrides: dict[str, Any], message: st
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"method": "fast-at", "attack_steps": 2}, "one FGSM step"),
+    ({"method": "fast-at", "fast_at_noise": 2.0, "train_attack": "pgd-l2"}, "L∞ only"),
     ({"method": "msd", "eps": 0.1}, "different norms"),
     ({"method": "avg", "threat_models": "pgd-linf,pgd-linf"}, "twice"),
     ({"method": "msd", "threat_models": "pgd-linf,mim-linf"}, "PGD or SLIDE"),

@@ -18,6 +18,13 @@ within an epoch while FGSM accuracy keeps rising — by early stopping on held-o
 ``val_pgd{steps}_acc``) falls more than ``--overfit-drop`` (default 0.2, absolute) below the best so far; the
 loop then keeps the best epoch's model.
 
+At large ε that stop may come too early to leave a useful model: FGSM-RS still overfits catastrophically there
+(Andriushchenko & Flammarion, NeurIPS 2020; MNIST at ε = 0.3 is such a case). ``--fast-at-noise K`` switches the
+attack to N-FGSM (de Jorge et al., "Make Some Noise", NeurIPS 2022; :class:`midbench.attacks.gradient.NoisyFGSM`):
+uniform noise of K·ε per pixel (the paper's K is 2), one signed step of α (default ε, the paper's), and no
+projection back onto the ε-ball, at the same cost. Its perturbation reaches (K + 1)·ε, which the recorded attack
+``n-fgsm-<family>`` (version 0) states as its ε.
+
 Differences from the reference set-up: the attack runs with the model in eval mode (midbench's attack contract),
 and mixed precision is opt-in (``--bf16``).
 """
@@ -49,9 +56,13 @@ class FastAtOptions:
     fast_at_step: float | None = option(None, "fast-at: FGSM step size α, absolute (default 1.25ε).")
     overfit_drop: float = option(0.2, "fast-at: stop when held-out PGD accuracy falls this much below its best, "
                                       "keeping the best epoch.")
+    fast_at_noise: float | None = option(None, "fast-at: train with N-FGSM instead of FGSM-RS: uniform noise of "
+                                               "this many ε per pixel (2 in de Jorge et al. 2022), step ε, no "
+                                               "projection onto the ε-ball (L∞ only).")
 
     def __post_init__(self) -> None:
         check_positive(self, "fast_at_step")
+        check_positive(self, "fast_at_noise")
         if not (math.isfinite(self.overfit_drop) and 0 < self.overfit_drop <= 1):
             raise UsageError(f"--overfit-drop is an accuracy drop in (0, 1], got {self.overfit_drop}")
 
@@ -84,6 +95,19 @@ def catastrophic_overfitting(log: list[dict[str, Any]], key: str, max_drop: floa
     return None
 
 
+def resolve_n_fgsm(config: TrainConfig, dataset: DatasetSpec, noise: float, step_size: float | None = None
+                   ) -> ResolvedAttack:
+    """N-FGSM as a resolved attack: noise of ``noise`` ε, one step of α (default ε), its ε the largest move
+    (noise + α), so the attack contract's projection leaves it unprojected, as the paper has it."""
+    base = resolve_fgsm_rs(config, dataset, step_size)
+    if base.norm is not Norm.LINF:
+        raise UsageError(f"--fast-at-noise (N-FGSM) is defined for L∞ only; --train-attack has norm {base.norm}")
+    step = float(step_size) if step_size is not None else base.eps
+    return ResolvedAttack(id=f"n-fgsm-{base.family}", version=0, family=base.family, norm=base.norm,
+                          implementation="midbench.attacks.gradient:NoisyFGSM", eps=noise * base.eps + step,
+                          target=None, params={"noise": noise * base.eps, "step_size": step})
+
+
 @METHODS.register("fast-at")
 class FastAdversarialTraining(PGDAdversarialTraining):
     """Fast-AT: PGD-AT's loss on FGSM from a uniform random start, α = 1.25ε, with a catastrophic-overfitting
@@ -94,6 +118,8 @@ class FastAdversarialTraining(PGDAdversarialTraining):
     Options = FastAtOptions
 
     def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
+        if self.options.fast_at_noise is not None:
+            return resolve_n_fgsm(config, dataset, self.options.fast_at_noise, self.options.fast_at_step)
         return resolve_fgsm_rs(config, dataset, self.options.fast_at_step)
 
     def should_stop(self, log: list[dict[str, Any]]) -> str | None:
@@ -104,4 +130,4 @@ class FastAdversarialTraining(PGDAdversarialTraining):
                 "train_attack": self.attack_spec.to_dict()}
 
     def training_steps(self) -> str:
-        return "1 (FGSM-RS)"
+        return "1 (N-FGSM)" if self.options.fast_at_noise is not None else "1 (FGSM-RS)"
