@@ -30,8 +30,8 @@ def robust_mask(impl: str, checkpoint: str, n: int, eps: float, batch_size: int,
                 device: torch.device | None = None) -> torch.Tensor:
     """The per-example robust mask of AutoAttack standard (L∞, ``eps``) on the first ``n`` mnist5k test images,
     on ``device`` (default the CPU)."""
+    from midbench.artifacts.loading import load_classifier
     from midbench.data import load_split
-    from midbench.loading import load_classifier
 
     device = device or torch.device("cpu")
     model = load_classifier(checkpoint).model.to(device).eval()

@@ -16,9 +16,9 @@ from dataclasses import replace
 
 import torch
 
+from midbench.artifacts.loading import load_classifier
 from midbench.attacks.specs import load_registry
 from midbench.data import get_dataset, load_split
-from midbench.loading import load_classifier
 
 SCALES = (0.1, 0.5, 1.0, 2.0)
 

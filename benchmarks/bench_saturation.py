@@ -28,6 +28,7 @@ from dataclasses import replace
 
 import torch
 
+from midbench.artifacts.loading import load_classifier
 from midbench.attacks.specs import ResolvedAttack, load_registry
 from midbench.attacks.threat_models import (
     PROFILE_SUITE,
@@ -39,7 +40,6 @@ from midbench.attacks.threat_models import (
 from midbench.data.datasets import get_dataset, load_split
 from midbench.evaluation.engine import AttackRunner, predict
 from midbench.evaluation.profile import climb
-from midbench.loading import load_classifier
 from midbench.protocols import AUTOATTACK_ENTRY
 
 #: parameters that measure an attack's effort, doubled for the saturation check

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from midbench.artifacts.loading import load_classifier, load_with_aux, recorded_source
 from midbench.attacks.specs import ResolvedAttack
 from midbench.data import load_split
 from midbench.data.batches import DeviceBatches
-from midbench.loading import load_classifier, load_with_aux, recorded_source
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, freeze
 from midbench.models import build_model

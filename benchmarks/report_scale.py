@@ -58,7 +58,7 @@ def main() -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from midbench.report import write_report
+    from midbench.reporting.html import write_report
 
     folder = Path(tempfile.mkdtemp(prefix="midbench-report-scale-"))
     try:

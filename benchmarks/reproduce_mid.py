@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from midbench.artifacts.loading import load_classifier
 from midbench.attacks.specs import load_registry
 from midbench.config import TrainConfig
 from midbench.data import load_split
@@ -43,8 +44,7 @@ from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text
-from midbench.loading import load_classifier
-from midbench.mid_official import import_mid_official
+from midbench.mid.official import import_mid_official
 from midbench.training import train
 
 #: the documented full settings of a midbench-trained MID on mnist5k (see docs/reproduce-mid.md)

@@ -80,7 +80,7 @@ def pgd_at_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mlp_model(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
     """A test-mlp trained one epoch (standard): the cheapest real classifier, for expensive attacks."""
-    from midbench.loading import load_classifier
+    from midbench.artifacts.loading import load_classifier
 
     checkpoint = _train(tmp_path_factory.mktemp("mlp"), method="standard", arch="test-mlp", val_size=0)
     return load_classifier(checkpoint).model.eval()
@@ -88,7 +88,7 @@ def mlp_model(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
 
 @pytest.fixture(scope="session")
 def standard_model(standard_checkpoint: Path) -> nn.Module:
-    from midbench.loading import load_classifier
+    from midbench.artifacts.loading import load_classifier
 
     return load_classifier(standard_checkpoint).model.eval()
 

@@ -13,8 +13,8 @@ from midbench.attacks.threat_models import profile_plan
 from midbench.data.datasets import get_dataset
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.profile import ThreatModelCurve
+from midbench.evaluation.references import SCHEMA
 from midbench.evaluation.results import build_result, indices_sha256, make_run_id, write_result
-from midbench.references import SCHEMA
 
 REGISTRY = load_registry()
 MNIST_EPS = get_dataset("mnist5k").eps

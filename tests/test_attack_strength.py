@@ -61,8 +61,8 @@ def test_iterative_at_least_as_strong_as_one_step(iterative: str, one_step: str,
 def test_autoattack_at_least_as_strong_as_pgd(pgd_at_checkpoint: object) -> None:
     """On an adversarially trained model (where attacks differ), AutoAttack leaves no more robust examples than
     PGD-40; per example, its APGD-CE component alone runs 100 iterations with restarts of its step size."""
+    from midbench.artifacts.loading import load_classifier
     from midbench.data import load_split
-    from midbench.loading import load_classifier
 
     model = load_classifier(pgd_at_checkpoint).model.eval()
     data = load_split("mnist5k", "test").subset(torch.arange(60))

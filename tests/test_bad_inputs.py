@@ -23,7 +23,7 @@ import scipy.io
 import torch
 from typer.testing import CliRunner
 
-from midbench.checkpoint import HASH_KEY, save_checkpoint
+from midbench.artifacts.checkpoint import HASH_KEY, save_checkpoint
 from midbench.cli.app import app
 from midbench.data.datasets import TensorSplit
 from midbench.errors import MidbenchError
@@ -112,7 +112,7 @@ def _foreign(transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tens
              ) -> Callable[[Path, Path], None]:
     """A plain ``torch.save`` state dict of the bare network, transformed."""
     def write(tmp: Path, checkpoint: Path) -> None:
-        from midbench.checkpoint import load_checkpoint
+        from midbench.artifacts.checkpoint import load_checkpoint
 
         state = load_checkpoint(checkpoint).state_dict
         bare = {key[len("net."):]: value for key, value in state.items() if key.startswith("net.")}
@@ -440,7 +440,7 @@ def test_library_refuses_unscaled_inputs(name: str, call: Callable[[], object], 
 def test_nan_loss_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The loss turns NaN in epoch 2: exit 4, and epoch 1's model and resume state stay, byte for byte."""
-    from midbench.checkpoint import load_checkpoint
+    from midbench.artifacts.checkpoint import load_checkpoint
     from midbench.training import loop
 
     real_build_task = loop.build_task

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from midbench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from midbench.attacks.norms import Norm, distance
 from midbench.attacks.specs import ResolvedAttack, load_registry
-from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.cli.app import app
 from midbench.config import TrainConfig
 from midbench.data import get_dataset

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from midbench.checkpoint import load_checkpoint, save_checkpoint
+from midbench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from midbench.cli.app import app
 from midbench.errors import ArtifactError
 from midbench.models import build_model
@@ -132,7 +132,7 @@ def test_load_checkpoint_refuses_missing_file(tmp_path: Path) -> None:
 def test_model_metadata_round_trips_and_keeps_unknown_keys() -> None:
     """One reader and one writer: what a checkpoint stores comes back unchanged, fields a newer writer added
     included, and the typed fields are typed."""
-    from midbench.metadata import ModelMetadata
+    from midbench.artifacts.metadata import ModelMetadata
 
     stored = {"arch": "lenet", "num_classes": 10, "input_shape": [1, 28, 28], "dataset": "mnist5k",
               "mean": [0.1307], "std": [0.3081], "method": "mid", "method_params": {"inner_lr": 1e-4},
@@ -149,8 +149,8 @@ def test_model_metadata_round_trips_and_keeps_unknown_keys() -> None:
     ({"arch": "lenet", "num_classes": "ten", "input_shape": [1, 28, 28]}, "malformed metadata"),
 ])
 def test_model_metadata_refuses_what_cannot_rebuild_a_model(stored: dict, message: str) -> None:
+    from midbench.artifacts.metadata import ModelMetadata
     from midbench.errors import ArtifactError
-    from midbench.metadata import ModelMetadata
 
     with pytest.raises(ArtifactError, match=message) as caught:
         ModelMetadata.from_dict(stored, "checkpoint x.safetensors")

@@ -31,8 +31,8 @@ def test_bf16_training_and_cuda_evaluation(tmp_path: Path) -> None:
 
 def test_cuda_device_is_refused_cleanly_without_gpu() -> None:
     """A device index beyond the GPUs present is a usage error, not a CUDA crash."""
-    from midbench.device import resolve_device
     from midbench.errors import UsageError
+    from midbench.runtime.device import resolve_device
 
     with pytest.raises(UsageError):
         resolve_device(f"cuda:{torch.cuda.device_count()}")

@@ -2,7 +2,8 @@
 on the same global batch, for pgd-at, trades and MID; a killed rank resumes; bad launches are one-line errors.
 
 Why the parameters agree: each process differentiates the mean loss of its slice and the loop combines the slices
-weighted by their sizes (``midbench.data_parallel``); the training attacks draw every example's random start from
+weighted by their sizes (``midbench.runtime.data_parallel``); the training attacks draw every example's random start
+from
 a generator of its own; MID's inner step averages the slices' inner gradients (its second-order term through a
 weighted all-reduce whose backward pass is weighted too). What remains is the order of floating-point sums: in
 float32, relative differences of order 1e-7 per operation, so after one SGD step of rate 0.05 the parameters
@@ -25,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 from worker_processes import process_with
 
-from midbench.data_parallel import SliceWeights
-from midbench.distributed import Shard
 from midbench.errors import UsageError
+from midbench.runtime.data_parallel import SliceWeights
+from midbench.runtime.distributed import Shard
 from midbench.training.loop import check_slices
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -107,7 +108,7 @@ def test_one_data_parallel_step_equals_one_process_on_the_global_batch(method: s
 
 def checkpoint_metadata(path: Path) -> dict:
     """The metadata midbench wrote into a checkpoint."""
-    from midbench.checkpoint import load_checkpoint
+    from midbench.artifacts.checkpoint import load_checkpoint
 
     return load_checkpoint(path).metadata
 

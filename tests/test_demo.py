@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from midbench.demo import DEMO_METHODS, DemoSettings, run_demo
+from midbench.bench.demo import DEMO_METHODS, DemoSettings, run_demo
 
 
 @pytest.mark.slow

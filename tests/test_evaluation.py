@@ -16,7 +16,7 @@ from midbench.cli.app import app
 from midbench.data import get_dataset, load_split
 from midbench.evaluation.engine import evaluate
 from midbench.evaluation.metrics import summarise, wilson_interval, worst_case_accuracy
-from midbench.leaderboard import render
+from midbench.reporting.leaderboard import render
 
 RUNNER = CliRunner()
 

@@ -29,7 +29,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from midbench.checkpoint import load_checkpoint, save_checkpoint
+from midbench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from midbench.cli.app import app
 from midbench.evaluation.results import make_run_id, utc_now
 from midbench.models import build_model
@@ -120,7 +120,7 @@ fileio.atomic_writer, os.replace = writer, replace
 if program[0] == "save-loop":
     import torch
 
-    from midbench.checkpoint import save_checkpoint
+    from midbench.artifacts.checkpoint import save_checkpoint
 
     for step in range(1, occurrence + 2):
         tensors = {"weight": torch.full((1 << 18,), float(step)), "bias": torch.arange(step, step + 10.0)}

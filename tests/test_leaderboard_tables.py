@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 
 from midbench.attacks.specs import load_registry
 from midbench.cli.app import app
-from midbench.compare import render as render_compare
 from midbench.errors import ArtifactError, UsageError
 from midbench.evaluation.engine import AttackOutcome, Evaluation
 from midbench.evaluation.metrics import wilson_interval
 from midbench.evaluation.results import build_result, indices_sha256, make_run_id, write_result
-from midbench.export import export_robustbench
-from midbench.leaderboard import LeaderboardWarning, render, tables
+from midbench.reporting.compare import render as render_compare
+from midbench.reporting.export import export_robustbench
+from midbench.reporting.leaderboard import LeaderboardWarning, render, tables
 
 RUNNER = CliRunner()
 EPS = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from midbench.checkpoint import load_checkpoint
+from midbench.artifacts.checkpoint import load_checkpoint
+from midbench.artifacts.loading import load_with_aux
 from midbench.config import TrainConfig
-from midbench.loading import load_with_aux
 from midbench.mid.losses import ConsistencyWeights, channel_kl, channel_log_softmax, task_loss
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder
@@ -475,7 +475,7 @@ def test_teacher_and_head_do_not_change_in_stage_2(mid_run: Path) -> None:
 
 
 def test_mid_checkpoint_is_one_classifier_and_keeps_its_companions(mid_run: Path, small_batch: tuple) -> None:
-    from midbench.loading import load_classifier
+    from midbench.artifacts.loading import load_classifier
     from midbench.mid.parts import regenerate
 
     x, _ = small_batch
@@ -575,9 +575,9 @@ def test_pool_is_crafted_on_the_source_model_and_aligned_with_the_batch(mid_run:
 
 def test_pool_cache_crafts_once_per_block_with_the_declared_passes(mid_run: Path) -> None:
     """The cache costs Σ_i passes(a_i) per example once per refresh block, and nothing inside a block."""
+    from midbench.artifacts.loading import load_classifier
     from midbench.data import get_dataset, load_split
     from midbench.evaluation.counting import PassCounter
-    from midbench.loading import load_classifier
     from midbench.mid.pool import AttackerPool, PoolCache, resolve_pool
 
     config = TrainConfig.of(**TINY)
@@ -686,8 +686,8 @@ def test_demo_settings_reach_90_percent_clean_test_accuracy(tmp_path: Path, mnis
     """Acceptance of the MID issue: with the demo's settings (its standard model as source, 3 teacher epochs,
     3 first-order student epochs from the teacher encoder, 5-step pool) MID classifies ≥ 90% of the 1,000
     mnist5k test images correctly."""
-    from midbench.demo import DemoSettings, demo_configs
-    from midbench.loading import load_classifier
+    from midbench.artifacts.loading import load_classifier
+    from midbench.bench.demo import DemoSettings, demo_configs
 
     configs = demo_configs(tmp_path, DemoSettings(device="cpu"))
     train(configs["standard"], tmp_path / "standard", progress=False)

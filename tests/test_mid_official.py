@@ -1,4 +1,4 @@
-"""The importer of the MID authors' released MNIST checkpoints (``midbench.mid_official``).
+"""The importer of the MID authors' released MNIST checkpoints (``midbench.mid.official``).
 
 The released files live in ``shared/mid-official/`` beside the checkout (not inside it); every test that needs
 them is skipped when that folder is absent.
@@ -16,13 +16,13 @@ import torch
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from midbench.checkpoint import load_checkpoint
+from midbench.artifacts.checkpoint import load_checkpoint
+from midbench.artifacts.loading import load_classifier, load_teacher, load_with_aux
 from midbench.cli.app import app
 from midbench.data import TensorSplit
 from midbench.errors import ArtifactError
-from midbench.loading import load_classifier, load_teacher, load_with_aux
+from midbench.mid.official import MidOfficialWarning, import_mid_official, read_release_file, read_release_tensors
 from midbench.mid.parts import regenerate
-from midbench.mid_official import MidOfficialWarning, import_mid_official, read_release_file, read_release_tensors
 
 RELEASE_DIR = Path(__file__).resolve().parents[2] / "shared" / "mid-official"
 FILES = {"source": RELEASE_DIR / "MNIST_LeNet5.pkl", "teacher": RELEASE_DIR / "LeNet5_MNIST_AE.pkl",

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from midbench.cli.app import app
-from midbench.plots import KINDS, figures, load_tables
-from midbench.plots.data import PROTOCOL_METRICS, tradeoff_metric
+from midbench.reporting.plots import KINDS, figures, load_tables
+from midbench.reporting.plots.data import PROTOCOL_METRICS, tradeoff_metric
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "mnist5k"
 RUNNER = CliRunner()

@@ -361,7 +361,7 @@ def test_unknown_attacks_write_curves_to_the_result_and_its_matrix(pgd_at_checkp
     assert document["summary"]["unknown_mean"] == pytest.approx(unseen.mean(axis=0).mean())
     # a few attacked test images per threat model, clean first, one row per rung: the report draws them
     from midbench.evaluation.examples import PROFILE_EXAMPLES
-    from midbench.report import build_report
+    from midbench.reporting.html import build_report
 
     for model_id, model in models.items():
         images = matrices[f"examples_{model_id}"]
@@ -399,7 +399,7 @@ def _profiled_table(tmp_path: Path) -> Path:
 
 
 def test_leaderboard_normalises_each_threat_model_by_its_reference_and_ranks_by_common_unknown(tmp_path: Path) -> None:
-    from midbench.leaderboard import render, tables
+    from midbench.reporting.leaderboard import render, tables
 
     reference = _profiled_table(tmp_path)
     results = tmp_path / "results"
@@ -426,7 +426,7 @@ def test_leaderboard_normalises_each_threat_model_by_its_reference_and_ranks_by_
 
 def test_ci_puts_a_wilson_interval_on_every_curve_point(tmp_path: Path) -> None:
     from midbench.evaluation.metrics import wilson_interval
-    from midbench.leaderboard import number_text, render
+    from midbench.reporting.leaderboard import number_text, render
 
     _profiled_table(tmp_path)
     low, high = wilson_interval(9, 10)  # pgd-at-a keeps 9 of 10 examples at L∞ strength 0.1
@@ -438,7 +438,7 @@ def test_ci_puts_a_wilson_interval_on_every_curve_point(tmp_path: Path) -> None:
 def test_profiled_tables_measure_delta_on_the_common_unknown_score(tmp_path: Path) -> None:
     """pgd-at-a and msd-c are the adversarial-training baselines (by method name); the best of their
     common-unknown scores is msd-c's 93.33, so Δ = score − 93.33 (hand-computed from EXPECTED)."""
-    from midbench.leaderboard import tables
+    from midbench.reporting.leaderboard import tables
 
     reference = _profiled_table(tmp_path)
     (table,) = tables(tmp_path / "results", references=[reference]).values()
@@ -455,8 +455,8 @@ def test_profiled_tables_measure_delta_on_the_common_unknown_score(tmp_path: Pat
 def robust_at_eps_01(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
     """A test-cnn adversarially trained (PGD-AT, 5 steps) at ε = 0.1 on 2,000 images for 2 epochs (seconds on a
     CPU): robust enough at ε ≤ 0.1 that a weaker attack would show (a model at 0% everywhere could not)."""
+    from midbench.artifacts.loading import load_classifier
     from midbench.config import TrainConfig
-    from midbench.loading import load_classifier
     from midbench.training import train
 
     config = TrainConfig.of(method="pgd-at", arch="test-cnn", epochs=2, batch_size=64, val_size=50, lr=3e-3,

@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from midbench.checkpoint import save_checkpoint
+from midbench.artifacts.checkpoint import save_checkpoint
+from midbench.artifacts.loading import load_with_aux
 from midbench.cli.app import app
 from midbench.data import load_split
 from midbench.errors import UsageError
-from midbench.loading import load_with_aux
 from midbench.mid.parts import assemble_mid_classifier, attach_decoder, regenerate
 from midbench.mid.regenerate import PADDING, grid_size, regeneration_grid
 from midbench.models import build_model
@@ -129,9 +129,9 @@ def test_attack_rows_differ_from_clean_within_eps(checkpoints: dict[str, Path], 
 
 def test_transfer_crafts_on_the_recorded_source(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     """FGSM is deterministic: the transfer grid's adversarial row is FGSM against the source model."""
+    from midbench.artifacts.loading import load_classifier
     from midbench.attacks.specs import load_registry
     from midbench.data.datasets import get_dataset
-    from midbench.loading import load_classifier
 
     summary = regeneration_grid(checkpoints["mid"], tmp_path / "t.png", n=N, attack_id="fgsm-linf", device="cpu")
     source = load_classifier(checkpoints["source"]).model.eval()

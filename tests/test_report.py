@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from midbench.cli.app import app
-from midbench.leaderboard import render
-from midbench.report import build_report
+from midbench.reporting.html import build_report
+from midbench.reporting.leaderboard import render
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "mnist5k"
 RUNNER = CliRunner()

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from midbench.cli.app import app
 from midbench.evaluation import scoring
 from midbench.evaluation.metrics import catastrophic_overfitting
-from midbench.leaderboard import render, tables
+from midbench.reporting.leaderboard import render, tables
 
 ATA = {"linf": [.9, .8, .6, .5, .4], "l2": [.7, .6, .4, .3, .2], "l1": [.6, .5, .2, .1, .1],
        "flow": [.9, .8, .7, .6, .5]}
@@ -199,7 +199,7 @@ def test_catastrophic_overfitting_needs_a_large_whitebox_gap() -> None:
 
 
 def test_a_flagged_baseline_is_not_best_at(tmp_path: Path) -> None:
-    from midbench.leaderboard import PROTECTING_FLAGS, is_flagged
+    from midbench.reporting.leaderboard import PROTECTING_FLAGS, is_flagged
 
     assert is_flagged("zero-gradients,catastrophic-overfitting") and not is_flagged("zero-gradients")
     results = tmp_path / "results"
@@ -306,7 +306,7 @@ def test_bad_calibration_files_are_refused_before_training(tmp_path: Path, edit:
 
 
 def test_choose_ladder_takes_the_first_strength_at_each_target() -> None:
-    from midbench.calibration import choose_ladder
+    from midbench.bench.calibration import choose_ladder
 
     grid = (0.1, 0.2, 0.4, 0.8, 1.0)
     assert choose_ladder(grid, [0.95, 0.85, 0.6, 0.3, 0.2], 1.0, (0.9, 0.7, 0.5, 0.3)) == (0.2, 0.4, 0.8)
@@ -320,8 +320,8 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
     """The shipped command's path at tiny size: references trained, ladders calibrated on the validation slice,
     references measured; a rerun changes nothing; reference.json recomputes from its result files; evaluations
     with the set's ladders are scored against it."""
-    from midbench.calibration import load_calibration, reference_document
-    from midbench.references import load_reference_set
+    from midbench.bench.calibration import load_calibration, reference_document
+    from midbench.evaluation.references import load_reference_set
 
     out, work = tmp_path / "ref", tmp_path / "work"
     out.mkdir()
@@ -371,7 +371,7 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
 def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
     """workers = 2 trains, climbs and measures the references in two processes of one thread each: the ladders,
     grid curves and reference curves are those of one process on one thread, to the last bit."""
-    from midbench.references import load_reference_set
+    from midbench.evaluation.references import load_reference_set
 
     outputs = {}
     for workers in (1, 2):

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from midbench.bench.sweep import describe_plan, load_sweep
 from midbench.cli.app import app
 from midbench.errors import UsageError
 from midbench.evaluation import scoring
-from midbench.leaderboard import ranked_frames
-from midbench.seeds import seed_dirs, seed_tables
-from midbench.sweep import describe_plan, load_sweep
+from midbench.reporting.leaderboard import ranked_frames
+from midbench.reporting.seeds import seed_dirs, seed_tables
 
 SEEDED = """
 [sweep]
@@ -135,7 +135,7 @@ def test_a_seed_set_in_a_run_or_in_train_is_refused_beside_seeds(tmp_path: Path)
 
 
 def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
-    """A ranked table as :func:`midbench.leaderboard.ranked_frames` gives it, with the columns seeds reads."""
+    """A ranked table as :func:`midbench.reporting.leaderboard.ranked_frames` gives it, with the columns seeds reads."""
     base = {"method": "pgd-at", "arch": "lenet", "protocol": "whitebox", "n": 4, "reference": "set",
             "indices_sha256": "abc", "eps_linf": 0.3, "at_baseline": True, "flags": "", "known_worst": 50.0,
             "unknown_worst": 10.0, "autoattack": 40.0, "_survivors": None}
@@ -144,7 +144,7 @@ def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
 
 def test_flags_count_per_seed_and_a_model_of_some_seeds_is_shown_with_them(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import midbench.seeds as seeds_module
+    import midbench.reporting.seeds as seeds_module
 
     values = np.linspace(0.2, 0.8, 4)
     frames = {

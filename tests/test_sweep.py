@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from midbench.bench.sweep import evaluation_plan, load_sweep, run_sweep, write_leaderboards
 from midbench.cli.app import app
 from midbench.errors import UsageError
 from midbench.evaluation.documents import read_result
-from midbench.leaderboard import render
-from midbench.sweep import evaluation_plan, load_sweep, run_sweep, write_leaderboards
+from midbench.reporting.leaderboard import render
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "results" / "mnist5k"
@@ -328,7 +328,7 @@ def test_committed_sweep_runs_train_on_files_in_torchvision_format(path: Path, t
 
     from test_data_torchvision import write_cifar10, write_mnist
 
-    from midbench.sweep import _resolved
+    from midbench.bench.sweep import _resolved
     from midbench.training import train
 
     sweep = load_sweep(path, device="cpu", data_dir=str(tmp_path / "data"))

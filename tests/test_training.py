@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from midbench.checkpoint import load_checkpoint
+from midbench.artifacts.checkpoint import load_checkpoint
 from midbench.cli.app import app
 from midbench.config import TrainConfig
 from midbench.data import get_dataset

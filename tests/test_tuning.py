@@ -1,4 +1,5 @@
-"""``midbench tune`` (midbench/tuning.py): every combination of the grid trained, read back on the validation slice,
+"""``midbench tune`` (midbench/bench/tuning.py): every combination of the grid trained, read back on the validation
+slice,
 the choice made by the documented rule, resumable, and bad tune files refused before anything trains."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from midbench.bench.tuning import choose, load_tuning, run_folder
 from midbench.cli.app import app
-from midbench.tuning import choose, load_tuning, run_folder
 
 TINY = """
 [tune]
@@ -110,8 +111,8 @@ def test_bad_tune_files_are_refused_before_training(tmp_path: Path, edit: tuple[
 
 
 def test_a_select_key_that_is_not_logged_names_the_keys_there_are(tmp_path: Path) -> None:
+    from midbench.bench.tuning import read_run
     from midbench.errors import UsageError
-    from midbench.tuning import read_run
 
     folder = tmp_path / "run"
     folder.mkdir()

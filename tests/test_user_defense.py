@@ -48,7 +48,7 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
     result = subprocess.run(["bash", "-e", "-c", commands], cwd=tmp_path, env=env, capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    from midbench.checkpoint import load_checkpoint
+    from midbench.artifacts.checkpoint import load_checkpoint
 
     meta = load_checkpoint(tmp_path / "runs" / "noise" / "model.safetensors").metadata
     assert meta["method"] == "gaussian-noise" and meta["method_params"] == {"sigma": 0.3}
@@ -84,7 +84,7 @@ def test_bad_user_methods_and_options_are_usage_errors(user_module: Path, method
 
 def test_a_user_defense_is_a_sweep_run(user_module: Path) -> None:
     """A sweep file names the user's task like a built-in method, with its options; the plan checks both."""
-    from midbench.sweep import describe_plan, load_sweep
+    from midbench.bench.sweep import describe_plan, load_sweep
 
     sweep_file = user_module / "sweep.toml"
     sweep_file.write_text('[sweep]\nname = "user"\ndataset = "mnist5k"\n\n[eval]\nattacks = ["pgd-linf"]\n\n'

@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from midbench.cli.app import app
 from midbench.config import TrainConfig
-from midbench.leaderboard import render
+from midbench.reporting.leaderboard import render
 from midbench.training import train
 
 RUNNER = CliRunner()
@@ -151,7 +151,7 @@ def test_a_factory_builds_the_same_model_on_its_first_load_as_on_later_ones(tmp_
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A module that draws from torch's RNG when it is imported (here a module-level tensor) must not make the
     first build of a process differ from the next: a sweep evaluates the same factory more than once."""
-    from midbench.loading import load_model
+    from midbench.artifacts.loading import load_model
 
     (tmp_path / "rng_drawing_models.py").write_text(
         "import torch\n"

@@ -17,7 +17,7 @@ from midbench.cli.app import app
 if importlib.util.find_spec("robustbench") is None:
     pytest.skip("needs the robustbench extra: pip install 'midbench[robustbench]'", allow_module_level=True)
 
-from midbench.zoo import weights_path, zoo_entries  # noqa: E402 - after the skip
+from midbench.artifacts.zoo import weights_path, zoo_entries  # noqa: E402 - after the skip
 
 ENTRY = "Ding2020MMA"
 RUNNER = CliRunner()
@@ -74,7 +74,7 @@ def test_a_zoo_entry_is_evaluated_with_its_weights_and_recorded(zoo: dict) -> No
 @pytest.mark.slow
 def test_wrapped_and_prefixed_weights_load_the_same(zoo: dict, tmp_path: Path) -> None:
     """RobustBench's files wrap the weights (``state_dict``) and carry DataParallel's ``module.`` prefix."""
-    from midbench.zoo import load_zoo_model
+    from midbench.artifacts.zoo import load_zoo_model
 
     state = {f"module.{key}": value for key, value in zoo["network"].state_dict().items()}
     path = weights_path(ENTRY, "cifar10", "Linf", tmp_path)
@@ -120,9 +120,9 @@ def test_zoo_options_without_a_zoo_entry_are_refused(model: list[str], option: l
 def test_an_entry_counts_as_trained_against_its_threat_model_but_the_undefended_one_does_not() -> None:
     """A Linf entry's known attack is PGD-L∞ at the dataset's ε, so its ``linf`` curve is seen and not one of its
     unknown threat models; ``Standard`` (listed under every threat model) was trained against nothing."""
+    from midbench.artifacts.zoo import _trained_against
     from midbench.attacks.specs import ResolvedAttack
     from midbench.data.datasets import get_dataset
-    from midbench.zoo import _trained_against
 
     eps = get_dataset("cifar10").eps
     (linf,) = (ResolvedAttack.from_dict(item) for item in _trained_against(ENTRY, "Linf", eps))
@@ -201,15 +201,15 @@ def test_a_zoo_entry_downloaded_by_the_sweep_is_recorded_by_its_file(zoo: dict, 
                                                                       offline: None) -> None:
     """With --download a missing file is fetched by the evaluation (RobustBench's downloader, stood in for by a
     copy: the machine is offline); the state records the downloaded file's hash, so a rerun skips it."""
+    import midbench.artifacts.zoo
     import midbench.data.torchvision_sets
-    import midbench.zoo
 
     def fake_download(name: str, dataset: str, threat_model: str, model_dir: str | Path) -> None:
         path = weights_path(name, dataset, threat_model, model_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(zoo["path"].read_bytes())
 
-    monkeypatch.setattr(midbench.zoo, "_download", fake_download)
+    monkeypatch.setattr(midbench.artifacts.zoo, "_download", fake_download)
     # --download also asks torchvision for the dataset, and the test's CIFAR files are not the release's (their
     # checksums differ), so it would fetch the release: that fetch is stood in for by nothing
     monkeypatch.setattr(midbench.data.torchvision_sets, "_fetch", lambda name, root, fetch: None)
@@ -228,7 +228,7 @@ def test_a_zoo_entry_downloaded_by_the_sweep_is_recorded_by_its_file(zoo: dict, 
 def test_a_zoo_entry_crafts_the_transfer_attacks_from_eval_and_from_a_sweep(zoo: dict, tmp_path: Path) -> None:
     """The MID paper's transfer protocol with a zoo entry as the source (``--source robustbench:NAME``; in a sweep,
     ``transfer_source`` naming a [models] entry): the result records the source's weights file and zoo entry."""
-    from midbench.zoo import _sha256
+    from midbench.artifacts.zoo import _sha256
 
     models = tmp_path / "models"
     for threat_model in ("Linf", "L2"):

@@ -17,8 +17,8 @@ from torch import nn
 
 from midbench.attacks import randomness
 from midbench.attacks.norms import Norm, distance, project
-from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
+from midbench.runtime.distributed import SINGLE, Shard
 
 TARGET_POLICIES = ("random", "least-likely")
 #: relative slack of the ε-ball check on attack outputs (float rounding of norms computed by other code)
@@ -72,7 +72,7 @@ class Attack:
     Subclasses implement :meth:`run` and may set ``handles_batching = True`` when they must see every
     example at once and batch internally (AutoAttack does, so its batches match the reference code's); such an
     attack is called on every rank under torchrun and must run only the batches :attr:`shard` owns, merging what
-    later batches depend on (:mod:`midbench.distributed`).
+    later batches depend on (:mod:`midbench.runtime.distributed`).
     """
 
     handles_batching: ClassVar[bool] = False

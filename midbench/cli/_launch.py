@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from midbench.cli._common import ERROR_DIR_VARIABLE
-from midbench.distributed import launched_by_torchrun
 from midbench.errors import UsageError
+from midbench.runtime.distributed import launched_by_torchrun
 
 #: what a rerun does after a killed or crashed process, per command
 RESUME_HINTS = {"eval": "finished batches are kept: rerun the same command to resume",

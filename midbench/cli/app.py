@@ -9,17 +9,17 @@ import typer
 from midbench import __version__
 from midbench.cli import (
     bench,
-    board,
     calibrate,
     compare,
     demo,
     evaluate,
     export,
-    import_cmd,
+    import_,
+    leaderboard,
     listing,
     plot,
     regenerate,
-    report_cmd,
+    report,
     train,
     tune,
 )
@@ -50,9 +50,9 @@ def root(
 
 app.command("train", no_args_is_help=False, cls=train.MethodOptionsCommand)(train.train_command)
 app.command("eval")(evaluate.eval_command)
-app.command("leaderboard")(board.leaderboard_command)
+app.command("leaderboard")(leaderboard.leaderboard_command)
 app.command("plot")(plot.plot_command)
-app.command("report")(report_cmd.report_command)
+app.command("report")(report.report_command)
 app.command("compare")(compare.compare_command)
 app.command("demo")(demo.demo_command)
 app.command("bench")(bench.bench_command)
@@ -60,7 +60,7 @@ app.command("calibrate")(calibrate.calibrate_command)
 app.command("tune")(tune.tune_command)
 app.command("regenerate")(regenerate.regenerate_command)
 app.add_typer(listing.attacks_app, name="attacks")
-app.add_typer(import_cmd.import_app, name="import")
+app.add_typer(import_.import_app, name="import")
 app.add_typer(export.export_app, name="export")
 app.add_typer(listing.datasets_app, name="datasets")
 app.add_typer(listing.models_app, name="models")

@@ -37,7 +37,7 @@ def bench_command(
 
     Example: midbench bench --config results/cifar10-robustbench/sweep.toml --model-dir models
     """
-    from midbench.sweep import config_label, describe_plan, load_sweep, run_sweep
+    from midbench.bench.sweep import config_label, describe_plan, load_sweep, run_sweep
 
     sweep = load_sweep(config, device=device, data_dir=str(data_dir) if data_dir is not None else None,
                        download=download or None, model_dir=str(model_dir) if model_dir is not None else None)

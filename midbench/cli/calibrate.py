@@ -32,7 +32,7 @@ def calibrate_command(
     import sys
     import time
 
-    from midbench.calibration import load_calibration, run_calibration
+    from midbench.bench.calibration import load_calibration, run_calibration
 
     calibration = load_calibration(config, device=device)
     out_dir = out if out is not None else config.parent

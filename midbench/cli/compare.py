@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded
-from midbench.formats import ComparisonFormat
+from midbench.reporting.formats import ComparisonFormat
 
 
 @guarded
@@ -24,8 +24,8 @@ def compare_command(
 
     Example: midbench compare results/runs/mnist5k/mid__whitebox__*.json results/runs/mnist5k/mid__transfer__*.json
     """
-    from midbench.compare import render
     from midbench.fileio import atomic_write_text
+    from midbench.reporting.compare import render
 
     text = render(list(results), output_format.value)
     if output is None:

@@ -27,7 +27,7 @@ def demo_command(
 
     Example: midbench demo --out midbench-demo
     """
-    from midbench.demo import DemoSettings, run_demo
+    from midbench.bench.demo import DemoSettings, run_demo
 
     if n_examples is not None and n_examples < 1:
         raise UsageError(f"--n-examples must be at least 1, got {n_examples}")

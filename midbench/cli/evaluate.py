@@ -13,8 +13,8 @@ import typer
 from midbench.cli._common import console, guarded, split_csv
 from midbench.cli._options import Device
 from midbench.evaluation.documents import ResultDocument
-from midbench.formats import ConsoleFormat
 from midbench.protocols import Protocol
+from midbench.reporting.formats import ConsoleFormat
 
 
 @guarded
@@ -94,7 +94,7 @@ def eval_command(
                         weights=str(weights) if weights is not None else None, threat_model=threat_model,
                         model_dir=str(model_dir) if model_dir is not None else None, check_eps=check_eps,
                         check_steps=check_steps, restart=restart, threat_models=tuple(split_csv(threat_models)))
-    from midbench.distributed import finish, launched_by_torchrun
+    from midbench.runtime.distributed import finish, launched_by_torchrun
 
     rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
     show = console()

@@ -27,8 +27,8 @@ def robustbench_command(
     """
     import json
 
-    from midbench.export import export_robustbench
     from midbench.fileio import atomic_write_text
+    from midbench.reporting.export import export_robustbench
 
     text = json.dumps(export_robustbench(result), indent=2, ensure_ascii=False) + "\n"
     if out is None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import console, guarded
-from midbench.formats import ConsoleFormat
+from midbench.reporting.formats import ConsoleFormat
 
 attacks_app = typer.Typer(no_args_is_help=True, help="The attack registry: entries and suites.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Registered datasets.")
@@ -110,10 +110,10 @@ def attacks_show(attack_id: Annotated[str, typer.Argument(help="An attack id, e.
         raise UsageError(f"--n-images must be at least 1, got {n_images}")
     import torch
 
+    from midbench.artifacts.loading import load_classifier
     from midbench.data import get_dataset, load_split
     from midbench.evaluation.examples import example_grid
-    from midbench.loading import load_classifier
-    from midbench.plots.draw import examples_figure, save
+    from midbench.reporting.plots.draw import examples_figure, save
 
     loaded = load_classifier(model, dataset=dataset) if model is not None else None
     net = loaded.model.eval() if loaded is not None else None

@@ -12,7 +12,7 @@ from midbench.cli._common import guarded
 
 
 class PlotKind(str, enum.Enum):
-    """What ``midbench plot`` draws (descriptions in :data:`midbench.plots.KINDS`)."""
+    """What ``midbench plot`` draws (descriptions in :data:`midbench.reporting.plots.KINDS`)."""
 
     CURVES = "curves"
     HEATMAP = "heatmap"
@@ -46,9 +46,9 @@ def plot_command(
     import warnings
 
     from midbench.errors import UsageError
-    from midbench.leaderboard import LeaderboardWarning
-    from midbench.plots import KINDS, figures, load_tables, write_figures
-    from midbench.plots.draw import FORMATS
+    from midbench.reporting.leaderboard import LeaderboardWarning
+    from midbench.reporting.plots import KINDS, figures, load_tables, write_figures
+    from midbench.reporting.plots.draw import FORMATS
 
     if figure_format not in FORMATS:
         raise UsageError(f"--format {figure_format!r}: use one of {', '.join(FORMATS)}")

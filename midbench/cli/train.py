@@ -132,7 +132,7 @@ def train_command(
 
         raise UsageError("--master-port goes with --nproc (under torchrun, give torchrun its --master-port)")
     from midbench.config import TrainConfig, load_config_file, merge_config
-    from midbench.distributed import finish
+    from midbench.runtime.distributed import finish
     from midbench.training import train
 
     file_values = load_config_file(config, "train") if config else {}

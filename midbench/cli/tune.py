@@ -30,7 +30,7 @@ def tune_command(
     import shlex
     import sys
 
-    from midbench.tuning import load_tuning, run_tuning
+    from midbench.bench.tuning import load_tuning, run_tuning
 
     tuning = load_tuning(config, device=device)
     out_dir = out if out is not None else config.parent

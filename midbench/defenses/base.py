@@ -19,14 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from midbench.artifacts.usermodel import SPEC_PATTERN, import_factory
 from midbench.attacks.specs import ResolvedAttack
 from midbench.catalog import Catalog
 from midbench.config import SHARED_KEYS, TrainConfig
 from midbench.data.datasets import DatasetSpec, TensorSplit
 from midbench.defenses.options import as_values, build_options
-from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
-from midbench.usermodel import SPEC_PATTERN, import_factory
+from midbench.runtime.distributed import SINGLE, Shard
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -101,8 +101,8 @@ class DefenseTask:
 
         Under torchrun the batch is this process's slice of the global batch, and the gradient written must be
         that of the **mean** loss over the slice: the loop combines the slices weighted by their sizes
-        (:mod:`midbench.data_parallel`). A step that needs a quantity of the whole global batch forms it with
-        :func:`midbench.data_parallel.mean_over_slices` (MID's inner update does)."""
+        (:mod:`midbench.runtime.data_parallel`). A step that needs a quantity of the whole global batch forms it with
+        :func:`midbench.runtime.data_parallel.mean_over_slices` (MID's inner update does)."""
         with autocast if autocast is not None else contextlib.nullcontext():
             outputs = self.loss(model, x, y)
         if torch.isfinite(outputs["loss"]):

@@ -37,13 +37,13 @@ from typing import Any
 
 from midbench.attacks.norms import Norm
 from midbench.attacks.specs import ResolvedAttack
+from midbench.attacks.training import resolve_training_attack
 from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS
 from midbench.defenses.options import check_positive, option
 from midbench.defenses.pgd_at import PGDAdversarialTraining
 from midbench.errors import UsageError
-from midbench.training_attacks import resolve_training_attack
 
 #: α = 1.25ε, the paper's step (10/255 at ε = 8/255)
 STEP_FACTOR = 1.25

@@ -25,11 +25,11 @@ from torch import nn
 
 from midbench.attacks.kl import kl_from_clean
 from midbench.attacks.specs import ResolvedAttack
+from midbench.attacks.training import resolve_training_attack
 from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.defenses.trades import BetaOptions
-from midbench.training_attacks import resolve_training_attack
 
 #: floor of 1 − max_{k≠y} p_k inside the log, so a saturated wrong class gives a large finite loss, not inf
 _LOG_FLOOR = 1e-12

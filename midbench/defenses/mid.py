@@ -26,23 +26,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from midbench.artifacts.checkpoint import check_compatible, load_checkpoint
+from midbench.artifacts.loading import load_classifier, load_teacher
+from midbench.artifacts.metadata import ModelMetadata
 from midbench.attacks.base import check_target_policy
 from midbench.attacks.specs import ResolvedAttack
-from midbench.checkpoint import check_compatible, load_checkpoint
+from midbench.attacks.training import training_registry
 from midbench.config import TrainConfig, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import DatasetSpec, TensorSplit
 from midbench.defenses.base import METHODS, DefenseTask, SetupContext, epoch_seed
 from midbench.defenses.options import check_non_negative, check_positive, option
 from midbench.errors import ArtifactError, UsageError
-from midbench.loading import load_classifier, load_teacher
-from midbench.metadata import ModelMetadata
 from midbench.mid.losses import ConsistencyWeights
 from midbench.mid.meta import MetaSettings, meta_step
 from midbench.mid.parts import MidModules, assemble_mid_classifier, attach_decoder, freeze, require_mid_architecture
 from midbench.mid.pool import DEFAULT_POOL, AttackerPool, PoolCache, resolve_pool
 from midbench.paths import MODEL_FILE
-from midbench.training_attacks import training_registry
 
 #: the log key of MID's held-out selection score, and the seed offset of the held-out pool's random starts
 VALIDATION_KEY = "val_pool_transfer_acc"

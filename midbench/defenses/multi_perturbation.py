@@ -38,12 +38,12 @@ from midbench.attacks.gradient import input_gradient, steepest_step
 from midbench.attacks.l1 import sparse_l1_direction
 from midbench.attacks.norms import Norm, project
 from midbench.attacks.specs import ResolvedAttack
+from midbench.attacks.training import resolve_training_attack, training_registry
 from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.defenses.options import option
 from midbench.errors import UsageError
-from midbench.training_attacks import resolve_training_attack, training_registry
 
 PGD_IMPLEMENTATION = "midbench.attacks.gradient:PGD"
 SLIDE_IMPLEMENTATION = "midbench.attacks.l1:SparseL1Descent"

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from midbench.attacks.specs import ResolvedAttack
+from midbench.attacks.training import resolve_training_attack
 from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
-from midbench.training_attacks import resolve_training_attack
 
 
 @METHODS.register("pgd-at", "madry")

@@ -30,12 +30,12 @@ from torch import nn
 from midbench.attacks.kl import TradesKL, kl_from_clean
 from midbench.attacks.norms import Norm
 from midbench.attacks.specs import ResolvedAttack
+from midbench.attacks.training import resolve_training_attack
 from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS, DefenseTask
 from midbench.defenses.options import check_non_negative, option
 from midbench.errors import UsageError
-from midbench.training_attacks import resolve_training_attack
 
 #: standard deviation of the Gaussian start of the KL attack (the paper's 0.001)
 INIT_STD = 0.001

@@ -13,7 +13,8 @@ class EvalConfig:
     """Options of one evaluation run (``midbench eval``).
 
     Exactly one of ``checkpoint`` and ``model_spec`` names the model. ``model_spec`` (``module:factory``, see
-    :mod:`midbench.usermodel`) needs ``dataset`` and takes optional ``weights``. ``check_eps``/``check_steps`` run
+    :mod:`midbench.artifacts.usermodel`) needs ``dataset`` and takes optional ``weights``.
+    ``check_eps``/``check_steps`` run
     the opt-in sanity sweeps of :mod:`midbench.evaluation.sanity` after the attacks.
     """
 

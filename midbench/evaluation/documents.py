@@ -1,7 +1,7 @@
 """The result document (schema ``midbench.result/1``): one typed record, :class:`ResultDocument`, with one reader
 (:meth:`ResultDocument.from_dict`, :func:`read_result`) and one writer (:meth:`ResultDocument.to_dict`).
 
-Built by :mod:`midbench.evaluation.results`; read by the tables (:mod:`midbench.leaderboard`, ``compare``,
+Built by :mod:`midbench.evaluation.results`; read by the tables (:mod:`midbench.reporting.leaderboard`, ``compare``,
 ``export``) without importing the evaluation engine, the attacks or torch (a contract in ``pyproject.toml``).
 The fields are documented in ``results/README.md``. Keys a section does not name (an attack's AutoAttack
 components, a newer midbench's additions) are kept in its ``extra`` and written back unchanged.

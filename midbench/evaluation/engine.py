@@ -5,7 +5,7 @@ correctly when clean; the others are non-robust by definition and cost no attack
 attack draws its randomness from a generator seeded by (seed, attack, batch), inside ``fork_rng`` so the
 caller's RNG is untouched: results do not depend on which other attacks ran or in which order.
 
-Under ``torchrun`` the batches are dealt across the processes (:class:`midbench.distributed.Shard`): each runs
+Under ``torchrun`` the batches are dealt across the processes (:class:`midbench.runtime.distributed.Shard`): each runs
 its batches exactly as a single process would and the robust masks are merged after every attack, so the
 per-example matrix is the single process's.
 """
@@ -28,12 +28,12 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.attacks.threat_models import ThreatModelPlan
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import TensorSplit
-from midbench.distributed import SINGLE, Shard
 from midbench.errors import NumericalError
 from midbench.evaluation.counting import PassCounter
 from midbench.evaluation.profile import ThreatModelCurve, climb
 from midbench.evaluation.state import AttackProgress, EvalState
 from midbench.protocols import PROTOCOLS
+from midbench.runtime.distributed import SINGLE, Shard
 
 #: progress callback: (attack key, examples done, examples to attack)
 ProgressFn = Callable[[str, int, int], None]

@@ -1,5 +1,6 @@
 """What an attack does to a few test images along its threat model's ladder: the data of ``midbench attacks show
-ID --image OUT.png`` (drawn by :func:`midbench.plots.draw.examples_figure`; docs/unforeseen.md has the pictures).
+ID --image OUT.png`` (drawn by :func:`midbench.reporting.plots.draw.examples_figure`; docs/unforeseen.md has the
+pictures).
 
 With a model, every rung is the attack's worst case on that model (the images a table's numbers count); without
 one, an optimised corruption (:class:`midbench.attacks.latent.LatentAttack`) is drawn at random latents in its

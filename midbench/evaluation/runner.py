@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from midbench.artifacts.checkpoint import check_compatible
+from midbench.artifacts.loading import LoadedModel, load_classifier, load_model, recorded_source
+from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.attacks.threat_models import colour_only, profile_plan, seen_threat_models
-from midbench.checkpoint import check_compatible
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
-from midbench.device import resolve_device
-from midbench.distributed import Shard, current_shard, rank_device
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
 from midbench.evaluation.config import EvalConfig
@@ -36,9 +36,9 @@ from midbench.evaluation.results import (
 from midbench.evaluation.selection import select_attacks, with_defaults
 from midbench.evaluation.state import EvalState, state_path, states_of_other_world_sizes
 from midbench.fileio import ensure_writable_dir
-from midbench.loading import LoadedModel, load_classifier, load_model, recorded_source
 from midbench.protocols import PROTOCOLS
-from midbench.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
+from midbench.runtime.device import resolve_device
+from midbench.runtime.distributed import Shard, current_shard, rank_device
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Notation: a threat model t is measured over its ladder s_1 < … < s_K; ``robust[i, k]`` says example i survived
 every attack of t up to strength s_k (the nested climb, :mod:`midbench.evaluation.profile`), clean-incorrect
-examples counting as broken. ATA_t(s_k) is the fixed reference accuracy at that rung (:mod:`midbench.references`).
+examples counting as broken. ATA_t(s_k) is the fixed reference accuracy at that rung
+(:mod:`midbench.evaluation.references`).
 
 - **Threat-model score** (the form of UAR, Kang et al. 2019): score_t = Σ_k acc_t(s_k) / Σ_k ATA_t(s_k). Since
   acc_t(s_k) is a mean over examples, score_t = mean_i c_i with c_i = Σ_k robust[i, k] / Σ_k ATA_t(s_k): a mean

@@ -28,9 +28,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_with, ensure_writable_dir
+from midbench.runtime.distributed import SINGLE, Shard
 
 STATE_SUFFIX = ".evalstate.npz"
 

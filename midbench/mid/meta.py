@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
-from midbench.data_parallel import mean_over_slices
 from midbench.mid.losses import (
     ConsistencyWeights,
     StudentEncode,
@@ -42,6 +41,7 @@ from midbench.mid.losses import (
     task_losses,
 )
 from midbench.mid.parts import MidModules
+from midbench.runtime.data_parallel import mean_over_slices
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from torch import nn
 
 from midbench.attacks.randomness import example_seeds, per_example_generators
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, evaluate_passes, load_registry
+from midbench.attacks.training import resolve_training_attack, training_registry
 from midbench.config import TrainConfig
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import DatasetSpec, TensorSplit
-from midbench.distributed import SINGLE, Shard
 from midbench.errors import UsageError
-from midbench.training_attacks import resolve_training_attack, training_registry
+from midbench.runtime.distributed import SINGLE, Shard
 
 DEFAULT_POOL = "mid-mnist-known"
 

@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from midbench.artifacts.checkpoint import check_compatible
+from midbench.artifacts.loading import load_classifier, load_with_aux, recorded_source
 from midbench.attacks.specs import load_registry
-from midbench.checkpoint import check_compatible
 from midbench.data.datasets import DATASETS, get_dataset, load_split
-from midbench.device import resolve_device
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_bytes, ensure_writable_dir
-from midbench.loading import load_classifier, load_with_aux, recorded_source
 from midbench.mid.parts import regenerate
 from midbench.protocols import PROTOCOLS
+from midbench.runtime.device import resolve_device
 
 #: pixels between and around the tiles of the grid (torchvision's default)
 PADDING = 2

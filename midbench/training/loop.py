@@ -19,7 +19,8 @@ and resumed therefore repeats the interrupted epoch bit for bit and ends with th
 uninterrupted run on the same machine.
 
 Data-parallel (``torchrun``): every process runs this loop on its slice of each global batch
-(:mod:`midbench.data_parallel` combines the gradients), the held-out evaluation is dealt out by batch, and rank 0
+(:mod:`midbench.runtime.data_parallel` combines the gradients), the held-out evaluation is dealt out by batch, and
+rank 0
 alone writes; the state records the number of processes, and a resume with another number is refused.
 
 Early stop: a method may end training after an epoch (:meth:`DefenseTask.should_stop`, e.g. fast-at's
@@ -43,24 +44,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from midbench.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from midbench.artifacts.metadata import ModelMetadata
 from midbench.attacks.gradient import PGD
 from midbench.attacks.norms import Norm
 from midbench.attacks.randomness import example_seeds, per_example_generators
 from midbench.attacks.specs import ResolvedAttack
-from midbench.checkpoint import load_checkpoint, save_checkpoint
 from midbench.config import TrainConfig, config_to_toml, parse_betas
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import DatasetSpec, TensorSplit, get_dataset, load_split
-from midbench.data_parallel import SliceWeights, training_slice
 from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed, is_user_method
 from midbench.defenses.options import as_values, option_defaults
-from midbench.device import configure_for_speed, resolve_device
-from midbench.distributed import SINGLE, Shard, current_shard, rank_device
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
-from midbench.metadata import ModelMetadata
 from midbench.models import build_model
 from midbench.paths import BEST_FILE, MODEL_FILE, STATE_FILE
+from midbench.runtime.data_parallel import SliceWeights, training_slice
+from midbench.runtime.device import configure_for_speed, resolve_device
+from midbench.runtime.distributed import SINGLE, Shard, current_shard, rank_device
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.toml"

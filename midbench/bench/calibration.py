@@ -59,9 +59,9 @@ from midbench._toml import tomllib
 from midbench.attacks.specs import LADDER_FILE
 from midbench.config import TrainConfig, merge_config
 from midbench.errors import UsageError
+from midbench.evaluation.references import REFERENCE_FILE, SCHEMA, ReferenceSet, load_reference_set
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
-from midbench.processes import run_side_by_side
-from midbench.references import REFERENCE_FILE, SCHEMA, ReferenceSet, load_reference_set
+from midbench.runtime.processes import run_side_by_side
 
 CALIBRATION_FILE = "calibration.json"
 #: a reference's grid curve, kept in its training folder as soon as it is climbed (resumable)
@@ -279,8 +279,8 @@ def _reference_chain(calibration: Calibration, model: str, work_dir: str, out_di
     Returns: its grid curve (``calibration.json``'s entry), ladder, result file and each stage's seconds."""
     import torch
 
+    from midbench.artifacts.loading import load_classifier
     from midbench.attacks.specs import load_registry
-    from midbench.loading import load_classifier
     from midbench.paths import MODEL_FILE
 
     def say(message: str) -> None:
@@ -370,11 +370,11 @@ def _attack_keys(plan: Any) -> list[str]:
 
 def _grid_curve(calibration: Calibration, model: str, checkpoint: str) -> dict[str, Any]:
     """Climb the grid on the validation slice of ``model``'s reference (and time it)."""
+    from midbench.artifacts.loading import load_classifier
     from midbench.attacks.specs import load_registry
     from midbench.data.datasets import load_split
-    from midbench.device import resolve_device
     from midbench.evaluation.engine import evaluate
-    from midbench.loading import load_classifier
+    from midbench.runtime.device import resolve_device
     from midbench.training.loop import split_train_val
 
     config = calibration.references[model]

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from midbench import __version__
+from midbench.artifacts.metadata import ModelMetadata
 from midbench.errors import ArtifactError
 from midbench.fileio import atomic_write_bytes
-from midbench.metadata import ModelMetadata
 
 FORMAT = "midbench.checkpoint/1"
 METADATA_KEY = "midbench"
@@ -34,7 +34,7 @@ HASH_KEY = "payload_sha256"
 @dataclass
 class Checkpoint:
     """Weights (``state_dict``) plus provenance (``metadata``, the JSON as stored; :attr:`info` reads it as a
-    :class:`~midbench.metadata.ModelMetadata`); ``sha256`` is that of the file's bytes."""
+    :class:`~midbench.artifacts.metadata.ModelMetadata`); ``sha256`` is that of the file's bytes."""
 
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)

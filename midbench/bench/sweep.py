@@ -1,6 +1,6 @@
 """``midbench bench``: train a list of methods on one dataset, evaluate each (and any evaluate-only models: zoo
 entries, checkpoints, factories) under the chosen protocols and write the leaderboard — the one command that
-produces a paper table. The file format is :mod:`midbench.sweep_file`.
+produces a paper table. The file format is :mod:`midbench.bench.sweep_file`.
 
 Every model is attacked white-box; under ``transfer`` every model but the source itself is attacked through the
 same source model, so the rows of the transfer table are comparable (the MID paper's protocol, docs/evaluation.md).
@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from midbench.bench.sweep_file import Sweep, SweepModel, SweepRun, config_label, load_sweep, run_references
 from midbench.config import TrainConfig
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
-from midbench.report import REPORT_FILE, write_report
-from midbench.sweep_file import Sweep, SweepModel, SweepRun, config_label, load_sweep, run_references
+from midbench.reporting.html import REPORT_FILE, write_report
 
 __all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "describe_plan", "evaluation_plan",
            "write_leaderboards", "leaderboard_header", "model_path"]
@@ -173,8 +173,8 @@ def _run_replicates(sweep: Sweep, out_dir: str | Path, results_dir: str | Path |
                     say: Callable[[str], None], **options: Any) -> SweepOutcome:
     """A sweep with ``seeds``: each replicate (:meth:`Sweep.replicate`) is a complete sweep of its own in
     ``<out>/seed-<s>/`` (results in ``<results>/seed-<s>/``, resumable and with its own tables), then the
-    leaderboard across seeds (:mod:`midbench.seeds`) is written into the results folder."""
-    from midbench.seeds import SEEDS_FILE, seed_folder
+    leaderboard across seeds (:mod:`midbench.reporting.seeds`) is written into the results folder."""
+    from midbench.reporting.seeds import SEEDS_FILE, seed_folder
 
     out = ensure_writable_dir(out_dir)
     results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
@@ -290,7 +290,7 @@ def _model_sha(sweep: Sweep, out: Path, name: str) -> str | None:
 def _files_sha(model: SweepModel, dataset: str) -> str | None:
     """SHA-256 over an evaluate-only model's description and the bytes of its files (a factory's module file
     among them, so an edited factory is evaluated again); None when one is missing."""
-    from midbench.usermodel import module_source_sha256
+    from midbench.artifacts.usermodel import module_source_sha256
 
     digest = hashlib.sha256(model.describe().encode())
     if model.model is not None and not model.is_zoo:
@@ -442,7 +442,7 @@ def registry_digest() -> str:
 
 
 def _checkpoint_sha(path: Path) -> str:
-    from midbench.checkpoint import load_checkpoint
+    from midbench.artifacts.checkpoint import load_checkpoint
 
     return load_checkpoint(path).sha256
 
@@ -495,8 +495,8 @@ def write_leaderboards(sweep: Sweep, results: Path, config_label: str, write: bo
                        ) -> tuple[str, list[Path]]:
     """``leaderboard-<name>.md`` (header + one table per protocol) and ``.csv`` in ``results``, from every result
     file there; with ``write=False`` only returns the markdown (to check a committed table)."""
-    from midbench.leaderboard import render
-    from midbench.seeds import render_seeds, seed_dirs
+    from midbench.reporting.leaderboard import render
+    from midbench.reporting.seeds import render_seeds, seed_dirs
 
     if sweep.seeds:  # the table across seeds, from every replicate's results
 

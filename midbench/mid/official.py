@@ -4,7 +4,7 @@ The release (Zhang et al., "Meta Invariance Defense Towards Generalizable Robust
 Attacks", TPAMI 2024; repository ``mln66/MID``, folder ``saving_models/``) ships three *whole modules* saved with
 ``torch.save(model)`` under PyTorch 0.4.1: the source model, the teacher autoencoder and the MID student encoder
 (docs/reproduce-mid.md). They are read by the restricted legacy reader
-(:mod:`midbench.legacy_torch`), allowed only the authors' LeNet classes and the ``torch.nn`` layers they use;
+(:mod:`midbench.artifacts.legacy_torch`), allowed only the authors' LeNet classes and the ``torch.nn`` layers they use;
 this module checks that each file holds exactly the released architecture and maps its tensors onto midbench's
 ``lenet`` and MID parts.
 """
@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from midbench.checkpoint import load_weights_into, save_checkpoint
+from midbench.artifacts.checkpoint import load_weights_into, save_checkpoint
+from midbench.artifacts.legacy_torch import AllowList, LegacyFile, read_legacy_module
+from midbench.artifacts.metadata import ModelMetadata
 from midbench.errors import ArtifactError
-from midbench.legacy_torch import AllowList, LegacyFile, read_legacy_module
-from midbench.metadata import ModelMetadata
 
 #: role -> (file name in the release, SHA-256 of the released file, as the authors published them)
 RELEASE_FILES: dict[str, tuple[str, str]] = {
@@ -51,7 +51,7 @@ class MidOfficialWarning(UserWarning):
 
 
 def read_release_file(path: str | Path) -> LegacyFile:
-    """A file of the MID release, read without running its code (:mod:`midbench.legacy_torch`).
+    """A file of the MID release, read without running its code (:mod:`midbench.artifacts.legacy_torch`).
 
     Raises:
         ArtifactError: missing, empty, HTML, truncated, not a legacy PyTorch file, or naming anything outside
@@ -200,9 +200,9 @@ def import_mid_official(source: str | Path, teacher: str | Path, student: str | 
     - ``mid-official-source.safetensors``: the source model (method ``standard``);
     - ``mid-official-teacher.safetensors``: the teacher (method ``mid-teacher``): the classifier ``C∘E_t`` with
       its decoder D_t under ``aux.decoder``, as ``midbench train --method mid-teacher`` writes it, so it evaluates
-      as a classifier and :func:`midbench.loading.load_teacher` accepts it;
+      as a classifier and :func:`midbench.artifacts.loading.load_teacher` accepts it;
     - ``mid-official-mid.safetensors``: the MID classifier ``C∘E_s`` (student encoder + teacher head) with E_t
-      and D_t under ``aux.teacher_encoder`` and ``aux.decoder``, so :func:`midbench.loading.load_with_aux`
+      and D_t under ``aux.teacher_encoder`` and ``aux.decoder``, so :func:`midbench.artifacts.loading.load_with_aux`
       and :func:`midbench.mid.parts.regenerate` work on it; its ``source_checkpoint`` names the source
       checkpoint for the transfer protocol and ``teacher_checkpoint`` the teacher's.
 

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from midbench.checkpoint import load_checkpoint, load_plain_state_dict, load_weights_into
+from midbench.artifacts.checkpoint import load_checkpoint, load_plain_state_dict, load_weights_into
+from midbench.artifacts.metadata import ModelMetadata
+from midbench.artifacts.usermodel import import_factory, load_user_model
+from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
 from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
-from midbench.metadata import ModelMetadata
 from midbench.models import build_model
 from midbench.models.factory import AUX_PREFIX, MODELS
-from midbench.usermodel import import_factory, load_user_model
-from midbench.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
 
 
 @dataclass
@@ -107,7 +107,7 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
                download: bool = False) -> LoadedModel:
     """The classifier of a command line: a checkpoint (or plain state dict with ``arch``), a user's
     ``model_spec`` (``module:factory``, with optional ``weights``), or a RobustBench zoo entry
-    (``robustbench:NAME``, its weights under ``model_dir``; :mod:`midbench.zoo`).
+    (``robustbench:NAME``, its weights under ``model_dir``; :mod:`midbench.artifacts.zoo`).
 
     Raises:
         UsageError: neither or both of a checkpoint and a ``model_spec``; options that do not go together.

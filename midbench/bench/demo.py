@@ -18,8 +18,8 @@ from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text, ensure_writable_dir
-from midbench.leaderboard import render
-from midbench.report import REPORT_FILE, write_report
+from midbench.reporting.html import REPORT_FILE, write_report
+from midbench.reporting.leaderboard import render
 from midbench.training import train
 from midbench.training.loop import MODEL_FILE, STATE_FILE
 

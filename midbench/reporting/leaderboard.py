@@ -41,9 +41,9 @@ from midbench.evaluation.metrics import (
     unseen_full_strength,
     wilson_interval,
 )
-from midbench.formats import TableFormat, values
-from midbench.references import ReferenceSet, check_reference_set, reference_for, reference_sets
-from midbench.tables import (
+from midbench.evaluation.references import ReferenceSet, check_reference_set, reference_for, reference_sets
+from midbench.reporting.formats import TableFormat, values
+from midbench.reporting.tables import (
     display_frame,
     header,
     html_table,
@@ -463,7 +463,7 @@ def ranked_frames(results_dir: str | Path, dataset: str | None = None, columns: 
                   ) -> dict[tuple[str, str], pd.DataFrame]:
     """Every (dataset, protocol) table ranked by :func:`rank_table`, with all its columns — the per-example values
     behind the scores (``_common_values``, ``_unknown_values``, ``_ua_values``, ``_survivors``) included;
-    :func:`tables` selects what a reader sees, :mod:`midbench.seeds` combines them across seeds."""
+    :func:`tables` selects what a reader sees, :mod:`midbench.reporting.seeds` combines them across seeds."""
     frame = collect(results_dir, dataset, parse_columns(columns))
     if frame.empty:
         return {}

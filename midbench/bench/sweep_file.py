@@ -1,5 +1,5 @@
 """The sweep file of ``midbench bench``: its format, checks and parsing into a :class:`Sweep` (the running is
-:mod:`midbench.sweep`).
+:mod:`midbench.bench.sweep`).
 
 A sweep is a TOML file::
 
@@ -38,7 +38,8 @@ A MID run's ``source`` (and ``teacher``) may name another run of the sweep; when
 the transfer source, so its Attacker Pool and the transfer protocol use the same model, as in the paper.
 
 A ``[models.NAME]`` table adds a model that is evaluated but not trained — a RobustBench zoo entry
-(:mod:`midbench.zoo`), a user's ``module:factory`` or a checkpoint file — under the same protocols and attacks,
+(:mod:`midbench.artifacts.zoo`), a user's ``module:factory`` or a checkpoint file — under the same protocols and
+attacks,
 so a sweep may hold no runs at all: a list of zoo entries profiled against unknown attacks in one command (the
 MultiRobustBench use case). Such a model may be the transfer source when it is a checkpoint file or a zoo entry
 (e.g. ``Standard``, the zoo's undefended model, for the MID paper's protocol).
@@ -46,7 +47,7 @@ MultiRobustBench use case). Such a model may be the transfer source when it is a
 With ``seeds = [..]`` instead of ``seed``, the sweep is replicated once per seed — every run trained, every model
 evaluated, a MID run against its source of the same seed, transfer attacks crafted on that seed's source — each
 replicate in ``<out>/seed-<s>/`` with its own results and tables, and the leaderboard reports each model's mean,
-spread and 95% interval across seeds (:mod:`midbench.seeds`). Adding a seed to the list keeps the finished
+spread and 95% interval across seeds (:mod:`midbench.reporting.seeds`). Adding a seed to the list keeps the finished
 replicates.
 
 A run's keys are those of ``midbench train --config`` (the shared keys and its method's own options, checked by
@@ -142,7 +143,7 @@ class SweepModel:
 
     @property
     def is_zoo(self) -> bool:
-        from midbench.zoo import is_zoo_spec
+        from midbench.artifacts.zoo import is_zoo_spec
 
         return is_zoo_spec(self.model)
 
@@ -167,7 +168,7 @@ class SweepModel:
 
     def files(self, dataset: str) -> list[Path]:
         """The files whose bytes are this model (a zoo entry's weights may not be downloaded yet)."""
-        from midbench.zoo import DEFAULT_MODEL_DIR, weights_path
+        from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, weights_path
 
         if self.checkpoint is not None:
             return [Path(self.checkpoint)]
@@ -399,8 +400,8 @@ def _seeds(head: dict[str, Any], path: Path) -> list[int]:
 def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str | None) -> list[SweepModel]:
     """The ``[models.NAME]`` tables, each checked as ``midbench eval`` checks its options, and a zoo entry's name
     looked up in the zoo now (with close matches), so a typo is refused before anything runs."""
-    from midbench.usermodel import parse_model_spec
-    from midbench.zoo import THREAT_MODELS, check_zoo_name, is_zoo_spec
+    from midbench.artifacts.usermodel import parse_model_spec
+    from midbench.artifacts.zoo import THREAT_MODELS, check_zoo_name, is_zoo_spec
 
     table = document.get("models", {})
     if not isinstance(table, dict):

@@ -23,7 +23,7 @@ def report_command(
     """
     import sys
 
-    from midbench.report import write_report
+    from midbench.reporting.html import write_report
 
     path, skipped = write_report(results_dir, out, title)
     for line in skipped:

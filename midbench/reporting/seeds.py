@@ -1,8 +1,9 @@
-"""Tables across training seeds: one sweep replicated per seed (``seeds = [..]``, :mod:`midbench.sweep_file`) →
+"""Tables across training seeds: one sweep replicated per seed (``seeds = [..]``, :mod:`midbench.bench.sweep_file`) →
 one row per model with the mean over seeds, the spread between them and a 95% interval (docs/scoring.md).
 
 Each replicate's results lie in ``<results>/seed-<s>/`` and are a complete table of their own
-(:mod:`midbench.leaderboard`); this module reads every replicate's ranked table and combines the rows of the same
+(:mod:`midbench.reporting.leaderboard`); this module reads every replicate's ranked table and combines the rows of the
+same
 name and protocol:
 
 - a cell's **mean** is the mean of the replicates' values; its **spread** (``_sd``) is their sample standard
@@ -31,9 +32,9 @@ import pandas as pd
 
 from midbench.errors import UsageError
 from midbench.evaluation import scoring
-from midbench.formats import TableFormat, values
-from midbench.leaderboard import DELTA_COLUMN, is_flagged, profile_notes, ranked_frames
-from midbench.tables import display_frame, html_table, latex_table, markdown_table, percent, plain
+from midbench.reporting.formats import TableFormat, values
+from midbench.reporting.leaderboard import DELTA_COLUMN, is_flagged, profile_notes, ranked_frames
+from midbench.reporting.tables import display_frame, html_table, latex_table, markdown_table, percent, plain
 
 #: the folder of one seed's replicate under a sweep's output and results folders
 SEED_FOLDER = "seed-{seed}"
@@ -173,7 +174,8 @@ def seed_tables(dirs: dict[int, Path], dataset: str | None = None,
 
 
 def _rank(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sort, rank with ties and add the Δ column, as :func:`midbench.leaderboard.rank_table` does for one seed."""
+    """Sort, rank with ties and add the Δ column, as :func:`midbench.reporting.leaderboard.rank_table` does for one
+    seed."""
     scored = "common_unknown_score" in frame and frame["common_unknown_score"].notna().any()
     metric = "common_unknown_score" if scored else "unknown_worst"
     table = frame.sort_values([metric, "autoattack", "clean", "name"], ascending=[False, False, False, True],

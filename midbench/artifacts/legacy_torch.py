@@ -3,7 +3,7 @@
 ``torch.load(weights_only=True)`` refuses such files and full unpickling would run whatever the pickle names, so
 this module reads them with its own restricted unpickler (docs/reliability.md, "Security"): nothing but tensors,
 storages, ``collections.OrderedDict`` and placeholders for the module classes of an :class:`AllowList` is ever
-built, and no constructor of a real module is called. :mod:`midbench.mid_official` uses it for the MID authors'
+built, and no constructor of a real module is called. :mod:`midbench.mid.official` uses it for the MID authors'
 release.
 
 The legacy (non-zip, non-tar) file layout, as written by ``_legacy_save`` and read by ``_legacy_load`` in
@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from midbench.checkpoint import read_checkpoint_bytes
+from midbench.artifacts.checkpoint import read_checkpoint_bytes
 from midbench.errors import ArtifactError
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

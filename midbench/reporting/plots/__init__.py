@@ -1,8 +1,8 @@
 """Figures from result files: robustness curves, the attack heatmap, white-box against transfer, the
 accuracy–robustness trade-off and the sanity sweeps (``midbench plot``, and the HTML report).
 
-:mod:`midbench.plots.data` computes what each figure shows from the leaderboard's per-example matrices;
-:mod:`midbench.plots.draw` draws it with matplotlib.
+:mod:`midbench.reporting.plots.data` computes what each figure shows from the leaderboard's per-example matrices;
+:mod:`midbench.reporting.plots.draw` draws it with matplotlib.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from midbench.fileio import ensure_writable_dir
-from midbench.plots import data, draw
-from midbench.plots.data import Table, load_tables
+from midbench.reporting.plots import data, draw
+from midbench.reporting.plots.data import Table, load_tables
 
 #: what ``midbench plot KIND`` draws
 KINDS = {

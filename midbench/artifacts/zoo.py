@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from midbench.artifacts.metadata import ModelMetadata
 from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
-from midbench.metadata import ModelMetadata
 
 PREFIX = "robustbench:"
 THREAT_MODELS = ("Linf", "L2", "corruptions")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from midbench.distributed import Shard, collective_device
+from midbench.runtime.distributed import Shard, collective_device
 
 
 @dataclass(frozen=True)

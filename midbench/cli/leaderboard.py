@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded, split_csv
-from midbench.formats import TableFormat
+from midbench.reporting.formats import TableFormat
 
 
 @guarded
@@ -45,12 +45,12 @@ def leaderboard_command(
 
     from midbench.errors import UsageError
     from midbench.fileio import atomic_write_text
-    from midbench.leaderboard import LeaderboardWarning, render
-    from midbench.seeds import render_seeds, seed_dirs
+    from midbench.reporting.leaderboard import LeaderboardWarning, render
+    from midbench.reporting.seeds import render_seeds, seed_dirs
 
     if references:  # every threat model of a user's set must be one the registry defines
         from midbench.attacks.specs import load_registry
-        from midbench.references import check_threat_models, load_reference_set
+        from midbench.evaluation.references import check_threat_models, load_reference_set
 
         known = set(load_registry(list(registry_dir or [])).threat_models)
         for folder in references:

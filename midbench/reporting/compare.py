@@ -16,8 +16,8 @@ import pandas as pd
 
 from midbench.errors import UsageError
 from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, ResultDocument, load_result_file
-from midbench.formats import ComparisonFormat, values
-from midbench.tables import cell_text, markdown_table, percent, plain
+from midbench.reporting.formats import ComparisonFormat, values
+from midbench.reporting.tables import cell_text, markdown_table, percent, plain
 
 FORMATS = values(ComparisonFormat)
 

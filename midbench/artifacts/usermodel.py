@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from midbench.checkpoint import load_plain_state_dict, load_strictly, payload_sha256
+from midbench.artifacts.checkpoint import load_plain_state_dict, load_strictly, payload_sha256
+from midbench.artifacts.metadata import ModelMetadata
 from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
-from midbench.metadata import ModelMetadata
 
 #: ``package.module:attribute`` (the attribute may be dotted: ``module:Class.create``)
 SPEC_PATTERN = re.compile(r"^(?P<module>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")

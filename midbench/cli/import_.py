@@ -29,7 +29,7 @@ def mid_official_command(
     import sys
     import warnings
 
-    from midbench.mid_official import MidOfficialWarning, import_mid_official
+    from midbench.mid.official import MidOfficialWarning, import_mid_official
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MidOfficialWarning)

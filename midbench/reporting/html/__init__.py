@@ -1,7 +1,7 @@
 """``midbench report``: one self-contained HTML page of a results directory.
 
 The page holds, per dataset and protocol, the leaderboard (the same numbers as ``midbench leaderboard --ci``,
-sortable by clicking a header), the flags with their explanations, and the figures of :mod:`midbench.plots`
+sortable by clicking a header), the flags with their explanations, and the figures of :mod:`midbench.reporting.plots`
 inlined as SVG; then one section per evaluated model (its provenance, every attack with its 95% interval, the
 AutoAttack components) and the command lines that produced the results. Nothing is fetched from the network:
 style, script and figures are in the file, so it opens offline and can be archived with a paper.
@@ -25,12 +25,12 @@ import pandas as pd
 from midbench.errors import UsageError
 from midbench.evaluation.documents import ResultDocument, read_result
 from midbench.fileio import atomic_write_text
-from midbench.leaderboard import LeaderboardWarning, profile_notes, tables
-from midbench.plots import DrawnFigure, figures
-from midbench.plots.data import Table, load_tables
-from midbench.plots.draw import svg_text
-from midbench.report.assets import CSS, SCRIPT
-from midbench.tables import TEXT_COLUMNS, display_frame, header, plain
+from midbench.reporting.html.assets import CSS, SCRIPT
+from midbench.reporting.leaderboard import LeaderboardWarning, profile_notes, tables
+from midbench.reporting.plots import DrawnFigure, figures
+from midbench.reporting.plots.data import Table, load_tables
+from midbench.reporting.plots.draw import svg_text
+from midbench.reporting.tables import TEXT_COLUMNS, display_frame, header, plain
 
 REPORT_FILE = "report.html"
 SWEEP_FILE = "sweep.toml"
@@ -249,7 +249,7 @@ def _examples_html(row: dict[str, Any], documents: list[ResultDocument]) -> str:
     file that kept them (``examples_<id>`` in its per-example file; older files have none)."""
     import numpy as np
 
-    from midbench.plots.draw import examples_figure
+    from midbench.reporting.plots.draw import examples_figure
 
     for path, document in reversed(list(zip(row.get("paths") or [], documents, strict=False))):
         if not document.profile or not document.per_example:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_with
-from midbench.plots.data import (
+from midbench.reporting.plots.data import (
     PROTOCOL_METRICS,
     CurvePanel,
     Heatmap,

@@ -54,7 +54,7 @@ from midbench._toml import tomllib
 from midbench.config import TrainConfig, config_to_toml, merge_config
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
-from midbench.processes import run_side_by_side
+from midbench.runtime.processes import run_side_by_side
 
 TUNING_FILE = "tuning.json"
 TABLE_FILE = "tuning.md"
