@@ -18,8 +18,6 @@ x' and a backward through both — K + 2 forwards and K + 2 backwards.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -28,8 +26,8 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.attacks.training import resolve_training_attack
 from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
-from midbench.defenses.base import METHODS, DefenseTask
-from midbench.defenses.trades import BetaOptions
+from midbench.defenses.base import METHODS
+from midbench.defenses.paired import PairedLossTraining
 
 #: floor of 1 − max_{k≠y} p_k inside the log, so a saturated wrong class gives a large finite loss, not inf
 _LOG_FLOOR = 1e-12
@@ -58,37 +56,14 @@ def mart_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Ten
 
 
 @METHODS.register("mart")
-class MartTraining(DefenseTask):
+class MartTraining(PairedLossTraining):
     """MART: boosted CE on PGD examples + β·KL weighted by the clean misclassification (Wang et al., ICLR 2020)."""
 
     name = "mart"
     citation = ("Wang et al., Improving Adversarial Robustness Requires Revisiting Misclassified Examples, "
                 "ICLR 2020")
-    Options = BetaOptions
-    adversarial_training_baseline = True
 
-    def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
-        super().__init__(config, dataset)
-        self.attack_spec = resolve_training_attack(config, dataset)
-        self.attack = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
-        self.beta = float(self.options.beta)
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
+        return resolve_training_attack(config, dataset)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.adversarial_loss(model, x, y, self.attack(model, x, y))
-
-    def adversarial_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor
-                         ) -> dict[str, torch.Tensor]:
-        """The loss for given adversarial examples (two forwards); the training accuracy is measured on x'."""
-        clean_logits = model(x)
-        adv_logits = model(x_adv)
-        return {**mart_loss(clean_logits, adv_logits, y, self.beta), "logits": adv_logits}
-
-    @property
-    def train_attacks(self) -> list[ResolvedAttack]:
-        return [self.attack_spec]
-
-    def describe(self) -> dict[str, Any]:
-        return {"beta": self.beta, "train_attack": self.attack_spec.to_dict()}
-
-    def summary(self) -> str:
-        return f"β = {self.beta:g}"
+    paired_loss = staticmethod(mart_loss)

@@ -21,9 +21,6 @@ and a backward through both — K + 3 forwards and K + 2 backwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -33,22 +30,12 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.attacks.training import resolve_training_attack
 from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
-from midbench.defenses.base import METHODS, DefenseTask
-from midbench.defenses.options import check_non_negative, option
+from midbench.defenses.base import METHODS
+from midbench.defenses.paired import PairedLossTraining
 from midbench.errors import UsageError
 
 #: standard deviation of the Gaussian start of the KL attack (the paper's 0.001)
 INIT_STD = 0.001
-
-
-@dataclass(frozen=True)
-class BetaOptions:
-    """TRADES' and MART's option: the weight of the robustness term."""
-
-    beta: float = option(6.0, "TRADES/MART: weight β of the KL robustness term (the papers' 6).")
-
-    def __post_init__(self) -> None:
-        check_non_negative(self, "beta")
 
 
 def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float
@@ -78,38 +65,14 @@ def resolve_kl_attack(config: TrainConfig, dataset: DatasetSpec) -> ResolvedAtta
 
 
 @METHODS.register("trades")
-class TradesTraining(DefenseTask):
+class TradesTraining(PairedLossTraining):
     """TRADES: cross-entropy on clean images plus β·KL(f(x) ‖ f(x')) (Zhang et al., ICML 2019; β = 6)."""
 
     name = "trades"
     citation = "Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy, ICML 2019"
-    Options = BetaOptions
-    adversarial_training_baseline = True
+    attack: TradesKL
 
-    def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
-        super().__init__(config, dataset)
-        self.attack_spec = resolve_kl_attack(config, dataset)
-        self.attack: TradesKL = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
-        self.beta = float(self.options.beta)
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
+        return resolve_kl_attack(config, dataset)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.adversarial_loss(model, x, y, self.attack(model, x, y))
-
-    def adversarial_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor
-                         ) -> dict[str, torch.Tensor]:
-        """The loss for given adversarial examples (two forwards, in the model's current mode); the training
-        accuracy is measured on x'."""
-        clean_logits = model(x)
-        adv_logits = model(x_adv)
-        outputs = trades_loss(clean_logits, adv_logits, y, self.beta)
-        return {**outputs, "logits": adv_logits}
-
-    @property
-    def train_attacks(self) -> list[ResolvedAttack]:
-        return [self.attack_spec]
-
-    def describe(self) -> dict[str, Any]:
-        return {"beta": self.beta, "train_attack": self.attack_spec.to_dict()}
-
-    def summary(self) -> str:
-        return f"β = {self.beta:g}"
+    paired_loss = staticmethod(trades_loss)
