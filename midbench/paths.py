@@ -12,7 +12,7 @@ DEFAULT_RESULTS_DIR = Path("results")
 #: a training run's folder: the last epoch's checkpoint, the best epoch's, and the resumable state
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
-STATE_FILE = "state.pt"
+TRAIN_STATE_FILE = "state.pt"
 
 
 def shipped_registry_dir() -> Path:

@@ -37,9 +37,9 @@ from midbench.data.datasets import get_dataset
 from midbench.errors import ArtifactError, UsageError
 
 PREFIX = "robustbench:"
-THREAT_MODELS = ("Linf", "L2", "corruptions")
+ZOO_THREAT_MODELS = ("Linf", "L2", "corruptions")
 #: midbench's dataset ids → RobustBench's
-DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"}
+ZOO_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"}
 DEFAULT_MODEL_DIR = "models"
 #: the registry attack that stands for a threat model the zoo's entries were trained against, at the dataset's ε
 #: (RobustBench's CIFAR budgets, L∞ 8/255 and L2 0.5, are midbench's): a Linf entry's ``linf`` curve is then
@@ -86,19 +86,20 @@ def zoo_entries(dataset: str, threat_model: str) -> dict[str, Any]:
     Raises:
         UsageError: a dataset or threat model the zoo does not have.
     """
-    if dataset not in DATASETS:
-        raise UsageError(f"the RobustBench zoo has no {dataset!r} models; use --dataset one of {', '.join(DATASETS)}")
-    if threat_model not in THREAT_MODELS:
-        raise UsageError(f"--threat-model {threat_model!r}: use one of {', '.join(THREAT_MODELS)}")
+    if dataset not in ZOO_DATASETS:
+        raise UsageError(f"the RobustBench zoo has no {dataset!r} models; use --dataset one of "
+                         f"{', '.join(ZOO_DATASETS)}")
+    if threat_model not in ZOO_THREAT_MODELS:
+        raise UsageError(f"--threat-model {threat_model!r}: use one of {', '.join(ZOO_THREAT_MODELS)}")
     dicts = _model_dicts()
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    return dict(dicts.get(BenchmarkDataset(DATASETS[dataset]), {}).get(ThreatModel(threat_model), {}))
+    return dict(dicts.get(BenchmarkDataset(ZOO_DATASETS[dataset]), {}).get(ThreatModel(threat_model), {}))
 
 
 def weights_path(name: str, dataset: str, threat_model: str, model_dir: str | Path) -> Path:
     """Where RobustBench keeps an entry's weights: ``<model_dir>/<dataset>/<threat model>/<name>.pt``."""
-    return Path(model_dir) / DATASETS[dataset] / threat_model / f"{name}.pt"
+    return Path(model_dir) / ZOO_DATASETS[dataset] / threat_model / f"{name}.pt"
 
 
 def check_zoo_name(spec: str, dataset: str, threat_model: str) -> tuple[str, dict[str, Any]]:
@@ -140,7 +141,7 @@ def load_zoo_model(spec: str, dataset: str | None, threat_model: str = "Linf",
     _load_weights(model, path)
     device = device if device is not None else torch.device("cpu")
     data_spec = get_dataset(dataset)
-    zoo = {"source": "robustbench", "name": name, "dataset": DATASETS[dataset], "threat_model": threat_model,
+    zoo = {"source": "robustbench", "name": name, "dataset": ZOO_DATASETS[dataset], "threat_model": threat_model,
            "architecture": type(model).__name__, "citation_key": name}
     metadata = ModelMetadata(arch=type(model).__name__, num_classes=data_spec.num_classes,
                              input_shape=tuple(data_spec.input_shape), dataset=dataset, name=name, model_spec=spec,
@@ -167,7 +168,7 @@ def _download(name: str, dataset: str, threat_model: str, model_dir: str | Path)
 
     path = weights_path(name, dataset, threat_model, model_dir)
     try:
-        load_model(model_name=name, model_dir=str(model_dir), dataset=DATASETS[dataset], threat_model=threat_model)
+        load_model(model_name=name, model_dir=str(model_dir), dataset=ZOO_DATASETS[dataset], threat_model=threat_model)
     except Exception as error:  # noqa: BLE001 - any failure of the download is reported the same way
         if path.is_file() and not _is_html(path):
             return  # downloaded; only RobustBench's own loading failed, and midbench loads the file itself

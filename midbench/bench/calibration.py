@@ -337,10 +337,10 @@ def _reference_chain(calibration: Calibration, model: str, work_dir: str, out_di
 
 def _train_one(config: TrainConfig, folder: str, show_bars: bool) -> int:
     """Train (or resume) one reference; returns its epochs."""
+    from midbench.paths import TRAIN_STATE_FILE
     from midbench.training import train
-    from midbench.training.loop import STATE_FILE as TRAIN_STATE
 
-    return len(train(config, folder, resume=(Path(folder) / TRAIN_STATE).exists(), progress=show_bars).log)
+    return len(train(config, folder, resume=(Path(folder) / TRAIN_STATE_FILE).exists(), progress=show_bars).log)
 
 
 def _finished(folder: Path, epochs: int) -> bool:

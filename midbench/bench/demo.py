@@ -18,10 +18,10 @@ from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text, ensure_writable_dir
+from midbench.paths import MODEL_FILE, TRAIN_STATE_FILE
 from midbench.reporting.html import REPORT_FILE, write_report
 from midbench.reporting.leaderboard import render
 from midbench.training import train
-from midbench.training.loop import MODEL_FILE, STATE_FILE
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # no
     for method, config in configs.items():
         run_dir = out / method
         say(f"[demo] training {method} (lenet, mnist5k, {config.epochs} epochs) -> {run_dir}")
-        result = train(config, run_dir, resume=(run_dir / STATE_FILE).exists(), progress=progress)
+        result = train(config, run_dir, resume=(run_dir / TRAIN_STATE_FILE).exists(), progress=progress)
         last = result.log[-1]
         say(f"[demo]   held-out clean {last['val_clean_acc']:.3f}, PGD-{config.val_pgd_steps} "
             f"{last[f'val_pgd{config.val_pgd_steps}_acc']:.3f}")

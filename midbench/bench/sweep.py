@@ -29,7 +29,7 @@ from midbench.reporting.html import REPORT_FILE, write_report
 __all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "describe_plan", "evaluation_plan",
            "write_leaderboards", "leaderboard_header", "model_path"]
 
-STATE_FILE = "sweep-state.json"
+SWEEP_STATE_FILE = "sweep-state.json"
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _open_folders(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     """The sweep folder, the results folder (default ``<out>/results``), the state file and its content."""
     out = ensure_writable_dir(out_dir)
     results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
-    state_path = out / STATE_FILE
+    state_path = out / SWEEP_STATE_FILE
     return out, results, state_path, _load_state(state_path, sweep.fingerprint)
 
 
@@ -306,12 +306,12 @@ def _files_sha(model: SweepModel, dataset: str) -> str | None:
 
 def _train(config: TrainConfig, folder: Path, progress: bool, threads: int | None = None) -> tuple[int, float]:
     """Train (or resume) one run; returns its epochs and the seconds spent. Also the job of a worker process."""
+    from midbench.paths import TRAIN_STATE_FILE
     from midbench.training import train
-    from midbench.training.loop import STATE_FILE as TRAIN_STATE
 
     _use_threads(threads)
     clock = time.perf_counter()
-    result = train(config, folder, resume=(folder / TRAIN_STATE).exists(), progress=progress)
+    result = train(config, folder, resume=(folder / TRAIN_STATE_FILE).exists(), progress=progress)
     return len(result.log), time.perf_counter() - clock
 
 

@@ -401,7 +401,7 @@ def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str |
     """The ``[models.NAME]`` tables, each checked as ``midbench eval`` checks its options, and a zoo entry's name
     looked up in the zoo now (with close matches), so a typo is refused before anything runs."""
     from midbench.artifacts.usermodel import parse_model_spec
-    from midbench.artifacts.zoo import THREAT_MODELS, check_zoo_name, is_zoo_spec
+    from midbench.artifacts.zoo import ZOO_THREAT_MODELS, check_zoo_name, is_zoo_spec
 
     table = document.get("models", {})
     if not isinstance(table, dict):
@@ -430,8 +430,8 @@ def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str |
                            model_dir=(values.get("model_dir") or model_dir) if zoo else None)
         try:
             if zoo:
-                if model.threat_model not in THREAT_MODELS:
-                    raise UsageError(f"threat_model {model.threat_model!r}: use one of {', '.join(THREAT_MODELS)}")
+                if model.threat_model not in ZOO_THREAT_MODELS:
+                    raise UsageError(f"threat_model {model.threat_model!r}: use one of {', '.join(ZOO_THREAT_MODELS)}")
                 check_zoo_name(str(spec), dataset, model.threat_model)
             elif spec is not None:
                 parse_model_spec(spec, "model")

@@ -210,12 +210,12 @@ def _train_one(config: TrainConfig, folder: str, threads: int | None) -> None:
     """Train (or resume) one run of the grid. Also the job of a worker process."""
     import torch
 
+    from midbench.paths import TRAIN_STATE_FILE
     from midbench.training import train
-    from midbench.training.loop import STATE_FILE
 
     if threads is not None:
         torch.set_num_threads(threads)
-    train(config, folder, resume=(Path(folder) / STATE_FILE).exists(), progress=False)
+    train(config, folder, resume=(Path(folder) / TRAIN_STATE_FILE).exists(), progress=False)
 
 
 def _finished(folder: Path, epochs: int) -> bool:

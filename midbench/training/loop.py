@@ -58,7 +58,7 @@ from midbench.defenses.options import as_values, option_defaults
 from midbench.errors import ArtifactError, NumericalError, UsageError
 from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
 from midbench.models import build_model
-from midbench.paths import BEST_FILE, MODEL_FILE, STATE_FILE
+from midbench.paths import BEST_FILE, MODEL_FILE, TRAIN_STATE_FILE
 from midbench.runtime.data_parallel import SliceWeights, training_slice
 from midbench.runtime.device import configure_for_speed, resolve_device
 from midbench.runtime.distributed import SINGLE, Shard, current_shard, rank_device
@@ -221,11 +221,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     """
     config = config.validate()
     out = ensure_writable_dir(out_dir)
-    state_path = out / STATE_FILE
+    state_path = out / TRAIN_STATE_FILE
     if state_path.exists() and not resume:
         raise UsageError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     if resume and not state_path.exists() and (out / MODEL_FILE).exists():
-        raise UsageError(f"{out} has a model but no {STATE_FILE} to resume from; choose another --out")
+        raise UsageError(f"{out} has a model but no {TRAIN_STATE_FILE} to resume from; choose another --out")
 
     device = rank_device(resolve_device(config.device))
     shard = current_shard(device)  # under torchrun: this process's slice of every batch
@@ -409,7 +409,7 @@ def _save_epoch(out: Path, config: TrainConfig, metadata: ModelMetadata, model: 
     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "fingerprint": json.dumps(config.fingerprint(), sort_keys=True),
              "log": json.dumps(log), "world_size": world_size}
-    atomic_write_with(out / STATE_FILE, lambda handle: torch.save(state, handle))
+    atomic_write_with(out / TRAIN_STATE_FILE, lambda handle: torch.save(state, handle))
     atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
 
 

@@ -121,7 +121,7 @@ class TradeoffPoint:
 
 
 @dataclass(frozen=True)
-class Sweep:
+class CheckSweep:
     """A ``--check-eps`` or ``--check-steps`` measurement: PGD accuracy along ε or along the steps."""
 
     model: str
@@ -228,7 +228,7 @@ def tradeoff_points(table: Table) -> list[TradeoffPoint]:
             if row.get(key) is not None and (clean := Proportion.from_row(row, "clean")) is not None]
 
 
-def sweeps(table: Table) -> list[Sweep]:
+def sweeps(table: Table) -> list[CheckSweep]:
     """The sanity sweeps recorded with the table's rows (``midbench eval --check-eps/--check-steps``)."""
     found = []
     for row in table.rows:
@@ -238,7 +238,7 @@ def sweeps(table: Table) -> list[Sweep]:
                 continue
             n = int(entry["n_examples"])
             points = [(float(point[kind]), round(float(point["robust_accuracy"]) * n)) for point in entry["points"]]
-            found.append(Sweep(str(row["name"]), kind, str(entry["attack"]), tuple(x for x, _ in points),
+            found.append(CheckSweep(str(row["name"]), kind, str(entry["attack"]), tuple(x for x, _ in points),
                                tuple(Proportion.of(robust, n) for _, robust in points)))
     return found
 

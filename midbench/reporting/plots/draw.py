@@ -20,10 +20,10 @@ from midbench.errors import UsageError
 from midbench.fileio import atomic_write_with
 from midbench.reporting.plots.data import (
     PROTOCOL_METRICS,
+    CheckSweep,
     CurvePanel,
     Heatmap,
     ProtocolBars,
-    Sweep,
     Table,
     TradeoffPoint,
     tradeoff_metric,
@@ -171,7 +171,7 @@ def tradeoff_figure(table: Table, points: list[TradeoffPoint]) -> Figure:
     return figure
 
 
-def sweeps_figure(table: Table, data: list[Sweep]) -> Figure:
+def sweeps_figure(table: Table, data: list[CheckSweep]) -> Figure:
     """PGD accuracy against ε and against the number of steps (``--check-eps``/``--check-steps``): both should
     fall or stay flat; a rise flags a weak attack or masked gradients (Carlini et al. 2019, §5)."""
     kinds = [kind for kind in ("eps", "steps") if any(sweep.kind == kind for sweep in data)]
