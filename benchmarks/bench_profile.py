@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from midbench.artifacts.loading import load_classifier
+from midbench.attacks.plans import profile_plan, seen_threat_models
 from midbench.attacks.specs import ResolvedAttack, load_registry
-from midbench.attacks.threat_models import profile_plan, seen_threat_models
 from midbench.data.datasets import get_dataset, load_split
-from midbench.evaluation.engine import AttackRunner, predict
+from midbench.evaluation.attacking import AttackRunner, predict
 from midbench.evaluation.profile import climb, independent_curves
 
 

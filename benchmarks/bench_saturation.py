@@ -29,16 +29,10 @@ from dataclasses import replace
 import torch
 
 from midbench.artifacts.loading import load_classifier
+from midbench.attacks.plans import PROFILE_SUITE, ProfileRung, ThreatModelPlan, profile_plan, seen_threat_models
 from midbench.attacks.specs import ResolvedAttack, load_registry
-from midbench.attacks.threat_models import (
-    PROFILE_SUITE,
-    ProfileRung,
-    ThreatModelPlan,
-    profile_plan,
-    seen_threat_models,
-)
 from midbench.data.datasets import get_dataset, load_split
-from midbench.evaluation.engine import AttackRunner, predict
+from midbench.evaluation.attacking import AttackRunner, predict
 from midbench.evaluation.profile import climb
 from midbench.protocols import AUTOATTACK_ENTRY
 

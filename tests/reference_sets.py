@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from midbench.attacks.plans import profile_plan
 from midbench.attacks.specs import load_registry
-from midbench.attacks.threat_models import profile_plan
 from midbench.data.datasets import get_dataset
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.profile import ThreatModelCurve

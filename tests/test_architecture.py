@@ -76,3 +76,59 @@ def test_a_built_in_method_is_one_file_in_the_defenses_package(tmp_path: Path) -
                             check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "σ", "=", "0.3", "True"]
+
+
+def _module_graph(root: Path) -> dict[str, set[str]]:
+    """midbench's import graph, module by module: every ``import`` and ``from … import`` of a midbench module,
+    wherever it stands (module level, inside functions, under ``if TYPE_CHECKING:``)."""
+    import ast
+
+    package = root / "midbench"
+    modules = {".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("midbench"):
+                targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                           for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names if alias.name.startswith("midbench")]
+            else:
+                continue
+            graph[name] |= {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No import cycle between modules, not even one hidden under ``TYPE_CHECKING`` or inside a function (those
+    import-linter's layers cannot see inside a package): each module can be read after the ones it imports."""
+    graph = _module_graph(REPO)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not cycles, f"import cycles: {cycles}"

@@ -19,8 +19,8 @@ from torch import nn
 
 from midbench.attacks import randomness
 from midbench.attacks.latent import LatentAttack
+from midbench.attacks.plans import colour_only, profile_plan
 from midbench.attacks.specs import load_implementation, load_registry
-from midbench.attacks.threat_models import colour_only, profile_plan
 from midbench.data import get_dataset
 from midbench.data.datasets import TensorSplit
 from midbench.errors import UsageError

@@ -231,7 +231,7 @@ def test_a_killed_profile_resumes_to_the_uninterrupted_curves(standard_model: nn
     """The profile's steps (threat model, strength, attack) are recorded batch by batch like any attack: a run
     killed inside a ladder (early, mid-ladder, in the second threat model) resumes with nothing recomputed and
     ends with the uninterrupted run's nested curves, example by example."""
-    from midbench.attacks.threat_models import profile_plan
+    from midbench.attacks.plans import profile_plan
 
     (tmp_path / "profile.toml").write_text(TINY_PROFILE)
     plans = profile_plan(load_registry([tmp_path]), get_dataset("mnist5k").eps, set(), suite="r-profile")

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from midbench.attacks.specs import load_registry
 from midbench.cli.app import app
 from midbench.errors import ArtifactError, UsageError
-from midbench.evaluation.engine import AttackOutcome, Evaluation
+from midbench.evaluation.attacking import AttackOutcome
+from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import wilson_interval
 from midbench.evaluation.results import build_result, indices_sha256, make_run_id, write_result
 from midbench.reporting.compare import render as render_compare

@@ -14,19 +14,14 @@ from typer.testing import CliRunner
 
 from midbench.attacks import randomness
 from midbench.attacks.norms import Norm, random_in_ball
+from midbench.attacks.plans import PROFILE_SUITE, at_strength, profile_plan, seen_threat_models, threat_model_of
 from midbench.attacks.specs import ResolvedAttack, load_registry
-from midbench.attacks.threat_models import (
-    PROFILE_SUITE,
-    at_strength,
-    profile_plan,
-    seen_threat_models,
-    threat_model_of,
-)
 from midbench.cli.app import app
 from midbench.data import load_split
 from midbench.data.datasets import TensorSplit, get_dataset
 from midbench.errors import UsageError
-from midbench.evaluation.engine import AttackRunner, evaluate, predict
+from midbench.evaluation.attacking import AttackRunner, predict
+from midbench.evaluation.engine import evaluate
 from midbench.evaluation.profile import climb, independent_curves, normalised_area
 
 REGISTRY = load_registry()

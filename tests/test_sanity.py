@@ -15,7 +15,8 @@ from midbench.attacks.norms import Norm
 from midbench.attacks.specs import ResolvedAttack, load_registry
 from midbench.data import load_split
 from midbench.evaluation import sanity
-from midbench.evaluation.engine import AttackOutcome, Evaluation
+from midbench.evaluation.attacking import AttackOutcome
+from midbench.evaluation.engine import Evaluation
 
 HERE = Path(__file__).parent
 DOCS = HERE.parent / "docs" / "flags.md"

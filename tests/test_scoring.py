@@ -240,8 +240,8 @@ def test_bad_ladders_are_refused_with_one_line(tmp_path: Path, content: str, mes
 
 
 def test_a_calibrated_ladder_replaces_the_default_on_its_datasets(tmp_path: Path) -> None:
+    from midbench.attacks.plans import profile_plan
     from midbench.attacks.specs import load_registry
-    from midbench.attacks.threat_models import profile_plan
     from midbench.data.datasets import get_dataset
 
     (tmp_path / "ladders.toml").write_text(GOOD_LADDER.replace('["mnist5k"]', '["fashion-mnist"]'),
@@ -454,7 +454,7 @@ def test_random_noise_beating_the_gradient_attacks_is_flagged(standard_model: to
     """The same undefended model, honest and behind a planted masking defense (:class:`_Masked`): APGD on the
     second is left with its random starts, the 10 random draws of noise-uniform-linf in the same L∞ ball break
     more, and the flag says so; on the honest model APGD leaves nothing for noise to break."""
-    from midbench.attacks.threat_models import profile_plan
+    from midbench.attacks.plans import profile_plan
     from midbench.data.datasets import get_dataset
     from midbench.evaluation.engine import evaluate
     from midbench.evaluation.sanity import gradient_free_flags
@@ -488,7 +488,7 @@ def test_gradient_free_profile_attacks_query_the_evaluated_model_under_transfer(
     """Under transfer, the grid search (rotation/translation) and random noise need no gradient, so they attack
     the evaluated model itself: their curves equal the white-box ones, whatever the source; the result says which
     attacks did."""
-    from midbench.attacks.threat_models import profile_plan
+    from midbench.attacks.plans import profile_plan
     from midbench.data.datasets import get_dataset
     from midbench.evaluation.engine import evaluate
     from midbench.evaluation.profile import curve_summary

@@ -112,8 +112,9 @@ def load_calibration(path: str | Path, device: str | None = None) -> Calibration
             increasing in (0, 1], targets that are not decreasing in (0, 1), a threat model that is not in the
             registry or not climbed by the suite, a training attack of another threat model.
     """
+    from midbench.attacks.plans import threat_model_of
     from midbench.attacks.specs import load_registry
-    from midbench.attacks.threat_models import check_strengths, threat_model_of
+    from midbench.attacks.threat_models import check_strengths
     from midbench.data.datasets import get_dataset
     from midbench.defenses.base import build_task
 
@@ -355,7 +356,7 @@ def _finished(folder: Path, epochs: int) -> bool:
 
 def _grid_plan(calibration: Calibration, model: str, registry: Any) -> Any:
     """The profile plan of ``model``'s threat model alone, climbed over the candidate grid."""
-    from midbench.attacks.threat_models import profile_plan
+    from midbench.attacks.plans import profile_plan
     from midbench.data.datasets import get_dataset
 
     (plan,) = profile_plan(registry, get_dataset(calibration.dataset).eps, {model}, calibration.suite,
@@ -414,7 +415,7 @@ def ladder_toml(calibration: Calibration, ladders: dict[str, tuple[float, ...]],
 def _measured(calibration: Calibration, model: str, sha: str, ladder: tuple[float, ...], registry: Any,
               out: Path) -> Path | None:
     """An earlier result file of this reference (same checkpoint, ladder, attacks and examples), or None."""
-    from midbench.attacks.threat_models import profile_plan
+    from midbench.attacks.plans import profile_plan
     from midbench.data.datasets import get_dataset
     from midbench.evaluation.documents import read_result
 

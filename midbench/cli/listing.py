@@ -64,7 +64,7 @@ def attacks_list(
         for name, ids in registry.suites.items():
             suites.add_row(name, ", ".join(ids))
         show.print(suites)
-        from midbench.attacks.threat_models import colour_only, ladder_of
+        from midbench.attacks.plans import colour_only, ladder_of
 
         colour = set(colour_only(registry, None))
         models = Table(title=f"threat models ({len(registry.threat_models)})")

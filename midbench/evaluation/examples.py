@@ -18,8 +18,8 @@ from torch import nn
 
 from midbench.attacks import randomness
 from midbench.attacks.latent import LatentAttack
+from midbench.attacks.plans import ThreatModelPlan, at_strength, ladder_of
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack
-from midbench.attacks.threat_models import ThreatModelPlan, at_strength, ladder_of
 from midbench.data import TensorSplit
 from midbench.errors import UsageError
 

@@ -23,16 +23,14 @@ Carlini et al. 2019 (accuracy against budget).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from midbench.attacks.plans import ThreatModelPlan
 from midbench.attacks.specs import ResolvedAttack
-from midbench.attacks.threat_models import ThreatModelPlan
+from midbench.evaluation.attacking import AttackRunner
 from midbench.evaluation.metrics import wilson_interval
-
-if TYPE_CHECKING:
-    from midbench.evaluation.engine import AttackRunner
 
 #: the split recorded for profile steps (neither a known nor an unknown attack row)
 PROFILE_SPLIT = "profile"

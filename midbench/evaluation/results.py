@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from midbench import __version__
-from midbench.attacks.threat_models import PROFILE_SUITE
+from midbench.attacks.plans import PROFILE_SUITE
 from midbench.evaluation.documents import SCHEMA, ResultDocument
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import summarise, unseen_full_strength, wilson_interval

@@ -16,14 +16,15 @@ from torch import nn
 from midbench.artifacts.checkpoint import check_compatible
 from midbench.artifacts.loading import LoadedModel, load_classifier, load_model, recorded_source
 from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
+from midbench.attacks.plans import colour_only, profile_plan, seen_threat_models
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
-from midbench.attacks.threat_models import colour_only, profile_plan, seen_threat_models
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
+from midbench.evaluation.attacking import ProgressFn
 from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.documents import ResultDocument
-from midbench.evaluation.engine import Evaluation, ProgressFn, evaluate
+from midbench.evaluation.engine import Evaluation, evaluate
 from midbench.evaluation.examples import PROFILE_EXAMPLES, profile_examples
 from midbench.evaluation.results import (
     build_result,

@@ -75,7 +75,7 @@ def select_attacks(selection: AttackSelection, registry: AttackRegistry, dataset
     With nothing selected, runs the known attacks (and the profile: :func:`with_defaults`). ``--eps`` and
     ``--target`` overrides apply to registry attacks; known attacks run exactly as recorded in the checkpoint.
     The profile's attacks are not in this list: they run strength by strength
-    (:func:`midbench.attacks.threat_models.profile_plan`).
+    (:func:`midbench.attacks.plans.profile_plan`).
     """
     selection = with_defaults(selection)
 
