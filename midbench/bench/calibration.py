@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from midbench._toml import tomllib
+from midbench._toml import read_tables
 from midbench.attacks.specs import LADDER_FILE
 from midbench.config import TrainConfig, merge_config
 from midbench.errors import UsageError
@@ -119,15 +119,7 @@ def load_calibration(path: str | Path, device: str | None = None) -> Calibration
     from midbench.defenses.base import build_task
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"calibration file {path} does not exist")
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: not valid TOML ({error})") from error
-    unknown = set(document) - {"calibrate", "train", "references"}
-    if unknown:
-        raise UsageError(f"{path}: unknown table(s) {sorted(unknown)}; use [calibrate], [train] and [references.T]")
+    document = read_tables(path, "calibration", ("calibrate", "train", "references"))
     section = document.get("calibrate")
     if not isinstance(section, dict):
         raise UsageError(f"{path}: a [calibrate] table is required (name, dataset, grid, targets, ...)")

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from midbench._toml import tomllib
+from midbench._toml import read_tables
 from midbench.config import TrainConfig, config_to_toml, merge_config
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
@@ -94,15 +94,7 @@ def load_tuning(path: str | Path, device: str | None = None) -> Tuning:
     from midbench.defenses.base import build_task
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"tune file {path} does not exist")
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: not valid TOML ({error})") from error
-    unknown = set(document) - {"tune", "train", "grid"}
-    if unknown:
-        raise UsageError(f"{path}: unknown table(s) {sorted(unknown)}; use [tune], [train] and [grid]")
+    document = read_tables(path, "tune", ("tune", "train", "grid"))
     section, base, grid = document.get("tune", {}), document.get("train"), document.get("grid")
     if not isinstance(section, dict) or not isinstance(base, dict) or not isinstance(grid, dict) or not grid:
         raise UsageError(f"{path}: a [train] table (the base recipe) and a [grid] table of at least one key with a "
