@@ -134,3 +134,22 @@ def test_help_shows_toml_table_names(command: list[str], shown: str) -> None:
     """Rich reads ``[name]`` in help text as markup and drops it unless escaped; the table names must show."""
     result = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
     assert result.exit_code == 0 and shown in result.output
+
+
+@pytest.mark.parametrize(("signal_error", "code"), [("KeyboardInterrupt", 130), ("Terminated", 143)])
+def test_a_signal_inside_a_library_cleanup_is_still_the_interrupt(signal_error: str, code: int) -> None:
+    """SIGINT landing while numpy writes a state file's zip surfaces as zipfile's ValueError with the interrupt as
+    its context: the command must still exit 130 (143 for SIGTERM), not report an internal error."""
+    import typer
+
+    from midbench.cli import _common
+
+    def interrupted_inside_cleanup() -> None:
+        try:
+            raise KeyboardInterrupt if signal_error == "KeyboardInterrupt" else _common.Terminated()
+        finally:
+            raise ValueError("Can't close the ZIP file while there is an open writing handle on it")
+
+    with pytest.raises(typer.Exit) as raised:
+        _common.guarded(interrupted_inside_cleanup)()
+    assert raised.value.exit_code == code

@@ -75,6 +75,13 @@ def guarded(func: F) -> F:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence: report a bug, exit 1
+            # a signal that lands inside a library's cleanup (numpy closing the zip of a state file) surfaces as
+            # that cleanup's error, with the interrupt as its context: it is still the interrupt
+            cause = _interrupt_behind(error)
+            if isinstance(cause, KeyboardInterrupt):
+                fail(Interrupted(f"interrupted (SIGINT); {RESUME_HINT}", 130))
+            if isinstance(cause, Terminated):
+                fail(Interrupted(f"terminated (SIGTERM); {RESUME_HINT}", 143))
             if DEBUG["enabled"]:
                 traceback.print_exc()
             print(f"midbench: internal error: {type(error).__name__}: {error} (a bug; rerun with --debug and "
@@ -83,6 +90,18 @@ def guarded(func: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupt_behind(error: BaseException) -> BaseException | None:
+    """The SIGINT or SIGTERM exception in ``error``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt | Terminated):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class OneLineErrors(TyperGroup):
