@@ -44,7 +44,7 @@ def _explained_files() -> list[Path]:
 
 def test_every_doc_the_repository_cites_is_in_it() -> None:
     """A docstring, comment or page that cites ``docs/NAME.md`` (or a bare ``NAME.md`` that is not a file midbench
-    writes) must find that page under docs/: nothing may lean on design pages a user of the repository lacks."""
+    writes) must find that page under docs/, so that every page a reader is sent to ships with the code."""
     docs = {path.name for path in (ROOT / "docs").glob("*.md")}
     missing = []
     for path in _explained_files():
