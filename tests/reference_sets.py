@@ -21,8 +21,10 @@ MNIST_EPS = get_dataset("mnist5k").eps
 
 
 def default_plans(seen: set[str]) -> dict[str, object]:
-    """The profile's plans at the registry's default ladders (no dataset: no calibrated ladder)."""
-    return {plan.threat_model.id: plan for plan in profile_plan(REGISTRY, MNIST_EPS, seen)}
+    """The profile's plans at the registry's default ladders (no dataset: no calibrated ladder), the corruptions'
+    suite included."""
+    return {plan.threat_model.id: plan for plan in profile_plan(REGISTRY, MNIST_EPS, seen,
+                                                                suite=("unknown-profile", "unknown-profile-ua"))}
 
 
 def write_profiled_run(results: Path, name: str, accuracies: dict[str, list[float]], seen: set[str], minutes: int,

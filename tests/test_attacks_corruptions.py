@@ -29,7 +29,11 @@ REGISTRY = load_registry()
 MNIST_EPS = get_dataset("mnist5k").eps
 LATENT_IDS = sorted(attack_id for attack_id, spec in REGISTRY.attacks.items()
                     if issubclass(load_implementation(spec.implementation)[0], LatentAttack))
-GREY_IDS = [attack_id for attack_id in LATENT_IDS if not REGISTRY.get(attack_id).resolve(MNIST_EPS).needs_colour]
+#: one single-strength entry per corruption threat model (Kang et al.'s sign-PGD-20)
+UA_IDS = [spec.id for spec in REGISTRY.suite("unforeseen-ua")]
+GREY_IDS = [attack_id for attack_id in UA_IDS if not REGISTRY.get(attack_id).resolve(MNIST_EPS).needs_colour]
+#: the profile's entries of the same threat models (Auto-PGD on the latents)
+PROFILE_UA = "unknown-profile-ua"
 
 
 def _resolved(attack_id: str, scale: float = 1.0, steps: int = 4):  # noqa: ANN202
@@ -41,9 +45,16 @@ def _resolved(attack_id: str, scale: float = 1.0, steps: int = 4):  # noqa: ANN2
 
 
 def test_the_registry_has_the_corruptions_of_the_breadth_issue() -> None:
-    """At least twelve optimised corruptions, each its own threat model, and at least 20 threat models in all."""
-    assert len(LATENT_IDS) >= 12 and len(REGISTRY.threat_models) >= 20
-    assert all(REGISTRY.get(attack_id).threat_model == attack_id for attack_id in LATENT_IDS)
+    """At least twelve optimised corruptions, each its own threat model, and at least 20 threat models in all;
+    the profile's suite of them has one entry per threat model, extending the single-strength one."""
+    assert len(UA_IDS) >= 12 and len(REGISTRY.threat_models) >= 20
+    assert all(REGISTRY.get(attack_id).threat_model == attack_id for attack_id in UA_IDS)
+    profile = REGISTRY.suite(PROFILE_UA)
+    assert [spec.threat_model for spec in profile] == UA_IDS
+    for spec in profile:
+        base = REGISTRY.get(spec.threat_model)
+        assert spec.implementation == base.implementation and spec.budget == base.budget
+        assert {name: spec.params[name] for name in spec.budget} == {name: base.params[name] for name in base.budget}
 
 
 @pytest.mark.parametrize("attack_id", LATENT_IDS)
@@ -58,11 +69,52 @@ def test_latents_stay_in_their_box_and_the_image_is_their_render(attack_id: str,
         images = attack(model, x, y)
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     assert attack.last_latent is not None and float(attack.last_latent.abs().max()) <= 1.0
+    assert attack.last_success is not None
+    with torch.no_grad():  # an example counted as broken is broken by the image returned for it
+        assert bool((model(images).argmax(dim=1) != y)[attack.last_success].all())
+    if attack.RANDOM_STRUCTURE and attack.restarts * len(attack.losses) > 1:
+        return  # later runs draw other structure, which the latents alone do not say (test below)
     with randomness.per_example_generators(seeds):  # the same random structure (flakes, shapes) as the attack drew
         render = resolved.build().renderer(x)
     with torch.no_grad():
         rendered = render(attack.last_latent, torch.arange(12))
     assert torch.allclose(images, rendered, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["pgd", "apgd"])
+@pytest.mark.parametrize("attack_id", [attack_id for attack_id in GREY_IDS
+                                       if load_implementation(REGISTRY.get(attack_id).implementation)[0]
+                                       .RANDOM_STRUCTURE])
+def test_every_restart_draws_new_structure(attack_id: str, optimizer: str, request: pytest.FixtureRequest) -> None:
+    """Random structure (flake, point and shape positions) is searched over, not fixed by the first draw: with
+    restarts, an example unbroken by the first run is attacked under another structure, its image is the one that
+    broke it, and the first run is the single-restart attack exactly."""
+    resolved = _resolved(attack_id, scale=0.3, steps=3)  # small enough that some examples survive a run
+    model, x, y = model_and_batch(resolved, request)
+    x, y = x[:16], y[:16]
+    with_optimizer = replace(resolved, params={**resolved.params, "optimizer": optimizer, "losses": ["ce"]})
+    once = with_optimizer.build()
+    again = replace(with_optimizer, params={**with_optimizer.params, "restarts": 4}).build()
+    drawn = []
+    original = again.renderer
+
+    def recording(batch: torch.Tensor):  # noqa: ANN202
+        render = original(batch)
+        drawn.append(render(torch.full(again.latent_shape(batch), 0.5), torch.arange(batch.shape[0])))
+        return render
+
+    again.renderer = recording  # type: ignore[method-assign]
+    with randomness.per_example_generators(list(range(16))):
+        first = once(model, x, y)
+    with randomness.per_example_generators(list(range(16))):
+        images = again(model, x, y)
+    assert once.last_success is not None and again.last_success is not None
+    assert len(drawn) > 1 and not torch.allclose(drawn[0], drawn[1])
+    broken_first = once.last_success
+    assert bool(again.last_success[broken_first].all())
+    assert torch.equal(images[broken_first], first[broken_first])
+    with torch.no_grad():
+        assert bool((model(images).argmax(dim=1) != y)[again.last_success].all())
 
 
 @pytest.mark.parametrize("attack_id", LATENT_IDS)
@@ -100,7 +152,7 @@ def test_bad_parameters_are_one_line_usage_errors(attack_id: str) -> None:
 def test_a_colour_attack_refuses_grey_images_and_the_profile_leaves_it_out(standard_model: nn.Module,
                                                                           small_batch: tuple[torch.Tensor,
                                                                                              torch.Tensor]) -> None:
-    colour = [attack_id for attack_id in LATENT_IDS if attack_id not in GREY_IDS]
+    colour = [attack_id for attack_id in UA_IDS if attack_id not in GREY_IDS]
     assert colour, "the registry has a colour corruption (hsv)"
     with pytest.raises(UsageError, match="colour"):
         _resolved(colour[0]).build()(standard_model, *small_batch)
@@ -108,7 +160,8 @@ def test_a_colour_attack_refuses_grey_images_and_the_profile_leaves_it_out(stand
     assert {plan.threat_model.id for plan in plans} == set(GREY_IDS)
     assert set(colour_only(REGISTRY, "unforeseen-ua")) == set(colour)
     on_colour = profile_plan(REGISTRY, MNIST_EPS, set(), suite="unforeseen-ua", channels=3)
-    assert {plan.threat_model.id for plan in on_colour} == set(LATENT_IDS)
+    assert {plan.threat_model.id for plan in on_colour} == set(UA_IDS)
+    assert set(colour_only(REGISTRY, ("unknown-profile", PROFILE_UA))) == set(colour)
     with pytest.raises(UsageError, match="colour"):
         profile_plan(REGISTRY, MNIST_EPS, set(), suite="unforeseen-ua", channels=1, only=(colour[0],))
 
@@ -174,8 +227,15 @@ def test_attacks_show_draws_the_ladder_at_random_latents_and_on_a_model(standard
     (["eval", "{checkpoint}", "--attacks", "hsv", "--results-dir", "{out}"], "need colour"),
     (["eval", "{checkpoint}", "--unknown-attacks", "--threat-models", "no-such-threat",
       "--results-dir", "{out}"], "no-such-threat"),
+    (["eval", "{checkpoint}", "--unknown-attacks", "--profile-suite", "unknown-profile-uaa",
+      "--results-dir", "{out}"], "unknown-profile-ua"),
+    (["eval", "{checkpoint}", "--attacks", "fgsm-linf", "--profile-suite", "unknown-profile-ua",
+      "--results-dir", "{out}"], "add --unknown-attacks"),
+    (["eval", "{checkpoint}", "--unknown-attacks", "--profile-suite", "unknown-profile-ua", "--threat-models", "hsv",
+      "--results-dir", "{out}"], "need colour"),
 ], ids=["show-needs-a-model", "show-colour-on-grey", "show-no-images", "eval-colour-on-grey",
-        "eval-unknown-threat-model"])
+        "eval-unknown-threat-model", "eval-unknown-profile-suite", "eval-profile-suite-without-profile",
+        "eval-colour-threat-model-on-grey"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments: list[str], message: str,
                                                           standard_checkpoint: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
@@ -208,7 +268,7 @@ def test_on_colour_data_every_corruption_runs_hsv_included(tmp_path: Path) -> No
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout[outcome.stdout.index("{"):])
     ran = {row["id"].split("@")[0]: row["robust_accuracy"] for row in document["attacks"]}
-    assert set(ran) == set(LATENT_IDS) and "hsv" in ran
+    assert set(ran) == set(UA_IDS) and "hsv" in ran
     assert all(accuracy <= document["clean_accuracy"] for accuracy in ran.values())
 
 
@@ -221,3 +281,32 @@ def test_attacks_list_shows_every_threat_model() -> None:
     assert listed.exit_code == 0, listed.output
     assert f"threat models ({len(REGISTRY.threat_models)})" in listed.output
     assert all(f"│ {model_id} " in listed.output for model_id in REGISTRY.threat_models)
+
+
+@pytest.mark.parametrize("colour", [False, True], ids=["mnist5k", "cifar-format"])
+def test_the_profile_with_the_corruption_suite_climbs_every_applicable_threat_model(
+        colour: bool, standard_checkpoint: Path, tmp_path: Path) -> None:
+    """``--profile-suite unknown-profile-ua``: on mnist5k every grey corruption is climbed over its ladder and hsv
+    is listed as skipped; on CIFAR-format files hsv is climbed too. The result names the suite it climbed."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from midbench.cli.app import app
+
+    if colour:
+        from test_data_torchvision import write_cifar10
+
+        write_cifar10(tmp_path / "data")
+        model = ["--model", "user_models:honest_cnn", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data")]
+    else:
+        model = [str(standard_checkpoint)]
+    outcome = CliRunner().invoke(app, ["eval", *model, "--unknown-attacks", "--profile-suite", PROFILE_UA,
+                                       "--n-examples", "3", "--results-dir", str(tmp_path / "r"), "--quiet",
+                                       "--format", "json"])
+    assert outcome.exit_code == 0, outcome.output
+    profile = json.loads(outcome.stdout[outcome.stdout.index("{"):])["profile"]
+    assert profile["suite"] == PROFILE_UA
+    climbed = [curve["id"] for curve in profile["threat_models"]]
+    assert climbed == (UA_IDS if colour else GREY_IDS)
+    assert [item["id"] for item in profile.get("skipped", [])] == ([] if colour else ["hsv"])

@@ -52,10 +52,11 @@ def test_golden_attack_ids() -> None:
         "elastic-apgd", "fab-t-linf", "fgsm-l2", "fgsm-linf", "fgsm-linf-t", "jitter-linf", "jpeg-apgd", "jpeg-linf",
         "jsma-l0-t", "mim-l2", "mim-linf", "mim-linf-t", "noise-gaussian-l2", "noise-uniform-linf", "onepixel-l0",
         "pgd-l1", "pgd-l1-fast", "pgd-l2", "pgd-linf", "pgd-linf-t", "pixle-l0", "rot-trans", "rot-trans-coarse",
-        "spsa-linf", "square-linf", "stadv", "stadv-fast", *CORRUPTIONS])
+        "spsa-linf", "square-linf", "stadv", "stadv-fast", *CORRUPTIONS,
+        *(f"{corruption}-apgd" for corruption in CORRUPTIONS)])
     assert sorted(registry.suites) == ["autoattack", "default-unknown", "lp-union", "mid-mnist-known",
                                        "mid-mnist-unknown", "smoke", "unforeseen", "unforeseen-ua",
-                                       "unknown-profile"]
+                                       "unknown-profile", "unknown-profile-ua"]
     assert sorted(registry.threat_models) == sorted(["elastic", "flow", "jpeg", "l0", "l1", "l2", "linf", "noise",
                                                       "rot-trans", *CORRUPTIONS])
     families = {spec.family for spec in registry.attacks.values()}

@@ -24,6 +24,16 @@ citation = "Madry et al. 2018"
 params = { steps = 100, step_size = "eps/40", random_start = true }
 '''
 
+EXTENSION = '''
+[[attack]]
+id = "pgd-linf-200"
+extends = "pgd-linf"
+version = 1
+description = "PGD-200"
+params = { steps = 200 }
+passes = { forward = "steps", backward = "steps" }
+'''
+
 BAD_ENTRIES = [
     ("unknown-key", GOOD.replace('citation = "Madry et al. 2018"', 'citation = "x"\ncolour = "red"'), "colour"),
     ("bad-version", GOOD.replace("version = 1", "version = 0"), "version"),
@@ -47,6 +57,13 @@ BAD_ENTRIES = [
     ("bad-passes", GOOD.replace("random_start = true }", "random_start = true }\npasses = { forward = \"stepz\" }"),
      "passes.forward"),
     ("suite-unknown-attack", GOOD + '\n[[suite]]\nname = "mine"\nattacks = ["pgd-linf-lng"]\n', "pgd-linf-long"),
+    ("extends-unknown", EXTENSION.replace('"pgd-linf"', '"pgd-lnf"'), "pgd-linf"),
+    ("extends-without-version", EXTENSION.replace("version = 1\n", ""), "version"),
+    ("extends-new-params-old-passes", EXTENSION.replace("passes = { forward = \"steps\", backward = \"steps\" }\n", ""),
+     "own passes"),
+    ("extends-an-extension", EXTENSION + EXTENSION.replace('"pgd-linf-200"', '"pgd-linf-400"')
+     .replace('extends = "pgd-linf"', 'extends = "pgd-linf-200"'), "itself extends"),
+    ("extends-bad-value", EXTENSION.replace("steps = 200", "steps = 0"), "steps must be at least 1"),
 ]
 
 
@@ -92,3 +109,16 @@ def test_torchattacks_entry_without_the_extra_gives_an_install_hint(monkeypatch:
     spec = registry.get("jsma-l0-t").resolve({"Linf": 0.3})
     with pytest.raises(UsageError, match=r"pip install 'midbench\[torchattacks\]'"):
         spec.build()
+
+
+def test_an_entry_extends_another_changing_only_what_it_names(tmp_path: Path) -> None:
+    """An extension inherits the base's implementation, budget, citation and other params; its own id, version,
+    description and passes stay its own, and the base is unchanged."""
+    (tmp_path / "mine.toml").write_text(EXTENSION)
+    registry = load_registry([tmp_path])
+    base, extension = registry.get("pgd-linf"), registry.get("pgd-linf-200")
+    assert extension.params == {**base.params, "steps": 200} and base.params["steps"] != 200
+    assert (extension.implementation, extension.family, extension.norm, extension.citation, extension.budget) == (
+        base.implementation, base.family, base.norm, base.citation, base.budget)
+    assert (extension.version, extension.description) == (1, "PGD-200")
+    assert extension.passes_per_example() == {"forward": 200, "backward": 200}

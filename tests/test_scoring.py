@@ -100,6 +100,41 @@ def test_removing_a_model_leaves_every_other_row_unchanged(tmp_path: Path, remov
 
 # -------------------------------------------------------------------------------------- references that apply
 
+def test_a_threat_model_no_set_has_is_a_curve_and_leaves_every_score_as_it_was(tmp_path: Path) -> None:
+    """Rows that also climbed a threat model without a reference (the corruptions, before their set is calibrated)
+    keep every score they have without it, the common-unknown one included, and the table says why it is not
+    scored."""
+    reference = write_reference_set(tmp_path / "ref", ATA)
+    _write_table(tmp_path / "plain", list(MODELS))
+    for minutes, name in enumerate(MODELS):
+        accuracies, seen = MODELS[name]
+        write_profiled_run(tmp_path / "more", name, {**accuracies, "fog": [.9, .7, .5, .3, .1]}, seen, minutes)
+    plain, more = (_rows(tmp_path / folder, reference, common=True) for folder in ("plain", "more"))
+    assert set(more) == set(plain)
+    for name, row in more.items():
+        assert row == pytest.approx(plain[name], nan_ok=True), name
+    (table,) = tables(tmp_path / "more", references=[reference]).values()
+    assert table["curve_fog"].notna().all() and "score_fog" not in table.columns
+    assert any(note.startswith("fog: no reference set") for note in table.attrs["score_notes"])
+    assert "fog" not in table.attrs["unranked"]  # not a floor: an adversary without a reference yet
+
+
+def test_threat_models_split_between_two_sets_are_each_scored_against_their_own(tmp_path: Path) -> None:
+    """Two sets of one dataset and family, each with some threat models (as the corruptions have a set of their
+    own): every threat model is scored as against one set holding all curves, and the rows name both sets."""
+    _write_table(tmp_path / "results", list(MODELS))
+    whole = _rows(tmp_path / "results", write_reference_set(tmp_path / "whole", ATA))
+    core = write_reference_set(tmp_path / "core", {model: ATA[model] for model in ("linf", "l2")})
+    extra = write_reference_set(tmp_path / "extra", {model: ATA[model] for model in ("l1", "flow")})
+    (table,) = tables(tmp_path / "results", references=[core, extra]).values()
+    split = {row["name"]: row for _, row in table.iterrows()}
+    for name, row in whole.items():
+        for column in (c for c in row if c.startswith("score_")):
+            assert split[name][column] == pytest.approx(row[column], nan_ok=True), (name, column)
+        assert split[name]["reference"] == "core + extra"
+    assert table.attrs["reference_sets"] == ["core", "extra"]
+
+
 def test_rows_without_a_matching_reference_have_curves_but_no_scores(tmp_path: Path) -> None:
     _write_table(tmp_path / "results", list(MODELS))
     other = write_reference_set(tmp_path / "other", ATA, archs=("preact-resnet18",))
@@ -370,7 +405,8 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
 @pytest.mark.slow
 def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
     """workers = 2 trains, climbs and measures the references in two processes of one thread each: the ladders,
-    grid curves and reference curves are those of one process on one thread, to the last bit."""
+    grid curves and reference curves are those of one process on one thread, to the last bit. The file says
+    workers = 1; ``--workers 2`` overrides it."""
     from midbench.evaluation.references import load_reference_set
 
     outputs = {}
@@ -378,11 +414,10 @@ def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
         out = tmp_path / f"ref{workers}"
         out.mkdir()
         config = out / "calibrate.toml"
-        config.write_text(TINY.replace("batch_size = 64\n\n[train]", f"batch_size = 64\nthreads = 1\nworkers = "
-                                       f"{workers}\n\n[train]"), encoding="utf-8")
-        assert f"workers = {workers}" in config.read_text(encoding="utf-8")
+        config.write_text(TINY.replace("batch_size = 64\n\n[train]", "batch_size = 64\nthreads = 1\nworkers = 1"
+                                       "\n\n[train]"), encoding="utf-8")
         result = CliRunner().invoke(app, ["calibrate", "--config", str(config), "--work-dir",
-                                          str(tmp_path / f"work{workers}"), "--quiet"])
+                                          str(tmp_path / f"work{workers}"), "--quiet", "--workers", str(workers)])
         assert result.exit_code == 0, result.output
         calibration = json.loads((out / "calibration.json").read_text(encoding="utf-8"))
         reference = load_reference_set(out)

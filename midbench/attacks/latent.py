@@ -71,6 +71,8 @@ class LatentAttack(Attack):
     POSITIVE: ClassVar[tuple[str, ...]] = ()
     #: whether the corruption needs a colour (3-channel) image
     NEEDS_COLOUR: ClassVar[bool] = False
+    #: whether :meth:`renderer` draws random structure (positions, shapes); if so every restart draws anew
+    RANDOM_STRUCTURE: ClassVar[bool] = False
 
     @classmethod
     def accepted_parameters(cls) -> set[str]:
@@ -131,7 +133,8 @@ class LatentAttack(Attack):
         render = self.renderer(x)
         result = optimise(model, render, self.latent_shape(x), labels, self.targeted, 1.0, self.steps,
                           self.relative_step, self.random_start, x, self.restarts, self.losses, self.schedule,
-                          self.optimizer, self.n_targets)
+                          self.optimizer, self.n_targets,
+                          redraw=(lambda: self.renderer(x)) if self.RANDOM_STRUCTURE else None)
         self.last_latent, self.last_success = result.variables, result.success
         return result.images
 

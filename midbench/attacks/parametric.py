@@ -14,7 +14,10 @@ through :mod:`midbench.attacks.randomness`, so an example's attack does not depe
 starts, and the margin loss of Carlini & Wagner (2017) in place of the cross-entropy (whose gradient vanishes on
 confidently classified examples), break more examples — the diversity AutoAttack relies on (Croce & Hein 2020).
 With ``restarts`` > 1 the loop runs again from a new random start while an example is still unbroken, restart
-``r`` maximising ``losses[r % len(losses)]``; a broken example keeps its first fooling iterate.
+``r`` maximising ``losses[r % len(losses)]``; a broken example keeps its first fooling iterate. An attack whose
+corruption has random structure (snow's flake positions, kaleidoscope's shapes) passes ``redraw``, and each run
+after the first draws new structure too: the structure is part of what the attacker searches over, and a single
+draw left most of the gap that more effort closed (docs/unforeseen.md).
 
 **APGD on the variables.** Even with restarts, sign-PGD with a fixed step converges slowly on these variables:
 on an L2-trained LeNet of ``mnist5k``, one run of 80 steps breaks as many examples as the union of eight runs of
@@ -107,7 +110,8 @@ def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str, targeted:
 def signed_pgd(model: nn.Module, render: Render, shape: tuple[int, ...],
                labels: torch.Tensor, targeted: bool, bound: float, steps: int, step_size: float,
                random_start: bool, like: torch.Tensor, restarts: int = 1,
-               losses: tuple[str, ...] = ("ce",), schedule: str = "constant") -> ParametricResult:
+               losses: tuple[str, ...] = ("ce",), schedule: str = "constant",
+               redraw: Callable[[], Render] | None = None) -> ParametricResult:
     """Maximise the cross-entropy of ``render(v)`` (targeted: minimise that of ``labels``) over ``‖v‖∞ ≤ bound``;
     with ``restarts`` > 1, again from new random starts while some example is unbroken, restart ``r`` on
     ``losses[r % len(losses)]`` (module docstring).
@@ -116,6 +120,8 @@ def signed_pgd(model: nn.Module, render: Render, shape: tuple[int, ...],
         render: the variables (``shape``, first dimension the batch) of some rows of the batch to their images
             in [0, 1].
         like: a tensor whose dtype and device the variables take.
+        redraw: if given, every restart after the first renders with ``redraw()``, a new draw of the attack's
+            random structure (module docstring).
 
     Cost per example: per restart run, ``steps`` forward and backward passes plus one forward for the final
     iterate; a restart runs on the whole batch (``render`` may tie the examples to their batch), and not at all
@@ -142,6 +148,8 @@ def signed_pgd(model: nn.Module, render: Render, shape: tuple[int, ...],
         if restart and bool(fooled.all()):
             break
         loss_name = losses[restart % len(losses)]
+        if restart and redraw is not None:
+            render = redraw()
         variables = torch.zeros(shape, dtype=like.dtype, device=like.device)
         if random_start and bound > 0:
             variables = randomness.uniform_like(variables, -bound, bound)
@@ -163,9 +171,11 @@ def signed_pgd(model: nn.Module, render: Render, shape: tuple[int, ...],
 
 def latent_apgd(model: nn.Module, render: Render, shape: tuple[int, ...], labels: torch.Tensor, bound: float,
                 steps: int, random_start: bool, like: torch.Tensor, restarts: int = 1,
-                losses: tuple[str, ...] = ("ce",), n_targets: int = 3) -> ParametricResult:
+                losses: tuple[str, ...] = ("ce",), n_targets: int = 3,
+                redraw: Callable[[], Render] | None = None) -> ParametricResult:
     """Maximise each loss of ``losses`` in turn over ``‖v‖∞ ≤ bound`` by Auto-PGD on the variables (module
-    docstring), ``restarts`` runs per loss (and per target of ``dlr-targeted``), untargeted.
+    docstring), ``restarts`` runs per loss (and per target of ``dlr-targeted``), untargeted; with ``redraw``,
+    every run after the first renders with a new draw of the random structure.
 
     Cost per example: one forward pass at v = 0 (the clean logits APGD's targets need), then per run at most
     ``steps + 1`` forward and ``steps`` backward passes; an example costs nothing more once broken.
@@ -173,35 +183,44 @@ def latent_apgd(model: nn.Module, render: Render, shape: tuple[int, ...], labels
     every = torch.arange(shape[0], device=like.device)
     zero = torch.zeros(shape, dtype=like.dtype, device=like.device)
     with torch.no_grad():
-        clean_logits = model(render(zero, every))
+        images = render(zero, every)  # the clean images: every render is the identity at 0
+        clean_logits = model(images)
+    current = [render]  # the structure of the run in progress
+    runs = [0]
 
     def forward(variables: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return model(render(variables, rows))
+        return model(current[0](variables, rows))
 
     def inside(variables: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return variables.clamp(-bound, bound)
 
-    def start() -> torch.Tensor:
+    def start() -> torch.Tensor:  # called once before every run, drawing for every row (apgd.attack)
+        if runs[0] and redraw is not None:
+            current[0] = redraw()
+        runs[0] += 1
         return randomness.uniform_like(zero, -bound, bound) if random_start and bound > 0 else zero.clone()
 
     def run(active: torch.Tensor, begin: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-        return apgd.search(*apgd.restricted(forward, inside, active), Norm.LINF, bound, begin, y, loss, target,
-                           steps, rho=0.75, momentum=0.75)
+        found, points = apgd.search(*apgd.restricted(forward, inside, active), Norm.LINF, bound, begin, y, loss,
+                                    target, steps, rho=0.75, momentum=0.75)
+        with torch.no_grad():  # rendered now, with this run's structure (a later run may draw another)
+            images[active] = current[0](points, active)
+        return found, points
 
     fooled, variables = apgd.attack(run, start, zero, labels, clean_logits, losses, n_targets, restarts)
-    with torch.no_grad():
-        images = render(variables, every)
     return ParametricResult(images, variables, fooled)
 
 
 def optimise(model: nn.Module, render: Render, shape: tuple[int, ...], labels: torch.Tensor, targeted: bool,
              bound: float, steps: int, step_size: float, random_start: bool, like: torch.Tensor, restarts: int,
-             losses: tuple[str, ...], schedule: str, optimizer: str, n_targets: int) -> ParametricResult:
+             losses: tuple[str, ...], schedule: str, optimizer: str, n_targets: int,
+             redraw: Callable[[], Render] | None = None) -> ParametricResult:
     """The variables of a parametric attack optimised by ``optimizer`` (:data:`OPTIMIZERS`; ``step_size`` and
-    ``schedule`` are sign-PGD's, ``n_targets`` APGD's)."""
+    ``schedule`` are sign-PGD's, ``n_targets`` APGD's; ``redraw`` draws new random structure for each run after
+    the first)."""
     if optimizer == "apgd":
         return latent_apgd(model, render, shape, labels, bound, steps, random_start, like, restarts, losses,
-                           n_targets)
+                           n_targets, redraw=redraw)
     return signed_pgd(model, render, shape, labels, targeted, bound, steps, step_size, random_start, like,
-                      restarts=restarts, losses=losses, schedule=schedule)
+                      restarts=restarts, losses=losses, schedule=schedule, redraw=redraw)

@@ -8,6 +8,7 @@ Threat models, budgets and ladders themselves are parsed in :mod:`midbench.attac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from midbench.attacks.specs import AttackRegistry, AttackSpec, ResolvedAttack, needs_colour
@@ -85,19 +86,28 @@ def ladder_of(registry: AttackRegistry, threat_model: ThreatModel, dataset: str 
     return calibrated.strengths if calibrated is not None else threat_model.ladder
 
 
-def colour_only(registry: AttackRegistry, suite: str | None = PROFILE_SUITE) -> list[str]:
-    """The threat models of ``suite`` (``None``: of the whole registry) with an attack that needs colour images:
-    the profile leaves them out on grey data (:func:`midbench.attacks.specs.needs_colour`)."""
-    specs = registry.suite(suite) if suite is not None else list(registry.attacks.values())
+def suite_attacks(registry: AttackRegistry, suites: str | Sequence[str]) -> list[AttackSpec]:
+    """The entries of one suite or of several in order, each once (a suite name or a sequence of them)."""
+    names = [suites] if isinstance(suites, str) else list(suites)
+    if not names:
+        raise UsageError("the profile needs at least one suite (e.g. unknown-profile)")
+    return list({spec.id: spec for name in names for spec in registry.suite(name)}.values())
+
+
+def colour_only(registry: AttackRegistry, suite: str | Sequence[str] | None = PROFILE_SUITE) -> list[str]:
+    """The threat models of ``suite`` (one or several; ``None``: of the whole registry) with an attack that needs
+    colour images: the profile leaves them out on grey data (:func:`midbench.attacks.specs.needs_colour`)."""
+    specs = suite_attacks(registry, suite) if suite is not None else list(registry.attacks.values())
     return list(dict.fromkeys(spec.threat_model for spec in specs
                               if spec.threat_model is not None and needs_colour(spec.implementation)))
 
 
 def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: set[str],
-                 suite: str = PROFILE_SUITE, dataset: str | None = None, only: tuple[str, ...] = (),
+                 suite: str | Sequence[str] = PROFILE_SUITE, dataset: str | None = None, only: tuple[str, ...] = (),
                  ladders: dict[str, tuple[float, ...]] | None = None,
                  channels: int | None = None) -> list[ThreatModelPlan]:
-    """The nested evaluation plan of ``suite``: its attacks grouped by threat model (in the suite's order),
+    """The nested evaluation plan of ``suite`` (one or several): its attacks grouped by threat model (in the
+    suites' order),
     each resolved at every strength of its threat model's ladder on ``dataset`` (:func:`ladder_of`).
 
     Args:
@@ -117,7 +127,9 @@ def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: 
         raise UsageError(f"threat model(s) {', '.join(forced)} need colour images, and these have {channels} "
                          "channel(s); leave them out of --threat-models")
     grouped: dict[str, list[AttackSpec]] = {}
-    for spec in registry.suite(suite):
+    specs = suite_attacks(registry, suite)
+    suite = suite if isinstance(suite, str) else ",".join(suite)  # as messages name it
+    for spec in specs:
         if spec.threat_model is None:
             raise UsageError(f"suite {suite!r}: attack {spec.id} belongs to no threat model; add threat_model = "
                              f"\"...\" to its entry ({spec.source})")

@@ -22,6 +22,13 @@ Format of a registry file::
     threat_model = "linf"        # a [[threat_model]] id (default: linf/l2/l1/noise from the family)
     budget = ["eps"]             # the parameters a strength scales (default ["eps"] when there is a norm)
 
+    [[attack]]
+    id = "pgd-linf-long"
+    extends = "pgd-linf"         # every key of that entry, its params merged with these; id, version, description
+    version = 1                  #   and passes are this entry's own (passes inherited only when params are not)
+    description = "PGD-200"
+    params = { steps = 200 }
+
     [[suite]]
     name = "smoke"
     description = "..."
@@ -49,7 +56,9 @@ from midbench.errors import UsageError
 
 FAMILIES = ("linf", "l2", "l1", "l0", "spatial", "frequency", "corruption", "noise", "ensemble")
 ATTACK_KEYS = {"id", "version", "family", "norm", "implementation", "eps", "target", "citation", "params",
-               "passes", "description", "threat_model", "budget"}
+               "passes", "description", "threat_model", "budget", "extends"}
+#: the keys an entry that ``extends`` another must give itself (the rest it inherits)
+EXTENSION_KEYS = {"id", "version", "extends", "description"}
 #: the threat model of an entry that names none, by family (other families must name theirs to have one)
 DEFAULT_THREAT_MODEL = {"linf": "linf", "l2": "l2", "l1": "l1", "noise": "noise"}
 REQUIRED_KEYS = {"id", "version", "family", "implementation", "citation"}
@@ -264,10 +273,14 @@ def load_registry(extra_dirs: list[Path] | None = None) -> AttackRegistry:
         if directory == shipped_registry_dir():
             files += [folder / LADDER_FILE for folder in shipped_reference_dirs() if (folder / LADDER_FILE).is_file()]
     seen: set[Path] = set()
+    raw: dict[str, dict[str, Any]] = {}
+    extensions: list[tuple[dict[str, Any], str, Path]] = []
     for path in files:
         if path.resolve() not in seen:  # a reference folder also named with --registry-dir is read once
             seen.add(path.resolve())
-            _load_file(path, registry)
+            _load_file(path, registry, raw, extensions)
+    for entry, where, path in extensions:  # after every file: a base may live in any of them
+        _add_attack(registry, _extended(entry, raw, where), where, path)
     for spec in registry.attacks.values():
         if spec.threat_model is not None and spec.threat_model not in registry.threat_models:
             raise UsageError(f"{spec.source}: attack {spec.id!r} names an "
@@ -284,7 +297,10 @@ def load_registry(extra_dirs: list[Path] | None = None) -> AttackRegistry:
     return registry
 
 
-def _load_file(path: Path, registry: AttackRegistry) -> None:
+def _load_file(path: Path, registry: AttackRegistry, raw: dict[str, dict[str, Any]],
+               extensions: list[tuple[dict[str, Any], str, Path]]) -> None:
+    """Add ``path``'s tables to ``registry``; its plain attack entries also go to ``raw`` (by id) and the entries
+    that extend another to ``extensions``, which :func:`load_registry` resolves once every file is read."""
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
@@ -306,10 +322,12 @@ def _load_file(path: Path, registry: AttackRegistry) -> None:
                              f"(also in {registry.threat_models[model.id].source})")
         registry.threat_models[model.id] = model
     for index, entry in enumerate(document.get("attack", [])):
-        spec = _parse_attack(entry, f"{path} [[attack]] #{index + 1} ({entry.get('id', '?')})", str(path))
-        if spec.id in registry.attacks:
-            raise UsageError(f"{path}: duplicate attack id {spec.id!r} (also in {registry.attacks[spec.id].source})")
-        registry.attacks[spec.id] = spec
+        where = f"{path} [[attack]] #{index + 1} ({entry.get('id', '?')})"
+        if "extends" in entry:
+            extensions.append((entry, where, path))
+            continue
+        _add_attack(registry, entry, where, path)
+        raw[str(entry["id"])] = entry
     for index, suite in enumerate(document.get("suite", [])):
         where = f"{path} [[suite]] #{index + 1} ({suite.get('name', '?')})"
         extra = set(suite) - SUITE_KEYS
@@ -320,6 +338,35 @@ def _load_file(path: Path, registry: AttackRegistry) -> None:
         registry.suites[suite["name"]] = [str(a) for a in suite["attacks"]]
         registry.suite_descriptions[suite["name"]] = str(suite.get("description", ""))
         registry.suite_sources[suite["name"]] = str(path)
+
+
+def _add_attack(registry: AttackRegistry, entry: dict[str, Any], where: str, path: Path) -> None:
+    spec = _parse_attack(entry, where, str(path))
+    if spec.id in registry.attacks:
+        raise UsageError(f"{path}: duplicate attack id {spec.id!r} (also in {registry.attacks[spec.id].source})")
+    registry.attacks[spec.id] = spec
+
+
+def _extended(entry: dict[str, Any], raw: dict[str, dict[str, Any]], where: str) -> dict[str, Any]:
+    """The full entry of one that ``extends`` another: the base's keys, then the entry's, params merged key by
+    key. Passes are inherited only when params are not changed (new params usually change the count)."""
+    missing = EXTENSION_KEYS - set(entry)
+    if missing:
+        raise UsageError(f"{where}: an entry that extends another needs {sorted(missing)} too")
+    base = raw.get(str(entry["extends"]))
+    if base is None:
+        raise UsageError(f"{where}: extends an unknown attack, or one that itself extends another: "
+                         + suggest(str(entry["extends"]), list(raw), "attack"))
+    if "params" in entry and "passes" not in entry and "passes" in base:
+        raise UsageError(f"{where}: it changes params, so give its own passes = {{ forward = .., backward = .. }}")
+    if not isinstance(entry.get("params", {}), dict):
+        raise UsageError(f"{where}: params must be a table")
+    merged = {key: value for key, value in base.items() if key not in ("id", "version", "description", "passes")}
+    merged.update({key: value for key, value in entry.items() if key != "extends"})
+    merged["params"] = {**base.get("params", {}), **entry.get("params", {})}
+    if "passes" not in entry and "passes" in base:
+        merged["passes"] = base["passes"]
+    return merged
 
 
 def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:

@@ -63,6 +63,7 @@ class Gabor(LatentAttack):
     """Optimised Gabor noise (Kang et al. 2019; Kaufmann et al. 2023; module docstring)."""
 
     NAME: ClassVar[str] = "gabor"
+    RANDOM_STRUCTURE: ClassVar[bool] = True
     BUDGET: ClassVar[dict[str, float]] = {"amplitude": 0.3}
     FIXED: ClassVar[dict[str, float]] = {"kernel": 11, "sigma": 3.0, "wavelength": 4.0, "density": 0.1,
                                          "orientations": 3}
@@ -110,6 +111,7 @@ class Snow(LatentAttack):
     """Optimised snow: streaks of flakes whose brightness is the latents (Kang et al. 2019; module docstring)."""
 
     NAME: ClassVar[str] = "snow"
+    RANDOM_STRUCTURE: ClassVar[bool] = True
     BUDGET: ClassVar[dict[str, float]] = {"max_flake": 0.6}
     FIXED: ClassVar[dict[str, float]] = {"layers": 4, "density": 0.03, "length": 7}
 
@@ -244,6 +246,7 @@ class Kaleidoscope(LatentAttack):
     module docstring)."""
 
     NAME: ClassVar[str] = "kaleidoscope"
+    RANDOM_STRUCTURE: ClassVar[bool] = True
     BUDGET: ClassVar[dict[str, float]] = {"max_opacity": 1.0}
     FIXED: ClassVar[dict[str, float]] = {"shapes": 8, "size": 8.0}
 

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from midbench._toml import tomllib
+from midbench.attacks.plans import PROFILE_SUITE, suite_attacks
 from midbench.config import TrainConfig, check_types, merge_config
 from midbench.errors import UsageError
 from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
@@ -113,6 +114,7 @@ class EvalSection:
     attacks: list[str] | None = None
     suite: str | None = None
     eps: list[str | int | float] | None = None
+    profile_suites: list[str] | None = None
 
 
 #: sweep and run names become file and folder names: no path separators, no leading dot
@@ -360,7 +362,8 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
                                 known=evaluation.get("known_attacks", False),
                                 unknown=evaluation.get("unknown_attacks", False),
                                 autoattack=evaluation.get("autoattack", False),
-                                eps=parse_eps_overrides([str(value) for value in evaluation.get("eps", [])]))
+                                eps=parse_eps_overrides([str(value) for value in evaluation.get("eps", [])]),
+                                profile_suites=tuple(evaluation.get("profile_suites", [PROFILE_SUITE])))
     _check_attacks(selection, dataset, path)
     n_examples = evaluation.get("n_examples")
     batch_size = evaluation.get("batch_size", 256)
@@ -449,8 +452,11 @@ def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None
     from midbench.data.datasets import get_dataset
     from midbench.evaluation.selection import select_attacks
 
+
     try:
-        select_attacks(selection, load_registry([]), get_dataset(dataset).eps, [])
+        registry = load_registry([])
+        select_attacks(selection, registry, get_dataset(dataset).eps, [])
+        suite_attacks(registry, selection.profile_suites)
     except UsageError as error:
         raise UsageError(f"{path}: [eval]: {error}") from error
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ def calibrate_command(
     out: Annotated[Path | None, typer.Option(help="The reference set's folder: reference.json, ladders.toml, calibration.json, reference.md and the references' result files (default: the calibration file's folder).")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Where the references are trained (checkpoints; default runs/references-NAME).")] = None,
     device: DeviceOverride = None,
+    workers: Annotated[int | None, typer.Option(help="References run side by side, overriding the file's workers (the numbers do not depend on it: each runs on its own pinned threads).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
     """Train one reference per threat model (adversarial training against it), calibrate each threat model's ladder
@@ -35,6 +37,12 @@ def calibrate_command(
     from midbench.bench.calibration import load_calibration, run_calibration
 
     calibration = load_calibration(config, device=device)
+    if workers is not None:
+        if workers < 1:
+            from midbench.errors import UsageError
+
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        calibration = replace(calibration, workers=workers)
     out_dir = out if out is not None else config.parent
     work = work_dir if work_dir is not None else Path("runs") / f"references-{calibration.name}"
     started = time.perf_counter()

@@ -31,6 +31,7 @@ def eval_command(
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
     unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The unknown-attack profile: every threat model (suite unknown-profile) over its ladder of strengths, climbed nested; the ones the model was trained on are marked seen.")] = False,
     threat_models: Annotated[list[str] | None, typer.Option("--threat-models", help="With --unknown-attacks: climb only these threat models (comma-separated or repeated; see `midbench attacks list`).")] = None,
+    profile_suite: Annotated[list[str] | None, typer.Option("--profile-suite", help="With --unknown-attacks: the suites the profile climbs (comma-separated or repeated; default unknown-profile). unknown-profile,unknown-profile-ua adds the optimised corruptions (docs/unforeseen.md).")] = None,
     autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
     protocol: Annotated[Protocol, typer.Option(help="whitebox, or transfer (attacks crafted on --source).")] = Protocol.WHITEBOX,
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on, or a zoo entry robustbench:NAME (its L∞ list; weights under --model-dir), e.g. robustbench:Standard.")] = None,
@@ -84,7 +85,8 @@ def eval_command(
     selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
                                 unknown=unknown_attacks, autoattack=autoattack,
                                 eps=parse_eps_overrides(split_csv(eps)),
-                                target=check_target_policy(target) if target is not None else None)
+                                target=check_target_policy(target) if target is not None else None,
+                                **({"profile_suites": tuple(split_csv(profile_suite))} if profile_suite else {}))
     config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
                         selection=selection,
                         protocol=protocol.value, source=str(source) if source else None, n_examples=n_examples,

@@ -160,6 +160,7 @@ def check_threat_models(reference: ReferenceSet, known: set[str] | list[str]) ->
                              "[[threat_model]] with --registry-dir or recalibrate")
 
 
-def reference_for(sets: list[ReferenceSet], dataset: str, arch: str | None) -> ReferenceSet | None:
-    """The first set that covers ``dataset`` and ``arch`` (user sets before shipped ones), or None."""
-    return next((reference for reference in sets if reference.covers(dataset, arch)), None)
+def covering_sets(sets: list[ReferenceSet], dataset: str, arch: str | None) -> list[ReferenceSet]:
+    """The sets that cover ``dataset`` and ``arch``, in order (user sets before shipped ones): a threat model is
+    scored against the first of them with a curve for it."""
+    return [reference for reference in sets if reference.covers(dataset, arch)]

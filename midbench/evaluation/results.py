@@ -31,7 +31,8 @@ def make_run_id(name: str, protocol: str, now: datetime) -> str:
 def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],
                  data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str,
                  flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None,
-                 command: str | None = None, profile_skipped: list[dict[str, str]] | None = None) -> ResultDocument:
+                 command: str | None = None, profile_skipped: list[dict[str, str]] | None = None,
+                 profile_suites: tuple[str, ...] = (PROFILE_SUITE,)) -> ResultDocument:
     """The result document of one evaluation run.
 
     Args:
@@ -41,6 +42,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         command: the command line that ran the evaluation, recorded when given.
         profile_skipped: threat models the profile left out (``{"id", "reason"}``: colour ones on grey data),
             stored under ``profile.skipped``.
+        profile_suites: the suites the profile climbed, stored as ``profile.suite`` (comma-separated).
     """
     n = int(evaluation.clean_correct.shape[0])
     rows, autoattack_columns = [], []
@@ -71,7 +73,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         "flags": [{"code": str(flag["code"]), "message": str(flag["message"])} for flag in flags or []],
         **({"sanity": sanity} if sanity else {}),
         **({"command": command} if command else {}),
-        **({"profile": {"suite": PROFILE_SUITE,
+        **({"profile": {"suite": ",".join(profile_suites),
                         "threat_models": [curve_summary(c, evaluation.clean_correct) for c in evaluation.curves],
                         **({"skipped": profile_skipped} if profile_skipped else {})}}
            if evaluation.curves else {}),

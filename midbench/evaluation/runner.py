@@ -16,7 +16,7 @@ from torch import nn
 from midbench.artifacts.checkpoint import check_compatible
 from midbench.artifacts.loading import LoadedModel, load_classifier, load_model, recorded_source
 from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
-from midbench.attacks.plans import colour_only, profile_plan, seen_threat_models
+from midbench.attacks.plans import PROFILE_SUITE, colour_only, profile_plan, seen_threat_models
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.errors import UsageError
@@ -89,13 +89,16 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise UsageError(f"attack(s) {', '.join(grey_data)} need colour images, and {dataset_name} has {channels} "
                          "channel(s); leave them out")
     profiled = with_defaults(config.selection).unknown
-    profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry), dataset=dataset_name,
-                            only=config.threat_models, channels=channels) if profiled else [])
+    suites = config.selection.profile_suites
+    profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry), suite=suites,
+                            dataset=dataset_name, only=config.threat_models, channels=channels) if profiled else [])
     # threat models the profile leaves out on grey data, recorded in the result
     skipped = [{"id": model, "reason": f"needs colour images; {dataset_name} has {channels} channel(s)"}
-               for model in (colour_only(registry) if profiled and channels != 3 else [])]
+               for model in (colour_only(registry, suites) if profiled and channels != 3 else [])]
     if config.threat_models and not profiled:
         raise UsageError("--threat-models chooses which threat models the profile climbs; add --unknown-attacks")
+    if suites != (PROFILE_SUITE,) and not profiled:
+        raise UsageError("--profile-suite chooses the suites the profile climbs; add --unknown-attacks")
     linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
@@ -176,7 +179,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         protocol_info = {"name": config.protocol, "source": source_info}
         result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
-                              flags=flags, sanity=sanity_info, command=command_line(), profile_skipped=skipped)
+                              flags=flags, sanity=sanity_info, command=command_line(), profile_skipped=skipped,
+                              profile_suites=suites)
         # what each threat model's attack does to a few test images, crafted on the model the protocol attacks
         shown = data.subset(torch.arange(min(PROFILE_EXAMPLES, count)))
         examples = profile_examples(source_model if source_model is not None else loaded.model,

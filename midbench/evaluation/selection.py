@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from midbench.attacks.plans import PROFILE_SUITE
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack
 from midbench.config import parse_eps
 from midbench.errors import UsageError
@@ -35,6 +36,9 @@ class AttackSelection:
     eps: dict[str, float] = field(default_factory=dict)
     #: target policy of every targeted registry attack (``--target``, e.g. ``fixed:0``); None = the entry's own
     target: str | None = None
+    #: the suites whose attacks the profile climbs (``--profile-suite``): the ranked ``unknown-profile`` by
+    #: default, ``unknown-profile-ua`` adds the optimised corruptions (docs/unforeseen.md)
+    profile_suites: tuple[str, ...] = (PROFILE_SUITE,)
 
     @property
     def empty(self) -> bool:

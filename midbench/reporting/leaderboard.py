@@ -41,7 +41,7 @@ from midbench.evaluation.metrics import (
     unseen_full_strength,
     wilson_interval,
 )
-from midbench.evaluation.references import ReferenceSet, check_reference_set, reference_for, reference_sets
+from midbench.evaluation.references import ReferenceSet, check_reference_set, covering_sets, reference_sets
 from midbench.reporting.formats import TableFormat, values
 from midbench.reporting.tables import (
     display_frame,
@@ -263,34 +263,52 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
     ranked = {model for profile in profiles for model, entry in profile.items() if entry["ranked"]}
     seen_anywhere = set().union(*seen) if seen else set()
     common = {model for model in models if all(model in curve for curve in curves if curve)} - seen_anywhere
-    common_ranked = common & ranked
     notes: dict[str, None] = {}
+    # ranked threat models without a curve in any reference set of the table's rows (a suite climbed before its
+    # set is calibrated): shown as curves and left out of every mean, so the other threat models are still scored
+    table_sets = [reference for reference in sets
+                  if any(reference.covers(str(dataset), None if pd.isna(arch) else str(arch))
+                         for dataset, arch in zip(table["dataset"], table["arch"], strict=True))]
+    unreferenced = {model for model in ranked if table_sets and not any(model in s.curves for s in table_sets)}
+    if unreferenced:
+        notes[f"{', '.join(sorted(unreferenced))}: no reference set of these rows has a curve for them, so they are "
+              "shown as curves and left out of every score (calibrate a set for them, `midbench calibrate`)"] = None
+    scored = ranked - unreferenced
+    common_ranked = common & scored
     contributions: list[dict[str, np.ndarray]] = []
     used: list[str | None] = []
     for profile, dataset, arch in zip(profiles, table["dataset"], table["arch"], strict=True):
-        reference = reference_for(sets, str(dataset), None if pd.isna(arch) else str(arch)) if profile else None
-        used.append(reference.name if reference is not None else None)
+        # every set of the row's dataset and family; each threat model is scored against the first with its curve
+        # (the corruptions have a set of their own beside the core threat models')
+        covering = covering_sets(sets, str(dataset), None if pd.isna(arch) else str(arch)) if profile else []
         row: dict[str, np.ndarray] = {}
-        if profile and reference is None:
+        names: dict[str, None] = {}
+        if profile and not covering:
             notes[f"no reference set for {dataset} / {arch}: its rows show curves, not scores (`midbench calibrate`)"] \
                 = None
-        for model, entry in profile.items() if reference is not None else ():
+        for model, entry in profile.items() if covering else ():
             if not entry["ranked"]:
                 continue  # a floor has no reference and needs none
-            curve = reference.curves.get(model)
-            why = (f"{model}: the reference set {reference.name} has no curve for it" if curve is None
-                   else curve.matches(list(entry["points"]), entry["attacks"]))
+            reference = next((candidate for candidate in covering if model in candidate.curves), None)
+            if reference is None:
+                if model not in unreferenced:
+                    notes[f"{model}: no reference set of {dataset} / {arch} has a curve for it "
+                          f"({', '.join(candidate.name for candidate in covering)})"] = None
+                continue
+            curve = reference.curves[model]
+            why = curve.matches(list(entry["points"]), entry["attacks"])
             if why is not None:
-                notes[f"{model} not scored against {reference.name}: {why}" if curve is not None else why] = None
+                notes[f"{model} not scored against {reference.name}: {why}"] = None
                 continue
             values = scoring.contributions(entry["matrix"], curve.ata)
             if values is not None:
                 row[model] = values
+                names[reference.name] = None
         contributions.append(row)
-        if not row:  # a set that scored nothing for this row is not the row's reference
-            used[-1] = None
+        # the sets that scored something for this row (none: the row has curves only)
+        used.append(" + ".join(names) or None)
     table = table.copy()
-    for model in (model for model in models if model in ranked):  # a floor gets a curve, never a score
+    for model in (model for model in models if model in scored):  # a floor gets a curve, never a score
         table[f"score_{model}"] = [percent(float(row[model].mean())) if model in row else None
                                    for row in contributions]
 
@@ -300,7 +318,7 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
         table[f"{column}_lo"] = [percent(low) for low, _ in bounds]
         table[f"{column}_hi"] = [percent(high) for _, high in bounds]
 
-    unknown = [scoring.mean_contributions(row, (set(curve) - own) & ranked) if curve else None
+    unknown = [scoring.mean_contributions(row, (set(curve) - own) & scored) if curve else None
                for row, curve, own in zip(contributions, curves, seen, strict=True)]
     common_values = [scoring.mean_contributions(row, common_ranked) if curve else None
                      for row, curve in zip(contributions, curves, strict=True)]
@@ -330,7 +348,7 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
         table[f"curve_{model}"] = [" ".join(point(profile, model, s, a) for s, a in curve[model].items())
                                    if model in curve else None for profile, curve in zip(profiles, curves, strict=True)]
     table.attrs["score_notes"] = list(notes)
-    table.attrs["reference_sets"] = sorted({name for name in used if name})
+    table.attrs["reference_sets"] = sorted({name for names in used if names for name in names.split(" + ")})
     table.attrs["common_unknown"] = sorted(common_ranked)
     table.attrs["unranked"] = sorted(set(models) - ranked)
     return table
