@@ -28,8 +28,11 @@ def test_demo_trains_evaluates_and_ranks(tmp_path: Path) -> None:
     assert "AutoAttack" in board and "### mnist5k — whitebox" in board and "### mnist5k — transfer" in board
     # one white-box result per model, and MID's transfer result
     assert len(list((tmp_path / "results" / "runs" / "mnist5k").glob("*.json"))) == 4
-    # a second run reuses the finished trainings and still produces one row per model and protocol
+    # a second run reuses the finished trainings and evaluations and still produces one row per model and protocol
+    messages.clear()
     again = run_demo(tmp_path, settings, say=messages.append, progress=False)
+    assert sum("evaluated earlier" in message for message in messages) == 4, messages
+    assert len(list((tmp_path / "results" / "runs" / "mnist5k").glob("*.json"))) == 4
     # the detail tables' rows (with the arch column; the headline tables above them repeat the names)
     rows = [line for line in again.splitlines() if line.startswith("|") and "-lenet" in line and "| lenet" in line]
     assert sorted(line.split("|")[2].strip() for line in rows) == ["mid-lenet", "mid-lenet", "pgd-at-lenet",

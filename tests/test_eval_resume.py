@@ -264,3 +264,27 @@ def test_a_killed_profile_resumes_to_the_uninterrupted_curves(standard_model: nn
         assert (after.forward_passes, after.backward_passes) == (before.forward_passes, before.backward_passes)
     assert calls == reference_calls[crash_after:]
     resumed_state.finish()
+
+
+def test_a_finished_evaluation_is_reused_only_with_the_same_settings(standard_checkpoint: Path,
+                                                                     tmp_path: Path) -> None:
+    """``reuse_finished`` (what the demo uses to continue): the same settings return the earlier result file
+    without attacking; another seed, or another attack list, evaluates again."""
+    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.runner import run_evaluation
+    from midbench.evaluation.selection import AttackSelection
+
+    def run(seed: int = 0, attacks: tuple[str, ...] = ("fgsm-linf",), reuse: bool = True):  # noqa: ANN202
+        return run_evaluation(EvalConfig(checkpoint=str(standard_checkpoint),
+                                         selection=AttackSelection(attacks=attacks), n_examples=8,
+                                         results_dir=str(tmp_path), seed=seed, device="cpu", name="m",
+                                         reuse_finished=reuse))
+
+    first = run()
+    assert first.evaluation is not None and first.result is not None
+    assert first.result.extra["settings_sha256"]
+    again = run()
+    assert again.evaluation is None and again.path == first.path and again.result == first.result
+    assert run(reuse=False).path != first.path  # without the option every run evaluates
+    for other in (run(seed=1), run(attacks=("fgsm-linf", "pgd-linf"))):
+        assert other.evaluation is not None and other.path != first.path

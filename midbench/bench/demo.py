@@ -81,7 +81,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # no
              say: Callable[[str], None] = print, progress: bool = True) -> str:
     """Train, evaluate and rank; returns the markdown leaderboard (also written to ``out_dir``).
 
-    Rerunning reuses finished training runs (it resumes them) and replaces the older results.
+    Rerunning continues: finished training runs and finished evaluations with the same settings (checkpoint,
+    data, attacks, seed, versions) are reused, an interrupted one resumes. Delete ``out_dir`` to start over.
     """
     out = ensure_writable_dir(out_dir)
     results_dir = out / "results"
@@ -100,8 +101,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # no
             run = run_evaluation(EvalConfig(
                 checkpoint=str(result.checkpoint), selection=AttackSelection(known=True, unknown=True, autoattack=True),
                 protocol=protocol, n_examples=settings.n_examples, results_dir=str(results_dir), seed=settings.seed,
-                device=settings.device, name=f"{method}-lenet"))
-            say(f"[demo]   result: {run.path}")
+                device=settings.device, name=f"{method}-lenet", reuse_finished=True))
+            say(f"[demo]   {'evaluated earlier' if run.evaluation is None else 'result'}: {run.path}")
     board = render(results_dir, "markdown")
     atomic_write_text(out / "leaderboard.md", board)
     atomic_write_text(out / "leaderboard.csv", render(results_dir, "csv"))

@@ -51,3 +51,6 @@ class EvalConfig:
     threat_models: tuple[str, ...] = ()
     #: discard the resumable state of an interrupted evaluation with other settings instead of refusing it
     restart: bool = False
+    #: return the newest finished result of the same evaluation (same settings digest, e.g. a demo run again)
+    #: instead of evaluating again; one process only
+    reuse_finished: bool = False

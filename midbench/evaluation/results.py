@@ -4,7 +4,9 @@ neither, so it can never appear in a leaderboard."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 
 from midbench import __version__
 from midbench.attacks.plans import PROFILE_SUITE
-from midbench.evaluation.documents import SCHEMA, ResultDocument
+from midbench.evaluation.documents import SCHEMA, ResultDocument, read_result
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import summarise, unseen_full_strength, wilson_interval
 from midbench.evaluation.profile import curve_summary
@@ -22,17 +24,41 @@ from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writabl
 from midbench.protocols import is_autoattack_figure
 
 
+def run_prefix(name: str, protocol: str) -> str:
+    """``<name>__<protocol>__``, the name made safe for a file name: what every run id of that evaluation starts
+    with."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
+    return f"{safe}__{protocol}__"
+
+
 def make_run_id(name: str, protocol: str, now: datetime) -> str:
     """``<name>__<protocol>__<UTC time>-<random>``: unique even for runs started in the same second."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
-    return f"{safe}__{protocol}__{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    return f"{run_prefix(name, protocol)}{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def settings_digest(fingerprint: dict[str, Any]) -> str:
+    """The SHA-256 of an evaluation's settings (checkpoint, data, attacks, ladders, seed, versions), as its
+    result file records them under ``settings_sha256``: equal digests mean the same evaluation."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_result(results_dir: str | Path, dataset: str, name: str, protocol: str, digest: str) -> Path | None:
+    """The newest complete result file of the evaluation with settings ``digest`` (:func:`settings_digest`), or
+    None."""
+    folder = Path(results_dir) / "runs" / dataset
+    for path in sorted(folder.glob(f"{run_prefix(name, protocol)}*.json"), reverse=True):
+        result = read_result(path)
+        if result is not None and result.extra.get("settings_sha256") == digest and path.with_suffix(".npz").is_file():
+            return path
+    return None
 
 
 def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],
                  data: dict[str, Any], protocol: dict[str, Any], seed: int, device: str,
                  flags: list[dict[str, str]] | None = None, sanity: dict[str, Any] | None = None,
                  command: str | None = None, profile_skipped: list[dict[str, str]] | None = None,
-                 profile_suites: tuple[str, ...] = (PROFILE_SUITE,)) -> ResultDocument:
+                 profile_suites: tuple[str, ...] = (PROFILE_SUITE,), settings_sha256: str | None = None
+                 ) -> ResultDocument:
     """The result document of one evaluation run.
 
     Args:
@@ -43,6 +69,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
         profile_skipped: threat models the profile left out (``{"id", "reason"}``: colour ones on grey data),
             stored under ``profile.skipped``.
         profile_suites: the suites the profile climbed, stored as ``profile.suite`` (comma-separated).
+        settings_sha256: the digest of the evaluation's settings (:func:`settings_digest`), stored when given.
     """
     n = int(evaluation.clean_correct.shape[0])
     rows, autoattack_columns = [], []
@@ -78,6 +105,7 @@ def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, chec
                         **({"skipped": profile_skipped} if profile_skipped else {})}}
            if evaluation.curves else {}),
         "per_example": f"{run_id}.npz",
+        **({"settings_sha256": settings_sha256} if settings_sha256 else {}),
     })
     assert document is not None, "build_result made an incomplete document (a bug)"
     return document

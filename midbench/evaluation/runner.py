@@ -23,13 +23,15 @@ from midbench.errors import UsageError
 from midbench.evaluation import sanity
 from midbench.evaluation.attacking import ProgressFn
 from midbench.evaluation.config import EvalConfig
-from midbench.evaluation.documents import ResultDocument
+from midbench.evaluation.documents import ResultDocument, read_result
 from midbench.evaluation.engine import Evaluation, evaluate
 from midbench.evaluation.examples import PROFILE_EXAMPLES, profile_examples
 from midbench.evaluation.results import (
     build_result,
+    finished_result,
     indices_sha256,
     make_run_id,
+    settings_digest,
     software_versions,
     utc_now,
     write_result,
@@ -49,7 +51,8 @@ class EvalRun:
     #: the result document and its file; None on the ranks other than 0 of a sharded evaluation (rank 0 writes)
     result: ResultDocument | None
     path: Path | None
-    evaluation: Evaluation
+    #: the matrices; None when a finished result was reused (``EvalConfig.reuse_finished``)
+    evaluation: Evaluation | None
     notes: list[str]
 
 
@@ -144,6 +147,12 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
                                for plan in profile for rung in plan.rungs],
                    "seed": config.seed, "batch_size": config.batch_size, "device": device.type,
                    "versions": software_versions()}
+    digest = settings_digest(fingerprint)
+    if config.reuse_finished and not shard.distributed:
+        earlier = finished_result(config.results_dir, dataset_name, name, config.protocol, digest)
+        if earlier is not None:
+            return EvalRun(read_result(earlier), earlier, None, [*notes, f"finished earlier with the same settings: "
+                                                                        f"{earlier}"])
     _refuse_other_world_sizes(config, dataset_name, name, shard)
     state = EvalState.open(state_path(config.results_dir, dataset_name, name, config.protocol, shard), fingerprint,
                            restart=config.restart)
@@ -180,7 +189,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
                               flags=flags, sanity=sanity_info, command=command_line(), profile_skipped=skipped,
-                              profile_suites=suites)
+                              profile_suites=suites, settings_sha256=digest)
         # what each threat model's attack does to a few test images, crafted on the model the protocol attacks
         shown = data.subset(torch.arange(min(PROFILE_EXAMPLES, count)))
         examples = profile_examples(source_model if source_model is not None else loaded.model,
