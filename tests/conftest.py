@@ -24,7 +24,25 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+#: the files whose tests take longest (minutes each; docs/performance.md, "The test suite and CI on 2 cores"),
+#: longest first
+LONGEST_FILES = ("test_demo.py", "test_gpu_check.py", "test_mid.py", "test_seeds.py", "test_sweep.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``cuda`` tests without a GPU; run the files with slow tests first, the longest of them first.
+
+    pytest-xdist (``--dist loadfile``) hands whole files to its workers in this order, so a file of several
+    minutes started last would keep one worker busy while the others wait: started first, the short files fill
+    in around it. The order changes no result (every test is independent of the others)."""
+    slow_files = {item.path.name for item in items if "slow" in item.keywords}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        return (0 if name in slow_files else 1,
+                LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES))
+
+    items.sort(key=rank)  # stable: the collection order within each group
     if torch.cuda.is_available():
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
