@@ -268,8 +268,8 @@ def test_a_killed_profile_resumes_to_the_uninterrupted_curves(standard_model: nn
 
 def test_a_finished_evaluation_is_reused_only_with_the_same_settings(standard_checkpoint: Path,
                                                                      tmp_path: Path) -> None:
-    """``reuse_finished`` (what the demo uses to continue): the same settings return the earlier result file
-    without attacking; another seed, or another attack list, evaluates again."""
+    """``reuse_finished`` (what the demo uses to continue): the same settings return the newest result file of
+    the name without attacking; another seed or attack list, an older match, or a missing matrix evaluate again."""
     from midbench.evaluation.config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
@@ -285,6 +285,12 @@ def test_a_finished_evaluation_is_reused_only_with_the_same_settings(standard_ch
     assert first.result.extra["settings_sha256"]
     again = run()
     assert again.evaluation is None and again.path == first.path and again.result == first.result
-    assert run(reuse=False).path != first.path  # without the option every run evaluates
+    assert run(reuse=False).evaluation is not None  # without the option every run evaluates
     for other in (run(seed=1), run(attacks=("fgsm-linf", "pgd-linf"))):
         assert other.evaluation is not None and other.path != first.path
+    # only the newest result of the name counts (the one tables show): after the runs above, evaluate again
+    back = run()
+    assert back.evaluation is not None and back.path is not None
+    assert run().path == back.path
+    back.path.with_suffix(".npz").unlink()  # a result without its matrix is not finished
+    assert run().evaluation is not None

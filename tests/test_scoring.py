@@ -119,6 +119,29 @@ def test_a_threat_model_no_set_has_is_a_curve_and_leaves_every_score_as_it_was(t
     assert "fog" not in table.attrs["unranked"]  # not a floor: an adversary without a reference yet
 
 
+def test_whether_a_threat_model_is_scored_is_decided_per_row(tmp_path: Path) -> None:
+    """Rows of another architecture family whose set has a curve for fog leave the LeNet rows (whose set has none)
+    as they are: removing them changes no LeNet row's unknown score."""
+    lenet_set = write_reference_set(tmp_path / "lenet", ATA)
+    other_set = write_reference_set(tmp_path / "other", {**ATA, "fog": [.9, .7, .5, .3, .1]}, archs=("test-cnn",))
+    for folder in ("mixed", "lenet-only"):
+        for minutes, name in enumerate(MODELS):
+            accuracies, seen = MODELS[name]
+            write_profiled_run(tmp_path / folder, name, {**accuracies, "fog": [.8, .6, .4, .2, 0]}, seen, minutes)
+    for minutes, name in enumerate(("pgd-at-a", "msd-c")):
+        accuracies, seen = MODELS[name]
+        write_profiled_run(tmp_path / "mixed", f"other-{name}", {**accuracies, "fog": [.9, .7, .5, .3, .1]}, seen,
+                           10 + minutes, arch="test-cnn", method=name.rpartition("-")[0])
+
+    def unknown(folder: str, references: list[Path]) -> dict[str, float]:
+        (table,) = tables(tmp_path / folder, references=references).values()
+        return {row["name"]: row["unknown_score"] for _, row in table.iterrows()}
+
+    mixed, alone = unknown("mixed", [lenet_set, other_set]), unknown("lenet-only", [lenet_set])
+    assert all(mixed[name] == pytest.approx(alone[name]) for name in alone)
+    assert set(mixed) - set(alone) == {"other-pgd-at-a", "other-msd-c"}
+
+
 def test_threat_models_split_between_two_sets_are_each_scored_against_their_own(tmp_path: Path) -> None:
     """Two sets of one dataset and family, each with some threat models (as the corruptions have a set of their
     own): every threat model is scored as against one set holding all curves, and the rows name both sets."""
@@ -351,6 +374,23 @@ def test_choose_ladder_takes_the_first_strength_at_each_target() -> None:
 
 
 @pytest.mark.slow
+def test_calibrate_with_another_suite_measures_its_threat_models(tmp_path: Path) -> None:
+    """A set calibrated with a suite other than the default profile's (the corruptions' set): the grid climb and
+    the measurement both climb that suite's attack, and the reference curve names it."""
+    from midbench.evaluation.references import load_reference_set
+
+    config = tmp_path / "calibrate.toml"
+    tiny = TINY.split("[references.linf]")[0].replace('device = "cpu"', 'device = "cpu"\nsuite = "unknown-profile-ua"')
+    config.write_text(tiny + '[references.fog]\ntrain_attack = "fog"\nattack_steps = 2\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["calibrate", "--config", str(config), "--work-dir", str(tmp_path / "work"),
+                                      "--out", str(tmp_path / "ref"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (curve,) = load_reference_set(tmp_path / "ref").curves.values()
+    assert curve.threat_model == "fog" and [key.partition("@")[0] for key in curve.attacks] == ["fog-apgd"]
+
+
+
+@pytest.mark.slow
 def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Path) -> None:
     """The shipped command's path at tiny size: references trained, ladders calibrated on the validation slice,
     references measured; a rerun changes nothing; reference.json recomputes from its result files; evaluations
@@ -403,12 +443,17 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
+def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """workers = 2 trains, climbs and measures the references in two processes of one thread each: the ladders,
     grid curves and reference curves are those of one process on one thread, to the last bit. The file says
     workers = 1; ``--workers 2`` overrides it."""
+    from midbench.bench import calibration as calibration_module
     from midbench.evaluation.references import load_reference_set
 
+    pools: list[int] = []  # the workers each calibration asked the process pool for
+    side_by_side = calibration_module.run_side_by_side
+    monkeypatch.setattr(calibration_module, "run_side_by_side",
+                        lambda workers, *rest: pools.append(workers) or side_by_side(workers, *rest))
     outputs = {}
     for workers in (1, 2):
         out = tmp_path / f"ref{workers}"
@@ -430,6 +475,7 @@ def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path) -> None:
         assert list(grid_curves) == list(reference.curves) == ["linf", "rot-trans"]  # the file's order
         ata = {model: (curve.strengths, curve.ata) for model, curve in reference.curves.items()}
         outputs[workers] = (grid_curves, ata)
+    assert pools == [1, 2]
     assert outputs[1] == outputs[2]
 
 

@@ -88,6 +88,11 @@ def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     (('pool = "fgsm-linf,pgd-linf"', 'pool = ["fgsm-linf"]'), "--pool must be a string"),
     (("first_order = true", 'first_order = "yes"'), "--first-order must be true or false"),
     (("[runs.standard]\nepochs = 1", "[runs.standard]\nepochs = 1\nbeta = 6.0"), "method standard has no option"),
+    (('attacks = ["fgsm-linf"]', 'attacks = ["fgsm-linf"]\nprofile_suites = ["unknown-profile-ua"]'),
+     "add unknown_attacks = true"),
+    (('attacks = ["fgsm-linf"]', 'attacks = ["fgsm-linf"]\nunknown_attacks = true\nprofile_suites = ["no-suite"]'),
+     "no-suite"),
+    (('attacks = ["fgsm-linf"]', 'attacks = ["fgsm-linf"]\nprofile_suites = "unknown-profile-ua"'), "list"),
 ])
 def test_bad_sweep_files_are_refused_before_training(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     old, new = edit

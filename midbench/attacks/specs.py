@@ -24,10 +24,10 @@ Format of a registry file::
 
     [[attack]]
     id = "pgd-linf-long"
-    extends = "pgd-linf"         # every key of that entry, its params merged with these; id, version, description
-    version = 1                  #   and passes are this entry's own (passes inherited only when params are not)
+    extends = "pgd-linf"         # every key of that entry (passes too), its params merged with these; id,
+    version = 1                  #   version and description are this entry's own
     description = "PGD-200"
-    params = { steps = 200 }
+    params = { steps = 200 }     # give passes = {..} as well when the algorithm changes, not only its values
 
     [[suite]]
     name = "smoke"
@@ -349,7 +349,8 @@ def _add_attack(registry: AttackRegistry, entry: dict[str, Any], where: str, pat
 
 def _extended(entry: dict[str, Any], raw: dict[str, dict[str, Any]], where: str) -> dict[str, Any]:
     """The full entry of one that ``extends`` another: the base's keys, then the entry's, params merged key by
-    key. Passes are inherited only when params are not changed (new params usually change the count)."""
+    key. The base's passes formula is inherited unless the entry gives its own: a formula over params (``steps``)
+    stays right when their values change, but not when the algorithm does (another optimizer)."""
     missing = EXTENSION_KEYS - set(entry)
     if missing:
         raise UsageError(f"{where}: an entry that extends another needs {sorted(missing)} too")
@@ -357,15 +358,11 @@ def _extended(entry: dict[str, Any], raw: dict[str, dict[str, Any]], where: str)
     if base is None:
         raise UsageError(f"{where}: extends an unknown attack, or one that itself extends another: "
                          + suggest(str(entry["extends"]), list(raw), "attack"))
-    if "params" in entry and "passes" not in entry and "passes" in base:
-        raise UsageError(f"{where}: it changes params, so give its own passes = {{ forward = .., backward = .. }}")
     if not isinstance(entry.get("params", {}), dict):
         raise UsageError(f"{where}: params must be a table")
-    merged = {key: value for key, value in base.items() if key not in ("id", "version", "description", "passes")}
+    merged = {key: value for key, value in base.items() if key not in ("id", "version", "description")}
     merged.update({key: value for key, value in entry.items() if key != "extends"})
     merged["params"] = {**base.get("params", {}), **entry.get("params", {})}
-    if "passes" not in entry and "passes" in base:
-        merged["passes"] = base["passes"]
     return merged
 
 

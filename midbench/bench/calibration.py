@@ -426,13 +426,15 @@ def _measured(calibration: Calibration, model: str, sha: str, ladder: tuple[floa
 
 
 def _measure_one(calibration: Calibration, model: str, checkpoint: str, out: str, ladder_dir: str) -> Path:
-    """``midbench eval --unknown-attacks --threat-models <model>`` of one reference at the ladder of
-    ``ladder_dir``, its result file in ``out``."""
+    """``midbench eval --unknown-attacks --profile-suite <suite> --threat-models <model>`` of one reference at the
+    ladder of ``ladder_dir``, its result file in ``out``."""
     from midbench.evaluation.config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
 
-    config = EvalConfig(checkpoint=checkpoint, selection=AttackSelection(unknown=True), threat_models=(model,),
+    config = EvalConfig(checkpoint=checkpoint, selection=AttackSelection(unknown=True,
+                                                                     profile_suites=(calibration.suite,)),
+                        threat_models=(model,),
                         n_examples=calibration.n_examples, results_dir=out, name=reference_name(model),
                         seed=calibration.seed, device=calibration.device, registry_dirs=(ladder_dir,),
                         batch_size=calibration.batch_size)

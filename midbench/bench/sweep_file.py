@@ -363,7 +363,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
                                 unknown=evaluation.get("unknown_attacks", False),
                                 autoattack=evaluation.get("autoattack", False),
                                 eps=parse_eps_overrides([str(value) for value in evaluation.get("eps", [])]),
-                                profile_suites=tuple(evaluation.get("profile_suites", [PROFILE_SUITE])))
+                                profile_suites=tuple(dict.fromkeys(evaluation.get("profile_suites", [PROFILE_SUITE]))))
     _check_attacks(selection, dataset, path)
     n_examples = evaluation.get("n_examples")
     batch_size = evaluation.get("batch_size", 256)
@@ -450,9 +450,11 @@ def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None
     """Resolve every attack id and suite of ``[eval]`` now, so a typo is refused before hours of training."""
     from midbench.attacks.specs import load_registry
     from midbench.data.datasets import get_dataset
-    from midbench.evaluation.selection import select_attacks
+    from midbench.evaluation.selection import select_attacks, with_defaults
 
-
+    if selection.profile_suites != (PROFILE_SUITE,) and not with_defaults(selection).unknown:
+        raise UsageError(f"{path}: [eval] profile_suites chooses the suites the profile climbs; add "
+                         "unknown_attacks = true")
     try:
         registry = load_registry([])
         select_attacks(selection, registry, get_dataset(dataset).eps, [])

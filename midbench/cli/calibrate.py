@@ -18,7 +18,7 @@ def calibrate_command(
     out: Annotated[Path | None, typer.Option(help="The reference set's folder: reference.json, ladders.toml, calibration.json, reference.md and the references' result files (default: the calibration file's folder).")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Where the references are trained (checkpoints; default runs/references-NAME).")] = None,
     device: DeviceOverride = None,
-    workers: Annotated[int | None, typer.Option(help="References run side by side, overriding the file's workers (the numbers do not depend on it: each runs on its own pinned threads).")] = None,
+    workers: Annotated[int | None, typer.Option(help="References run side by side, overriding the file's workers (with threads pinned in the file, the numbers do not depend on it).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
     """Train one reference per threat model (adversarial training against it), calibrate each threat model's ladder

@@ -86,7 +86,7 @@ def eval_command(
                                 unknown=unknown_attacks, autoattack=autoattack,
                                 eps=parse_eps_overrides(split_csv(eps)),
                                 target=check_target_policy(target) if target is not None else None,
-                                **({"profile_suites": tuple(split_csv(profile_suite))} if profile_suite else {}))
+                                **({"profile_suites": tuple(dict.fromkeys(split_csv(profile_suite)))} if profile_suite else {}))
     config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
                         selection=selection,
                         protocol=protocol.value, source=str(source) if source else None, n_examples=n_examples,

@@ -4,6 +4,7 @@ neither, so it can never appear in a leaderboard."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -32,25 +33,46 @@ def run_prefix(name: str, protocol: str) -> str:
 
 
 def make_run_id(name: str, protocol: str, now: datetime) -> str:
-    """``<name>__<protocol>__<UTC time>-<random>``: unique even for runs started in the same second."""
-    return f"{run_prefix(name, protocol)}{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    """``<name>__<protocol>__<UTC time>-<microseconds><random>``: unique even for runs started in the same second,
+    and in the order they started (tables take the newest run by ``created``, then by this id)."""
+    return f"{run_prefix(name, protocol)}{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond:06d}{secrets.token_hex(2)}"
 
 
-def settings_digest(fingerprint: dict[str, Any]) -> str:
-    """The SHA-256 of an evaluation's settings (checkpoint, data, attacks, ladders, seed, versions), as its
-    result file records them under ``settings_sha256``: equal digests mean the same evaluation."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+def settings_digest(settings: dict[str, Any]) -> str:
+    """The SHA-256 of an evaluation's settings (checkpoint, data, attacks, ladders, seed, versions, the code that
+    ran: :func:`code_digest`), as its result file records them under ``settings_sha256``: equal digests mean the
+    same evaluation by the same code."""
+    return hashlib.sha256(json.dumps({**settings, "code": code_digest()}, sort_keys=True, default=str).encode()
+                          ).hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """The SHA-256 of midbench's source and shipped registry files: a result made by other code (an edited
+    checkout, another release) never counts as the same evaluation, whatever the version string says."""
+    from midbench.paths import shipped_registry_dir
+
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for root, pattern in ((package, "*.py"), (shipped_registry_dir(), "*.toml")):
+        for path in sorted(root.rglob(pattern)):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def finished_result(results_dir: str | Path, dataset: str, name: str, protocol: str, digest: str) -> Path | None:
-    """The newest complete result file of the evaluation with settings ``digest`` (:func:`settings_digest`), or
-    None."""
+    """The newest complete result file of ``name`` under ``protocol`` when its settings digest is ``digest``
+    (:func:`settings_digest`), else None. Only the newest counts: it is the one tables show, so reusing an older
+    match would leave a table showing another evaluation than the one reported."""
     folder = Path(results_dir) / "runs" / dataset
-    for path in sorted(folder.glob(f"{run_prefix(name, protocol)}*.json"), reverse=True):
-        result = read_result(path)
-        if result is not None and result.extra.get("settings_sha256") == digest and path.with_suffix(".npz").is_file():
-            return path
-    return None
+    complete = {path: result for path in folder.glob(f"{run_prefix(name, protocol)}*.json")
+                if (result := read_result(path)) is not None}
+    if not complete:
+        return None
+    newest = max(complete, key=lambda path: (complete[path].created, path.name))
+    same = complete[newest].extra.get("settings_sha256") == digest
+    return newest if same and newest.with_suffix(".npz").is_file() else None
 
 
 def build_result(evaluation: Evaluation, *, run_id: str, created: datetime, checkpoint: dict[str, Any],

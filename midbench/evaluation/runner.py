@@ -147,7 +147,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
                                for plan in profile for rung in plan.rungs],
                    "seed": config.seed, "batch_size": config.batch_size, "device": device.type,
                    "versions": software_versions()}
-    digest = settings_digest(fingerprint)
+    # what else decides the result file beyond the resumable state's fingerprint: the sanity sweeps and the suites
+    digest = settings_digest({**fingerprint, "check_eps": config.check_eps, "check_steps": config.check_steps,
+                              "profile_suites": list(suites)})
     if config.reuse_finished and not shard.distributed:
         earlier = finished_result(config.results_dir, dataset_name, name, config.protocol, digest)
         if earlier is not None:

@@ -62,8 +62,7 @@ def parse_eps_overrides(values: list[str]) -> dict[str, float]:
 
 def with_defaults(selection: AttackSelection) -> AttackSelection:
     """What an empty selection means: the known attacks and the unknown-attack profile."""
-    return AttackSelection(known=True, unknown=True, eps=selection.eps, target=selection.target) \
-        if selection.empty else selection
+    return replace(selection, known=True, unknown=True) if selection.empty else selection
 
 
 def split_of(attack: ResolvedAttack, train_attacks: list[ResolvedAttack]) -> str:

@@ -264,23 +264,22 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
     seen_anywhere = set().union(*seen) if seen else set()
     common = {model for model in models if all(model in curve for curve in curves if curve)} - seen_anywhere
     notes: dict[str, None] = {}
-    # ranked threat models without a curve in any reference set of the table's rows (a suite climbed before its
-    # set is calibrated): shown as curves and left out of every mean, so the other threat models are still scored
-    table_sets = [reference for reference in sets
-                  if any(reference.covers(str(dataset), None if pd.isna(arch) else str(arch))
-                         for dataset, arch in zip(table["dataset"], table["arch"], strict=True))]
-    unreferenced = {model for model in ranked if table_sets and not any(model in s.curves for s in table_sets)}
-    if unreferenced:
-        notes[f"{', '.join(sorted(unreferenced))}: no reference set of these rows has a curve for them, so they are "
-              "shown as curves and left out of every score (calibrate a set for them, `midbench calibrate`)"] = None
-    scored = ranked - unreferenced
-    common_ranked = common & scored
+    # every set of a row's dataset and family; each threat model is scored against the first with its curve (the
+    # corruptions have a set of their own beside the core threat models')
+    row_sets = [covering_sets(sets, str(dataset), None if pd.isna(arch) else str(arch)) if profile else []
+                for profile, dataset, arch in zip(profiles, table["dataset"], table["arch"], strict=True)]
+    # per row, the ranked threat models none of its sets has (a suite climbed before its set is calibrated): shown
+    # as curves and left out of that row's means, so its other threat models are still scored
+    unreferenced = [{model for model in ranked if covering and not any(model in s.curves for s in covering)}
+                    for covering in row_sets]
+    anywhere = set().union(*unreferenced) if unreferenced else set()
+    if anywhere:
+        notes[f"{', '.join(sorted(anywhere))}: no reference set has a curve for them, so they are shown as curves "
+              "and left out of every score (calibrate a set for them, `midbench calibrate`)"] = None
+    common_ranked = common & ranked - anywhere
     contributions: list[dict[str, np.ndarray]] = []
     used: list[str | None] = []
-    for profile, dataset, arch in zip(profiles, table["dataset"], table["arch"], strict=True):
-        # every set of the row's dataset and family; each threat model is scored against the first with its curve
-        # (the corruptions have a set of their own beside the core threat models')
-        covering = covering_sets(sets, str(dataset), None if pd.isna(arch) else str(arch)) if profile else []
+    for profile, dataset, arch, covering in zip(profiles, table["dataset"], table["arch"], row_sets, strict=True):
         row: dict[str, np.ndarray] = {}
         names: dict[str, None] = {}
         if profile and not covering:
@@ -290,10 +289,7 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
             if not entry["ranked"]:
                 continue  # a floor has no reference and needs none
             reference = next((candidate for candidate in covering if model in candidate.curves), None)
-            if reference is None:
-                if model not in unreferenced:
-                    notes[f"{model}: no reference set of {dataset} / {arch} has a curve for it "
-                          f"({', '.join(candidate.name for candidate in covering)})"] = None
+            if reference is None:  # noted above
                 continue
             curve = reference.curves[model]
             why = curve.matches(list(entry["points"]), entry["attacks"])
@@ -308,7 +304,10 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
         # the sets that scored something for this row (none: the row has curves only)
         used.append(" + ".join(names) or None)
     table = table.copy()
-    for model in (model for model in models if model in scored):  # a floor gets a curve, never a score
+    # a score column for each ranked threat model some row's sets have (a floor gets a curve, never a score)
+    missing_per_row = [missing for missing, covering in zip(unreferenced, row_sets, strict=True) if covering]
+    nowhere = set.intersection(*missing_per_row) if missing_per_row else set()
+    for model in (model for model in models if model in ranked - nowhere):
         table[f"score_{model}"] = [percent(float(row[model].mean())) if model in row else None
                                    for row in contributions]
 
@@ -318,8 +317,8 @@ def profile_columns(table: pd.DataFrame, ci: bool = False, sets: list[ReferenceS
         table[f"{column}_lo"] = [percent(low) for low, _ in bounds]
         table[f"{column}_hi"] = [percent(high) for _, high in bounds]
 
-    unknown = [scoring.mean_contributions(row, (set(curve) - own) & scored) if curve else None
-               for row, curve, own in zip(contributions, curves, seen, strict=True)]
+    unknown = [scoring.mean_contributions(row, (set(curve) - own) & ranked - missing) if curve else None
+               for row, curve, own, missing in zip(contributions, curves, seen, unreferenced, strict=True)]
     common_values = [scoring.mean_contributions(row, common_ranked) if curve else None
                      for row, curve in zip(contributions, curves, strict=True)]
     with_interval("unknown_score", unknown)
