@@ -96,9 +96,9 @@ def latex_rows(text: str) -> list[list[list[str]]]:
 def html_rows(text: str) -> list[list[list[str]]]:
     tables_found = []
     for body in re.findall(r"<tbody>(.*?)</tbody>", text, flags=re.S):
-        rows = re.findall(r"<tr>(.*?)</tr>", body, flags=re.S)
-        tables_found.append([[html.unescape(cell.strip()) for cell in re.findall(r"<td>(.*?)</td>", row, flags=re.S)]
-                             for row in rows])
+        rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body, flags=re.S)
+        tables_found.append([[html.unescape(cell.strip())
+                              for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)] for row in rows])
     return tables_found
 
 
@@ -238,7 +238,7 @@ def test_latex_and_html_escape_special_characters(tmp_path: Path) -> None:
     assert latex.count(r"\begin{tabular}") == 2
     page = render(tmp_path, "html")
     assert "<h3>mnist5k — whitebox</h3>" in page and "<table" in page
-    names = re.findall(r"<td>([^<]*)</td>", page)
+    names = [html.unescape(name) for name in re.findall(r"<td[^>]*>([^<]*)</td>", page)]
     assert "other 100%" in names
 
 

@@ -126,7 +126,45 @@ def latex_table(shown: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sort_key(value: Any) -> str | None:
+    """A cell's ``data-sort``: the number of a numeric cell ("" when missing), None for text cells."""
+    value = plain(value)
+    if isinstance(value, bool | str):
+        return None
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return "" if isinstance(value, float) and math.isnan(value) else repr(float(value))
+    return None
+
+
+def html_cells(shown: pd.DataFrame, values: pd.DataFrame | None = None, flagged: list[bool] | None = None
+               ) -> tuple[str, str]:
+    """The header row and the body rows of an HTML table of display text, the one rendering that the leaderboard's
+    ``html`` format and the report share: text columns left, numbers right; with ``values`` (the table behind
+    ``shown``, same rows and columns) every numeric cell carries its number as ``data-sort`` for the report's
+    sortable tables, and ``flagged`` rows get the class ``flagged``."""
+    def escape(value: Any) -> str:
+        return html.escape(str(value), quote=True)
+
+    head = "".join(f'<th scope="col" class="{"text" if name in TEXT_COLUMNS else "number"}">{escape(header(name))}'
+                   "</th>" for name in shown.columns)
+    body = []
+    for index, row in enumerate(shown.itertuples(index=False)):
+        cells = []
+        for name, text in zip(shown.columns, row, strict=True):
+            key = sort_key(values[name].iloc[index]) if values is not None else None
+            sort = "" if key is None else f' data-sort="{escape(key)}"'
+            numeric = key is not None if values is not None else name not in TEXT_COLUMNS
+            cells.append(f'<td class="{"number" if numeric and name not in TEXT_COLUMNS else "text"}"{sort}>'
+                         f"{escape(text)}</td>")
+        row_class = ' class="flagged"' if flagged is not None and flagged[index] else ""
+        body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    return f"<tr>{head}</tr>", "".join(body)
+
+
 def html_table(shown: pd.DataFrame, caption: str) -> str:
-    renamed = shown.rename(columns={name: header(name) for name in shown.columns})
-    return (f"<h3>{html.escape(caption)}</h3>\n"
-            + renamed.to_html(index=False, escape=True, border=0, classes="midbench-leaderboard") + "\n")
+    """A leaderboard table as a standalone HTML fragment (the ``html`` format): a heading and the table."""
+    head, body = html_cells(shown)
+    return (f"<h3>{html.escape(caption)}</h3>\n<table class=\"midbench-leaderboard\"><thead>{head}</thead>"
+            f"<tbody>{body}</tbody></table>\n")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ from midbench.reporting.leaderboard import LeaderboardWarning, profile_notes, ta
 from midbench.reporting.plots import DrawnFigure, figures
 from midbench.reporting.plots.data import Table, load_tables
 from midbench.reporting.plots.draw import svg_text
-from midbench.reporting.tables import TEXT_COLUMNS, display_frame, header, plain
+from midbench.reporting.tables import display_frame, html_cells, plain
 
 REPORT_FILE = "report.html"
 SWEEP_FILE = "sweep.toml"
@@ -88,18 +87,6 @@ def _e(value: Any) -> str:
 
 def _anchor(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
-
-
-def _sort_key(value: Any) -> str | None:
-    """A cell's ``data-sort``: the number of a numeric cell ("" when missing), None for text cells."""
-    value = plain(value)
-    if isinstance(value, bool | str):
-        return None
-    if value is None:
-        return ""
-    if isinstance(value, int | float):
-        return "" if isinstance(value, float) and math.isnan(value) else repr(float(value))
-    return None
 
 
 class _Page:
@@ -213,21 +200,9 @@ def _inline_svg(svg: str) -> str:
 
 def _leaderboard_html(table: pd.DataFrame, caption: str) -> str:
     shown = display_frame(table.drop(columns=[c for c in table.columns if c.startswith("curve_")]), ci=True)
-    flagged = [bool(plain(value)) for value in table["flags"]]
-    head = "".join(f'<th scope="col" class="{"text" if name in TEXT_COLUMNS else "number"}">{_e(header(name))}</th>'
-                   for name in shown.columns)
-    body = []
-    for index, row in enumerate(shown.itertuples(index=False)):
-        cells = []
-        for name, text in zip(shown.columns, row, strict=True):
-            key = _sort_key(table[name].iloc[index])
-            sort = "" if key is None else f' data-sort="{_e(key)}"'
-            css = "text" if name in TEXT_COLUMNS or key is None else "number"
-            cells.append(f'<td class="{css}"{sort}>{_e(text)}</td>')
-        row_class = ' class="flagged"' if flagged[index] else ""
-        body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    head, body = html_cells(shown, values=table[shown.columns], flagged=[bool(plain(v)) for v in table["flags"]])
     return (f'<div class="scroll"><table class="sortable leaderboard"><caption>{_e(caption)} — click a header '
-            f'to sort</caption><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+            f"to sort</caption><thead>{head}</thead><tbody>{body}</tbody></table></div>")
 
 
 def _flags_html(table: Table, documents_of: Callable[[dict[str, Any]], list[ResultDocument]]) -> str:
