@@ -49,7 +49,7 @@ else
     dev=cpu; nproc=2
     precision_args=(--batch 8 --pairs 2 --attack-steps 2); mid_args=(--batch 4 --pairs 1)
     pgd_args=(--n 32 --batch 16 --pairs 2 --attack-steps 3)
-    train_args=(--n-train 500 --attack-steps 2); aa_n=12; profile_n=8; shard_n=16
+    train_args=(--n-train 500 --attack-steps 2); aa_n=8; profile_n=4; shard_n=16
 fi
 echo "gpu_check: mode $mode, device $dev, work folder $out"
 started=$SECONDS
