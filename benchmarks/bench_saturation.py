@@ -117,21 +117,24 @@ def main(argv: list[str] | None = None) -> int:
         return AttackRunner(model, model, images, labels, device=torch.device("cpu"), protocol="whitebox",
                             batch_size=256, seed=seed, progress=None, state=None)
 
-    started = time.perf_counter()
-    shipped = {c.plan.threat_model.id: c for c in climb(runner(0), plans, clean)}
-    shipped_seconds = time.perf_counter() - started
-    stronger = [] if args.no_saturation else [
-        {c.plan.threat_model.id: c.robust for c in climb(runner(seed), harder(plans), clean)} for seed in (1, 2)]
     print(f"{loaded.metadata.name} ({loaded.metadata.method}), n={args.n}, clean {100 * clean.mean():.1f}%, "
-          f"threads={args.threads}; shipped profile {shipped_seconds:.0f} s")
+          f"threads={args.threads}", flush=True)
     # without the doubled climbs there is nothing to compare: print the shipped curves only
     doubled_header = "" if args.no_saturation else f" {'doubled x2 seeds %':<30} max Δ (points)"
-    print(f"{'threat model':<12} {'strengths':<24} {'shipped %':<30}{doubled_header}")
-    worst_gap, profile_passes = 0.0, 0
-    for model_id, curve in shipped.items():
+    print(f"{'threat model':<12} {'strengths':<24} {'shipped %':<30}{doubled_header}", flush=True)
+    # one threat model at a time, its row printed as soon as it is measured (a climb's randomness is per example
+    # and per threat model, so climbing them one by one gives the numbers of climbing them together)
+    shipped, worst_gap, profile_passes, shipped_seconds = {}, 0.0, 0, 0.0
+    for plan in plans:
+        started = time.perf_counter()
+        (curve,) = climb(runner(0), [plan], clean)
+        shipped_seconds += time.perf_counter() - started
+        model_id = plan.threat_model.id
+        shipped[model_id] = curve
         union = curve.robust.copy()
-        for other in stronger:
-            union &= other[model_id]
+        for seed in () if args.no_saturation else (1, 2):
+            (other,) = climb(runner(seed), harder([plan]), clean)
+            union &= other.robust
         gap = 100 * (curve.robust.mean(axis=0) - union.mean(axis=0))
         worst_gap = max(worst_gap, float(gap.max()))
         profile_passes += curve.forward_passes + curve.backward_passes
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         doubled = "" if args.no_saturation else \
             f" {' '.join(f'{100 * a:.1f}' for a in union.mean(axis=0)):<30} {gap.max():.1f}"
         print(f"{model_id:<12} {strengths:<24} {' '.join(f'{100 * a:.1f}' for a in curve.robust.mean(axis=0)):<30}"
-              f"{doubled}")
+              f"{doubled}", flush=True)
+    print(f"shipped profile: {shipped_seconds:.0f} s, {profile_passes:,} passes")
     if not args.no_saturation:
         print(f"saturation: the largest rung change with doubled effort and two more restarts is {worst_gap:.1f} "
               f"points (goal ≤ 1)")
