@@ -41,12 +41,13 @@ if [ "$mode" = gpu ]; then
         echo "gpu_check: no CUDA device here; run with --cpu-only to check everything but the GPU" >&2
         exit 2
     fi
-    dev=cuda; nproc=$gpus
+    dev=cuda; nproc=$gpus; slack=1
     precision_args=(--batch 128 --pairs 7 --attack-steps 10); mid_args=(--batch 64 --pairs 5)
     pgd_args=(--n 2048 --batch 512 --pairs 7 --attack-steps 10)
     train_args=(--n-train 4000 --attack-steps 5); aa_n=500; profile_n=128; shard_n=512
 else
-    dev=cpu; nproc=2
+    # a CPU run shares its cores (CI runs it beside another test worker): limits three times as long
+    dev=cpu; nproc=2; slack=3
     precision_args=(--batch 8 --pairs 2 --attack-steps 2); mid_args=(--batch 4 --pairs 1)
     pgd_args=(--n 32 --batch 16 --pairs 2 --attack-steps 3)
     train_args=(--n-train 500 --attack-steps 2); aa_n=8; profile_n=4; shard_n=16
@@ -56,8 +57,8 @@ started=$SECONDS
 
 # run_part NAME SECONDS COMMAND...: the command's RESULT lines go to the summary; no RESULT line (a crash, a
 # timeout) becomes a failed row pointing at the part's log
-run_part() {
-    local name=$1 limit=$2
+run_part() {  # run_part NAME SECONDS COMMAND...: the limit (times $slack) only bounds a part that hangs
+    local name=$1 limit=$(( $2 * slack ))
     shift 2
     echo "--- $name"
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
@@ -95,7 +96,7 @@ run_part pgd 45 python benchmarks/gpu_check.py pgd --device "$dev" "${pgd_args[@
 
 # a briefly PGD-trained LeNet on mnist5k: robust enough that AutoAttack's later components and the profile's
 # strengths have work to do
-timeout 45 midbench train --method pgd-at --epochs 1 "${train_args[@]}" --val-size 50 --device "$dev" --quiet \
+timeout $(( 45 * slack )) midbench train --method pgd-at --epochs 1 "${train_args[@]}" --val-size 50 --device "$dev" --quiet \
     --out "$out/model" > "$out/train.log" 2>&1 || echo "gpu_check: training the check's model failed ($out/train.log)"
 checkpoint="$out/model/model.safetensors"
 
