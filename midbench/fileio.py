@@ -107,3 +107,9 @@ def _fsync_dir(directory: Path) -> None:
 def _remove_quietly(name: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(name)
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` as a file-name component: every character but letters, digits, ``-``, ``_`` and ``.`` becomes
+    ``-`` (an empty name becomes ``model``). Result files and evaluation states are named with it."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"

@@ -21,15 +21,14 @@ from midbench.evaluation.documents import SCHEMA, ResultDocument, read_result
 from midbench.evaluation.engine import Evaluation
 from midbench.evaluation.metrics import summarise, unseen_full_strength, wilson_interval
 from midbench.evaluation.profile import curve_summary
-from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writable_dir
+from midbench.fileio import atomic_write_json, atomic_write_with, ensure_writable_dir, safe_file_name
 from midbench.protocols import is_autoattack_figure
 
 
 def run_prefix(name: str, protocol: str) -> str:
     """``<name>__<protocol>__``, the name made safe for a file name: what every run id of that evaluation starts
     with."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
-    return f"{safe}__{protocol}__"
+    return f"{safe_file_name(name)}__{protocol}__"
 
 
 def make_run_id(name: str, protocol: str, now: datetime) -> str:

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from midbench.errors import UsageError
-from midbench.fileio import atomic_write_with, ensure_writable_dir
+from midbench.fileio import atomic_write_with, ensure_writable_dir, safe_file_name
 from midbench.runtime.distributed import SINGLE, Shard
 
 STATE_SUFFIX = ".evalstate.npz"
@@ -52,7 +52,7 @@ def state_path(results_dir: str | Path, dataset: str, name: str, protocol: str, 
     """Where the state of evaluation ``name`` under ``protocol`` lives (a hidden file beside the results); under
     torchrun each rank keeps its own (``….rank1of2.evalstate.npz``), since each holds its own batches."""
     ranks = f".rank{shard.rank}of{shard.world_size}" if shard.distributed else ""
-    return Path(results_dir) / "runs" / dataset / f".{_safe(name)}__{protocol}{ranks}{STATE_SUFFIX}"
+    return Path(results_dir) / "runs" / dataset / f".{safe_file_name(name)}__{protocol}{ranks}{STATE_SUFFIX}"
 
 
 def states_of_other_world_sizes(results_dir: str | Path, dataset: str, name: str, protocol: str,
@@ -61,18 +61,14 @@ def states_of_other_world_sizes(results_dir: str | Path, dataset: str, name: str
     number (1: a single process). Such a state cannot be continued here: its batches were dealt otherwise."""
     folder = Path(results_dir) / "runs" / dataset
     found: dict[int, list[Path]] = {}
-    single = folder / f".{_safe(name)}__{protocol}{STATE_SUFFIX}"
+    single = folder / f".{safe_file_name(name)}__{protocol}{STATE_SUFFIX}"
     if shard.distributed and single.exists():
         found[1] = [single]
-    for path in sorted(folder.glob(f".{_safe(name)}__{protocol}.rank*of*{STATE_SUFFIX}")):
+    for path in sorted(folder.glob(f".{safe_file_name(name)}__{protocol}.rank*of*{STATE_SUFFIX}")):
         world = int(path.name[: -len(STATE_SUFFIX)].rpartition("of")[2] or 0)
         if world != shard.world_size:
             found.setdefault(world, []).append(path)
     return found
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
 
 
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
