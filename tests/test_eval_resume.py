@@ -88,6 +88,17 @@ def test_state_with_other_settings_is_refused(standard_model: nn.Module, data: T
     state.finish(keep=True)
     with pytest.raises(UsageError, match="seed"):
         EvalState.open(path, fingerprint(seed=4))
+    # a caller that owns its evaluations (calibrate) resumes its own state and discards only another's
+    same = EvalState.open(path, fingerprint(), discard_other_settings=True)
+    assert same.resumed
+    same.finish(keep=True)
+    other = EvalState.open(path, fingerprint(seed=4), discard_other_settings=True)
+    assert not other.resumed and not path.exists()
+    other.finish()
+    state = EvalState.open(path, fingerprint())
+    with pytest.raises(Crash):
+        run(standard_model, data, attacks, state, crash_after=2)
+    state.finish(keep=True)
     restarted = EvalState.open(path, fingerprint(seed=4), restart=True)
     assert not restarted.resumed and not path.exists()
     restarted.finish()

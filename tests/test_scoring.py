@@ -416,20 +416,32 @@ def test_calibrate_runs_end_to_end_resumes_and_its_table_recomputes(tmp_path: Pa
     again = CliRunner().invoke(app, arguments)
     assert again.exit_code == 0, again.output
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    assert not (out / "grids").exists()  # calibration.json gathered the per-reference grid curves
     # a run stopped before the set's files were written resumes from each reference's own grid curve and result
     for name in before:
         if name != "calibrate.toml":
             (out / name).unlink()
+    (out / "grids").mkdir()
+    for model, entry in calibration["threat_models"].items():
+        grid = {key: value for key, value in entry.items() if key != "ladder"}
+        (out / "grids" / f"{model}.json").write_text(json.dumps(grid), encoding="utf-8")
     resumed = CliRunner().invoke(app, arguments[:-1])
     assert resumed.exit_code == 0, resumed.output
     assert "climbing" not in resumed.output and "training:" not in resumed.output, resumed.output
-    assert "grid curve climbed earlier (grid.json)" in resumed.output
+    assert "grid curve climbed earlier (grids/linf.json)" in resumed.output
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
-    # byte for byte from the committed result files
+    # on another machine (the set's folder committed, the checkpoints not) nothing is trained or measured again
+    elsewhere = CliRunner().invoke(app, [*arguments[:-1], "--work-dir", str(tmp_path / "fresh")])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert "training:" not in elsewhere.output and "its checkpoint is not needed" in elsewhere.output
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    # byte for byte from the committed result files and calibration.json
     measured = {model: out / entry["models"][0]["result"]
                 for model, entry in reference.document["threat_models"].items()}
     ladders = {model: curve.strengths for model, curve in reference.curves.items()}
-    recomputed = reference_document(load_calibration(config), ladders, measured, out, reference.made_by, work)
+    seconds = {model: entry["train_seconds_per_epoch"] for model, entry in calibration["threat_models"].items()}
+    assert all(value is not None and value > 0 for value in seconds.values())
+    recomputed = reference_document(load_calibration(config), ladders, measured, out, reference.made_by, seconds)
     assert json.dumps(recomputed, indent=2) + "\n" == (out / "reference.json").read_text(encoding="utf-8")
     # an evaluation at the set's ladders is scored against it
     results = tmp_path / "results"
@@ -468,9 +480,9 @@ def test_calibrate_side_by_side_gives_the_same_numbers(tmp_path: Path, monkeypat
         reference = load_reference_set(out)
         # a checkpoint's hash covers its metadata (folder, times) and ladders.toml names the command, so the runs
         # are compared by what they measured (the grid curves with the ladders chosen, the reference curves)
-        # (and the seconds each grid took)
+        # (and the seconds each grid and training epoch took)
         grid_curves = {model: {key: value for key, value in entry.items()
-                               if key not in ("checkpoint_sha256", "seconds")}
+                               if key not in ("checkpoint_sha256", "seconds", "train_seconds_per_epoch")}
                        for model, entry in calibration["threat_models"].items()}
         assert list(grid_curves) == list(reference.curves) == ["linf", "rot-trans"]  # the file's order
         ata = {model: (curve.strengths, curve.ata) for model, curve in reference.curves.items()}

@@ -18,6 +18,11 @@ One command, resumable at every stage (a rerun of the same command continues whe
    write ``reference.json`` (the ATA curves), ``ladders.toml`` (a registry file of ``[[ladder]]`` tables),
    ``calibration.json`` (the grid curves and the choice) and ``reference.md`` (the table for people).
 
+A reference's grid curve (``grids/<threat model>.json``, until ``calibration.json`` gathers them) and its result
+file are written to the set's folder as soon as they are made, with the training settings that made them: a
+half-finished set committed on one machine continues on another, where a finished reference needs neither
+training nor its checkpoint.
+
 The three stages of one reference form a chain that no other reference waits for: with ``workers`` > 1, that
 many chains run side by side, each in its own process with ``threads`` CPU threads (one by default), taken in the
 file's order as workers come free (so list the costliest references first: a long chain started last would finish
@@ -49,6 +54,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,8 +70,9 @@ from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writabl
 from midbench.runtime.processes import run_side_by_side
 
 CALIBRATION_FILE = "calibration.json"
-#: a reference's grid curve, kept in its training folder as soon as it is climbed (resumable)
-GRID_FILE = "grid.json"
+#: the folder of the references' grid curves, one file each, kept in the set's folder as soon as each is climbed
+#: (resumable on another machine once committed) until ``calibration.json`` gathers them
+GRIDS_DIR = "grids"
 TABLE_FILE = "reference.md"
 SECTION_KEYS = {"name", "dataset", "datasets", "arch_family", "archs", "grid", "targets", "n_examples", "seed",
                 "device", "threads", "workers", "suite", "batch_size"}
@@ -249,8 +256,11 @@ def run_calibration(calibration: Calibration, out_dir: str | Path, work_dir: str
         "split": "validation slice of the training split (the training loop's held-out examples)",
         "threat_models": {model: {**done[model]["grid"], "ladder": list(ladders[model])} for model in order}})
     atomic_write_text(out / LADDER_FILE, ladder_toml(calibration, ladders, made_by))
+    # calibration.json now holds every grid curve: the per-reference files were only there to resume from
+    shutil.rmtree(out / GRIDS_DIR, ignore_errors=True)
     document = reference_document(calibration, ladders, {model: Path(done[model]["result"]) for model in order},
-                                  out, made_by, work)
+                                  out, made_by,
+                                  {model: done[model]["grid"].get("train_seconds_per_epoch") for model in order})
     for model, entry in document["threat_models"].items():
         if entry["models"][0]["flags"]:
             say(f"warning: the {model} reference is flagged ({', '.join(entry['models'][0]['flags'])}); a flagged "
@@ -285,44 +295,70 @@ def _reference_chain(calibration: Calibration, model: str, work_dir: str, out_di
     work, out = Path(work_dir), Path(out_dir)
     folder = work / model
     config = calibration.references[model]
+    registry = load_registry()
+    attacks = _attack_keys(_grid_plan(calibration, model, registry))
+    trained_by = json.loads(json.dumps(config.fingerprint()))  # compared as stored: JSON
+    kept_path = out / GRIDS_DIR / f"{model}.json"
+    kept = [(entry, source) for entry, source in (
+        (cached, CALIBRATION_FILE),
+        (json.loads(kept_path.read_text(encoding="utf-8")) if kept_path.is_file() else {},
+         kept_path.relative_to(out).as_posix()))
+        if entry.get("grid") == list(calibration.grid) and entry.get("attacks") == attacks]
     seconds = {"train": 0.0, "calibrate": 0.0, "measure": 0.0}
-    clock = time.perf_counter()
-    if _finished(folder, config.epochs):
-        say(f"trained earlier ({folder})")
-    else:
+
+    def ladder_registry(ladder: tuple[float, ...]) -> tuple[str, Any]:
+        # the measurement reads this reference's ladder as a registry file of its own (the set's ladders.toml
+        # is written once every chain has finished)
+        ladder_dir = ensure_writable_dir(folder / "ladder")
+        atomic_write_text(ladder_dir / LADDER_FILE, ladder_toml(calibration, {model: ladder}, made_by))
+        return str(ladder_dir), load_registry([ladder_dir])
+
+    if not _finished(folder, config.epochs):
+        # a chain finished on another machine (its grid curve and result committed, its checkpoint not) is done:
+        # the checkpoint is only needed to climb or measure again
+        for entry, source in kept:
+            ladder = choose_ladder(calibration.grid, entry["accuracy"], entry["clean_accuracy"], calibration.targets)
+            result = (_measured(calibration, model, entry["checkpoint_sha256"], ladder, ladder_registry(ladder)[1],
+                                out) if entry.get("train") == trained_by else None)
+            if result is not None:
+                say(f"finished earlier ({source}, {result.name}); its checkpoint is not needed")
+                return {"grid": {key: value for key, value in entry.items() if key != "ladder"},
+                        "ladder": list(ladder), "result": str(result), "seconds": seconds}
         say(f"training: {config.method}, {config.train_attack}, {config.epochs} epochs")
+        clock = time.perf_counter()
         _train_one(config, str(folder), show_bars)
-    seconds["train"] = time.perf_counter() - clock
+        seconds["train"] = time.perf_counter() - clock
+    else:
+        say(f"trained earlier ({folder})")
 
     clock = time.perf_counter()
     checkpoint = folder / MODEL_FILE
     sha = load_classifier(str(checkpoint)).sha256
-    grid_cache = folder / GRID_FILE
-    plan = _grid_plan(calibration, model, load_registry())
-    for entry in (cached, json.loads(grid_cache.read_text(encoding="utf-8")) if grid_cache.is_file() else {}):
-        if (entry.get("checkpoint_sha256") == sha and entry.get("grid") == list(calibration.grid)
-                and entry.get("attacks") == _attack_keys(plan)):
-            say(f"grid curve climbed earlier ({grid_cache.name if entry is not cached else CALIBRATION_FILE})")
+    for entry, source in kept:
+        if entry.get("checkpoint_sha256") == sha:
+            say(f"grid curve climbed earlier ({source})")
             grid = {key: value for key, value in entry.items() if key != "ladder"}
+            # sets calibrated before training provenance was kept: the checkpoint is this command's
+            grid.setdefault("train", trained_by)
+            grid.setdefault("train_seconds_per_epoch", _seconds_per_epoch(folder))
             break
     else:
         say(f"climbing {len(calibration.grid)} strengths on the validation slice")
-        grid = _grid_curve(calibration, model, str(checkpoint))
-        atomic_write_json(grid_cache, grid)
+        grid = {**_grid_curve(calibration, model, str(checkpoint)), "train": trained_by,
+                "train_seconds_per_epoch": _seconds_per_epoch(folder)}
+        # kept in the set's folder, not beside the checkpoint: committed, it lets another machine finish the set
+        atomic_write_json(ensure_writable_dir(kept_path.parent) / kept_path.name, grid)
     ladder = choose_ladder(calibration.grid, grid["accuracy"], grid["clean_accuracy"], calibration.targets)
     seconds["calibrate"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    # the measurement reads this reference's ladder as a registry file of its own (the set's ladders.toml is
-    # written once every chain has finished)
-    ladder_dir = ensure_writable_dir(folder / "ladder")
-    atomic_write_text(ladder_dir / LADDER_FILE, ladder_toml(calibration, {model: ladder}, made_by))
-    result = _measured(calibration, model, sha, ladder, load_registry([ladder_dir]), out)
+    ladder_dir, registry = ladder_registry(ladder)
+    result = _measured(calibration, model, sha, ladder, registry, out)
     if result is not None:
         say(f"measured earlier ({result.name})")
     else:
         say(f"measuring its ladder on the first {calibration.n_examples} test examples")
-        result = _measure_one(calibration, model, str(checkpoint), str(out), str(ladder_dir))
+        result = _measure_one(calibration, model, str(checkpoint), str(out), ladder_dir)
     seconds["measure"] = time.perf_counter() - clock
     say("done")
     return {"grid": grid, "ladder": list(ladder), "result": str(result), "seconds": seconds}
@@ -437,7 +473,7 @@ def _measure_one(calibration: Calibration, model: str, checkpoint: str, out: str
                         threat_models=(model,),
                         n_examples=calibration.n_examples, results_dir=out, name=reference_name(model),
                         seed=calibration.seed, device=calibration.device, registry_dirs=(ladder_dir,),
-                        batch_size=calibration.batch_size)
+                        batch_size=calibration.batch_size, discard_other_settings=True)
     evaluated = run_evaluation(config)
     assert evaluated.path is not None  # one process always writes its result
     return evaluated.path
@@ -449,10 +485,11 @@ def reference_name(threat_model: str) -> str:
 
 
 def reference_document(calibration: Calibration, ladders: dict[str, tuple[float, ...]],
-                       measured: dict[str, Path], out: Path, made_by: str, work: Path | None = None
-                       ) -> dict[str, Any]:
-    """``reference.json`` from the references' result files (recomputable from them: a test does), with each
-    reference's training cost (median seconds per epoch, from its ``log.jsonl`` in ``work``) when available."""
+                       measured: dict[str, Path], out: Path, made_by: str,
+                       seconds_per_epoch: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """``reference.json`` from the references' result files (recomputable from them and ``calibration.json``: a
+    test does), with each reference's training cost (median seconds per epoch of its training run, as
+    ``calibration.json`` records it) when known."""
     from midbench.evaluation.documents import read_result
 
     curves: dict[str, Any] = {}
@@ -469,7 +506,7 @@ def reference_document(calibration: Calibration, ladders: dict[str, tuple[float,
             "models": [{"name": result.checkpoint.name, "method": config.method,
                         "train_attack": result.checkpoint.train_attacks, "epochs": config.epochs,
                         "checkpoint_sha256": result.checkpoint.sha256, "flags": result.flag_codes,
-                        "train_seconds_per_epoch": _seconds_per_epoch(work / model if work else None),
+                        "train_seconds_per_epoch": (seconds_per_epoch or {}).get(model),
                         "result": path.relative_to(out).as_posix()}]}
         if not math.isclose(tuple(curve["strengths"])[-1], ladders[model][-1]):
             raise UsageError(f"{path}: measured at another ladder than {LADDER_FILE}; rerun the command")

@@ -26,6 +26,8 @@ def calibrate_command(
     scores are normalised by (docs/scoring.md).
 
     Rerunning the same command continues after a crash: finished epochs, grid curves and measurements are kept.
+    The grid curves and measurements live in OUT, so a half-finished set committed on one machine continues on
+    another: its finished references are not trained again.
     Use the result with `midbench eval --registry-dir OUT` (the ladders) and `midbench leaderboard --references OUT`.
 
     Example: midbench calibrate --config results/references/mnist5k-lenet/calibrate.toml

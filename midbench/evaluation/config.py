@@ -49,8 +49,11 @@ class EvalConfig:
     check_steps: bool = False
     #: climb only these threat models of the unknown-attack profile (``--threat-models``); empty: all
     threat_models: tuple[str, ...] = ()
-    #: discard the resumable state of an interrupted evaluation with other settings instead of refusing it
+    #: discard the resumable state of an interrupted evaluation (``--restart``) instead of resuming or refusing it
     restart: bool = False
+    #: discard such a state only when its settings differ (resume it otherwise) instead of refusing it: for
+    #: callers that own their evaluations (``midbench calibrate`` measuring its references)
+    discard_other_settings: bool = False
     #: return the newest finished result of the same evaluation (same settings digest, e.g. a demo run again)
     #: instead of evaluating again; one process only
     reuse_finished: bool = False

@@ -157,7 +157,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
                                                                         f"{earlier}"])
     _refuse_other_world_sizes(config, dataset_name, name, shard)
     state = EvalState.open(state_path(config.results_dir, dataset_name, name, config.protocol, shard), fingerprint,
-                           restart=config.restart)
+                           restart=config.restart, discard_other_settings=config.discard_other_settings)
     if state.resumed:
         finished = sum(1 for progress_record in state.attacks.values() if progress_record.finished)
         notes.append(f"resuming an interrupted evaluation ({finished} of {len(attacks)} attacks finished) from "

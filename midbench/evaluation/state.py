@@ -10,7 +10,8 @@ final matrix is identical.
 
 A fingerprint (checkpoint hash, source hash, dataset and example indices, ε, attack specifications, seed, batch
 size, device type, versions) guards the state: rerunning with other settings while an interrupted state waits is
-refused (exit 2) rather than mixing two evaluations in one matrix; ``--restart`` discards it. While a run holds
+refused (exit 2) rather than mixing two evaluations in one matrix; ``--restart`` discards it (and
+``midbench calibrate``, which owns its measurements, discards it only when the settings differ). While a run holds
 its state it also holds an exclusive lock on it: a second, concurrent run with the same name and protocol runs
 without a state (not resumable) instead of corrupting the first one's.
 """
@@ -90,8 +91,10 @@ class EvalState:
         self._lock: BinaryIO | None = None
 
     @classmethod
-    def open(cls, path: Path, fingerprint: dict[str, Any], restart: bool = False) -> EvalState:
-        """Load the state at ``path`` (or start an empty one) and lock it for this process.
+    def open(cls, path: Path, fingerprint: dict[str, Any], restart: bool = False,
+             discard_other_settings: bool = False) -> EvalState:
+        """Load the state at ``path`` (or start an empty one) and lock it for this process. ``restart`` discards
+        any state; ``discard_other_settings`` one whose settings differ.
 
         Raises:
             UsageError: the state belongs to an evaluation with other settings (exit 2).
@@ -110,13 +113,13 @@ class EvalState:
             if path.exists() and restart:
                 path.unlink()
             if path.exists():
-                state._load()
+                state._load(discard_other_settings)
         except BaseException:
             state.finish(keep=True)  # refused: release the lock, keep the other run's state for its owner
             raise
         return state
 
-    def _load(self) -> None:
+    def _load(self, discard_other_settings: bool = False) -> None:
         assert self.path is not None
         try:
             with np.load(self.path, allow_pickle=False) as saved:
@@ -126,6 +129,9 @@ class EvalState:
             raise UsageError(f"{self.path} is not a readable evaluation state ({type(error).__name__}); rerun "
                              "with --restart to discard it") from error
         differing = _differences(meta.get("fingerprint", {}), self.fingerprint)
+        if differing and discard_other_settings:
+            self.path.unlink()
+            return
         if differing:
             raise UsageError(f"{self.path} holds an interrupted evaluation with other settings "
                              f"({', '.join(differing)} differ); rerun that command to finish it, or add --restart "
