@@ -297,7 +297,7 @@ def _reference_chain(calibration: Calibration, model: str, work_dir: str, out_di
     config = calibration.references[model]
     registry = load_registry()
     attacks = _attack_keys(_grid_plan(calibration, model, registry))
-    trained_by = json.loads(json.dumps(config.fingerprint()))  # compared as stored: JSON
+    trained_by = _training_settings(config)
     kept_path = out / GRIDS_DIR / f"{model}.json"
     kept = [(entry, source) for entry, source in (
         (cached, CALIBRATION_FILE),
@@ -362,6 +362,12 @@ def _reference_chain(calibration: Calibration, model: str, work_dir: str, out_di
     seconds["measure"] = time.perf_counter() - clock
     say("done")
     return {"grid": grid, "ladder": list(ladder), "result": str(result), "seconds": seconds}
+
+
+def _training_settings(config: TrainConfig) -> dict[str, Any]:
+    """What must match for a reference trained elsewhere to count as this config's: ``--resume``'s fingerprint
+    and the epochs (which it leaves free), as JSON, which is how ``calibration.json`` stores them."""
+    return json.loads(json.dumps({**config.fingerprint(), "epochs": config.epochs}))
 
 
 def _train_one(config: TrainConfig, folder: str, show_bars: bool) -> int:
