@@ -13,6 +13,8 @@ DEFAULT_RESULTS_DIR = Path("results")
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 TRAIN_STATE_FILE = "state.pt"
+#: the transfer cache's folder inside a results folder (``midbench eval``'s default) or a sweep's folder
+TRANSFER_CACHE_DIR = "transfer-cache"
 
 
 def shipped_registry_dir() -> Path:

@@ -153,3 +153,22 @@ def test_a_signal_inside_a_library_cleanup_is_still_the_interrupt(signal_error: 
     with pytest.raises(typer.Exit) as raised:
         _common.guarded(interrupted_inside_cleanup)()
     assert raised.value.exit_code == code
+
+
+def test_every_attack_selection_option_is_an_eval_flag_and_a_sweep_key() -> None:
+    """The attack-selection options are declared once (midbench.evaluation.options): `midbench eval` takes each
+    under its flag with the declared help text, and a sweep's [eval] table under its key."""
+    import dataclasses
+
+    import typer.main
+
+    from midbench.bench.sweep_file import EvalSection
+    from midbench.evaluation.options import SELECTION_OPTIONS
+
+    command = typer.main.get_command(app).commands["eval"]
+    flags = {flag: param for param in command.params for flag in param.opts}
+    sweep_keys = {field.name for field in dataclasses.fields(EvalSection)}
+    for option in SELECTION_OPTIONS:
+        assert option.cli_flag in flags, option.key
+        assert flags[option.cli_flag].help == option.help, option.key
+        assert option.key in sweep_keys, option.key

@@ -475,8 +475,8 @@ def _measure_one(calibration: Calibration, model: str, checkpoint: str, out: str
     from midbench.evaluation.selection import AttackSelection
 
     config = EvalConfig(checkpoint=checkpoint, selection=AttackSelection(unknown=True,
-                                                                     profile_suites=(calibration.suite,)),
-                        threat_models=(model,),
+                                                                     profile_suites=(calibration.suite,),
+                                                                     threat_models=(model,)),
                         n_examples=calibration.n_examples, results_dir=out, name=reference_name(model),
                         seed=calibration.seed, device=calibration.device, registry_dirs=(ladder_dir,),
                         batch_size=calibration.batch_size, discard_other_settings=True)

@@ -24,6 +24,7 @@ from midbench.bench.sweep_file import Sweep, SweepModel, SweepRun, config_label,
 from midbench.config import TrainConfig
 from midbench.errors import UsageError
 from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from midbench.paths import TRANSFER_CACHE_DIR
 from midbench.reporting.html import REPORT_FILE, write_report
 
 __all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "describe_plan", "evaluation_plan",
@@ -243,7 +244,9 @@ class _EvaluationJob:
             source_name=source_run if extra else None,
             n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results), name=name,
             seed=sweep.seed, device=device or sweep.device, restart=restart, data_dir=sweep.data_dir,
-            download=sweep.download)
+            download=sweep.download,
+            # one cache for the sweep, beside its runs (not in a results folder that may be committed)
+            transfer_cache_dir=str(out / TRANSFER_CACHE_DIR))
         return cls(key, hashes[name], settings, config, model, sweep.dataset)
 
     def already_done(self, state: dict[str, Any], results: Path, say: Callable[[str], None]) -> bool:

@@ -12,7 +12,10 @@ A sweep is a TOML file::
     transfer_source = "standard"      # the run whose model the transfer attacks are crafted on
     data_dir = "data"                 # torchvision datasets only: their root (`--data-dir` overrides it)
 
-    [eval]                            # what every model is evaluated with (options of `midbench eval`)
+    [eval]                            # what every model is evaluated with: n_examples, batch_size and every
+                                      # attack-selection option of `midbench eval` by its key (attacks, suite,
+                                      # known_attacks, unknown_attacks, threat_models, profile_suites,
+                                      # autoattack, eps, target: midbench.evaluation.options)
     n_examples = 500
     known_attacks = true
     unknown_attacks = true
@@ -60,15 +63,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from midbench._toml import tomllib
-from midbench.attacks.plans import PROFILE_SUITE, suite_attacks
+from midbench.attacks.plans import profile_plan, suite_attacks
 from midbench.config import TrainConfig, check_types, merge_config
 from midbench.errors import UsageError
-from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
+from midbench.evaluation.options import SELECTION_HELP, SELECTION_OPTIONS
+from midbench.evaluation.selection import AttackSelection, parse_selection
 from midbench.protocols import PROTOCOLS
 
 
@@ -102,19 +106,11 @@ class ModelSection:
     model_dir: str | None = None
 
 
-@dataclass(frozen=True)
-class EvalSection:
-    """The keys of ``[eval]`` (options of ``midbench eval``) and their TOML types."""
-
-    n_examples: int | None = None
-    batch_size: int | None = None
-    known_attacks: bool | None = None
-    unknown_attacks: bool | None = None
-    autoattack: bool | None = None
-    attacks: list[str] | None = None
-    suite: str | None = None
-    eps: list[str | int | float] | None = None
-    profile_suites: list[str] | None = None
+#: the keys of ``[eval]`` and their TOML types: the examples and batch size, then every attack-selection option of
+#: ``midbench eval`` (midbench.evaluation.options, where they are declared)
+EvalSection = make_dataclass(
+    "EvalSection", [("n_examples", int | None, None), ("batch_size", int | None, None),
+                    *((option.key, option.kind | None, None) for option in SELECTION_OPTIONS)], frozen=True)
 
 
 #: sweep and run names become file and folder names: no path separators, no leading dot
@@ -358,12 +354,10 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         raise UsageError(f"{path}: extra_transfer_sources needs \"transfer\" in protocols")
 
     runs = [_with_references(run, run_names, transfer_source) for run in runs]
-    selection = AttackSelection(attacks=tuple(evaluation.get("attacks", ())), suite=evaluation.get("suite"),
-                                known=evaluation.get("known_attacks", False),
-                                unknown=evaluation.get("unknown_attacks", False),
-                                autoattack=evaluation.get("autoattack", False),
-                                eps=parse_eps_overrides([str(value) for value in evaluation.get("eps", [])]),
-                                profile_suites=tuple(dict.fromkeys(evaluation.get("profile_suites", [PROFILE_SUITE]))))
+    try:
+        selection = parse_selection({key: value for key, value in evaluation.items() if key in SELECTION_HELP})
+    except UsageError as error:
+        raise UsageError(f"{path}: [eval]: {error}") from error
     _check_attacks(selection, dataset, path)
     n_examples = evaluation.get("n_examples")
     batch_size = evaluation.get("batch_size", 256)
@@ -450,15 +444,17 @@ def _check_attacks(selection: AttackSelection, dataset: str, path: Path) -> None
     """Resolve every attack id and suite of ``[eval]`` now, so a typo is refused before hours of training."""
     from midbench.attacks.specs import load_registry
     from midbench.data.datasets import get_dataset
-    from midbench.evaluation.selection import select_attacks, with_defaults
+    from midbench.evaluation.selection import check_profile_options, select_attacks
 
-    if selection.profile_suites != (PROFILE_SUITE,) and not with_defaults(selection).unknown:
-        raise UsageError(f"{path}: [eval] profile_suites chooses the suites the profile climbs; add "
-                         "unknown_attacks = true")
     try:
+        check_profile_options(selection, spelled=lambda key: key)
         registry = load_registry([])
-        select_attacks(selection, registry, get_dataset(dataset).eps, [])
+        spec = get_dataset(dataset)
+        select_attacks(selection, registry, spec.eps, [])
         suite_attacks(registry, selection.profile_suites)
+        if selection.threat_models:  # names the suites do not climb, or colour ones on grey data
+            profile_plan(registry, spec.eps, set(), suite=selection.profile_suites, dataset=dataset,
+                         only=selection.threat_models, channels=spec.input_shape[0])
     except UsageError as error:
         raise UsageError(f"{path}: [eval]: {error}") from error
 

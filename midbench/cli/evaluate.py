@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from midbench.cli._common import console, guarded, split_csv
+from midbench.cli._common import console, guarded
 from midbench.cli._options import Device
 from midbench.evaluation.documents import ResultDocument
+from midbench.evaluation.options import SELECTION_HELP
 from midbench.protocols import Protocol
 from midbench.reporting.formats import ConsoleFormat
 
@@ -26,17 +27,17 @@ def eval_command(
     weights: Annotated[Path | None, typer.Option(help="With --model: a state dict to load into it (torch.save, loaded with weights_only=True, or .safetensors).")] = None,
     threat_model: Annotated[str, typer.Option(help="With --model robustbench:NAME: the zoo's threat model (Linf, L2, corruptions).")] = "Linf",
     model_dir: Annotated[Path | None, typer.Option(help="With --model robustbench:NAME: RobustBench's weights folder, <model-dir>/<dataset>/<threat model>/<NAME>.pt (default ./models); --download fetches missing ones.")] = None,
-    attacks: Annotated[list[str] | None, typer.Option(help="Attack ids, comma-separated or repeated.")] = None,
-    suite: Annotated[str | None, typer.Option(help="A suite of the attack registry (see `midbench attacks list`).")] = None,
-    known_attacks: Annotated[bool, typer.Option("--known-attacks", help="The attacks the model was trained with.")] = False,
-    unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help="The unknown-attack profile: every threat model (suite unknown-profile) over its ladder of strengths, climbed nested; the ones the model was trained on are marked seen.")] = False,
-    threat_models: Annotated[list[str] | None, typer.Option("--threat-models", help="With --unknown-attacks: climb only these threat models (comma-separated or repeated; see `midbench attacks list`).")] = None,
-    profile_suite: Annotated[list[str] | None, typer.Option("--profile-suite", help="With --unknown-attacks: the suites the profile climbs (comma-separated or repeated; default unknown-profile). unknown-profile,unknown-profile-ua adds the optimised corruptions (docs/unforeseen.md).")] = None,
-    autoattack: Annotated[bool, typer.Option("--autoattack", help="Add AutoAttack standard at the dataset's L∞ ε.")] = False,
+    attacks: Annotated[list[str] | None, typer.Option(help=SELECTION_HELP["attacks"])] = None,
+    suite: Annotated[str | None, typer.Option(help=SELECTION_HELP["suite"])] = None,
+    known_attacks: Annotated[bool, typer.Option("--known-attacks", help=SELECTION_HELP["known_attacks"])] = False,
+    unknown_attacks: Annotated[bool, typer.Option("--unknown-attacks", help=SELECTION_HELP["unknown_attacks"])] = False,
+    threat_models: Annotated[list[str] | None, typer.Option("--threat-models", help=SELECTION_HELP["threat_models"])] = None,
+    profile_suite: Annotated[list[str] | None, typer.Option("--profile-suite", help=SELECTION_HELP["profile_suites"])] = None,
+    autoattack: Annotated[bool, typer.Option("--autoattack", help=SELECTION_HELP["autoattack"])] = False,
     protocol: Annotated[Protocol, typer.Option(help="whitebox, or transfer (attacks crafted on --source).")] = Protocol.WHITEBOX,
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on, or a zoo entry robustbench:NAME (its L∞ list; weights under --model-dir), e.g. robustbench:Standard.")] = None,
-    eps: Annotated[list[str] | None, typer.Option(help="ε override: 0.1 or 8/255 (L∞), L2=1.5, L1=10; repeatable.")] = None,
-    target: Annotated[str | None, typer.Option(help="Target policy of every targeted registry attack: random (the entries' default), least-likely or fixed:K (the MID release aimed at fixed:0); recorded as id@custom.")] = None,
+    eps: Annotated[list[str] | None, typer.Option(help=SELECTION_HELP["eps"])] = None,
+    target: Annotated[str | None, typer.Option(help=SELECTION_HELP["target"])] = None,
     n_examples: Annotated[int | None, typer.Option(help="Evaluate the first N test examples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 256,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
@@ -48,6 +49,8 @@ def eval_command(
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
     check_eps: Annotated[bool, typer.Option("--check-eps", help="Sanity sweep: PGD-L∞ at 0.25, 0.5 and 1 × ε on up to 256 examples; flags accuracy rising with ε.")] = False,
     check_steps: Annotated[bool, typer.Option("--check-steps", help="Sanity sweep: PGD-L∞ with 10, 40 and 160 steps on up to 256 examples; flags accuracy rising with steps.")] = False,
+    transfer_cache: Annotated[bool, typer.Option("--transfer-cache/--no-transfer-cache", help="Under --protocol transfer: keep the adversarial images crafted on the source and reuse them in later evaluations through the same source (same numbers; docs/evaluation.md).")] = True,
+    transfer_cache_dir: Annotated[Path | None, typer.Option(help="The transfer cache's folder (default RESULTS_DIR/transfer-cache).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted evaluation's state (of the same --name and --protocol) instead of resuming it.")] = False,
     output_format: Annotated[ConsoleFormat, typer.Option("--format", help="table, or json (the result document).")] = ConsoleFormat.TABLE,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
@@ -77,16 +80,14 @@ def eval_command(
         from midbench.errors import UsageError
 
         raise UsageError("--master-port goes with --nproc (under torchrun, give torchrun its --master-port)")
-    from midbench.attacks.base import check_target_policy
     from midbench.evaluation.config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
-    from midbench.evaluation.selection import AttackSelection, parse_eps_overrides
+    from midbench.evaluation.selection import parse_selection
 
-    selection = AttackSelection(attacks=tuple(split_csv(attacks)), suite=suite, known=known_attacks,
-                                unknown=unknown_attacks, autoattack=autoattack,
-                                eps=parse_eps_overrides(split_csv(eps)),
-                                target=check_target_policy(target) if target is not None else None,
-                                **({"profile_suites": tuple(dict.fromkeys(split_csv(profile_suite)))} if profile_suite else {}))
+    selection = parse_selection({"attacks": attacks, "suite": suite, "known_attacks": known_attacks,
+                                 "unknown_attacks": unknown_attacks, "threat_models": threat_models,
+                                 "profile_suites": profile_suite, "autoattack": autoattack, "eps": eps,
+                                 "target": target})
     config = EvalConfig(checkpoint=str(checkpoint) if checkpoint is not None else None, dataset=dataset, arch=arch,
                         selection=selection,
                         protocol=protocol.value, source=str(source) if source else None, n_examples=n_examples,
@@ -95,7 +96,8 @@ def eval_command(
                         data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
                         weights=str(weights) if weights is not None else None, threat_model=threat_model,
                         model_dir=str(model_dir) if model_dir is not None else None, check_eps=check_eps,
-                        check_steps=check_steps, restart=restart, threat_models=tuple(split_csv(threat_models)))
+                        check_steps=check_steps, restart=restart, transfer_cache=transfer_cache,
+                        transfer_cache_dir=str(transfer_cache_dir) if transfer_cache_dir is not None else None)
     from midbench.runtime.distributed import finish, launched_by_torchrun
 
     rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0

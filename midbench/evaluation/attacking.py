@@ -26,6 +26,7 @@ from midbench.attacks.specs import ResolvedAttack
 from midbench.errors import NumericalError
 from midbench.evaluation.counting import PassCounter
 from midbench.evaluation.state import AttackProgress, EvalState
+from midbench.evaluation.transfer_cache import CacheStep, TransferCache
 from midbench.runtime.distributed import SINGLE, Shard
 
 #: progress callback: (attack key, examples done, examples to attack)
@@ -78,12 +79,14 @@ class AttackRunner:
 
     def __init__(self, model: nn.Module, attacker: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                  device: torch.device, protocol: str, batch_size: int, seed: int, progress: ProgressFn | None,
-                 state: EvalState | None, shard: Shard = SINGLE) -> None:
+                 state: EvalState | None, shard: Shard = SINGLE, cache: TransferCache | None = None) -> None:
         self.model, self.images, self.labels, self.device = model, images, labels, device
         self.counted_attacker = PassCounter(attacker)
         self.counted_model = self.counted_attacker if attacker is model else PassCounter(model)
         self.protocol, self.batch_size, self.seed = protocol, batch_size, seed
         self.progress, self.state, self.shard = progress, state, shard
+        #: the transfer cache (transfer protocol, one process): adversarial images crafted on the source, reused
+        self.cache = cache if protocol == "transfer" and not shard.distributed else None
 
     def run(self, spec: ResolvedAttack, split: str, start_robust: np.ndarray, *, key: str | None = None,
             per_example: bool = False, query_evaluated: bool = False) -> AttackOutcome:
@@ -108,7 +111,15 @@ class AttackRunner:
             saved = self._agree_on_resume(saved, attack.handles_batching)
         if saved is None:  # a fresh attack starts from the given examples, nothing spent yet
             saved = AttackProgress(start_robust.copy(), done=0)
-        candidates = torch.from_numpy(np.flatnonzero(start_robust)).to(self.device)
+        # Under transfer, what is crafted on the source must not depend on the evaluated model (transfer_cache.py):
+        # a batch-seeded attack crafts every example in fixed batches; a per-example one may craft just those the
+        # evaluated model still gets right, since each example's attack is its own.
+        on_source = self.protocol == "transfer" and not query_evaluated
+        every_example = on_source and not per_example
+        start_tensor = torch.from_numpy(start_robust).to(self.device)
+        candidates = torch.arange(start_robust.shape[0], device=self.device) if every_example else \
+            torch.from_numpy(np.flatnonzero(start_robust)).to(self.device)
+        step = self.cache.step(key, spec, per_example) if self.cache is not None and on_source else None
         total = int(candidates.numel())
         robust = torch.from_numpy(saved.robust.copy()).to(self.device)
         done, forward, backward, seconds = saved.done, saved.forward_passes, saved.backward_passes, saved.seconds
@@ -127,14 +138,9 @@ class AttackRunner:
             ran = True
             started = time.perf_counter()
             index = candidates[start:start + chunk]
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as scope:
-                torch.manual_seed(batch_seed(self.seed, key, start))
-                if per_example:
-                    scope.enter_context(per_example_generators(
-                        [example_seed(self.seed, key, int(i)) for i in index.tolist()]))
-                x_adv = attack(target, self.images[index], self.labels[index])
-            robust[index] = predict(self.model, x_adv, self.batch_size) == self.labels[index]
+            x_adv = self._craft(attack, target, index, key, start, per_example, step)
+            correct = predict(self.model, x_adv, self.batch_size) == self.labels[index]
+            robust[index] = correct & start_tensor[index] if every_example else correct
             batch_forward, batch_backward = target.reset()
             forward, backward = forward + batch_forward, backward + batch_backward
             seconds += time.perf_counter() - started
@@ -160,6 +166,36 @@ class AttackRunner:
         _finished(spec, split, robust, seconds, forward, backward, details, total, self.state, key)
         return AttackOutcome(spec, split, self.shard.all_and(robust).cpu().numpy(), self.shard.all_max(seconds),
                              self.shard.all_sum(forward), self.shard.all_sum(backward), details)
+
+    def _craft(self, attack: Any, target: nn.Module, index: torch.Tensor, key: str, start: int, per_example: bool,
+               step: CacheStep | None) -> torch.Tensor:
+        """The adversarial images of the examples ``index`` (batch ``start`` of step ``key``): from the transfer
+        cache where it holds them (this very batch, or these examples of a per-example step), else crafted and
+        added to it."""
+        if step is not None and not per_example:
+            cached = step.batch(index.cpu().numpy())
+            if cached is not None:
+                return torch.from_numpy(cached).to(self.device)
+        found = step.examples(index.cpu().numpy()) if step is not None and per_example else {}
+        missing = index if not found else index[torch.tensor([int(i) not in found for i in index.tolist()],
+                                                              dtype=torch.bool, device=index.device)]
+        crafted = None
+        if missing.numel():
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as scope:
+                torch.manual_seed(batch_seed(self.seed, key, start))
+                if per_example:
+                    scope.enter_context(per_example_generators(
+                        [example_seed(self.seed, key, int(i)) for i in missing.tolist()]))
+                crafted = attack(target, self.images[missing], self.labels[missing])
+            if step is not None:
+                step.store(missing.cpu().numpy(), crafted)
+        if not found:
+            assert crafted is not None
+            return crafted
+        rows = iter(crafted) if crafted is not None else iter(())
+        return torch.stack([torch.from_numpy(found[int(i)]).to(self.device) if int(i) in found else next(rows)
+                            for i in index.tolist()])
 
     def _agree_on_resume(self, saved: AttackProgress | None, handles_batching: bool) -> AttackProgress | None:
         """Under torchrun, what this rank resumes from — decided alike on every rank, so that all of them take

@@ -47,13 +47,16 @@ class EvalConfig:
     source_model_dir: str | None = None
     check_eps: bool = False
     check_steps: bool = False
-    #: climb only these threat models of the unknown-attack profile (``--threat-models``); empty: all
-    threat_models: tuple[str, ...] = ()
     #: discard the resumable state of an interrupted evaluation (``--restart``) instead of resuming or refusing it
     restart: bool = False
     #: discard such a state only when its settings differ (resume it otherwise) instead of refusing it: for
     #: callers that own their evaluations (``midbench calibrate`` measuring its references)
     discard_other_settings: bool = False
+    #: under ``transfer``: keep the adversarial images crafted on the source in the transfer cache and reuse them
+    #: (midbench.evaluation.transfer_cache); the numbers are the same either way
+    transfer_cache: bool = True
+    #: the transfer cache's folder (default: ``<results_dir>/transfer-cache``)
+    transfer_cache_dir: str | None = None
     #: return the newest finished result of the same evaluation (same settings digest, e.g. a demo run again)
     #: instead of evaluating again; one process only
     reuse_finished: bool = False

@@ -1,8 +1,11 @@
 """``evaluate()``: run attacks on a model under a protocol and build the per-example robustness matrix.
 
 Robust-points-only (goal P5): each attack is run only on the examples the evaluated model classifies
-correctly when clean; the others are non-robust by definition and cost no attack step. Each attack runs through
-:class:`midbench.evaluation.attacking.AttackRunner` (seeding per batch, pass counts, resumable progress).
+correctly when clean; the others are non-robust by definition and cost no attack step. Under ``transfer`` a
+batch-seeded attack crafts every example instead, so that what is crafted on the source does not depend on the
+evaluated model and can be shared through the transfer cache (:mod:`midbench.evaluation.transfer_cache`).
+Each attack runs through :class:`midbench.evaluation.attacking.AttackRunner` (seeding per batch, pass counts,
+resumable progress).
 
 Under ``torchrun`` the batches are dealt across the processes (:class:`midbench.runtime.distributed.Shard`): each runs
 its batches exactly as a single process would and the robust masks are merged after every attack, so the
@@ -12,6 +15,7 @@ per-example matrix is the single process's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +28,7 @@ from midbench.data.datasets import TensorSplit
 from midbench.evaluation.attacking import AttackOutcome, AttackRunner, ProgressFn, predict
 from midbench.evaluation.profile import ThreatModelCurve, climb
 from midbench.evaluation.state import EvalState
+from midbench.evaluation.transfer_cache import CacheStats, TransferCache
 from midbench.protocols import PROTOCOLS
 from midbench.runtime.distributed import SINGLE, Shard
 
@@ -37,6 +42,8 @@ class Evaluation:
     protocol: str
     #: the unknown-attack profile: one nested curve per threat model (empty unless asked for)
     curves: list[ThreatModelCurve] = field(default_factory=list)
+    #: what the transfer cache gave and took (None: no cache)
+    transfer_cache: CacheStats | None = None
 
     @property
     def matrix(self) -> np.ndarray:
@@ -50,7 +57,8 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
              device: torch.device, protocol: str = "whitebox", source_model: nn.Module | None = None,
              batch_size: int = 256, seed: int = 0, progress: ProgressFn | None = None,
              state: EvalState | None = None, profile: list[ThreatModelPlan] | None = None,
-             shard: Shard = SINGLE) -> Evaluation:
+             shard: Shard = SINGLE, cache_dir: str | Path | None = None, source_sha256: str | None = None
+             ) -> Evaluation:
     """Evaluate ``model`` on ``data`` against ``attacks`` (each with its split, "known" or "unknown").
 
     Args:
@@ -64,6 +72,8 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
             (:func:`midbench.evaluation.profile.climb`).
         shard: this process's share under torchrun (every process calls ``evaluate`` with the same arguments
             and gets the same, merged :class:`Evaluation`).
+        cache_dir: under ``transfer``, the transfer cache's folder (:mod:`midbench.evaluation.transfer_cache`),
+            keyed by ``source_sha256``; None crafts without one (the same images). Unused under torchrun.
 
     Raises:
         NumericalError: NaN/Inf logits.
@@ -81,8 +91,12 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
     clean_correct = (predict(model, images, batch_size) == labels).cpu().numpy()
     if state is not None:
         state.check_clean(clean_correct)
+    cache = None
+    if protocol == "transfer" and cache_dir is not None and source_sha256 is not None and not shard.distributed:
+        cache = TransferCache.of(cache_dir, source_sha256=source_sha256, images=images, labels=labels, seed=seed,
+                                 batch_size=batch_size, device=device)
     runner = AttackRunner(model, attacker, images, labels, device=device, protocol=protocol, batch_size=batch_size,
-                          seed=seed, progress=progress, state=state, shard=shard)
+                          seed=seed, progress=progress, state=state, shard=shard, cache=cache)
     outcomes = [runner.run(spec, split, clean_correct) for spec, split in attacks]
     curves = climb(runner, profile, clean_correct) if profile else []
-    return Evaluation(clean_correct, outcomes, protocol, curves)
+    return Evaluation(clean_correct, outcomes, protocol, curves, cache.stats if cache is not None else None)

@@ -16,7 +16,7 @@ from torch import nn
 from midbench.artifacts.checkpoint import check_compatible
 from midbench.artifacts.loading import LoadedModel, load_classifier, load_model, recorded_source
 from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
-from midbench.attacks.plans import PROFILE_SUITE, colour_only, profile_plan, seen_threat_models
+from midbench.attacks.plans import colour_only, profile_plan, seen_threat_models
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.errors import UsageError
@@ -36,9 +36,10 @@ from midbench.evaluation.results import (
     utc_now,
     write_result,
 )
-from midbench.evaluation.selection import select_attacks, with_defaults
+from midbench.evaluation.selection import check_profile_options, select_attacks, with_defaults
 from midbench.evaluation.state import EvalState, state_path, states_of_other_world_sizes
 from midbench.fileio import ensure_writable_dir
+from midbench.paths import TRANSFER_CACHE_DIR
 from midbench.protocols import PROTOCOLS
 from midbench.runtime.device import resolve_device
 from midbench.runtime.distributed import Shard, current_shard, rank_device
@@ -91,17 +92,15 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     if grey_data:
         raise UsageError(f"attack(s) {', '.join(grey_data)} need colour images, and {dataset_name} has {channels} "
                          "channel(s); leave them out")
+    check_profile_options(config.selection)
     profiled = with_defaults(config.selection).unknown
     suites = config.selection.profile_suites
     profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry), suite=suites,
-                            dataset=dataset_name, only=config.threat_models, channels=channels) if profiled else [])
+                            dataset=dataset_name, only=config.selection.threat_models, channels=channels)
+               if profiled else [])
     # threat models the profile leaves out on grey data, recorded in the result
     skipped = [{"id": model, "reason": f"needs colour images; {dataset_name} has {channels} channel(s)"}
                for model in (colour_only(registry, suites) if profiled and channels != 3 else [])]
-    if config.threat_models and not profiled:
-        raise UsageError("--threat-models chooses which threat models the profile climbs; add --unknown-attacks")
-    if suites != (PROFILE_SUITE,) and not profiled:
-        raise UsageError("--profile-suite chooses the suites the profile climbs; add --unknown-attacks")
     linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
@@ -168,7 +167,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     try:
         evaluation = evaluate(loaded.model, data, attacks, device=device, protocol=config.protocol,
                               source_model=source_model, batch_size=config.batch_size, seed=config.seed,
-                              progress=progress, state=state, profile=profile, shard=shard)
+                              progress=progress, state=state, profile=profile, shard=shard,
+                              cache_dir=transfer_cache_dir(config) if source_info else None,
+                              source_sha256=(source_info or {}).get("sha256"))
         flags, sanity_info = _sanity_checks(config, loaded.model, data, evaluation, registry, data_eps, device,
                                             progress, meta.metrics)
         if not shard.is_writer:  # rank 0 writes the one result file
@@ -187,7 +188,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
             checkpoint_info["zoo"] = meta.extra["zoo"]
         data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
                      "indices_sha256": indices_hash, "eps": data_eps}
-        protocol_info = {"name": config.protocol, "source": source_info}
+        protocol_info = {"name": config.protocol, "source": source_info,
+                         **({"transfer_cache": evaluation.transfer_cache.as_dict()}
+                            if evaluation.transfer_cache is not None else {})}
         result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
                               flags=flags, sanity=sanity_info, command=command_line(), profile_skipped=skipped,
@@ -202,6 +205,15 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise
     state.finish()
     return EvalRun(result, path, evaluation, notes)
+
+
+def transfer_cache_dir(config: EvalConfig) -> Path | None:
+    """The transfer cache's folder of ``config`` (None: no cache)."""
+    if not config.transfer_cache:
+        return None
+    if config.transfer_cache_dir:
+        return Path(config.transfer_cache_dir)
+    return Path(config.results_dir) / TRANSFER_CACHE_DIR
 
 
 def load_zoo_source(config: EvalConfig, dataset: str) -> LoadedModel:

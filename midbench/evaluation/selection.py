@@ -11,12 +11,15 @@ used to run is ``--suite default-unknown``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from midbench.attacks.plans import PROFILE_SUITE
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack
 from midbench.config import parse_eps
 from midbench.errors import UsageError
+from midbench.evaluation.options import SELECTION_HELP, cli_flag
 from midbench.protocols import AUTOATTACK_ENTRY
 
 #: the broad single-strength suite of unknown attacks (``--suite default-unknown``)
@@ -25,7 +28,7 @@ UNKNOWN_SUITE = "default-unknown"
 
 @dataclass(frozen=True)
 class AttackSelection:
-    """What the user asked to run (CLI options of ``midbench eval``)."""
+    """What the user asked to run (:data:`SELECTION_OPTIONS`, read by :func:`parse_selection`)."""
 
     attacks: tuple[str, ...] = ()
     suite: str | None = None
@@ -39,10 +42,56 @@ class AttackSelection:
     #: the suites whose attacks the profile climbs (``--profile-suite``): the ranked ``unknown-profile`` by
     #: default, ``unknown-profile-ua`` adds the optimised corruptions (docs/unforeseen.md)
     profile_suites: tuple[str, ...] = (PROFILE_SUITE,)
+    #: climb only these threat models of the profile (``--threat-models``); empty: every one of the suites'
+    threat_models: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not (self.attacks or self.suite or self.known or self.unknown or self.autoattack)
+
+
+def parse_selection(values: Mapping[str, Any]) -> AttackSelection:
+    """The selection from option values keyed as :data:`SELECTION_OPTIONS` (absent or None: the default), as
+    ``midbench eval`` and a sweep's ``[eval]`` give them: a list may hold comma-separated text, ε values are
+    parsed, the target policy is checked.
+
+    Raises:
+        UsageError: an unknown key, a bad ε or target policy.
+    """
+    from midbench.attacks.base import check_target_policy
+
+    unknown = set(values) - set(SELECTION_HELP)
+    if unknown:
+        raise UsageError(f"unknown attack-selection option(s) {sorted(unknown)}")
+
+    def names(key: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(part.strip() for value in values.get(key) or () for part in str(value).split(",")
+                                   if part.strip()))
+
+    target = values.get("target")
+    return AttackSelection(attacks=names("attacks"), suite=values.get("suite"),
+                           known=bool(values.get("known_attacks")), unknown=bool(values.get("unknown_attacks")),
+                           autoattack=bool(values.get("autoattack")), eps=parse_eps_overrides(list(names("eps"))),
+                           target=check_target_policy(target) if target is not None else None,
+                           profile_suites=names("profile_suites") or (PROFILE_SUITE,),
+                           threat_models=names("threat_models"))
+
+
+def check_profile_options(selection: AttackSelection, spelled: Callable[[str], str] = cli_flag) -> None:
+    """Refuse profile options without the profile: ``threat_models`` and ``profile_suites`` choose what the
+    unknown-attack profile climbs. ``spelled`` names an option by its key as the caller's user wrote it (the CLI's
+    flag by default; a sweep file's key).
+
+    Raises:
+        UsageError: such an option without unknown attacks.
+    """
+    if with_defaults(selection).unknown:
+        return
+    for key, given in (("threat_models", bool(selection.threat_models)),
+                       ("profile_suites", selection.profile_suites != (PROFILE_SUITE,))):
+        if given:
+            raise UsageError(f"{spelled(key)} chooses what the unknown-attack profile climbs; add "
+                             f"{spelled('unknown_attacks')}")
 
 
 def parse_eps_overrides(values: list[str]) -> dict[str, float]:

@@ -1,0 +1,170 @@
+"""Adversarial examples crafted on a transfer source, stored once and reused by every evaluation that needs them
+(docs/evaluation.md, "The transfer cache").
+
+Under the transfer protocol the adversarial images depend on the source model, the attack, the seed, the examples
+and how they were batched, never on the evaluated model: the engine crafts them so (every example in fixed
+batches, or per example with its own randomness; :class:`midbench.evaluation.attacking.AttackRunner`). Ten models
+evaluated through one source therefore need the source's attacks once. Each attack step has a folder named by
+the digest of everything that decides its images (the source's weights hash, the data, the seed, the batch size,
+the device type, the attack's full specification and step name, and the code that runs it:
+:func:`midbench.evaluation.results.code_digest`), so a changed source, attack version, seed or checkout misses.
+
+A folder holds one file per crafted batch: the examples' indices in the evaluated split, their adversarial images
+and the SHA-256 of both. A file that is unreadable or whose hash does
+not match (a truncated write, a corrupt disk) is deleted and its examples are crafted again — never used. Files
+are written atomically under unique names, so evaluations running side by side (``bench --workers``, Slurm jobs)
+may share a cache; two that craft the same batch at once write identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from midbench.attacks.specs import ResolvedAttack
+
+_SUFFIX = ".npz"
+
+
+def data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of the evaluated examples (images and labels, in order): the cache's notion of "the same data"."""
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _array_digest(indices: np.ndarray, images: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in (indices, images):
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """What one evaluation took from the cache and added to it (examples), and the entries it found corrupt."""
+
+    reused: int = 0
+    crafted: int = 0
+    corrupt: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"reused": self.reused, "crafted": self.crafted, "corrupt": self.corrupt}
+
+
+@dataclass
+class TransferCache:
+    """The cache of one evaluation: its folder and the digest of what all its steps share."""
+
+    root: Path
+    #: source weights, data, seed, batch size, device type and code, as one digest (:meth:`of`)
+    context: str
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    @classmethod
+    def of(cls, root: str | Path, *, source_sha256: str, images: torch.Tensor, labels: torch.Tensor, seed: int,
+           batch_size: int, device: torch.device) -> TransferCache:
+        from midbench.evaluation.results import code_digest
+
+        context = {"source": source_sha256, "data": data_digest(images, labels), "seed": seed,
+                   "batch_size": batch_size, "device": device.type, "code": code_digest()}
+        return cls(Path(root), hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest())
+
+    def step(self, step_key: str, attack: ResolvedAttack, per_example: bool) -> CacheStep:
+        """The entries of one attack step (``step_key``: its name in the state file)."""
+        what = {"context": self.context, "step": step_key, "attack": attack.key, "spec": attack.equivalence(),
+                "implementation": attack.implementation, "per_example": per_example}
+        name = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+        return CacheStep(self.root / name[:2] / name, per_example, self.stats)
+
+
+class CacheStep:
+    """One attack step's cached images. Batch-seeded steps reuse a file only for exactly the same batch (its
+    randomness depends on the batch); per-example steps reuse any example on its own."""
+
+    def __init__(self, folder: Path, per_example: bool, stats: CacheStats) -> None:
+        self.folder, self.per_example, self.stats = folder, per_example, stats
+        self._rows: dict[int, np.ndarray] | None = None
+        self._batches: dict[bytes, np.ndarray] | None = None
+
+    def _load(self) -> None:
+        self._rows, self._batches = {}, {}
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob(f"*{_SUFFIX}")):
+            entry = _read(path)
+            if entry is None:
+                self.stats.corrupt += 1
+                path.unlink(missing_ok=True)
+                continue
+            indices, images = entry
+            self._batches[indices.tobytes()] = images
+            for row, index in enumerate(indices.tolist()):
+                self._rows[int(index)] = images[row]
+
+    def batch(self, indices: np.ndarray) -> np.ndarray | None:
+        """The images of exactly this batch (batch-seeded steps), or None."""
+        if self._batches is None:
+            self._load()
+        assert self._batches is not None
+        found = self._batches.get(np.asarray(indices, dtype=np.int64).tobytes())
+        if found is not None:
+            self.stats.reused += len(indices)
+        return found
+
+    def examples(self, indices: np.ndarray) -> dict[int, np.ndarray]:
+        """The cached images among ``indices`` (per-example steps), by index."""
+        if self._rows is None:
+            self._load()
+        assert self._rows is not None
+        found = {int(index): self._rows[int(index)] for index in indices.tolist() if int(index) in self._rows}
+        self.stats.reused += len(found)
+        return found
+
+    def store(self, indices: np.ndarray, images: torch.Tensor) -> None:
+        """Add a crafted batch (atomically, under a name of its own)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        array = images.detach().cpu().numpy()
+        self.stats.crafted += len(indices)
+        if not len(indices):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        digest = _array_digest(indices, array)
+        final = self.folder / f"{int(indices[0])}-{len(indices)}-{digest[:16]}{_SUFFIX}"
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez(stream, indices=indices, images=array, sha256=np.array(digest))
+            os.replace(temporary, final)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        if self._rows is not None and self._batches is not None:
+            self._batches[indices.tobytes()] = array
+            for row, index in enumerate(indices.tolist()):
+                self._rows[int(index)] = array[row]
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A file's indices and images, or None when it is unreadable or its hash does not match."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            indices, images, recorded = saved["indices"], saved["images"], str(saved["sha256"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if indices.ndim != 1 or images.shape[:1] != indices.shape or _array_digest(indices, images) != recorded:
+        return None
+    return indices, images
+
