@@ -46,6 +46,7 @@ def test_cached_and_uncached_transfer_evaluations_agree(standard_checkpoint: Pat
     assert "transfer_cache" not in uncached["protocol"] and not cache.exists()
     cold, first = run(pgd_at_checkpoint, standard_checkpoint, results, *where)
     warm, second = run(pgd_at_checkpoint, standard_checkpoint, results, *where)
+    entries = sorted(cache.rglob("*.npz"))  # this evaluation's entries, before other sources and seeds add theirs
     assert same(plain, first) and same(first, second)
     assert cold["protocol"]["transfer_cache"]["reused"] == 0 and cold["protocol"]["transfer_cache"]["crafted"] > 0
     assert warm["protocol"]["transfer_cache"]["crafted"] == 0
@@ -67,7 +68,6 @@ def test_cached_and_uncached_transfer_evaluations_agree(standard_checkpoint: Pat
     assert resourced["protocol"]["transfer_cache"]["reused"] == 0
 
     # a truncated entry is found by its hash, deleted and crafted again; the matrix is the same
-    entries = sorted(cache.rglob("*.npz"))
     for entry in entries[:2]:
         entry.write_bytes(entry.read_bytes()[:100])
     repaired, third = run(pgd_at_checkpoint, standard_checkpoint, results, *where)

@@ -4,10 +4,8 @@ neither, so it can never appear in a leaderboard."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
-import json
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,29 +33,6 @@ def make_run_id(name: str, protocol: str, now: datetime) -> str:
     """``<name>__<protocol>__<UTC time>-<microseconds><random>``: unique even for runs started in the same second,
     and in the order they started (tables take the newest run by ``created``, then by this id)."""
     return f"{run_prefix(name, protocol)}{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond:06d}{secrets.token_hex(2)}"
-
-
-def settings_digest(settings: dict[str, Any]) -> str:
-    """The SHA-256 of an evaluation's settings (checkpoint, data, attacks, ladders, seed, versions, the code that
-    ran: :func:`code_digest`), as its result file records them under ``settings_sha256``: equal digests mean the
-    same evaluation by the same code."""
-    return hashlib.sha256(json.dumps({**settings, "code": code_digest()}, sort_keys=True, default=str).encode()
-                          ).hexdigest()
-
-
-@functools.cache
-def code_digest() -> str:
-    """The SHA-256 of midbench's source and shipped registry files: a result made by other code (an edited
-    checkout, another release) never counts as the same evaluation, whatever the version string says."""
-    from midbench.paths import shipped_registry_dir
-
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for root, pattern in ((package, "*.py"), (shipped_registry_dir(), "*.toml")):
-        for path in sorted(root.rglob(pattern)):
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def finished_result(results_dir: str | Path, dataset: str, name: str, protocol: str, digest: str) -> Path | None:
@@ -178,6 +153,5 @@ def utc_now() -> datetime:
 
 def indices_sha256(indices: np.ndarray) -> str:
     """SHA-256 of the evaluated example indices (int64, little-endian)."""
-    import hashlib
 
     return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()

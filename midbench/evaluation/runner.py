@@ -23,6 +23,7 @@ from midbench.errors import UsageError
 from midbench.evaluation import sanity
 from midbench.evaluation.attacking import ProgressFn
 from midbench.evaluation.config import EvalConfig
+from midbench.evaluation.digests import settings_digest
 from midbench.evaluation.documents import ResultDocument, read_result
 from midbench.evaluation.engine import Evaluation, evaluate
 from midbench.evaluation.examples import PROFILE_EXAMPLES, profile_examples
@@ -31,7 +32,6 @@ from midbench.evaluation.results import (
     finished_result,
     indices_sha256,
     make_run_id,
-    settings_digest,
     software_versions,
     utc_now,
     write_result,

@@ -7,7 +7,8 @@ batches, or per example with its own randomness; :class:`midbench.evaluation.att
 evaluated through one source therefore need the source's attacks once. Each attack step has a folder named by
 the digest of everything that decides its images (the source's weights hash, the data, the seed, the batch size,
 the device type, the attack's full specification and step name, and the code that runs it:
-:func:`midbench.evaluation.results.code_digest`), so a changed source, attack version, seed or checkout misses.
+:func:`midbench.evaluation.digests.code_digest`), so a changed source, attack version, seed or checkout
+misses.
 
 A folder holds one file per crafted batch: the examples' indices in the evaluated split, their adversarial images
 and the SHA-256 of both. A file that is unreadable or whose hash does
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from midbench.attacks.specs import ResolvedAttack
+from midbench.evaluation.digests import code_digest
 
 _SUFFIX = ".npz"
 
@@ -76,8 +78,6 @@ class TransferCache:
     @classmethod
     def of(cls, root: str | Path, *, source_sha256: str, images: torch.Tensor, labels: torch.Tensor, seed: int,
            batch_size: int, device: torch.device) -> TransferCache:
-        from midbench.evaluation.results import code_digest
-
         context = {"source": source_sha256, "data": data_digest(images, labels), "seed": seed,
                    "batch_size": batch_size, "device": device.type, "code": code_digest()}
         return cls(Path(root), hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest())
