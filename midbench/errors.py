@@ -31,6 +31,13 @@ class NumericalError(MidbenchError):
     exit_code = 4
 
 
+class StepFailed(MidbenchError):
+    """A step of a sweep ran elsewhere (a Slurm job) and ended without a result; the finished steps are kept and a
+    rerun submits the others again."""
+
+    exit_code = 5
+
+
 class Interrupted(MidbenchError):
     """Stopped by a signal after writing resumable state (130 for SIGINT, 143 for SIGTERM)."""
 

@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never a torn file.
+"""Atomic file writes (a crash leaves either the old file or the new one, never a torn file) and exclusive locks.
 
 Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target, then fsync the
 directory so the rename itself survives a power loss (docs/reliability.md, "Faults that lose nothing": every write
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -113,3 +114,29 @@ def safe_file_name(name: str) -> str:
     """``name`` as a file-name component: every character but letters, digits, ``-``, ``_`` and ``.`` becomes
     ``-`` (an empty name becomes ``model``). Result files and evaluation states are named with it."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "model"
+
+
+def try_lock(path: Path) -> BinaryIO | None:
+    """An exclusive ``flock`` on ``path`` (created if needed), or ``None`` if another process holds it.
+
+    A finished run may delete its lock file while holding it, so a process that opened the old file just before may
+    lock a file that is no longer at ``path``; checking that the locked file is still the one at ``path`` (and
+    trying again otherwise) keeps two processes from both believing they own what it guards. Used by resumable
+    evaluations (their state) and sweeps (their folder).
+    """
+    for _ in range(100):
+        handle = open(path, "ab")  # noqa: SIM115 - held by the caller until it is done
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        except OSError:
+            return handle  # a filesystem without flock: resumable still, only unguarded against a concurrent twin
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file that was just removed: open the new one
+    raise UsageError(f"could not lock {path}; remove it and rerun")

@@ -12,18 +12,20 @@ command skips them and continues with the first unfinished step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from midbench.bench.executors import EXECUTORS, LocalPool, SlurmOptions, SlurmPool, check_slurm
 from midbench.bench.sweep_file import Sweep, SweepModel, SweepRun, config_label, load_sweep, run_references
 from midbench.config import TrainConfig
 from midbench.errors import UsageError
-from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, try_lock
 from midbench.paths import TRANSFER_CACHE_DIR
 from midbench.reporting.html import REPORT_FILE, write_report
 
@@ -31,6 +33,8 @@ __all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "desc
            "write_leaderboards", "leaderboard_header", "model_path"]
 
 SWEEP_STATE_FILE = "sweep-state.json"
+#: held by the `midbench bench` that runs the sweep folder
+LOCK_FILE = ".sweep.lock"
 
 
 @dataclass
@@ -94,6 +98,13 @@ def evaluation_plan(sweep: Sweep) -> list[tuple[str, str, str | None]]:
     return plan
 
 
+def evaluation_key(sweep: Sweep, step: tuple[str, str, str | None]) -> str:
+    """An evaluation's name in the state file: ``<model>/<protocol>``, with ``@<source>`` for an extra source."""
+    name, protocol, source = step
+    extra = source is not None and source != sweep.transfer_source
+    return f"{name}/{protocol}" + (f"@{source}" if extra else "")
+
+
 def describe_plan(sweep: Sweep) -> list[str]:
     """One line per step, for ``--dry-run`` and the log."""
     if sweep.seeds:
@@ -112,7 +123,8 @@ def describe_plan(sweep: Sweep) -> list[str]:
 def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None = None, *,
               config_label: str = "sweep.toml", say: Callable[[str], None] = lambda line: None,
               progress: bool = False, restart: bool = False, workers: int = 1,
-              devices: tuple[str, ...] = ()) -> SweepOutcome:
+              devices: tuple[str, ...] = (), executor: str | None = None,
+              slurm: SlurmOptions | None = None) -> SweepOutcome:
     """Train every run, evaluate it under every protocol, and write ``leaderboard-<name>.md`` and ``.csv`` into
     ``results_dir`` (default ``<out_dir>/results``). A rerun continues where a crash stopped.
 
@@ -125,17 +137,61 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
             own; 1 runs them one after the other in this process.
         devices: with ``workers``, the device of each worker slot (e.g. ``cuda:0``, ``cuda:1``); default: every
             slot on the sweep's device.
+        executor: ``local`` (worker processes of this machine; the default, serial with one worker) or ``slurm``
+            (one Slurm job per step with ``slurm``'s options; :mod:`midbench.bench.executors`).
+
+    Raises:
+        UsageError: bad workers or devices, an unknown executor, Slurm options without Slurm, or another
+            ``midbench bench`` already running this sweep folder.
     """
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if devices and len(devices) != workers:
         raise UsageError(f"--devices names {len(devices)} device(s) for {workers} worker(s); give one per worker")
+    if executor is not None and executor not in EXECUTORS:
+        raise UsageError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if executor != "slurm" and slurm is not None:
+        raise UsageError("Slurm options go with --executor slurm")
+    if executor == "slurm":
+        check_slurm(slurm or SlurmOptions())  # before a job is submitted or a folder is made
     if sweep.seeds:
         return _run_replicates(sweep, out_dir, results_dir, config_label=config_label, say=say, progress=progress,
-                               restart=restart, workers=workers, devices=devices)
-    if workers > 1:
-        return _run_parallel(sweep, out_dir, results_dir, config_label=config_label, say=say, restart=restart,
-                             slots=devices or (sweep.device,) * workers)
+                               restart=restart, workers=workers, devices=devices, executor=executor, slurm=slurm)
+    with _sweep_lock(out_dir):
+        if executor == "slurm":
+            options = slurm or SlurmOptions()
+            jobs = options.max_jobs or max(1, len(sweep.runs) + len(evaluation_plan(sweep)))
+            return _run_parallel(sweep, out_dir, results_dir, config_label=config_label, say=say, restart=restart,
+                                 slots=(sweep.device,) * jobs, slurm=options)
+        if workers > 1:
+            return _run_parallel(sweep, out_dir, results_dir, config_label=config_label, say=say, restart=restart,
+                                 slots=devices or (sweep.device,) * workers)
+        return _run_serial(sweep, out_dir, results_dir, config_label=config_label, say=say, progress=progress,
+                           restart=restart)
+
+
+@contextlib.contextmanager
+def _sweep_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold the sweep folder for one ``midbench bench`` at a time: two runs of one sweep would train the same runs
+    and submit the same jobs twice.
+
+    Raises:
+        UsageError: another process holds it.
+    """
+    out = ensure_writable_dir(out_dir)
+    handle = try_lock(out / LOCK_FILE)
+    if handle is None:
+        raise UsageError(f"another `midbench bench` is running the sweep in {out}; wait for it to finish (a "
+                         "rerun afterwards continues where it stopped), or give this one another --out")
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def _run_serial(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None, *, config_label: str,
+                say: Callable[[str], None], progress: bool, restart: bool) -> SweepOutcome:
+    """The sweep one step after the other in this process."""
     if sweep.threads is not None:
         import torch
 
@@ -168,6 +224,30 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         atomic_write_json(state_path, state)
         say(f"[bench]   result: {result_path}")
     return _finish(sweep, state, state_path, results, config_label, started)
+
+
+def status_lines(sweep: Sweep, out_dir: str | Path) -> list[str]:
+    """One line per step of the sweep from its state file (``bench --status``): finished, or not yet, with the
+    Slurm job last submitted for it and whether the queue still lists that job."""
+    from midbench.bench.executors import queue_state
+
+    if sweep.seeds:
+        return [f"seed {seed}: {line}" for seed in sweep.seeds
+                for line in status_lines(sweep.replicate(seed), Path(out_dir) / f"seed-{seed}")]
+    path = Path(out_dir) / SWEEP_STATE_FILE
+    state = _load_state(path, sweep.fingerprint) if path.is_file() else {"training": {}, "evaluations": {}}
+    jobs = state.get("jobs", {})
+    cells = [(f"train {run.name}", run.name in state["training"] and model_path(Path(out_dir), run.name).is_file())
+             for run in sweep.runs]
+    for step in evaluation_plan(sweep):
+        key = evaluation_key(sweep, step)
+        cells.append((f"eval {key}", key in state["evaluations"]))
+    lines = []
+    for cell, finished in cells:
+        job = jobs.get(cell)
+        where = f", Slurm job {job['job_id']} ({queue_state(job['job_id'])})" if job else ""
+        lines.append(f"{cell}: {'finished' if finished else 'not finished'}{where}")
+    return lines
 
 
 def _run_replicates(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None, *, config_label: str,
@@ -230,7 +310,7 @@ class _EvaluationJob:
         settings = {**shared, "source_sha256": hashes[source_run] if source_run else None,
                     **({"model": model.describe()} if model else {})}
         extra = source_run is not None and source_run != sweep.transfer_source
-        key = f"{name}/{protocol}" + (f"@{source_run}" if extra else "")
+        key = evaluation_key(sweep, step)
         if model is None:
             loaded = {"checkpoint": str(model_path(out, name))}
         else:
@@ -349,8 +429,10 @@ def _finish(sweep: Sweep, state: dict[str, Any], state_path: Path, results: Path
 
 
 def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None, *, config_label: str,
-                  say: Callable[[str], None], restart: bool, slots: tuple[str, ...]) -> SweepOutcome:
-    """The sweep with up to ``len(slots)`` steps at once, each in a worker process on its slot's device.
+                  say: Callable[[str], None], restart: bool, slots: tuple[str, ...],
+                  slurm: SlurmOptions | None = None) -> SweepOutcome:
+    """The sweep with up to ``len(slots)`` steps at once, each in a worker process on its slot's device, or with
+    ``slurm`` each in a Slurm job of its own (:mod:`midbench.bench.executors`; the job ids go to the state file).
 
     A step starts once its inputs exist: a run once the runs it names (MID's source and teacher) are trained, an
     evaluation once its model and its transfer source are. Each step is the serial run's step — same config,
@@ -358,14 +440,15 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     per worker, else the CPUs divided among the workers. The parent alone writes the state file, after each
     finished step; on an error, the running steps finish (their progress is kept) and the error is raised.
     """
-    import multiprocessing
     import os
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     out, results, state_path, state = _open_folders(sweep, out_dir, results_dir)
     started = time.perf_counter()
-    threads = sweep.threads or max(1, (os.cpu_count() or 1) // len(slots))
-    if sweep.threads is None:
+    if slurm is not None:  # a job's threads: pinned by the sweep, else the CPUs it asked for
+        threads = sweep.threads or slurm.cpus_per_task
+    else:
+        threads = sweep.threads or max(1, (os.cpu_count() or 1) // len(slots))
+    if sweep.threads is None and slurm is None:
         say(f"[bench] note: the sweep pins no threads, so each of the {len(slots)} workers uses {threads} where a "
             "serial run uses torch's default; trained weights may then differ in the last bits — pin `threads` in "
             "[sweep] for tables identical to a serial run's")
@@ -375,10 +458,19 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     trained: set[str] = {model.name for model in sweep.models}  # evaluate-only models are ready from the start
     hashes: dict[str, str | None] = {}
     free = list(slots)
-    running: dict[Future[Any], tuple[str, Any, str]] = {}
+    running: dict[Any, tuple[str, Any, str]] = {}
     failure: BaseException | None = None
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
-    with ProcessPoolExecutor(max_workers=len(slots), mp_context=context) as pool:
+    pool = SlurmPool(out / "slurm", slurm, sweep.name, threads) if slurm is not None else LocalPool(len(slots))
+    jobs = state.setdefault("jobs", {})
+
+    def submitted(handle: Any, cell: str) -> None:
+        job_id = pool.job_id(handle)
+        if job_id is not None:  # recorded at once, so `bench --status` and a later rerun see it
+            jobs[cell] = {"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            atomic_write_json(state_path, state)
+            say(f"[bench]   {cell}: Slurm job {job_id}")
+
+    with pool:
         while (to_train or to_evaluate or running) and not (failure and not running):
             while free and failure is None:
                 ready_run = next((run for run in to_train if set(run_references(run.config).values()) <= trained),
@@ -390,7 +482,9 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                     config = replace(_resolved(ready_run, out), device=device)
                     say(f"[bench] training {ready_run.name} ({ready_run.config.method}, {ready_run.config.epochs} "
                         f"epochs) on {device} -> {folder}")
-                    running[pool.submit(_train, config, folder, False, threads)] = ("train", ready_run.name, device)
+                    handle = pool.submit(_train, config, folder, False, threads, name=ready_run.name)
+                    running[handle] = ("train", ready_run.name, device)
+                    submitted(handle, f"train {ready_run.name}")
                     continue
                 step = next((step for step in to_evaluate if step[0] in trained and (step[2] in trained or
                                                                                      step[2] is None)), None)
@@ -406,11 +500,12 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                     continue
                 free.pop(0)
                 say(f"[bench] evaluating {job.key} on {device}")
-                running[pool.submit(_evaluate, job.config, threads)] = ("eval", job, device)
+                handle = pool.submit(_evaluate, job.config, threads, name=job.key)
+                running[handle] = ("eval", job, device)
+                submitted(handle, f"eval {job.key}")
             if not running:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
+            for future in pool.wait(running):
                 kind, subject, device = running.pop(future)
                 free.append(device)
                 try:

@@ -63,12 +63,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, fields, make_dataclass, replace
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from midbench._toml import tomllib
 from midbench.attacks.plans import profile_plan, suite_attacks
+from midbench.bench.executors import slurm_options
 from midbench.config import TrainConfig, check_types, merge_config
 from midbench.errors import UsageError
 from midbench.evaluation.options import SELECTION_HELP, SELECTION_OPTIONS
@@ -203,6 +204,9 @@ class Sweep:
     models: tuple[SweepModel, ...] = ()
     #: ``seeds = [..]``: the seeds of the replicates (:meth:`replicate`); empty for a sweep of one seed
     seeds: tuple[int, ...] = ()
+    #: the ``[slurm]`` table as written (:func:`midbench.bench.executors.slurm_options` reads it); it decides where
+    #: the steps run, never what they compute, so it stays out of the fingerprint
+    slurm: dict[str, Any] = field(default_factory=dict)
 
     def replicate(self, seed: int) -> Sweep:
         """The sweep of one seed of ``seeds``: every run trained and every model evaluated with ``seed``. Its
@@ -277,10 +281,14 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{path}: not valid TOML ({error})") from error
-    unknown_tables = set(document) - {"sweep", "eval", "train", "runs", "models"}
+    unknown_tables = set(document) - {"sweep", "eval", "train", "runs", "models", "slurm"}
     if unknown_tables:
         raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [sweep], [eval], [train], "
-                         "[runs.NAME] and [models.NAME]")
+                         "[runs.NAME], [models.NAME] and [slurm]")
+    slurm_table = document.get("slurm", {})
+    if not isinstance(slurm_table, dict):
+        raise UsageError(f"{path}: [slurm] must be a table")
+    slurm_options(slurm_table, where=f"{path}: [slurm]")  # checked now; the CLI merges --slurm-option over it
     head = _table(document, "sweep", SweepSection, path)
     evaluation = _table(document, "eval", EvalSection, path)
     train_defaults = _table(document, "train", None, path)
@@ -369,7 +377,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     # The state file guards the training runs, so [eval] and [models] stay out of it: a changed evaluation redoes
     # the evaluations (each is checked against its own settings and model) without retraining a model, and a model
     # added to the list is evaluated next to the finished ones.
-    training = {key: value for key, value in document.items() if key not in ("eval", "models")}
+    training = {key: value for key, value in document.items() if key not in ("eval", "models", "slurm")}
     # the seeds stay out too: each replicate's fingerprint adds its own seed (Sweep.replicate)
     left_out = {"model_dir", "seeds", "seed"} if seeds else {"model_dir"}
     training["sweep"] = {key: value for key, value in head.items() if key not in left_out}
@@ -378,7 +386,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
                  transfer_source=transfer_source, selection=selection, n_examples=n_examples,
                  eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads,
                  data_dir=defaults.data_dir, download=defaults.download, extra_transfer_sources=extra_sources,
-                 models=tuple(models), seeds=tuple(seeds))
+                 models=tuple(models), seeds=tuple(seeds), slurm=dict(slurm_table))
 
 
 def _seeds(head: dict[str, Any], path: Path) -> list[int]:

@@ -25,6 +25,9 @@ def bench_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     workers: Annotated[int, typer.Option(help="Run up to K independent steps (runs, evaluations whose inputs are ready) at once, each in its own process; the CPUs are divided among them. Same result files and tables as one at a time.", rich_help_panel="Scale")] = 1,
     devices: Annotated[str | None, typer.Option(help="With --workers K: K comma-separated devices, one per worker (e.g. cuda:0,cuda:1).", rich_help_panel="Scale")] = None,
+    executor: Annotated[str | None, typer.Option(help="Where the steps run: local (worker processes of this machine: --workers) or slurm (one Slurm job per step, through submitit; options from the sweep's \\[slurm] table and --slurm-option).", rich_help_panel="Scale")] = None,
+    slurm_option: Annotated[list[str] | None, typer.Option("--slurm-option", help="With --executor slurm: KEY=VALUE over the sweep's \\[slurm] table (partition, gpus_per_node, cpus_per_task, time in minutes, mem_gb, account, qos, max_jobs, or any sbatch option); repeatable.", rich_help_panel="Scale")] = None,
+    status: Annotated[bool, typer.Option("--status", help="Print each step's state (finished, Slurm job id) from the sweep's state file and exit; nothing runs.")] = False,
 ) -> None:
     """Train every run of a sweep file, evaluate each (and each evaluate-only model) under its protocols and write
     the leaderboard.
@@ -36,19 +39,32 @@ def bench_command(
     Example: midbench bench --config results/cifar10-mid/sweep.toml --workers 2 --devices cuda:0,cuda:1
 
     Example: midbench bench --config results/cifar10-robustbench/sweep.toml --model-dir models
+
+    Example: midbench bench --config results/mnist5k/sweep.toml --executor slurm --slurm-option partition=gpu
     """
-    from midbench.bench.sweep import config_label, describe_plan, load_sweep, run_sweep
+    from midbench.bench.executors import slurm_options
+    from midbench.bench.sweep import config_label, describe_plan, load_sweep, run_sweep, status_lines
 
     sweep = load_sweep(config, device=device, data_dir=str(data_dir) if data_dir is not None else None,
                        download=download or None, model_dir=str(model_dir) if model_dir is not None else None)
     out_dir = out if out is not None else Path("runs") / f"sweep-{sweep.name}"
+    slurm = slurm_options(sweep.slurm, slurm_option or [], where=f"{config}: [slurm]")
+    if slurm_option and executor != "slurm":
+        from midbench.errors import UsageError
+
+        raise UsageError("--slurm-option goes with --executor slurm")
     if dry_run:
         for line in describe_plan(sweep):
             print(line)
         return
+    if status:
+        for line in status_lines(sweep, out_dir):
+            print(line)
+        return
     slots = tuple(device.strip() for device in devices.split(",") if device.strip()) if devices else ()
     outcome = run_sweep(sweep, out_dir, results_dir, config_label=config_label(config), say=print,
-                        progress=not quiet and workers == 1, restart=restart, workers=workers, devices=slots)
+                        progress=not quiet and workers == 1 and executor is None, restart=restart, workers=workers,
+                        devices=slots, executor=executor, slurm=slurm if executor == "slurm" else None)
     print(outcome.board)
     total = sum(outcome.seconds.values())
     states = out_dir / "seed-<s>" / "sweep-state.json" if sweep.seeds else out_dir / "sweep-state.json"

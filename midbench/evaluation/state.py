@@ -19,7 +19,6 @@ without a state (not resumable) instead of corrupting the first one's.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from midbench.errors import UsageError
-from midbench.fileio import atomic_write_with, ensure_writable_dir, safe_file_name
+from midbench.fileio import atomic_write_with, ensure_writable_dir, safe_file_name, try_lock
 from midbench.runtime.distributed import SINGLE, Shard
 
 STATE_SUFFIX = ".evalstate.npz"
@@ -102,7 +101,7 @@ class EvalState:
         # the fingerprint is compared as JSON, which is also how it is stored
         fingerprint = json.loads(json.dumps(fingerprint))
         ensure_writable_dir(path.parent)
-        lock = _lock(path.with_name(path.name + ".lock"))
+        lock = try_lock(path.with_name(path.name + ".lock"))
         if lock is None:
             state = cls(None, fingerprint)  # another live run owns it: run unsaved rather than interleave writes
             state.busy = True
@@ -184,26 +183,3 @@ class EvalState:
             self._lock = None
 
 
-def _lock(path: Path) -> BinaryIO | None:
-    """An exclusive ``flock`` on ``path`` (created if needed), or ``None`` if another process holds it.
-
-    A finished run deletes its lock file while holding it, so a process that opened the old file just before may
-    lock a file that is no longer at ``path``; checking that the locked file is still the one at ``path`` (and
-    trying again otherwise) keeps two processes from both believing they own the state.
-    """
-    for _ in range(100):
-        handle = open(path, "ab")  # noqa: SIM115 - held until EvalState.finish()
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        except OSError:
-            return handle  # a filesystem without flock: resumable still, only unguarded against a concurrent twin
-        try:
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                return handle
-        except FileNotFoundError:
-            pass
-        handle.close()  # locked a file that was just removed: open the new one
-    raise UsageError(f"could not lock {path}; remove it and rerun")
