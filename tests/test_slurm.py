@@ -185,3 +185,13 @@ def test_a_sweep_through_slurm_equals_the_serial_run_and_resubmits_a_cancelled_j
     board = "leaderboard-tiny-slurm.md"
     assert (out / "results" / board).read_bytes() == (tmp_path / "serial" / "results" / board).read_bytes()
     assert sorted((out / "slurm").iterdir()), "no job logs"
+
+
+def test_jobs_of_an_earlier_driver_still_queued_block_a_rerun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver that died leaves its jobs running: submitting their steps again would run them twice."""
+    from midbench.bench import executors, sweep
+
+    monkeypatch.setattr(executors, "in_queue", lambda job_id: job_id == "41")
+    with pytest.raises(UsageError, match=r"train standard \(job 41\)"):
+        sweep._refuse_queued_jobs({"train standard": {"job_id": "41"}, "eval standard/whitebox": {"job_id": "40"}})
+    sweep._refuse_queued_jobs({"eval standard/whitebox": {"job_id": "40"}})  # ended: nothing to wait for

@@ -136,7 +136,7 @@ class SlurmJob:
     def done(self) -> bool:
         if self._lost or self.job.done():
             return True
-        if _in_queue(self.job_id):
+        if in_queue(self.job_id):
             return False
         # gone from the queue: it finished (its result may have appeared since the first look) or it died
         self._lost = not self.job.done()
@@ -225,7 +225,7 @@ def _memory(gigabytes: int | None) -> str | None:
     return f"{gigabytes}G" if gigabytes is not None else None
 
 
-def _in_queue(job_id: str) -> bool:
+def in_queue(job_id: str) -> bool:
     """Whether ``squeue`` still lists the job (pending, running, completing)."""
     listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True, check=False)
     # squeue exits non-zero for a job id it no longer knows

@@ -460,8 +460,10 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     free = list(slots)
     running: dict[Any, tuple[str, Any, str]] = {}
     failure: BaseException | None = None
-    pool = SlurmPool(out / "slurm", slurm, sweep.name, threads) if slurm is not None else LocalPool(len(slots))
     jobs = state.setdefault("jobs", {})
+    if slurm is not None:
+        _refuse_queued_jobs(jobs)
+    pool = SlurmPool(out / "slurm", slurm, sweep.name, threads) if slurm is not None else LocalPool(len(slots))
 
     def submitted(handle: Any, cell: str) -> None:
         job_id = pool.job_id(handle)
@@ -527,6 +529,21 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     if failure is not None:
         raise failure
     return _finish(sweep, state, state_path, results, config_label, started)
+
+
+def _refuse_queued_jobs(jobs: dict[str, Any]) -> None:
+    """Refuse to submit while a job an earlier driver submitted is still queued or running: its step would run
+    twice, in the same folder.
+
+    Raises:
+        UsageError: such a job is in the queue.
+    """
+    from midbench.bench.executors import in_queue
+
+    queued = [f"{cell} (job {record['job_id']})" for cell, record in jobs.items() if in_queue(record["job_id"])]
+    if queued:
+        raise UsageError(f"earlier jobs of this sweep are still in the Slurm queue: {', '.join(queued)}; wait for "
+                         "them or scancel them, then rerun")
 
 
 def registry_digest() -> str:
