@@ -45,7 +45,7 @@ def prepare(folder: Path, models: int) -> None:
         train(config, folder / name, progress=False)
 
 
-def evaluate_all(folder: Path, models: int, cache: bool, results: Path) -> list[Path]:
+def evaluate_all(folder: Path, models: int, cache: bool, results: Path, n: int | None = None) -> list[Path]:
     """Each model under transfer from the source; the result files, in order."""
     from midbench.bench.sweep_file import load_sweep
     from midbench.evaluation.config import EvalConfig
@@ -57,7 +57,7 @@ def evaluate_all(folder: Path, models: int, cache: bool, results: Path) -> list[
     for index in range(1, models + 1):
         config = EvalConfig(checkpoint=str(folder / f"model-{index}" / MODEL_FILE), selection=sweep.selection,
                             protocol="transfer", source=str(folder / SOURCE / MODEL_FILE),
-                            n_examples=sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results),
+                            n_examples=n or sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results),
                             name=f"model-{index}", seed=sweep.seed, device="cpu", transfer_cache=cache)
         evaluated = run_evaluation(config)
         assert evaluated.path is not None
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="where the source and the models are trained")
     parser.add_argument("--models", type=int, default=4, help="evaluated models")
+    parser.add_argument("--n", type=int, default=None, help="test images (default: the sweep file's, 120)")
     parser.add_argument("--prepare", action="store_true", help="train the models and exit")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--cache", dest="cache", action="store_true", default=True)
@@ -82,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         if not args.check:
-            evaluate_all(args.folder, args.models, args.cache, Path(scratch))
+            evaluate_all(args.folder, args.models, args.cache, Path(scratch), args.n)
             return 0
-        cached = evaluate_all(args.folder, args.models, True, Path(scratch) / "cached")
-        plain = evaluate_all(args.folder, args.models, False, Path(scratch) / "plain")
+        cached = evaluate_all(args.folder, args.models, True, Path(scratch) / "cached", args.n)
+        plain = evaluate_all(args.folder, args.models, False, Path(scratch) / "plain", args.n)
         differing = 0
         for a, b in zip(cached, plain, strict=True):
             with np.load(a.with_suffix(".npz")) as left, np.load(b.with_suffix(".npz")) as right:

@@ -112,14 +112,14 @@ class AttackRunner:
         if saved is None:  # a fresh attack starts from the given examples, nothing spent yet
             saved = AttackProgress(start_robust.copy(), done=0)
         # Under transfer, what is crafted on the source must not depend on the evaluated model (transfer_cache.py):
-        # a batch-seeded attack crafts every example in fixed batches; a per-example one may craft just those the
-        # evaluated model still gets right, since each example's attack is its own.
-        on_source = self.protocol == "transfer" and not query_evaluated
-        every_example = on_source and not per_example
+        # every example is crafted, in fixed batches. Per-example randomness alone would not do: a batch of other
+        # examples changes the floating-point sums of a convolution in the last bits, and now and then an example
+        # on the edge of the decision boundary with them.
+        every_example = self.protocol == "transfer" and not query_evaluated
         start_tensor = torch.from_numpy(start_robust).to(self.device)
         candidates = torch.arange(start_robust.shape[0], device=self.device) if every_example else \
             torch.from_numpy(np.flatnonzero(start_robust)).to(self.device)
-        step = self.cache.step(key, spec, per_example) if self.cache is not None and on_source else None
+        step = self.cache.step(key, spec, per_example) if self.cache is not None and every_example else None
         total = int(candidates.numel())
         robust = torch.from_numpy(saved.robust.copy()).to(self.device)
         done, forward, backward, seconds = saved.done, saved.forward_passes, saved.backward_passes, saved.seconds
@@ -170,32 +170,21 @@ class AttackRunner:
     def _craft(self, attack: Any, target: nn.Module, index: torch.Tensor, key: str, start: int, per_example: bool,
                step: CacheStep | None) -> torch.Tensor:
         """The adversarial images of the examples ``index`` (batch ``start`` of step ``key``): from the transfer
-        cache where it holds them (this very batch, or these examples of a per-example step), else crafted and
-        added to it."""
-        if step is not None and not per_example:
+        cache where it holds this very batch, else crafted (and added to it)."""
+        if step is not None:
             cached = step.batch(index.cpu().numpy())
             if cached is not None:
                 return torch.from_numpy(cached).to(self.device)
-        found = step.examples(index.cpu().numpy()) if step is not None and per_example else {}
-        missing = index if not found else index[torch.tensor([int(i) not in found for i in index.tolist()],
-                                                              dtype=torch.bool, device=index.device)]
-        crafted = None
-        if missing.numel():
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as scope:
-                torch.manual_seed(batch_seed(self.seed, key, start))
-                if per_example:
-                    scope.enter_context(per_example_generators(
-                        [example_seed(self.seed, key, int(i)) for i in missing.tolist()]))
-                crafted = attack(target, self.images[missing], self.labels[missing])
-            if step is not None:
-                step.store(missing.cpu().numpy(), crafted)
-        if not found:
-            assert crafted is not None
-            return crafted
-        rows = iter(crafted) if crafted is not None else iter(())
-        return torch.stack([torch.from_numpy(found[int(i)]).to(self.device) if int(i) in found else next(rows)
-                            for i in index.tolist()])
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as scope:
+            torch.manual_seed(batch_seed(self.seed, key, start))
+            if per_example:
+                scope.enter_context(per_example_generators(
+                    [example_seed(self.seed, key, int(i)) for i in index.tolist()]))
+            crafted = attack(target, self.images[index], self.labels[index])
+        if step is not None:
+            step.store(index.cpu().numpy(), crafted)
+        return crafted
 
     def _agree_on_resume(self, saved: AttackProgress | None, handles_batching: bool) -> AttackProgress | None:
         """Under torchrun, what this rank resumes from — decided alike on every rank, so that all of them take

@@ -1,8 +1,8 @@
 """``evaluate()``: run attacks on a model under a protocol and build the per-example robustness matrix.
 
 Robust-points-only (goal P5): each attack is run only on the examples the evaluated model classifies
-correctly when clean; the others are non-robust by definition and cost no attack step. Under ``transfer`` a
-batch-seeded attack crafts every example instead, so that what is crafted on the source does not depend on the
+correctly when clean; the others are non-robust by definition and cost no attack step. Under ``transfer`` every
+attack crafted on the source crafts every example instead, so that what is crafted does not depend on the
 evaluated model and can be shared through the transfer cache (:mod:`midbench.evaluation.transfer_cache`).
 Each attack runs through :class:`midbench.evaluation.attacking.AttackRunner` (seeding per batch, pass counts,
 resumable progress).

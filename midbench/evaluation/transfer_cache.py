@@ -2,8 +2,8 @@
 (docs/evaluation.md, "The transfer cache").
 
 Under the transfer protocol the adversarial images depend on the source model, the attack, the seed, the examples
-and how they were batched, never on the evaluated model: the engine crafts them so (every example in fixed
-batches, or per example with its own randomness; :class:`midbench.evaluation.attacking.AttackRunner`). Ten models
+and how they were batched, never on the evaluated model: the engine crafts every example of the evaluated slice,
+in fixed batches (:class:`midbench.evaluation.attacking.AttackRunner`). Ten models
 evaluated through one source therefore need the source's attacks once. Each attack step has a folder named by
 the digest of everything that decides its images (the source's weights hash, the data, the seed, the batch size,
 the device type, the attack's full specification and step name, and the code that runs it:
@@ -87,50 +87,36 @@ class TransferCache:
         what = {"context": self.context, "step": step_key, "attack": attack.key, "spec": attack.equivalence(),
                 "implementation": attack.implementation, "per_example": per_example}
         name = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-        return CacheStep(self.root / name[:2] / name, per_example, self.stats)
+        return CacheStep(self.root / name[:2] / name, self.stats)
 
 
 class CacheStep:
-    """One attack step's cached images. Batch-seeded steps reuse a file only for exactly the same batch (its
-    randomness depends on the batch); per-example steps reuse any example on its own."""
+    """One attack step's cached batches: a batch is reused only when it holds exactly the same examples (an
+    attack's output depends on its batch: its randomness, and the last bits of a convolution's sums)."""
 
-    def __init__(self, folder: Path, per_example: bool, stats: CacheStats) -> None:
-        self.folder, self.per_example, self.stats = folder, per_example, stats
-        self._rows: dict[int, np.ndarray] | None = None
+    def __init__(self, folder: Path, stats: CacheStats) -> None:
+        self.folder, self.stats = folder, stats
         self._batches: dict[bytes, np.ndarray] | None = None
 
-    def _load(self) -> None:
-        self._rows, self._batches = {}, {}
-        if not self.folder.is_dir():
-            return
-        for path in sorted(self.folder.glob(f"*{_SUFFIX}")):
+    def _load(self) -> dict[bytes, np.ndarray]:
+        batches: dict[bytes, np.ndarray] = {}
+        for path in sorted(self.folder.glob(f"*{_SUFFIX}")) if self.folder.is_dir() else []:
             entry = _read(path)
             if entry is None:
                 self.stats.corrupt += 1
                 path.unlink(missing_ok=True)
                 continue
             indices, images = entry
-            self._batches[indices.tobytes()] = images
-            for row, index in enumerate(indices.tolist()):
-                self._rows[int(index)] = images[row]
+            batches[indices.tobytes()] = images
+        return batches
 
     def batch(self, indices: np.ndarray) -> np.ndarray | None:
-        """The images of exactly this batch (batch-seeded steps), or None."""
+        """The images of exactly this batch, or None."""
         if self._batches is None:
-            self._load()
-        assert self._batches is not None
+            self._batches = self._load()
         found = self._batches.get(np.asarray(indices, dtype=np.int64).tobytes())
         if found is not None:
             self.stats.reused += len(indices)
-        return found
-
-    def examples(self, indices: np.ndarray) -> dict[int, np.ndarray]:
-        """The cached images among ``indices`` (per-example steps), by index."""
-        if self._rows is None:
-            self._load()
-        assert self._rows is not None
-        found = {int(index): self._rows[int(index)] for index in indices.tolist() if int(index) in self._rows}
-        self.stats.reused += len(found)
         return found
 
     def store(self, indices: np.ndarray, images: torch.Tensor) -> None:
@@ -151,10 +137,8 @@ class CacheStep:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        if self._rows is not None and self._batches is not None:
+        if self._batches is not None:
             self._batches[indices.tobytes()] = array
-            for row, index in enumerate(indices.tolist()):
-                self._rows[int(index)] = array[row]
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
