@@ -57,8 +57,9 @@ def evaluate_all(folder: Path, models: int, cache: bool, results: Path, n: int |
     for index in range(1, models + 1):
         config = EvalConfig(checkpoint=str(folder / f"model-{index}" / MODEL_FILE), selection=sweep.selection,
                             protocol="transfer", source=str(folder / SOURCE / MODEL_FILE),
-                            n_examples=n or sweep.n_examples, batch_size=sweep.eval_batch_size, results_dir=str(results),
-                            name=f"model-{index}", seed=sweep.seed, device="cpu", transfer_cache=cache)
+                            n_examples=n or sweep.n_examples, batch_size=sweep.eval_batch_size,
+                            results_dir=str(results), name=f"model-{index}", seed=sweep.seed, device="cpu",
+                            transfer_cache=cache)
         evaluated = run_evaluation(config)
         assert evaluated.path is not None
         paths.append(evaluated.path)
