@@ -90,7 +90,8 @@ class AttackRunner:
 
     def run(self, spec: ResolvedAttack, split: str, start_robust: np.ndarray, *, key: str | None = None,
             per_example: bool = False, query_evaluated: bool = False) -> AttackOutcome:
-        """Attack the examples where ``start_robust`` holds; the others stay non-robust.
+        """Attack the examples where ``start_robust`` holds; the others stay non-robust. (Under ``transfer`` every
+        example is crafted on the source, and only those where ``start_robust`` holds can count as robust.)
 
         Args:
             key: the name of this step in the state file and in progress reports (default ``spec.key``).
