@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from midbench.paths import TRANSFER_CACHE_DIR
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: the largest relative difference of a bf16 + channels_last step's loss from float32's (reasoning above)
@@ -247,6 +249,8 @@ def _matrices(folder: Path) -> dict[str, np.ndarray]:
     """Every per-example matrix of a results folder, keyed by model, protocol and matrix name."""
     found: dict[str, np.ndarray] = {}
     for path in sorted(folder.rglob("*.npz")):
+        if TRANSFER_CACHE_DIR in path.parts:  # a transfer cache's entries are not result files
+            continue
         document = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         key = f"{document['checkpoint']['name']}/{document['protocol']['name']}"
         with np.load(path) as saved:

@@ -49,7 +49,9 @@ else
     # a CPU run shares its cores (CI runs it beside another test worker, and bf16 on a CPU without bf16 units is
     # some 20 times slower than fp32): limits five times as long; they only bound a part that hangs
     dev=cpu; nproc=2; slack=5
-    precision_args=(--batch 8 --pairs 2 --attack-steps 2); mid_args=(--batch 4 --pairs 1)
+    # bf16 on a CPU without bf16 units is emulated, some 20 times slower than fp32: the smallest steps that
+    # exercise the code path
+    precision_args=(--batch 2 --pairs 1 --attack-steps 1); mid_args=(--batch 2 --pairs 1)
     pgd_args=(--n 32 --batch 16 --pairs 2 --attack-steps 3)
     train_args=(--n-train 500 --attack-steps 2); aa_n=8; profile_n=4; shard_n=16
 fi

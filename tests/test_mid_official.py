@@ -211,8 +211,8 @@ def test_imported_mid_under_transfer_equals_fgsm_on_the_released_source(
                                       "fgsm-linf", "--n-examples", "64", "--protocol", "transfer",
                                       "--results-dir", str(tmp_path), "--quiet", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    (document,) = [json.loads(path.read_text()) for path in tmp_path.rglob("*.json")]
-    matrix = np.load(Path(tmp_path.rglob("*.npz").__next__()))
+    (document,) = [json.loads(path.read_text()) for path in (tmp_path / "runs").rglob("*.json")]
+    matrix = np.load(next((tmp_path / "runs").rglob("*.npz")))  # the result's, not the transfer cache's
     x, y = mnist5k_test.subset(torch.arange(64)).as_float(), mnist5k_test.labels[:64]
     x_grad = x.clone().requires_grad_()
     loss = F.cross_entropy(_head(released["source"], _encoder(released["source"], x_grad)), y)
