@@ -172,6 +172,7 @@ def test_a_sweep_through_slurm_equals_the_serial_run_and_resubmits_a_cancelled_j
     assert f"Slurm job {job_id} ended without a result" in stderr
     state = json.loads(state_path.read_text(encoding="utf-8"))
     assert "standard" not in state["training"]  # only finished steps are recorded
+    finished = [f"train {name}" for name in state["training"]] + [f"eval {key}" for key in state["evaluations"]]
 
     status = bench("--config", str(config), "--out", str(out), "--status")
     assert status.returncode == 0 and f"train standard: not finished, Slurm job {job_id}" in status.stdout
@@ -181,7 +182,9 @@ def test_a_sweep_through_slurm_equals_the_serial_run_and_resubmits_a_cancelled_j
     assert rerun.returncode == 0, rerun.stderr
     resubmitted = json.loads(state_path.read_text(encoding="utf-8"))["jobs"]
     assert resubmitted["train standard"]["job_id"] != job_id
-    assert all(cell.startswith(("train", "eval")) for cell in resubmitted)
+    # a step the first run finished (pgd-at's training ran beside the cancelled job) keeps the job that finished
+    # it: it was not submitted again
+    assert finished and all(resubmitted[cell] == state["jobs"][cell] for cell in finished)
     board = "leaderboard-tiny-slurm.md"
     assert (out / "results" / board).read_bytes() == (tmp_path / "serial" / "results" / board).read_bytes()
     assert sorted((out / "slurm").iterdir()), "no job logs"

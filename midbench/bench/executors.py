@@ -7,7 +7,7 @@ waits for any to finish, records it in the state file and submits what became re
 
 - :class:`LocalPool`: a pool of spawned processes, one slot per worker (``--workers``, ``--devices``).
 - :class:`SlurmPool`: every step a job of its own, with the sweep's ``[slurm]`` options (partition, GPUs, CPUs,
-  time, memory, account, QOS and any other ``sbatch`` option), its log in ``<out>/slurm/<job id>_*``. submitit
+  time, memory, account, QOS and any other ``sbatch`` option), its log in ``<out>/slurm/<job id>/``. submitit
   (Meta's library for submitting Python functions to Slurm) pickles the function and its arguments, writes the
   sbatch script and reads the result back.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -57,6 +58,8 @@ class SlurmOptions:
 
 
 _SLURM_KEYS = tuple(f.name for f in fields(SlurmOptions) if f.name != "extra")
+#: the named resources that are counts (the others are names); a count is at least 1, GPUs at least 0
+_COUNTS = tuple(key for key in _SLURM_KEYS if typing.get_type_hints(SlurmOptions)[key] == int | None)
 
 
 def slurm_options(table: dict[str, Any], pairs: Iterable[str] = (), where: str = "[slurm]") -> SlurmOptions:
@@ -78,7 +81,7 @@ def slurm_options(table: dict[str, Any], pairs: Iterable[str] = (), where: str =
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise UsageError(f"--slurm-option {pair!r}: write KEY=VALUE, e.g. partition=gpu")
-        if key in _SLURM_KEYS and key not in ("partition", "account", "qos"):
+        if key in _COUNTS:
             try:
                 named[key] = int(text)
             except ValueError as error:
@@ -87,7 +90,7 @@ def slurm_options(table: dict[str, Any], pairs: Iterable[str] = (), where: str =
             named[key] = text.strip()
         else:
             extra[key] = text.strip()
-    for key in ("gpus_per_node", "cpus_per_task", "time", "mem_gb", "max_jobs"):
+    for key in _COUNTS:
         if named.get(key) is not None and named[key] < (0 if key == "gpus_per_node" else 1):
             raise UsageError(f"{where} {key} must be at least {0 if key == 'gpus_per_node' else 1}, got {named[key]}")
     return SlurmOptions(**named, extra={key: str(value) for key, value in extra.items()})

@@ -230,10 +230,11 @@ def status_lines(sweep: Sweep, out_dir: str | Path) -> list[str]:
     """One line per step of the sweep from its state file (``bench --status``): finished, or not yet, with the
     Slurm job last submitted for it and whether the queue still lists that job."""
     from midbench.bench.executors import queue_state
+    from midbench.reporting.seeds import seed_folder
 
     if sweep.seeds:
         return [f"seed {seed}: {line}" for seed in sweep.seeds
-                for line in status_lines(sweep.replicate(seed), Path(out_dir) / f"seed-{seed}")]
+                for line in status_lines(sweep.replicate(seed), Path(out_dir) / seed_folder(seed))]
     path = Path(out_dir) / SWEEP_STATE_FILE
     state = _load_state(path, sweep.fingerprint) if path.is_file() else {"training": {}, "evaluations": {}}
     jobs = state.get("jobs", {})
@@ -453,9 +454,13 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
             "serial run uses torch's default; trained weights may then differ in the last bits — pin `threads` in "
             "[sweep] for tables identical to a serial run's")
     shared = _shared_settings(sweep)
-    to_train = list(sweep.runs)
+    # a run the state records (written once its training returned) with its model file is finished: no worker or
+    # job is spent on finding that out again
+    done_before = {run.name for run in sweep.runs
+                   if run.name in state["training"] and model_path(out, run.name).is_file()}
+    to_train = [run for run in sweep.runs if run.name not in done_before]
     to_evaluate = evaluation_plan(sweep)
-    trained: set[str] = {model.name for model in sweep.models}  # evaluate-only models are ready from the start
+    trained: set[str] = {model.name for model in sweep.models} | done_before  # evaluate-only models: ready at once
     hashes: dict[str, str | None] = {}
     free = list(slots)
     running: dict[Any, tuple[str, Any, str]] = {}
