@@ -3,13 +3,15 @@
 as one ``RESULT {json}`` line, which the script gathers into its summary table. Every part also runs on the CPU
 (``--device cpu``, small sizes), which is how the tests exercise them (``tests/test_gpu_check.py``).
 
-``precision --method pgd-at|mid``
+``precision --method pgd-at|mid [--small]``
     One training step of the real code path (``task.step`` of PGD-AT; MID's ``meta_step``) on ResNet-18 at 32×32,
     in float32 and in bf16 autocast with channels_last memory layout, from the same weights, batch and seeds:
     the same-run speed ratio (interleaved pairs, median) and the relative difference of the first step's loss.
     The batch is uniform noise with random labels: speed and rounding do not depend on the pixels, and the
     device machine has no dataset. MID's four pool tasks are the clean batch plus ±ε sign noise (crafting them
     is PGD on the source model, the cost PGD-AT's row already shows), so the row times the meta step itself.
+    ``--small`` takes the tiny networks of the same layouts (``test-resnet``, ``test-resnet-ae``): the CPU run's
+    setting, where bf16 is emulated some ten times slower than float32 and only the code path is checked.
 
     Tolerance: ``LOSS_TOLERANCE`` (2% relative). bf16 keeps an 8-bit significand, a relative rounding of
     2⁻⁹ ≈ 0.2% per operation; a mean cross-entropy over a batch averages many such errors, so a loss further
@@ -53,6 +55,9 @@ from midbench.paths import TRANSFER_CACHE_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+#: the networks of the precision rows: the GPU's, and ``--small``'s tiny ones of the same layout (MID's has a decoder)
+ARCHS = {"pgd-at": "preact-resnet18", "mid": "resnet18"}
+SMALL_ARCHS = {"pgd-at": "test-resnet", "mid": "test-resnet-ae"}
 #: the largest relative difference of a bf16 + channels_last step's loss from float32's (reasoning above)
 LOSS_TOLERANCE = 0.02
 SHAPE = (3, 32, 32)
@@ -106,7 +111,8 @@ def noise_batch(batch: int, device: torch.device, seed: int = 0) -> tuple[torch.
 class _Step:
     """One configuration of a training step: a copy of the weights, its optimizer, layout and autocast."""
 
-    def __init__(self, method: str, base: nn.Module, device: torch.device, fast: bool, attack_steps: int) -> None:
+    def __init__(self, method: str, base: nn.Module, device: torch.device, fast: bool, attack_steps: int,
+                 arch: str) -> None:
         self.method, self.device, self.fast = method, device, fast
         self.model = copy.deepcopy(base).to(device)
         if fast:
@@ -121,7 +127,7 @@ class _Step:
             from midbench.data import get_dataset
             from midbench.defenses import build_task
 
-            self.task = build_task(TrainConfig.of(method="pgd-at", dataset="cifar10", arch="preact-resnet18",
+            self.task = build_task(TrainConfig.of(method="pgd-at", dataset="cifar10", arch=arch,
                                                   attack_steps=attack_steps), get_dataset("cifar10"))
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -157,32 +163,34 @@ class _Step:
             return meta_step(parts, tasks, y, held_out=1, settings=MetaSettings()).objective
 
 
-def _base_model(method: str) -> nn.Module:
+def _base_model(method: str, arch: str) -> nn.Module:
     from midbench.data import get_dataset
     from midbench.models import build_model
 
     spec = get_dataset("cifar10")
     torch.manual_seed(0)
     if method == "pgd-at":
-        return build_model("preact-resnet18", 10, SHAPE, spec.mean, spec.std)
+        return build_model(arch, 10, SHAPE, spec.mean, spec.std)
     from midbench.mid.parts import assemble_mid_classifier, attach_decoder
 
-    teacher = build_model("resnet18", 10, SHAPE, spec.mean, spec.std)
-    attach_decoder(teacher, "resnet18", SHAPE)
-    student = build_model("resnet18", 10, SHAPE, spec.mean, spec.std)
+    teacher = build_model(arch, 10, SHAPE, spec.mean, spec.std)
+    attach_decoder(teacher, arch, SHAPE)
+    student = build_model(arch, 10, SHAPE, spec.mean, spec.std)
     assemble_mid_classifier(student, teacher)
     return student
 
 
-def check_precision(method: str, device: torch.device, batch: int, pairs: int, attack_steps: int) -> bool:
-    base = _base_model(method)
+def check_precision(method: str, device: torch.device, batch: int, pairs: int, attack_steps: int,
+                    small: bool = False) -> bool:
+    arch = (SMALL_ARCHS if small else ARCHS)[method]
+    base = _base_model(method, arch)
     x, y = noise_batch(batch, device)
-    fp32, fast = (_Step(method, base, device, flag, attack_steps) for flag in (False, True))
+    fp32, fast = (_Step(method, base, device, flag, attack_steps, arch) for flag in (False, True))
     first = {"fp32": fp32(x, y, seed=0), "bf16+channels_last": fast(x, y, seed=0)}
     difference = abs(first["bf16+channels_last"] - first["fp32"]) / abs(first["fp32"])
     fp32_times, fast_times = interleaved_seconds(lambda: fp32(x, y, 0), lambda: fast(x, y, 0), pairs, device)
     ok = difference <= LOSS_TOLERANCE
-    emit(f"{method} step bf16+CL vs fp32", device, ok, batch=batch, pairs=pairs,
+    emit(f"{method} step bf16+CL vs fp32", device, ok, arch=arch, batch=batch, pairs=pairs,
          fp32_ms=round(1e3 * statistics.median(fp32_times), 2),
          fast_ms=round(1e3 * statistics.median(fast_times), 2),
          speedup=round(median_ratio(fp32_times, fast_times), 3),
@@ -281,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="autoattack: CHECKPOINT; compare-matrices: DIR_A DIR_B")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--method", choices=("pgd-at", "mid"), default="pgd-at")
+    parser.add_argument("--small", action="store_true", help="precision: the tiny networks of the same layouts")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--pairs", type=int, default=7)
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     device = torch.device(args.device)
     if args.part == "precision":
-        ok = check_precision(args.method, device, args.batch, args.pairs, args.attack_steps)
+        ok = check_precision(args.method, device, args.batch, args.pairs, args.attack_steps, args.small)
     elif args.part == "pgd":
         ok = check_pgd(device, args.n, args.batch, args.attack_steps, args.pairs)
     elif args.part == "autoattack":

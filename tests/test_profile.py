@@ -364,6 +364,9 @@ def test_unknown_attacks_write_curves_to_the_result_and_its_matrix(pgd_at_checkp
         assert np.array_equal(images[0, ..., 0], load_split("mnist5k", "test").images[:PROFILE_EXAMPLES, 0].numpy())
     page, _ = build_report(tmp_path)
     assert all(f'data-threat-model="{model_id}"' in page for model_id in models)
+    # every stored picture is in the page as an image of its own: a row per rung and the clean row
+    assert page.count('<img src="data:image/png;base64,') == \
+        sum((1 + len(model["strengths"])) * PROFILE_EXAMPLES for model in models.values())
 
 
 # ------------------------------------------------------------------------ leaderboard: reference-normalised scores

@@ -23,6 +23,11 @@ tr.flagged td { background: var(--flag); }
 figure { margin: 1rem 0 1.5rem; }
 figure svg { max-width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 0.9rem; }
+figure.examples { display: inline-block; vertical-align: top; margin: 0.5rem 1.5rem 0.5rem 0; }
+table.example-grid { margin: 0.2rem 0 0.6rem; }
+table.example-grid th, table.example-grid td { border: 0; padding: 1px 2px; position: static; background: none; }
+table.example-grid th { font-weight: normal; color: var(--muted); font-size: 0.8rem; }
+table.example-grid img { display: block; width: 56px; height: 56px; image-rendering: pixelated; }
 dl.provenance { display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem; }
 dl.provenance dt { color: var(--muted); }
 dl.provenance dd { margin: 0; word-break: break-all; }
