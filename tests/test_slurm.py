@@ -19,7 +19,8 @@ from midbench.bench.executors import SlurmOptions, slurm_options
 from midbench.cli.app import app
 from midbench.errors import UsageError
 
-#: two runs, every evaluation white-box and under transfer: three training and three evaluation jobs
+#: three runs, every evaluation white-box and under transfer: three training jobs, five evaluation jobs, and a
+#: crafting job for the source, through which two models are evaluated
 SWEEP = """
 [sweep]
 name = "tiny-slurm"
@@ -46,6 +47,9 @@ epochs = 1
 [runs.standard]
 
 [runs.pgd-at]
+
+[runs.standard-b]
+method = "standard"
 
 [slurm]
 cpus_per_task = 1
@@ -185,6 +189,8 @@ def test_a_sweep_through_slurm_equals_the_serial_run_and_resubmits_a_cancelled_j
     # a step the first run finished (pgd-at's training ran beside the cancelled job) keeps the job that finished
     # it: it was not submitted again
     assert finished and all(resubmitted[cell] == state["jobs"][cell] for cell in finished)
+    # the source's attacks were crafted by a job of their own, which both transfer evaluations waited for
+    assert "craft standard" in resubmitted and "standard" in json.loads(state_path.read_text())["crafted"]
     board = "leaderboard-tiny-slurm.md"
     assert (out / "results" / board).read_bytes() == (tmp_path / "serial" / "results" / board).read_bytes()
     assert sorted((out / "slurm").iterdir()), "no job logs"

@@ -457,6 +457,11 @@ def test_parallel_workers_give_the_serial_result_files_and_tables(tmp_path: Path
     # the steps ran in separate processes, so the state file records every one of them
     state = json.loads((tmp_path / "parallel" / "sweep-state.json").read_text())
     assert sorted(state["training"]) == ["mid", "pgd-at", "standard"] and len(state["evaluations"]) == 5
+    # two models go through the source: its attacks are crafted once, by a step of their own, before either
+    # evaluation starts, so both read the sweep's FGSM on all 24 examples from the cache
+    assert list(state["crafted"]) == ["standard"]
+    for path in (tmp_path / "parallel" / "results" / "runs" / "mnist5k").glob("*__transfer__*.json"):
+        assert json.loads(path.read_text())["protocol"]["transfer_cache"]["reused"] >= 24, path.name
 
 
 def test_bad_worker_settings_are_usage_errors(tmp_path: Path) -> None:

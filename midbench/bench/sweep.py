@@ -33,6 +33,8 @@ __all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "desc
            "write_leaderboards", "leaderboard_header", "model_path"]
 
 SWEEP_STATE_FILE = "sweep-state.json"
+#: where a crafting step's evaluation of the source leaves its result (its product is the transfer cache)
+CRAFTING_DIR = "transfer-crafting"
 #: held by the `midbench bench` that runs the sweep folder
 LOCK_FILE = ".sweep.lock"
 
@@ -103,6 +105,17 @@ def evaluation_key(sweep: Sweep, step: tuple[str, str, str | None]) -> str:
     name, protocol, source = step
     extra = source is not None and source != sweep.transfer_source
     return f"{name}/{protocol}" + (f"@{source}" if extra else "")
+
+
+def crafted_sources(sweep: Sweep) -> list[str]:
+    """The transfer sources that get a crafting step of their own when steps run side by side: those through which
+    at least two models are evaluated. Without it, evaluations started together would each craft the source's
+    attacks; with it, the crafting step fills the transfer cache once and they all read it."""
+    counts: dict[str, int] = {}
+    for _, protocol, source in evaluation_plan(sweep):
+        if protocol == "transfer" and source is not None:
+            counts[source] = counts.get(source, 0) + 1
+    return [source for source, count in counts.items() if count >= 2]
 
 
 def describe_plan(sweep: Sweep) -> list[str]:
@@ -240,6 +253,9 @@ def status_lines(sweep: Sweep, out_dir: str | Path) -> list[str]:
     jobs = state.get("jobs", {})
     cells = [(f"train {run.name}", run.name in state["training"] and model_path(Path(out_dir), run.name).is_file())
              for run in sweep.runs]
+    crafted = state.get("crafted", {})
+    cells += [(f"craft {source}", source in crafted) for source in crafted_sources(sweep)
+              if source in crafted or f"craft {source}" in jobs]
     for step in evaluation_plan(sweep):
         key = evaluation_key(sweep, step)
         cells.append((f"eval {key}", key in state["evaluations"]))
@@ -436,8 +452,11 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     ``slurm`` each in a Slurm job of its own (:mod:`midbench.bench.executors`; the job ids go to the state file).
 
     A step starts once its inputs exist: a run once the runs it names (MID's source and teacher) are trained, an
-    evaluation once its model and its transfer source are. Each step is the serial run's step — same config,
-    same seeds — so the result files and tables are the serial run's. Threads: the sweep's pinned ``threads``
+    evaluation once its model and its transfer source are. A source through which several models are evaluated
+    first gets a crafting step (:func:`crafted_sources`, :func:`_craft_job`), and its transfer evaluations wait
+    for it, so that they read the source's attacks from the transfer cache instead of each crafting them at the
+    same time. Each step is the serial run's step — same config, same seeds — so the result files and tables are
+    the serial run's. Threads: the sweep's pinned ``threads``
     per worker, else the CPUs divided among the workers. The parent alone writes the state file, after each
     finished step; on an error, the running steps finish (their progress is kept) and the error is raised.
     """
@@ -460,6 +479,9 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                    if run.name in state["training"] and model_path(out, run.name).is_file()}
     to_train = [run for run in sweep.runs if run.name not in done_before]
     to_evaluate = evaluation_plan(sweep)
+    to_craft = crafted_sources(sweep)
+    # a source with a single transfer evaluation is crafted by that evaluation
+    crafted = {source for _, protocol, source in to_evaluate if protocol == "transfer"} - set(to_craft)
     trained: set[str] = {model.name for model in sweep.models} | done_before  # evaluate-only models: ready at once
     hashes: dict[str, str | None] = {}
     free = list(slots)
@@ -493,8 +515,23 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                     running[handle] = ("train", ready_run.name, device)
                     submitted(handle, f"train {ready_run.name}")
                     continue
-                step = next((step for step in to_evaluate if step[0] in trained and (step[2] in trained or
-                                                                                     step[2] is None)), None)
+                source = next((source for source in to_craft if source in trained), None)
+                if source is not None:
+                    to_craft.remove(source)
+                    if hashes.get(source) is None:
+                        hashes[source] = _model_sha(sweep, out, source)
+                    if _already_crafted(sweep, state, source, hashes[source], shared):
+                        crafted.add(source)
+                        continue
+                    device = free.pop(0)
+                    job = _craft_job(sweep, source, out, hashes, shared, device)
+                    say(f"[bench] crafting the transfer attacks of {source} on {device} -> {out / TRANSFER_CACHE_DIR}")
+                    handle = pool.submit(_evaluate, job.config, threads, name=f"craft-{source}")
+                    running[handle] = ("craft", source, device)
+                    submitted(handle, f"craft {source}")
+                    continue
+                step = next((step for step in to_evaluate if step[0] in trained and (
+                    step[2] is None or (step[2] in trained and step[2] in crafted))), None)
                 if step is None:
                     break
                 to_evaluate.remove(step)
@@ -526,6 +563,10 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                     record["seconds"] = round(record["seconds"] + seconds, 1)
                     record["epochs"] = epochs
                     trained.add(subject)
+                elif kind == "craft":
+                    state.setdefault("crafted", {})[subject] = {"source_sha256": hashes[subject], "settings": shared,
+                                                                "seconds": round(value[1], 1)}
+                    crafted.add(subject)
                 else:
                     result_path, seconds = value
                     subject.record(state, result_path, seconds, results)
@@ -534,6 +575,36 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     if failure is not None:
         raise failure
     return _finish(sweep, state, state_path, results, config_label, started)
+
+
+def _craft_job(sweep: Sweep, source: str, out: Path, hashes: dict[str, str | None], shared: dict[str, Any],
+               device: str) -> _EvaluationJob:
+    """The crafting step of a transfer source: the source evaluated through itself under transfer, with the
+    sweep's selection and the sweep's transfer cache. Under transfer every attack crafted on the source crafts
+    every example, whatever model is evaluated, so this fills the cache with what each transfer evaluation of the
+    sweep reads (all but the known attacks of models trained otherwise than the source, which their evaluations
+    craft). Its result file goes to ``<out>/transfer-crafting`` and into no table."""
+    job = _EvaluationJob.of(sweep, (source, "transfer", source), out, out / CRAFTING_DIR, hashes, shared,
+                            restart=False, device=device)
+    job.config = replace(job.config, name=f"craft-{source}", reuse_finished=True, discard_other_settings=True)
+    ensure_writable_dir(out / CRAFTING_DIR)
+    return job
+
+
+def _already_crafted(sweep: Sweep, state: dict[str, Any], source: str, sha256: str | None,
+                     shared: dict[str, Any]) -> bool:
+    """Whether crafting ``source`` again would serve nothing: the state records it crafted with this very
+    source and these settings, or every transfer evaluation through it is already recorded with them."""
+    record = state.get("crafted", {}).get(source)
+    if sha256 is None:
+        return False
+    if record is not None and record["source_sha256"] == sha256 and record["settings"] == shared:
+        return True
+    keys = [evaluation_key(sweep, step) for step in evaluation_plan(sweep)
+            if step[1] == "transfer" and step[2] == source]
+    done = [state["evaluations"].get(key) for key in keys]
+    return all(record is not None and record["settings"].get("source_sha256") == sha256 and
+               all(record["settings"].get(name) == value for name, value in shared.items()) for record in done)
 
 
 def _refuse_queued_jobs(jobs: dict[str, Any]) -> None:
