@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -204,3 +205,32 @@ def test_jobs_of_an_earlier_driver_still_queued_block_a_rerun(monkeypatch: pytes
     with pytest.raises(UsageError, match=r"train standard \(job 41\)"):
         sweep._refuse_queued_jobs({"train standard": {"job_id": "41"}, "eval standard/whitebox": {"job_id": "40"}})
     sweep._refuse_queued_jobs({"eval standard/whitebox": {"job_id": "40"}})  # ended: nothing to wait for
+
+
+#: every step of the sweep under torchrun with two processes (gloo on the CPU), one run evaluated white-box
+NPROC_SWEEP = (SWEEP.replace("threads = 1", "threads = 1\nnproc = 2")
+               .replace('protocols = ["whitebox", "transfer"]\ntransfer_source = "standard"\n', "")
+               .replace('[runs.pgd-at]\n\n[runs.standard-b]\nmethod = "standard"\n', ""))
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_a_step_of_several_processes_runs_under_torchrun_inside_its_job(tmp_path: Path) -> None:
+    """``nproc = 2``: the training job trains data-parallel and the evaluation job shards; the sharded evaluation's
+    per-example results equal one process's on the same model."""
+    assert "nproc = 2" in NPROC_SWEEP and "[runs.pgd-at]" not in NPROC_SWEEP and "transfer" not in NPROC_SWEEP
+    out = tmp_path / "slurm"
+    result = bench("--config", str(write(tmp_path, NPROC_SWEEP)), "--out", str(out), "--executor", "slurm")
+    assert result.returncode == 0, result.stderr
+    single = subprocess.run([sys.executable, "-m", "midbench", "eval", str(out / "standard" / "model.safetensors"),
+                             "--attacks", "fgsm-linf,pgd-linf", "--n-examples", "16", "--device", "cpu",
+                             "--results-dir", str(tmp_path / "single"), "--quiet"], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert single.returncode == 0, single.stderr
+
+    def matrix(folder: Path) -> np.ndarray:
+        (path,) = (folder / "runs" / "mnist5k").glob("*.npz")
+        with np.load(path) as saved:
+            return saved["robust"]
+
+    np.testing.assert_array_equal(matrix(out / "results"), matrix(tmp_path / "single"))

@@ -626,3 +626,41 @@ def test_the_committed_demo_table_is_what_its_result_files_give() -> None:
     folder = REPO / "results" / "demo-mnist5k"
     assert render(folder, "markdown") == (folder / "leaderboard.md").read_text(encoding="utf-8")
     assert render(folder, "csv") == (folder / "leaderboard.csv").read_text(encoding="utf-8")
+
+
+# ---- several processes per step ([sweep] nproc) -------------------------------------------------------------------
+
+NPROC = TINY.replace('device = "cpu"', 'device = "cpu"\nthreads = 1\nnproc = 2')
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("nproc = 2", "nproc = 0"), "nproc must be at least 1"),
+    (("n_examples = 24", "n_examples = 1"), "more processes than the 1 examples"),
+])
+def test_bad_nproc_is_refused(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        load_sweep(write(tmp_path, NPROC.replace(*edit)))
+
+
+def test_nproc_is_part_of_the_fingerprint_and_refuses_workers(tmp_path: Path) -> None:
+    two = load_sweep(write(tmp_path, NPROC))
+    assert two.nproc == 2 and load_sweep(write(tmp_path, TINY)).nproc == 1
+    assert two.fingerprint != load_sweep(write(tmp_path, NPROC.replace("nproc = 2", "nproc = 3"))).fingerprint
+    result = CliRunner().invoke(app, ["bench", "--config", str(write(tmp_path, NPROC)), "--out", str(tmp_path / "o"),
+                                      "--workers", "2"])
+    assert result.exit_code == 2 and "steps cannot run side by side" in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_step_under_torchrun_keeps_the_exit_code_of_its_processes_error(tmp_path: Path) -> None:
+    """A global batch of one leaves the second of two processes without examples: the training step, run under
+    torchrun, stops with the processes' one-line usage error and exit 2 (not a failed step)."""
+    text = NPROC.replace("batch_size = 64", "batch_size = 1").replace("[runs.mid]\nepochs = 1\nteacher_epochs = 1\n"
+                                                                      "first_order = true\npool = \"fgsm-linf,"
+                                                                      "pgd-linf\"\n", "")
+    assert "[runs.mid]" not in text
+    result = CliRunner().invoke(app, ["bench", "--config", str(write(tmp_path, text)), "--out", str(tmp_path / "o"),
+                                      "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "over 2 processes leaves some without examples" in result.output

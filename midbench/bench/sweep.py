@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from midbench.bench.executors import EXECUTORS, LocalPool, SlurmOptions, SlurmPool, check_slurm
+from midbench.bench.step import evaluate_step, train_step
 from midbench.bench.sweep_file import Sweep, SweepModel, SweepRun, config_label, load_sweep, run_references
 from midbench.config import TrainConfig
 from midbench.errors import UsageError
@@ -165,6 +166,10 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None 
         raise UsageError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if executor != "slurm" and slurm is not None:
         raise UsageError("Slurm options go with --executor slurm")
+    if sweep.nproc > 1 and executor != "slurm" and (workers > 1 or devices):
+        raise UsageError(f"[sweep] nproc = {sweep.nproc}: each step takes this machine's first {sweep.nproc} "
+                         "device(s) under torchrun, so steps cannot run side by side here; leave out --workers and "
+                         "--devices, or send the steps to Slurm (--executor slurm)")
     if executor == "slurm":
         check_slurm(slurm or SlurmOptions())  # before a job is submitted or a folder is made
     if sweep.seeds:
@@ -214,8 +219,8 @@ def _run_serial(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | Non
 
     for run in sweep.runs:
         folder = out / run.name
-        say(f"[bench] training {run.name} ({run.config.method}, {run.config.epochs} epochs) -> {folder}")
-        epochs, seconds = _train(_resolved(run, out), folder, progress)
+        say(f"[bench] training {run.name} ({run.config.method}, {run.config.epochs} epochs{_on(sweep)}) -> {folder}")
+        epochs, seconds = train_step(_resolved(run, out), folder, progress, nproc=sweep.nproc)
         record = state["training"].setdefault(run.name, {"seconds": 0.0})
         record["seconds"] = round(record["seconds"] + seconds, 1)
         record["epochs"] = epochs
@@ -231,8 +236,8 @@ def _run_serial(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | Non
         job = _EvaluationJob.of(sweep, step, out, results, hashes, shared, restart)
         if job.already_done(state, results, say):
             continue
-        say(f"[bench] evaluating {job.key}")
-        result_path, seconds = _evaluate(job.config)
+        say(f"[bench] evaluating {job.key}{_on(sweep)}")
+        result_path, seconds = evaluate_step(job.config, nproc=sweep.nproc)
         job.record(state, result_path, seconds, results)
         atomic_write_json(state_path, state)
         say(f"[bench]   result: {result_path}")
@@ -404,35 +409,6 @@ def _files_sha(model: SweepModel, dataset: str) -> str | None:
     return digest.hexdigest()
 
 
-def _train(config: TrainConfig, folder: Path, progress: bool, threads: int | None = None) -> tuple[int, float]:
-    """Train (or resume) one run; returns its epochs and the seconds spent. Also the job of a worker process."""
-    from midbench.paths import TRAIN_STATE_FILE
-    from midbench.training import train
-
-    _use_threads(threads)
-    clock = time.perf_counter()
-    result = train(config, folder, resume=(folder / TRAIN_STATE_FILE).exists(), progress=progress)
-    return len(result.log), time.perf_counter() - clock
-
-
-def _evaluate(config: Any, threads: int | None = None) -> tuple[Path, float]:
-    """Run one evaluation; returns its result file and the seconds spent. Also the job of a worker process."""
-    from midbench.evaluation.runner import run_evaluation
-
-    _use_threads(threads)
-    clock = time.perf_counter()
-    evaluated = run_evaluation(config)
-    assert evaluated.path is not None  # a single process always writes its result
-    return evaluated.path, time.perf_counter() - clock
-
-
-def _use_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _finish(sweep: Sweep, state: dict[str, Any], state_path: Path, results: Path, config_label: str,
             started: float) -> SweepOutcome:
     board, paths = write_leaderboards(sweep, results, config_label)
@@ -510,8 +486,8 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                     folder = out / ready_run.name
                     config = replace(_resolved(ready_run, out), device=device)
                     say(f"[bench] training {ready_run.name} ({ready_run.config.method}, {ready_run.config.epochs} "
-                        f"epochs) on {device} -> {folder}")
-                    handle = pool.submit(_train, config, folder, False, threads, name=ready_run.name)
+                        f"epochs) on {device}{_on(sweep)} -> {folder}")
+                    handle = pool.submit(train_step, config, folder, False, threads, sweep.nproc, name=ready_run.name)
                     running[handle] = ("train", ready_run.name, device)
                     submitted(handle, f"train {ready_run.name}")
                     continue
@@ -526,7 +502,7 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                     device = free.pop(0)
                     job = _craft_job(sweep, source, out, hashes, shared, device)
                     say(f"[bench] crafting the transfer attacks of {source} on {device} -> {out / TRANSFER_CACHE_DIR}")
-                    handle = pool.submit(_evaluate, job.config, threads, name=f"craft-{source}")
+                    handle = pool.submit(evaluate_step, job.config, threads, sweep.nproc, name=f"craft-{source}")
                     running[handle] = ("craft", source, device)
                     submitted(handle, f"craft {source}")
                     continue
@@ -543,8 +519,8 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                 if job.already_done(state, results, say):
                     continue
                 free.pop(0)
-                say(f"[bench] evaluating {job.key} on {device}")
-                handle = pool.submit(_evaluate, job.config, threads, name=job.key)
+                say(f"[bench] evaluating {job.key} on {device}{_on(sweep)}")
+                handle = pool.submit(evaluate_step, job.config, threads, sweep.nproc, name=job.key)
                 running[handle] = ("eval", job, device)
                 submitted(handle, f"eval {job.key}")
             if not running:
@@ -575,6 +551,11 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     if failure is not None:
         raise failure
     return _finish(sweep, state, state_path, results, config_label, started)
+
+
+def _on(sweep: Sweep) -> str:
+    """How many processes a step takes, for the log (nothing for one)."""
+    return f", {sweep.nproc} processes under torchrun" if sweep.nproc > 1 else ""
 
 
 def _craft_job(sweep: Sweep, source: str, out: Path, hashes: dict[str, str | None], shared: dict[str, Any],

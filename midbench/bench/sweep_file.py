@@ -87,6 +87,7 @@ class SweepSection:
     seeds: list[int] | None = None
     device: str | None = None
     threads: int | None = None
+    nproc: int | None = None
     protocols: list[str] | None = None
     transfer_source: str | None = None
     extra_transfer_sources: list[str] | None = None
@@ -194,6 +195,10 @@ class Sweep:
     #: CPU threads torch may use (None: torch's default). Pinned for exact reproducibility on the CPU, where a
     #: different number of threads may split floating-point reductions differently.
     threads: int | None = None
+    #: processes per step: above 1, every training and evaluation runs under torchrun with this many processes
+    #: (data-parallel training, sharded evaluation; :mod:`midbench.bench.step`). Training's sums then come in
+    #: another order, so it is part of the fingerprint.
+    nproc: int = 1
     #: further runs whose models craft transfer attacks (e.g. an independently trained source: the honest
     #: transfer test of a defense whose training attacks were crafted on ``transfer_source``)
     extra_transfer_sources: tuple[str, ...] = ()
@@ -374,6 +379,12 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     threads = head.get("threads")
     if threads is not None and threads < 1:
         raise UsageError(f"{path}: threads must be at least 1, got {threads}")
+    nproc = head.get("nproc", 1)
+    if nproc < 1:
+        raise UsageError(f"{path}: nproc must be at least 1, got {nproc}")
+    if n_examples is not None and nproc > n_examples:
+        raise UsageError(f"{path}: nproc {nproc} is more processes than the {n_examples} examples of [eval]; use at "
+                         f"most {n_examples}")
     # The state file guards the training runs, so [eval] and [models] stay out of it: a changed evaluation redoes
     # the evaluations (each is checked against its own settings and model) without retraining a model, and a model
     # added to the list is evaluated next to the finished ones.
@@ -385,8 +396,9 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
     return Sweep(name=sweep_name, dataset=dataset, runs=tuple(_ordered(runs)), protocols=protocols,
                  transfer_source=transfer_source, selection=selection, n_examples=n_examples,
                  eval_batch_size=batch_size, seed=seed, device=device, fingerprint=fingerprint, threads=threads,
-                 data_dir=defaults.data_dir, download=defaults.download, extra_transfer_sources=extra_sources,
-                 models=tuple(models), seeds=tuple(seeds), slurm=dict(slurm_table))
+                 nproc=nproc, data_dir=defaults.data_dir, download=defaults.download,
+                 extra_transfer_sources=extra_sources, models=tuple(models), seeds=tuple(seeds),
+                 slurm=dict(slurm_table))
 
 
 def _seeds(head: dict[str, Any], path: Path) -> list[int]:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
 
 from midbench.errors import Interrupted, MidbenchError
+from midbench.runtime.launch import leave_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,21 +37,13 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-#: set by ``--nproc``'s launcher (:mod:`midbench.cli._launch`): the folder where each process leaves its error
-ERROR_DIR_VARIABLE = "MIDBENCH_ERROR_DIR"
-
-
 def fail(error: MidbenchError) -> None:
     """Print ``error`` as one line (traceback only with --debug) and exit with its code. A process started by
     ``--nproc`` leaves the error to its launcher instead, which prints the one that matters once."""
     if DEBUG["enabled"]:
         traceback.print_exc()
     hint = "" if error.exit_code != 1 or DEBUG["enabled"] else " (run with --debug for the traceback)"
-    error_dir = os.environ.get(ERROR_DIR_VARIABLE)
-    if error_dir and "RANK" in os.environ:
-        record = json.dumps({"code": error.exit_code, "message": f"{error}{hint}"})
-        Path(error_dir, f"rank{os.environ['RANK']}.json").write_text(record, encoding="utf-8")
-    else:
+    if not leave_error(error.exit_code, f"{error}{hint}"):  # under --nproc the launcher prints it
         print(f"midbench: error: {error}{hint}", file=sys.stderr)
     raise typer.Exit(error.exit_code)
 

@@ -1,23 +1,16 @@
-"""``--nproc K``: run the same command under ``torchrun`` with K processes on this machine.
-
-torchrun (``torch.distributed.run``) starts the processes, sets their ranks and the rendezvous address, and
-stops them all when one fails; midbench only builds its command line. The rendezvous port must be free: a
-taken one is refused here with a one-line error rather than by a stack trace from every process.
+"""``--nproc K``: run the same command under ``torchrun`` with K processes on this machine
+(:mod:`midbench.runtime.launch` starts them and reads back their error). The rendezvous port must be free: a taken
+one is refused here with a one-line error rather than by a stack trace from every process.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-from midbench.cli._common import ERROR_DIR_VARIABLE
 from midbench.errors import UsageError
 from midbench.runtime.distributed import launched_by_torchrun
+from midbench.runtime.launch import run_torchrun
 
 #: what a rerun does after a killed or crashed process, per command
 RESUME_HINTS = {"eval": "finished batches are kept: rerun the same command to resume",
@@ -44,38 +37,19 @@ def launch_torchrun(command: str, nproc: int, port: int | None, n_examples: int 
     if launched_by_torchrun():
         raise UsageError("--nproc launches torchrun; under torchrun already, leave it out")
     arguments = _arguments_after(command)
-    port = _free_port() if port is None else _checked_port(port)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "midbench", command, *arguments]
-    with tempfile.TemporaryDirectory(prefix="midbench-ranks-") as errors:
-        env = {**os.environ, ERROR_DIR_VARIABLE: errors}
-        completed = subprocess.run(launcher, env=env, stderr=subprocess.PIPE, text=True, check=False)
-        if completed.returncode == 0:
-            sys.stderr.write(completed.stderr)
-            return 0
-        reported = _reported_error(Path(errors))
-    if reported is None:  # no process reported one: a crash or a kill; torchrun's report says which
-        sys.stderr.write(completed.stderr)
+    launched = run_torchrun(["midbench", command, *arguments], nproc, None if port is None else _checked_port(port))
+    if launched.returncode == 0:
+        sys.stderr.write(launched.stderr)
+        return 0
+    if launched.error is None:  # no process reported one: a crash or a kill; torchrun's report says which
+        sys.stderr.write(launched.stderr)
         print(f"midbench: error: a process of the {nproc}-process run ended without a midbench error (killed or "
               f"crashed; torchrun's report is above); {RESUME_HINTS[command]}",
               file=sys.stderr)
-        return completed.returncode
-    code, message = reported
+        return launched.returncode
+    code, message = launched.error
     print(f"midbench: error: {message}", file=sys.stderr)
     return code
-
-
-def _reported_error(folder: Path) -> tuple[int, str] | None:
-    """The error to show from the processes' records: the lowest rank's that is not an interruption (the
-    others were stopped because of it), else the lowest rank's interruption."""
-    records = []
-    for path in folder.glob("rank*.json"):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        records.append((int(record["code"]) in (130, 143), int(path.stem[4:]), int(record["code"]), record["message"]))
-    if not records:
-        return None
-    _, _, code, message = min(records)
-    return code, message
 
 
 def _arguments_after(command: str) -> list[str]:
@@ -96,12 +70,6 @@ def _arguments_after(command: str) -> list[str]:
             continue
         kept.append(argument)
     return kept
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _checked_port(port: int) -> int:
