@@ -140,3 +140,35 @@ def try_lock(path: Path) -> BinaryIO | None:
             pass
         handle.close()  # locked a file that was just removed: open the new one
     raise UsageError(f"could not lock {path}; remove it and rerun")
+
+
+def hold_output(path: Path, what: str, fix: str) -> BinaryIO:
+    """Take the lock file ``path`` guarding an output (a training folder, a sweep folder, an evaluation's state) for
+    this process, and write into it who holds it: process id, host and start time. The lock is the kernel's
+    ``flock``, released when the process ends however it ends, so a crashed run's lock is taken over by the next
+    run rather than left forever (docs/reliability.md, "One writer per output"). Close the returned handle to
+    release it.
+
+    Raises:
+        UsageError: another live process holds it; the message names its pid and host, then ``fix``.
+    """
+    handle = try_lock(path)
+    if handle is None:
+        raise UsageError(f"{what} is being written by {_holder(path)}; {fix}")
+    import socket
+    import time
+
+    handle.truncate(0)
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+    handle.flush()
+    return handle
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock file ``path``, as written by :func:`hold_output`."""
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8"))
+        return f"process {int(owner['pid'])} on {owner['host']} (since {owner['since']})"
+    except (OSError, ValueError, KeyError, TypeError):  # just taken, not yet written; or written by older code
+        return "another process"

@@ -13,6 +13,8 @@ DEFAULT_RESULTS_DIR = Path("results")
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 TRAIN_STATE_FILE = "state.pt"
+#: held by the process training into the folder (fileio.hold_output); removed when it ends
+TRAIN_LOCK_FILE = ".train.lock"
 #: the transfer cache's folder inside a results folder (``midbench eval``'s default) or a sweep's folder
 TRANSFER_CACHE_DIR = "transfer-cache"
 

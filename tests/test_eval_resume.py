@@ -111,17 +111,38 @@ def test_unreadable_state_is_refused(tmp_path: Path) -> None:
         EvalState.open(path, fingerprint())
 
 
-def test_a_second_live_run_does_not_share_the_state(tmp_path: Path) -> None:
+def test_a_second_live_run_of_the_same_evaluation_is_refused_naming_the_first(tmp_path: Path) -> None:
+    import os
+    import socket
+
     path = tmp_path / ".m__whitebox.evalstate.npz"
     first = EvalState.open(path, fingerprint())
-    second = EvalState.open(path, fingerprint())
-    assert not first.busy and second.busy and second.path is None
+    with pytest.raises(UsageError, match=rf"being written by process {os.getpid()} on {socket.gethostname()}"):
+        EvalState.open(path, fingerprint())
     first.finish()
-    second.finish()
-    third = EvalState.open(path, fingerprint())
-    assert not third.busy
+    third = EvalState.open(path, fingerprint())  # free again once the first has finished
     third.finish()
     assert list(tmp_path.iterdir()) == []  # neither the state nor its lock file is left behind
+
+
+def test_the_lock_of_a_killed_evaluation_is_taken_over(tmp_path: Path) -> None:
+    """The lock is the kernel's: a process killed while holding it leaves a lock file that the next run takes."""
+    import subprocess
+    import sys
+
+    path = tmp_path / ".m__whitebox.evalstate.npz"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from midbench.fileio import hold_output\n"
+                               f"lock = hold_output(Path({str(path) + '.lock'!r}), 'it', 'wait')\n"
+                               "print('held', flush=True)\ntime.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(UsageError, match=rf"being written by process {holder.pid}"):
+        EvalState.open(path, fingerprint())
+    holder.kill()
+    holder.wait()
+    assert path.with_name(path.name + ".lock").exists()  # left behind by the killed process
+    state = EvalState.open(path, fingerprint())
+    state.finish()
 
 
 # --- the command line: SIGKILL / SIGINT during `midbench eval`, then the same command again ----------------------

@@ -436,6 +436,33 @@ def test_two_evaluations_writing_one_results_directory_keep_both(hooked: Spawn, 
     assert sorted(row["name"] for row in rows) == ["alpha", "beta"]
 
 
+# ---- one writer per output ----------------------------------------------------------------------------------
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused_naming_the_first(tmp_path: Path) -> None:
+    """A live process holds the folder (as a running `midbench train` does): the second is one line, exit 2, with
+    the first's pid and host, and writes nothing; once the first is done the same command trains."""
+    import socket
+
+    from midbench.fileio import hold_output
+    from midbench.paths import TRAIN_LOCK_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = hold_output(out / TRAIN_LOCK_FILE, "the training run", "wait")
+    command = ["train", "--method", "standard", "--arch", "test-mlp", "--epochs", "1", "--n-train", "64",
+               "--val-size", "0", "--device", "cpu", "--quiet", "--out", str(out)]
+    refused = RUNNER.invoke(app, command)
+    assert refused.exit_code == 2, refused.output
+    assert f"process {os.getpid()} on {socket.gethostname()}" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    assert [path.name for path in out.iterdir()] == [TRAIN_LOCK_FILE]  # nothing written
+    holder.close()
+    trained = RUNNER.invoke(app, command)
+    assert trained.exit_code == 0, trained.output
+    assert (out / "model.safetensors").is_file() and not (out / TRAIN_LOCK_FILE).exists()
+
+
 # ---- NaN logits --------------------------------------------------------------------------------------------
 
 

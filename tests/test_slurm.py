@@ -135,7 +135,7 @@ def test_a_second_run_of_the_same_sweep_folder_is_refused(tmp_path: Path) -> Non
     out.mkdir()
     holder = try_lock(out / LOCK_FILE)  # as a running `midbench bench` holds it
     assert holder is not None
-    with pytest.raises(UsageError, match="another `midbench bench`"):
+    with pytest.raises(UsageError, match="is being written by another process"):
         run_sweep(load_sweep(write(tmp_path)), out)
     holder.close()
 

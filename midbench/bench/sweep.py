@@ -26,7 +26,7 @@ from midbench.bench.step import evaluate_step, train_step
 from midbench.bench.sweep_file import Sweep, SweepModel, SweepRun, config_label, load_sweep, run_references
 from midbench.config import TrainConfig
 from midbench.errors import UsageError
-from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, try_lock
+from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, hold_output
 from midbench.paths import TRANSFER_CACHE_DIR
 from midbench.reporting.html import REPORT_FILE, write_report
 
@@ -197,10 +197,9 @@ def _sweep_lock(out_dir: str | Path) -> Iterator[None]:
         UsageError: another process holds it.
     """
     out = ensure_writable_dir(out_dir)
-    handle = try_lock(out / LOCK_FILE)
-    if handle is None:
-        raise UsageError(f"another `midbench bench` is running the sweep in {out}; wait for it to finish (a "
-                         "rerun afterwards continues where it stopped), or give this one another --out")
+    handle = hold_output(out / LOCK_FILE, f"the sweep in {out} (another `midbench bench`)",
+                         "wait for it to finish (a rerun afterwards continues where it stopped), or give this one "
+                         "another --out")
     try:
         yield
     finally:

@@ -38,7 +38,7 @@ from midbench.evaluation.results import (
 )
 from midbench.evaluation.selection import check_profile_options, select_attacks, with_defaults
 from midbench.evaluation.state import EvalState, state_path, states_of_other_world_sizes
-from midbench.fileio import ensure_writable_dir
+from midbench.fileio import ensure_writable_dir, safe_file_name
 from midbench.paths import TRANSFER_CACHE_DIR
 from midbench.protocols import PROTOCOLS
 from midbench.runtime.device import resolve_device
@@ -154,16 +154,16 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         if earlier is not None:
             return EvalRun(read_result(earlier), earlier, None, [*notes, f"finished earlier with the same settings: "
                                                                         f"{earlier}"])
-    _refuse_other_world_sizes(config, dataset_name, name, shard)
-    state = EvalState.open(state_path(config.results_dir, dataset_name, name, config.protocol, shard), fingerprint,
+    # one model evaluated through two named sources (a sweep's extra transfer sources) is two evaluations
+    state_key = (f"{config.protocol}@{safe_file_name(config.source_name)}" if source_info and config.source_name
+                 else config.protocol)
+    _refuse_other_world_sizes(config, dataset_name, name, state_key, shard)
+    state = EvalState.open(state_path(config.results_dir, dataset_name, name, state_key, shard), fingerprint,
                            restart=config.restart, discard_other_settings=config.discard_other_settings)
     if state.resumed:
         finished = sum(1 for progress_record in state.attacks.values() if progress_record.finished)
         notes.append(f"resuming an interrupted evaluation ({finished} of {len(attacks)} attacks finished) from "
                      f"{state.path}")
-    elif state.busy:
-        notes.append(f"another evaluation of {name} ({config.protocol}) is running in this results directory, so "
-                     "this one is not resumable; give it its own --name to make it so")
     try:
         evaluation = evaluate(loaded.model, data, attacks, device=device, protocol=config.protocol,
                               source_model=source_model, batch_size=config.batch_size, seed=config.seed,
@@ -235,14 +235,14 @@ def command_line() -> str | None:
     return shlex.join(["midbench", *sys.argv[1:]])
 
 
-def _refuse_other_world_sizes(config: EvalConfig, dataset: str, name: str, shard: Shard) -> None:
+def _refuse_other_world_sizes(config: EvalConfig, dataset: str, name: str, state_key: str, shard: Shard) -> None:
     """An interrupted evaluation left by another number of processes is resumed only by that number (its batches
     were dealt otherwise); ``--restart`` discards it.
 
     Raises:
         UsageError: such a state exists and ``--restart`` was not given.
     """
-    others = states_of_other_world_sizes(config.results_dir, dataset, name, config.protocol, shard)
+    others = states_of_other_world_sizes(config.results_dir, dataset, name, state_key, shard)
     if not others:
         return
     if config.restart:

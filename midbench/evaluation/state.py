@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from midbench.errors import UsageError
-from midbench.fileio import atomic_write_with, ensure_writable_dir, safe_file_name, try_lock
+from midbench.fileio import atomic_write_with, ensure_writable_dir, hold_output, safe_file_name
 from midbench.runtime.distributed import SINGLE, Shard
 
 STATE_SUFFIX = ".evalstate.npz"
@@ -85,8 +85,6 @@ class EvalState:
         self.clean: np.ndarray | None = None
         self.attacks: dict[str, AttackProgress] = {}
         self.resumed = False
-        #: another live run holds this state: this one runs without saving (not resumable)
-        self.busy = False
         self._lock: BinaryIO | None = None
 
     @classmethod
@@ -96,16 +94,16 @@ class EvalState:
         any state; ``discard_other_settings`` one whose settings differ.
 
         Raises:
-            UsageError: the state belongs to an evaluation with other settings (exit 2).
+            UsageError: the state belongs to an evaluation with other settings, or another live process runs this
+                evaluation (same model name and protocol in the same results folder; exit 2).
         """
         # the fingerprint is compared as JSON, which is also how it is stored
         fingerprint = json.loads(json.dumps(fingerprint))
         ensure_writable_dir(path.parent)
-        lock = try_lock(path.with_name(path.name + ".lock"))
-        if lock is None:
-            state = cls(None, fingerprint)  # another live run owns it: run unsaved rather than interleave writes
-            state.busy = True
-            return state
+        # one writer per evaluation: two processes interleaving one state would each resume from half of it
+        lock = hold_output(path.with_name(path.name + ".lock"), f"this evaluation ({path.name} in {path.parent})",
+                           "wait for it to finish (a rerun then reuses its result), or give this one its own --name "
+                           "or --results-dir")
         state = cls(path, fingerprint)
         state._lock = lock
         try:
@@ -176,7 +174,7 @@ class EvalState:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         if self._lock is not None:
-            if not keep:  # removed while still held: see _lock() for why that is safe
+            if not keep:  # removed while still held: fileio.try_lock says why that is safe
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._lock.name)
             self._lock.close()

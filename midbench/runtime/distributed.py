@@ -100,6 +100,12 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def writes_outputs() -> bool:
+    """Whether this process writes the run's files, known before the process group is joined: outside torchrun
+    always, under it rank 0 alone (as :attr:`Shard.is_writer`)."""
+    return not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+
+
 def current_shard(device: torch.device) -> Shard:
     """This process's shard: :data:`SINGLE` outside torchrun, else the process group's rank and size (joined
     here on first use: NCCL for a CUDA ``device``, gloo otherwise).

@@ -56,12 +56,12 @@ from midbench.data.datasets import DatasetSpec, TensorSplit, get_dataset, load_s
 from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed, is_user_method
 from midbench.defenses.options import as_values, option_defaults
 from midbench.errors import ArtifactError, NumericalError, UsageError
-from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir
+from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir, hold_output
 from midbench.models import build_model
-from midbench.paths import BEST_FILE, MODEL_FILE, TRAIN_STATE_FILE
+from midbench.paths import BEST_FILE, MODEL_FILE, TRAIN_LOCK_FILE, TRAIN_STATE_FILE
 from midbench.runtime.data_parallel import SliceWeights, training_slice
 from midbench.runtime.device import configure_for_speed, resolve_device
-from midbench.runtime.distributed import SINGLE, Shard, current_shard, rank_device
+from midbench.runtime.distributed import SINGLE, Shard, current_shard, rank_device, writes_outputs
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.toml"
@@ -209,18 +209,37 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
           on_batch: BatchCallback | None = None) -> TrainResult:
     """Train ``config.method`` on ``config.dataset`` and write checkpoints to ``out_dir``.
 
+    One process at a time trains into a folder: it holds ``out_dir/.train.lock`` while it runs (rank 0 for all the
+    processes of a torchrun run), and a second one is refused naming the first's pid and host
+    (docs/reliability.md, "One writer per output").
+
     Args:
         resume: continue a run in ``out_dir`` from its last finished epoch (the config must match).
         progress: show a progress bar on the terminal.
         on_batch: optional callback after every batch (tests use it to observe progress).
 
     Raises:
-        UsageError: bad configuration, an existing run without ``resume``, or a resume state from another config.
+        UsageError: bad configuration, an existing run without ``resume``, a resume state from another config, or
+            another live process training into ``out_dir``.
         ArtifactError: data files missing or incompatible.
         NumericalError: the loss became NaN or Inf (the last good checkpoint is kept).
     """
     config = config.validate()
     out = ensure_writable_dir(out_dir)
+    lock = hold_output(out / TRAIN_LOCK_FILE, f"the training run in {out}",
+                       "wait for it to finish, or give this one another --out") if writes_outputs() else None
+    try:
+        return _train(config, out, resume, progress, on_batch)
+    finally:
+        if lock is not None:  # removed while still held: fileio.try_lock says why that is safe
+            with contextlib.suppress(FileNotFoundError):
+                Path(lock.name).unlink()
+            lock.close()
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, on_batch: BatchCallback | None
+           ) -> TrainResult:
+    """:func:`train` in the folder it holds."""
     state_path = out / TRAIN_STATE_FILE
     if state_path.exists() and not resume:
         raise UsageError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
