@@ -1,4 +1,5 @@
-"""Atomic file writes (a crash leaves either the old file or the new one, never a torn file) and exclusive locks.
+"""Atomic file writes (a crash leaves either the old file or the new one, never a torn file), exclusive locks, and
+a scan of untrusted pickles before they are unpickled.
 
 Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target, then fsync the
 directory so the rename itself survives a power loss (docs/reliability.md, "Faults that lose nothing": every write
@@ -172,3 +173,29 @@ def _holder(path: Path) -> str:
         return f"process {int(owner['pid'])} on {owner['host']} (since {owner['since']})"
     except (OSError, ValueError, KeyError, TypeError):  # just taken, not yet written; or written by older code
         return "another process"
+
+
+#: the largest memo index an untrusted pickle may name (real files use thousands at most). CPython's C unpickler
+#: grows its memo table to the largest index it meets, so one corrupt 4-byte index has it allocate gigabytes before
+#: anything fails: tests/test_fuzz.py found a flipped byte that took 55 s and 10 GB.
+MAX_PICKLE_MEMO = 1 << 20
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def check_pickle_memo(stream: BinaryIO) -> None:
+    """Scan the pickle at ``stream``'s position without running any of it (``pickletools.genops`` only decodes
+    opcodes), then return the stream to that position: the unpickler that follows never meets a memo index
+    above :data:`MAX_PICKLE_MEMO`.
+
+    Raises:
+        ValueError: such an index, or bytes that are not a whole pickle (an unknown opcode, cut short).
+    """
+    import pickletools
+
+    start = stream.tell()
+    try:
+        for opcode, argument, _ in pickletools.genops(stream):
+            if opcode.name in _MEMO_OPCODES and int(argument) > MAX_PICKLE_MEMO:
+                raise ValueError(f"the pickle names memo entry {argument}, beyond any real file's")
+    finally:
+        stream.seek(start)

@@ -44,6 +44,7 @@ import torch
 
 from midbench.artifacts.checkpoint import read_checkpoint_bytes
 from midbench.errors import ArtifactError
+from midbench.fileio import check_pickle_memo
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -316,6 +317,7 @@ def _parse(path: Path, data: bytes, label: str, allow: AllowList) -> LegacyFile:
     roots: dict[str, _StorageRef] = {}
 
     def load() -> Any:
+        check_pickle_memo(stream)  # no corrupt memo index reaches the C unpickler (it would allocate gigabytes)
         return _RestrictedUnpickler(stream, label, roots, allow).load()
 
     if load() != MAGIC_NUMBER:

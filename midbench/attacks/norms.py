@@ -17,11 +17,11 @@ class Norm(str, Enum):
     L1 = "L1"
 
 
-def parse_norm(text: str) -> Norm:
+def parse_norm(text: object) -> Norm:
     """``"linf"``/``"Linf"``/``"inf"`` → :attr:`Norm.LINF`, and so on."""
     aliases = {"linf": Norm.LINF, "inf": Norm.LINF, "l2": Norm.L2, "2": Norm.L2, "l1": Norm.L1, "1": Norm.L1}
     try:
-        return aliases[text.strip().lower()]
+        return aliases[str(text).strip().lower()]
     except KeyError as error:
         raise ValueError(f"unknown norm {text!r}; use Linf, L2 or L1") from error
 

@@ -311,6 +311,9 @@ def _load_file(path: Path, registry: AttackRegistry, raw: dict[str, dict[str, An
     if unknown_tables:
         raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [[attack]], [[suite]], "
                          "[[threat_model]] and [[ladder]]")
+    for table, value in document.items():
+        if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+            raise UsageError(f"{path}: {table} must be an array of tables, written [[{table}]]")
     for index, entry in enumerate(document.get("ladder", [])):
         ladder = parse_ladder(entry, f"{path} [[ladder]] #{index + 1} ({entry.get('threat_model', '?')})", str(path))
         for dataset in ladder.datasets:
@@ -331,8 +334,9 @@ def _load_file(path: Path, registry: AttackRegistry, raw: dict[str, dict[str, An
     for index, suite in enumerate(document.get("suite", [])):
         where = f"{path} [[suite]] #{index + 1} ({suite.get('name', '?')})"
         extra = set(suite) - SUITE_KEYS
-        if extra or "name" not in suite or not isinstance(suite.get("attacks"), list):
-            raise UsageError(f"{where}: a suite needs name and attacks (a list) only; unknown keys {sorted(extra)}")
+        if extra or not isinstance(suite.get("name"), str) or not isinstance(suite.get("attacks"), list):
+            raise UsageError(f"{where}: a suite needs name (a string) and attacks (a list) only; unknown keys "
+                             f"{sorted(extra)}")
         if suite["name"] in registry.suites:
             raise UsageError(f"{where}: duplicate suite name {suite['name']!r}")
         registry.suites[suite["name"]] = [str(a) for a in suite["attacks"]]
@@ -377,14 +381,20 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
         raise UsageError(f"{where}: id must be kebab-case like pgd-linf, got {entry['id']!r}")
     if not isinstance(entry["version"], int) or entry["version"] < 1:
         raise UsageError(f"{where}: version must be a positive integer")
-    if entry["family"] not in FAMILIES:
+    if not isinstance(entry["family"], str) or entry["family"] not in FAMILIES:
         raise UsageError(f"{where}: family {entry['family']!r} is not one of {', '.join(FAMILIES)}")
     try:
         norm = parse_norm(entry["norm"]) if "norm" in entry else None
     except ValueError as error:
         raise UsageError(f"{where}: {error}") from error
+    params = entry.get("params", {})
+    if not isinstance(params, dict):
+        raise UsageError(f"{where}: params must be a table")
+    passes = entry.get("passes", {})
+    if not isinstance(passes, dict):
+        raise UsageError(f"{where}: passes must be a table, like {{ forward = \"steps+1\", backward = \"steps\" }}")
     eps = entry.get("eps", "eps")
-    for name, value in [("eps", eps), *entry.get("params", {}).items()]:
+    for name, value in [("eps", eps), *params.items()]:
         if isinstance(value, str) and "eps" in value:
             match = RELATIVE.match(value)
             if not match or (match["divisor"] is not None and float(match["divisor"]) == 0):
@@ -394,16 +404,12 @@ def _parse_attack(entry: dict[str, Any], where: str, source: str) -> AttackSpec:
         raise UsageError(f"{where}: eps must be a number or a multiple of eps like '0.5*eps', got {eps!r}")
     if isinstance(eps, int | float) and (eps < 0 or not math.isfinite(eps)):
         raise UsageError(f"{where}: eps must be a non-negative number")
-    params = entry.get("params", {})
-    if not isinstance(params, dict):
-        raise UsageError(f"{where}: params must be a table")
-    passes = entry.get("passes", {})
     for kind, value in passes.items():
         try:
             if kind not in ("forward", "backward"):
                 raise ValueError(kind)
             evaluate_passes(value, {name: 1 for name in params})
-        except (ValueError, KeyError) as error:
+        except (ValueError, KeyError, TypeError) as error:
             raise UsageError(f"{where}: passes.{kind} must be an integer or a sum of products of integer "
                              f"parameters and integers, like 'steps*search_steps+1' ({error})") from error
     target = entry.get("target")

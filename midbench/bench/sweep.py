@@ -77,12 +77,36 @@ def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
         return {"fingerprint": fingerprint, "training": {}, "evaluations": {}}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise UsageError(f"{path} is unreadable ({error}); delete it to redo the sweep's evaluations") from error
-    if state.get("fingerprint") != fingerprint:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{path} is unreadable ({type(error).__name__}); delete it to redo the sweep's "
+                         "evaluations") from error
+    if isinstance(state, dict) and state.get("fingerprint") != fingerprint:
         raise UsageError(f"{path} belongs to a different sweep (its [sweep], [train] or [runs] changed since); use "
                          "another --out or delete that folder to start over")
+    if not _is_state(state):
+        raise UsageError(f"{path} is not a sweep state file (a field is missing or of another type); delete it to "
+                         "redo the sweep's evaluations")
     return state
+
+
+def _is_state(state: Any) -> bool:
+    """Whether ``state`` has the shape the sweep reads: every record a table with its fields of their types."""
+    def table(value: Any) -> bool:
+        return isinstance(value, dict) and all(isinstance(record, dict) for record in value.values())
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if not (isinstance(state, dict) and table(state.get("training")) and table(state.get("evaluations"))
+            and table(state.get("jobs", {})) and table(state.get("crafted", {}))):
+        return False
+    return (all(number(record.get("seconds")) for record in state["training"].values())
+            and all(isinstance(record.get("settings"), dict) and isinstance(record.get("result"), str)
+                    and isinstance(record.get("checkpoint_sha256"), str | None) and number(record.get("seconds"))
+                    for record in state["evaluations"].values())
+            and all(isinstance(record.get("job_id"), str) for record in state.get("jobs", {}).values())
+            and all(isinstance(record.get("settings"), dict) and isinstance(record.get("source_sha256"), str | None)
+                    for record in state.get("crafted", {}).values()))
 
 
 def evaluation_plan(sweep: Sweep) -> list[tuple[str, str, str | None]]:

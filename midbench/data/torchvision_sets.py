@@ -33,6 +33,7 @@ from midbench.data.datasets import (
     refuse_float_pixels,
 )
 from midbench.errors import ArtifactError
+from midbench.fileio import check_pickle_memo
 
 #: idx type codes of float32 and float64 data (LeCun's idx format)
 _IDX_FLOAT_TYPES = {0x0D: ">f4", 0x0E: ">f8"}
@@ -118,7 +119,9 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     raw = path.read_bytes()
     try:
-        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        stream = io.BytesIO(raw)
+        check_pickle_memo(stream)  # no corrupt memo index reaches the C unpickler (it would allocate gigabytes)
+        batch = _ArrayOnlyUnpickler(stream, encoding="bytes").load()
         data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[label_key])
         refuse_float_pixels(data, str(path))

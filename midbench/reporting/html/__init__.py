@@ -232,7 +232,7 @@ def _examples_html(row: dict[str, Any], documents: list[ResultDocument]) -> str:
             with np.load(Path(path).with_name(document.per_example)) as stored:
                 examples = {key.removeprefix("examples_"): stored[key] for key in stored.files
                             if key.startswith("examples_")}
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - numpy's header parser raises SyntaxError or TokenError on a corrupt header
             continue
         strengths = {entry["id"]: entry.get("strengths", []) for entry in document.profile.get("threat_models", [])}
         figures = []
