@@ -208,7 +208,7 @@ def check_pgd(device: torch.device, n: int, batch: int, steps: int, pairs: int) 
     from midbench.attacks.gradient import PGD
     from midbench.attacks.norms import Norm
 
-    model = _base_model("pgd-at").to(device).eval()
+    model = _base_model("pgd-at", ARCHS["pgd-at"]).to(device).eval()
     x, y = noise_batch(n, device)
     step_size = 2.5 * EPS / steps
     native = PGD(EPS, Norm.LINF, steps=steps, step_size=step_size, random_start=True)
