@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from midbench.bench.sweep import evaluation_plan, load_sweep, run_sweep, write_leaderboards
+from midbench.bench.sweep import crafted_sources, evaluation_plan, load_sweep, run_sweep, write_leaderboards
 from midbench.cli.app import app
 from midbench.errors import UsageError
 from midbench.evaluation.documents import read_result
@@ -645,6 +645,8 @@ def test_bad_nproc_is_refused(tmp_path: Path, edit: tuple[str, str], message: st
 def test_nproc_is_part_of_the_fingerprint_and_refuses_workers(tmp_path: Path) -> None:
     two = load_sweep(write(tmp_path, NPROC))
     assert two.nproc == 2 and load_sweep(write(tmp_path, TINY)).nproc == 1
+    # a sharded evaluation crafts without the transfer cache, so no crafting step would serve it
+    assert crafted_sources(two) == [] and crafted_sources(load_sweep(write(tmp_path, TINY))) == ["standard"]
     assert two.fingerprint != load_sweep(write(tmp_path, NPROC.replace("nproc = 2", "nproc = 3"))).fingerprint
     result = CliRunner().invoke(app, ["bench", "--config", str(write(tmp_path, NPROC)), "--out", str(tmp_path / "o"),
                                       "--workers", "2"])

@@ -135,7 +135,10 @@ def evaluation_key(sweep: Sweep, step: tuple[str, str, str | None]) -> str:
 def crafted_sources(sweep: Sweep) -> list[str]:
     """The transfer sources that get a crafting step of their own when steps run side by side: those through which
     at least two models are evaluated. Without it, evaluations started together would each craft the source's
-    attacks; with it, the crafting step fills the transfer cache once and they all read it."""
+    attacks; with it, the crafting step fills the transfer cache once and they all read it. None with ``nproc``
+    above 1: a sharded evaluation crafts without the cache."""
+    if sweep.nproc > 1:
+        return []
     counts: dict[str, int] = {}
     for _, protocol, source in evaluation_plan(sweep):
         if protocol == "transfer" and source is not None:
