@@ -166,6 +166,15 @@ def hold_output(path: Path, what: str, fix: str) -> BinaryIO:
     return handle
 
 
+def release_output(handle: BinaryIO, remove: bool = True) -> None:
+    """Give up a lock taken by :func:`hold_output` (or :func:`try_lock`), removing its file first unless ``remove``
+    is False: removing it while still held is safe, :func:`try_lock` says why."""
+    if remove:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.name)
+    handle.close()
+
+
 def _holder(path: Path) -> str:
     """Who holds the lock file ``path``, as written by :func:`hold_output`."""
     try:

@@ -370,7 +370,8 @@ def _read_transfer_cache_entry(path: Path) -> Any:
     """A cache entry is never an error: unreadable or with a wrong hash, it is dropped (None) and crafted again."""
     from midbench.evaluation.transfer_cache import _read
 
-    assert _read(path) is None or isinstance(_read(path), tuple)
+    entry = _read(path)
+    assert entry is None or isinstance(entry, tuple)
 
 
 def _cache_entry_bytes(folder: Path) -> bytes:

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from midbench.errors import UsageError
-from midbench.fileio import atomic_write_with, ensure_writable_dir, hold_output, safe_file_name
+from midbench.fileio import atomic_write_with, ensure_writable_dir, hold_output, release_output, safe_file_name
 from midbench.runtime.distributed import SINGLE, Shard
 
 STATE_SUFFIX = ".evalstate.npz"
@@ -174,10 +174,7 @@ class EvalState:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         if self._lock is not None:
-            if not keep:  # removed while still held: fileio.try_lock says why that is safe
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._lock.name)
-            self._lock.close()
+            release_output(self._lock, remove=not keep)
             self._lock = None
 
 

@@ -56,7 +56,7 @@ from midbench.data.datasets import DatasetSpec, TensorSplit, get_dataset, load_s
 from midbench.defenses.base import DefenseTask, SetupContext, build_task, epoch_seed, is_user_method
 from midbench.defenses.options import as_values, option_defaults
 from midbench.errors import ArtifactError, NumericalError, UsageError
-from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir, hold_output
+from midbench.fileio import atomic_write_text, atomic_write_with, ensure_writable_dir, hold_output, release_output
 from midbench.models import build_model
 from midbench.paths import BEST_FILE, MODEL_FILE, TRAIN_LOCK_FILE, TRAIN_STATE_FILE
 from midbench.runtime.data_parallel import SliceWeights, training_slice
@@ -231,10 +231,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     try:
         return _train(config, out, resume, progress, on_batch)
     finally:
-        if lock is not None:  # removed while still held: fileio.try_lock says why that is safe
-            with contextlib.suppress(FileNotFoundError):
-                Path(lock.name).unlink()
-            lock.close()
+        if lock is not None:
+            release_output(lock)
 
 
 def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, on_batch: BatchCallback | None
