@@ -105,6 +105,10 @@ class TrainConfig:
     eps: float | str | None = None
     attack_steps: int | None = None
     attack_step_size: float | None = None
+    #: ε warm-up: epoch e of the first W trains against the training attacks at e/W of their budget (ε and any
+    #: other budget parameter, step sizes with it), full from epoch W on; 0 = full from the first epoch. The
+    #: checkpoint records the full-budget attacks (docs/baselines.md, "ε warm-up")
+    eps_warmup: int = 0
     #: held-out slice of the training split for per-epoch clean/PGD accuracy (not trained on)
     val_size: int = 200
     val_pgd_steps: int = 10
@@ -144,6 +148,8 @@ class TrainConfig:
             raise UsageError(f"val_pgd_steps must be at least 1, got {self.val_pgd_steps}")
         if self.attack_steps is not None and self.attack_steps < 1:
             raise UsageError(f"--attack-steps must be at least 1, got {self.attack_steps}")
+        if self.eps_warmup < 0 or self.eps_warmup > self.epochs:
+            raise UsageError(f"--eps-warmup must be between 0 and --epochs ({self.epochs}), got {self.eps_warmup}")
         if self.val_size < 0 or (self.n_train is not None and self.n_train < 1):
             raise UsageError("--val-size must be ≥ 0 and --n-train ≥ 1")
         parse_betas(self.adam_betas, "--adam-betas")
@@ -154,6 +160,11 @@ class TrainConfig:
         if self.eps is not None:
             parse_eps(self.eps, norm="any")  # the training attack's own norm is checked when it is resolved
         return self
+
+    def attack_scale(self, epoch: int) -> float:
+        """The fraction of its training attacks' budget epoch ``epoch`` (from 1) trains against: ``epoch / W``
+        during an ε warm-up of W epochs (``eps_warmup``), else 1."""
+        return 1.0 if self.eps_warmup == 0 else min(1.0, epoch / self.eps_warmup)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as one flat table, the method's options beside the shared keys (as in a config file)."""

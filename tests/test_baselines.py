@@ -285,6 +285,81 @@ def test_msd_takes_the_largest_step_count_of_its_threat_models() -> None:
     assert build_task(TrainConfig.of(method="msd", attack_steps=7), MNIST).iterations == 7
 
 
+# ------------------------------------------------------------------------------------------ ε warm-up
+
+#: every adversarial baseline, with its options; the unions train on L∞ only so that one number bounds the move
+WARMUP_CASES = [(name, {"threat_models": "pgd-linf"} if name in {"msd", "avg", "max"} else {})
+                for name in BASELINES if name != "standard"] + [("fast-at", {"fast_at_noise": 2.0})]
+
+
+class _LargestMove(nn.Module):
+    """The model, recording how far (L∞) any input of the batch's shape lies from the clean batch ``x``."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.x, self.largest = model, x, 0.0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.shape == self.x.shape:
+            self.largest = max(self.largest, float((inputs.detach() - self.x).abs().max()))
+        return self.model(inputs)
+
+
+def test_eps_warmup_ramps_linearly_to_the_full_budget() -> None:
+    config = TrainConfig.of(method="pgd-at", epochs=6, eps_warmup=4)
+    assert [config.attack_scale(epoch) for epoch in range(1, 7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert TrainConfig.of(method="pgd-at").attack_scale(1) == 1.0
+
+
+@pytest.mark.parametrize(("method", "options"), WARMUP_CASES, ids=lambda value: str(value))
+def test_eps_warmup_trains_within_the_scaled_budget_and_records_the_full_one(
+        method: str, options: dict[str, Any], small_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """In epoch 1 of a 4-epoch warm-up every input the method's loss feeds the model lies within a quarter of
+    the full reach (N-FGSM's reach is its recorded ε, 3ε); at full budget the attack goes beyond that quarter,
+    so the bound is the warm-up's doing. The recorded training attacks stay the full ones."""
+    config = _config(method, epochs=4, eps_warmup=4, **options)
+    task = build_task(config, MNIST)
+    full = task.train_attacks
+    reach = max(attack.eps for attack in full)
+    x, y = small_batch[0][:16], small_batch[1][:16]
+    moved = {}
+    for epoch in (1, 4):
+        task.scale_attacks(config.attack_scale(epoch))
+        torch.manual_seed(0)
+        model = _LargestMove(build_model("test-mlp", 10, (1, 28, 28)), x)
+        task.loss(model, x, y)
+        moved[epoch] = model.largest
+        assert task.train_attacks == full
+    assert 0.0 < moved[1] <= 0.25 * reach + 1e-6
+    assert moved[4] > 0.25 * reach + 1e-6
+
+
+@pytest.mark.parametrize("method", ["standard", "mid"])
+def test_eps_warmup_is_refused_by_methods_without_a_training_attack_to_ramp(method: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--eps-warmup does not apply"):
+        train(TrainConfig.of(method=method, epochs=2, eps_warmup=1, device="cpu", n_train=32), tmp_path / "run",
+              progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_eps_warmup_resumes_exactly(tmp_path: Path) -> None:
+    """The warm-up's budget depends on the epoch only, so a run stopped in the warm-up and resumed equals one
+    trained straight through."""
+    config = _config("pgd-at", epochs=3, eps_warmup=3)
+    straight = train(config, tmp_path / "straight", progress=False)
+
+    def stop_in_epoch_2(epoch: int, *_: Any) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "stopped", progress=False, on_batch=stop_in_epoch_2)
+    resumed = train(config, tmp_path / "stopped", resume=True, progress=False)
+    assert [record["loss"] for record in resumed.log] == [record["loss"] for record in straight.log]
+    first, second = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert all(torch.equal(first.state_dict[name], second.state_dict[name]) for name in first.state_dict)
+
+
 # ------------------------------------------------------------------------------------------ configuration
 
 
@@ -299,6 +374,8 @@ def test_msd_takes_the_largest_step_count_of_its_threat_models() -> None:
     ({"method": "trades", "bta": 6.0}, "did you mean beta"),
     ({"method": "trades", "beta": "6"}, "--beta must be a number"),
     ({"schedule": "triangle"}, "cyclic"),
+    ({"method": "pgd-at", "epochs": 3, "eps_warmup": 4}, "--eps-warmup must be between 0 and --epochs"),
+    ({"method": "pgd-at", "eps_warmup": -1}, "--eps-warmup"),
 ])
 def test_bad_baseline_options_are_refused(overrides: dict[str, Any], message: str) -> None:
     """Each method checks its own options when the run is built (the shared keys when the config is)."""

@@ -390,3 +390,42 @@ def test_result_documents_read_and_write_back_unchanged(path: Path) -> None:
     assert document is not None
     assert document.to_dict() == raw
     assert len(document.attacks) == len(raw["attacks"]) and document.data.n_examples == raw["data"]["n_examples"]
+
+
+# --------------------------------------------------------------------------------------- expected ranges
+
+def _range_row(results: Path, name: str, sha: str, clean: float, autoattack: float, method: str = "pgd-at",
+               protocol: str = "whitebox", eps: dict[str, float] | None = None) -> None:
+    """A result of ``method`` with ``clean`` and ``autoattack`` accuracy on 200 examples (fractions)."""
+    n = 200
+    write_run(results, {"autoattack-linf": ("unknown", [i < autoattack * n for i in range(n)])},
+              clean=[i < clean * n for i in range(n)], name=name, sha=sha, method=method, protocol=protocol,
+              source="standard" if protocol == "transfer" else None, eps=eps)
+
+
+def test_a_baseline_below_its_expected_range_is_flagged_in_every_table_and_is_not_best_at(tmp_path: Path) -> None:
+    """The floors are a published figure less an allowance (midbench.evaluation.expected): a PGD-AT model far
+    below both on mnist5k at ε 0.3 is flagged, white-box and (by its checkpoint) under transfer, and the Δ column
+    is measured against the baseline within its range; one at another ε, or a method without figures, is not
+    judged."""
+    from midbench.evaluation.expected import BELOW_EXPECTED_RANGE, expected_range
+
+    floors = expected_range("mnist5k", "pgd-at", 0.3)
+    assert floors is not None and 90 < floors.clean < 100 and 0 < floors.autoattack < floors.clean
+    results = tmp_path / "results"
+    _range_row(results, "weak", "w" * 64, 0.70, 0.30)                       # the issue's 70% clean PGD-AT
+    _range_row(results, "good", "g" * 64, 0.99, 0.90, method="trades")
+    _range_row(results, "weak", "w" * 64, 0.70, 0.60, protocol="transfer")  # transfer AA says nothing
+    _range_row(results, "mid", "m" * 64, 0.70, 0.30, method="mid")
+    boards = tables(results)
+    white, transfer = boards[("mnist5k", "whitebox")], boards[("mnist5k", "transfer (standard)")]
+    flags = {key: dict(zip(table["name"], table["flags"], strict=True))
+             for key, table in (("whitebox", white), ("transfer", transfer))}
+    assert BELOW_EXPECTED_RANGE in flags["whitebox"]["weak"].split(",")
+    assert BELOW_EXPECTED_RANGE in flags["transfer"]["weak"].split(",")
+    assert all(BELOW_EXPECTED_RANGE not in flags["whitebox"][name] for name in ("good", "mid"))
+    assert white.attrs["excluded_from_best_at"] == ["weak"]
+    other = tmp_path / "other-eps"
+    _range_row(other, "weak", "w" * 64, 0.70, 0.30, eps={"Linf": 0.1, "L2": 2.0, "L1": 10.0})
+    (table,) = tables(other).values()
+    assert BELOW_EXPECTED_RANGE not in str(table["flags"].iloc[0])

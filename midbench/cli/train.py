@@ -94,6 +94,7 @@ def train_command(
     eps: Annotated[str | None, typer.Option(help="ε of the training attack, e.g. 0.3 or 8/255 (default: the dataset's).")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Override the training attack's steps (step size 2.5ε/steps).")] = None,
     attack_step_size: Annotated[float | None, typer.Option(help="Override the training attack's step size.")] = None,
+    eps_warmup: Annotated[int | None, typer.Option(help="ε warm-up: epoch e of the first N trains at e/N of the training attacks' budget (default 0: full from the start).")] = None,
     val_size: Annotated[int | None, typer.Option(help="Held-out training examples for per-epoch metrics (default 200).")] = None,
     n_train: Annotated[int | None, typer.Option(help="Train on the first N examples only.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<method>-<arch>-<dataset>).")] = None,
@@ -141,7 +142,7 @@ def train_command(
                   "dataset": dataset, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "optimizer": optimizer.value if optimizer else None, "weight_decay": weight_decay, "adam_betas": adam_betas,
                   "schedule": schedule.value if schedule else None, "train_attack": train_attack, "eps": eps, "attack_steps": attack_steps,
-                  "attack_step_size": attack_step_size, "val_size": val_size, "n_train": n_train,
+                  "attack_step_size": attack_step_size, "eps_warmup": eps_warmup, "val_size": val_size, "n_train": n_train,
                   "device": device, "seed": seed, "bf16": bf16 or None, "channels_last": channels_last or None,
                   "data_dir": str(data_dir) if data_dir else None, "download": download or None,
                   "options": ctx.meta.get(METHOD_OPTIONS_KEY, {})}

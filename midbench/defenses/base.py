@@ -92,6 +92,14 @@ class DefenseTask:
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def scale_attacks(self, scale: float) -> None:
+        """Train the coming epoch against the training attacks at ``scale`` of their budget (the ε warm-up of
+        ``--eps-warmup``, :meth:`TrainConfig.attack_scale`); :attr:`train_attacks` stays at the full budget,
+        which the checkpoint records. Called at the start of every epoch of a run with a warm-up, and once
+        before set-up, so a method without one refuses before it trains anything (this default)."""
+        raise UsageError(f"--eps-warmup does not apply to method {self.name or type(self).__name__}: it has no "
+                         "training attack whose budget can ramp up; drop --eps-warmup")
+
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
              autocast: AbstractContextManager[Any] | None = None) -> dict[str, torch.Tensor]:
         """Write this batch's gradients into the parameters' ``.grad`` (zeroed by the caller) and return the

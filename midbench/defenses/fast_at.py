@@ -67,16 +67,17 @@ class FastAtOptions:
             raise UsageError(f"--overfit-drop is an accuracy drop in (0, 1], got {self.overfit_drop}")
 
 
-def resolve_fgsm_rs(config: TrainConfig, dataset: DatasetSpec, step_size: float | None = None) -> ResolvedAttack:
+def resolve_fgsm_rs(config: TrainConfig, dataset: DatasetSpec, step_size: float | None = None, scale: float = 1.0
+                    ) -> ResolvedAttack:
     """FGSM with a random start as a resolved attack: the ε and norm of the training attack, one step of α
-    (``step_size``; default 1.25ε)."""
+    (``step_size``; default 1.25ε), both at ``scale`` of their size (an ε warm-up)."""
     if config.attack_steps is not None or config.attack_step_size is not None:
         raise UsageError("fast-at takes exactly one FGSM step: drop --attack-steps/--attack-step-size "
                          "(set its step size with --fast-at-step)")
-    base = resolve_training_attack(config, dataset)
+    base = resolve_training_attack(config, dataset, scale=scale)
     if base.norm not in (Norm.LINF, Norm.L2):
         raise UsageError(f"fast-at needs an L∞ or L2 ball; --train-attack {base.id} has norm {base.norm}")
-    step = float(step_size) if step_size is not None else STEP_FACTOR * base.eps
+    step = float(step_size) * scale if step_size is not None else STEP_FACTOR * base.eps
     return ResolvedAttack(id=f"fgsm-rs-{base.family}", version=0, family=base.family, norm=base.norm,
                           implementation="midbench.attacks.gradient:PGD", eps=base.eps, target=None,
                           params={"steps": 1, "step_size": step, "random_start": True})
@@ -95,14 +96,15 @@ def catastrophic_overfitting(log: list[dict[str, Any]], key: str, max_drop: floa
     return None
 
 
-def resolve_n_fgsm(config: TrainConfig, dataset: DatasetSpec, noise: float, step_size: float | None = None
-                   ) -> ResolvedAttack:
+def resolve_n_fgsm(config: TrainConfig, dataset: DatasetSpec, noise: float, step_size: float | None = None,
+                   scale: float = 1.0) -> ResolvedAttack:
     """N-FGSM as a resolved attack: noise of ``noise`` ε, one step of α (default ε), its ε the largest move
-    (noise + α), so the attack contract's projection leaves it unprojected, as the paper has it."""
-    base = resolve_fgsm_rs(config, dataset, step_size)
+    (noise + α), so the attack contract's projection leaves it unprojected, as the paper has it; ``scale``
+    shrinks ε, the noise and α together (an ε warm-up)."""
+    base = resolve_fgsm_rs(config, dataset, step_size, scale)
     if base.norm is not Norm.LINF:
         raise UsageError(f"--fast-at-noise (N-FGSM) is defined for L∞ only; --train-attack has norm {base.norm}")
-    step = float(step_size) if step_size is not None else base.eps
+    step = float(step_size) * scale if step_size is not None else base.eps
     return ResolvedAttack(id=f"n-fgsm-{base.family}", version=0, family=base.family, norm=base.norm,
                           implementation="midbench.attacks.gradient:NoisyFGSM", eps=noise * base.eps + step,
                           target=None, params={"noise": noise * base.eps, "step_size": step})
@@ -117,10 +119,10 @@ class FastAdversarialTraining(PGDAdversarialTraining):
     citation = "Wong, Rice & Kolter, Fast is better than free: Revisiting adversarial training, ICLR 2020"
     Options = FastAtOptions
 
-    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec, scale: float = 1.0) -> ResolvedAttack:
         if self.options.fast_at_noise is not None:
-            return resolve_n_fgsm(config, dataset, self.options.fast_at_noise, self.options.fast_at_step)
-        return resolve_fgsm_rs(config, dataset, self.options.fast_at_step)
+            return resolve_n_fgsm(config, dataset, self.options.fast_at_noise, self.options.fast_at_step, scale)
+        return resolve_fgsm_rs(config, dataset, self.options.fast_at_step, scale)
 
     def should_stop(self, log: list[dict[str, Any]]) -> str | None:
         return catastrophic_overfitting(log, f"val_pgd{self.config.val_pgd_steps}_acc", self.options.overfit_drop)

@@ -63,7 +63,7 @@ class MartTraining(PairedLossTraining):
     citation = ("Wang et al., Improving Adversarial Robustness Requires Revisiting Misclassified Examples, "
                 "ICLR 2020")
 
-    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
-        return resolve_training_attack(config, dataset)
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec, scale: float = 1.0) -> ResolvedAttack:
+        return resolve_training_attack(config, dataset, scale=scale)
 
     paired_loss = staticmethod(mart_loss)

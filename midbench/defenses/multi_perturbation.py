@@ -64,9 +64,10 @@ class UnionOptions:
             raise UsageError("--threat-models needs at least one attack id, e.g. pgd-linf,pgd-l2,pgd-l1")
 
 
-def resolve_threat_models(config: TrainConfig, dataset: DatasetSpec, threat_models: str) -> list[ResolvedAttack]:
+def resolve_threat_models(config: TrainConfig, dataset: DatasetSpec, threat_models: str, scale: float = 1.0
+                          ) -> list[ResolvedAttack]:
     """The ``threat_models`` entries (``--threat-models``), resolved at the dataset's ε with the config's
-    overrides.
+    overrides, at ``scale`` of their budgets (an ε warm-up).
 
     Raises:
         UsageError: an unknown or repeated id, or ``--eps``/``--attack-step-size`` (one number) given for threat
@@ -82,7 +83,7 @@ def resolve_threat_models(config: TrainConfig, dataset: DatasetSpec, threat_mode
     if len(norms) > 1 and (config.eps is not None or config.attack_step_size is not None):
         raise UsageError("--eps and --attack-step-size give one number for all threat models, but they have "
                          "different norms; drop them (each threat model uses the dataset's ε for its norm)")
-    return [resolve_training_attack(config, dataset, attack_id, registry=registry) for attack_id in ids]
+    return [resolve_training_attack(config, dataset, attack_id, registry=registry, scale=scale) for attack_id in ids]
 
 
 def per_example_losses(adv_logits: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -176,6 +177,15 @@ class _UnionTraining(DefenseTask):
     def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
         super().__init__(config, dataset)
         self.threat_models = resolve_threat_models(config, dataset, self.options.threat_models)
+        self.use_attacks(self.threat_models)
+
+    def use_attacks(self, attacks: list[ResolvedAttack]) -> None:
+        """Train against ``attacks`` (the threat models, or them at a warm-up's smaller budgets)."""
+        raise NotImplementedError
+
+    def scale_attacks(self, scale: float) -> None:
+        self.use_attacks(self.threat_models if scale == 1.0 else
+                         resolve_threat_models(self.config, self.dataset, self.options.threat_models, scale))
 
     @property
     def train_attacks(self) -> list[ResolvedAttack]:
@@ -191,9 +201,8 @@ class _UnionTraining(DefenseTask):
 class _PerThreatTraining(_UnionTraining):
     """avg/max: each threat model's attack runs on its own."""
 
-    def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
-        super().__init__(config, dataset)
-        self.attacks = [attack.build(seed=config.seed, batch_size=config.batch_size) for attack in self.threat_models]
+    def use_attacks(self, attacks: list[ResolvedAttack]) -> None:
+        self.attacks = [attack.build(seed=self.config.seed, batch_size=self.config.batch_size) for attack in attacks]
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.adversarial_loss(model, x, y, [attack(model, x, y) for attack in self.attacks])
@@ -240,10 +249,9 @@ class MultiSteepestDescentTraining(_UnionTraining):
     name = "msd"
     citation = CITATION_MSD
 
-    def __init__(self, config: TrainConfig, dataset: DatasetSpec) -> None:
-        super().__init__(config, dataset)
-        self.steps = [NormStep.of(attack) for attack in self.threat_models]
-        self.iterations = max(int(attack.params.get("steps", 1)) for attack in self.threat_models)
+    def use_attacks(self, attacks: list[ResolvedAttack]) -> None:
+        self.steps = [NormStep.of(attack) for attack in attacks]
+        self.iterations = max(int(attack.params.get("steps", 1)) for attack in attacks)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.adversarial_loss(model, x, y, msd_examples(model, x, y, self.steps, self.iterations))

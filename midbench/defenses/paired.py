@@ -44,9 +44,13 @@ class PairedLossTraining(DefenseTask):
         self.attack = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
         self.beta = float(self.options.beta)
 
-    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
-        """The inner attack, resolved from the training config."""
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec, scale: float = 1.0) -> ResolvedAttack:
+        """The inner attack, resolved from the training config at ``scale`` of its budget."""
         raise NotImplementedError
+
+    def scale_attacks(self, scale: float) -> None:
+        spec = self.attack_spec if scale == 1.0 else self.resolve_attack(self.config, self.dataset, scale)
+        self.attack = spec.build(seed=self.config.seed, batch_size=self.config.batch_size)
 
     @staticmethod
     def paired_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float

@@ -35,9 +35,14 @@ class PGDAdversarialTraining(DefenseTask):
         self.attack_spec = self.resolve_attack(config, dataset)
         self.attack = self.attack_spec.build(seed=config.seed, batch_size=config.batch_size)
 
-    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
-        """The training attack; subclasses that train on another single attack (fast-at) override this."""
-        return resolve_training_attack(config, dataset)
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec, scale: float = 1.0) -> ResolvedAttack:
+        """The training attack at ``scale`` of its budget; subclasses that train on another single attack
+        (fast-at) override this."""
+        return resolve_training_attack(config, dataset, scale=scale)
+
+    def scale_attacks(self, scale: float) -> None:
+        spec = self.attack_spec if scale == 1.0 else self.resolve_attack(self.config, self.dataset, scale)
+        self.attack = spec.build(seed=self.config.seed, batch_size=self.config.batch_size)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x_adv = self.attack(model, x, y)

@@ -50,9 +50,10 @@ def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.T
     return {"loss": natural + beta * robust, "natural": natural, "robust": robust}
 
 
-def resolve_kl_attack(config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
-    """TRADES' inner attack: the training attack's ball, steps and step size, as a :class:`TradesKL`."""
-    base = resolve_training_attack(config, dataset)
+def resolve_kl_attack(config: TrainConfig, dataset: DatasetSpec, scale: float = 1.0) -> ResolvedAttack:
+    """TRADES' inner attack: the training attack's ball, steps and step size (at ``scale`` of its budget), as a
+    :class:`TradesKL`."""
+    base = resolve_training_attack(config, dataset, scale=scale)
     if base.norm not in (Norm.LINF, Norm.L2) or "steps" not in base.params or "step_size" not in base.params:
         raise UsageError(f"TRADES takes its ball, steps and step size from an L∞ or L2 attack with steps "
                          f"(like pgd-linf); --train-attack {base.id} is not one")
@@ -72,7 +73,7 @@ class TradesTraining(PairedLossTraining):
     citation = "Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy, ICML 2019"
     attack: TradesKL
 
-    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec) -> ResolvedAttack:
-        return resolve_kl_attack(config, dataset)
+    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec, scale: float = 1.0) -> ResolvedAttack:
+        return resolve_kl_attack(config, dataset, scale)
 
     paired_loss = staticmethod(trades_loss)

@@ -32,6 +32,7 @@ from midbench.attacks.randomness import example_seeds, per_example_generators
 from midbench.attacks.specs import AttackRegistry, AttackSpec, ResolvedAttack
 from midbench.data.datasets import TensorSplit
 from midbench.evaluation.engine import Evaluation, evaluate
+from midbench.evaluation.expected import BELOW_EXPECTED_RANGE
 from midbench.evaluation.metrics import CATASTROPHIC_OVERFITTING, catastrophic_overfitting, summarise
 
 Flag = dict[str, str]
@@ -39,7 +40,7 @@ Flag = dict[str, str]
 #: every flag code, in the order flags are reported
 CODES = ("probability-outputs", "random-outputs", "zero-gradients", "autograd-in-forward", "square-beats-whitebox",
          "gradient-free-beats-gradient", "catastrophic-overfitting", "training-overfitting",
-         "accuracy-rises-with-eps", "accuracy-rises-with-steps")
+         "accuracy-rises-with-eps", "accuracy-rises-with-steps", BELOW_EXPECTED_RANGE)
 #: held-out accuracy under the run's single-step training attack this far (absolute) above its held-out PGD
 #: accuracy, in the last epoch's log, flags the checkpoint (``training-overfitting``)
 TRAINING_GAP = 0.3

@@ -34,6 +34,7 @@ import pandas as pd
 from midbench.errors import UsageError
 from midbench.evaluation import scoring
 from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, EvaluatedModel, ResultDocument, read_result
+from midbench.evaluation.expected import BELOW_EXPECTED_RANGE, expected_range
 from midbench.evaluation.metrics import (
     CATASTROPHIC_OVERFITTING,
     catastrophic_overfitting,
@@ -194,6 +195,12 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
     if catastrophic_overfitting(summary["known_worst"], summary["autoattack"], newest.result.protocol.name):
         flags[CATASTROPHIC_OVERFITTING] = None
     eps = result.data.eps.get("Linf")
+    floors = expected_range(result.data.dataset, result.checkpoint.method, eps) if is_at_baseline(result.checkpoint) \
+        else None
+    # AutoAttack under transfer is crafted on another model: only the white-box figure is the paper's
+    whitebox_autoattack = percent(summary["autoattack"]) if result.protocol.name == "whitebox" else None
+    if floors is not None and floors.misses(percent(float(newest.clean.mean()) if n else None), whitebox_autoattack):
+        flags[BELOW_EXPECTED_RANGE] = None
     record: dict[str, Any] = {
         "name": result.checkpoint.name, "method": result.checkpoint.method,
         "at_baseline": is_at_baseline(result.checkpoint),
@@ -202,6 +209,7 @@ def merge_runs(runs: list[Run], columns: list[str] = ()) -> dict[str, Any]:
         "clean": percent(float(newest.clean.mean()) if n else None),
         **{key: percent(summary[key]) for key in SUMMARY_KEYS},
         "flags": ",".join(flags), "n": n, "indices_sha256": result.data.indices_sha256,
+        "checkpoint_sha256": result.checkpoint.sha256,
         "eps_linf": None if eps is None else float(f"{float(eps):.6g}"),
         "created": result.created, "run_id": result.run_id, "runs": [run.result.run_id for run in runs],
         "paths": [str(run.path) for run in runs],
@@ -383,10 +391,21 @@ def collect(results_dir: str | Path, dataset: str | None = None, columns: list[s
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    _share_range_flag(frame)
     for column in [*ACCURACY_COLUMNS, "all_worst", *columns, "eps_linf",
                    *(f"{key}_{end}" for key in [*PROPORTION_COLUMNS, "all_worst", *columns] for end in ("lo", "hi"))]:
         frame[column] = frame[column].astype(float)
     return frame.sort_values(["created", "run_id"]).reset_index(drop=True)
+
+
+def _share_range_flag(frame: pd.DataFrame) -> None:
+    """A checkpoint below its expected range white-box (:mod:`midbench.evaluation.expected`) carries the flag in
+    every table it appears in: a transfer row cannot measure the white-box AutoAttack the range is about."""
+    flagged = {sha for sha, flags in zip(frame["checkpoint_sha256"], frame["flags"], strict=True)
+               if sha and BELOW_EXPECTED_RANGE in str(flags).split(",")}
+    frame["flags"] = [flags if not sha or sha not in flagged or BELOW_EXPECTED_RANGE in str(flags).split(",")
+                      else ",".join(part for part in [str(flags), BELOW_EXPECTED_RANGE] if part)
+                      for sha, flags in zip(frame["checkpoint_sha256"], frame["flags"], strict=True)]
 
 
 def table_columns(columns: list[str] = (), ci: bool = False) -> list[str]:
@@ -408,7 +427,8 @@ def is_at_baseline(checkpoint: EvaluatedModel) -> bool:
 
 
 #: flags that keep a model out of "best AT" (the Δ column's baseline) and out of any reference (docs/flags.md)
-PROTECTING_FLAGS = ("catastrophic-overfitting", "training-overfitting", "gradient-free-beats-gradient")
+PROTECTING_FLAGS = ("catastrophic-overfitting", "training-overfitting", "gradient-free-beats-gradient",
+                    BELOW_EXPECTED_RANGE)
 
 
 def is_flagged(flags: Any) -> bool:

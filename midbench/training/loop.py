@@ -252,6 +252,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, on_batc
         raise UsageError("--bf16 needs a CUDA device; drop it to train in float32 on the CPU")
     dataset = get_dataset(config.dataset)
     task = build_task(config, dataset)
+    if config.eps_warmup:  # a method without a warm-up refuses here, before its set-up trains anything
+        task.scale_attacks(config.attack_scale(1))
     config = config.with_options(as_values(task.options))  # recorded complete: every option at its value
     train_split, val_split = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
                                              config.val_size, config.n_train)
@@ -343,6 +345,8 @@ def _run_epoch(epoch: int, config: TrainConfig, task: DefenseTask, model: nn.Mod
     torch.manual_seed(seed)  # anything that still draws from the global stream
     generator = torch.Generator().manual_seed(seed)  # the shuffle
     model.train()
+    if config.eps_warmup:
+        task.scale_attacks(config.attack_scale(epoch))
     task.on_epoch_start(epoch, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()
