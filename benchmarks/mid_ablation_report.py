@@ -12,7 +12,11 @@ whether a difference on one shared test set is more than chance. Run from the re
 
     python benchmarks/mid_ablation_report.py results/mnist5k-mid-ablation --reference mid
 
-and it prints markdown tables (one per protocol and source) for the folder's README.
+and it prints markdown tables (one per protocol and source) for the folder's README. With ``--rungs
+mid-no-lc,standard`` it also prints, per protocol, every rung of the profile (threat model and strength) where
+full MID and one of those runs differ at p < 0.05, with how many rungs were tested and whether the difference
+survives Bonferroni's correction over them: the paired test behind the README's claims about the unseen threat
+models and MID's white-box cost.
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ class Row:
     unknown_worst: np.ndarray | None
     autoattack: np.ndarray | None
     profile_area: float | None
+    #: per threat model of the profile: (strengths, N × strengths nested survival, seen)
+    curves: dict[str, tuple[list[float], np.ndarray, bool]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="the sweep's results folder (its result files are below it)")
     parser.add_argument("--reference", default="mid", help="the run every other is compared with")
+    parser.add_argument("--rungs", default="", help="comma-separated runs whose profile rungs are compared with "
+                        "the reference one by one (paired McNemar tests)")
     return parser.parse_args(argv)
 
 
@@ -74,7 +82,10 @@ def load_row(json_path: Path) -> tuple[str, str, Row]:
               pool_worst=robust[:, known].all(axis=1) if known else None,
               unknown_worst=robust[:, unknown].all(axis=1) if unknown else None,
               autoattack=robust[:, autoattack].all(axis=1) if autoattack else None,
-              profile_area=sum(areas) / len(areas) if areas else None)
+              profile_area=sum(areas) / len(areas) if areas else None,
+              curves={str(tm["id"]): ([float(x) for x in tm["strengths"]],
+                                      matrix[f"profile_{tm['id']}"].astype(bool), bool(tm["seen"]))
+                      for tm in profile})
     return label, row.run, row
 
 
@@ -89,13 +100,49 @@ def _paired(reference: np.ndarray | None, other: np.ndarray | None, same: bool) 
     return f" ({delta:+.1f}, p {mcnemar_p(reference, other):.2g})"
 
 
-def render(results: Path, reference: str) -> str:
+def load_tables(results: Path) -> dict[str, dict[str, Row]]:
+    """Every result below ``results`` by protocol label and run name."""
     tables: dict[str, dict[str, Row]] = {}
     for json_path in sorted(results.rglob("*.json")):
         if not json_path.with_suffix(".npz").exists():
             continue
         label, run, row = load_row(json_path)
         tables.setdefault(label, {})[run] = row  # the newest file of a run wins (names sort by time)
+    return tables
+
+
+def render_rungs(results: Path, reference: str, others: list[str]) -> str:
+    """Per protocol: the profile rungs where ``reference`` and each of ``others`` differ at p < 0.05."""
+    lines = []
+    for label, rows in sorted(load_tables(results).items(), key=lambda item: (item[0] != "whitebox", item[0])):
+        base = rows.get(reference)
+        if base is None:
+            continue
+        found, tested = [], 0
+        for other in others:
+            if other not in rows:
+                continue
+            for model, (strengths, survival, seen) in base.curves.items():
+                if model not in rows[other].curves:
+                    continue
+                for k, strength in enumerate(strengths):
+                    tested += 1
+                    mine, theirs = survival[:, k], rows[other].curves[model][1][:, k]
+                    p = mcnemar_p(mine, theirs)
+                    if p < 0.05:
+                        found.append((other, model, seen, strength, mine, theirs, p))
+        lines += [f"### {label}: rungs where {reference} differs (p < 0.05 of {tested} tested)", "",
+                  f"| run | threat model | strength | {reference} | run | p | Bonferroni ({tested}) |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for other, model, seen, strength, mine, theirs, p in found:
+            lines.append(f"| {other} | {model}{' (seen)' if seen else ''} | {strength:g} | {_pct(mine)} | "
+                         f"{_pct(theirs)} | {p:.2g} | {'yes' if p * tested < 0.05 else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render(results: Path, reference: str) -> str:
+    tables = load_tables(results)
     lines = []
     for label in sorted(tables, key=lambda name: (name != "whitebox", name)):
         rows = tables[label]
@@ -120,6 +167,9 @@ def render(results: Path, reference: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(render(args.results, args.reference))
+    others = [name.strip() for name in args.rungs.split(",") if name.strip()]
+    if others:
+        print(render_rungs(args.results, args.reference, others))
     return 0
 
 

@@ -429,3 +429,15 @@ def test_a_baseline_below_its_expected_range_is_flagged_in_every_table_and_is_no
     _range_row(other, "weak", "w" * 64, 0.70, 0.30, eps={"Linf": 0.1, "L2": 2.0, "L1": 10.0})
     (table,) = tables(other).values()
     assert BELOW_EXPECTED_RANGE not in str(table["flags"].iloc[0])
+
+
+def test_the_documented_floors_are_the_ones_the_flag_uses() -> None:
+    """docs/baselines.md's table of expected ranges lists exactly midbench.evaluation.expected's floors."""
+    from midbench.evaluation.expected import EXPECTED_RANGES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "baselines.md").read_text(encoding="utf-8")
+    section = text.split("## Expected ranges", 1)[1].split("\n## ", 1)[0]
+    rows = {(cells[0], cells[1]): (float(cells[3]), float(cells[4]))
+            for line in section.splitlines() if line.startswith("| ") and not line.startswith("| dataset")
+            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+    assert rows == {key: (floor.clean, floor.autoattack) for key, floor in EXPECTED_RANGES.items()}

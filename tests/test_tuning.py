@@ -121,3 +121,26 @@ def test_a_select_key_that_is_not_logged_names_the_keys_there_are(tmp_path: Path
     with pytest.raises(UsageError, match="val_pgd10_acc"):
         read_run(folder, {"lr": 0.1}, "val_pgd40_acc")
     assert load_tuning  # the loader is the CLI's (tested above through the command)
+
+
+COMMITTED_TUNE_FILES = sorted((Path(__file__).resolve().parents[1] / "results" / "tuning").glob("*/tune.toml"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_TUNE_FILES, ids=lambda path: path.parent.name)
+def test_committed_tune_files_parse_and_every_run_is_a_valid_recipe(path: Path) -> None:
+    """The shipped tunings of the baselines: each file loads, every grid run's config validates and builds its
+    method (so a rerun of the documented command cannot fail on a typo after hours of training)."""
+    from midbench.data import get_dataset
+    from midbench.defenses import build_task
+
+    tuning = load_tuning(path)
+    assert tuning.runs and tuning.min_clean is not None
+    for _, config in tuning.runs:
+        build_task(config.validate(), get_dataset(config.dataset))
+
+
+def test_every_baseline_has_a_committed_tuning() -> None:
+    from midbench.evaluation.expected import EXPECTED_RANGES
+
+    tuned = {path.parent.name.removeprefix("mnist5k-") for path in COMMITTED_TUNE_FILES}
+    assert {"pgd-at", "trades", "mart", "fast-at", "msd"} <= tuned <= {m for d, m in EXPECTED_RANGES if d == "mnist5k"}

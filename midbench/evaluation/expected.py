@@ -1,14 +1,16 @@
 """Expected ranges of the adversarial-training baselines: the least clean and white-box AutoAttack accuracy a
 baseline trained to its paper's quality reaches, per dataset, method and L∞ ε (docs/baselines.md, "Expected
 ranges"). A baseline below its range is under-trained, and a table that compares a new method with it flatters
-the method; the leaderboard marks such a row ``below-expected-range`` and keeps it out of "best AT".
+the method; the leaderboard marks such a row ``below-expected-range`` (when the upper end of the 95% interval of
+its clean or white-box AutoAttack accuracy lies below the floor) and keeps it out of "best AT".
 
 Each floor is a published figure less a stated allowance, never a number measured by midbench:
 
 - **mnist** (60,000 training images), L∞ ε = 0.3: AutoAttack standard as measured by Croce & Hein (ICML 2020,
   their table of defenses) for PGD-AT (Madry et al. 2018) 98.53 / 88.50, TRADES 99.48 / 92.81 and FGSM-RS fast
   AT 98.50 / 82.93 (clean / AutoAttack %); MSD, AVG and MAX from Maini, Wong & Kolter (ICML 2020, first 1,000
-  test images, L∞ column) 98.3 / 62.7, 99.1 / 65.2 and 98.6 / 51.0. MART published no MNIST figure and gets
+  test images, L∞ column, under their attacks rather than AutoAttack, so these floors may be strict) 98.3 / 62.7,
+  99.1 / 65.2 and 98.6 / 51.0. MART published no MNIST figure and gets
   PGD-AT's. Allowance: 1 point clean, 5 points AutoAttack (other architectures and reimplementations).
 - **mnist5k** (4,000 training images, 15 times fewer): the same figures with 1.5 points clean and 20 points
   AutoAttack allowed. Robust generalisation needs more data than standard generalisation (Schmidt et al.,
@@ -36,7 +38,8 @@ class ExpectedRange:
     source: str
 
     def misses(self, clean: float | None, autoattack: float | None) -> list[str]:
-        """What falls below the floors (``clean`` and ``autoattack`` in percent; None: not measured)."""
+        """What falls below the floors (``clean`` and ``autoattack`` in percent, the upper ends of their
+        intervals when judging a measurement; None: not measured)."""
         missed = []
         if clean is not None and clean < self.clean:
             missed.append(f"clean {clean:.1f}% < {self.clean:g}%")
