@@ -30,6 +30,9 @@ class DemoSettings:
 
     standard_epochs: int = 3
     pgd_at_epochs: int = 6
+    #: PGD-AT's ε warm-up (docs/baselines.md, "ε warm-up"): at 0.3 from the first step a LeNet stays near chance
+    #: for the first epochs, which the demo's few epochs cannot afford
+    pgd_at_eps_warmup: int = 3
     attack_steps: int = 10
     #: MID: teacher epochs, student epochs and pool steps. The student starts from the teacher's encoder
     #: (``--student-init teacher``) and takes first-order meta-gradients, which is what fits the demo's budget;
@@ -55,8 +58,8 @@ class DemoSettings:
         images and evaluated on 32: it checks that an installation works end to end, it measures nothing about
         the defenses.
         """
-        return cls(standard_epochs=2, pgd_at_epochs=1, attack_steps=2, mid_teacher_epochs=1, mid_epochs=1,
-                   mid_pool_steps=2, n_train=512, val_size=32, n_examples=32, device=device)
+        return cls(standard_epochs=2, pgd_at_epochs=1, pgd_at_eps_warmup=0, attack_steps=2, mid_teacher_epochs=1,
+                   mid_epochs=1, mid_pool_steps=2, n_train=512, val_size=32, n_examples=32, device=device)
 
 
 DEMO_METHODS = ("standard", "pgd-at", "mid")
@@ -68,7 +71,8 @@ def demo_configs(out: Path, settings: DemoSettings) -> dict[str, TrainConfig]:
                        seed=settings.seed, n_train=settings.n_train, val_size=settings.val_size)
     return {
         "standard": replace(base, method="standard", epochs=settings.standard_epochs),
-        "pgd-at": replace(base, method="pgd-at", epochs=settings.pgd_at_epochs, attack_steps=settings.attack_steps),
+        "pgd-at": replace(base, method="pgd-at", epochs=settings.pgd_at_epochs, attack_steps=settings.attack_steps,
+                          eps_warmup=settings.pgd_at_eps_warmup),
         # the source model of MID's Attacker Pool is the demo's standard model
         "mid": replace(base, method="mid", epochs=settings.mid_epochs, attack_steps=settings.mid_pool_steps,
                        options={"source": str(out / "standard" / MODEL_FILE),
