@@ -136,6 +136,22 @@ def test_a_seed_set_in_a_run_or_in_train_is_refused_beside_seeds(tmp_path: Path)
             load_sweep(path)
 
 
+def test_seed_offset_keeps_two_runs_of_one_recipe_apart_in_every_replicate(tmp_path: Path) -> None:
+    """An independent transfer source (``seed_offset``) trains with the replicate's seed plus its offset, so it is
+    never the same model as the main source; without ``seeds`` the offset is added to the sweep's seed."""
+    text = SEEDED.replace("[runs.pgd-at]", "[runs.standard-b]\nmethod = \"standard\"\nseed_offset = 100\nepochs = 1"
+                          "\n\n[runs.pgd-at]")
+    sweep = load_sweep(write(tmp_path, text))
+    for seed in sweep.seeds:
+        replicate = sweep.replicate(seed)
+        assert (replicate.run("standard").config.seed, replicate.run("standard-b").config.seed) == (seed, seed + 100)
+    single = load_sweep(write(tmp_path, text.replace("seeds = [0, 1]", "seed = 7")))
+    assert (single.run("standard").config.seed, single.run("standard-b").config.seed) == (7, 107)
+    for bad in ("seed_offset = -1", "seed_offset = 1.5", "seed_offset = true"):
+        with pytest.raises(UsageError, match="seed_offset must be"):
+            load_sweep(write(tmp_path, text.replace("seed_offset = 100", bad)))
+
+
 def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     """A ranked table as :func:`midbench.reporting.leaderboard.ranked_frames` gives it, with the columns seeds reads."""
     base = {"method": "pgd-at", "arch": "lenet", "protocol": "whitebox", "n": 4, "reference": "set",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -299,9 +300,11 @@ def test_every_committed_sweep_file_has_a_plan() -> None:
             continue  # its zoo entries are checked where the extra is installed (CI installs it)
         result = CliRunner().invoke(app, ["bench", "--config", str(path), "--data-dir", "unused", "--dry-run"])
         assert result.exit_code == 0, (path, result.output)
-        lines = result.output.splitlines()
-        assert sum(line.startswith("train ") for line in lines) == len(document.get("runs", {}))
-        assert sum(line.startswith("load ") for line in lines) == len(document.get("models", {}))
+        # a sweep of several seeds plans each step once per seed, as "seed S: <step>"
+        lines = [re.sub(r"^seed \d+: ", "", line) for line in result.output.splitlines()]
+        replicates = len(document["sweep"].get("seeds", [0]))
+        assert sum(line.startswith("train ") for line in lines) == replicates * len(document.get("runs", {}))
+        assert sum(line.startswith("load ") for line in lines) == replicates * len(document.get("models", {}))
         assert any(line.startswith("evaluate ") for line in lines)
 
 

@@ -55,6 +55,8 @@ replicates.
 
 A run's keys are those of ``midbench train --config`` (the shared keys and its method's own options, checked by
 the method); an option a method marks as a run reference (MID's ``source`` and ``teacher``) may name another run.
+``seed_offset = K`` trains a run with the sweep's seed plus K (each replicate's seed plus K under ``seeds``): an
+independent transfer source of the same recipe as the main one stays a different model in every replicate.
 """
 
 
@@ -125,6 +127,9 @@ class SweepRun:
 
     name: str
     config: TrainConfig
+    #: ``seed_offset``: the run trains with the sweep's (or replicate's) seed plus this, so two runs of one recipe
+    #: (a transfer source and an independent one) stay different models in every replicate
+    seed_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,7 @@ class Sweep:
         """The sweep of one seed of ``seeds``: every run trained and every model evaluated with ``seed``. Its
         fingerprint is the sweep's and the seed's, so adding a seed to the list keeps the finished replicates."""
         fingerprint = hashlib.sha256(f"{self.fingerprint}:seed={seed}".encode()).hexdigest()
-        runs = tuple(SweepRun(run.name, replace(run.config, seed=seed)) for run in self.runs)
+        runs = tuple(replace(run, config=replace(run.config, seed=seed + run.seed_offset)) for run in self.runs)
         return replace(self, seed=seed, runs=runs, fingerprint=fingerprint, seeds=())
 
     def run(self, name: str) -> SweepRun:
@@ -335,11 +340,17 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
             raise UsageError(f"{path}: run {name!r} sets dataset {values['dataset']!r}, but a sweep has one "
                              f"dataset ({dataset!r}); make another sweep file for it")
         values.setdefault("method", name)
+        offset = values.pop("seed_offset", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or "seed" in values and offset:
+            raise UsageError(f"{path}: run {name!r}: seed_offset must be a non-negative integer, without seed, "
+                             f"e.g. seed_offset = 1; got {offset!r}")
+        if offset:
+            values["seed"] = seed + offset
         try:
             config = merge_config(TrainConfig(), {**shared, **values}, {})
         except UsageError as error:
             raise UsageError(f"{path}: run {name!r}: {error}") from error
-        runs.append(SweepRun(str(name), _checked(config.validate(), str(name), path)))
+        runs.append(SweepRun(str(name), _checked(config.validate(), str(name), path), offset))
     models = _models(document, path, dataset, model_dir if model_dir is not None else head.get("model_dir"))
     clash = {run.name for run in runs} & {model.name for model in models}
     if clash:
@@ -508,7 +519,7 @@ def _with_references(run: SweepRun, names: list[str], transfer_source: str | Non
             if value == run.name:
                 raise UsageError(f"run {run.name!r} names itself as its {option_name}")
             options[option_name] = f"@{value}"
-    return SweepRun(run.name, config.with_options(options))
+    return replace(run, config=config.with_options(options))
 
 
 def _reference_options(config: TrainConfig) -> list[str]:
