@@ -153,6 +153,7 @@ def _write(folder: Path, name: str, content: str | bytes) -> Path:
 
 SWEEP = (REPO / "results" / "mnist5k" / "sweep.toml").read_text(encoding="utf-8")
 CALIBRATE = (REPO / "results" / "references" / "mnist5k-lenet" / "calibrate.toml").read_text(encoding="utf-8")
+TUNE = (REPO / "results" / "tuning" / "mnist5k-pgd-at" / "tune.toml").read_text(encoding="utf-8")
 CONFIG = """
 [train]
 method = "pgd-at"
@@ -185,6 +186,12 @@ def _read_calibration(path: Path) -> Any:
     return load_calibration(path)
 
 
+def _read_tune(path: Path) -> Any:
+    from midbench.bench.tuning import load_tuning
+
+    return load_tuning(path)
+
+
 def _read_registry(path: Path) -> Any:
     from midbench.attacks.specs import load_registry
 
@@ -192,7 +199,7 @@ def _read_registry(path: Path) -> Any:
 
 
 TOML_READERS = {"sweep": (_read_sweep, SWEEP), "train config": (_read_config, CONFIG),
-                "calibration": (_read_calibration, CALIBRATE)}
+                "calibration": (_read_calibration, CALIBRATE), "tune": (_read_tune, TUNE)}
 
 
 @pytest.mark.slow

@@ -144,3 +144,14 @@ def test_every_baseline_has_a_committed_tuning() -> None:
 
     tuned = {path.parent.name.removeprefix("mnist5k-") for path in COMMITTED_TUNE_FILES}
     assert {"pgd-at", "trades", "mart", "fast-at", "msd"} <= tuned <= {m for d, m in EXPECTED_RANGES if d == "mnist5k"}
+
+
+@pytest.mark.parametrize("path", [path.parent / "tuning.json" for path in COMMITTED_TUNE_FILES
+                                  if (path.parent / "tuning.json").exists()], ids=lambda path: path.parent.name)
+def test_committed_tuning_tables_are_what_their_json_gives(path: Path) -> None:
+    """A shipped tuning.md (and best.toml's choice) is recomputed from tuning.json: nobody edited a figure."""
+    from midbench.bench.tuning import tuning_table
+
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert tuning_table(document) == (path.parent / "tuning.md").read_text(encoding="utf-8")
+    assert (document.get("chosen") is None) == (not (path.parent / "best.toml").exists())
