@@ -5,13 +5,20 @@ teacher autoencoder it trains), evaluates all three against their known attacks,
 AutoAttack on the first test images — white-box, and for MID also under the paper's transfer protocol — and
 writes the leaderboard. Every number is a real attack on real data; the settings are small so it runs in
 minutes, which the printed table says (n, ε).
+
+With ``workers = 2`` (the default) the steps run in two processes of one torch thread each, an evaluation beside
+the next training: the trainings follow one another (MID's source is the standard model) and each evaluation
+starts as soon as its model is trained. Every step is seeded, so the numbers do not depend on which process ran
+it (docs/performance.md, P10).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from midbench.config import TrainConfig
 from midbench.evaluation.config import EvalConfig
@@ -48,6 +55,8 @@ class DemoSettings:
     n_examples: int = 100
     device: str = "auto"
     seed: int = 0
+    #: processes the steps run in (one torch thread each); 1 runs every step here, one after the other
+    workers: int = 2
 
     @classmethod
     def quick(cls, device: str = "auto") -> DemoSettings:
@@ -81,6 +90,50 @@ def demo_configs(out: Path, settings: DemoSettings) -> dict[str, TrainConfig]:
     }
 
 
+def _train_step(config: TrainConfig, run_dir: Path, progress: bool, threads: int | None) -> tuple[Path, dict[str, Any]]:
+    """Train (or resume) one demo run; its checkpoint and last log record."""
+    _pin_threads(threads)
+    result = train(config, run_dir, resume=(run_dir / TRAIN_STATE_FILE).exists(), progress=progress)
+    return result.checkpoint, result.log[-1]
+
+
+def _evaluate_step(config: EvalConfig, threads: int | None) -> tuple[Path | None, bool]:
+    """Evaluate one demo model (a finished evaluation with the same settings is reused); its result file and
+    whether it was reused."""
+    _pin_threads(threads)
+    run = run_evaluation(config)
+    return run.path, run.evaluation is None
+
+
+def _pin_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class _Here(Executor):
+    """Runs each submitted step at once in this process (``workers = 1``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller through the future, as a pool does
+            future.set_exception(error)
+        return future
+
+
+def _executor(workers: int) -> Executor:
+    if workers <= 1:
+        return _Here()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # noqa: B008 - frozen dataclass
              say: Callable[[str], None] = print, progress: bool = True) -> str:
     """Train, evaluate and rank; returns the markdown leaderboard (also written to ``out_dir``).
@@ -91,22 +144,29 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # no
     out = ensure_writable_dir(out_dir)
     results_dir = out / "results"
     configs = demo_configs(out, settings)
-    for method, config in configs.items():
-        run_dir = out / method
-        say(f"[demo] training {method} (lenet, mnist5k, {config.epochs} epochs) -> {run_dir}")
-        result = train(config, run_dir, resume=(run_dir / TRAIN_STATE_FILE).exists(), progress=progress)
-        last = result.log[-1]
-        say(f"[demo]   held-out clean {last['val_clean_acc']:.3f}, PGD-{config.val_pgd_steps} "
-            f"{last[f'val_pgd{config.val_pgd_steps}_acc']:.3f}")
-        # MID is evaluated under both protocols: the paper's transfer numbers next to the white-box ones
-        for protocol in ("whitebox", "transfer") if method == "mid" else ("whitebox",):
-            say(f"[demo] evaluating {method} ({protocol}): known + unknown attacks + AutoAttack on "
-                f"{settings.n_examples} test images")
-            run = run_evaluation(EvalConfig(
-                checkpoint=str(result.checkpoint), selection=AttackSelection(known=True, unknown=True, autoattack=True),
-                protocol=protocol, n_examples=settings.n_examples, results_dir=str(results_dir), seed=settings.seed,
-                device=settings.device, name=f"{method}-lenet", reuse_finished=True))
-            say(f"[demo]   {'evaluated earlier' if run.evaluation is None else 'result'}: {run.path}")
+    parallel = settings.workers > 1
+    threads = 1 if parallel else None
+    evaluations: list[tuple[str, Future[tuple[Path | None, bool]]]] = []
+    with _executor(settings.workers) as steps:
+        for method, config in configs.items():
+            run_dir = out / method
+            say(f"[demo] training {method} (lenet, mnist5k, {config.epochs} epochs) -> {run_dir}")
+            # progress bars only from this process: two processes would draw over each other
+            checkpoint, last = steps.submit(_train_step, config, run_dir, progress and not parallel, threads).result()
+            say(f"[demo]   {method}: held-out clean {last['val_clean_acc']:.3f}, PGD-{config.val_pgd_steps} "
+                f"{last[f'val_pgd{config.val_pgd_steps}_acc']:.3f}")
+            # MID is evaluated under both protocols: the paper's transfer numbers next to the white-box ones
+            for protocol in ("whitebox", "transfer") if method == "mid" else ("whitebox",):
+                say(f"[demo] evaluating {method} ({protocol}): known + unknown attacks + AutoAttack on "
+                    f"{settings.n_examples} test images")
+                evaluation = EvalConfig(
+                    checkpoint=str(checkpoint), selection=AttackSelection(known=True, unknown=True, autoattack=True),
+                    protocol=protocol, n_examples=settings.n_examples, results_dir=str(results_dir),
+                    seed=settings.seed, device=settings.device, name=f"{method}-lenet", reuse_finished=True)
+                evaluations.append((f"{method} ({protocol})", steps.submit(_evaluate_step, evaluation, threads)))
+        for label, future in evaluations:
+            path, reused = future.result()
+            say(f"[demo]   {label} {'evaluated earlier' if reused else 'result'}: {path}")
     board = render(results_dir, "markdown")
     atomic_write_text(out / "leaderboard.md", board)
     atomic_write_text(out / "leaderboard.csv", render(results_dir, "csv"))
