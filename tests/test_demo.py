@@ -37,3 +37,16 @@ def test_demo_trains_evaluates_and_ranks(tmp_path: Path) -> None:
     rows = [line for line in again.splitlines() if line.startswith("|") and "-lenet" in line and "| lenet" in line]
     assert sorted(line.split("|")[2].strip() for line in rows) == ["mid-lenet", "mid-lenet", "pgd-at-lenet",
                                                                    "standard-lenet"]
+
+
+def test_one_worker_runs_each_step_here_and_hands_back_its_error() -> None:
+    """``workers = 1`` runs the demo's steps in this process through the same futures a pool returns."""
+    from midbench.errors import UsageError
+    from midbench.runtime.processes import InlineExecutor, process_pool
+
+    with process_pool(1) as steps:
+        assert isinstance(steps, InlineExecutor)
+        assert steps.submit(sum, [1, 2]).result() == 3
+        failed = steps.submit(lambda: (_ for _ in ()).throw(UsageError("bad")))
+        with pytest.raises(UsageError, match="bad"):
+            failed.result()

@@ -15,7 +15,7 @@ it (docs/performance.md, P10).
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from midbench.fileio import atomic_write_text, ensure_writable_dir
 from midbench.paths import MODEL_FILE, TRAIN_STATE_FILE
 from midbench.reporting.html import REPORT_FILE, write_report
 from midbench.reporting.leaderboard import render
+from midbench.runtime.processes import process_pool
 from midbench.training import train
 
 
@@ -112,28 +113,6 @@ def _pin_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-class _Here(Executor):
-    """Runs each submitted step at once in this process (``workers = 1``)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:  # noqa: BLE001 - handed to the caller through the future, as a pool does
-            future.set_exception(error)
-        return future
-
-
-def _executor(workers: int) -> Executor:
-    if workers <= 1:
-        return _Here()
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn: a fresh interpreter per worker (fork after torch's thread pools exist is unsafe)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-
 def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # noqa: B008 - frozen dataclass
              say: Callable[[str], None] = print, progress: bool = True) -> str:
     """Train, evaluate and rank; returns the markdown leaderboard (also written to ``out_dir``).
@@ -147,7 +126,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(),  # no
     parallel = settings.workers > 1
     threads = 1 if parallel else None
     evaluations: list[tuple[str, Future[tuple[Path | None, bool]]]] = []
-    with _executor(settings.workers) as steps:
+    with process_pool(settings.workers) as steps:
         for method, config in configs.items():
             run_dir = out / method
             say(f"[demo] training {method} (lenet, mnist5k, {config.epochs} epochs) -> {run_dir}")
