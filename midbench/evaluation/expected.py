@@ -10,8 +10,8 @@ Each floor is a published figure less a stated allowance, never a number measure
   their table of defenses) for PGD-AT (Madry et al. 2018) 98.53 / 88.50, TRADES 99.48 / 92.81 and FGSM-RS fast
   AT 98.50 / 82.93 (clean / AutoAttack %); MSD, AVG and MAX from Maini, Wong & Kolter (ICML 2020, first 1,000
   test images, L∞ column, under their attacks rather than AutoAttack, so these floors may be strict) 98.3 / 62.7,
-  99.1 / 65.2 and 98.6 / 51.0. MART published no MNIST figure and gets
-  PGD-AT's. Allowance: 1 point clean, 5 points AutoAttack (other architectures and reimplementations).
+  99.1 / 65.2 and 98.6 / 51.0. MART published no MNIST figure and gets PGD-AT's. Allowance: 1 point clean,
+  5 points AutoAttack (other architectures and reimplementations).
 - **mnist5k** (4,000 training images, 15 times fewer): the same figures with 1.5 points clean and 20 points
   AutoAttack allowed. Robust generalisation needs more data than standard generalisation (Schmidt et al.,
   NeurIPS 2018), so the robust allowance is the larger; its size is midbench's choice, not a published number.
