@@ -146,8 +146,10 @@ def test_leaderboard_markdown_and_csv_agree(standard_checkpoint: Path, pgd_at_ch
     for value in table["clean"]:
         assert f"{value:g}" in markdown
     assert list(table["rank"]) == [1, 2]
+    # the fixture's PGD-AT (a few epochs on a few hundred images) is far below a PGD-AT baseline's expected range
+    # on mnist5k (docs/baselines.md), so it is flagged and is no "best AT": the Δ column stays empty
     at_row = table[table["method"] == "pgd-at"].iloc[0]
-    assert at_row["delta_unknown_worst_vs_at"] == 0.0
+    assert "below-expected-range" in str(at_row["flags"]) and pd.isna(at_row["delta_unknown_worst_vs_at"])
     output = tmp_path / "board.md"
     result = RUNNER.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "--output", str(output)])
     assert result.exit_code == 0 and output.read_text() == markdown

@@ -46,6 +46,7 @@ attack_steps = 1
 epochs = 1
 
 [runs.standard]
+epochs = 20     # long enough (several seconds) for the cancellation test to cancel it while it runs
 
 [runs.pgd-at]
 
