@@ -1,4 +1,5 @@
-"""``midbench demo``: the whole path on the embedded ``mnist5k`` data in a few minutes on a laptop CPU.
+"""``midbench demo``: the whole path on the embedded ``mnist5k`` data: about 17 minutes on 2 CPU
+cores (docs/performance.md, P10).
 
 Trains a standard LeNet, a PGD-AT LeNet and a MID LeNet (whose source model is the standard one, and whose
 teacher autoencoder it trains), evaluates all three against their known attacks, the unknown-attack profile and
@@ -34,7 +35,7 @@ from midbench.training import train
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's budget; the defaults finish in a few minutes on 2 CPU cores."""
+    """The demo's budget; the defaults take about 17 minutes on 2 CPU cores (docs/performance.md, P10)."""
 
     standard_epochs: int = 3
     pgd_at_epochs: int = 6

@@ -18,12 +18,12 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Directory for checkpoints, results and the leaderboard.")] = Path("midbench-demo"),
     device: Device = "auto",
     n_examples: Annotated[int | None, typer.Option(help="Test images to evaluate (default 100; 32 with --quick).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Every stage on a few dozen images, to check an installation in under a minute (the numbers measure nothing).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Every stage on a few dozen images, to check an installation in about 3 minutes (the numbers measure nothing).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train a standard, a PGD-AT and a MID LeNet on the embedded mnist5k, evaluate them (known and unknown
     attacks, AutoAttack; MID white-box and under the paper's transfer protocol) and print the leaderboard.
-    About ten minutes on 2 CPU cores; no download.
+    About 17 minutes on 2 CPU cores (docs/performance.md, P10); no download.
 
     Example: midbench demo --out midbench-demo
     """

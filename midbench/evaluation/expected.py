@@ -37,15 +37,10 @@ class ExpectedRange:
     autoattack: float
     source: str
 
-    def misses(self, clean: float | None, autoattack: float | None) -> list[str]:
-        """What falls below the floors (``clean`` and ``autoattack`` in percent, the upper ends of their
-        intervals when judging a measurement; None: not measured)."""
-        missed = []
-        if clean is not None and clean < self.clean:
-            missed.append(f"clean {clean:.1f}% < {self.clean:g}%")
-        if autoattack is not None and autoattack < self.autoattack:
-            missed.append(f"AutoAttack {autoattack:.1f}% < {self.autoattack:g}%")
-        return missed
+    def misses(self, clean: float | None, autoattack: float | None) -> bool:
+        """Whether ``clean`` or ``autoattack`` (percent; the upper ends of their intervals when judging a
+        measurement; None: not measured) falls below its floor."""
+        return (clean is not None and clean < self.clean) or (autoattack is not None and autoattack < self.autoattack)
 
 
 #: published (clean, AutoAttack) figures in percent, L∞, per dataset family and method (module docstring)
