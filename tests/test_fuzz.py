@@ -392,8 +392,87 @@ def _cache_entry_bytes(folder: Path) -> bytes:
     return data
 
 
+#: a result of the committed demo table whose per-example file holds the profile's curves and pictures
+DEMO_RESULT = min((REPO / "results" / "demo-mnist5k" / "runs" / "mnist5k").glob("mid-lenet__whitebox__*.json"))
+
+
+def _matrix_bytes(folder: Path) -> bytes:
+    shutil.copy(DEMO_RESULT, folder / DEMO_RESULT.name)
+    return DEMO_RESULT.with_suffix(".npz").read_bytes()
+
+
+def _read_matrix(path: Path) -> Any:
+    """The two readers of a result's per-example ``.npz``: the leaderboard's (curves and matrix; a bad file is a
+    skipped row with a warning, which is how a damaged result is refused there) and the report's pictures (a bad
+    file means no pictures)."""
+    import warnings
+
+    from midbench.evaluation.documents import load_result_file
+    from midbench.reporting.html import _examples_html
+    from midbench.reporting.leaderboard import LeaderboardWarning, Run, load_run
+
+    result = path.with_suffix(".json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LeaderboardWarning)
+        run = load_run(result)
+    assert run is None or isinstance(run, Run)
+    assert isinstance(_examples_html({"paths": [str(result)]}, [load_result_file(result)]), str)
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+
+def _zoo_bytes(folder: Path) -> bytes:
+    """Zoo weights as RobustBench's files hold them: a state dict wrapped under ``state_dict``, ``module.`` keys."""
+    path = folder / "valid.pt"
+    torch.manual_seed(0)
+    torch.save({"state_dict": {f"module.{key}": value for key, value in _Wrapped().state_dict().items()}}, path)
+    return _taken(path)
+
+
+def _read_zoo_weights(path: Path) -> Any:
+    from midbench.artifacts.zoo import _load_weights
+
+    _load_weights(_Wrapped(), path)
+
+
 BINARY_READERS = {"legacy pickle": (_read_legacy, _legacy_bytes, "release.pth"),
-                  "transfer cache entry": (_read_transfer_cache_entry, _cache_entry_bytes, "0-4-entry.npz")}
+                  "transfer cache entry": (_read_transfer_cache_entry, _cache_entry_bytes, "0-4-entry.npz"),
+                  "per-example matrix": (_read_matrix, _matrix_bytes, DEMO_RESULT.with_suffix(".npz").name),
+                  "zoo weights": (_read_zoo_weights, _zoo_bytes, "weights.pt")}
+
+#: what ``torch.load(weights_only=True)`` can return: nested containers of tensors and plain values
+loadable_objects = st.recursive(
+    st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=6),
+              st.integers(min_value=0, max_value=3).map(lambda n: torch.zeros(n, 3)),
+              st.sampled_from([torch.zeros(2, 3), torch.zeros(2), torch.zeros(2, 3, dtype=torch.int64)])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.tuples(inner, inner),
+                            st.dictionaries(st.one_of(st.text(max_size=20), st.integers()), inner, max_size=3),
+                            st.fixed_dictionaries({"state_dict": st.dictionaries(
+                                st.sampled_from(["linear.weight", "module.linear.bias", "linear.bias", "x"]),
+                                inner, max_size=3)})),
+    max_leaves=6)
+
+
+@pytest.mark.slow
+def test_zoo_weights_of_any_shape_load_or_are_refused(folder: Path) -> None:
+    """Well-formed files that hold the wrong thing: any container of tensors and plain values ``torch.save`` can
+    write and the ``weights_only`` loader reads back."""
+    target = folder / "zoo-objects"
+    target.mkdir()
+
+    @FUZZ
+    @given(value=loadable_objects)
+    @example(value={0: None})  # found by this test: a key that is not a string raised AttributeError
+    def check(value: Any) -> None:
+        path = target / "weights.pt"
+        torch.save(value, path)
+        holds_the_property(_read_zoo_weights, path)
+
+    check()
 
 
 def test_a_cache_entry_whose_array_header_is_corrupt_is_dropped(folder: Path) -> None:

@@ -196,8 +196,9 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     for key in ("state_dict", "model_state_dict", "model"):  # the zoo's files wrap the weights in various ways
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise ArtifactError(f"{path} holds no state dict")
+    if not isinstance(state, dict) or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                              for key, value in state.items()):
+        raise ArtifactError(f"{path} holds no state dict (names to tensors): delete it and download again")
     state = {(key[len("module."):] if key.startswith("module.") else key): value for key, value in state.items()}
     try:
         model.load_state_dict(state)
