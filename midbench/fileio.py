@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from midbench.errors import ArtifactError, UsageError
 
@@ -32,24 +32,53 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     target = Path(path)
     ensure_writable_dir(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    watched: _WatchedHandle | None = None
     try:
         # mkstemp creates the file private (0600); give it the permissions a plain open() would have.
         os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as handle:
-            yield handle
+            watched = _WatchedHandle(handle)
+            yield cast(BinaryIO, watched)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except OSError as error:
+    except BaseException as error:
         _remove_quietly(tmp_name)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ArtifactError(f"disk full while writing {target}; free space and retry "
-                                "(the previous file is intact)") from error
-        raise
-    except BaseException:
-        _remove_quietly(tmp_name)
+        cause = error if isinstance(error, OSError) else watched.error if watched is not None else None
+        if cause is not None and _is_disk_full(cause):
+            raise _disk_full(target) from error
         raise
     _fsync_dir(target.parent)
+
+
+def _is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(target: Path) -> ArtifactError:
+    """The one line for a full disk (exit 3): every write goes through :func:`atomic_writer` or the lock files, so
+    the file that was being written is the only one affected and its previous version is intact."""
+    return ArtifactError(f"disk full while writing {target}; free space and retry (the previous file is intact)")
+
+
+class _WatchedHandle:
+    """The temporary file's handle, remembering an ``OSError`` raised by a write. Some writers turn it into an error
+    of their own (``torch.save``'s zip writer raises ``RuntimeError: unexpected pos``), and a full disk must still
+    be reported as one (found on a real full tmpfs: tests/test_disk_full.py)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:  # noqa: ANN401 - whatever the wrapped handle takes
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - the wrapped handle's attributes
+        return getattr(self._handle, name)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -126,7 +155,8 @@ def try_lock(path: Path) -> BinaryIO | None:
     evaluations (their state) and sweeps (their folder).
     """
     for _ in range(100):
-        handle = open(path, "ab")  # noqa: SIM115 - held by the caller until it is done
+        # unbuffered: what hold_output writes reaches the file at once, and close() has nothing left to flush
+        handle = open(path, "ab", buffering=0)  # noqa: SIM115 - held by the caller until it is done
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -159,10 +189,16 @@ def hold_output(path: Path, what: str, fix: str) -> BinaryIO:
     import socket
     import time
 
-    handle.truncate(0)
-    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
-    handle.flush()
+    try:
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+        handle.flush()
+    except OSError as error:
+        release_output(handle)
+        if _is_disk_full(error):
+            raise _disk_full(path) from error
+        raise
     return handle
 
 

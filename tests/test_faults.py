@@ -12,6 +12,7 @@ late). SIGKILL during evaluation and its resume are tested with resumable evalua
 from __future__ import annotations
 
 import errno
+import fnmatch
 import io
 import json
 import os
@@ -314,8 +315,8 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         temporary_fds[fd] = os.path.basename(name)
         return fd, name
 
-    def targets_chosen(fd: int) -> bool:
-        return "name" in chosen and temporary_fds.get(fd, "").startswith(f".{chosen['name']}.")
+    def targets_chosen(fd: int) -> bool:  # the name may be a pattern: "*.json"
+        return "name" in chosen and fnmatch.fnmatch(temporary_fds.get(fd, ""), f".{chosen['name']}.*")
 
     def fdopen(fd: int, mode: str = "r", *args: object, **kwargs: object) -> object:
         if targets_chosen(fd) and chosen.get("how") == "write":
@@ -403,6 +404,26 @@ def test_disk_full_while_writing_the_leaderboard_exits_3_and_keeps_the_old_file(
     assert f"disk full while writing {board}" in failed.output
     assert board.read_bytes() == before
     assert visible_files(board.parent) == ["leaderboard.md"] and temporaries(board.parent) == []
+
+
+def test_disk_full_while_writing_a_result_leaves_no_orphan_matrix_and_the_rerun_resumes(
+        full_disk: dict[str, str], tmp_path: Path) -> None:
+    """The matrix is written first and the JSON last; when the JSON cannot be written the matrix would belong to no
+    result, so it is removed. The evaluation's state is kept, and the same command then finishes."""
+    results, checkpoint = tmp_path / "results", write_checkpoint(tmp_path / "alpha.safetensors", 0)
+    full_disk.update(name="alpha__whitebox__*.json", how="write")
+    failed = RUNNER.invoke(app, evaluate_args(checkpoint, results))
+    assert failed.exit_code == 3, failed.output
+    assert "disk full while writing" in failed.output and len(failed.output.strip().splitlines()) == 1
+    folder = results / "runs" / "mnist5k"
+    assert visible_files(folder) == [] and temporaries(folder) == []
+    assert list(folder.glob(".alpha__whitebox.evalstate.npz")), "the finished attacks are kept for the rerun"
+
+    full_disk.clear()
+    again = RUNNER.invoke(app, evaluate_args(checkpoint, results))
+    assert again.exit_code == 0, again.output
+    (result,) = folder.glob("*.json")
+    assert [path.name for path in folder.glob("*.npz")] == [result.with_suffix(".npz").name]
 
 
 # ---- two evaluations, one results directory -----------------------------------------------------------------

@@ -141,9 +141,13 @@ def write_result(result: ResultDocument, evaluation: Evaluation, results_dir: st
                             indices=indices, **curves,
                             **{f"examples_{model}": images for model, images in (examples or {}).items()})
 
-    atomic_write_with(folder / f"{run_id}.npz", write_npz)
-    json_path = folder / f"{run_id}.json"
-    atomic_write_json(json_path, result.to_dict())
+    matrix_path, json_path = folder / f"{run_id}.npz", folder / f"{run_id}.json"
+    atomic_write_with(matrix_path, write_npz)
+    try:
+        atomic_write_json(json_path, result.to_dict())
+    except BaseException:  # a full disk, say: no JSON will ever name this matrix, so it must not stay behind
+        matrix_path.unlink(missing_ok=True)
+        raise
     return json_path
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 
 from midbench.attacks.specs import ResolvedAttack
 from midbench.evaluation.digests import code_digest
+from midbench.fileio import atomic_write_with
 
 _SUFFIX = ".npz"
 
@@ -128,14 +127,8 @@ class CacheStep:
         self.folder.mkdir(parents=True, exist_ok=True)
         digest = _array_digest(indices, array)
         final = self.folder / f"{int(indices[0])}-{len(indices)}-{digest[:16]}{_SUFFIX}"
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, indices=indices, images=array, sha256=np.array(digest))
-            os.replace(temporary, final)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write_with(final, lambda stream: np.savez(stream, indices=indices, images=array,
+                                                         sha256=np.array(digest)))
         if self._batches is not None:
             self._batches[indices.tobytes()] = array
 

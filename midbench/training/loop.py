@@ -241,8 +241,6 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, on_batc
     state_path = out / TRAIN_STATE_FILE
     if state_path.exists() and not resume:
         raise UsageError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    if resume and not state_path.exists() and (out / MODEL_FILE).exists():
-        raise UsageError(f"{out} has a model but no {TRAIN_STATE_FILE} to resume from; choose another --out")
 
     device = rank_device(resolve_device(config.device))
     shard = current_shard(device)  # under torchrun: this process's slice of every batch
@@ -255,6 +253,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, on_batc
     if config.eps_warmup:  # a method without a warm-up refuses here, before its set-up trains anything
         task.scale_attacks(config.attack_scale(1))
     config = config.with_options(as_values(task.options))  # recorded complete: every option at its value
+    if resume and not state_path.exists() and (out / MODEL_FILE).exists() \
+            and not _interrupted_first_epoch(out / MODEL_FILE, config, option_defaults(task.Options)):
+        raise UsageError(f"{out} has a model but no {TRAIN_STATE_FILE} to resume from; choose another --out")
     train_split, val_split = split_train_val(load_split(config.dataset, "train", config.data_dir, config.download),
                                              config.val_size, config.n_train)
     check_slices(len(train_split), config.batch_size, shard)
@@ -432,6 +433,17 @@ def _save_epoch(out: Path, config: TrainConfig, metadata: ModelMetadata, model: 
              "log": json.dumps(log), "world_size": world_size}
     atomic_write_with(out / TRAIN_STATE_FILE, lambda handle: torch.save(state, handle))
     atomic_write_text(out / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
+
+
+def _interrupted_first_epoch(model_path: Path, config: TrainConfig, defaults: dict[str, Any]) -> bool:
+    """Whether the model at ``model_path`` is this run's own after epoch 1, left without its state by a crash or a
+    full disk between the two writes of :func:`_save_epoch`: the resume then starts again from epoch 1."""
+    try:
+        metadata = load_checkpoint(model_path).metadata
+    except ArtifactError:
+        return False
+    recorded = metadata.get("config")
+    return metadata.get("epoch") == 1 and isinstance(recorded, dict) and config.may_resume(recorded, defaults)
 
 
 def _restore(state_path: Path, config: TrainConfig, defaults: dict[str, Any], model: nn.Module,
