@@ -22,10 +22,6 @@ import torch
 from torch import nn
 
 from midbench.attacks.kl import kl_from_clean
-from midbench.attacks.specs import ResolvedAttack
-from midbench.attacks.training import resolve_training_attack
-from midbench.config import TrainConfig
-from midbench.data.datasets import DatasetSpec
 from midbench.defenses.base import METHODS
 from midbench.defenses.paired import PairedLossTraining
 
@@ -62,8 +58,5 @@ class MartTraining(PairedLossTraining):
     name = "mart"
     citation = ("Wang et al., Improving Adversarial Robustness Requires Revisiting Misclassified Examples, "
                 "ICLR 2020")
-
-    def resolve_attack(self, config: TrainConfig, dataset: DatasetSpec, scale: float = 1.0) -> ResolvedAttack:
-        return resolve_training_attack(config, dataset, scale=scale)
 
     paired_loss = staticmethod(mart_loss)
