@@ -202,3 +202,26 @@ def test_target_override_reaches_targeted_attacks_only_and_is_custom() -> None:
 def test_bad_target_policy_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", str(tmp_path / "missing.safetensors"), "--target", "class-0"])
     assert result.exit_code == 2 and "target policy" in result.output
+
+
+def test_every_attack_is_built_once_per_evaluation(standard_checkpoint: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The up-front check that refuses a bad attack before any compute builds each of the evaluation's attacks; the
+    evaluation then uses those builds instead of building every attack a second time. (Loading the registry also
+    builds each entry once at a check ε, with no evaluation seed: those builds are not counted.)"""
+    from midbench.attacks.specs import ResolvedAttack
+
+    built: list[str] = []
+    real_build = ResolvedAttack.build
+
+    def counting_build(self: ResolvedAttack, *args: object, **kwargs: object) -> object:
+        if "batch_size" in kwargs:  # an evaluation's build (the registry's check passes neither seed nor batch)
+            built.append(json.dumps(self.to_dict(), sort_keys=True, default=str))
+        return real_build(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResolvedAttack, "build", counting_build)
+    document = _run_eval(standard_checkpoint, tmp_path, "--attacks", "fgsm-linf,pgd-linf", "--unknown-attacks",
+                         "--threat-models", "linf", "--n-examples", "8")
+    assert len(built) == len(set(built)), "an attack was built more than once"
+    climbed = [key for model in document["profile"]["threat_models"] for key in model["attacks"]]
+    assert {json.loads(b)["id"] for b in built} >= {"fgsm-linf", "pgd-linf"} | {k.split("@")[0] for k in climbed}

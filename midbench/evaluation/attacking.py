@@ -11,6 +11,7 @@ Under ``torchrun`` the batches are dealt across the processes (:class:`midbench.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import zlib
 from collections.abc import Callable
@@ -31,6 +32,27 @@ from midbench.runtime.distributed import SINGLE, Shard
 
 #: progress callback: (attack key, examples done, examples to attack)
 ProgressFn = Callable[[str, int, int], None]
+
+
+class BuiltAttacks:
+    """The attacks of one evaluation, each built once, before anything runs: a bad parameter or a missing backend
+    is refused before any compute, and :class:`AttackRunner` takes these instead of building each again. Each
+    built attack is handed out once, so every run starts from an attack as fresh as a new build."""
+
+    def __init__(self, specs: list[ResolvedAttack], seed: int, batch_size: int) -> None:
+        self.seed, self.batch_size = seed, batch_size
+        self._built: dict[str, list[Any]] = {}
+        for spec in specs:
+            self._built.setdefault(_identity(spec), []).append(spec.build(seed=seed, batch_size=batch_size))
+
+    def take(self, spec: ResolvedAttack) -> Any:  # noqa: ANN401 - an Attack or a backend adapter
+        """The attack of ``spec``: one built here, or a new build when every one of them has been taken."""
+        waiting = self._built.get(_identity(spec))
+        return waiting.pop() if waiting else spec.build(seed=self.seed, batch_size=self.batch_size)
+
+
+def _identity(spec: ResolvedAttack) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True, default=str)
 
 
 @dataclass
@@ -79,7 +101,8 @@ class AttackRunner:
 
     def __init__(self, model: nn.Module, attacker: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                  device: torch.device, protocol: str, batch_size: int, seed: int, progress: ProgressFn | None,
-                 state: EvalState | None, shard: Shard = SINGLE, cache: TransferCache | None = None) -> None:
+                 state: EvalState | None, shard: Shard = SINGLE, cache: TransferCache | None = None,
+                 built: BuiltAttacks | None = None) -> None:
         self.model, self.images, self.labels, self.device = model, images, labels, device
         self.counted_attacker = PassCounter(attacker)
         self.counted_model = self.counted_attacker if attacker is model else PassCounter(model)
@@ -87,6 +110,7 @@ class AttackRunner:
         self.progress, self.state, self.shard = progress, state, shard
         #: the transfer cache (transfer protocol, one process): adversarial images crafted on the source, reused
         self.cache = cache if protocol == "transfer" and not shard.distributed else None
+        self.built = built if built is not None else BuiltAttacks([], seed, batch_size)
 
     def run(self, spec: ResolvedAttack, split: str, start_robust: np.ndarray, *, key: str | None = None,
             per_example: bool = False, query_evaluated: bool = False) -> AttackOutcome:
@@ -107,7 +131,7 @@ class AttackRunner:
         if saved is not None and saved.finished and not self.shard.distributed:
             return AttackOutcome(spec, split, saved.robust, saved.seconds, saved.forward_passes,
                                  saved.backward_passes, saved.details)
-        attack = spec.build(seed=self.seed, batch_size=self.batch_size)
+        attack = self.built.take(spec)
         if self.shard.distributed:
             saved = self._agree_on_resume(saved, attack.handles_batching)
         if saved is None:  # a fresh attack starts from the given examples, nothing spent yet

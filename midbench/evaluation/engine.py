@@ -25,7 +25,7 @@ from midbench.attacks.plans import ThreatModelPlan
 from midbench.attacks.specs import ResolvedAttack
 from midbench.data.batches import DeviceBatches
 from midbench.data.datasets import TensorSplit
-from midbench.evaluation.attacking import AttackOutcome, AttackRunner, ProgressFn, predict
+from midbench.evaluation.attacking import AttackOutcome, AttackRunner, BuiltAttacks, ProgressFn, predict
 from midbench.evaluation.profile import ThreatModelCurve, climb
 from midbench.evaluation.state import EvalState
 from midbench.evaluation.transfer_cache import CacheStats, TransferCache
@@ -57,8 +57,8 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
              device: torch.device, protocol: str = "whitebox", source_model: nn.Module | None = None,
              batch_size: int = 256, seed: int = 0, progress: ProgressFn | None = None,
              state: EvalState | None = None, profile: list[ThreatModelPlan] | None = None,
-             shard: Shard = SINGLE, cache_dir: str | Path | None = None, source_sha256: str | None = None
-             ) -> Evaluation:
+             shard: Shard = SINGLE, cache_dir: str | Path | None = None, source_sha256: str | None = None,
+             built: BuiltAttacks | None = None) -> Evaluation:
     """Evaluate ``model`` on ``data`` against ``attacks`` (each with its split, "known" or "unknown").
 
     Args:
@@ -74,6 +74,8 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
             and gets the same, merged :class:`Evaluation`).
         cache_dir: under ``transfer``, the transfer cache's folder (:mod:`midbench.evaluation.transfer_cache`),
             keyed by ``source_sha256``; None crafts without one (the same images). Unused under torchrun.
+        built: the attacks already built (with this ``seed`` and ``batch_size``) when they were checked; an attack
+            not among them is built when it runs.
 
     Raises:
         NumericalError: NaN/Inf logits.
@@ -96,7 +98,7 @@ def evaluate(model: nn.Module, data: TensorSplit, attacks: list[tuple[ResolvedAt
         cache = TransferCache.of(cache_dir, source_sha256=source_sha256, images=images, labels=labels, seed=seed,
                                  batch_size=batch_size, device=device)
     runner = AttackRunner(model, attacker, images, labels, device=device, protocol=protocol, batch_size=batch_size,
-                          seed=seed, progress=progress, state=state, shard=shard, cache=cache)
+                          seed=seed, progress=progress, state=state, shard=shard, cache=cache, built=built)
     outcomes = [runner.run(spec, split, clean_correct) for spec, split in attacks]
     curves = climb(runner, profile, clean_correct) if profile else []
     return Evaluation(clean_correct, outcomes, protocol, curves, cache.stats if cache is not None else None)

@@ -21,7 +21,7 @@ from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
-from midbench.evaluation.attacking import ProgressFn
+from midbench.evaluation.attacking import BuiltAttacks, ProgressFn
 from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.digests import settings_digest
 from midbench.evaluation.documents import ResultDocument, read_result
@@ -120,9 +120,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     elif config.source:
         raise UsageError("--source only applies to --protocol transfer")
 
-    # refuse a bad parameter or a missing backend before any attack runs
-    for attack in [a for a, _ in attacks] + [a for plan in profile for rung in plan.rungs for a in rung.attacks]:
-        attack.build(seed=config.seed, batch_size=config.batch_size)
+    # refuse a bad parameter or a missing backend before any attack runs; the evaluation then uses these builds
+    built = BuiltAttacks([a for a, _ in attacks] + [a for plan in profile for rung in plan.rungs for a in rung.attacks],
+                         config.seed, config.batch_size)
     ensure_writable_dir(Path(config.results_dir))
     data = load_split(dataset_name, "test", config.data_dir, config.download)
     notes = []
@@ -169,7 +169,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
                               source_model=source_model, batch_size=config.batch_size, seed=config.seed,
                               progress=progress, state=state, profile=profile, shard=shard,
                               cache_dir=transfer_cache_dir(config) if source_info else None,
-                              source_sha256=(source_info or {}).get("sha256"))
+                              source_sha256=(source_info or {}).get("sha256"), built=built)
         flags, sanity_info = _sanity_checks(config, loaded.model, data, evaluation, registry, data_eps, device,
                                             progress, meta.metrics)
         if not shard.is_writer:  # rank 0 writes the one result file
