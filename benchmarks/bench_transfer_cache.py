@@ -48,7 +48,7 @@ def prepare(folder: Path, models: int) -> None:
 def evaluate_all(folder: Path, models: int, cache: bool, results: Path, n: int | None = None) -> list[Path]:
     """Each model under transfer from the source; the result files, in order."""
     from midbench.bench.sweep_file import load_sweep
-    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.eval_config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.paths import MODEL_FILE
 

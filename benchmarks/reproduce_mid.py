@@ -40,7 +40,7 @@ from midbench.artifacts.loading import load_classifier
 from midbench.attacks.specs import load_registry
 from midbench.config import TrainConfig
 from midbench.data import load_split
-from midbench.evaluation.config import EvalConfig
+from midbench.evaluation.eval_config import EvalConfig
 from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text

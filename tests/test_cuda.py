@@ -14,7 +14,7 @@ pytestmark = pytest.mark.cuda
 
 
 def test_bf16_training_and_cuda_evaluation(tmp_path: Path) -> None:
-    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.eval_config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
 

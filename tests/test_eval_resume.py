@@ -302,7 +302,7 @@ def test_a_finished_evaluation_is_reused_only_with_the_same_settings(standard_ch
                                                                      tmp_path: Path) -> None:
     """``reuse_finished`` (what the demo uses to continue): the same settings return the newest result file of
     the name without attacking; another seed or attack list, an older match, or a missing matrix evaluate again."""
-    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.eval_config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
 

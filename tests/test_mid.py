@@ -661,7 +661,7 @@ def test_bad_mid_options_are_one_line_usage_errors(tmp_path: Path, override: dic
 @pytest.mark.parametrize("protocol", ["transfer", "whitebox"])
 def test_mid_checkpoint_evaluates_under_both_protocols(mid_run: Path, tmp_path: Path, protocol: str) -> None:
     """The pool is the known split; transfer crafts on the recorded source model without --source."""
-    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.eval_config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
 

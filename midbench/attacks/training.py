@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
-from midbench.config import TrainConfig, parse_eps
+from midbench.budgets import parse_eps
+from midbench.config import TrainConfig
 from midbench.data.datasets import DatasetSpec
 from midbench.errors import UsageError
 

@@ -470,7 +470,7 @@ def _measured(calibration: Calibration, model: str, sha: str, ladder: tuple[floa
 def _measure_one(calibration: Calibration, model: str, checkpoint: str, out: str, ladder_dir: str) -> Path:
     """``midbench eval --unknown-attacks --profile-suite <suite> --threat-models <model>`` of one reference at the
     ladder of ``ladder_dir``, its result file in ``out``."""
-    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.eval_config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import AttackSelection
 

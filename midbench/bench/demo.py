@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from midbench.config import TrainConfig
-from midbench.evaluation.config import EvalConfig
+from midbench.evaluation.eval_config import EvalConfig
 from midbench.evaluation.runner import run_evaluation
 from midbench.evaluation.selection import AttackSelection
 from midbench.fileio import atomic_write_text, ensure_writable_dir

@@ -349,7 +349,7 @@ class _EvaluationJob:
     def of(cls, sweep: Sweep, step: tuple[str, str, str | None], out: Path, results: Path,
            hashes: dict[str, str | None], shared: dict[str, Any], restart: bool, device: str | None = None
            ) -> _EvaluationJob:
-        from midbench.evaluation.config import EvalConfig
+        from midbench.evaluation.eval_config import EvalConfig
 
         name, protocol, source_run = step
         model = sweep.model(name)

@@ -80,7 +80,7 @@ def eval_command(
         from midbench.errors import UsageError
 
         raise UsageError("--master-port goes with --nproc (under torchrun, give torchrun its --master-port)")
-    from midbench.evaluation.config import EvalConfig
+    from midbench.evaluation.eval_config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import parse_selection
 

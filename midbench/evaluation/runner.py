@@ -22,10 +22,10 @@ from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.errors import UsageError
 from midbench.evaluation import sanity
 from midbench.evaluation.attacking import BuiltAttacks, ProgressFn
-from midbench.evaluation.config import EvalConfig
 from midbench.evaluation.digests import settings_digest
 from midbench.evaluation.documents import ResultDocument, read_result
 from midbench.evaluation.engine import Evaluation, evaluate
+from midbench.evaluation.eval_config import EvalConfig
 from midbench.evaluation.examples import PROFILE_EXAMPLES, profile_examples
 from midbench.evaluation.results import (
     build_result,

@@ -17,7 +17,7 @@ from typing import Any
 
 from midbench.attacks.plans import PROFILE_SUITE
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack
-from midbench.config import parse_eps
+from midbench.budgets import parse_eps
 from midbench.errors import UsageError
 from midbench.evaluation.options import SELECTION_HELP, cli_flag
 from midbench.protocols import AUTOATTACK_ENTRY
