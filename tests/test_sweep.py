@@ -514,8 +514,8 @@ def _plain_state_dict(path: Path, seed: int) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     (('checkpoint = "plain.pt"', 'checkpoint = "plain.pt"\nmodel = "user_models:honest_cnn"'), "exactly one of"),
     (('checkpoint = "plain.pt"\narch = "lenet"', ""), "exactly one of"),
-    (('model = "user_models:honest_cnn"', 'model = "user_models:honest_cnn"\nthreat_model = "L2"'),
-     "threat_model and model_dir go with"),
+    (('model = "user_models:honest_cnn"', 'model = "user_models:honest_cnn"\nzoo_threat_model = "L2"'),
+     "zoo_threat_model and model_dir go with"),
     (('model = "user_models:honest_cnn"', 'model = "user_models.honest_cnn"'), "module:factory"),
     (('model = "user_models:honest_cnn"', 'model = "user_models:honest_cnn"\nbogus = 1'), "bogus"),
     (('model = "user_models:honest_cnn"', 'model = 3'), "string"),

@@ -109,7 +109,7 @@ def test_bad_zoo_input_is_one_line_with_its_exit_code(case: str, code: int, mess
 
 
 @pytest.mark.parametrize("model", [["--model", "user_models:honest_cnn"], []])
-@pytest.mark.parametrize("option", [["--model-dir", "models"], ["--threat-model", "L2"]])
+@pytest.mark.parametrize("option", [["--model-dir", "models"], ["--zoo-threat-model", "L2"]])
 def test_zoo_options_without_a_zoo_entry_are_refused(model: list[str], option: list[str],
                                                      pgd_at_checkpoint: Path) -> None:
     named = model or [str(pgd_at_checkpoint)]
@@ -149,7 +149,7 @@ model = "robustbench:Ding2020MMA"
 
 [models.mma-l2]
 model = "robustbench:Ding2020MMA"
-threat_model = "L2"
+zoo_threat_model = "L2"
 """
 
 

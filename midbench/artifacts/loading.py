@@ -103,7 +103,7 @@ def load_teacher(path: str | Path) -> LoadedModel:
 
 def load_model(checkpoint: str | Path | None, *, arch: str | None = None, dataset: str | None = None,
                model_spec: str | None = None, weights: str | None = None, device: torch.device | None = None,
-               seed: int = 0, threat_model: str = "Linf", model_dir: str | None = None,
+               seed: int = 0, zoo_threat_model: str = "Linf", model_dir: str | None = None,
                download: bool = False) -> LoadedModel:
     """The classifier of a command line: a checkpoint (or plain state dict with ``arch``), a user's
     ``model_spec`` (``module:factory``, with optional ``weights``), or a RobustBench zoo entry
@@ -113,8 +113,8 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
         UsageError: neither or both of a checkpoint and a ``model_spec``; options that do not go together.
         ArtifactError: an unreadable, unsafe or incompatible checkpoint or weights file.
     """
-    if not is_zoo_spec(model_spec) and (model_dir is not None or threat_model != "Linf"):
-        raise UsageError("--model-dir and --threat-model go with --model robustbench:NAME")
+    if not is_zoo_spec(model_spec) and (model_dir is not None or zoo_threat_model != "Linf"):
+        raise UsageError("--model-dir and --zoo-threat-model go with --model robustbench:NAME")
     if model_spec is None:
         if checkpoint is None:
             raise UsageError("name the model to evaluate: a CHECKPOINT, or --model module:factory --dataset NAME")
@@ -132,7 +132,7 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
         if weights is not None:
             raise UsageError("--weights goes with --model module:factory; a zoo entry's weights are read from "
                              "--model-dir")
-        zoo = load_zoo_model(model_spec, dataset, threat_model, model_dir or DEFAULT_MODEL_DIR, download, device)
+        zoo = load_zoo_model(model_spec, dataset, zoo_threat_model, model_dir or DEFAULT_MODEL_DIR, download, device)
         return LoadedModel(zoo.model, zoo.metadata, zoo.sha256, zoo.path)
     # A factory that initialises weights draws from torch's RNG: seed it, so the same command builds the same
     # model (and an interrupted evaluation of it can resume) without touching the caller's RNG. The module is

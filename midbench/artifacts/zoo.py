@@ -1,11 +1,12 @@
-"""The RobustBench model zoo as input: ``midbench eval --model robustbench:NAME --dataset cifar10 --threat-model
+"""The RobustBench model zoo as input: ``midbench eval --model robustbench:NAME --dataset cifar10 --zoo-threat-model
 Linf`` (Croce et al., "RobustBench: a standardized adversarial robustness benchmark", NeurIPS 2021 Datasets and
 Benchmarks).
 
 The architectures come from the ``robustbench`` package (the ``robustbench`` extra: its ``model_zoo`` builds
 each entry's network); the weights from a local model directory in RobustBench's layout,
-``<model-dir>/<dataset>/<threat model>/<NAME>.pt`` (RobustBench's own default directory is ``./models``). Nothing
-is downloaded unless ``--download`` is given, and then through RobustBench's own downloader. The file is read by
+``<model-dir>/<dataset>/<zoo threat model>/<NAME>.pt`` (RobustBench's own default directory is ``./models``).
+A *zoo threat model* is RobustBench's list (Linf, L2, corruptions), not a threat model of midbench's registry.
+Nothing is downloaded unless ``--download`` is given, and then through RobustBench's own downloader. The file is read by
 midbench with ``torch.load(weights_only=True)`` — never the full unpickler — and refused when it is an HTML page
 (what a failed Google Drive download leaves behind; RobustBench issues 68, 158, 174, 177).
 
@@ -90,7 +91,7 @@ def zoo_entries(dataset: str, threat_model: str) -> dict[str, Any]:
         raise UsageError(f"the RobustBench zoo has no {dataset!r} models; use --dataset one of "
                          f"{', '.join(ZOO_DATASETS)}")
     if threat_model not in ZOO_THREAT_MODELS:
-        raise UsageError(f"--threat-model {threat_model!r}: use one of {', '.join(ZOO_THREAT_MODELS)}")
+        raise UsageError(f"--zoo-threat-model {threat_model!r}: use one of {', '.join(ZOO_THREAT_MODELS)}")
     dicts = _model_dicts()
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 

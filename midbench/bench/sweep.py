@@ -363,8 +363,8 @@ class _EvaluationJob:
             loaded = {"checkpoint": str(model_path(out, name))}
         else:
             loaded = {"checkpoint": model.checkpoint, "arch": model.arch, "model_spec": model.model,
-                      "weights": model.weights, "threat_model": model.threat_model, "model_dir": model.model_dir,
-                      "dataset": sweep.dataset}
+                      "weights": model.weights, "zoo_threat_model": model.zoo_threat_model,
+                      "model_dir": model.model_dir, "dataset": sweep.dataset}
         config = EvalConfig(
             **loaded, **(_source_options(sweep, out, source_run) if source_run else {}), selection=sweep.selection,
             protocol=protocol,
@@ -405,7 +405,7 @@ def _source_options(sweep: Sweep, out: Path, name: str) -> dict[str, Any]:
     if model is None:
         return {"source": str(model_path(out, name))}
     if model.is_zoo:
-        return {"source": model.model, "source_threat_model": model.threat_model,
+        return {"source": model.model, "source_zoo_threat_model": model.zoo_threat_model,
                 "source_model_dir": model.model_dir}
     assert model.checkpoint is not None  # load_sweep admits checkpoints and zoo entries only as sources
     return {"source": model.checkpoint}

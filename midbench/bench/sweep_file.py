@@ -33,7 +33,7 @@ A sweep is a TOML file::
 
     [models.Wong2020Fast]             # evaluate-only: a model the sweep does not train
     model = "robustbench:Wong2020Fast"  # a zoo entry (weights under [sweep] model_dir), or module:factory,
-    threat_model = "Linf"             # or checkpoint = "FILE" (arch = "..." for a plain state dict)
+    zoo_threat_model = "Linf"         # or checkpoint = "FILE" (arch = "..." for a plain state dict)
 
 Every model is attacked white-box; under ``transfer`` every model but the source itself is attacked through the
 same source model, so the rows of the transfer table are comparable (the MID paper's protocol, docs/evaluation.md).
@@ -106,7 +106,7 @@ class ModelSection:
     arch: str | None = None
     model: str | None = None
     weights: str | None = None
-    threat_model: str | None = None
+    zoo_threat_model: str | None = None
     model_dir: str | None = None
 
 
@@ -135,7 +135,7 @@ class SweepRun:
 @dataclass(frozen=True)
 class SweepModel:
     """One evaluate-only model of the sweep (``[models.NAME]``): exactly one of ``checkpoint`` (a file; ``arch``
-    for a plain state dict) and ``model`` (``robustbench:NAME`` with ``threat_model`` and ``model_dir``, or a
+    for a plain state dict) and ``model`` (``robustbench:NAME`` with ``zoo_threat_model`` and ``model_dir``, or a
     user's ``module:factory`` with optional ``weights``), as ``midbench eval`` takes them."""
 
     name: str
@@ -143,7 +143,7 @@ class SweepModel:
     arch: str | None = None
     model: str | None = None
     weights: str | None = None
-    threat_model: str = "Linf"
+    zoo_threat_model: str = "Linf"
     model_dir: str | None = None
 
     @property
@@ -168,7 +168,7 @@ class SweepModel:
         if self.checkpoint is not None:
             return f"checkpoint {self.checkpoint}" + (f" ({self.arch})" if self.arch else "")
         if self.is_zoo:
-            return f"RobustBench {self.zoo_name} ({self.threat_model})"
+            return f"RobustBench {self.zoo_name} ({self.zoo_threat_model})"
         return f"{self.model}" + (f" with weights {self.weights}" if self.weights else "")
 
     def files(self, dataset: str) -> list[Path]:
@@ -178,7 +178,7 @@ class SweepModel:
         if self.checkpoint is not None:
             return [Path(self.checkpoint)]
         if self.is_zoo:
-            return [weights_path(self.zoo_name, dataset, self.threat_model, self.model_dir or DEFAULT_MODEL_DIR)]
+            return [weights_path(self.zoo_name, dataset, self.zoo_threat_model, self.model_dir or DEFAULT_MODEL_DIR)]
         return [Path(self.weights)] if self.weights else []
 
 
@@ -446,21 +446,22 @@ def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str |
             raise UsageError(f"{where}: give exactly one of checkpoint = \"FILE\" and model = \"robustbench:NAME\" "
                              "(or \"module:factory\")")
         zoo = is_zoo_spec(spec)
-        if not zoo and ("threat_model" in values or "model_dir" in values):
-            raise UsageError(f"{where}: threat_model and model_dir go with model = \"robustbench:NAME\"")
+        if not zoo and ("zoo_threat_model" in values or "model_dir" in values):
+            raise UsageError(f"{where}: zoo_threat_model and model_dir go with model = \"robustbench:NAME\"")
         if values.get("weights") is not None and (checkpoint is not None or zoo):
             raise UsageError(f"{where}: weights goes with model = \"module:factory\"; a checkpoint is its own "
                              "weights and a zoo entry's lie under model_dir")
         if values.get("arch") is not None and checkpoint is None:
             raise UsageError(f"{where}: arch applies to a plain state dict checkpoint; a factory builds its own")
         model = SweepModel(str(name), checkpoint=checkpoint, arch=values.get("arch"), model=spec,
-                           weights=values.get("weights"), threat_model=values.get("threat_model", "Linf"),
+                           weights=values.get("weights"), zoo_threat_model=values.get("zoo_threat_model", "Linf"),
                            model_dir=(values.get("model_dir") or model_dir) if zoo else None)
         try:
             if zoo:
-                if model.threat_model not in ZOO_THREAT_MODELS:
-                    raise UsageError(f"threat_model {model.threat_model!r}: use one of {', '.join(ZOO_THREAT_MODELS)}")
-                check_zoo_name(str(spec), dataset, model.threat_model)
+                if model.zoo_threat_model not in ZOO_THREAT_MODELS:
+                    raise UsageError(f"zoo_threat_model {model.zoo_threat_model!r}: use one of "
+                                     f"{', '.join(ZOO_THREAT_MODELS)}")
+                check_zoo_name(str(spec), dataset, model.zoo_threat_model)
             elif spec is not None:
                 parse_model_spec(spec, "model")
             if checkpoint is not None and not Path(checkpoint).is_file():

@@ -25,7 +25,7 @@ def eval_command(
     arch: Annotated[str | None, typer.Option(help="Architecture of a plain PyTorch state dict.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Your own classifier: module:factory returning an nn.Module (inputs in [0,1], logits out); needs --dataset. Imports and runs that module's code.")] = None,
     weights: Annotated[Path | None, typer.Option(help="With --model: a state dict to load into it (torch.save, loaded with weights_only=True, or .safetensors).")] = None,
-    threat_model: Annotated[str, typer.Option(help="With --model robustbench:NAME: the zoo's threat model (Linf, L2, corruptions).")] = "Linf",
+    zoo_threat_model: Annotated[str, typer.Option(help="With --model robustbench:NAME: the RobustBench list the entry is from (Linf, L2, corruptions); not a threat model of midbench's registry.")] = "Linf",
     model_dir: Annotated[Path | None, typer.Option(help="With --model robustbench:NAME: RobustBench's weights folder, <model-dir>/<dataset>/<threat model>/<NAME>.pt (default ./models); --download fetches missing ones.")] = None,
     attacks: Annotated[list[str] | None, typer.Option(help=SELECTION_HELP["attacks"])] = None,
     suite: Annotated[str | None, typer.Option(help=SELECTION_HELP["suite"])] = None,
@@ -94,7 +94,7 @@ def eval_command(
                         batch_size=batch_size, results_dir=str(results_dir), name=name, seed=seed, device=device,
                         registry_dirs=tuple(str(d) for d in registry_dir or []),
                         data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
-                        weights=str(weights) if weights is not None else None, threat_model=threat_model,
+                        weights=str(weights) if weights is not None else None, zoo_threat_model=zoo_threat_model,
                         model_dir=str(model_dir) if model_dir is not None else None, check_eps=check_eps,
                         check_steps=check_steps, restart=restart, transfer_cache=transfer_cache,
                         transfer_cache_dir=str(transfer_cache_dir) if transfer_cache_dir is not None else None)

@@ -40,10 +40,10 @@ class EvalConfig:
     weights: str | None = None
     #: with ``model_spec`` ``robustbench:NAME``: the zoo's threat model and its local weights folder (also the
     #: folder of a zoo ``source``, unless ``source_model_dir`` names another)
-    threat_model: str = "Linf"
+    zoo_threat_model: str = "Linf"
     model_dir: str | None = None
     #: with ``source`` ``robustbench:NAME``: the zoo list the source is taken from and its weights folder
-    source_threat_model: str = "Linf"
+    source_zoo_threat_model: str = "Linf"
     source_model_dir: str | None = None
     check_eps: bool = False
     check_steps: bool = False

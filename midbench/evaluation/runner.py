@@ -75,8 +75,8 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     # --model-dir may name the folder of a zoo source alone; the model's loader then must not see it
     model_dir = config.model_dir if is_zoo_spec(config.model_spec) or not zoo_source else None
     loaded = load_model(config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
-                        weights=config.weights, device=device, seed=config.seed, threat_model=config.threat_model,
-                        model_dir=model_dir, download=config.download)
+                        weights=config.weights, device=device, seed=config.seed,
+                        zoo_threat_model=config.zoo_threat_model, model_dir=model_dir, download=config.download)
     meta = loaded.metadata
     dataset_name = config.dataset or meta.dataset
     if dataset_name is None:
@@ -218,11 +218,11 @@ def transfer_cache_dir(config: EvalConfig) -> Path | None:
 
 def load_zoo_source(config: EvalConfig, dataset: str) -> LoadedModel:
     """A RobustBench zoo entry as the transfer source (``--source robustbench:NAME``, e.g. ``Standard``, the
-    undefended model the MID paper's protocol crafts on): from ``source_threat_model``'s list, its weights under
+    undefended model the MID paper's protocol crafts on): from ``source_zoo_threat_model``'s list, its weights under
     ``source_model_dir`` (default ``model_dir``, then RobustBench's ``./models``)."""
     assert config.source is not None
     folder = config.source_model_dir or config.model_dir or DEFAULT_MODEL_DIR
-    zoo = load_zoo_model(config.source, dataset, config.source_threat_model, folder, config.download)
+    zoo = load_zoo_model(config.source, dataset, config.source_zoo_threat_model, folder, config.download)
     return LoadedModel(zoo.model, zoo.metadata, zoo.sha256, zoo.path)
 
 
