@@ -1,5 +1,5 @@
-"""Attack budgets as users give them: ε as a number or a fraction such as ``8/255``. One parser for the command line,
-configuration and sweep files, and the registry's overrides, so every place accepts and refuses the same text."""
+"""Attack budgets as users give them: ε as a number or a fraction such as ``8/255``. One parser for ``--eps`` in
+training and evaluation, configuration and sweep files, so every place accepts and refuses the same text."""
 
 from __future__ import annotations
 
