@@ -217,7 +217,7 @@ def compare_sweep(reference: Path, soaked: Path) -> list[str]:
 # ---- the workloads ----------------------------------------------------------------------------------------------
 
 def workloads(folder: Path, quick: bool) -> list[Workload]:
-    n, n_train, epochs = (16, 1024, 3) if quick else (64, 4096, 4)
+    n, n_train, epochs = (16, 512, 2) if quick else (64, 4096, 4)
     config = folder / "sweep.toml"
     config.write_text(SWEEP.format(n=n, n_train=n_train, epochs=epochs), encoding="utf-8")
     model = folder / "model"
