@@ -81,7 +81,7 @@ PY
 
 # cuda tests: the summary line of pytest says how many ran
 run_part cuda-tests 75 bash -c '
-    summary=$(python -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -n 1)
+    summary=$(python -m pytest -q -n0 -p no:cacheprovider -m cuda tests 2>&1 | tail -n 1)  # -n0: no workers for a few tests
     code=${PIPESTATUS[0]}
     echo "$summary"
     python - "$code" "$0" "$summary" <<"PY"
