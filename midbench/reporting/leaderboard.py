@@ -49,10 +49,12 @@ from midbench.reporting.tables import (
     header,
     html_table,
     latex_table,
+    markdown_block,
     markdown_table,
     number_text,
     percent,
-    plain,
+    tables_as_data,
+    tables_as_text,
 )
 
 FORMATS = values(TableFormat)
@@ -598,15 +600,8 @@ def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None =
         where = Path(results_dir) / "runs"
         only = f" for dataset {dataset!r}" if dataset else ""
         raise UsageError(f"no complete result files under {where}{only}; run `midbench eval` first")
-    if fmt == "csv":
-        parts = [table.assign(dataset=ds)[["dataset", *table.columns]] for (ds, _), table in ranked.items()]
-        return pd.concat(parts, ignore_index=True).to_csv(index=False)
-    if fmt == "json":
-        document = [{"dataset": ds, "protocol": protocol,
-                     "rows": [{key: plain(value) for key, value in record.items()}
-                              for record in table.to_dict(orient="records")]}
-                    for (ds, protocol), table in ranked.items()]
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if fmt in ("csv", "json"):
+        return tables_as_data(ranked, fmt)
     blocks = []
     for (ds, protocol), table in ranked.items():
         notes = profile_notes(table)
@@ -615,16 +610,11 @@ def render(results_dir: str | Path, fmt: str = "markdown", dataset: str | None =
         headline = pd.DataFrame(table.attrs.get("headline") or [])
         caption = f"{ds} — {protocol}"
         if fmt == "markdown":
-            top = ""
-            if "common_unknown_score" in headline:
-                top = (markdown_table(display_frame(headline, ci=True), headline_headers(headline, protocol))
-                       + "\n\nDetail:\n\n")
-            blocks.append(f"### {caption}\n\n" + top + markdown_table(shown) + "\n"
-                          + "".join(f"\n{n}\n" for n in notes))
+            top = (markdown_table(display_frame(headline, ci=True), headline_headers(headline, protocol))
+                   if "common_unknown_score" in headline else None)
+            blocks.append(markdown_block(caption, markdown_table(shown), notes, top))
         elif fmt == "latex":
             blocks.append(latex_table(shown, caption))
         else:
             blocks.append(html_table(shown, caption))
-    if fmt == "latex":
-        return "% midbench leaderboard; needs \\usepackage{booktabs}\n" + "\n".join(blocks)
-    return "\n".join(blocks)
+    return tables_as_text(blocks, fmt, "leaderboard")

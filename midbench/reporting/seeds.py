@@ -34,7 +34,16 @@ from midbench.errors import UsageError
 from midbench.evaluation import scoring
 from midbench.reporting.formats import TableFormat, values
 from midbench.reporting.leaderboard import DELTA_COLUMN, is_flagged, profile_notes, ranked_frames
-from midbench.reporting.tables import display_frame, html_table, latex_table, markdown_table, percent, plain
+from midbench.reporting.tables import (
+    display_frame,
+    html_table,
+    latex_table,
+    markdown_block,
+    markdown_table,
+    percent,
+    tables_as_data,
+    tables_as_text,
+)
 
 #: the folder of one seed's replicate under a sweep's output and results folders
 SEED_FOLDER = "seed-{seed}"
@@ -220,18 +229,10 @@ def render_seeds(dirs: dict[int, Path], fmt: str = "markdown", dataset: str | No
     ranked = seed_tables(dirs, dataset, references)
     if not ranked:
         raise UsageError(f"no complete result files under the seed folders of {', '.join(map(str, dirs.values()))}")
-    hidden = [name for name in next(iter(ranked.values())).columns if name.startswith("_")]
-    if fmt in ("csv", "json"):
-        frames = [table.drop(columns=[c for c in table.columns if c.startswith("_")]).assign(dataset=ds)
-                  for (ds, _), table in ranked.items()]
-        if fmt == "csv":
-            return pd.concat(frames, ignore_index=True).to_csv(index=False)
-        document = [{"dataset": ds, "protocol": protocol, "seeds": list(dirs),
-                     "rows": [{key: plain(value) for key, value in record.items() if key not in hidden}
-                              for record in table.drop(columns=[c for c in table.columns if c.startswith("_")])
-                              .to_dict(orient="records")]}
-                    for (ds, protocol), table in ranked.items()]
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if fmt in ("csv", "json"):  # every column but the hidden ones (``_``: what the ranking and flags used)
+        shown = {key: table.drop(columns=[c for c in table.columns if c.startswith("_")])
+                 for key, table in ranked.items()}
+        return tables_as_data(shown, fmt, **({"seeds": list(dirs)} if fmt == "json" else {}))
     blocks = []
     for (ds, protocol), table in ranked.items():
         notes = table.attrs.get("notes", []) + (
@@ -240,15 +241,12 @@ def render_seeds(dirs: dict[int, Path], fmt: str = "markdown", dataset: str | No
         caption = f"{ds} — {protocol} — {len(dirs)} seeds"
         headline, detail = _shown(table, True), _shown(table, False)
         if fmt == "markdown":
-            blocks.append(f"### {caption}\n\n" + markdown_table(headline) + "\n\nDetail:\n\n" + markdown_table(detail)
-                          + "\n" + "".join(f"\n{note}\n" for note in notes))
+            blocks.append(markdown_block(caption, markdown_table(detail), notes, markdown_table(headline)))
         elif fmt == "latex":
             blocks.append(latex_table(headline, caption) + latex_table(detail, f"{caption} (detail)"))
         else:
             blocks.append(html_table(headline, caption) + html_table(detail, f"{caption} (detail)"))
-    if fmt == "latex":
-        return "% midbench leaderboard across seeds; needs \\usepackage{booktabs}\n" + "\n".join(blocks)
-    return "\n".join(blocks)
+    return tables_as_text(blocks, fmt, "leaderboard across seeds")
 
 
 __all__ = ["seed_folder", "seed_dirs", "seed_tables", "render_seeds"]

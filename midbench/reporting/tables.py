@@ -1,10 +1,13 @@
-"""Tables as text: the cells, headers and markdown, LaTeX and HTML renderings shared by the leaderboard,
-``midbench compare`` and ``midbench export``. Values only: what the rows mean is the callers' business."""
+"""Tables as text: the cells, headers and markdown, LaTeX, HTML, CSV and JSON renderings shared by the leaderboard,
+its across-seed version, ``midbench compare`` and ``midbench export``. Values only: what the rows mean is the
+callers' business."""
 
 from __future__ import annotations
 
 import html
+import json
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -168,3 +171,29 @@ def html_table(shown: pd.DataFrame, caption: str) -> str:
     head, body = html_cells(shown)
     return (f"<h3>{html.escape(caption)}</h3>\n<table class=\"midbench-leaderboard\"><thead>{head}</thead>"
             f"<tbody>{body}</tbody></table>\n")
+
+
+def tables_as_data(ranked: Mapping[tuple[str, str], pd.DataFrame], fmt: str, **fields: Any) -> str:  # noqa: ANN401
+    """Tables keyed by (dataset, protocol) as CSV (one file, ``dataset`` first) or JSON (a list of
+    ``{"dataset", "protocol", **fields, "rows": [records]}``, numbers as numbers, ``null`` for missing values)."""
+    if fmt == "csv":
+        parts = [table.assign(dataset=ds)[["dataset", *table.columns]] for (ds, _), table in ranked.items()]
+        return pd.concat(parts, ignore_index=True).to_csv(index=False)
+    document = [{"dataset": ds, "protocol": protocol, **fields,
+                 "rows": [{key: plain(value) for key, value in record.items()}
+                          for record in table.to_dict(orient="records")]}
+                for (ds, protocol), table in ranked.items()]
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def markdown_block(caption: str, detail: str, notes: Iterable[str], headline: str | None = None) -> str:
+    """One table's markdown section: its caption, the headline table above the detail table if there is one,
+    then its notes."""
+    top = f"{headline}\n\nDetail:\n\n" if headline else ""
+    return f"### {caption}\n\n{top}{detail}\n" + "".join(f"\n{note}\n" for note in notes)
+
+
+def tables_as_text(blocks: list[str], fmt: str, what: str) -> str:
+    """The sections of a markdown, LaTeX or HTML document joined; LaTeX gets a comment naming its package."""
+    preamble = f"% midbench {what}; needs \\usepackage{{booktabs}}\n" if fmt == "latex" else ""
+    return preamble + "\n".join(blocks)
