@@ -189,12 +189,12 @@ def compare_training(reference: Path, soaked: Path) -> list[str]:
 
 
 def _results(folder: Path) -> dict[str, list[Path]]:
-    """Each result's ``.npz`` by model name and protocol (a run id carries the time). One model may have two: a run
-    killed after writing its result but before it ended is rerun, and evaluates again (``eval`` always writes a new
-    run; the leaderboard keeps the newest). Both must then equal the uninterrupted run's."""
+    """Each result's ``.npz`` by model name and protocol (a run id is ``NAME__PROTOCOL__TIME-HASH``). One model may
+    have two: a run killed after writing its result but before it ended is rerun, and evaluates again (``eval``
+    always writes a new run; the leaderboard keeps the newest). Both must then equal the uninterrupted run's."""
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.rglob("runs/*/*__*.npz")):
-        found.setdefault(path.name.split("__2")[0], []).append(path)
+        found.setdefault(path.stem.rsplit("__", 1)[0], []).append(path)
     return found
 
 

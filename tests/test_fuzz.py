@@ -10,7 +10,7 @@ truncated or appended) as well as wholly random text and bytes. hypothesis was c
 (atheris, libFuzzer) because it needs no instrumented build, draws structured inputs (a valid document with one
 value of the wrong type reaches far deeper than random bytes), and shrinks a failure to its smallest form. Runs are
 derandomised, so CI draws the same inputs every time; ``MIDBENCH_FUZZ_EXAMPLES`` raises the count per reader (the
-figures in docs/reliability.md come from a run with 2,000). Inputs that once failed are pinned below with
+figures in docs/reliability.md come from runs with 500 or 1,000). Inputs that once failed are pinned below with
 ``@example``.
 """
 
