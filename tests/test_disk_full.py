@@ -87,7 +87,7 @@ def snapshot(folder: Path) -> dict[Path, bytes]:
 
 def assert_complete_and_readable(folder: Path) -> None:
     """Every file left is whole: no temporaries, and each parses with its own reader."""
-    leftovers = [path for path in folder.rglob("*.tmp")]
+    leftovers = list(folder.rglob("*.tmp"))
     assert leftovers == [], f"temporary files left behind: {leftovers}"
     for path in folder.rglob("*"):
         if not path.is_file() or path.name == FILLER or path.name.endswith(".lock"):

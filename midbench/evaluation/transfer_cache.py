@@ -118,13 +118,12 @@ class CacheStep:
         return found
 
     def store(self, indices: np.ndarray, images: torch.Tensor) -> None:
-        """Add a crafted batch (atomically, under a name of its own)."""
+        """Add a crafted batch (atomically, under a name of its own; the writer creates the folder)."""
         indices = np.asarray(indices, dtype=np.int64)
         array = images.detach().cpu().numpy()
         self.stats.crafted += len(indices)
         if not len(indices):
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         digest = _array_digest(indices, array)
         final = self.folder / f"{int(indices[0])}-{len(indices)}-{digest[:16]}{_SUFFIX}"
         atomic_write_with(final, lambda stream: np.savez(stream, indices=indices, images=array,
