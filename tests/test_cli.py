@@ -172,3 +172,31 @@ def test_every_attack_selection_option_is_an_eval_flag_and_a_sweep_key() -> None
         assert option.cli_flag in flags, option.key
         assert flags[option.cli_flag].help == option.help, option.key
         assert option.key in sweep_keys, option.key
+
+
+def test_every_run_option_is_an_eval_flag_an_eval_config_field_and_a_sweep_key() -> None:
+    """The other options of an evaluation are declared once too (RUN_OPTIONS): `midbench eval` takes each with the
+    declared help and default, EvalConfig has the field with the same default, and the sweep file's table named
+    by the option takes it under its key."""
+    import dataclasses
+
+    import typer.main
+
+    from midbench.bench.sweep_file import EvalSection, ModelSection
+    from midbench.evaluation.eval_config import EvalConfig
+    from midbench.evaluation.options import RUN_OPTIONS
+
+    command = typer.main.get_command(app).commands["eval"]
+    params = {name: param for param in command.params for name in (*param.opts, param.name)}
+    defaults = {field.name: field.default for field in dataclasses.fields(EvalConfig)}
+    tables = {"eval": {field.name for field in dataclasses.fields(EvalSection)},
+              "models": {field.name for field in dataclasses.fields(ModelSection)}}
+    for option in RUN_OPTIONS:
+        param = params[option.cli_flag]
+        assert param.help == option.help, option.key
+        # the command line takes paths as Path; the config keeps their text
+        assert (None if param.default is None else type(option.default)(param.default)) == option.default, option.key
+        assert defaults[option.config_field] == option.default, option.key
+        if option.table is not None:
+            assert option.key in tables[option.table], option.key
+    assert set(tables["models"]) == {option.key for option in RUN_OPTIONS if option.table == "models"}

@@ -441,3 +441,21 @@ def test_the_documented_floors_are_the_ones_the_flag_uses() -> None:
             for line in section.splitlines() if line.startswith("| ") and not line.startswith("| dataset")
             for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
     assert rows == {key: (floor.clean, floor.autoattack) for key, floor in EXPECTED_RANGES.items()}
+
+
+@pytest.mark.parametrize("ci", [False, True])
+def test_every_column_of_the_shipped_tables_is_defined_once(ci: bool) -> None:
+    """Each column a shipped table shows is listed in midbench.reporting.columns (header, kind, interval) or is one
+    of the generated kinds (a score or curve per threat model, an interval bound), so a new column cannot ship
+    with a header or alignment of its own."""
+    from midbench.reporting.columns import COLUMNS
+
+    listed = {column.key for column in COLUMNS}
+    assert len(listed) == len(COLUMNS), "a column key is listed twice"
+    shipped = Path(__file__).resolve().parents[1] / "results" / "mnist5k"
+    ranked = tables(shipped, ci=ci)
+    assert ranked
+    for table in ranked.values():
+        for name in table.columns:
+            base = name[:-3] if name.endswith(("_lo", "_hi")) else name
+            assert base in listed or base.startswith(("score_", "curve_")), name

@@ -74,7 +74,7 @@ from midbench.attacks.plans import profile_plan, suite_attacks
 from midbench.bench.executors import slurm_options
 from midbench.config import TrainConfig, check_types, merge_config
 from midbench.errors import UsageError
-from midbench.evaluation.options import SELECTION_HELP, SELECTION_OPTIONS
+from midbench.evaluation.options import RUN_DEFAULT, SELECTION_HELP, table_keys
 from midbench.evaluation.selection import AttackSelection, parse_selection
 from midbench.protocols import PROTOCOLS
 
@@ -98,23 +98,12 @@ class SweepSection:
     model_dir: str | None = None
 
 
-@dataclass(frozen=True)
-class ModelSection:
-    """The keys of ``[models.NAME]`` (the model options of ``midbench eval``) and their TOML types."""
-
-    checkpoint: str | None = None
-    arch: str | None = None
-    model: str | None = None
-    weights: str | None = None
-    zoo_threat_model: str | None = None
-    model_dir: str | None = None
-
-
-#: the keys of ``[eval]`` and their TOML types: the examples and batch size, then every attack-selection option of
-#: ``midbench eval`` (midbench.evaluation.options, where they are declared)
+#: the keys of ``[models.NAME]`` (the model options of ``midbench eval``) and of ``[eval]`` (the examples, the batch
+#: size and every attack-selection option), with their TOML types: declared in midbench.evaluation.options
+ModelSection = make_dataclass(
+    "ModelSection", [(key, kind | None, None) for key, kind in table_keys("models")], frozen=True)
 EvalSection = make_dataclass(
-    "EvalSection", [("n_examples", int | None, None), ("batch_size", int | None, None),
-                    *((option.key, option.kind | None, None) for option in SELECTION_OPTIONS)], frozen=True)
+    "EvalSection", [(key, kind | None, None) for key, kind in table_keys("eval")], frozen=True)
 
 
 #: sweep and run names become file and folder names: no path separators, no leading dot
@@ -143,7 +132,7 @@ class SweepModel:
     arch: str | None = None
     model: str | None = None
     weights: str | None = None
-    zoo_threat_model: str = "Linf"
+    zoo_threat_model: str = RUN_DEFAULT["zoo_threat_model"]
     model_dir: str | None = None
 
     @property
@@ -384,7 +373,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         raise UsageError(f"{path}: [eval]: {error}") from error
     _check_attacks(selection, dataset, path)
     n_examples = evaluation.get("n_examples")
-    batch_size = evaluation.get("batch_size", 256)
+    batch_size = evaluation.get("batch_size", RUN_DEFAULT["batch_size"])
     if (n_examples is not None and n_examples < 1) or batch_size < 1:
         raise UsageError(f"{path}: [eval] n_examples and batch_size must be at least 1")
     threads = head.get("threads")
@@ -454,7 +443,8 @@ def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str |
         if values.get("arch") is not None and checkpoint is None:
             raise UsageError(f"{where}: arch applies to a plain state dict checkpoint; a factory builds its own")
         model = SweepModel(str(name), checkpoint=checkpoint, arch=values.get("arch"), model=spec,
-                           weights=values.get("weights"), zoo_threat_model=values.get("zoo_threat_model", "Linf"),
+                           weights=values.get("weights"),
+                           zoo_threat_model=values.get("zoo_threat_model", RUN_DEFAULT["zoo_threat_model"]),
                            model_dir=(values.get("model_dir") or model_dir) if zoo else None)
         try:
             if zoo:

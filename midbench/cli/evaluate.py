@@ -13,20 +13,20 @@ import typer
 from midbench.cli._common import console, guarded
 from midbench.cli._options import Device
 from midbench.evaluation.documents import ResultDocument
-from midbench.evaluation.options import SELECTION_HELP
+from midbench.evaluation.options import RUN_DEFAULT, RUN_HELP, SELECTION_HELP
 from midbench.protocols import Protocol
 from midbench.reporting.formats import ConsoleFormat
 
 
 @guarded
 def eval_command(
-    checkpoint: Annotated[Path | None, typer.Argument(help="A midbench .safetensors checkpoint, or a plain state dict with --arch (omit with --model).", show_default=False)] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(help=RUN_HELP["checkpoint"], show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(help="Evaluate on this dataset (same shape and classes); required with --arch and --model.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture of a plain PyTorch state dict.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Your own classifier: module:factory returning an nn.Module (inputs in [0,1], logits out); needs --dataset. Imports and runs that module's code.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="With --model: a state dict to load into it (torch.save, loaded with weights_only=True, or .safetensors).")] = None,
-    zoo_threat_model: Annotated[str, typer.Option(help="With --model robustbench:NAME: the RobustBench list the entry is from (Linf, L2, corruptions); not a threat model of midbench's registry.")] = "Linf",
-    model_dir: Annotated[Path | None, typer.Option(help="With --model robustbench:NAME: RobustBench's weights folder, <model-dir>/<dataset>/<threat model>/<NAME>.pt (default ./models); --download fetches missing ones.")] = None,
+    arch: Annotated[str | None, typer.Option(help=RUN_HELP["arch"])] = RUN_DEFAULT["arch"],
+    model: Annotated[str | None, typer.Option("--model", help=RUN_HELP["model"])] = RUN_DEFAULT["model"],
+    weights: Annotated[Path | None, typer.Option(help=RUN_HELP["weights"])] = RUN_DEFAULT["weights"],
+    zoo_threat_model: Annotated[str, typer.Option(help=RUN_HELP["zoo_threat_model"])] = RUN_DEFAULT["zoo_threat_model"],
+    model_dir: Annotated[Path | None, typer.Option(help=RUN_HELP["model_dir"])] = RUN_DEFAULT["model_dir"],
     attacks: Annotated[list[str] | None, typer.Option(help=SELECTION_HELP["attacks"])] = None,
     suite: Annotated[str | None, typer.Option(help=SELECTION_HELP["suite"])] = None,
     known_attacks: Annotated[bool, typer.Option("--known-attacks", help=SELECTION_HELP["known_attacks"])] = False,
@@ -38,20 +38,20 @@ def eval_command(
     source: Annotated[Path | None, typer.Option(help="Transfer protocol: the checkpoint the attacks are crafted on, or a zoo entry robustbench:NAME (its L∞ list; weights under --model-dir), e.g. robustbench:Standard.")] = None,
     eps: Annotated[list[str] | None, typer.Option(help=SELECTION_HELP["eps"])] = None,
     target: Annotated[str | None, typer.Option(help=SELECTION_HELP["target"])] = None,
-    n_examples: Annotated[int | None, typer.Option(help="Evaluate the first N test examples.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 256,
-    results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
-    name: Annotated[str | None, typer.Option(help="Name of the model in tables (default: from the checkpoint).")] = None,
-    seed: Annotated[int, typer.Option(help="Evaluation seed.")] = 0,
+    n_examples: Annotated[int | None, typer.Option(help=RUN_HELP["n_examples"])] = RUN_DEFAULT["n_examples"],
+    batch_size: Annotated[int, typer.Option(help=RUN_HELP["batch_size"])] = RUN_DEFAULT["batch_size"],
+    results_dir: Annotated[Path, typer.Option(help=RUN_HELP["results_dir"])] = Path(RUN_DEFAULT["results_dir"]),
+    name: Annotated[str | None, typer.Option(help=RUN_HELP["name"])] = RUN_DEFAULT["name"],
+    seed: Annotated[int, typer.Option(help=RUN_HELP["seed"])] = RUN_DEFAULT["seed"],
     device: Device = "auto",
     registry_dir: Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files; repeatable.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Root of torchvision datasets.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset into --data-dir.")] = False,
-    check_eps: Annotated[bool, typer.Option("--check-eps", help="Sanity sweep: PGD-L∞ at 0.25, 0.5 and 1 × ε on up to 256 examples; flags accuracy rising with ε.")] = False,
-    check_steps: Annotated[bool, typer.Option("--check-steps", help="Sanity sweep: PGD-L∞ with 10, 40 and 160 steps on up to 256 examples; flags accuracy rising with steps.")] = False,
-    transfer_cache: Annotated[bool, typer.Option("--transfer-cache/--no-transfer-cache", help="Under --protocol transfer: keep the adversarial images crafted on the source and reuse them in later evaluations through the same source (same numbers; docs/evaluation.md).")] = True,
-    transfer_cache_dir: Annotated[Path | None, typer.Option(help="The transfer cache's folder (default RESULTS_DIR/transfer-cache).")] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted evaluation's state (of the same --name and --protocol) instead of resuming it.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help=RUN_HELP["data_dir"])] = RUN_DEFAULT["data_dir"],
+    download: Annotated[bool, typer.Option("--download", help=RUN_HELP["download"])] = RUN_DEFAULT["download"],
+    check_eps: Annotated[bool, typer.Option("--check-eps", help=RUN_HELP["check_eps"])] = RUN_DEFAULT["check_eps"],
+    check_steps: Annotated[bool, typer.Option("--check-steps", help=RUN_HELP["check_steps"])] = RUN_DEFAULT["check_steps"],
+    transfer_cache: Annotated[bool, typer.Option("--transfer-cache/--no-transfer-cache", help=RUN_HELP["transfer_cache"])] = RUN_DEFAULT["transfer_cache"],
+    transfer_cache_dir: Annotated[Path | None, typer.Option(help=RUN_HELP["transfer_cache_dir"])] = RUN_DEFAULT["transfer_cache_dir"],
+    restart: Annotated[bool, typer.Option("--restart", help=RUN_HELP["restart"])] = RUN_DEFAULT["restart"],
     output_format: Annotated[ConsoleFormat, typer.Option("--format", help="table, or json (the result document).")] = ConsoleFormat.TABLE,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", help="Shard the evaluation over K processes on this machine (launches torchrun; one GPU each on CUDA). The per-example results equal a single process's.", rich_help_panel="Scale")] = None,

@@ -25,12 +25,11 @@ def robustbench_command(
 
     Example: midbench export robustbench results/runs/mnist5k/mid-lenet__whitebox__20261124T210000Z-a1b2c3.json --out mid-lenet.json
     """
-    import json
-
     from midbench.fileio import atomic_write_text
     from midbench.reporting.export import export_robustbench
+    from midbench.reporting.tables import json_text
 
-    text = json.dumps(export_robustbench(result), indent=2, ensure_ascii=False) + "\n"
+    text = json_text(export_robustbench(result))
     if out is None:
         print(text, end="")
     else:

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded, split_csv
+from midbench.cli._options import RESULTS_DIR, ResultsDir
 from midbench.reporting.formats import TableFormat
 
 
 @guarded
 def leaderboard_command(
-    results_dir: Annotated[Path, typer.Option(help="Directory holding runs/<dataset>/*.json.")] = Path("results"),
+    results_dir: ResultsDir = RESULTS_DIR,
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
     output_format: Annotated[TableFormat, typer.Option(
         "--format", help="markdown, csv, latex (booktabs), html or json.")] = TableFormat.MARKDOWN,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded
+from midbench.cli._options import RESULTS_DIR, ResultsDir
 
 
 class PlotKind(str, enum.Enum):
@@ -30,7 +31,7 @@ def plot_command(
                                                   "(--check-eps/--check-steps), or all.")],
     out: Annotated[Path, typer.Option(help="The figure file (.png, .svg or .pdf), or a folder for several "
                                            "figures.")],
-    results_dir: Annotated[Path, typer.Option(help="Directory holding runs/<dataset>/*.json.")] = Path("results"),
+    results_dir: ResultsDir = RESULTS_DIR,
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
     protocol: Annotated[str | None, typer.Option(help="Only this protocol (whitebox, transfer).")] = None,
     figure_format: Annotated[str, typer.Option("--format", help="png, svg or pdf, when --out is a folder.")] = "svg",

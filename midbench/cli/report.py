@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from midbench.cli._common import guarded
+from midbench.cli._options import RESULTS_DIR, ResultsDir
 
 
 @guarded
 def report_command(
-    results_dir: Annotated[Path, typer.Option(help="Directory holding runs/<dataset>/*.json.")] = Path("results"),
+    results_dir: ResultsDir = RESULTS_DIR,
     out: Annotated[Path | None, typer.Option(help="The HTML file (default <results-dir>/report.html).")] = None,
     title: Annotated[str | None, typer.Option(help="The page's title.")] = None,
 ) -> None:

@@ -1,14 +1,19 @@
-"""The options of the attack selection, declared once (docs/architecture.md, "one definition per fact").
+"""The options of one evaluation, declared once (docs/architecture.md, "one definition per fact").
 
-``midbench eval`` takes each as ``--KEY`` and a sweep file's ``[eval]`` table as ``KEY``;
-:func:`midbench.evaluation.selection.parse_selection` reads them into an ``AttackSelection`` for both. Kept free of
-torch so that the CLI can take its help texts at import time (``midbench --help`` imports no torch).
+The attack selection (:data:`SELECTION_OPTIONS`): ``midbench eval`` takes each as ``--KEY`` and a sweep file's
+``[eval]`` table as ``KEY``; :func:`midbench.evaluation.selection.parse_selection` reads them into an
+``AttackSelection`` for both. The other options (:data:`RUN_OPTIONS`) are fields of ``EvalConfig``: their help text
+and default live here, so that ``midbench eval``, ``EvalConfig`` and a sweep file's ``[eval]`` or ``[models.NAME]``
+table cannot drift apart (a test checks all three). Kept free of torch so that the CLI can take its help texts at
+import time (``midbench --help`` imports no torch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from midbench.paths import DEFAULT_RESULTS_DIR
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,73 @@ SELECTION_OPTIONS: tuple[SelectionOption, ...] = (
 )
 #: each option's help text by key (the CLI's)
 SELECTION_HELP = {option.key: option.help for option in SELECTION_OPTIONS}
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """An option of ``midbench eval`` that is a field of ``EvalConfig`` (``field``, default: ``key``) with this
+    help text and default; ``table`` names the sweep file's table that takes it as ``key`` (``eval``, or
+    ``models`` for the model options of ``[models.NAME]``), or None where a sweep sets it itself."""
+
+    key: str
+    kind: Any
+    help: str
+    default: Any = None
+    table: str | None = None
+    field: str | None = None
+    #: ``midbench eval`` takes it as its argument, not as ``--KEY``
+    positional: bool = False
+
+    @property
+    def cli_flag(self) -> str:
+        return self.key if self.positional else "--" + self.key.replace("_", "-")
+
+    @property
+    def config_field(self) -> str:
+        return self.field or self.key
+
+
+_ZOO = "With --model robustbench:NAME: "
+RUN_OPTIONS: tuple[RunOption, ...] = (
+    RunOption("checkpoint", str, "A midbench .safetensors checkpoint, or a plain state dict with --arch (omit with "
+              "--model).", table="models", positional=True),
+    RunOption("arch", str, "Architecture of a plain PyTorch state dict.", table="models"),
+    RunOption("model", str, "Your own classifier: module:factory returning an nn.Module (inputs in [0,1], logits "
+              "out); needs --dataset. Imports and runs that module's code.", table="models", field="model_spec"),
+    RunOption("weights", str, "With --model: a state dict to load into it (torch.save, loaded with "
+              "weights_only=True, or .safetensors).", table="models"),
+    RunOption("zoo_threat_model", str, _ZOO + "the RobustBench list the entry is from (Linf, L2, corruptions); not "
+              "a threat model of midbench's registry.", default="Linf", table="models"),
+    RunOption("model_dir", str, _ZOO + "RobustBench's weights folder, <model-dir>/<dataset>/<threat model>/<NAME>.pt "
+              "(default ./models); --download fetches missing ones.", table="models"),
+    RunOption("n_examples", int, "Evaluate the first N test examples.", table="eval"),
+    RunOption("batch_size", int, "Attack batch size.", default=256, table="eval"),
+    RunOption("results_dir", str, "Where result files go.", default=str(DEFAULT_RESULTS_DIR)),
+    RunOption("name", str, "Name of the model in tables (default: from the checkpoint)."),
+    RunOption("seed", int, "Evaluation seed.", default=0),
+    RunOption("data_dir", str, "Root of torchvision datasets."),
+    RunOption("download", bool, "Download a torchvision dataset into --data-dir.", default=False),
+    RunOption("check_eps", bool, "Sanity sweep: PGD-L∞ at 0.25, 0.5 and 1 × ε on up to 256 examples; flags "
+              "accuracy rising with ε.", default=False),
+    RunOption("check_steps", bool, "Sanity sweep: PGD-L∞ with 10, 40 and 160 steps on up to 256 examples; flags "
+              "accuracy rising with steps.", default=False),
+    RunOption("transfer_cache", bool, "Under --protocol transfer: keep the adversarial images crafted on the source "
+              "and reuse them in later evaluations through the same source (same numbers; docs/evaluation.md).",
+              default=True),
+    RunOption("transfer_cache_dir", str, "The transfer cache's folder (default RESULTS_DIR/transfer-cache)."),
+    RunOption("restart", bool, "Discard an interrupted evaluation's state (of the same --name and --protocol) "
+              "instead of resuming it.", default=False),
+)
+#: each run option's help text and default by key (the CLI's and ``EvalConfig``'s)
+RUN_HELP = {option.key: option.help for option in RUN_OPTIONS}
+RUN_DEFAULT = {option.key: option.default for option in RUN_OPTIONS}
+
+
+def table_keys(table: str) -> list[tuple[str, Any]]:
+    """The keys a sweep file's ``[eval]`` (``eval``) or ``[models.NAME]`` (``models``) table takes, with their
+    TOML types: the run options of that table, then (for ``eval``) every attack-selection option."""
+    keys = [(option.key, option.kind) for option in RUN_OPTIONS if option.table == table]
+    return keys + ([(option.key, option.kind) for option in SELECTION_OPTIONS] if table == "eval" else [])
 
 
 def cli_flag(key: str) -> str:

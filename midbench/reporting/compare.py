@@ -8,7 +8,6 @@ run, so protocols never mix within a column.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pandas as pd
 from midbench.errors import UsageError
 from midbench.evaluation.documents import SUMMARY_KEYS, AttackRow, ResultDocument, load_result_file
 from midbench.reporting.formats import ComparisonFormat, values
-from midbench.reporting.tables import cell_text, markdown_table, percent, plain
+from midbench.reporting.tables import cell_text, csv_text, json_text, markdown_table, percent, records
 
 FORMATS = values(ComparisonFormat)
 
@@ -81,14 +80,13 @@ def render(paths: list[str | Path], fmt: str = "markdown") -> str:
     results = [load_result_file(path) for path in paths]
     frame = comparison(results)
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return csv_text(frame)
     if fmt == "json":
         runs = [{"label": label, "run_id": result.run_id, "name": result.checkpoint.name,
                  "dataset": result.data.dataset, "protocol": result.protocol.name,
                  "source": result.protocol.source_name, "n": result.data.n_examples, "path": str(path)}
                 for label, result, path in zip(frame.columns[1:], results, paths, strict=True)]
-        rows = [{key: plain(value) for key, value in record.items()} for record in frame.to_dict(orient="records")]
-        return json.dumps({"runs": runs, "rows": rows}, indent=2, ensure_ascii=False) + "\n"
+        return json_text({"runs": runs, "rows": records(frame)})
     shown = pd.DataFrame({name: [cell_text(value) for value in frame[name]] for name in frame.columns}, dtype=object)
     headers = {name: name if name == "metric" else f"{name} %" for name in frame.columns}
     return markdown_table(shown, headers) + "\n"

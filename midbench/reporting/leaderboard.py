@@ -43,6 +43,13 @@ from midbench.evaluation.metrics import (
     wilson_interval,
 )
 from midbench.evaluation.references import ReferenceSet, check_reference_set, covering_sets, reference_sets
+from midbench.reporting.columns import (
+    ACCURACY_COLUMNS,
+    BASE_COLUMNS,
+    HEADLINE_COLUMNS,
+    PROPORTION_COLUMNS,
+    SCORE_COLUMNS,
+)
 from midbench.reporting.formats import TableFormat, values
 from midbench.reporting.tables import (
     display_frame,
@@ -61,11 +68,6 @@ FORMATS = values(TableFormat)
 #: the adversarial-training baselines among the built-in methods, for result files written before checkpoints
 #: recorded ``adversarial_training_baseline`` (a method's class attribute; midbench.defenses.base)
 LEGACY_AT_BASELINES = ("pgd-at", "trades", "mart", "fast-at", "msd", "avg", "max")
-ACCURACY_COLUMNS = ["clean", "known_mean", "known_worst", "unknown_mean", "unknown_worst", "autoattack"]
-#: accuracies that are proportions of examples, so they have a Wilson interval (``all_worst`` is not a column)
-PROPORTION_COLUMNS = ["clean", "known_worst", "unknown_worst", "autoattack"]
-COLUMNS = ["rank", "name", "method", "arch", "protocol", *ACCURACY_COLUMNS, "delta_unknown_worst_vs_at",
-           "flags", "n", "eps_linf"]
 #: the Δ-vs-best-baseline column of a table ranked by each metric
 DELTA_COLUMN = {"unknown_worst": "delta_unknown_worst_vs_at", "common_unknown_score": "delta_common_unknown_vs_at"}
 _ATTACK_COLUMN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*(@(\d+|custom))?$")
@@ -372,7 +374,7 @@ def parse_columns(columns: list[str] | tuple[str, ...] | None) -> list[str]:
     chosen: list[str] = []
     for spec in columns or []:
         spec = spec.strip()
-        if not _ATTACK_COLUMN.match(spec) or spec in COLUMNS or spec in ("dataset", "all_worst"):
+        if not _ATTACK_COLUMN.match(spec) or spec in BASE_COLUMNS or spec in ("dataset", "all_worst"):
             raise UsageError(f"bad --columns entry {spec!r}; use registry ids like pgd-linf or keys like "
                              "pgd-linf@1, separated by commas (see `midbench attacks list`)")
         if spec not in chosen:
@@ -417,7 +419,8 @@ def _share_range_flag(frame: pd.DataFrame) -> None:
 def table_columns(columns: list[str] = (), ci: bool = False) -> list[str]:
     """The columns of a ranked table: per-attack columns after AutoAttack; with ``ci`` each proportion is
     followed by its ``_lo`` and ``_hi`` bounds."""
-    names = [*COLUMNS[:COLUMNS.index("autoattack") + 1], *columns, *COLUMNS[COLUMNS.index("autoattack") + 1:]]
+    at = BASE_COLUMNS.index("autoattack") + 1
+    names = [*BASE_COLUMNS[:at], *columns, *BASE_COLUMNS[at:]]
     if not ci:
         return names
     with_bounds = set(PROPORTION_COLUMNS) | set(columns)
@@ -476,14 +479,6 @@ def rank_table(frame: pd.DataFrame, ci: bool = False, sets: list[ReferenceSet] |
                                                             strict=True) if bool(at) and is_flagged(flags))
     table.attrs["excluded_from_best_at"] = excluded
     return table
-
-
-#: the profile's columns of a ranked table, after AutoAttack (scores with their bootstrap bounds)
-SCORE_COLUMNS = ["unknown_score", "unknown_score_lo", "unknown_score_hi", "common_unknown_score",
-                 "common_unknown_score_lo", "common_unknown_score_hi", "ua_mean", "ua_mean_lo", "ua_mean_hi",
-                 "pct_seen", "seen", "reference"]
-#: the headline table of each protocol (docs/scoring.md): what a paper quotes; the detail table has the rest
-HEADLINE_COLUMNS = ["rank", "name", "clean", "autoattack", "common_unknown_score", "ua_mean", "flags"]
 
 
 def _reference_sets(frame: pd.DataFrame, references: list[str | Path] | tuple[str | Path, ...]) -> list[ReferenceSet]:

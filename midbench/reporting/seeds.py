@@ -32,6 +32,7 @@ import pandas as pd
 
 from midbench.errors import UsageError
 from midbench.evaluation import scoring
+from midbench.reporting.columns import HEADLINE_COLUMNS
 from midbench.reporting.formats import TableFormat, values
 from midbench.reporting.leaderboard import DELTA_COLUMN, is_flagged, profile_notes, ranked_frames
 from midbench.reporting.tables import (
@@ -53,8 +54,6 @@ COMBINED = {"clean": "clean", "autoattack": "autoattack", "common_unknown_score"
             "ua_mean": "_ua_values", "unknown_score": "_unknown_values", "known_worst": None, "unknown_worst": None}
 #: the seeds of a sweep's replicates, written beside them, so a reader of the folder uses the sweep's seeds only
 SEEDS_FILE = "seeds.json"
-#: the headline across seeds (each number with its spread and interval)
-HEADLINE = ["rank", "name", "seeds", "clean", "autoattack", "common_unknown_score", "ua_mean", "flags"]
 
 
 def seed_folder(seed: int) -> str:
@@ -208,9 +207,10 @@ def _rank(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _shown(table: pd.DataFrame, headline: bool) -> pd.DataFrame:
-    """The headline (:data:`HEADLINE`) or the detail columns, each number with its spread and interval."""
+    """The headline (:data:`~midbench.reporting.columns.HEADLINE_COLUMNS`, ``seeds`` included) or the detail
+    columns, each number with its spread and interval."""
     if headline:
-        names = [name for name in HEADLINE if name in table]
+        names = [name for name in HEADLINE_COLUMNS if name in table]
     else:
         scores = sorted(name for name in table if name.startswith("score_") and not name.endswith("_sd"))
         names = [name for name in ("rank", "name", "method", "seeds", "known_worst", "unknown_worst", *scores,

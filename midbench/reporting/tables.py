@@ -13,21 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from midbench.reporting.columns import TEXT_COLUMNS, header
+
 #: the text of a missing value
 MISSING = "—"
-#: columns of text (left-aligned); the others are numbers (right-aligned)
-TEXT_COLUMNS = {"name", "method", "arch", "protocol", "flags", "dataset", "metric", "seen", "reference"}
-#: the displayed header of each column (others: the column name with " %")
-HEADERS = {"rank": "rank", "name": "name", "method": "method", "arch": "arch", "protocol": "protocol",
-           "clean": "clean %", "known_mean": "known mean %", "known_worst": "known worst %",
-           "unknown_mean": "unknown mean %", "unknown_worst": "unknown worst %", "autoattack": "AutoAttack %",
-           "delta_unknown_worst_vs_at": "Δ unknown worst vs best AT",
-           "delta_common_unknown_vs_at": "Δ common-unknown score vs best AT", "flags": "flags", "n": "n",
-           "eps_linf": "ε (L∞)", "unknown_score": "unknown score %",
-           "common_unknown_score": "common-unknown score %", "pct_seen": "% seen", "seen": "seen",
-           "ua_mean": "UA mean %", "reference": "reference set", "seeds": "seeds"}
-
-
 def percent(value: float | None) -> float | None:
     """A proportion as a percentage rounded to two decimals (``None`` stays ``None``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -83,14 +72,6 @@ def display_frame(table: pd.DataFrame, ci: bool) -> pd.DataFrame:
                      for text, low, high in zip(cells, table[f"{name}_lo"], table[f"{name}_hi"], strict=True)]
         shown[name] = cells
     return pd.DataFrame(shown, columns=list(shown), dtype=object)
-
-
-def header(name: str) -> str:
-    if name.startswith("score_"):
-        return f"{name[6:]} score %"
-    if name.startswith("curve_"):
-        return f"{name[6:]} curve"
-    return HEADERS.get(name, f"{name} %")
 
 
 def markdown_table(shown: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
@@ -173,17 +154,29 @@ def html_table(shown: pd.DataFrame, caption: str) -> str:
             f"<tbody>{body}</tbody></table>\n")
 
 
+def csv_text(table: pd.DataFrame) -> str:
+    """A table's values as CSV (no index; missing values empty): the one CSV rendering of every command."""
+    return table.to_csv(index=False)
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table's rows as JSON records: numbers as numbers, ``None`` for missing values."""
+    return [{key: plain(value) for key, value in record.items()} for record in table.to_dict(orient="records")]
+
+
+def json_text(document: Any) -> str:  # noqa: ANN401
+    """A JSON document as every command writes it: indented, UTF-8 text kept, one final newline."""
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
 def tables_as_data(ranked: Mapping[tuple[str, str], pd.DataFrame], fmt: str, **fields: Any) -> str:  # noqa: ANN401
     """Tables keyed by (dataset, protocol) as CSV (one file, ``dataset`` first) or JSON (a list of
     ``{"dataset", "protocol", **fields, "rows": [records]}``, numbers as numbers, ``null`` for missing values)."""
     if fmt == "csv":
         parts = [table.assign(dataset=ds)[["dataset", *table.columns]] for (ds, _), table in ranked.items()]
-        return pd.concat(parts, ignore_index=True).to_csv(index=False)
-    document = [{"dataset": ds, "protocol": protocol, **fields,
-                 "rows": [{key: plain(value) for key, value in record.items()}
-                          for record in table.to_dict(orient="records")]}
-                for (ds, protocol), table in ranked.items()]
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        return csv_text(pd.concat(parts, ignore_index=True))
+    return json_text([{"dataset": ds, "protocol": protocol, **fields, "rows": records(table)}
+                      for (ds, protocol), table in ranked.items()])
 
 
 def markdown_block(caption: str, detail: str, notes: Iterable[str], headline: str | None = None) -> str:
