@@ -200,3 +200,25 @@ def test_every_run_option_is_an_eval_flag_an_eval_config_field_and_a_sweep_key()
         if option.table is not None:
             assert option.key in tables[option.table], option.key
     assert set(tables["models"]) == {option.key for option in RUN_OPTIONS if option.table == "models"}
+
+
+def _list_commands() -> list[list[str]]:
+    """Every ``list`` command of the CLI (the commands whose output is most often piped), from the app itself."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    return [[name, "list"] for name, group in root.commands.items() if "list" in getattr(group, "commands", {})]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGPIPE semantics")
+@pytest.mark.parametrize("args", [*_list_commands(), ["attacks", "list", "--format", "json"]], ids=" ".join)
+def test_output_to_a_closed_pipe_stops_quietly_with_141(args: list[str]) -> None:
+    """`midbench attacks list | head` must not report an internal error: the reader went away, so the command
+    stops with 128 + SIGPIPE and says nothing, whether it prints through rich or print()."""
+    process = subprocess.Popen([sys.executable, "-m", "midbench", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first write
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141
+    assert stderr == b""

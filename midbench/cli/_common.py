@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -64,6 +65,12 @@ def guarded(func: F) -> F:
             fail(Interrupted(f"terminated (SIGTERM); {RESUME_HINT}", 143))
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError as error:
+            if not _stdout_closed():
+                _internal_error(error)
+            # the reader of the output went away (``midbench attacks list | head``): stop quietly, as the shell's
+            # tools do, with 128 + SIGPIPE
+            raise typer.Exit(141) from None
         except Exception as error:  # noqa: BLE001 - the last line of defence: report a bug, exit 1
             # a signal that lands inside a library's cleanup (numpy closing the zip of a state file) surfaces as
             # that cleanup's error, with the interrupt as its context: it is still the interrupt
@@ -72,14 +79,37 @@ def guarded(func: F) -> F:
                 fail(Interrupted(f"interrupted (SIGINT); {RESUME_HINT}", 130))
             if isinstance(cause, Terminated):
                 fail(Interrupted(f"terminated (SIGTERM); {RESUME_HINT}", 143))
-            if DEBUG["enabled"]:
-                traceback.print_exc()
-            print(f"midbench: internal error: {type(error).__name__}: {error} (a bug; rerun with --debug and "
-                  "report the traceback)", file=sys.stderr)
-            raise typer.Exit(1) from None
+            _internal_error(error)
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _internal_error(error: BaseException) -> NoReturn:
+    """A bug: one line on stderr (the traceback with ``--debug``), exit 1."""
+    if DEBUG["enabled"]:
+        traceback.print_exception(error)
+    print(f"midbench: internal error: {type(error).__name__}: {error} (a bug; rerun with --debug and report the "
+          "traceback)", file=sys.stderr)
+    raise typer.Exit(1) from None
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (Linux and macOS report that as an error event when
+    polled); if so, it is pointed at the null device so that the interpreter's final flush does not fail again. A
+    broken pipe to anything else (a worker process) is a bug to report."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout (captured)
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
 
 
 def _interrupt_behind(error: BaseException) -> BaseException | None:
@@ -122,10 +152,17 @@ class OneLineErrors(TyperGroup):
 
 
 def console() -> Any:
-    """A rich console on stdout (imported lazily)."""
+    """A rich console on stdout (imported lazily); when the reader of the output goes away it stops as
+    :func:`guarded` does (exit 141, nothing on stderr) instead of rich's exit 1."""
     from rich.console import Console
 
-    return Console()
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141)
+
+    return _Console()
 
 
 def split_csv(values: list[str] | None) -> list[str]:

@@ -8,15 +8,18 @@ import typer
 
 from midbench import __version__
 from midbench.cli import (
+    attacks,
     bench,
     calibrate,
     compare,
+    datasets,
     demo,
-    evaluate,
+    eval_,
     export,
     import_,
     leaderboard,
-    listing,
+    methods,
+    models,
     plot,
     regenerate,
     report,
@@ -49,7 +52,7 @@ def root(
 
 
 app.command("train", no_args_is_help=False, cls=train.MethodOptionsCommand)(train.train_command)
-app.command("eval")(evaluate.eval_command)
+app.command("eval")(eval_.eval_command)
 app.command("leaderboard")(leaderboard.leaderboard_command)
 app.command("plot")(plot.plot_command)
 app.command("report")(report.report_command)
@@ -59,12 +62,12 @@ app.command("bench")(bench.bench_command)
 app.command("calibrate")(calibrate.calibrate_command)
 app.command("tune")(tune.tune_command)
 app.command("regenerate")(regenerate.regenerate_command)
-app.add_typer(listing.attacks_app, name="attacks")
+app.add_typer(attacks.attacks_app, name="attacks")
 app.add_typer(import_.import_app, name="import")
 app.add_typer(export.export_app, name="export")
-app.add_typer(listing.datasets_app, name="datasets")
-app.add_typer(listing.models_app, name="models")
-app.add_typer(listing.methods_app, name="methods")
+app.add_typer(datasets.datasets_app, name="datasets")
+app.add_typer(models.models_app, name="models")
+app.add_typer(methods.methods_app, name="methods")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``midbench attacks list|show``, ``midbench datasets list``, ``midbench models list``, ``midbench methods list``."""
+"""``midbench attacks list`` and ``midbench attacks show``: the attack registry."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from midbench.cli._common import console, guarded
 from midbench.reporting.formats import ConsoleFormat
 
 attacks_app = typer.Typer(no_args_is_help=True, help="The attack registry: entries and suites.")
-datasets_app = typer.Typer(no_args_is_help=True, help="Registered datasets.")
-models_app = typer.Typer(no_args_is_help=True, help="Registered architectures.")
-methods_app = typer.Typer(no_args_is_help=True, help="Registered training methods.")
 
 RegistryDirs = Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files; repeatable.")]
 
@@ -127,50 +124,3 @@ def attacks_show(attack_id: Annotated[str, typer.Argument(help="An attack id, e.
     written = save(examples_figure(grid.images, rows, captions,
                                    f"{attack_id} ({grid.threat_model}) on {dataset}, {how}"), image)
     print(f"picture: {written}")
-
-
-@datasets_app.command("list")
-@guarded
-def datasets_list() -> None:
-    """List datasets with shape, classes and default ε.
-
-    Example: midbench datasets list
-    """
-    from rich.table import Table
-
-    from midbench.data.datasets import DATASETS
-
-    table = Table(title="datasets")
-    for column in ("id", "shape", "classes", "ε L∞", "ε L2", "ε L1", "source"):
-        table.add_column(column)
-    for name in DATASETS.names():
-        spec = DATASETS.get(name)
-        table.add_row(name, "×".join(map(str, spec.input_shape)), str(spec.num_classes), f"{spec.eps['Linf']:.4g}",
-                      f"{spec.eps['L2']:g}", f"{spec.eps['L1']:g}", spec.description)
-    console().print(table)
-
-
-@models_app.command("list")
-@guarded
-def models_list() -> None:
-    """List architectures.
-
-    Example: midbench models list
-    """
-    from midbench.models.factory import MODELS
-
-    for name in MODELS.names():
-        print(f"{name:18} {MODELS.get(name).description}")
-
-
-@methods_app.command("list")
-@guarded
-def methods_list() -> None:
-    """List training methods.
-
-    Example: midbench methods list
-    """
-    from midbench.defenses.base import METHODS
-
-    for name in METHODS.names():
-        print(f"{name:12} {METHODS.get(name).citation}")
