@@ -267,9 +267,9 @@ def _read_result(path: Path) -> Any:
 
 
 def _read_sweep_state(path: Path) -> Any:
-    from midbench.bench.sweep import _load_state
+    from midbench.bench.state import load_state
 
-    return _load_state(path, "fingerprint")
+    return load_state(path, "fingerprint")
 
 
 JSON_READERS = {"reference table": (_read_reference, _reference_document, "reference.json"),

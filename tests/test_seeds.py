@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from midbench.bench.sweep import describe_plan, load_sweep
+from midbench.bench.plan import describe_plan
+from midbench.bench.sweep import load_sweep
 from midbench.cli.app import app
 from midbench.errors import UsageError
 from midbench.evaluation import scoring

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from midbench.bench.sweep import crafted_sources, evaluation_plan, load_sweep, run_sweep, write_leaderboards
+from midbench.bench.leaderboards import write_leaderboards
+from midbench.bench.plan import crafted_sources, evaluation_plan
+from midbench.bench.sweep import load_sweep, run_sweep
 from midbench.cli.app import app
 from midbench.errors import UsageError
 from midbench.evaluation.documents import read_result

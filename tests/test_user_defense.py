@@ -84,7 +84,8 @@ def test_bad_user_methods_and_options_are_usage_errors(user_module: Path, method
 
 def test_a_user_defense_is_a_sweep_run(user_module: Path) -> None:
     """A sweep file names the user's task like a built-in method, with its options; the plan checks both."""
-    from midbench.bench.sweep import describe_plan, load_sweep
+    from midbench.bench.plan import describe_plan
+    from midbench.bench.sweep import load_sweep
 
     sweep_file = user_module / "sweep.toml"
     sweep_file.write_text('[sweep]\nname = "user"\ndataset = "mnist5k"\n\n[eval]\nattacks = ["pgd-linf"]\n\n'

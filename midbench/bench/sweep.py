@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -22,18 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from midbench.bench.executors import EXECUTORS, LocalPool, SlurmOptions, SlurmPool, check_slurm
+from midbench.bench.leaderboards import write_leaderboards
+from midbench.bench.plan import crafted_sources, evaluation_key, evaluation_plan
+from midbench.bench.state import SWEEP_STATE_FILE, already_crafted, load_state, registry_digest
 from midbench.bench.step import evaluate_step, train_step
 from midbench.bench.sweep_file import Sweep, SweepModel, SweepRun, config_label, load_sweep, run_references
 from midbench.config import TrainConfig
 from midbench.errors import UsageError
-from midbench.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, hold_output
+from midbench.fileio import atomic_write_json, ensure_writable_dir, hold_output
 from midbench.paths import TRANSFER_CACHE_DIR
 from midbench.reporting.html import REPORT_FILE, write_report
 
-__all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "describe_plan", "evaluation_plan",
-           "write_leaderboards", "leaderboard_header", "model_path"]
+__all__ = ["Sweep", "SweepRun", "config_label", "load_sweep", "run_sweep", "status_lines", "model_path"]
 
-SWEEP_STATE_FILE = "sweep-state.json"
 #: where a crafting step's evaluation of the source leaves its result (its product is the transfer cache)
 CRAFTING_DIR = "transfer-crafting"
 #: held by the `midbench bench` that runs the sweep folder
@@ -69,96 +69,7 @@ def _open_folders(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     out = ensure_writable_dir(out_dir)
     results = ensure_writable_dir(results_dir if results_dir is not None else out / "results")
     state_path = out / SWEEP_STATE_FILE
-    return out, results, state_path, _load_state(state_path, sweep.fingerprint)
-
-
-def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
-    if not path.exists():
-        return {"fingerprint": fingerprint, "training": {}, "evaluations": {}}
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"{path} is unreadable ({type(error).__name__}); delete it to redo the sweep's "
-                         "evaluations") from error
-    if isinstance(state, dict) and state.get("fingerprint") != fingerprint:
-        raise UsageError(f"{path} belongs to a different sweep (its [sweep], [train] or [runs] changed since); use "
-                         "another --out or delete that folder to start over")
-    if not _is_state(state):
-        raise UsageError(f"{path} is not a sweep state file (a field is missing or of another type); delete it to "
-                         "redo the sweep's evaluations")
-    return state
-
-
-def _is_state(state: Any) -> bool:
-    """Whether ``state`` has the shape the sweep reads: every record a table with its fields of their types."""
-    def table(value: Any) -> bool:
-        return isinstance(value, dict) and all(isinstance(record, dict) for record in value.values())
-
-    def number(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-
-    if not (isinstance(state, dict) and table(state.get("training")) and table(state.get("evaluations"))
-            and table(state.get("jobs", {})) and table(state.get("crafted", {}))):
-        return False
-    return (all(number(record.get("seconds")) for record in state["training"].values())
-            and all(isinstance(record.get("settings"), dict) and isinstance(record.get("result"), str)
-                    and isinstance(record.get("checkpoint_sha256"), str | None) and number(record.get("seconds"))
-                    for record in state["evaluations"].values())
-            and all(isinstance(record.get("job_id"), str) for record in state.get("jobs", {}).values())
-            and all(isinstance(record.get("settings"), dict) and isinstance(record.get("source_sha256"), str | None)
-                    for record in state.get("crafted", {}).values()))
-
-
-def evaluation_plan(sweep: Sweep) -> list[tuple[str, str, str | None]]:
-    """(run or model, protocol, transfer source) in order: every run, then every evaluate-only model, white-box
-    (source None); under transfer, each but the source itself, once per source (``transfer_source``, then each of
-    ``extra_transfer_sources``)."""
-    sources = (sweep.transfer_source, *sweep.extra_transfer_sources)
-    plan: list[tuple[str, str, str | None]] = []
-    for name in sweep.names:
-        for protocol in sweep.protocols:
-            if protocol == "whitebox":
-                plan.append((name, protocol, None))
-                continue
-            # attacking a source through itself is its white-box row
-            plan.extend((name, protocol, source) for source in sources if source != name)
-    return plan
-
-
-def evaluation_key(sweep: Sweep, step: tuple[str, str, str | None]) -> str:
-    """An evaluation's name in the state file: ``<model>/<protocol>``, with ``@<source>`` for an extra source."""
-    name, protocol, source = step
-    extra = source is not None and source != sweep.transfer_source
-    return f"{name}/{protocol}" + (f"@{source}" if extra else "")
-
-
-def crafted_sources(sweep: Sweep) -> list[str]:
-    """The transfer sources that get a crafting step of their own when steps run side by side: those through which
-    at least two models are evaluated. Without it, evaluations started together would each craft the source's
-    attacks; with it, the crafting step fills the transfer cache once and they all read it. None with ``nproc``
-    above 1: a sharded evaluation crafts without the cache."""
-    if sweep.nproc > 1:
-        return []
-    counts: dict[str, int] = {}
-    for _, protocol, source in evaluation_plan(sweep):
-        if protocol == "transfer" and source is not None:
-            counts[source] = counts.get(source, 0) + 1
-    return [source for source, count in counts.items() if count >= 2]
-
-
-def describe_plan(sweep: Sweep) -> list[str]:
-    """One line per step, for ``--dry-run`` and the log."""
-    if sweep.seeds:
-        return [f"seed {seed}: {line}" for seed in sweep.seeds for line in describe_plan(sweep.replicate(seed))]
-    lines = [f"train {run.name}: {run.config.method}, {run.config.arch}, {run.config.epochs} epochs" +
-             (f", {run.config.attack_steps} attack steps" if run.config.attack_steps else "") for run in sweep.runs]
-    lines += [f"load {model.name}: {model.describe()}" +
-              (f" from {model.files(sweep.dataset)[0]}" if model.is_zoo else "") for model in sweep.models]
-    n = sweep.n_examples if sweep.n_examples is not None else "all"
-    for name, protocol, source in evaluation_plan(sweep):
-        via = f" (attacks crafted on {source})" if source else ""
-        lines.append(f"evaluate {name} {protocol}{via} on {n} test examples")
-    return lines
+    return out, results, state_path, load_state(state_path, sweep.fingerprint)
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | None = None, *,
@@ -280,7 +191,7 @@ def status_lines(sweep: Sweep, out_dir: str | Path) -> list[str]:
         return [f"seed {seed}: {line}" for seed in sweep.seeds
                 for line in status_lines(sweep.replicate(seed), Path(out_dir) / seed_folder(seed))]
     path = Path(out_dir) / SWEEP_STATE_FILE
-    state = _load_state(path, sweep.fingerprint) if path.is_file() else {"training": {}, "evaluations": {}}
+    state = load_state(path, sweep.fingerprint) if path.is_file() else {"training": {}, "evaluations": {}}
     jobs = state.get("jobs", {})
     cells = [(f"train {run.name}", run.name in state["training"] and model_path(Path(out_dir), run.name).is_file())
              for run in sweep.runs]
@@ -522,7 +433,7 @@ def _run_parallel(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
                     to_craft.remove(source)
                     if hashes.get(source) is None:
                         hashes[source] = _model_sha(sweep, out, source)
-                    if _already_crafted(sweep, state, source, hashes[source], shared):
+                    if already_crafted(sweep, state, source, hashes[source], shared):
                         crafted.add(source)
                         continue
                     device = free.pop(0)
@@ -598,22 +509,6 @@ def _craft_job(sweep: Sweep, source: str, out: Path, hashes: dict[str, str | Non
     return job
 
 
-def _already_crafted(sweep: Sweep, state: dict[str, Any], source: str, sha256: str | None,
-                     shared: dict[str, Any]) -> bool:
-    """Whether crafting ``source`` again would serve nothing: the state records it crafted with this very
-    source and these settings, or every transfer evaluation through it is already recorded with them."""
-    record = state.get("crafted", {}).get(source)
-    if sha256 is None:
-        return False
-    if record is not None and record["source_sha256"] == sha256 and record["settings"] == shared:
-        return True
-    keys = [evaluation_key(sweep, step) for step in evaluation_plan(sweep)
-            if step[1] == "transfer" and step[2] == source]
-    done = [state["evaluations"].get(key) for key in keys]
-    return all(record is not None and record["settings"].get("source_sha256") == sha256 and
-               all(record["settings"].get(name) == value for name, value in shared.items()) for record in done)
-
-
 def _refuse_queued_jobs(jobs: dict[str, Any]) -> None:
     """Refuse to submit while a job an earlier driver submitted is still queued or running: its step would run
     twice, in the same folder.
@@ -629,90 +524,9 @@ def _refuse_queued_jobs(jobs: dict[str, Any]) -> None:
                          "them or scancel them, then rerun")
 
 
-def registry_digest() -> str:
-    """SHA-256 of the shipped attack registry's files: an edited entry, suite or ladder redoes the evaluations."""
-    from midbench.paths import shipped_registry_dir
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(shipped_registry_dir()).glob("*.toml")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 def _checkpoint_sha(path: Path) -> str:
     from midbench.artifacts.checkpoint import load_checkpoint
 
     return load_checkpoint(path).sha256
-
-
-def leaderboard_header(sweep: Sweep, config_label: str) -> str:
-    """The markdown preamble: what made the tables, with the settings a reader needs to interpret them.
-    Deterministic (no times, no paths of this machine), so a rerun reproduces the file byte for byte."""
-    from midbench.data.datasets import get_dataset
-    from midbench.defenses.base import build_task
-
-    selection = sweep.selection
-    labels = ((selection.known, "known attacks"), (selection.unknown, "the unknown-attack profile"),
-              (selection.autoattack, "AutoAttack"))
-    attacks = [label for flag, label in labels if flag]
-    attacks += list(selection.attacks) + ([f"suite {selection.suite}"] if selection.suite else [])
-    pinned = f", {sweep.threads} CPU thread{'s' if sweep.threads > 1 else ''}" if sweep.threads else ""
-    seeds = (f"seeds {', '.join(str(seed) for seed in sweep.seeds)}, each a complete replicate in seed-<s>/"
-             if sweep.seeds else f"seed {sweep.seed}")
-    lines = [f"# {sweep.name}: leaderboard of the sweep", "",
-             f"Made by `midbench bench --config {config_label}` ({seeds}{pinned}). Every model is "
-             f"evaluated on the first {sweep.n_examples if sweep.n_examples is not None else 'all'} test examples of "
-             f"`{sweep.dataset}` against {', '.join(attacks) or 'the default attacks'}; worst cases are per "
-             "example. Columns: `results/README.md`.", ""]
-    if "transfer" in sweep.protocols:
-        source = (f"`{sweep.transfer_source}` run's model" if sweep.model(str(sweep.transfer_source)) is None
-                  else f"`{sweep.transfer_source}` model")
-        lines += [f"Transfer protocol: every attack is crafted on the {source} and classified by the evaluated "
-                  "model."]
-        if sweep.extra_transfer_sources:
-            extra = ", ".join(f"`{source}`" for source in sweep.extra_transfer_sources)
-            lines += [f"Also under transfer from {extra} (a model no defense was trained against; tables named "
-                      "after the run)."]
-        lines += [""]
-    if sweep.runs:
-        lines += ["| run | method | arch | epochs | batch | training attack steps | notes |",
-                  "|---|---|---|---|---|---|---|"]
-    for run in sweep.runs:
-        c = run.config
-        task = build_task(c, get_dataset(c.dataset))
-        lines.append(f"| {run.name} | {c.method} | {c.arch} | {c.epochs} | {c.batch_size} | "
-                     f"{task.training_steps()} | {task.summary()} |")
-    if sweep.models:
-        lines += ([""] if sweep.runs else []) + ["Evaluated as given, not trained by the sweep:", "",
-                                                 "| model | loaded from |", "|---|---|"]
-        lines += [f"| {model.name} | {model.describe()} |" for model in sweep.models]
-    return "\n".join(lines) + "\n\n"
-
-
-def write_leaderboards(sweep: Sweep, results: Path, config_label: str, write: bool = True
-                       ) -> tuple[str, list[Path]]:
-    """``leaderboard-<name>.md`` (header + one table per protocol) and ``.csv`` in ``results``, from every result
-    file there; with ``write=False`` only returns the markdown (to check a committed table)."""
-    from midbench.reporting.leaderboard import render
-    from midbench.reporting.seeds import render_seeds, seed_dirs
-
-    if sweep.seeds:  # the table across seeds, from every replicate's results
-
-        def text(fmt: str) -> str:
-            # the sweep's seeds only: a replicate dropped from the list stays on disk but out of the table
-            dirs = {seed: folder for seed, folder in seed_dirs(results).items() if seed in sweep.seeds}
-            return render_seeds(dirs, fmt, dataset=sweep.dataset)
-    else:
-
-        def text(fmt: str) -> str:
-            return render(results, fmt, dataset=sweep.dataset)
-
-    board = leaderboard_header(sweep, config_label) + text("markdown")
-    markdown, csv = results / f"leaderboard-{sweep.name}.md", results / f"leaderboard-{sweep.name}.csv"
-    if write:
-        atomic_write_text(markdown, board)
-        atomic_write_text(csv, text("csv"))
-    return board, [markdown, csv]
-
 
 

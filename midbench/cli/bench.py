@@ -43,7 +43,8 @@ def bench_command(
     Example: midbench bench --config results/mnist5k/sweep.toml --executor slurm --slurm-option partition=gpu
     """
     from midbench.bench.executors import slurm_options
-    from midbench.bench.sweep import config_label, describe_plan, load_sweep, run_sweep, status_lines
+    from midbench.bench.plan import describe_plan
+    from midbench.bench.sweep import config_label, load_sweep, run_sweep, status_lines
 
     sweep = load_sweep(config, device=device, data_dir=str(data_dir) if data_dir is not None else None,
                        download=download or None, model_dir=str(model_dir) if model_dir is not None else None)

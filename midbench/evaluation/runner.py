@@ -15,6 +15,7 @@ from torch import nn
 
 from midbench.artifacts.checkpoint import check_compatible
 from midbench.artifacts.loading import LoadedModel, load_classifier, load_model, recorded_source
+from midbench.artifacts.metadata import ModelMetadata
 from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
 from midbench.attacks.plans import colour_only, profile_plan, seen_threat_models
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
@@ -105,37 +106,15 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
 
-    source_info: dict[str, Any] | None = None
-    source_model = None
-    if config.protocol == "transfer":
-        source_path = config.source or recorded_source(meta, config.checkpoint)
-        if not source_path:
-            raise UsageError("--protocol transfer needs --source CHECKPOINT (the model the attacks are crafted on)")
-        source = (load_zoo_source(config, dataset_name) if zoo_source else load_classifier(source_path))
-        check_compatible(source.metadata, dataset_name, spec.num_classes, spec.input_shape)
-        source_model = source.model
-        source_info = {"path": str(source.path if zoo_source else source_path), "sha256": source.sha256,
-                       "name": config.source_name or source.metadata.name,
-                       **({"zoo": source.metadata.extra["zoo"]} if zoo_source else {})}
-    elif config.source:
-        raise UsageError("--source only applies to --protocol transfer")
+    source_model, source_info = _transfer_source(config, meta, dataset_name)
 
     # refuse a bad parameter or a missing backend before any attack runs; the evaluation then uses these builds
     built = BuiltAttacks([a for a, _ in attacks] + [a for plan in profile for rung in plan.rungs for a in rung.attacks],
                          config.seed, config.batch_size)
     ensure_writable_dir(Path(config.results_dir))
-    data = load_split(dataset_name, "test", config.data_dir, config.download)
-    notes = []
+    data, notes = _first_examples(load_split(dataset_name, "test", config.data_dir, config.download), config, shard)
     count = len(data)
-    if config.n_examples is not None and config.n_examples > count:
-        notes.append(f"--n-examples {config.n_examples} is larger than the test split; using all {count}")
-    elif config.n_examples is not None:
-        count = config.n_examples
-    if shard.world_size > count:
-        raise UsageError(f"{shard.world_size} processes for {count} examples: each process needs at least one; use "
-                         f"at most {count} (--nproc)")
     indices = np.arange(count)
-    data = data.subset(torch.from_numpy(indices))
 
     name = config.name or meta.name or Path(str(config.checkpoint)).stem
     indices_hash = indices_sha256(indices)
@@ -177,21 +156,13 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
             return EvalRun(None, None, evaluation, notes)
         created = utc_now()
         run_id = make_run_id(name, config.protocol, created)
-        checkpoint_info = {"path": loaded.path, "sha256": loaded.sha256, "name": name,
-                           "method": meta.method, "arch": meta.arch, "dataset": meta.dataset,
-                           "train_attacks": [attack.key for attack in train_attacks],
-                           "adversarial_training_baseline": meta.adversarial_training_baseline}
-        if config.model_spec:
-            checkpoint_info.update({"model_spec": meta.model_spec, "weights_sha256": meta.weights_sha256,
-                                    "source_sha256": meta.source_sha256})
-        if "zoo" in meta.extra:  # a RobustBench entry: its name, dataset, threat model and architecture
-            checkpoint_info["zoo"] = meta.extra["zoo"]
         data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
                      "indices_sha256": indices_hash, "eps": data_eps}
         protocol_info = {"name": config.protocol, "source": source_info,
                          **({"transfer_cache": evaluation.transfer_cache.as_dict()}
                             if evaluation.transfer_cache is not None else {})}
-        result = build_result(evaluation, run_id=run_id, created=created, checkpoint=checkpoint_info,
+        result = build_result(evaluation, run_id=run_id, created=created,
+                              checkpoint=_checkpoint_record(loaded, name, train_attacks, config),
                               data=data_info, protocol=protocol_info, seed=config.seed, device=str(device),
                               flags=flags, sanity=sanity_info, command=command_line(), profile_skipped=skipped,
                               profile_suites=suites, settings_sha256=digest)
@@ -205,6 +176,63 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
         raise
     state.finish()
     return EvalRun(result, path, evaluation, notes)
+
+
+def _transfer_source(config: EvalConfig, meta: ModelMetadata, dataset_name: str
+                     ) -> tuple[nn.Module | None, dict[str, Any] | None]:
+    """Under transfer: the model the attacks are crafted on and its record in the result (path, hash, name, zoo
+    entry); nothing under white-box.
+
+    Raises:
+        UsageError: no source under transfer, a source under white-box, or a source of another dataset's shape.
+    """
+    if config.protocol != "transfer":
+        if config.source:
+            raise UsageError("--source only applies to --protocol transfer")
+        return None, None
+    zoo_source = is_zoo_spec(config.source)
+    source_path = config.source or recorded_source(meta, config.checkpoint)
+    if not source_path:
+        raise UsageError("--protocol transfer needs --source CHECKPOINT (the model the attacks are crafted on)")
+    source = load_zoo_source(config, dataset_name) if zoo_source else load_classifier(source_path)
+    spec = get_dataset(dataset_name)
+    check_compatible(source.metadata, dataset_name, spec.num_classes, spec.input_shape)
+    info = {"path": str(source.path if zoo_source else source_path), "sha256": source.sha256,
+            "name": config.source_name or source.metadata.name,
+            **({"zoo": source.metadata.extra["zoo"]} if zoo_source else {})}
+    return source.model, info
+
+
+def _first_examples(data: TensorSplit, config: EvalConfig, shard: Shard) -> tuple[TensorSplit, list[str]]:
+    """The first ``--n-examples`` of the test split (all of it when it has fewer, with a note saying so).
+
+    Raises:
+        UsageError: more processes than examples.
+    """
+    notes, count = [], len(data)
+    if config.n_examples is not None and config.n_examples > count:
+        notes.append(f"--n-examples {config.n_examples} is larger than the test split; using all {count}")
+    elif config.n_examples is not None:
+        count = config.n_examples
+    if shard.world_size > count:
+        raise UsageError(f"{shard.world_size} processes for {count} examples: each process needs at least one; use "
+                         f"at most {count} (--nproc)")
+    return data.subset(torch.arange(count)), notes
+
+
+def _checkpoint_record(loaded: LoadedModel, name: str, train_attacks: list[ResolvedAttack], config: EvalConfig
+                       ) -> dict[str, Any]:
+    """The result's record of the evaluated model: file, hash, name, what trained it, how it was loaded."""
+    meta = loaded.metadata
+    record = {"path": loaded.path, "sha256": loaded.sha256, "name": name, "method": meta.method, "arch": meta.arch,
+              "dataset": meta.dataset, "train_attacks": [attack.key for attack in train_attacks],
+              "adversarial_training_baseline": meta.adversarial_training_baseline}
+    if config.model_spec:
+        record.update({"model_spec": meta.model_spec, "weights_sha256": meta.weights_sha256,
+                       "source_sha256": meta.source_sha256})
+    if "zoo" in meta.extra:  # a RobustBench entry: its name, dataset, threat model and architecture
+        record["zoo"] = meta.extra["zoo"]
+    return record
 
 
 def transfer_cache_dir(config: EvalConfig) -> Path | None:
