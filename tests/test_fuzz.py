@@ -409,7 +409,7 @@ def _read_matrix(path: Path) -> Any:
 
     from midbench.evaluation.documents import load_result_file
     from midbench.reporting.html import _examples_html
-    from midbench.reporting.leaderboard import LeaderboardWarning, Run, load_run
+    from midbench.reporting.rows import LeaderboardWarning, Run, load_run
 
     result = path.with_suffix(".json")
     with warnings.catch_warnings():

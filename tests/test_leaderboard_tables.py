@@ -25,7 +25,8 @@ from midbench.evaluation.metrics import wilson_interval
 from midbench.evaluation.results import build_result, indices_sha256, make_run_id, write_result
 from midbench.reporting.compare import render as render_compare
 from midbench.reporting.export import export_robustbench
-from midbench.reporting.leaderboard import LeaderboardWarning, render, tables
+from midbench.reporting.leaderboard import render, tables
+from midbench.reporting.rows import LeaderboardWarning
 
 RUNNER = CliRunner()
 EPS = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}

@@ -46,7 +46,8 @@ def leaderboard_command(
 
     from midbench.errors import UsageError
     from midbench.fileio import atomic_write_text
-    from midbench.reporting.leaderboard import LeaderboardWarning, render
+    from midbench.reporting.leaderboard import render
+    from midbench.reporting.rows import LeaderboardWarning
     from midbench.reporting.seeds import render_seeds, seed_dirs
 
     if references:  # every threat model of a user's set must be one the registry defines

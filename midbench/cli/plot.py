@@ -47,9 +47,9 @@ def plot_command(
     import warnings
 
     from midbench.errors import UsageError
-    from midbench.reporting.leaderboard import LeaderboardWarning
     from midbench.reporting.plots import KINDS, figures, load_tables, write_figures
     from midbench.reporting.plots.draw import FORMATS
+    from midbench.reporting.rows import LeaderboardWarning
 
     if figure_format not in FORMATS:
         raise UsageError(f"--format {figure_format!r}: use one of {', '.join(FORMATS)}")

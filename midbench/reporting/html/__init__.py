@@ -26,10 +26,11 @@ from midbench.errors import UsageError
 from midbench.evaluation.documents import ResultDocument, read_result
 from midbench.fileio import atomic_write_text
 from midbench.reporting.html.assets import CSS, SCRIPT
-from midbench.reporting.leaderboard import LeaderboardWarning, profile_notes, tables
+from midbench.reporting.leaderboard import profile_notes, tables
 from midbench.reporting.plots import DrawnFigure, figures
 from midbench.reporting.plots.data import Table, load_tables
 from midbench.reporting.plots.draw import svg_text
+from midbench.reporting.rows import LeaderboardWarning
 from midbench.reporting.tables import display_frame, html_cells, plain
 
 REPORT_FILE = "report.html"

@@ -1,5 +1,5 @@
 """What each figure shows, computed from the result files alone (the leaderboard's united per-example matrices,
-:func:`midbench.reporting.leaderboard.collect`), so that every plotted number is one a table would print.
+:func:`midbench.reporting.rows.collect`), so that every plotted number is one a table would print.
 
 Accuracies are percentages; every proportion of examples carries its 95% Wilson interval (Wilson, JASA 1927),
 the band or error bar of the figures. The figures follow Carlini et al., "On Evaluating Adversarial
@@ -19,7 +19,8 @@ import numpy as np
 from midbench.errors import UsageError
 from midbench.evaluation.metrics import wilson_interval
 from midbench.protocols import Protocol
-from midbench.reporting.leaderboard import collect, rank_table
+from midbench.reporting.leaderboard import rank_table
+from midbench.reporting.rows import collect
 
 WHITEBOX = Protocol.WHITEBOX.value
 
