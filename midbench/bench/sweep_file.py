@@ -272,14 +272,7 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
             bad values.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise UsageError(f"sweep file not found: {path}") from error
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"{path}: not valid TOML ({error})") from error
+    document = _read_document(path)
     unknown_tables = set(document) - {"sweep", "eval", "train", "runs", "models", "slurm"}
     if unknown_tables:
         raise UsageError(f"{path}: unknown table(s) {sorted(unknown_tables)}; use [sweep], [eval], [train], "
@@ -319,53 +312,15 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
         raise UsageError(f"{path}: [train]/[sweep]: {error}") from error
     dataset, seed, device = defaults.dataset, defaults.seed, defaults.device
     sweep_name = _check_name(head.get("name", path.stem), "sweep name", path)
-    runs = []
-    for name, values in runs_table.items():
-        _check_name(name, "run name", path)
-        if not isinstance(values, dict):
-            raise UsageError(f"{path}: runs.{name} must be a table")
-        values = {key.replace("-", "_"): value for key, value in values.items()}
-        if values.get("dataset", dataset) != dataset:
-            raise UsageError(f"{path}: run {name!r} sets dataset {values['dataset']!r}, but a sweep has one "
-                             f"dataset ({dataset!r}); make another sweep file for it")
-        values.setdefault("method", name)
-        offset = values.pop("seed_offset", 0)
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or "seed" in values and offset:
-            raise UsageError(f"{path}: run {name!r}: seed_offset must be a non-negative integer, without seed, "
-                             f"e.g. seed_offset = 1; got {offset!r}")
-        if offset:
-            values["seed"] = seed + offset
-        try:
-            config = merge_config(TrainConfig(), {**shared, **values}, {})
-        except UsageError as error:
-            raise UsageError(f"{path}: run {name!r}: {error}") from error
-        runs.append(SweepRun(str(name), _checked(config.validate(), str(name), path), offset))
+    runs = [_run(name, values, shared, dataset, seed, path) for name, values in runs_table.items()]
     models = _models(document, path, dataset, model_dir if model_dir is not None else head.get("model_dir"))
     clash = {run.name for run in runs} & {model.name for model in models}
     if clash:
         raise UsageError(f"{path}: {sorted(clash)} name both a run and a model; give each its own name")
     run_names = [run.name for run in runs]
 
-    protocols = tuple(head.get("protocols", ["whitebox"]))
-    if not protocols or any(protocol not in PROTOCOLS for protocol in protocols):
-        raise UsageError(f"{path}: protocols must be a non-empty list of {' and '.join(PROTOCOLS)}, got "
-                         f"{list(protocols)}")
-    transfer_source = head.get("transfer_source")
-    if "transfer" in protocols and transfer_source is None:
-        raise UsageError(f"{path}: the transfer protocol needs transfer_source = \"RUN\" in [sweep] (the run whose "
-                         "model the attacks are crafted on, e.g. \"standard\")")
-    sources = run_names + [model.name for model in models if model.can_be_source]
-    if transfer_source is not None and transfer_source not in sources:
-        raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep, a checkpoint model "
-                         f"or a zoo entry ({', '.join(sources) or 'there is none'})")
-    extra_sources = tuple(head.get("extra_transfer_sources", ()))
-    for extra in extra_sources:
-        if extra not in sources or extra == transfer_source:
-            raise UsageError(f"{path}: extra_transfer_sources names {extra!r}, which is not another run, "
-                             f"checkpoint model or zoo entry of the sweep ({', '.join(sources)})")
-    if extra_sources and "transfer" not in protocols:
-        raise UsageError(f"{path}: extra_transfer_sources needs \"transfer\" in protocols")
-
+    protocols, transfer_source, extra_sources = _protocols(
+        head, run_names + [model.name for model in models if model.can_be_source], path)
     runs = [_with_references(run, run_names, transfer_source) for run in runs]
     try:
         selection = parse_selection({key: value for key, value in evaluation.items() if key in SELECTION_HELP})
@@ -399,6 +354,81 @@ def load_sweep(path: str | Path, device: str | None = None, data_dir: str | None
                  nproc=nproc, data_dir=defaults.data_dir, download=defaults.download,
                  extra_transfer_sources=extra_sources, models=tuple(models), seeds=tuple(seeds),
                  slurm=dict(slurm_table))
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    """The sweep file's TOML document.
+
+    Raises:
+        UsageError: the file is missing or not valid TOML.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise UsageError(f"sweep file not found: {path}") from error
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: not valid TOML ({error})") from error
+
+
+def _run(name: str, values: Any, shared: dict[str, Any], dataset: str, seed: int, path: Path  # noqa: ANN401
+         ) -> SweepRun:
+    """``[runs.NAME]`` over the ``[train]`` and ``[sweep]`` values ``shared``, checked as ``midbench train``
+    checks its options; ``seed_offset`` moves the run's seed off the sweep's.
+
+    Raises:
+        UsageError: a bad name, another dataset, a bad ``seed_offset`` or a bad training option.
+    """
+    _check_name(name, "run name", path)
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: runs.{name} must be a table")
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    if values.get("dataset", dataset) != dataset:
+        raise UsageError(f"{path}: run {name!r} sets dataset {values['dataset']!r}, but a sweep has one "
+                         f"dataset ({dataset!r}); make another sweep file for it")
+    values.setdefault("method", name)
+    offset = values.pop("seed_offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or "seed" in values and offset:
+        raise UsageError(f"{path}: run {name!r}: seed_offset must be a non-negative integer, without seed, "
+                         f"e.g. seed_offset = 1; got {offset!r}")
+    if offset:
+        values["seed"] = seed + offset
+    try:
+        config = merge_config(TrainConfig(), {**shared, **values}, {})
+    except UsageError as error:
+        raise UsageError(f"{path}: run {name!r}: {error}") from error
+    return SweepRun(str(name), _checked(config.validate(), str(name), path), offset)
+
+
+def _protocols(head: dict[str, Any], sources: list[str], path: Path
+               ) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+    """``[sweep]``'s protocols, transfer source and extra transfer sources, each source one of ``sources`` (the
+    runs, and the models that can be one).
+
+    Raises:
+        UsageError: an unknown protocol, a transfer protocol without a source, or a source that is not in the
+            sweep.
+    """
+    protocols = tuple(head.get("protocols", ["whitebox"]))
+    if not protocols or any(protocol not in PROTOCOLS for protocol in protocols):
+        raise UsageError(f"{path}: protocols must be a non-empty list of {' and '.join(PROTOCOLS)}, got "
+                         f"{list(protocols)}")
+    transfer_source = head.get("transfer_source")
+    if "transfer" in protocols and transfer_source is None:
+        raise UsageError(f"{path}: the transfer protocol needs transfer_source = \"RUN\" in [sweep] (the run whose "
+                         "model the attacks are crafted on, e.g. \"standard\")")
+    if transfer_source is not None and transfer_source not in sources:
+        raise UsageError(f"{path}: transfer_source {transfer_source!r} is not a run of the sweep, a checkpoint model "
+                         f"or a zoo entry ({', '.join(sources) or 'there is none'})")
+    extra_sources = tuple(head.get("extra_transfer_sources", ()))
+    for extra in extra_sources:
+        if extra not in sources or extra == transfer_source:
+            raise UsageError(f"{path}: extra_transfer_sources names {extra!r}, which is not another run, "
+                             f"checkpoint model or zoo entry of the sweep ({', '.join(sources)})")
+    if extra_sources and "transfer" not in protocols:
+        raise UsageError(f"{path}: extra_transfer_sources needs \"transfer\" in protocols")
+    return protocols, transfer_source, extra_sources
 
 
 def _seeds(head: dict[str, Any], path: Path) -> list[int]:
