@@ -225,3 +225,36 @@ def test_every_attack_is_built_once_per_evaluation(standard_checkpoint: Path, tm
     assert len(built) == len(set(built)), "an attack was built more than once"
     climbed = [key for model in document["profile"]["threat_models"] for key in model["attacks"]]
     assert {json.loads(b)["id"] for b in built} >= {"fgsm-linf", "pgd-linf"} | {k.split("@")[0] for k in climbed}
+
+
+def test_a_batchnorm_and_dropout_model_stays_in_eval_mode_through_every_attack(mnist5k_test) -> None:  # noqa: ANN001
+    """Attacks run on a pass-counting wrapper; restoring the wrapper's mode (training, nn.Module's default) used to
+    switch the wrapped model to training mode after the first attack, so every later prediction used batch
+    statistics and dropout and rewrote BatchNorm's running averages. With the modes kept module by module, the
+    running averages are untouched, the model leaves in the mode it came in, and each attack's column equals the
+    same attack run alone on a fresh copy (no earlier attack can change the model)."""
+    import copy
+
+    import midbench
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
+                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+    with torch.no_grad():  # running averages that differ from any batch's statistics
+        model[1].running_mean.fill_(0.3)
+        model[1].running_var.fill_(2.0)
+    model.eval()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    data = (mnist5k_test.images[:32], mnist5k_test.labels[:32])
+    with torch.no_grad():
+        labels = model(data[0].float() / 255).argmax(1)  # every example correct at the start
+    attacks = ["fgsm-linf", "pgd-linf", "pgd-l2"]
+    result = midbench.evaluate(model, (data[0], labels), dataset="mnist5k", attacks=attacks, device="cpu")
+    assert not model.training and not any(module.training for module in model.modules())
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    assert result.clean_accuracy == 1.0
+    for index, attack in enumerate(attacks):
+        alone = midbench.evaluate(copy.deepcopy(model), (data[0], labels), dataset="mnist5k", attacks=[attack],
+                                  device="cpu")
+        np.testing.assert_array_equal(result.robust[:, index], alone.robust[:, 0], err_msg=attack)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from midbench import __version__
+from midbench._version import __version__
 from midbench.artifacts.metadata import ModelMetadata
 from midbench.errors import ArtifactError
 from midbench.fileio import atomic_write_bytes

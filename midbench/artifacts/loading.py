@@ -13,12 +13,14 @@ This module sits below :mod:`midbench.training`, :mod:`midbench.defenses` and :m
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from midbench.artifacts.adapters import AdaptedModel, adapted_identity, check_logits, parse_adapters
 from midbench.artifacts.checkpoint import load_checkpoint, load_plain_state_dict, load_weights_into
 from midbench.artifacts.metadata import ModelMetadata
 from midbench.artifacts.usermodel import import_factory, load_user_model
@@ -104,15 +106,49 @@ def load_teacher(path: str | Path) -> LoadedModel:
 def load_model(checkpoint: str | Path | None, *, arch: str | None = None, dataset: str | None = None,
                model_spec: str | None = None, weights: str | None = None, device: torch.device | None = None,
                seed: int = 0, zoo_threat_model: str = "Linf", model_dir: str | None = None,
-               download: bool = False) -> LoadedModel:
+               download: bool = False, normalize: str | None = None, output: str | None = None) -> LoadedModel:
     """The classifier of a command line: a checkpoint (or plain state dict with ``arch``), a user's
     ``model_spec`` (``module:factory``, with optional ``weights``), or a RobustBench zoo entry
-    (``robustbench:NAME``, its weights under ``model_dir``; :mod:`midbench.artifacts.zoo`).
+    (``robustbench:NAME``, its weights under ``model_dir``; :mod:`midbench.artifacts.zoo`), behind the adapters
+    ``normalize`` and ``output`` ask for (:mod:`midbench.artifacts.adapters`).
 
     Raises:
         UsageError: neither or both of a checkpoint and a ``model_spec``; options that do not go together.
-        ArtifactError: an unreadable, unsafe or incompatible checkpoint or weights file.
+        ArtifactError: an unreadable, unsafe or incompatible checkpoint or weights file; a model that does not
+            return logits (the message names the adapter that would read its output).
     """
+    loaded = _load(checkpoint, arch, dataset, model_spec, weights, device, seed, zoo_threat_model, model_dir,
+                   download, check=output is None)
+    label = f"--model {model_spec}" if model_spec else str(checkpoint)
+    return adapt(loaded, normalize, output, dataset, device or torch.device("cpu"), label)
+
+
+def adapt(loaded: LoadedModel, normalize: str | None, output: str | None, dataset: str | None,
+          device: torch.device, label: str, flag: str = "--output") -> LoadedModel:
+    """``loaded`` behind ``--normalize`` and ``--output`` (none: unchanged), checked to return logits; the
+    adapters are recorded in its metadata (``extra["adapters"]``) and enter its identity.
+
+    Raises:
+        UsageError: a bad adapter, or one that does not fit the model's output.
+        ArtifactError: the adapted model still does not return logits.
+    """
+    if normalize is None and output is None:
+        return loaded
+    name = dataset or loaded.metadata.dataset
+    if name is None:
+        raise UsageError("--normalize and --output need --dataset (this model records none)")
+    spec = get_dataset(name)
+    adapters = parse_adapters(normalize, output, spec.input_shape[0], spec.mean, spec.std)
+    model = AdaptedModel(loaded.model, adapters).to(device)
+    check_logits(model, label, name, device, flag)
+    metadata = dataclasses.replace(loaded.metadata, extra={**loaded.metadata.extra, "adapters": adapters.as_dict()})
+    return LoadedModel(model, metadata, adapted_identity(loaded.sha256, adapters), loaded.path)
+
+
+def _load(checkpoint: str | Path | None, arch: str | None, dataset: str | None, model_spec: str | None,
+          weights: str | None, device: torch.device | None, seed: int, zoo_threat_model: str,
+          model_dir: str | None, download: bool, check: bool) -> LoadedModel:
+    """:func:`load_model` without adapters; ``check``: a user's factory is checked to return logits."""
     if not is_zoo_spec(model_spec) and (model_dir is not None or zoo_threat_model != "Linf"):
         raise UsageError("--model-dir and --zoo-threat-model go with --model robustbench:NAME")
     if model_spec is None:
@@ -141,7 +177,7 @@ def load_model(checkpoint: str | Path | None, *, arch: str | None = None, datase
     import_factory(model_spec)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        user = load_user_model(model_spec, dataset, weights, device)
+        user = load_user_model(model_spec, dataset, weights, device, check=check)
     return LoadedModel(user.model, user.metadata, user.sha256, user.path)
 
 

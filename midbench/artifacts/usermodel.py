@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from midbench.artifacts.adapters import check_logits
 from midbench.artifacts.checkpoint import load_plain_state_dict, load_strictly, payload_sha256
 from midbench.artifacts.metadata import ModelMetadata
 from midbench.data.datasets import get_dataset
@@ -32,8 +33,6 @@ from midbench.errors import ArtifactError, UsageError
 
 #: ``package.module:attribute`` (the attribute may be dotted: ``module:Class.create``)
 SPEC_PATTERN = re.compile(r"^(?P<module>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")
-#: examples in the shape check forward (two, so a model that squeezes the batch dimension is caught)
-SHAPE_CHECK_BATCH = 2
 
 
 @dataclass
@@ -134,34 +133,6 @@ def _load_weights(model: nn.Module, path: str, spec: str) -> str:
     return sha256
 
 
-def _check_output_shape(model: nn.Module, spec: str, dataset: str, num_classes: int,
-                        input_shape: tuple[int, int, int], device: torch.device) -> None:
-    """One forward on mid-grey images: the model must accept the dataset's shape and return N × classes logits.
-
-    Runs on the evaluation's device (a model may only work there) and on a forked RNG (a random model's draws
-    here do not shift the evaluation's).
-
-    Raises:
-        ArtifactError: the forward fails or returns another shape (docs/reliability.md, bad input 1: exit 3).
-    """
-    probe = torch.full((SHAPE_CHECK_BATCH, *input_shape), 0.5, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            output = model(probe)
-    except Exception as error:  # noqa: BLE001 - any failure here means the model does not fit the dataset
-        raise ArtifactError(f"--model {spec} fails on {dataset} inputs of shape {tuple(probe.shape)} "
-                            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
-    finally:
-        model.train(was_training)
-    expected = (SHAPE_CHECK_BATCH, num_classes)
-    if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
-        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ArtifactError(f"--model {spec} returns {got} for {SHAPE_CHECK_BATCH} {dataset} images; expected logits "
-                            f"of shape {expected} ({num_classes} classes)")
-
-
 def module_source_sha256(spec: str) -> str | None:
     """SHA-256 of the file defining the factory's module (best effort: ``None`` without a source file)."""
     module_name, _ = parse_model_spec(spec)
@@ -175,7 +146,7 @@ def module_source_sha256(spec: str) -> str | None:
 
 
 def load_user_model(spec: str, dataset: str | None, weights: str | None = None,
-                    device: torch.device | None = None) -> UserModel:
+                    device: torch.device | None = None, check: bool = True) -> UserModel:
     """Build the classifier of ``--model spec`` for ``dataset``, with ``weights`` loaded if given.
 
     Args:
@@ -184,6 +155,8 @@ def load_user_model(spec: str, dataset: str | None, weights: str | None = None,
         dataset: the dataset to evaluate on (required: it fixes the input shape, classes and ε).
         weights: a ``torch.save`` state dict (loaded with ``weights_only=True``) or a safetensors file.
         device: where the model is checked and left (default CPU).
+        check: run one batch through it to check that it returns logits (the caller checks instead when an
+            adapter will pick them out of another output, :mod:`midbench.artifacts.adapters`).
 
     Raises:
         UsageError: bad spec, missing ``dataset``, module not importable, factory failure (exit 2).
@@ -199,7 +172,8 @@ def load_user_model(spec: str, dataset: str | None, weights: str | None = None,
     weights_sha256 = _load_weights(model, weights, spec) if weights is not None else None
     device = device if device is not None else torch.device("cpu")
     model = model.to(device)
-    _check_output_shape(model, spec, dataset, data_spec.num_classes, data_spec.input_shape, device)
+    if check:
+        check_logits(model, f"--model {spec}", dataset, device)
     source_sha256 = module_source_sha256(spec)
     state_sha256 = payload_sha256({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
     identity = hashlib.sha256(json.dumps({"model_spec": spec, "source_sha256": source_sha256,
@@ -208,3 +182,32 @@ def load_user_model(spec: str, dataset: str | None, weights: str | None = None,
                              input_shape=tuple(data_spec.input_shape), dataset=dataset, name=spec, model_spec=spec,
                              weights_sha256=weights_sha256, source_sha256=source_sha256)
     return UserModel(model, metadata, identity, weights)
+
+
+def in_memory_model(model: nn.Module, dataset: str, name: str | None = None,
+                    device: torch.device | None = None, check: bool = True) -> UserModel:
+    """A classifier the caller built in Python (the API's ``nn.Module``), checked like ``--model``'s on
+    ``dataset``'s inputs and moved to ``device``.
+
+    Its identity is its class and state dict (parameters and buffers): the same weights are the same model in
+    every table, whatever variable held them.
+
+    Raises:
+        UsageError: not an ``nn.Module``.
+        ArtifactError: the model does not accept the dataset's inputs or does not return N × classes logits.
+    """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}; pass a checkpoint path as "
+                         "checkpoint= or a factory as model='module:factory'")
+    data_spec = get_dataset(dataset)
+    device = device if device is not None else torch.device("cpu")
+    model = model.to(device)
+    label = name or type(model).__name__
+    if check:
+        check_logits(model, f"the nn.Module {label}", dataset, device, flag="output=")
+    state_sha256 = payload_sha256({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
+    identity = hashlib.sha256(json.dumps({"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                                          "state_sha256": state_sha256}, sort_keys=True).encode()).hexdigest()
+    metadata = ModelMetadata(arch=type(model).__name__, num_classes=data_spec.num_classes,
+                             input_shape=tuple(data_spec.input_shape), dataset=dataset, name=label)
+    return UserModel(model, metadata, identity, None)

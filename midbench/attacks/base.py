@@ -18,6 +18,7 @@ from torch import nn
 from midbench.attacks import randomness
 from midbench.attacks.norms import Norm, distance, project
 from midbench.errors import UsageError
+from midbench.models.modes import evaluating
 from midbench.runtime.distributed import SINGLE, Shard
 
 TARGET_POLICIES = ("random", "least-likely")
@@ -46,18 +47,17 @@ def require_at_least(owner: str, minimums: dict[str, tuple[float, float]]) -> No
 
 @contextlib.contextmanager
 def frozen_eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` on every parameter inside the block; both restored after."""
-    was_training = model.training
+    """Eval mode and ``requires_grad=False`` on every parameter inside the block; both restored after, module by
+    module (:func:`midbench.models.modes.evaluating`)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
+    with evaluating(model):
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for parameter, flag in flags:
+                parameter.requires_grad_(flag)
 
 
 class Attack:

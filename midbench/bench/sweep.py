@@ -275,7 +275,8 @@ class _EvaluationJob:
         else:
             loaded = {"checkpoint": model.checkpoint, "arch": model.arch, "model_spec": model.model,
                       "weights": model.weights, "zoo_threat_model": model.zoo_threat_model,
-                      "model_dir": model.model_dir, "dataset": sweep.dataset}
+                      "model_dir": model.model_dir, "dataset": sweep.dataset, "normalize": model.normalize,
+                      "output": model.output}
         config = EvalConfig(
             **loaded, **(_source_options(sweep, out, source_run) if source_run else {}), selection=sweep.selection,
             protocol=protocol,

@@ -134,6 +134,9 @@ class SweepModel:
     weights: str | None = None
     zoo_threat_model: str = RUN_DEFAULT["zoo_threat_model"]
     model_dir: str | None = None
+    #: the adapters around it (midbench.artifacts.adapters), as ``--normalize`` and ``--output``
+    normalize: str | None = None
+    output: str | None = None
 
     @property
     def is_zoo(self) -> bool:
@@ -154,11 +157,13 @@ class SweepModel:
 
     def describe(self) -> str:
         """How the plan and the leaderboard's header name it."""
+        adapters = "".join(f", {name} {value}" for name, value in (("normalize", self.normalize),
+                                                                  ("output", self.output)) if value is not None)
         if self.checkpoint is not None:
-            return f"checkpoint {self.checkpoint}" + (f" ({self.arch})" if self.arch else "")
+            return f"checkpoint {self.checkpoint}" + (f" ({self.arch})" if self.arch else "") + adapters
         if self.is_zoo:
-            return f"RobustBench {self.zoo_name} ({self.zoo_threat_model})"
-        return f"{self.model}" + (f" with weights {self.weights}" if self.weights else "")
+            return f"RobustBench {self.zoo_name} ({self.zoo_threat_model})" + adapters
+        return f"{self.model}" + (f" with weights {self.weights}" if self.weights else "") + adapters
 
     def files(self, dataset: str) -> list[Path]:
         """The files whose bytes are this model (a zoo entry's weights may not be downloaded yet)."""
@@ -475,7 +480,8 @@ def _models(document: dict[str, Any], path: Path, dataset: str, model_dir: str |
         model = SweepModel(str(name), checkpoint=checkpoint, arch=values.get("arch"), model=spec,
                            weights=values.get("weights"),
                            zoo_threat_model=values.get("zoo_threat_model", RUN_DEFAULT["zoo_threat_model"]),
-                           model_dir=(values.get("model_dir") or model_dir) if zoo else None)
+                           model_dir=(values.get("model_dir") or model_dir) if zoo else None,
+                           normalize=values.get("normalize"), output=values.get("output"))
         try:
             if zoo:
                 if model.zoo_threat_model not in ZOO_THREAT_MODELS:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from midbench import __version__
+from midbench._version import __version__
 from midbench.cli import (
     attacks,
     bench,

@@ -25,6 +25,8 @@ def eval_command(
     arch: Annotated[str | None, typer.Option(help=RUN_HELP["arch"])] = RUN_DEFAULT["arch"],
     model: Annotated[str | None, typer.Option("--model", help=RUN_HELP["model"])] = RUN_DEFAULT["model"],
     weights: Annotated[Path | None, typer.Option(help=RUN_HELP["weights"])] = RUN_DEFAULT["weights"],
+    normalize: Annotated[str | None, typer.Option(help=RUN_HELP["normalize"])] = RUN_DEFAULT["normalize"],
+    output: Annotated[str | None, typer.Option(help=RUN_HELP["output"])] = RUN_DEFAULT["output"],
     zoo_threat_model: Annotated[str, typer.Option(help=RUN_HELP["zoo_threat_model"])] = RUN_DEFAULT["zoo_threat_model"],
     model_dir: Annotated[Path | None, typer.Option(help=RUN_HELP["model_dir"])] = RUN_DEFAULT["model_dir"],
     attacks: Annotated[list[str] | None, typer.Option(help=SELECTION_HELP["attacks"])] = None,
@@ -95,6 +97,7 @@ def eval_command(
                         registry_dirs=tuple(str(d) for d in registry_dir or []),
                         data_dir=str(data_dir) if data_dir else None, download=download, model_spec=model,
                         weights=str(weights) if weights is not None else None, zoo_threat_model=zoo_threat_model,
+                        normalize=normalize, output=output,
                         model_dir=str(model_dir) if model_dir is not None else None, check_eps=check_eps,
                         check_steps=check_steps, restart=restart, transfer_cache=transfer_cache,
                         transfer_cache_dir=str(transfer_cache_dir) if transfer_cache_dir is not None else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,6 +120,43 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, downlo
     data = spec.loader(split, root, download)
     _check_split(spec, data)
     return data
+
+
+def split_from_tensors(images: Any, labels: Any, dataset: str) -> TensorSplit:  # noqa: ANN401
+    """Examples a caller holds in memory (the Python API) as a split of ``dataset``'s shape and classes.
+
+    ``images``: N × C × H × W, uint8 grey levels 0–255, or floats in [0, 1] on the 1/255 grid (what
+    ``torchvision.transforms.ToTensor`` gives from 8-bit images), which are turned back into those levels; normalised
+    or otherwise real-valued images are refused, since midbench attacks in [0, 1] and normalisation belongs inside
+    the model. ``labels``: N integers.
+
+    Raises:
+        UsageError: a shape, dtype, range or label that does not fit (one line saying what to pass instead).
+    """
+    spec = get_dataset(dataset)
+    images, labels = torch.as_tensor(images).detach().cpu(), torch.as_tensor(labels).detach().cpu()
+    if images.dim() != 4 or tuple(images.shape[1:]) != spec.input_shape:
+        shape = " x ".join(str(size) for size in spec.input_shape)
+        raise UsageError(f"images of shape {tuple(images.shape)}; {dataset} needs N x {shape}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0] or torch.is_floating_point(labels) or \
+            labels.dtype == torch.bool:
+        raise UsageError(f"labels must be N = {images.shape[0]} integers, got {labels.dtype} of shape "
+                         f"{tuple(labels.shape)}")
+    if len(labels) == 0:
+        raise UsageError("no examples: pass at least one image and its label")
+    if int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes:
+        raise UsageError(f"labels fall outside 0..{spec.num_classes - 1}, the classes of {dataset}")
+    if torch.is_floating_point(images):
+        levels = images.double() * 255.0
+        if float(images.min()) < 0 or float(images.max()) > 1 or \
+                float((levels - levels.round()).abs().max()) > 1e-3:
+            raise UsageError(f"float images must lie in [0, 1] on the 1/255 grid of 8-bit images (got values in "
+                             f"[{float(images.min()):.3g}, {float(images.max()):.3g}]); pass uint8 images, or "
+                             "unnormalised ToTensor() output, and put normalisation inside the model")
+        images = levels.round().to(torch.uint8)
+    elif images.dtype != torch.uint8:
+        raise UsageError(f"images of dtype {images.dtype}; pass uint8 grey levels 0-255 or floats in [0, 1]")
+    return TensorSplit(images.contiguous(), labels.to(torch.int64).contiguous())
 
 
 def _check_split(spec: DatasetSpec, data: TensorSplit) -> None:

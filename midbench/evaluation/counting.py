@@ -17,6 +17,7 @@ class PassCounter(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.training = model.training  # the wrapper is in the wrapped model's mode, not nn.Module's default
         self.forward_passes = 0
         self.backward_passes = 0
 

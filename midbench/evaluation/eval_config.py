@@ -38,6 +38,9 @@ class EvalConfig:
     data_dir: str | None = RUN_DEFAULT["data_dir"]
     download: bool = RUN_DEFAULT["download"]
     model_spec: str | None = RUN_DEFAULT["model"]
+    #: the adapters put around the evaluated model (midbench.artifacts.adapters); not around a transfer source
+    normalize: str | None = RUN_DEFAULT["normalize"]
+    output: str | None = RUN_DEFAULT["output"]
     weights: str | None = RUN_DEFAULT["weights"]
     #: with ``model_spec`` ``robustbench:NAME``: the zoo's threat model and its local weights folder (also the
     #: folder of a zoo ``source``, unless ``source_model_dir`` names another)

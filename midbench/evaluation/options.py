@@ -91,6 +91,11 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
               "a threat model of midbench's registry.", default="Linf", table="models"),
     RunOption("model_dir", str, _ZOO + "RobustBench's weights folder, <model-dir>/<dataset>/<threat model>/<NAME>.pt "
               "(default ./models); --download fetches missing ones.", table="models"),
+    RunOption("normalize", str, "For a model that expects normalised input: put (x - mean) / std in front of it, "
+              "mean then std per channel, comma-separated (0.1307,0.3081 for one channel), or 'dataset' for the "
+              "dataset's own; attacks still work in [0, 1] (docs/api.md, Adapters).", table="models"),
+    RunOption("output", str, "For a model that returns a tuple, list or dict: the index or key of its logits "
+              "(e.g. 0 or logits).", table="models"),
     RunOption("n_examples", int, "Evaluate the first N test examples.", table="eval"),
     RunOption("batch_size", int, "Attack batch size.", default=256, table="eval"),
     RunOption("results_dir", str, "Where result files go.", default=str(DEFAULT_RESULTS_DIR)),

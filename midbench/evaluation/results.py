@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from midbench import __version__
+from midbench._version import __version__
 from midbench.attacks.plans import PROFILE_SUITE
 from midbench.evaluation.documents import SCHEMA, ResultDocument, read_result
 from midbench.evaluation.engine import Evaluation

@@ -3,6 +3,7 @@ The library behind ``midbench eval``."""
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import sys
 from dataclasses import dataclass
@@ -58,11 +59,19 @@ class EvalRun:
     notes: list[str]
 
 
-def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> EvalRun:
+def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None, *, model: LoadedModel | None = None,
+                   data: TensorSplit | None = None, source: LoadedModel | None = None) -> EvalRun:
     """Evaluate a checkpoint (or a ``--model``) as configured, run the sanity checks, write its result files.
 
     Everything that can be refused (names, ε, shapes, the results directory) is checked before any attack.
     The sanity flags (:mod:`midbench.evaluation.sanity`) go into ``result["flags"]``; they never change a number.
+
+    Args:
+        model: a model already loaded (the Python API's ``nn.Module``), in place of the config's checkpoint.
+        data: examples already in memory (the Python API's tensors) in place of the dataset's test split; the
+            config's ``dataset`` still fixes ε and the input shape. The result records the split as ``tensors``
+            and the SHA-256 of their content as ``indices_sha256``, so they never share a row with a test split.
+        source: under transfer, a source model already loaded, in place of the config's ``source``.
     """
     if config.protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {config.protocol!r}; use {' or '.join(PROTOCOLS)}")
@@ -75,9 +84,10 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     zoo_source = is_zoo_spec(config.source)
     # --model-dir may name the folder of a zoo source alone; the model's loader then must not see it
     model_dir = config.model_dir if is_zoo_spec(config.model_spec) or not zoo_source else None
-    loaded = load_model(config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
-                        weights=config.weights, device=device, seed=config.seed,
-                        zoo_threat_model=config.zoo_threat_model, model_dir=model_dir, download=config.download)
+    loaded = model if model is not None else load_model(
+        config.checkpoint, arch=config.arch, dataset=config.dataset, model_spec=config.model_spec,
+        weights=config.weights, device=device, seed=config.seed, zoo_threat_model=config.zoo_threat_model,
+        model_dir=model_dir, download=config.download, normalize=config.normalize, output=config.output)
     meta = loaded.metadata
     dataset_name = config.dataset or meta.dataset
     if dataset_name is None:
@@ -106,18 +116,20 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
 
-    source_model, source_info = _transfer_source(config, meta, dataset_name)
+    source_model, source_info = _transfer_source(config, meta, dataset_name, source)
 
     # refuse a bad parameter or a missing backend before any attack runs; the evaluation then uses these builds
     built = BuiltAttacks([a for a, _ in attacks] + [a for plan in profile for rung in plan.rungs for a in rung.attacks],
                          config.seed, config.batch_size)
     ensure_writable_dir(Path(config.results_dir))
-    data, notes = _first_examples(load_split(dataset_name, "test", config.data_dir, config.download), config, shard)
+    split = "test" if data is None else "tensors"
+    data, notes = _first_examples(data if data is not None else load_split(dataset_name, "test", config.data_dir,
+                                                                          config.download), config, shard)
     count = len(data)
     indices = np.arange(count)
 
     name = config.name or meta.name or Path(str(config.checkpoint)).stem
-    indices_hash = indices_sha256(indices)
+    indices_hash = indices_sha256(indices) if split == "test" else content_sha256(data)
     fingerprint = {"checkpoint_sha256": loaded.sha256, "source_sha256": (source_info or {}).get("sha256"),
                    "protocol": config.protocol, "dataset": dataset_name, "indices_sha256": indices_hash,
                    "eps": data_eps, "attacks": [[a.key, split, a.equivalence()] for a, split in attacks],
@@ -156,7 +168,7 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
             return EvalRun(None, None, evaluation, notes)
         created = utc_now()
         run_id = make_run_id(name, config.protocol, created)
-        data_info = {"dataset": dataset_name, "split": "test", "n_examples": count,
+        data_info = {"dataset": dataset_name, "split": split, "n_examples": count,
                      "indices_sha256": indices_hash, "eps": data_eps}
         protocol_info = {"name": config.protocol, "source": source_info,
                          **({"transfer_cache": evaluation.transfer_cache.as_dict()}
@@ -178,29 +190,42 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None) -> Ev
     return EvalRun(result, path, evaluation, notes)
 
 
-def _transfer_source(config: EvalConfig, meta: ModelMetadata, dataset_name: str
+def _transfer_source(config: EvalConfig, meta: ModelMetadata, dataset_name: str, loaded: LoadedModel | None
                      ) -> tuple[nn.Module | None, dict[str, Any] | None]:
-    """Under transfer: the model the attacks are crafted on and its record in the result (path, hash, name, zoo
-    entry); nothing under white-box.
+    """Under transfer: the model the attacks are crafted on (``loaded``, or the config's ``source``) and its record
+    in the result (path, hash, name, zoo entry); nothing under white-box.
 
     Raises:
         UsageError: no source under transfer, a source under white-box, or a source of another dataset's shape.
     """
     if config.protocol != "transfer":
-        if config.source:
+        if config.source or loaded is not None:
             raise UsageError("--source only applies to --protocol transfer")
         return None, None
     zoo_source = is_zoo_spec(config.source)
-    source_path = config.source or recorded_source(meta, config.checkpoint)
-    if not source_path:
+    source_path = config.source or (None if loaded is not None else recorded_source(meta, config.checkpoint))
+    if not source_path and loaded is None:
         raise UsageError("--protocol transfer needs --source CHECKPOINT (the model the attacks are crafted on)")
-    source = load_zoo_source(config, dataset_name) if zoo_source else load_classifier(source_path)
+    if loaded is not None:
+        source = loaded
+    else:
+        source = load_zoo_source(config, dataset_name) if zoo_source else load_classifier(source_path)
     spec = get_dataset(dataset_name)
     check_compatible(source.metadata, dataset_name, spec.num_classes, spec.input_shape)
-    info = {"path": str(source.path if zoo_source else source_path), "sha256": source.sha256,
+    path = source.path if zoo_source or loaded is not None else source_path
+    info = {"path": None if path is None else str(path), "sha256": source.sha256,
             "name": config.source_name or source.metadata.name,
             **({"zoo": source.metadata.extra["zoo"]} if zoo_source else {})}
     return source.model, info
+
+
+def content_sha256(data: TensorSplit) -> str:
+    """SHA-256 of examples passed in memory (their images' shape and bytes, then their labels): what identifies
+    them in a result, where a test split is identified by its indices."""
+    digest = hashlib.sha256(repr(tuple(data.images.shape)).encode())
+    digest.update(data.images.contiguous().cpu().numpy().tobytes())
+    digest.update(data.labels.to(torch.int64).contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _first_examples(data: TensorSplit, config: EvalConfig, shard: Shard) -> tuple[TensorSplit, list[str]]:
@@ -232,6 +257,8 @@ def _checkpoint_record(loaded: LoadedModel, name: str, train_attacks: list[Resol
                        "source_sha256": meta.source_sha256})
     if "zoo" in meta.extra:  # a RobustBench entry: its name, dataset, threat model and architecture
         record["zoo"] = meta.extra["zoo"]
+    if "adapters" in meta.extra:  # what was put around the model: normalisation, the output read
+        record["adapters"] = meta.extra["adapters"]
     return record
 
 
