@@ -179,11 +179,19 @@ def evaluate(model: Any, data: Any = None, *, dataset: str | None = None,  # noq
         data: ``(images, labels)`` tensors (uint8 levels 0–255 or floats in [0, 1] from 8-bit images), or None for
             the test split of ``dataset`` (default: the one the checkpoint records).
         dataset: the dataset the model and data belong to; fixes ε per norm, the input shape and the classes.
-        attacks, suite, known_attacks, unknown_attacks, threat_models, profile_suites, autoattack, eps, target:
-            the attack selection, as ``midbench eval``'s options of the same names (``midbench eval --help``);
-            none of them runs the known attacks and the profile.
-        normalize, output: the adapters of :func:`load_model`, for a model that expects normalised inputs or does
-            not return a logits tensor.
+        attacks: attack ids of the registry (``midbench attacks list``). This and the next eight arguments are the
+            attack selection, as ``midbench eval``'s options of the same names (``midbench eval --help``); none
+            of them runs the known attacks and the unknown-attack profile.
+        suite: a suite of the registry.
+        known_attacks: the attacks the model was trained with.
+        unknown_attacks: the unknown-attack profile (every threat model over its ladder of strengths).
+        threat_models: with the profile, only these threat models.
+        profile_suites: with the profile, the suites it climbs (default ``unknown-profile``).
+        autoattack: AutoAttack standard at the dataset's L∞ ε.
+        eps: ε overrides (``"0.1"``, ``"L2=1.5"``).
+        target: the target policy of the targeted attacks (``random``, ``least-likely``, ``fixed:K``).
+        normalize: the adapter of :func:`load_model` for a model that expects normalised input.
+        output: the adapter of :func:`load_model` for a model that does not return a logits tensor.
         protocol: ``whitebox``, or ``transfer`` with ``source`` (a checkpoint path, an ``nn.Module`` or a loaded
             model) on which the attacks are crafted.
         results_dir: write the result files there (``runs/<dataset>/…json`` and ``.npz``, what ``midbench
