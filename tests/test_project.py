@@ -52,6 +52,8 @@ def test_every_doc_the_repository_cites_is_in_it() -> None:
     for path in _explained_files():
         if path == Path(__file__).resolve():  # this file names the pattern, not a page
             continue
+        if path.name in ("build_site.py", "test_docs_site.py"):  # they name the pages the site generates
+            continue
         text = path.read_text(encoding="utf-8", errors="replace")
         for match in re.finditer(r"(?<![\w./-])(docs/)?([\w-]+)\.md\b", text):
             prefixed, stem = match.group(1), match.group(2)
