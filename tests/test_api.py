@@ -1,10 +1,9 @@
-"""The Python API (midbench.api, docs/api.md): the README's notebook example as written, the same numbers as
-`midbench eval`, models in memory and tensors, and its refusals."""
+"""The Python API (midbench.api, docs/api.md): the same numbers as `midbench eval`, models in memory and tensors,
+adapters, and its refusals. The README's notebook example runs from the wheel in tests/test_packaging.py."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,29 +19,6 @@ from midbench.cli.app import app
 from midbench.errors import ArtifactError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _readme_python() -> str:
-    """The README's Python example (the only ```python block of its "From Python" section)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("## From Python", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 1
-    return blocks[0]
-
-
-@pytest.mark.slow
-def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
-    """Run in a fresh interpreter from another folder, as a user pastes it: it prints both tables."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
-    done = subprocess.run([sys.executable, "-c", _readme_python()], cwd=work, capture_output=True, text=True,
-                          timeout=900, env={"OMP_NUM_THREADS": "1", "PATH": "", "HOME": str(home)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "fgsm-linf" in done.stdout and "pgd-l2" in done.stdout
-    assert "threat_model" in done.stdout and "linf" in done.stdout
-    assert not list(work.iterdir())  # nothing kept on disk without results_dir
 
 
 def test_the_api_gives_what_midbench_eval_gives(standard_checkpoint: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ non-editable install does, from a directory that is not the checkout.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,10 +85,11 @@ _WITHOUT_EDITABLE_FINDERS = (
 
 def _run_outside_checkout(site: Path, tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     """Run Python ``code`` from an empty folder with the unpacked wheel first on the path, as a non-editable
-    install would (the dependencies come from the test environment)."""
+    install would (the dependencies come from the test environment; one torch thread, as beside other tests)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    env = {"PYTHONPATH": str(site), "PATH": os.defpath, "HOME": str(tmp_path), "MIDBENCH_CACHE": str(tmp_path)}
+    env = {"PYTHONPATH": str(site), "PATH": os.defpath, "HOME": str(tmp_path), "MIDBENCH_CACHE": str(tmp_path),
+           "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", _WITHOUT_EDITABLE_FINDERS + code], cwd=elsewhere,
                           capture_output=True, text=True, env=env, timeout=300)
 
@@ -133,3 +135,25 @@ def test_cli_runs_from_the_unpacked_wheel(unpacked_wheel: tuple[set[str], Path],
                                                      "from midbench.cli.app import main\nmain()\n")
     assert done.returncode == 0, done.stderr
     assert (expected or f"midbench {__version__}") in done.stdout
+
+
+def _readme_python() -> str:
+    """The README's Python example (the only ```python block of its "From Python" section)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## From Python", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs_from_the_wheel(unpacked_wheel: tuple[set[str], Path],
+                                                       tmp_path: Path) -> None:
+    """The notebook example as a user pastes it, with midbench from the wheel, from an empty folder: it prints the
+    attack and profile tables and keeps nothing on disk (no results_dir)."""
+    _, site = unpacked_wheel
+    done = _run_outside_checkout(site, tmp_path, _readme_python())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fgsm-linf" in done.stdout and "pgd-l2" in done.stdout
+    assert "threat_model" in done.stdout and "linf" in done.stdout
+    assert not list((tmp_path / "elsewhere").iterdir())
