@@ -12,7 +12,12 @@ whether a difference on one shared test set is more than chance. Run from the re
 
     python benchmarks/mid_ablation_report.py results/mnist5k-mid-ablation --reference mid
 
-and it prints markdown tables (one per protocol and source) for the folder's README. With ``--rungs
+and it prints markdown tables (one per protocol and source) for the folder's README. A sweep over training seeds
+(``results/mnist5k-mid-ablation-seeds``, one ``seed-K`` folder per seed) is read with ``--seeds``: per protocol and
+measure, each variant's gap to full MID of the same seed (Δ and McNemar p, seed by seed, then the mean and spread),
+next to the gap between full MID of seed 0 and of each other seed on the same images — the size a difference
+between two training runs of one recipe has anyway. ``--runs runs/sweep-NAME`` adds the relative size of MID's
+inner step, ‖θ′ − θ‖ / ‖θ‖, per run and seed (the training logs' ``inner_step_relative``). With ``--rungs
 mid-no-lc,standard`` it also prints, per protocol, every rung of the profile (threat model and strength) where
 full MID and one of those runs differ at p < 0.05, with how many rungs were tested and whether the difference
 survives Bonferroni's correction over them: the paired test behind the README's claims about the unseen threat
@@ -48,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="the sweep's results folder (its result files are below it)")
     parser.add_argument("--reference", default="mid", help="the run every other is compared with")
+    parser.add_argument("--seeds", action="store_true", help="RESULTS holds one seed-K folder per training seed")
+    parser.add_argument("--runs", type=Path, default=None, help="with --seeds: the sweep's runs folder, for the "
+                        "inner step's size per run and seed")
     parser.add_argument("--rungs", default="", help="comma-separated runs whose profile rungs are compared with "
                         "the reference one by one (paired McNemar tests)")
     return parser.parse_args(argv)
@@ -164,8 +172,93 @@ def render(results: Path, reference: str) -> str:
     return "\n".join(lines)
 
 
+#: the measures the seeded tables compare: (heading, the Row field with the per-example values)
+MEASURES = (("pool worst", "pool_worst"), ("paper unknown worst", "unknown_worst"), ("AutoAttack", "autoattack"))
+
+
+def seed_folders(results: Path) -> dict[int, Path]:
+    """The ``seed-K`` folders of a seeded sweep's results, by seed."""
+    return {int(path.name[5:]): path for path in sorted(results.glob("seed-*"))
+            if path.is_dir() and path.name[5:].isdigit()}
+
+
+def render_seeds(results: Path, reference: str) -> str:
+    """Per protocol and measure: each run's gap to ``reference`` of the same seed, seed by seed (Δ points, McNemar
+    p on the shared images), its mean and standard deviation over seeds, and the reference's own seed-to-seed gap
+    (seed k against seed 0) as the yardstick."""
+    per_seed = {seed: load_tables(folder) for seed, folder in seed_folders(results).items()}
+    if not per_seed:
+        raise SystemExit(f"no seed-K folders under {results}")
+    seeds = sorted(per_seed)
+    labels = sorted({label for tables in per_seed.values() for label in tables},
+                    key=lambda name: (name != "whitebox", name))
+    lines = []
+    for label in labels:
+        runs = sorted({run for tables in per_seed.values() for run in tables.get(label, {})},
+                      key=lambda name: (name != reference, name))
+        for heading, field in MEASURES:
+            lines += [f"### {label}: {heading}, gap to {reference} of the same seed", "",
+                      "| run | " + " | ".join(f"seed {seed}: Δ (p)" for seed in seeds) + " | mean Δ ± sd |",
+                      "|---|" + "---|" * (len(seeds) + 1)]
+            for run in runs:
+                cells, deltas = [], []
+                for seed in seeds:
+                    rows = per_seed[seed].get(label, {})
+                    base, row = rows.get(reference), rows.get(run)
+                    mine = getattr(row, field) if row is not None else None
+                    theirs = getattr(base, field) if base is not None else None
+                    if mine is None:
+                        cells.append("—")
+                    elif run == reference or theirs is None:
+                        cells.append(_pct(mine))
+                    else:
+                        delta = 100 * (mine.mean() - theirs.mean())
+                        deltas.append(delta)
+                        cells.append(f"{_pct(mine)} ({delta:+.1f}, p {mcnemar_p(theirs, mine):.2g})")
+                spread = (f"{np.mean(deltas):+.1f} ± {np.std(deltas, ddof=1):.1f}" if len(deltas) > 1 else
+                          f"{deltas[0]:+.1f}" if deltas else "")
+                lines.append(f"| {run} | " + " | ".join(cells) + f" | {spread} |")
+            gaps = []
+            first = per_seed[seeds[0]].get(label, {}).get(reference)
+            for seed in seeds[1:]:
+                other = per_seed[seed].get(label, {}).get(reference)
+                if first is not None and other is not None and getattr(first, field) is not None \
+                        and getattr(other, field) is not None:
+                    a, b = getattr(first, field), getattr(other, field)
+                    gaps.append(f"seed {seed} − seed {seeds[0]}: {100 * (b.mean() - a.mean()):+.1f} "
+                                f"(p {mcnemar_p(a, b):.2g})")
+            if gaps:
+                lines += ["", f"{reference} against itself, another training seed on the same images: "
+                          + "; ".join(gaps) + "."]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def render_inner_steps(runs: Path) -> str:
+    """The mean relative inner step ‖θ′ − θ‖ / ‖θ‖ over each MID run's epochs, per seed (training logs)."""
+    found: dict[str, dict[int, float]] = {}
+    for seed, folder in seed_folders(runs).items():
+        for log in sorted(folder.glob("*/log.jsonl")):
+            values = [record["inner_step_relative"] for record in map(json.loads, log.read_text().splitlines())
+                      if record.get("inner_step_relative") is not None]
+            if values:
+                found.setdefault(log.parent.name, {})[seed] = float(np.mean(values))
+    seeds = sorted({seed for by_seed in found.values() for seed in by_seed})
+    lines = ["### The inner step's size, mean over epochs of ‖θ′ − θ‖ / ‖θ‖", "",
+             "| run | " + " | ".join(f"seed {seed}" for seed in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for run in sorted(found):
+        lines.append(f"| {run} | " + " | ".join(f"{found[run][seed]:.2e}" if seed in found[run] else "—"
+                                               for seed in seeds) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.seeds:
+        print(render_seeds(args.results, args.reference))
+        if args.runs is not None:
+            print(render_inner_steps(args.runs))
+        return 0
     print(render(args.results, args.reference))
     others = [name.strip() for name in args.rungs.split(",") if name.strip()]
     if others:

@@ -5,10 +5,12 @@ here."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +62,29 @@ def test_no_lc_is_better_on_flow_but_not_after_correction(report: ModuleType) ->
     mid, no_lc, p = _rung(report, "transfer from standard-b", "mid-no-lc", "flow", 0.5)
     assert float(no_lc) > float(mid) and 0.05 / 80 < p < 0.05
     assert f"({no_lc}% against {mid}%, p = {p:.2g}" in (ABLATION / "README.md").read_text(encoding="utf-8")
+
+
+def _fake_result(folder: Path, run: str, clean: np.ndarray, pool: np.ndarray) -> None:
+    """A result file and its matrix with one known attack, as load_row reads them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {"checkpoint": {"name": run}, "protocol": {"name": "whitebox"}, "profile": None}
+    (folder / f"{run}.json").write_text(json.dumps(document), encoding="utf-8")
+    np.savez(folder / f"{run}.npz", robust=pool[:, None], attacks=np.array(["pgd-linf@1"]),
+             splits=np.array(["known"]), clean=clean)
+
+
+def test_the_seeded_reading_gives_each_seeds_gap_and_the_reference_seed_noise(report: ModuleType,
+                                                                                tmp_path: Path) -> None:
+    """Two seeds on 10 images: the variant keeps 2 and 4 examples fewer than MID of its seed, so Δ is −20 and −40
+    points (mean −30 ± 14.1); MID of seed 1 keeps one more than MID of seed 0 (+10)."""
+    clean = np.ones(10, dtype=bool)
+    mid = {0: np.arange(10) < 6, 1: np.arange(10) < 7}
+    variant = {0: np.arange(10) < 4, 1: np.arange(10) < 3}
+    for seed in (0, 1):
+        _fake_result(tmp_path / f"seed-{seed}" / "runs" / "mnist5k", "mid", clean, mid[seed])
+        _fake_result(tmp_path / f"seed-{seed}" / "runs" / "mnist5k", "variant", clean, variant[seed])
+    text = report.render_seeds(tmp_path, "mid")
+    pool = text.split("### whitebox: pool worst")[1].split("###")[0]
+    assert "| mid | 60.0 | 70.0 |" in pool
+    assert "| variant | 40.0 (-20.0, p 0.5) | 30.0 (-40.0, p 0.12) | -30.0 ± 14.1 |" in pool
+    assert "seed 1 − seed 0: +10.0 (p 1)" in pool
