@@ -97,6 +97,7 @@ class AdaptedModel(nn.Module):
     def __init__(self, model: nn.Module, adapters: Adapters) -> None:
         super().__init__()
         self.model = model
+        self.training = model.training  # the wrapped model's mode, not nn.Module's default (midbench.models.modes)
         self.output = adapters.output
         mean = std = torch.zeros(0)
         if adapters.mean is not None and adapters.std is not None:
