@@ -104,7 +104,7 @@ def _cell(text: str) -> str:
 
 
 def api_page() -> str:
-    members = "[evaluate, load_model, load_result, train, EvaluationResult]"
+    members = "[evaluate, leaderboard, load_model, load_result, train, EvaluationResult]"
     return ("# Python API reference\n\nThe guide is [The Python API](api.md); below, every public name.\n\n"
             f"::: midbench.api\n    options:\n      members: {members}\n")
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the annotations only: importing midbench must not import to
     from midbench.artifacts.loading import LoadedModel
     from midbench.evaluation.documents import ResultDocument
 
-__all__ = ["EvaluationResult", "evaluate", "load_model", "load_result", "train"]
+__all__ = ["EvaluationResult", "evaluate", "leaderboard", "load_model", "load_result", "train"]
 
 #: the views of :meth:`EvaluationResult.to_pandas`
 VIEWS = ("attacks", "profile", "examples")
@@ -272,6 +272,20 @@ def load_result(path: str | Path) -> EvaluationResult:
         raise ArtifactError(f"{path} is not a complete midbench result with its per-example .npz beside it")
     curves = {model_id: matrix for model_id, (matrix, _, _) in (run.curves or {}).items()}
     return EvaluationResult(run.result, run.clean, run.robust, curves, Path(path))
+
+
+def leaderboard(results_dir: str | Path = "results", *, dataset: str | None = None, ci: bool = False,
+                columns: list[str] | tuple[str, ...] = ()) -> dict[tuple[str, str], pd.DataFrame]:
+    """The ranked tables of every result under ``results_dir``, keyed by (dataset, protocol): what
+    ``midbench leaderboard`` prints, as numbers (percentages; ``ci`` adds each interval's ``_lo``/``_hi`` columns;
+    ``columns`` adds one robust-accuracy column per attack id). Columns: ``results/README.md``.
+
+    Raises:
+        UsageError: a bad ``columns`` entry.
+    """
+    from midbench.reporting.leaderboard import tables
+
+    return tables(results_dir, dataset, list(columns), ci)
 
 
 def train(method: str, *, dataset: str = "mnist5k", out: str | Path | None = None, resume: bool = False,

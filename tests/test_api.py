@@ -202,3 +202,17 @@ def test_eval_takes_the_adapters_and_records_them(standard_checkpoint: Path, tmp
     assert bad.exit_code == 2
     assert "--output 1" in bad.output and len(bad.output.strip().splitlines()) == 1
     assert len(list((tmp_path / "runs").glob("*/*.json"))) == 1
+
+
+def test_leaderboard_ranks_what_evaluate_saved(standard_model: nn.Module, mnist5k_test, tmp_path: Path) -> None:  # noqa: ANN001
+    """Two models saved by evaluate(): one white-box table with a row each, whose clean accuracy is the results'."""
+    data = (mnist5k_test.images[:16], mnist5k_test.labels[:16])
+    results = {name: midbench.evaluate(model, data, dataset="mnist5k", attacks=["fgsm-linf"], device="cpu",
+                                       name=name, results_dir=tmp_path)
+               for name, model in (("a", standard_model), ("b", nn.Sequential(standard_model, nn.Identity())))}
+    tables = midbench.leaderboard(tmp_path, ci=True)
+    assert list(tables) == [("mnist5k", "whitebox")]
+    table = tables[("mnist5k", "whitebox")].set_index("name")
+    for name, result in results.items():
+        assert table.loc[name, "clean"] == pytest.approx(100 * result.clean_accuracy, abs=0.005)
+        assert table.loc[name, "clean_lo"] <= table.loc[name, "clean"] <= table.loc[name, "clean_hi"]
