@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,7 +171,8 @@ def evaluate(model: Any, data: Any = None, *, dataset: str | None = None,  # noq
              seed: int = 0, device: str = "auto", results_dir: str | Path | None = None, name: str | None = None,
              data_dir: str | Path | None = None, download: bool = False,
              registry_dirs: list[str | Path] | tuple[str | Path, ...] = (), normalize: str | None = None,
-             output: int | str | None = None) -> EvaluationResult:
+             output: int | str | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> EvaluationResult:
     """Evaluate a model against attacks, the unknown-attack profile and AutoAttack, as ``midbench eval`` does.
 
     Args:
@@ -194,6 +196,8 @@ def evaluate(model: Any, data: Any = None, *, dataset: str | None = None,  # noq
         output: the adapter of :func:`load_model` for a model that does not return a logits tensor.
         protocol: ``whitebox``, or ``transfer`` with ``source`` (a checkpoint path, an ``nn.Module`` or a loaded
             model) on which the attacks are crafted.
+        progress: called as ``progress(step, done, total)`` while attacks run (a step is an attack, or a threat
+            model's rung, and ``done`` of ``total`` examples are attacked), e.g. to drive a notebook's progress bar.
         results_dir: write the result files there (``runs/<dataset>/…json`` and ``.npz``, what ``midbench
             leaderboard`` and ``midbench report`` read); None keeps nothing on disk.
 
@@ -242,7 +246,7 @@ def evaluate(model: Any, data: Any = None, *, dataset: str | None = None,  # noq
                             n_examples=n_examples, batch_size=batch_size, results_dir=str(folder), name=name,
                             seed=seed, device=device, registry_dirs=tuple(str(d) for d in registry_dirs),
                             data_dir=None if data_dir is None else str(data_dir), download=download)
-        run = run_evaluation(config, model=loaded, data=split, source=source_model)
+        run = run_evaluation(config, progress, model=loaded, data=split, source=source_model)
         if run.result is None or run.path is None:  # a rank of a sharded run other than 0
             raise UsageError("evaluate() runs in one process; under torchrun use `midbench eval`")
         matrices = load_run(run.path, run.result)

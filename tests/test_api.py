@@ -216,3 +216,13 @@ def test_leaderboard_ranks_what_evaluate_saved(standard_model: nn.Module, mnist5
     for name, result in results.items():
         assert table.loc[name, "clean"] == pytest.approx(100 * result.clean_accuracy, abs=0.005)
         assert table.loc[name, "clean_lo"] <= table.loc[name, "clean"] <= table.loc[name, "clean_hi"]
+
+
+def test_progress_is_reported(standard_model: nn.Module, mnist5k_test) -> None:  # noqa: ANN001
+    """Every attack reports its examples as they are attacked, up to all of them."""
+    seen: dict[str, tuple[int, int]] = {}
+    midbench.evaluate(standard_model, (mnist5k_test.images[:12], mnist5k_test.labels[:12]), dataset="mnist5k",
+                      attacks=["fgsm-linf", "pgd-l2"], batch_size=4, device="cpu",
+                      progress=lambda step, done, total: seen.__setitem__(step, (done, total)))
+    assert {step.split("@")[0] for step in seen} >= {"fgsm-linf", "pgd-l2"}
+    assert all(done == total for done, total in seen.values())
