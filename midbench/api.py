@@ -227,13 +227,10 @@ def evaluate(model: Any, data: Any = None, *, dataset: str | None = None,  # noq
         if not isinstance(data, tuple | list) or len(data) != 2:
             raise UsageError("data must be (images, labels), or None for the dataset's test split")
         split = split_from_tensors(data[0], data[1], dataset)
-    def listed(value: str | list[str] | tuple[str, ...]) -> list[str]:  # "a,b" as the command line takes it
-        return [value] if isinstance(value, str) else [str(item) for item in value]
-
-    selection = parse_selection({"attacks": listed(attacks), "suite": suite, "known_attacks": known_attacks,
-                                 "unknown_attacks": unknown_attacks, "threat_models": listed(threat_models),
-                                 "profile_suites": listed(profile_suites), "autoattack": autoattack,
-                                 "eps": listed(eps), "target": target})
+    selection = parse_selection({"attacks": _listed(attacks), "suite": suite, "known_attacks": known_attacks,
+                                 "unknown_attacks": unknown_attacks, "threat_models": _listed(threat_models),
+                                 "profile_suites": _listed(profile_suites), "autoattack": autoattack,
+                                 "eps": _listed(eps), "target": target})
     source_path = str(source) if isinstance(source, str | Path) else None
     source_model = None
     if source is not None and source_path is None:
@@ -310,6 +307,11 @@ def train(method: str, *, dataset: str = "mnist5k", out: str | Path | None = Non
     config = merge_config(TrainConfig(), {}, {"method": method, "dataset": dataset, **options}).validate()
     folder = Path(out) if out is not None else Path("runs") / f"{config.method}-{config.arch}-{config.dataset}"
     return Path(run(config, folder, resume=resume, progress=progress).checkpoint)
+
+
+def _listed(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """A list option given as one string (``"a,b"``, split later as the command line's) or as a sequence."""
+    return [value] if isinstance(value, str) else [str(item) for item in value]
 
 
 def _load(model: Any, dataset: str | None, device: str, seed: int, normalize: str | None,  # noqa: ANN401
