@@ -211,7 +211,6 @@ def evaluate(model: Any, data: Any = None, *, dataset: str | None = None,  # noq
     from midbench.evaluation.eval_config import EvalConfig
     from midbench.evaluation.runner import run_evaluation
     from midbench.evaluation.selection import parse_selection
-    from midbench.reporting.rows import load_run
 
     if isinstance(model, LoadedModel):
         loaded = model
@@ -244,14 +243,12 @@ def evaluate(model: Any, data: Any = None, *, dataset: str | None = None,  # noq
                             seed=seed, device=device, registry_dirs=tuple(str(d) for d in registry_dirs),
                             data_dir=None if data_dir is None else str(data_dir), download=download)
         run = run_evaluation(config, progress, model=loaded, data=split, source=source_model)
-        if run.result is None or run.path is None:  # a rank of a sharded run other than 0
+        if run.result is None or run.evaluation is None:  # a rank of a sharded run other than 0
             raise UsageError("evaluate() runs in one process; under torchrun use `midbench eval`")
-        matrices = load_run(run.path, run.result)
-        if matrices is None:
-            raise UsageError(f"the result {run.path} could not be read back")
-        curves = {model_id: matrix for model_id, (matrix, _, _) in (matrices.curves or {}).items()}
-        return EvaluationResult(run.result, matrices.clean, matrices.robust, curves, run.path if keep else None,
-                                tuple(run.notes))
+        evaluation = run.evaluation  # the matrices the result file's .npz holds, in the same order
+        curves = {curve.plan.threat_model.id: curve.robust for curve in evaluation.curves}
+        return EvaluationResult(run.result, evaluation.clean_correct, evaluation.matrix, curves,
+                                run.path if keep else None, tuple(run.notes))
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -175,9 +175,7 @@ def load_user_model(spec: str, dataset: str | None, weights: str | None = None,
     if check:
         check_logits(model, f"--model {spec}", dataset, device)
     source_sha256 = module_source_sha256(spec)
-    state_sha256 = payload_sha256({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
-    identity = hashlib.sha256(json.dumps({"model_spec": spec, "source_sha256": source_sha256,
-                                          "state_sha256": state_sha256}, sort_keys=True).encode()).hexdigest()
+    identity = _identity({"model_spec": spec, "source_sha256": source_sha256, "state_sha256": _state_sha256(model)})
     metadata = ModelMetadata(arch=type(model).__name__, num_classes=data_spec.num_classes,
                              input_shape=tuple(data_spec.input_shape), dataset=dataset, name=spec, model_spec=spec,
                              weights_sha256=weights_sha256, source_sha256=source_sha256)
@@ -205,9 +203,18 @@ def in_memory_model(model: nn.Module, dataset: str, name: str | None = None,
     label = name or type(model).__name__
     if check:
         check_logits(model, f"the nn.Module {label}", dataset, device, flag="output=")
-    state_sha256 = payload_sha256({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
-    identity = hashlib.sha256(json.dumps({"class": f"{type(model).__module__}.{type(model).__qualname__}",
-                                          "state_sha256": state_sha256}, sort_keys=True).encode()).hexdigest()
+    identity = _identity({"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                          "state_sha256": _state_sha256(model)})
     metadata = ModelMetadata(arch=type(model).__name__, num_classes=data_spec.num_classes,
                              input_shape=tuple(data_spec.input_shape), dataset=dataset, name=label)
     return UserModel(model, metadata, identity, None)
+
+
+def _state_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (parameters and buffers)."""
+    return payload_sha256({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
+
+
+def _identity(record: dict[str, str | None]) -> str:
+    """A user model's identity in tables: the SHA-256 of what makes it (spec or class, module file, state)."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

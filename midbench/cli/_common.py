@@ -108,8 +108,14 @@ def _stdout_closed() -> bool:
     except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout (captured)
         return False
     if gone:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        _discard_stdout()
     return gone
+
+
+def _discard_stdout() -> None:
+    """Point standard output at the null device: its reader is gone, and the interpreter's final flush (or rich's
+    next write) must not fail on it again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _interrupt_behind(error: BaseException) -> BaseException | None:
@@ -159,7 +165,7 @@ def console() -> Any:
     class _Console(Console):
         def on_broken_pipe(self) -> None:
             self.quiet = True
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _discard_stdout()
             raise typer.Exit(141)
 
     return _Console()
