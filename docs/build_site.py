@@ -23,7 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 #: the user guide's pages in reading order, then the reference pages (generated ones included)
-GUIDE = ["evaluation.md", "scoring.md", "flags.md", "unforeseen.md", "baselines.md", "mid.md", "reproduce-mid.md",
+GUIDE = ["datasets.md", "evaluation.md", "scoring.md", "flags.md", "unforeseen.md", "baselines.md", "mid.md", "reproduce-mid.md",
          "clusters.md", "reliability.md", "performance.md", "architecture.md"]
 
 

@@ -302,7 +302,7 @@ def train(method: str, *, dataset: str = "mnist5k", out: str | Path | None = Non
     from midbench.training import train as run
 
     config = merge_config(TrainConfig(), {}, {"method": method, "dataset": dataset, **options}).validate()
-    folder = Path(out) if out is not None else Path("runs") / f"{config.method}-{config.arch}-{config.dataset}"
+    folder = Path(out) if out is not None else config.default_out()
     return Path(run(config, folder, resume=resume, progress=progress).checkpoint)
 
 

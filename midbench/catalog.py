@@ -30,6 +30,9 @@ class Catalog(Generic[T]):
     ``builtin_modules`` register the built-in components when imported, and so does every module of
     ``builtin_package`` (a new built-in component is then one new file); they are imported on the first lookup,
     not when the catalogue is created, so that importing midbench (and ``midbench --help``) stays cheap.
+
+    A module may also register a *prefix* (:meth:`add_prefix`): a name that starts with it is built on lookup by
+    the prefix's function from the rest of the name (``folder:PATH``, a dataset read from the folder PATH).
     """
 
     def __init__(self, kind: str, builtin_modules: tuple[str, ...] = (), builtin_package: str | None = None) -> None:
@@ -38,6 +41,7 @@ class Catalog(Generic[T]):
         self._aliases: dict[str, str] = {}
         self._pending_modules = list(builtin_modules)
         self._pending_package = builtin_package
+        self._prefixes: dict[str, Callable[[str], T]] = {}
 
     def _load_builtin(self) -> None:
         if self._pending_package is not None:
@@ -65,6 +69,11 @@ class Catalog(Generic[T]):
         for alias in aliases:
             self._aliases[alias] = name
 
+    def add_prefix(self, prefix: str, build: Callable[[str], T]) -> None:
+        """Build the component of every name that starts with ``prefix`` as ``build(name)`` (never cached here:
+        ``build`` decides what it may reuse)."""
+        self._prefixes[prefix] = build
+
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases."""
         self._load_builtin()
@@ -75,7 +84,12 @@ class Catalog(Generic[T]):
         raise UsageError(suggest(name, list(self._items) + list(self._aliases), self.kind))
 
     def get(self, name: str) -> T:
-        """The component registered as ``name``; raises :class:`UsageError` with suggestions."""
+        """The component registered as ``name``, or built for a registered prefix; raises :class:`UsageError` with
+        suggestions."""
+        self._load_builtin()
+        for prefix, build in self._prefixes.items():
+            if name.startswith(prefix):
+                return build(name)
         return self._items[self.canonical(name)]
 
     def names(self) -> list[str]:

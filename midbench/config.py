@@ -19,6 +19,7 @@ from typing import Any
 from midbench._toml import tomllib
 from midbench.budgets import parse_eps
 from midbench.errors import UsageError
+from midbench.fileio import safe_file_name
 
 
 class Optimizer(str, Enum):
@@ -135,6 +136,11 @@ class TrainConfig:
         if self.eps is not None:
             parse_eps(self.eps, norm="any")  # the training attack's own norm is checked when it is resolved
         return self
+
+    def default_out(self) -> Path:
+        """Where a run goes without ``--out``: ``runs/<method>-<arch>-<dataset>``, one file-name component (a
+        ``folder:PATH`` dataset's slashes and colon become ``-``)."""
+        return Path("runs") / safe_file_name(f"{self.method}-{self.arch}-{self.dataset}")
 
     def attack_scale(self, epoch: int) -> float:
         """The fraction of its training attacks' budget epoch ``epoch`` (from 1) trains against: ``epoch / W``

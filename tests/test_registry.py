@@ -30,7 +30,7 @@ def test_golden_component_names() -> None:
     from midbench.defenses.base import METHODS
     from midbench.models.factory import MODELS
 
-    assert DATASETS.names() == ["cifar10", "cifar100", "fashion-mnist", "mnist", "mnist5k", "svhn"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "fashion-mnist", "imagenet", "mnist", "mnist5k", "svhn"]
     assert MODELS.names() == ["lenet", "preact-resnet18", "resnet18", "small-cnn", "test-cnn", "test-mlp",
                               "test-resnet", "test-resnet-ae", "test-wrn", "wrn-28-10", "wrn-34-10"]
     assert METHODS.names() == ["avg", "fast-at", "mart", "max", "mid", "mid-teacher", "msd", "pgd-at", "standard",

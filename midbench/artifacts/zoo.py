@@ -46,6 +46,9 @@ DEFAULT_MODEL_DIR = "models"
 #: (RobustBench's CIFAR budgets, L∞ 8/255 and L2 0.5, are midbench's): a Linf entry's ``linf`` curve is then
 #: *seen*, not counted among its unknown threat models. ``corruptions`` are not an attack.
 TRAINED_AGAINST = {"Linf": "pgd-linf", "L2": "pgd-l2"}
+#: the preprocessing of midbench's ``imagenet`` in the zoo's words (:mod:`midbench.data.folders`); ImageNet entries
+#: evaluated on other crops or resolutions are refused rather than shown images they were not made for
+IMAGENET_PREPROCESSING = "Res256Crop224"
 #: the zoo's undefended reference, listed under every threat model
 UNDEFENDED = "Standard"
 #: what a file starts with when a download saved a web page instead of the weights
@@ -132,6 +135,10 @@ def load_zoo_model(spec: str, dataset: str | None, threat_model: str = "Linf",
     if dataset is None:
         raise UsageError(f"--model {spec} needs --dataset (cifar10, cifar100 or imagenet)")
     name, entry = check_zoo_name(spec, dataset, threat_model)
+    preprocessing = entry.get("preprocessing")
+    if dataset == "imagenet" and preprocessing not in (None, IMAGENET_PREPROCESSING):
+        raise UsageError(f"RobustBench model {name} is evaluated on {preprocessing} images; midbench's imagenet is "
+                         f"{IMAGENET_PREPROCESSING} (docs/datasets.md), so this entry is not supported yet")
     path = weights_path(name, dataset, threat_model, model_dir)
     if not path.is_file():
         if not download:

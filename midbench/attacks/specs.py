@@ -208,10 +208,21 @@ class AttackSpec:
         return f"{self.id}@{self.version}"
 
     def resolve(self, dataset_eps: dict[str, float], eps_override: float | None = None) -> ResolvedAttack:
-        """Fix ε (the dataset's for this norm unless overridden) and every relative parameter."""
-        base = dataset_eps.get(self.norm.value, 0.0) if self.norm else dataset_eps.get("Linf", 0.0)
-        if eps_override is not None:
-            base = eps_override
+        """Fix ε (the dataset's for this norm unless overridden) and every relative parameter.
+
+        Raises:
+            UsageError: the entry is sized by a norm's ε that the dataset does not declare (a folder dataset's
+                ``dataset.toml`` may leave norms out; docs/datasets.md).
+        """
+        norm = self.norm.value if self.norm else "Linf"
+        base = eps_override if eps_override is not None else dataset_eps.get(norm)
+        if base is None:
+            relative = [value for value in (self.eps, *self.params.values())
+                        if isinstance(value, str) and RELATIVE.match(value)]
+            if relative:
+                raise UsageError(f"attack {self.id} is sized by the dataset's {norm} ε, which this dataset does not "
+                                 f"declare; set eps.{norm} in its dataset.toml, or pick attacks of a declared norm")
+            base = 0.0  # nothing in the entry refers to it
         eps = resolve_relative(self.eps, base)
         if not isinstance(eps, float | int):
             raise UsageError(f"attack {self.id}: ε {self.eps!r} is neither a number nor a multiple of eps")

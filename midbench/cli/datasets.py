@@ -12,7 +12,7 @@ datasets_app = typer.Typer(no_args_is_help=True, help="Registered datasets.")
 @datasets_app.command("list")
 @guarded
 def datasets_list() -> None:
-    """List datasets with shape, classes and default ε.
+    """List datasets with shape, classes and default ε ("—": none declared).
 
     Example: midbench datasets list
     """
@@ -25,6 +25,7 @@ def datasets_list() -> None:
         table.add_column(column)
     for name in DATASETS.names():
         spec = DATASETS.get(name)
-        table.add_row(name, "×".join(map(str, spec.input_shape)), str(spec.num_classes), f"{spec.eps['Linf']:.4g}",
-                      f"{spec.eps['L2']:g}", f"{spec.eps['L1']:g}", spec.description)
+        budgets = [f"{spec.eps[norm]:.4g}" if norm in spec.eps else "—" for norm in ("Linf", "L2", "L1")]
+        table.add_row(name, "×".join(map(str, spec.input_shape)), str(spec.num_classes), *budgets, spec.description)
     console().print(table)
+    console().print("and folder:PATH, your own images in class sub-folders (docs/datasets.md)")

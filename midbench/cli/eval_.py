@@ -21,7 +21,7 @@ from midbench.reporting.formats import ConsoleFormat
 @guarded
 def eval_command(
     checkpoint: Annotated[Path | None, typer.Argument(help=RUN_HELP["checkpoint"], show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option(help="Evaluate on this dataset (same shape and classes); required with --arch and --model.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Evaluate on this dataset (same shape and classes): an id of `midbench datasets list`, or folder:PATH (docs/datasets.md); required with --arch and --model.")] = None,
     arch: Annotated[str | None, typer.Option(help=RUN_HELP["arch"])] = RUN_DEFAULT["arch"],
     model: Annotated[str | None, typer.Option("--model", help=RUN_HELP["model"])] = RUN_DEFAULT["model"],
     weights: Annotated[Path | None, typer.Option(help=RUN_HELP["weights"])] = RUN_DEFAULT["weights"],

@@ -81,7 +81,7 @@ def train_command(
     method: Annotated[str | None, typer.Option(help="Training method: a built-in id (`midbench methods list`: standard, pgd-at, trades, mid, ...) or your own module:Class (a DefenseTask subclass; README, 'Your own defense').")] = None,
     registry_dir: Annotated[list[Path] | None, typer.Option(help="Extra directory of attack TOML files (repeatable): training attacks, threat models and MID's pool may come from it.")] = None,
     method_option: Annotated[list[str] | None, typer.Option("--method-option", metavar="NAME=VALUE", help="An option of the method's own Options (repeatable), e.g. --method-option sigma=0.3.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset id (default mnist5k, embedded).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset id of `midbench datasets list` (default mnist5k, embedded), or folder:PATH with train/ and test/ (docs/datasets.md).")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture id (default lenet).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 5).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default 128).")] = None,
@@ -147,7 +147,7 @@ def train_command(
                   "data_dir": str(data_dir) if data_dir else None, "download": download or None,
                   "options": ctx.meta.get(METHOD_OPTIONS_KEY, {})}
     resolved = merge_config(TrainConfig(), file_values, cli_values).validate()
-    out_dir = out or Path("runs") / f"{resolved.method}-{resolved.arch}-{resolved.dataset}"
+    out_dir = out or resolved.default_out()
     try:
         result = train(resolved, out_dir, resume=resume, progress=not quiet)
     finally:

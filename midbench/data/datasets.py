@@ -64,6 +64,8 @@ def refuse_float_pixels(images: torch.Tensor | np.ndarray, source: str) -> None:
 
 
 LoadFn = Callable[[str, "Path | None", bool], TensorSplit]
+#: ``first_n(split, data_dir, limit)``: the first ``limit`` examples of a split (all for None), decoding no more
+FirstNFn = Callable[[str, "Path | None", "int | None"], TensorSplit]
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,15 @@ class DatasetSpec:
         name: catalogue id (kebab-case).
         input_shape: (channels, height, width) of one image.
         num_classes: number of labels.
-        eps: default threat budget per norm ("Linf", "L2", "L1") for inputs in [0, 1].
+        eps: default threat budget per norm ("Linf", "L2", "L1") for inputs in [0, 1]; a norm without one (a
+            folder dataset's ``dataset.toml`` may leave it out) refuses attacks sized by it.
         mean, std: per-channel normalisation applied *inside* the model.
         description: one line for ``midbench datasets list``.
         loader: ``loader(split, data_dir, download) -> TensorSplit``.
         embedded: True when the data ships with an installed package (no ``--data-dir`` needed).
+        located: True when the spec knows where its files are (``folder:PATH``; no ``--data-dir`` needed).
+        first_n: for datasets streamed from image files (:mod:`midbench.data.folders`), a loader that decodes only
+            the first examples of a split, so an evaluation of a few images never reads the whole split.
     """
 
     name: str
@@ -90,9 +96,12 @@ class DatasetSpec:
     description: str
     loader: LoadFn = field(repr=False)
     embedded: bool = False
+    located: bool = False
+    first_n: FirstNFn | None = field(default=None, repr=False)
 
 
-DATASETS: Catalog[DatasetSpec] = Catalog("dataset", ("midbench.data.embedded", "midbench.data.torchvision_sets"))
+DATASETS: Catalog[DatasetSpec] = Catalog("dataset", ("midbench.data.embedded", "midbench.data.torchvision_sets",
+                                                     "midbench.data.folders"))
 
 MNIST_EPS = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
@@ -100,12 +109,15 @@ NO_NORMALISATION_1 = ((0.0,), (1.0,))
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` registered as ``name`` (raises :class:`UsageError` with suggestions)."""
+    """The :class:`DatasetSpec` registered as ``name``, or of the image folder ``folder:PATH``
+    (:func:`midbench.data.folders.folder_dataset`); raises :class:`UsageError` with suggestions."""
     return DATASETS.get(name)
 
 
-def load_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = False) -> TensorSplit:
-    """Load ``split`` ("train" or "test") of dataset ``name``.
+def load_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = False,
+               limit: int | None = None) -> TensorSplit:
+    """Load ``split`` ("train" or "test") of dataset ``name``; with ``limit``, its first ``limit`` examples only
+    (streamed datasets then decode no more than those).
 
     Raises:
         UsageError: unknown dataset or split.
@@ -115,9 +127,14 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, downlo
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     root = Path(data_dir).expanduser() if data_dir is not None else None
-    if root is None and not spec.embedded:
+    if root is None and not (spec.embedded or spec.located):
         raise UsageError(f"dataset {name!r} needs --data-dir DIR (add --download to fetch it there)")
-    data = spec.loader(split, root, download)
+    if spec.first_n is not None and limit is not None:
+        data = spec.first_n(split, root, limit)
+    else:
+        data = spec.loader(split, root, download)
+        if limit is not None and len(data) > limit:
+            data = data.subset(torch.arange(limit))
     _check_split(spec, data)
     return data
 

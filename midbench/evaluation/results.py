@@ -39,7 +39,7 @@ def finished_result(results_dir: str | Path, dataset: str, name: str, protocol: 
     """The newest complete result file of ``name`` under ``protocol`` when its settings digest is ``digest``
     (:func:`settings_digest`), else None. Only the newest counts: it is the one tables show, so reusing an older
     match would leave a table showing another evaluation than the one reported."""
-    folder = Path(results_dir) / "runs" / dataset
+    folder = Path(results_dir) / "runs" / safe_file_name(dataset)
     complete = {path: result for path in folder.glob(f"{run_prefix(name, protocol)}*.json")
                 if (result := read_result(path)) is not None}
     if not complete:
@@ -129,7 +129,7 @@ def write_result(result: ResultDocument, evaluation: Evaluation, results_dir: st
         examples: per threat model of the profile, a few attacked test images (8-bit, rungs × images × H × W × C;
             :func:`midbench.evaluation.examples.profile_examples`), stored as ``examples_<id>``.
     """
-    folder = ensure_writable_dir(Path(results_dir) / "runs" / result.data.dataset)
+    folder = ensure_writable_dir(Path(results_dir) / "runs" / safe_file_name(result.data.dataset))
     run_id = result.run_id
 
     def write_npz(handle: io.BufferedWriter) -> None:

@@ -123,8 +123,9 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None, *, mo
                          config.seed, config.batch_size)
     ensure_writable_dir(Path(config.results_dir))
     split = "test" if data is None else "tensors"
-    data, notes = _first_examples(data if data is not None else load_split(dataset_name, "test", config.data_dir,
-                                                                          config.download), config, shard)
+    if data is None:  # a streamed dataset (ImageNet, a folder) decodes only the examples evaluated
+        data = load_split(dataset_name, "test", config.data_dir, config.download, limit=config.n_examples)
+    data, notes = _first_examples(data, config, shard)
     count = len(data)
     indices = np.arange(count)
 

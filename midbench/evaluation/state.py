@@ -52,14 +52,15 @@ def state_path(results_dir: str | Path, dataset: str, name: str, protocol: str, 
     """Where the state of evaluation ``name`` under ``protocol`` lives (a hidden file beside the results); under
     torchrun each rank keeps its own (``….rank1of2.evalstate.npz``), since each holds its own batches."""
     ranks = f".rank{shard.rank}of{shard.world_size}" if shard.distributed else ""
-    return Path(results_dir) / "runs" / dataset / f".{safe_file_name(name)}__{protocol}{ranks}{STATE_SUFFIX}"
+    folder = Path(results_dir) / "runs" / safe_file_name(dataset)
+    return folder / f".{safe_file_name(name)}__{protocol}{ranks}{STATE_SUFFIX}"
 
 
 def states_of_other_world_sizes(results_dir: str | Path, dataset: str, name: str, protocol: str,
                                 shard: Shard) -> dict[int, list[Path]]:
     """The interrupted states of this evaluation left by a run with another number of processes, by that
     number (1: a single process). Such a state cannot be continued here: its batches were dealt otherwise."""
-    folder = Path(results_dir) / "runs" / dataset
+    folder = Path(results_dir) / "runs" / safe_file_name(dataset)
     found: dict[int, list[Path]] = {}
     single = folder / f".{safe_file_name(name)}__{protocol}{STATE_SUFFIX}"
     if shard.distributed and single.exists():
