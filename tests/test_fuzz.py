@@ -536,3 +536,76 @@ def test_an_evaluation_state_loads_or_is_refused(folder: Path) -> None:
         holds_the_property(_read_state, _write(target, ".m__whitebox.evalstate.npz", data))
 
     check()
+
+
+# ---- image folders ------------------------------------------------------------------------------------------------
+
+FOLDER_TOML = """size = 20
+resize = 24
+channels = 3
+eps = { Linf = 0.0314, L2 = 0.5 }
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+"""
+
+
+def _image_folder(target: Path) -> None:
+    """Two class folders of one small valid PNG each: the fuzzed file is added beside them."""
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (target / label).mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(len(label)).integers(0, 256, (30, 26, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(target / label / "0.png")
+
+
+def _read_folder(path: Path) -> Any:
+    """``load_split`` of the folder ``path`` is in (its ``dataset.toml``, or an image of its class ``a``)."""
+    from midbench.data import load_split
+    from midbench.data.folders import _folder_spec
+
+    _folder_spec.cache_clear()  # the spec is cached by the file's mtime, which two writes within a tick may share
+    root = path.parent if path.name == "dataset.toml" else path.parent.parent
+    return load_split(f"folder:{root}", "test")
+
+
+def _image_bytes(kind: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (18, 22, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, kind)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_a_folder_dataset_toml_loads_or_is_refused(folder: Path) -> None:
+    target = folder / "folder-toml"
+    _image_folder(target)
+
+    @FUZZ
+    @given(text=st.one_of(toml_mutations(FOLDER_TOML), st.text(max_size=200)))
+    @example(text=FOLDER_TOML.replace("mean = [0.5, 0.5, 0.5]", "mean = 0"))  # found by this test: TypeError
+    def check(text: str) -> None:
+        holds_the_property(_read_folder, _write(target, "dataset.toml", text))
+
+    check()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["PNG", "JPEG"])
+def test_an_image_file_of_a_folder_loads_or_is_refused(kind: str, folder: Path) -> None:
+    """A mutated image among valid ones (sized by ``dataset.toml``, so any decodable size loads)."""
+    target = folder / f"folder-{kind}"
+    _image_folder(target)
+    _write(target, "dataset.toml", "size = 16\neps = { Linf = 0.1 }\n")
+    valid = _image_bytes(kind)
+
+    @FUZZ
+    @given(data=byte_mutations(valid))
+    def check(data: bytes) -> None:
+        holds_the_property(_read_folder, _write(target / "a", f"1.{kind.lower()}", data))
+
+    check()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -275,11 +276,14 @@ def _folder_spec(name: str, root: Path, config_mtime: float) -> DatasetSpec:
         resize = resize or size
     eps = config.get("eps", {})
     if not isinstance(eps, dict) or any(norm not in ("Linf", "L2", "L1") or not isinstance(value, int | float)
-                                        or isinstance(value, bool) or value <= 0 for norm, value in eps.items()):
+                                        or isinstance(value, bool) or not 0 < value < math.inf
+                                        for norm, value in eps.items()):
         raise UsageError(f"{path}: eps must be a table of positive numbers under Linf, L2 and L1 "
                          "(e.g. eps = { Linf = 0.0314, L2 = 0.5 })")
     mean, std = config.get("mean", [0.0] * shape[0]), config.get("std", [1.0] * shape[0])
-    if len(mean) != shape[0] or len(std) != shape[0] or any(value <= 0 for value in std):
+    if not all(isinstance(values, list) and len(values) == shape[0] and all(
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            for value in values) for values in (mean, std)) or any(value <= 0 for value in std):
         raise UsageError(f"{path}: mean and std need one number per channel ({shape[0]}), std above 0")
     decoding = Decoding(shape[0], resize, size)
 
