@@ -45,7 +45,7 @@ if [ "$mode" = gpu ]; then
     dev=cuda; nproc=$gpus; slack=1
     precision_args=(--batch 128 --pairs 7 --attack-steps 10); mid_args=(--batch 64 --pairs 5)
     pgd_args=(--n 2048 --batch 512 --pairs 7 --attack-steps 10)
-    train_args=(--n-train 4000 --attack-steps 5); aa_n=500; profile_n=128; shard_n=512
+    train_args=(--n-train 4000 --attack-steps 5); aa_n=500; profile_n=128; shard_n=512; profile_only=()
 else
     # a CPU run shares its cores (CI runs it beside another test worker, and bf16 on a CPU without bf16 units is
     # some 20 times slower than fp32): limits five times as long; they only bound a part that hangs
@@ -54,8 +54,10 @@ else
     # 2: 3.4 s in fp32, 37 s in bf16): the tiny networks of the same layouts, the smallest steps that exercise
     # the code path
     precision_args=(--small --batch 2 --pairs 1 --attack-steps 1); mid_args=(--small --batch 2 --pairs 1)
-    pgd_args=(--n 32 --batch 16 --pairs 2 --attack-steps 3)
+    pgd_args=(--n 16 --batch 16 --pairs 1 --attack-steps 3)
+    # the profile twice, on three threat models of its three kinds (Lp APGD, a corruption, a grid search)
     train_args=(--n-train 500 --attack-steps 2); aa_n=8; profile_n=4; shard_n=16
+    profile_only=(--threat-models linf,elastic,rot-trans)
 fi
 echo "gpu_check: mode $mode, device $dev, work folder $out"
 started=$SECONDS
@@ -81,7 +83,8 @@ PY
 
 # cuda tests: the summary line of pytest says how many ran
 run_part cuda-tests 75 bash -c '
-    summary=$(python -m pytest -q -n0 -p no:cacheprovider -m cuda tests 2>&1 | tail -n 1)  # -n0: no workers for a few tests
+    # -n0: no workers for a few tests; only the files that hold cuda tests (collecting all would import every file)
+    summary=$(python -m pytest -q -n0 -p no:cacheprovider -m cuda $(grep -l "mark.cuda" tests/test_*.py) 2>&1 | tail -n 1)
     code=${PIPESTATUS[0]}
     echo "$summary"
     python - "$code" "$0" "$summary" <<"PY"
@@ -109,8 +112,8 @@ run_part autoattack 60 python benchmarks/gpu_check.py autoattack "$checkpoint" -
     --batch 250
 
 profile() {  # profile DEVICE FOLDER
-    midbench eval "$checkpoint" --unknown-attacks --n-examples "$profile_n" --batch-size 100 --device "$1" \
-        --name profile --results-dir "$2" --quiet > /dev/null
+    midbench eval "$checkpoint" --unknown-attacks ${profile_only} --n-examples "$profile_n" --batch-size 100 \
+        --device "$1" --name profile --results-dir "$2" --quiet > /dev/null
 }
 sharded() {  # sharded NPROC FOLDER (NPROC 0: one process, no torchrun)
     local launch=()
@@ -119,7 +122,8 @@ sharded() {  # sharded NPROC FOLDER (NPROC 0: one process, no torchrun)
         --device "$dev" --name sharded --results-dir "$2" --quiet "${launch[@]}" > /dev/null
 }
 export -f profile sharded
-export checkpoint profile_n shard_n dev out nproc
+profile_only="${profile_only[*]}"  # a string: bash exports no arrays to the functions' shells
+export checkpoint profile_n shard_n dev out nproc profile_only
 
 if [ "$mode" = gpu ]; then
     run_part profile 90 bash -c 'profile cpu "$out/profile-cpu" && profile cuda "$out/profile-cuda" &&

@@ -116,7 +116,7 @@ def checkpoint_metadata(path: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
 def test_a_killed_rank_stops_training_and_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
-    options = ("--method", "pgd-at", "--arch", "test-cnn", "--n-train", "640", "--batch-size", "32", "--epochs", "3",
+    options = ("--method", "pgd-at", "--arch", "test-cnn", "--n-train", "640", "--batch-size", "32", "--epochs", "2",
                "--val-size", "10", "--attack-steps", "10", "--device", "cpu", "--quiet")
 
     def command(out: str, *extra: str) -> list[str]:
@@ -155,7 +155,7 @@ def test_a_killed_rank_stops_training_and_resume_ends_with_the_uninterrupted_wei
     for name, tensor in expected.items():  # same processes, same order of sums: bit for bit
         assert torch.equal(actual[name], tensor), name
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [record["epoch"] for record in log] == [1, 2, 3]
+    assert [record["epoch"] for record in log] == [1, 2]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from midbench.bench.demo import DEMO_METHODS, DemoSettings, run_demo
 
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_ranks(tmp_path: Path) -> None:
-    settings = replace(DemoSettings.quick(device="cpu"), n_examples=12)
+    settings = replace(DemoSettings.quick(device="cpu"), n_examples=6)
     messages: list[str] = []
     board = run_demo(tmp_path, settings, say=messages.append, progress=False)
     assert (tmp_path / "leaderboard.md").read_text() == board

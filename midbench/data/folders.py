@@ -121,11 +121,12 @@ def decode_images(files: Sequence[Path], labels: Sequence[int], decoding: Decodi
         ArtifactError: a file that is not a readable image, or one whose size differs from ``shape`` (the message
             says to set ``size``).
     """
-    workers = default_workers() if workers is None else workers
+    batches = -(-len(files) // DECODE_BATCH)
+    # a worker process costs a start-up (a fork, its imports): worth it from two batches on, one per batch at most
+    workers = min(default_workers() if workers is None else workers, batches) if batches > 1 else 0
     images = torch.empty((len(files), *shape), dtype=torch.uint8)
     loader = torch.utils.data.DataLoader(_DecodedImages(files, decoding), batch_size=DECODE_BATCH,
-                                         num_workers=min(workers, max(1, len(files) // DECODE_BATCH)),
-                                         collate_fn=_collate)
+                                         num_workers=workers, collate_fn=_collate)
     for batch in loader:
         if isinstance(batch, tuple) and tuple(batch[1].shape[1:]) == shape:
             images[batch[0]] = batch[1]
