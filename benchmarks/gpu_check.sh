@@ -56,7 +56,7 @@ else
     precision_args=(--small --batch 2 --pairs 1 --attack-steps 1); mid_args=(--small --batch 2 --pairs 1)
     pgd_args=(--n 16 --batch 16 --pairs 1 --attack-steps 3)
     # the profile twice, on three threat models of its three kinds (Lp APGD, a corruption, a grid search)
-    train_args=(--n-train 500 --attack-steps 2); aa_n=8; profile_n=4; shard_n=16
+    train_args=(--n-train 500 --attack-steps 2); aa_n=4; profile_n=2; shard_n=16
     profile_only=(--threat-models linf,elastic,rot-trans)
 fi
 echo "gpu_check: mode $mode, device $dev, work folder $out"
@@ -112,7 +112,7 @@ run_part autoattack 60 python benchmarks/gpu_check.py autoattack "$checkpoint" -
     --batch 250
 
 profile() {  # profile DEVICE FOLDER
-    midbench eval "$checkpoint" --unknown-attacks ${profile_only} --n-examples "$profile_n" --batch-size 100 \
+    midbench eval "$checkpoint" --unknown-attacks ${profile_options} --n-examples "$profile_n" --batch-size 100 \
         --device "$1" --name profile --results-dir "$2" --quiet > /dev/null
 }
 sharded() {  # sharded NPROC FOLDER (NPROC 0: one process, no torchrun)
@@ -122,8 +122,8 @@ sharded() {  # sharded NPROC FOLDER (NPROC 0: one process, no torchrun)
         --device "$dev" --name sharded --results-dir "$2" --quiet "${launch[@]}" > /dev/null
 }
 export -f profile sharded
-profile_only="${profile_only[*]}"  # a string: bash exports no arrays to the functions' shells
-export checkpoint profile_n shard_n dev out nproc profile_only
+profile_options="${profile_only[*]}"  # a string: bash exports no arrays to the functions' shells
+export checkpoint profile_n shard_n dev out nproc profile_options
 
 if [ "$mode" = gpu ]; then
     run_part profile 90 bash -c 'profile cpu "$out/profile-cpu" && profile cuda "$out/profile-cuda" &&

@@ -12,7 +12,9 @@ from midbench.bench.demo import DEMO_METHODS, DemoSettings, run_demo
 
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_ranks(tmp_path: Path) -> None:
-    settings = replace(DemoSettings.quick(device="cpu"), n_examples=6)
+    # one worker: the steps run in this test's process (the two-process pipeline is what CI's install check runs,
+    # `midbench demo --quick` from the wheel; spawning two more here would only compete with the other tests)
+    settings = replace(DemoSettings.quick(device="cpu"), n_examples=6, workers=1)
     messages: list[str] = []
     board = run_demo(tmp_path, settings, say=messages.append, progress=False)
     assert (tmp_path / "leaderboard.md").read_text() == board
