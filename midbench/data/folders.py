@@ -22,7 +22,7 @@ import importlib.util
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -146,14 +146,13 @@ def decode_images(files: Sequence[Path], labels: Sequence[int], decoding: Decodi
 # --- a user's folder ----------------------------------------------------------------------------------------------
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The image files anywhere below ``folder``, in sorted path order (hidden files and folders skipped)."""
-    found = []
+def _walk_images(folder: Path) -> Iterator[Path]:
+    """The image files anywhere below ``folder``, in sorted path order (hidden files and folders skipped), found
+    one folder at a time (so asking whether there is any reads no more than the first folder that has one)."""
     for parent, directories, names in os.walk(folder, followlinks=True):
         directories[:] = sorted(name for name in directories if not name.startswith("."))
-        found += [Path(parent) / name for name in sorted(names)
-                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
+        yield from (Path(parent) / name for name in sorted(names)
+                    if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _class_folders(root: Path, dataset: str) -> list[str]:
@@ -164,11 +163,12 @@ def _class_folders(root: Path, dataset: str) -> list[str]:
     """
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
-        loose = "holds images but no class sub-folders" if _image_files(root) else "holds no class sub-folders"
+        loose = "holds images but no class sub-folders" if next(_walk_images(root), None) else \
+            "holds no class sub-folders"
         raise UsageError(f"{dataset}: {root} {loose}; put each class's images in {root}/<class>/ "
                          "(torchvision's ImageFolder layout)")
     for name in classes:
-        if not _image_files(root / name):
+        if next(_walk_images(root / name), None) is None:
             raise UsageError(f"{dataset}: class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                              "remove it or add its images")
     return classes
@@ -194,7 +194,7 @@ class FolderLayout:
         if split not in self.splits:
             raise UsageError(f"{dataset} has no {split} split: training needs {self.root}/train/<class>/ beside "
                              f"{self.root}/test/<class>/ (a folder of class folders alone is a test split)")
-        per_class = [_image_files(self.splits[split] / name) for name in self.classes]
+        per_class = [list(_walk_images(self.splits[split] / name)) for name in self.classes]
         ordered = sorted(((rank, label, path) for label, found in enumerate(per_class)
                           for rank, path in enumerate(found)), key=lambda item: item[:2])
         return [path for _, _, path in ordered], [label for _, label, _ in ordered]
@@ -244,16 +244,18 @@ def _positive_int(config: dict[str, Any], key: str, path: Path) -> int | None:
     return value
 
 
-def _first_image_shape(files: list[Path], channels: int | None) -> tuple[int, int, int]:
-    """(channels, height, width) of the first image: the shape every image must have when ``size`` is not set."""
+def _first_image_shape(layout: FolderLayout, channels: int | None) -> tuple[int, int, int]:
+    """(channels, height, width) of the test split's first example (the first image of the first class): the
+    shape every image must have when ``size`` is not set."""
     from PIL import Image
 
+    first = next(_walk_images(layout.splits["test"] / layout.classes[0]))  # _class_folders checked it has one
     try:
-        with Image.open(files[0]) as image:
+        with Image.open(first) as image:
             grey = image.mode in ("1", "L", "I", "I;16", "F")
             return (channels or (1 if grey else 3), image.height, image.width)
     except (OSError, ValueError, SyntaxError) as error:
-        raise ArtifactError(f"{files[0]} is not a readable image ({type(error).__name__}: {error}); "
+        raise ArtifactError(f"{first} is not a readable image ({type(error).__name__}: {error}); "
                             "remove or replace it") from error
 
 
@@ -270,8 +272,7 @@ def _folder_spec(name: str, root: Path, config_mtime: float) -> DatasetSpec:
     if resize is not None and size is None:
         raise UsageError(f"{path}: resize needs size (the centre crop taken after resizing)")
     if size is None:
-        files, _ = layout.examples("test", name)
-        shape = _first_image_shape(files, channels)
+        shape = _first_image_shape(layout, channels)
     else:
         shape = (channels or 3, size, size)
         resize = resize or size
