@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from midbench.models.factory import MODELS, ModelInfo
+from midbench.models.pooling import max_pool2d, max_pool2d_with_indices
 
 #: the encoder's context for the decoder: the two max-pool index tensors and the pre-pool sizes
 LeNetContext = tuple[torch.Tensor, torch.Tensor, torch.Size, torch.Size]
@@ -31,12 +32,12 @@ class LeNetEncoder(nn.Module):
     def forward(self, x: torch.Tensor, return_context: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, LeNetContext]:
         if not return_context:
-            x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-            return nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+            x = max_pool2d(torch.relu(self.conv1(x)), 2)
+            return max_pool2d(torch.relu(self.conv2(x)), 2)
         first = torch.relu(self.conv1(x))
-        pooled, index1 = nn.functional.max_pool2d(first, 2, return_indices=True)
+        pooled, index1 = max_pool2d_with_indices(first, 2)
         second = torch.relu(self.conv2(pooled))
-        feature, index2 = nn.functional.max_pool2d(second, 2, return_indices=True)
+        feature, index2 = max_pool2d_with_indices(second, 2)
         return feature, (index1, index2, first.shape, second.shape)
 
 

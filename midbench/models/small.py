@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from midbench.models.factory import MODELS, ModelInfo
+from midbench.models.pooling import MaxPool2d, max_pool2d
 
 
 class SmallCNN(nn.Module):
@@ -19,8 +20,8 @@ class SmallCNN(nn.Module):
         super().__init__()
         channels, height, width = input_shape
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), MaxPool2d(2),
         )
         side_h = ((height - 4) // 2 - 4) // 2
         side_w = ((width - 4) // 2 - 4) // 2
@@ -55,7 +56,7 @@ class TestCNN(nn.Module):
         self.linear = nn.Linear(8 * (height // 4) * (width // 4), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(nn.functional.max_pool2d(torch.relu(self.conv(x)), 4).flatten(1))
+        return self.linear(max_pool2d(torch.relu(self.conv(x)), 4).flatten(1))
 
 
 MODELS.add("small-cnn", ModelInfo(SmallCNN, "TRADES SmallCNN for 28×28 inputs (Zhang et al. 2019)"))
