@@ -88,6 +88,9 @@ def test_slurm_options_from_the_file_and_the_command_line() -> None:
                             ["time=30", "qos=high", "nodelist=n1"])
     assert options == SlurmOptions(partition="gpu", cpus_per_task=4, time=30, qos="high",
                                    extra={"constraint": "a100", "nodelist": "n1"})
+    assert slurm_options({"dependencies": True}, ["arrays=yes"]) == SlurmOptions(dependencies=True, arrays=True)
+    assert slurm_options({"dependencies": True, "arrays": True}, ["dependencies=false", "arrays=0"]) == \
+        SlurmOptions()
 
 
 @pytest.mark.parametrize(("table", "pairs", "message"), [
@@ -98,6 +101,10 @@ def test_slurm_options_from_the_file_and_the_command_line() -> None:
     ({}, ["time=soon"], "integer"),
     ({}, ["partition"], "KEY=VALUE"),
     ({}, ["cpus_per_task=0"], "at least 1"),
+    ({}, ["dependencies=maybe"], "true or false"),
+    ({"dependencies": "yes"}, [], "true or false"),
+    ({"arrays": True}, [], "needs dependencies = true"),
+    ({"dependencies": True, "max_jobs": 4}, [], "leave one of the two out"),
 ])
 def test_bad_slurm_options_are_refused(table: dict, pairs: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -111,6 +118,7 @@ def test_bad_slurm_options_are_refused(table: dict, pairs: list[str], message: s
     ([], SWEEP.replace("[slurm]", "[slurm]\nnodes = [1]"), "string or an integer"),
     (["--slurm-option", "partition=gpu"], SWEEP.replace("[slurm]\ncpus_per_task = 1\ntime = 10\n", ""),
      "--executor slurm"),
+    (["--detach"], SWEEP, "--detach needs --executor slurm with dependencies = true"),
 ])
 def test_bad_executor_input_exits_2_before_anything_runs(tmp_path: Path, args: list[str], text: str,
                                                          message: str) -> None:
@@ -151,14 +159,23 @@ def test_an_impossible_partition_exits_2_before_anything_is_submitted(tmp_path: 
     assert not out.exists()
 
 
+@pytest.fixture(scope="module")
+def serial_board(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The tiny sweep's leaderboard from a serial run on this machine: what every Slurm run must write."""
+    folder = tmp_path_factory.mktemp("serial")
+    serial = bench("--config", str(write(folder)), "--out", str(folder / "serial"))
+    assert serial.returncode == 0, serial.stderr
+    return (folder / "serial" / "results" / BOARD).read_bytes()
+
+
+BOARD = "leaderboard-tiny-slurm.md"
+
+
 @needs_slurm
 @pytest.mark.slow
-def test_a_sweep_through_slurm_equals_the_serial_run_and_resubmits_a_cancelled_job(tmp_path: Path) -> None:
+def test_a_sweep_through_slurm_equals_the_serial_run_and_resubmits_a_cancelled_job(tmp_path: Path,
+                                                                                  serial_board: bytes) -> None:
     config = write(tmp_path)
-    serial = bench("--config", str(config), "--out", str(tmp_path / "serial"))
-    assert serial.returncode == 0, serial.stderr
-
-    # a first Slurm run whose first training job is cancelled while it is queued or running
     out = tmp_path / "slurm"
     command = [sys.executable, "-m", "midbench", "bench", "--config", str(config), "--out", str(out),
                "--executor", "slurm", "--quiet"]
@@ -193,9 +210,62 @@ def test_a_sweep_through_slurm_equals_the_serial_run_and_resubmits_a_cancelled_j
     assert finished and all(resubmitted[cell] == state["jobs"][cell] for cell in finished)
     # the source's attacks were crafted by a job of their own, which both transfer evaluations waited for
     assert "craft standard" in resubmitted and "standard" in json.loads(state_path.read_text())["crafted"]
-    board = "leaderboard-tiny-slurm.md"
-    assert (out / "results" / board).read_bytes() == (tmp_path / "serial" / "results" / board).read_bytes()
+    assert (out / "results" / BOARD).read_bytes() == serial_board
     assert sorted((out / "slurm").iterdir()), "no job logs"
+
+
+def _job_field(job_id: str, name: str) -> str:
+    """A field of ``scontrol show job`` (``Dependency``, ``ArrayJobId``, ...) while Slurm still knows the job."""
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False).stdout
+    return next((part.split("=", 1)[1] for part in shown.split() if part.startswith(name + "=")), "")
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_every_step_submitted_at_once_with_dependencies_detached_then_collected(tmp_path: Path,
+                                                                                 serial_board: bytes) -> None:
+    """``dependencies = true, arrays = true``: ``--detach`` submits all nine steps and returns, each evaluation
+    after its model's and its source's jobs. The jobs are held back 20 s (``begin``, an sbatch option passed
+    through), so the source's training is cancelled before it starts (a running submitit job that gets SIGTERM
+    may still finish and leave its result); Slurm then cancels what needs it and runs the rest. The rerun
+    records what finished, submits the cancelled steps again and writes the serial run's table."""
+    config = write(tmp_path, SWEEP.replace("[slurm]", "[slurm]\ndependencies = true\narrays = true"))
+    out = tmp_path / "slurm"
+    submitted = bench("--config", str(config), "--out", str(out), "--executor", "slurm", "--detach",
+                      "--slurm-option", "begin=now+20")
+    assert submitted.returncode == 0, submitted.stderr
+    assert "rerun the same command" in submitted.stdout
+    jobs = {cell: record["job_id"]
+            for cell, record in json.loads((out / "sweep-state.json").read_text(encoding="utf-8"))["jobs"].items()}
+    assert set(jobs) == {"train standard", "train pgd-at", "train standard-b", "craft standard",
+                         "eval standard/whitebox", "eval pgd-at/whitebox", "eval pgd-at/transfer",
+                         "eval standard-b/whitebox", "eval standard-b/transfer"}
+    # the three trainings need nothing: one array of three tasks
+    assert len({jobs[f"train {name}"].split("_")[0] for name in ("standard", "pgd-at", "standard-b")}) == 1
+    # a transfer evaluation waits for its model, the source and the source's crafting
+    dependency = _job_field(jobs["eval pgd-at/transfer"], "Dependency")
+    assert all(f"afterok:{jobs[cell]}" in dependency for cell in ("train standard", "train pgd-at",
+                                                                  "craft standard")), dependency
+    assert _job_field(jobs["train standard"], "JobState") == "PENDING"
+    subprocess.run(["scancel", jobs["train standard"]], check=True)
+    deadline = time.monotonic() + 300
+    while any(_job_field(job, "JobState") in ("PENDING", "RUNNING", "COMPLETING") for job in jobs.values()):
+        assert time.monotonic() < deadline, "the jobs did not end"
+        time.sleep(1)
+    state = json.loads((out / "sweep-state.json").read_text(encoding="utf-8"))
+    assert state["training"] == {} and state["evaluations"] == {}  # detached: nothing recorded yet
+
+    collected = bench("--config", str(config), "--out", str(out), "--executor", "slurm")
+    assert collected.returncode == 0, collected.stderr
+    final = json.loads((out / "sweep-state.json").read_text(encoding="utf-8"))["jobs"]
+    # what did not need the cancelled training finished in the first submission and was only recorded
+    for cell in ("train pgd-at", "train standard-b", "eval pgd-at/whitebox", "eval standard-b/whitebox"):
+        assert final[cell]["job_id"] == jobs[cell], cell
+    # the cancelled training, and what Slurm cancelled because it needed it, were submitted again
+    for cell in ("train standard", "craft standard", "eval standard/whitebox", "eval pgd-at/transfer",
+                 "eval standard-b/transfer"):
+        assert final[cell]["job_id"] != jobs[cell], cell
+    assert (out / "results" / BOARD).read_bytes() == serial_board
 
 
 def test_jobs_of_an_earlier_driver_still_queued_block_a_rerun(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,3 +305,88 @@ def test_a_step_of_several_processes_runs_under_torchrun_inside_its_job(tmp_path
             return saved["robust"]
 
     np.testing.assert_array_equal(matrix(out / "results"), matrix(tmp_path / "single"))
+
+
+class _FakeJob:
+    """A job of :class:`_FakePool`: done or not, with a result or a failure."""
+
+    def __init__(self, job_id: str, name: str, done: bool = False, value: object = None) -> None:
+        self.job_id, self.name, self._done, self._value = job_id, name, done, value
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> object:
+        from midbench.errors import StepFailed
+
+        if self._value is None:
+            raise StepFailed(f"step {self.name}: Slurm job {self.job_id} ended without a result")
+        return self._value
+
+
+class _FakePool:
+    """What :mod:`midbench.bench.submitted` asks of a :class:`SlurmPool`, with the submissions recorded."""
+
+    def __init__(self, earlier: dict[str, _FakeJob] | None = None) -> None:
+        self.calls: list[tuple[list[str], tuple[str, ...], bool]] = []
+        self.earlier = earlier or {}
+
+    def submit_after(self, calls: list, after: tuple[str, ...], array: bool) -> list[_FakeJob]:
+        first = 100 + len(self.calls)
+        self.calls.append(([name for name, _, _ in calls], tuple(after), array))
+        ids = [f"{first}_{index}" for index in range(len(calls))] if array and len(calls) > 1 else \
+            [str(first * 10 + index) for index in range(len(calls))]
+        return [_FakeJob(job_id, name) for job_id, (name, _, _) in zip(ids, calls, strict=True)]
+
+    def adopt(self, job_id: str, name: str) -> _FakeJob:
+        return self.earlier[job_id]
+
+
+def _submission(tmp_path: Path, arrays: bool, jobs: dict[str, str] | None = None,
+                earlier: dict[str, _FakeJob] | None = None) -> tuple[_FakePool, dict[str, object]]:
+    from midbench.bench import submitted
+    from midbench.bench.cells import shared_settings
+    from midbench.bench.sweep import load_sweep
+    from midbench.bench.workspace import open_folders
+
+    tmp_path.mkdir(exist_ok=True)
+    sweep = load_sweep(write(tmp_path))
+    out, results, state_path, state = open_folders(sweep, tmp_path / "out", None)
+    state["jobs"] = {cell: {"job_id": job_id} for cell, job_id in (jobs or {}).items()}
+    context = submitted._Sweep(sweep, out, results, state_path, state, shared_settings(sweep), False, lambda _: None)
+    pool = _FakePool(earlier)
+    running = submitted._adopt(context, pool)
+    cells = submitted._plan(context, 1, set(running))
+    handles = {**running, **submitted._submit(context, pool, cells, running, arrays=arrays)}
+    return pool, handles
+
+
+def test_every_step_is_submitted_after_the_jobs_of_what_it_needs(tmp_path: Path) -> None:
+    """The tiny sweep's nine steps in three waves; with arrays, those of a wave that need the same jobs share one
+    array (the three trainings; the source's crafting and white-box evaluation), without arrays one job each."""
+    pool, handles = _submission(tmp_path, arrays=True)
+    assert len(handles) == 9
+    ids = {name: handle.job_id for name, handle in handles.items()}
+    assert pool.calls[0] == (["train standard", "train pgd-at", "train standard-b"], (), True)
+    assert (["craft standard", "eval standard/whitebox"], (ids["train standard"],), True) in pool.calls
+    transfer = next(call for call in pool.calls if call[0] == ["eval pgd-at/transfer"])
+    assert sorted(transfer[1]) == sorted([ids["train pgd-at"], ids["train standard"], ids["craft standard"]])
+    # every step comes after each step it needs
+    order = [name for names, _, _ in pool.calls for name in names]
+    assert order.index("craft standard") > order.index("train standard")
+    assert order.index("eval standard-b/transfer") > order.index("craft standard")
+    single, _ = _submission(tmp_path / "single", arrays=False)
+    assert all(len(names) == 1 for names, _, _ in single.calls) and len(single.calls) == 9
+
+
+def test_a_rerun_waits_for_queued_jobs_and_submits_those_that_ended_without_a_result(tmp_path: Path) -> None:
+    """The training of standard is still queued from the first submission: it is waited for, not submitted again,
+    and what needs it is submitted after it; the crafting step's job ended without a result: submitted again."""
+    earlier = {"7": _FakeJob("7", "train standard"), "8": _FakeJob("8", "craft standard", done=True)}
+    pool, handles = _submission(tmp_path, arrays=False, jobs={"train standard": "7", "craft standard": "8"},
+                                earlier=earlier)
+    assert handles["train standard"] is earlier["7"]
+    submitted = [name for names, _, _ in pool.calls for name in names]
+    assert "train standard" not in submitted and "craft standard" in submitted
+    craft = next(call for call in pool.calls if call[0] == ["craft standard"])
+    assert craft[1] == ("7",)

@@ -349,14 +349,14 @@ def test_committed_sweep_runs_train_on_files_in_torchvision_format(path: Path, t
 
     from test_data_torchvision import write_cifar10, write_mnist
 
-    from midbench.bench.sweep import _resolved
+    from midbench.bench.cells import resolved_config
     from midbench.training import train
 
     sweep = load_sweep(path, device="cpu", data_dir=str(tmp_path / "data"))
     {"mnist": write_mnist, "cifar10": write_cifar10}[sweep.dataset](tmp_path / "data")
     out = tmp_path / "runs"
     for index, run in enumerate(sweep.runs):
-        resolved = _resolved(run, out)
+        resolved = resolved_config(run, out)
         stages = {"source_epochs": 1, "teacher_epochs": 1, "source_batch_size": None, "teacher_batch_size": None}
         # the first run trains the committed architecture; the others its tiny twin of the same family (a
         # WideResNet-34-10 step and its 0.5 GB of checkpoints per run cost a minute for no more coverage)

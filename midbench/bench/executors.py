@@ -53,13 +53,21 @@ class SlurmOptions:
     qos: str | None = None
     #: run at most this many jobs at once (default: every ready step)
     max_jobs: int | None = None
+    #: submit every step at once, each job with ``--dependency=afterok:`` on the jobs of the steps it needs
+    #: (:mod:`midbench.bench.submitted`); default: the driver submits each step when its inputs exist
+    dependencies: bool = False
+    #: with ``dependencies``: the steps that need the same jobs go into one job array
+    arrays: bool = False
     #: any other sbatch option, by its long name without dashes (``{"constraint": "a100"}``)
     extra: dict[str, str] = field(default_factory=dict)
 
 
 _SLURM_KEYS = tuple(f.name for f in fields(SlurmOptions) if f.name != "extra")
-#: the named resources that are counts (the others are names); a count is at least 1, GPUs at least 0
+#: the named resources that are counts (the others are names or switches); a count is at least 1, GPUs at least 0
 _COUNTS = tuple(key for key in _SLURM_KEYS if typing.get_type_hints(SlurmOptions)[key] == int | None)
+#: how midbench submits rather than what a job asks for: true or false
+_SWITCHES = tuple(key for key in _SLURM_KEYS if typing.get_type_hints(SlurmOptions)[key] is bool)
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
 def slurm_options(table: dict[str, Any], pairs: Iterable[str] = (), where: str = "[slurm]") -> SlurmOptions:
@@ -86,6 +94,10 @@ def slurm_options(table: dict[str, Any], pairs: Iterable[str] = (), where: str =
                 named[key] = int(text)
             except ValueError as error:
                 raise UsageError(f"--slurm-option {key} must be an integer, got {text!r}") from error
+        elif key in _SWITCHES:
+            if text.strip().lower() not in _TRUE + _FALSE:
+                raise UsageError(f"--slurm-option {key} must be true or false, got {text!r}")
+            named[key] = text.strip().lower() in _TRUE
         elif key in _SLURM_KEYS:
             named[key] = text.strip()
         else:
@@ -93,6 +105,12 @@ def slurm_options(table: dict[str, Any], pairs: Iterable[str] = (), where: str =
     for key in _COUNTS:
         if named.get(key) is not None and named[key] < (0 if key == "gpus_per_node" else 1):
             raise UsageError(f"{where} {key} must be at least {0 if key == 'gpus_per_node' else 1}, got {named[key]}")
+    if named.get("arrays") and not named.get("dependencies"):
+        raise UsageError(f"{where} arrays = true needs dependencies = true: a job array is submitted at once, "
+                         "with the dependencies of its steps")
+    if named.get("dependencies") and named.get("max_jobs") is not None:
+        raise UsageError(f"{where} max_jobs holds steps back in the driver, and dependencies = true submits them "
+                         "all at once: leave one of the two out")
     return SlurmOptions(**named, extra={key: str(value) for key, value in extra.items()})
 
 
@@ -173,8 +191,11 @@ class SlurmPool:
                            ("account", options.account), ("qos", options.qos)):
             if value is not None:
                 parameters[key] = value
-        if options.extra:
-            parameters["additional_parameters"] = dict(options.extra)
+        extra = dict(options.extra)
+        if options.dependencies:  # a job whose prerequisite failed is cancelled, not left pending for ever
+            extra.setdefault("kill_on_invalid_dep", "yes")
+        if extra:
+            parameters["additional_parameters"] = extra
         self.executor.update_parameters(**parameters)
 
     def __enter__(self) -> SlurmPool:
@@ -185,6 +206,25 @@ class SlurmPool:
 
     def submit(self, fn: Callable[..., Any], *args: Any, name: str = "") -> SlurmJob:
         return SlurmJob(self.executor.submit(fn, *args), name)
+
+    def submit_after(self, calls: list[tuple[str, Callable[..., Any], tuple[Any, ...]]], after: Iterable[str],
+                     array: bool) -> list[SlurmJob]:
+        """Submit ``calls`` (name, function, arguments), each starting only once every job of ``after`` has
+        finished successfully (``--dependency=afterok:``); with ``array``, as one job array."""
+        after = list(after)
+        self.executor.update_parameters(dependency="afterok:" + ":".join(after) if after else None)
+        if not array or len(calls) == 1:
+            return [SlurmJob(self.executor.submit(fn, *args), name) for name, fn, args in calls]
+        with self.executor.batch():
+            jobs = [self.executor.submit(fn, *args) for _, fn, args in calls]
+        return [SlurmJob(job, name) for job, (name, _, _) in zip(jobs, calls, strict=True)]
+
+    def adopt(self, job_id: str, name: str) -> SlurmJob:
+        """The job ``job_id`` that an earlier ``midbench bench`` submitted into this pool's folder: whether it is
+        done and its result are read from the queue and from the files it left."""
+        import submitit
+
+        return SlurmJob(submitit.SlurmJob(folder=self.executor.folder, job_id=job_id), name)
 
     @staticmethod
     def job_id(handle: SlurmJob) -> str:

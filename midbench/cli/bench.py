@@ -26,7 +26,8 @@ def bench_command(
     workers: Annotated[int, typer.Option(help="Run up to K independent steps (runs, evaluations whose inputs are ready) at once, each in its own process; the CPUs are divided among them. Same result files and tables as one at a time.", rich_help_panel="Scale")] = 1,
     devices: Annotated[str | None, typer.Option(help="With --workers K: K comma-separated devices, one per worker (e.g. cuda:0,cuda:1).", rich_help_panel="Scale")] = None,
     executor: Annotated[str | None, typer.Option(help="Where the steps run: local (worker processes of this machine: --workers) or slurm (one Slurm job per step, through submitit; options from the sweep's \\[slurm] table and --slurm-option).", rich_help_panel="Scale")] = None,
-    slurm_option: Annotated[list[str] | None, typer.Option("--slurm-option", help="With --executor slurm: KEY=VALUE over the sweep's \\[slurm] table (partition, gpus_per_node, cpus_per_task, time in minutes, mem_gb, account, qos, max_jobs, or any sbatch option); repeatable.", rich_help_panel="Scale")] = None,
+    slurm_option: Annotated[list[str] | None, typer.Option("--slurm-option", help="With --executor slurm: KEY=VALUE over the sweep's \\[slurm] table (partition, gpus_per_node, cpus_per_task, time in minutes, mem_gb, account, qos, max_jobs, dependencies, arrays, or any sbatch option); repeatable.", rich_help_panel="Scale")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="With --executor slurm and dependencies=true: submit every step and return at once; rerun the same command to wait for the jobs and write the tables.", rich_help_panel="Scale")] = False,
     status: Annotated[bool, typer.Option("--status", help="Print each step's state (finished, Slurm job id) from the sweep's state file and exit; nothing runs.")] = False,
 ) -> None:
     """Train every run of a sweep file, evaluate each (and each evaluate-only model) under its protocols and write
@@ -41,6 +42,9 @@ def bench_command(
     Example: midbench bench --config results/cifar10-robustbench/sweep.toml --model-dir models
 
     Example: midbench bench --config results/mnist5k/sweep.toml --executor slurm --slurm-option partition=gpu
+
+    Example: midbench bench --config results/mnist5k/sweep.toml --executor slurm --slurm-option dependencies=true
+    --detach
     """
     from midbench.bench.executors import slurm_options
     from midbench.bench.plan import describe_plan
@@ -65,7 +69,10 @@ def bench_command(
     slots = tuple(device.strip() for device in devices.split(",") if device.strip()) if devices else ()
     outcome = run_sweep(sweep, out_dir, results_dir, config_label=config_label(config), say=print,
                         progress=not quiet and workers == 1 and executor is None, restart=restart, workers=workers,
-                        devices=slots, executor=executor, slurm=slurm if executor == "slurm" else None)
+                        devices=slots, executor=executor, slurm=slurm if executor == "slurm" else None,
+                        detach=detach)
+    if outcome is None:  # detached: the jobs are in the queue, and what to do next was said
+        return
     print(outcome.board)
     total = sum(outcome.seconds.values())
     states = out_dir / "seed-<s>" / "sweep-state.json" if sweep.seeds else out_dir / "sweep-state.json"
