@@ -523,13 +523,14 @@ def reference_document(calibration: Calibration, ladders: dict[str, tuple[float,
 
 
 def _seconds_per_epoch(folder: Path | None) -> float | None:
-    """The median seconds of a training run's epochs (its ``log.jsonl``), or None."""
+    """The median seconds of a training run's epochs (its ``log.jsonl``, to the millisecond as there), or None.
+    Milliseconds, not tenths: a tiny run's epoch can take under 50 ms, which tenths would record as no time."""
     log = folder / "log.jsonl" if folder is not None else None
     if log is None or not log.is_file():
         return None
     seconds = sorted(float(json.loads(line)["seconds"]) for line in log.read_text(encoding="utf-8").splitlines()
                      if line.strip())
-    return round(seconds[len(seconds) // 2], 1) if seconds else None
+    return round(seconds[len(seconds) // 2], 3) if seconds else None
 
 
 def reference_table(reference: ReferenceSet) -> str:
