@@ -390,3 +390,30 @@ def test_a_rerun_waits_for_queued_jobs_and_submits_those_that_ended_without_a_re
     assert "train standard" not in submitted and "craft standard" in submitted
     craft = next(call for call in pool.calls if call[0] == ["craft standard"])
     assert craft[1] == ("7",)
+
+
+def _readme_slurm_section() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("### Running a sweep on a Slurm cluster")
+    return text[start:text.index("\n### ", start + 1)]
+
+
+def test_the_readme_slurm_commands_and_options_are_accepted_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `[slurm]` table parses, and each of its `midbench bench` lines is accepted as written (with
+    `--dry-run` added: the cluster runs above use the tiny sweep, not the README's full one on a GPU partition)."""
+    import re
+    import shlex
+
+    from midbench._toml import tomllib
+
+    section = _readme_slurm_section()
+    (table,) = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    options = slurm_options(tomllib.loads(table)["slurm"])
+    assert options.partition and options.time and not options.dependencies
+    (commands,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    lines = [line.split(" #")[0].strip() for line in commands.splitlines() if line.startswith("midbench bench")]
+    assert any("dependencies=true" in line and "--detach" in line for line in lines)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the README's paths are the repository's
+    for line in lines:
+        result = CliRunner().invoke(app, [*shlex.split(line)[1:], "--dry-run"])
+        assert result.exit_code == 0, (line, result.output)
