@@ -157,3 +157,17 @@ def test_the_readme_python_example_runs_from_the_wheel(unpacked_wheel: tuple[set
     assert "fgsm-linf" in done.stdout and "pgd-l2" in done.stdout
     assert "threat_model" in done.stdout and "linf" in done.stdout
     assert not list((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.slow
+def test_the_wheel_and_the_checkout_have_the_same_code_digest(unpacked_wheel: tuple[set[str], Path],
+                                                               tmp_path: Path) -> None:
+    """The same code installed either way is the same code: a finished evaluation made with one install counts as
+    made by the other (the digest is part of every evaluation's settings)."""
+    from midbench.evaluation.digests import code_digest
+
+    _, site = unpacked_wheel
+    done = _run_outside_checkout(site, tmp_path, "from midbench.evaluation.digests import code_digest\n"
+                                                 "print(code_digest())\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == code_digest()
