@@ -392,6 +392,16 @@ def test_a_rerun_waits_for_queued_jobs_and_submits_those_that_ended_without_a_re
     assert craft[1] == ("7",)
 
 
+def test_jobs_of_steps_the_sweep_no_longer_has_are_left_alone(tmp_path: Path) -> None:
+    """An earlier submission's jobs for a run, a crafting step and an evaluation since removed from the sweep
+    file: none is adopted (``_FakePool.adopt`` would raise KeyError for an id it does not know) and none is
+    submitted; the sweep's own nine steps are."""
+    gone = {"train removed": "1", "craft removed": "2", "eval removed/whitebox": "3"}
+    pool, handles = _submission(tmp_path, arrays=False, jobs=gone)
+    submitted = [name for names, _, _ in pool.calls for name in names]
+    assert len(submitted) == 9 and not set(gone) & set(submitted) and not set(gone) & set(handles)
+
+
 def _readme_slurm_section() -> str:
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     start = text.index("### Running a sweep on a Slurm cluster")

@@ -15,6 +15,10 @@ A job that ends without a result (cancelled with ``scancel``, timed out, failed,
 cluster without Slurm accounting (``sacct``): once ``squeue`` no longer lists it and no result was written, it
 failed, and the error carries the last lines of its log. The state file records only finished steps, so rerunning
 the same command submits just the unfinished ones; a run interrupted mid-epoch resumes from its checkpoint.
+
+With ``[slurm] dependencies = true`` that scheduler is not used: :mod:`midbench.bench.submitted` submits every
+unfinished step at once, each after its prerequisites' jobs (``afterok``), optionally as job arrays
+(:meth:`SlurmPool.submit_after`), and a rerun adopts the jobs still queued (:meth:`SlurmPool.adopt`).
 """
 
 from __future__ import annotations

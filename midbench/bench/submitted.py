@@ -20,6 +20,7 @@ without a result is submitted again. The tables are written once every step is r
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,21 @@ class _Sweep:
     restart: bool
     say: Callable[[str], None]
 
+    @functools.cached_property
+    def steps(self) -> dict[str, tuple[str, str, str | None]]:
+        """The sweep's evaluation steps by their key in the state file (built once: recording looks one up for
+        every finished evaluation)."""
+        return {evaluation_key(self.sweep, step): step for step in evaluation_plan(self.sweep)}
+
+    def has(self, cell: str) -> bool:
+        """Whether the sweep still has step ``cell`` (a job of an earlier submission may name one it dropped)."""
+        kind, _, subject = cell.partition(" ")
+        if kind == "train":
+            return any(run.name == subject for run in self.sweep.runs)
+        if kind == "craft":
+            return subject in crafted_sources(self.sweep)
+        return subject in self.steps
+
     @property
     def jobs(self) -> dict[str, Any]:
         return self.state.setdefault("jobs", {})
@@ -82,8 +98,7 @@ class _Sweep:
                 "source_sha256": model_sha(self.sweep, self.out, subject), "settings": self.shared,
                 "seconds": round(value[1], 1)}
         else:
-            step = {evaluation_key(self.sweep, step): step for step in evaluation_plan(self.sweep)}[subject]
-            job = self.evaluation(step, fresh=True)
+            job = self.evaluation(self.steps[subject], fresh=True)
             result_path, seconds = value
             job.record(self.state, Path(result_path), seconds, self.results)
             self.say(f"[bench]   result: {result_path}")
@@ -151,7 +166,7 @@ def _adopt(context: _Sweep, pool: SlurmPool) -> dict[str, SlurmJob]:
     submitted again)."""
     running: dict[str, SlurmJob] = {}
     for name, record in list(context.jobs.items()):
-        if _recorded(context, name):
+        if not context.has(name) or _recorded(context, name):
             continue
         handle = pool.adopt(record["job_id"], name)
         if not handle.done():
@@ -162,8 +177,6 @@ def _adopt(context: _Sweep, pool: SlurmPool) -> dict[str, SlurmJob]:
             context.record(name, handle.result())
         except StepFailed as error:
             context.say(f"[bench] {name}: submitting again ({str(error).splitlines()[0]})")
-        except (KeyError, ValueError):  # a step this sweep no longer has
-            continue
     return running
 
 
@@ -171,8 +184,11 @@ def _recorded(context: _Sweep, name: str) -> bool:
     kind, _, subject = name.partition(" ")
     if kind == "train":
         return context.trained(subject)
-    if kind == "craft":
-        return subject in context.state.get("crafted", {})
+    if kind == "craft":  # the check the plan makes: crafted from this very source with these settings
+        if context.sweep.model(subject) is None and not context.trained(subject):
+            return False
+        sweep = context.sweep
+        return already_crafted(sweep, context.state, subject, model_sha(sweep, context.out, subject), context.shared)
     return subject in context.state["evaluations"]
 
 
