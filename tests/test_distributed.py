@@ -63,7 +63,9 @@ def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str
 def test_sharded_evaluation_equals_a_single_process(pgd_at_checkpoint: Path, tmp_path: Path) -> None:
     """Plain attacks, AutoAttack (its components dealt across the ranks and merged after each) and the profile,
     with 3 processes so that the batches do not split evenly."""
-    options = ("--attacks", ATTACKS, "--autoattack", "--unknown-attacks", "--n-examples", "30")
+    # the profile on three threat models of its three kinds (Lp APGD, a latent corruption, a grid search)
+    options = ("--attacks", ATTACKS, "--autoattack", "--unknown-attacks", "--threat-models", "linf,elastic,rot-trans",
+               "--n-examples", "30")
     single = run(eval_command(pgd_at_checkpoint, tmp_path / "single", *options))
     assert single.returncode == 0, single.stderr
     sharded = run(eval_command(pgd_at_checkpoint, tmp_path / "sharded", *options, "--nproc", "3"))

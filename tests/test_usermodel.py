@@ -212,7 +212,7 @@ def test_masked_model_is_flagged_and_broken_its_honest_twin_is_not(attacks: str,
     it, and Square (alone or inside AutoAttack) still breaks it. The same weights without the quantisation
     raise no flag under the same attacks; the leaderboard shows the codes of the masked row only."""
     common = ["--weights", str(robust_checkpoint), "--dataset", "mnist5k", "--attacks", attacks, "--eps", EPS,
-              "--n-examples", "64", *extra]
+              "--n-examples", "32", *extra]
     masked = eval_json(tmp_path, "--model", "user_models:quantised_cnn", *common)
     honest = eval_json(tmp_path, "--model", "user_models:honest_cnn", *common)
 
