@@ -427,3 +427,27 @@ def test_the_readme_slurm_commands_and_options_are_accepted_as_written(monkeypat
     for line in lines:
         result = CliRunner().invoke(app, [*shlex.split(line)[1:], "--dry-run"])
         assert result.exit_code == 0, (line, result.output)
+
+
+def test_with_seeds_every_replicate_is_submitted_before_any_is_waited_for(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dependencies = true`` and ``seeds``, without ``--detach``: the three replicates' jobs are all submitted
+    (detached) first, then each seed's are taken over and waited for, so the cluster runs the seeds side by side."""
+    from midbench.bench import sweep as sweep_module
+    from midbench.bench.sweep import load_sweep, run_sweep
+    from midbench.bench.workspace import SweepOutcome
+
+    calls: list[tuple[str, bool]] = []
+
+    def submitted(replicate: object, out_dir: Path, results_dir: Path, **options: object) -> SweepOutcome | None:
+        calls.append((Path(out_dir).name, bool(options["detach"])))
+        return None if options["detach"] else SweepOutcome("", [], Path(results_dir), {})
+
+    monkeypatch.setattr(sweep_module, "run_submitted", submitted)
+    monkeypatch.setattr(sweep_module, "check_slurm", lambda options: None)  # no cluster needed: nothing is submitted
+    monkeypatch.setattr(sweep_module, "write_leaderboards", lambda *args: ("", []))
+    sweep = load_sweep(write(tmp_path, SWEEP.replace("seed = 0", "seeds = [0, 1, 2]")))
+    run_sweep(sweep, tmp_path / "out", config_label="sweep.toml", executor="slurm",
+              slurm=SlurmOptions(dependencies=True))
+    assert calls == [("seed-0", True), ("seed-1", True), ("seed-2", True),
+                     ("seed-0", False), ("seed-1", False), ("seed-2", False)]

@@ -133,8 +133,7 @@ def run_submitted(sweep: Sweep, out_dir: str | Path, results_dir: str | Path | N
     cells = _plan(context, threads, set(running))
     running.update(_submit(context, pool, cells, running, arrays=slurm.arrays))
     if running and detach:
-        say(f"[bench] {len(running)} Slurm jobs submitted or still queued; rerun the same command to wait for them "
-            "and write the tables (`--status` shows each step)")
+        say(f"[bench] {len(running)} Slurm jobs submitted or still queued")
         return None
     needs = {cell.name: cell.needs for cell in cells}
     failures: dict[str, StepFailed] = {}

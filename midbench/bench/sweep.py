@@ -199,6 +199,14 @@ def _run_replicates(sweep: Sweep, out_dir: str | Path, results_dir: str | Path |
     paths: list[Path] = []
     # which replicates the table holds: `midbench leaderboard` on this folder reads the same list
     atomic_write_json(results / SEEDS_FILE, {"seeds": list(sweep.seeds)})
+    slurm = options.get("slurm")
+    if slurm is not None and slurm.dependencies and not options.get("detach"):
+        # every replicate's jobs go to the queue before any is waited for, so that the cluster runs the seeds side
+        # by side; the loop below then takes over each seed's jobs (none is submitted twice) and waits for them
+        for seed in sweep.seeds:
+            say(f"[bench] seed {seed}: submitting {out / seed_folder(seed)}")
+            run_sweep(sweep.replicate(seed), out / seed_folder(seed), results / seed_folder(seed),
+                      config_label=config_label, say=say, **{**options, "detach": True})
     detached = False
     for seed in sweep.seeds:
         say(f"[bench] seed {seed}: {out / seed_folder(seed)}")

@@ -71,7 +71,8 @@ def bench_command(
                         progress=not quiet and workers == 1 and executor is None, restart=restart, workers=workers,
                         devices=slots, executor=executor, slurm=slurm if executor == "slurm" else None,
                         detach=detach)
-    if outcome is None:  # detached: the jobs are in the queue, and what to do next was said
+    if outcome is None:  # detached: the jobs are in the queue
+        print("[bench] rerun the same command to wait for them and write the tables (`--status` shows each step)")
         return
     print(outcome.board)
     total = sum(outcome.seconds.values())
