@@ -281,6 +281,36 @@ def test_shipped_table_is_what_its_result_files_give(path: Path) -> None:
     assert render(path.parent, "csv", dataset=sweep.dataset) == committed["csv"]
 
 
+def _committed_replicate_tables() -> list[tuple[Path, int]]:
+    """Every committed sweep file with ``seeds`` and a replicate's table in its ``seed-<s>/`` folder (a sweep in
+    progress has some replicates' tables before the table across seeds)."""
+    from midbench.reporting.seeds import seed_folder
+
+    found = []
+    for path in sorted((REPO / "results").glob("*/sweep.toml")):
+        table = _sweep_table(path)["sweep"]
+        for seed in table.get("seeds", []):
+            if (path.parent / seed_folder(seed) / f"leaderboard-{table['name']}.md").exists():
+                found.append((path, seed))
+    return found
+
+
+@pytest.mark.parametrize(("path", "seed"), _committed_replicate_tables(),
+                         ids=lambda value: value.parent.name if isinstance(value, Path) else f"seed-{value}")
+def test_shipped_replicate_table_is_what_its_result_files_give(path: Path, seed: int) -> None:
+    """A replicate's committed leaderboard is recomputed from its committed result files byte for byte, as the
+    sweep writes it (the replicate is a sweep of its own in ``seed-<s>/``)."""
+    from midbench.reporting.seeds import seed_folder
+
+    replicate = load_sweep(path).replicate(seed)
+    folder = path.parent / seed_folder(seed)
+    committed = {suffix: (folder / f"leaderboard-{replicate.name}.{suffix}").read_text(encoding="utf-8")
+                 for suffix in ("md", "csv")}
+    board, _ = write_leaderboards(replicate, folder, path.relative_to(REPO).as_posix(), write=False)
+    assert board == committed["md"]
+    assert render(folder, "csv", dataset=replicate.dataset) == committed["csv"]
+
+
 # ---- the committed sweep files for torchvision datasets --------------------------------------------------------
 
 COMMITTED_SWEEPS = sorted((REPO / "results").glob("*/sweep.toml"))
