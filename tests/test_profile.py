@@ -508,3 +508,38 @@ def test_illustrations_cap_the_effort_and_keep_an_image_once_it_fools(standard_m
     for k in range(len(plan.rungs) - 1):
         for i in np.flatnonzero(wrong[k]):
             assert np.array_equal(images[k + 2, i], images[k + 1, i])
+
+
+def test_threat_models_without_an_eps_on_the_dataset_are_left_out_and_recorded(tmp_path: Path) -> None:
+    """ImageNet defines no L1 ε: the profile leaves the L1 threat model out (the result says why) instead of
+    refusing the whole profile, and refuses it by name when ``--threat-models`` asks for it; ``--eps L1=…`` brings
+    it back. On data whose ε covers every norm nothing is left out."""
+    import midbench
+
+    registry = load_registry()
+    eps = get_dataset("imagenet").eps
+    assert "L1" not in eps  # the premise: RobustBench's ImageNet has no L1 threat model
+    climbed = {plan.threat_model.id for plan in profile_plan(registry, eps, set())}
+    assert "l1" not in climbed and {"linf", "l2"} <= climbed
+    with pytest.raises(UsageError, match=r"l1 \(L1\).*--eps"):
+        profile_plan(registry, eps, set(), only=("l1",))
+    assert "l1" in {plan.threat_model.id for plan in profile_plan(registry, {**eps, "L1": 60.0}, set())}
+    assert "l1" in {plan.threat_model.id for plan in profile_plan(registry, get_dataset("mnist5k").eps, set())}
+
+    # through the API: the result records what was left out, and why
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.AvgPool2d(28), torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 1000))
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    with torch.no_grad():
+        labels = net(images / 255).argmax(1)
+    suite = "t-no-l1"
+    (tmp_path / "suite.toml").write_text(f'[[suite]]\nname = "{suite}"\ndescription = "L-inf and L1, one step each"\n'
+                                         'attacks = ["fgsm-linf", "pgd-l1-fast"]\n', encoding="utf-8")
+    result = midbench.evaluate(net, (images, labels), dataset="imagenet", attacks=["fgsm-linf"],
+                               unknown_attacks=True, profile_suites=[suite], registry_dirs=[tmp_path],
+                               device="cpu")
+    profile = result.document.profile
+    assert profile is not None
+    skipped = profile["skipped"]
+    assert [item["id"] for item in skipped] == ["l1"] and "L1 ε" in skipped[0]["reason"]
+    assert [curve["id"] for curve in profile["threat_models"]] == ["linf"]

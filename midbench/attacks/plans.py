@@ -102,6 +102,16 @@ def colour_only(registry: AttackRegistry, suite: str | Sequence[str] | None = PR
                               if spec.threat_model is not None and needs_colour(spec.implementation)))
 
 
+def unsized(registry: AttackRegistry, dataset_eps: dict[str, float],
+            suite: str | Sequence[str] = PROFILE_SUITE) -> dict[str, str]:
+    """The threat models of ``suite`` with an attack sized by an ε the dataset does not define (ImageNet has no
+    L1 ε, a folder dataset only the norms its ``dataset.toml`` names), each with that norm: the profile leaves
+    them out, as it leaves out colour threat models on grey data."""
+    return {spec.threat_model: spec.norm.value for spec in suite_attacks(registry, suite)
+            if spec.threat_model is not None and "eps" in spec.budget and spec.norm is not None
+            and spec.norm.value not in dataset_eps}
+
+
 def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: set[str],
                  suite: str | Sequence[str] = PROFILE_SUITE, dataset: str | None = None, only: tuple[str, ...] = (),
                  ladders: dict[str, tuple[float, ...]] | None = None,
@@ -114,11 +124,12 @@ def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: 
         only: climb just these threat models (``eval --threat-models``); empty: all of the suite's.
         ladders: strengths that replace the registry's for some threat models (calibration's candidate grid).
         channels: the images' channels; on grey data (not 3) the threat models of :func:`colour_only` are left
-            out (the result says so), unless ``only`` names one, which is an error.
+            out (the result says so), unless ``only`` names one, which is an error. So are the threat models of
+            :func:`unsized`, whose attacks need an ε this dataset does not define.
 
     Raises:
-        UsageError: a suite attack without a threat model or a budget, or whose norm has no ε on this dataset;
-            a threat model in ``only`` that the suite does not climb, or that needs colour on grey data.
+        UsageError: a suite attack without a threat model or a budget; a threat model in ``only`` that the suite
+            does not climb, that needs colour on grey data, or whose norm has no ε on this dataset.
     """
     grey = channels is not None and channels != 3
     colour = set(colour_only(registry, suite)) if grey else set()
@@ -126,6 +137,11 @@ def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: 
     if forced:
         raise UsageError(f"threat model(s) {', '.join(forced)} need colour images, and these have {channels} "
                          "channel(s); leave them out of --threat-models")
+    no_eps = unsized(registry, dataset_eps, suite)
+    forced = [f"{name} ({no_eps[name]})" for name in only if name in no_eps]
+    if forced:
+        raise UsageError(f"threat model(s) {', '.join(forced)} need an ε this dataset does not define; pass one "
+                         "with --eps (e.g. --eps L1=12) or leave them out of --threat-models")
     grouped: dict[str, list[AttackSpec]] = {}
     specs = suite_attacks(registry, suite)
     suite = suite if isinstance(suite, str) else ",".join(suite)  # as messages name it
@@ -133,9 +149,6 @@ def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: 
         if spec.threat_model is None:
             raise UsageError(f"suite {suite!r}: attack {spec.id} belongs to no threat model; add threat_model = "
                              f"\"...\" to its entry ({spec.source})")
-        if "eps" in spec.budget and spec.norm is not None and spec.norm.value not in dataset_eps:
-            raise UsageError(f"suite {suite!r}: attack {spec.id} needs an {spec.norm.value} ε, which this dataset "
-                             "does not define; pass --eps")
         grouped.setdefault(spec.threat_model, []).append(spec)
     missing = [name for name in only if name not in grouped]
     if missing:
@@ -143,7 +156,7 @@ def profile_plan(registry: AttackRegistry, dataset_eps: dict[str, float], seen: 
                          f"{', '.join(grouped)}")
     plans = []
     for model_id, specs in grouped.items():
-        if (only and model_id not in only) or model_id in colour:
+        if (only and model_id not in only) or model_id in colour or model_id in no_eps:
             continue
         model = registry.threat_models[model_id]
         rungs = []

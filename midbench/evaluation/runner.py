@@ -18,7 +18,7 @@ from midbench.artifacts.checkpoint import check_compatible
 from midbench.artifacts.loading import LoadedModel, load_classifier, load_model, recorded_source
 from midbench.artifacts.metadata import ModelMetadata
 from midbench.artifacts.zoo import DEFAULT_MODEL_DIR, is_zoo_spec, load_zoo_model
-from midbench.attacks.plans import colour_only, profile_plan, seen_threat_models
+from midbench.attacks.plans import colour_only, profile_plan, seen_threat_models, unsized
 from midbench.attacks.specs import AttackRegistry, ResolvedAttack, load_registry
 from midbench.data.datasets import TensorSplit, get_dataset, load_split
 from midbench.errors import UsageError
@@ -109,9 +109,13 @@ def run_evaluation(config: EvalConfig, progress: ProgressFn | None = None, *, mo
     profile = (profile_plan(registry, data_eps, seen_threat_models(train_attacks, registry), suite=suites,
                             dataset=dataset_name, only=config.selection.threat_models, channels=channels)
                if profiled else [])
-    # threat models the profile leaves out on grey data, recorded in the result
+    # threat models the profile leaves out (on grey data, or without an ε on this dataset), recorded in the result;
+    # none when --threat-models chose what to climb (profile_plan refuses those it would leave out)
+    climbs_all = profiled and not config.selection.threat_models
     skipped = [{"id": model, "reason": f"needs colour images; {dataset_name} has {channels} channel(s)"}
-               for model in (colour_only(registry, suites) if profiled and channels != 3 else [])]
+               for model in (colour_only(registry, suites) if climbs_all and channels != 3 else [])]
+    skipped += [{"id": model, "reason": f"needs an {norm} ε, which {dataset_name} does not define (--eps sets one)"}
+                for model, norm in (unsized(registry, data_eps, suites) if climbs_all else {}).items()]
     linf_eps = data_eps.get("Linf")
     if (config.check_eps or config.check_steps) and linf_eps is None:
         raise UsageError(f"--check-eps/--check-steps sweep PGD-L∞, but {dataset_name} has no L∞ ε; pass --eps")
