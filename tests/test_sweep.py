@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from midbench.bench.leaderboards import write_leaderboards
 from midbench.bench.plan import crafted_sources, evaluation_plan
-from midbench.bench.sweep import load_sweep, run_sweep
+from midbench.bench.sweep import Sweep, load_sweep, run_sweep
 from midbench.cli.app import app
 from midbench.errors import UsageError
 from midbench.evaluation.documents import read_result
@@ -273,12 +273,17 @@ def test_the_shipped_tables_are_committed() -> None:
 def test_shipped_table_is_what_its_result_files_give(path: Path) -> None:
     """Each committed leaderboard is recomputed from the committed result files byte for byte, so nobody edited
     a number by hand (the sweep itself writes the table the same way)."""
-    sweep = load_sweep(path)
-    committed = {suffix: (path.parent / f"leaderboard-{sweep.name}.{suffix}").read_text(encoding="utf-8")
+    _assert_table_recomputed(load_sweep(path), path.parent, path)
+
+
+def _assert_table_recomputed(sweep: Sweep, folder: Path, path: Path) -> None:
+    """``folder``'s committed leaderboard (markdown and CSV) equals what its result files give, written as the
+    sweep of file ``path`` writes it."""
+    committed = {suffix: (folder / f"leaderboard-{sweep.name}.{suffix}").read_text(encoding="utf-8")
                  for suffix in ("md", "csv")}
-    board, _ = write_leaderboards(sweep, path.parent, path.relative_to(REPO).as_posix(), write=False)
+    board, _ = write_leaderboards(sweep, folder, path.relative_to(REPO).as_posix(), write=False)
     assert board == committed["md"]
-    assert render(path.parent, "csv", dataset=sweep.dataset) == committed["csv"]
+    assert render(folder, "csv", dataset=sweep.dataset) == committed["csv"]
 
 
 def _committed_replicate_tables() -> list[tuple[Path, int]]:
@@ -302,13 +307,7 @@ def test_shipped_replicate_table_is_what_its_result_files_give(path: Path, seed:
     sweep writes it (the replicate is a sweep of its own in ``seed-<s>/``)."""
     from midbench.reporting.seeds import seed_folder
 
-    replicate = load_sweep(path).replicate(seed)
-    folder = path.parent / seed_folder(seed)
-    committed = {suffix: (folder / f"leaderboard-{replicate.name}.{suffix}").read_text(encoding="utf-8")
-                 for suffix in ("md", "csv")}
-    board, _ = write_leaderboards(replicate, folder, path.relative_to(REPO).as_posix(), write=False)
-    assert board == committed["md"]
-    assert render(folder, "csv", dataset=replicate.dataset) == committed["csv"]
+    _assert_table_recomputed(load_sweep(path).replicate(seed), path.parent / seed_folder(seed), path)
 
 
 # ---- the committed sweep files for torchvision datasets --------------------------------------------------------

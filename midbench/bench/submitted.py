@@ -184,10 +184,9 @@ def _recorded(context: _Sweep, name: str) -> bool:
     if kind == "train":
         return context.trained(subject)
     if kind == "craft":  # the check the plan makes: crafted from this very source with these settings
-        if context.sweep.model(subject) is None and not context.trained(subject):
-            return False
         sweep = context.sweep
-        return already_crafted(sweep, context.state, subject, model_sha(sweep, context.out, subject), context.shared)
+        return context._final(subject) and already_crafted(sweep, context.state, subject,
+                                                           model_sha(sweep, context.out, subject), context.shared)
     return subject in context.state["evaluations"]
 
 
